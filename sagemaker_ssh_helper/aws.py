@@ -1,0 +1,205 @@
+"""AWS basics shared by every side: ARNs, partitions, console URLs, sessions and clients.
+
+boto3 is imported lazily so that ``import sagemaker_ssh_helper`` stays light inside containers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from sagemaker_ssh_helper.errors import AwsError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import boto3
+
+logger = logging.getLogger(__name__)
+
+_ARN_RE = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):(?P<service>[a-z0-9-]+):(?P<region>[a-z0-9-]*):"
+    r"(?P<account>\d*):(?P<resource>.+)$"
+)
+
+
+@dataclass(frozen=True)
+class Arn:
+    partition: str
+    service: str
+    region: str
+    account: str
+    resource: str  # e.g. "training-job/my-job" or "app/d-x/user/KernelGateway/default"
+
+    @property
+    def resource_type(self) -> str:
+        return self.resource.split("/", 1)[0]
+
+    @property
+    def resource_id(self) -> str:
+        return self.resource.split("/", 1)[1] if "/" in self.resource else ""
+
+    def __str__(self) -> str:
+        return (
+            f"arn:{self.partition}:{self.service}:{self.region}:{self.account}:{self.resource}"
+        )
+
+
+def parse_arn(value: str) -> Arn:
+    match = _ARN_RE.match(value)
+    if not match:
+        raise UsageError(f"not an ARN: {value!r} (expected arn:<partition>:<service>:...)")
+    return Arn(**match.groupdict())
+
+
+def partition_for_region(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    if region.startswith("us-isob-"):
+        return "aws-iso-b"
+    if region.startswith("us-iso-"):
+        return "aws-iso"
+    return "aws"
+
+
+def dns_suffix(region: str) -> str:
+    return "amazonaws.com.cn" if partition_for_region(region) == "aws-cn" else "amazonaws.com"
+
+
+def console_domain(region: str) -> str:
+    """Host name of the AWS console serving ``region``'s partition."""
+    partition = partition_for_region(region)
+    if partition == "aws-cn":
+        return "console.amazonaws.cn"
+    if partition == "aws-us-gov":
+        return "console.amazonaws-us-gov.com"
+    return "console.aws.amazon.com"
+
+
+def console_url(region: str, path: str) -> str:
+    """``path`` is the part after the domain, e.g. ``sagemaker/home?region=..#/jobs/x``."""
+    return f"https://{console_domain(region)}/{path.lstrip('/')}"
+
+
+def role_name_from_arn(role: str) -> str:
+    """Return what follows ``role/`` in an IAM role ARN (keeps a path such as ``service-role/``).
+
+    A bare role name is returned unchanged.
+    """
+    if not role.startswith("arn:"):
+        return role
+    arn = parse_arn(role)
+    if arn.service != "iam" or not arn.resource.startswith("role/"):
+        raise UsageError(f"not an IAM role ARN: {role!r}")
+    return arn.resource[len("role/") :]
+
+
+def mask(value: Optional[str], keep: int = 4) -> str:
+    """Mask an identifier for logs: keep a few characters at each end."""
+    if not value:
+        return "<none>"
+    if len(value) <= 2 * keep:
+        return "*" * len(value)
+    return f"{value[:keep]}{'*' * (len(value) - 2 * keep)}{value[-keep:]}"
+
+
+def boto_session(profile: Optional[str] = None, region: Optional[str] = None) -> "boto3.Session":
+    import boto3
+
+    try:
+        return boto3.Session(profile_name=profile, region_name=region)
+    except Exception as e:  # botocore.exceptions.ProfileNotFound and friends
+        raise AwsError(f"cannot open AWS profile {profile!r}: {e}") from e
+
+
+def session_region(session: "boto3.Session") -> str:
+    region = session.region_name
+    if not region:
+        raise AwsError(
+            "no AWS region configured: pass --region, set AWS_REGION or run `aws configure`"
+        )
+    return region
+
+
+def client_config(max_attempts: int = 10) -> Any:
+    from botocore.config import Config
+
+    # "standard" retry mode backs off with jitter on throttling and transient errors.
+    return Config(retries={"mode": "standard", "max_attempts": max_attempts})
+
+
+def client(session: "boto3.Session", service: str, region: Optional[str] = None) -> Any:
+    return session.client(service, region_name=region or session.region_name,
+                          config=client_config())
+
+
+def sts_client(session: "boto3.Session", region: Optional[str] = None) -> Any:
+    """An STS client on the *regional* endpoint (works in opt-in regions, China, GovCloud).
+
+    An endpoint configured through AWS_ENDPOINT_URL(_STS) wins, as botocore intends.
+    """
+    region = region or session_region(session)
+    endpoint_url = None
+    if not (os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")):
+        endpoint_url = f"https://sts.{region}.{dns_suffix(region)}"
+    return session.client("sts", region_name=region, endpoint_url=endpoint_url,
+                          config=client_config())
+
+
+def caller_user_id(session: "boto3.Session") -> str:
+    """The caller's STS UserId (``AROA…:session`` or ``AIDA…``): the SSHOwner tag value."""
+    try:
+        return str(sts_client(session).get_caller_identity()["UserId"])
+    except Exception as e:
+        raise explain(e, "sts:GetCallerIdentity") from e
+
+
+_CREDENTIAL_CODES = {
+    "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
+    "UnrecognizedClientException", "InvalidSignatureException", "SignatureDoesNotMatch",
+}
+_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+def error_code(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def explain(e: BaseException, action: str) -> Exception:
+    """Turn a boto3/botocore exception into an ``AwsError`` with a hint; pass others through.
+
+    ``action`` names the IAM action, e.g. ``ssm:SendCommand``.
+    """
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        TokenRetrievalError,
+    )
+
+    if isinstance(e, (NoCredentialsError, TokenRetrievalError)):
+        return AwsError(f"no valid AWS credentials for {action}: run `aws sso login` "
+                        "or set AWS_PROFILE / AWS_ACCESS_KEY_ID")
+    if isinstance(e, NoRegionError):
+        return AwsError("no AWS region configured: pass --region or set AWS_REGION")
+    if isinstance(e, EndpointConnectionError):
+        return AwsError(f"cannot reach the AWS endpoint for {action}: {e}")
+    if isinstance(e, ClientError):
+        code = error_code(e)
+        message = e.response.get("Error", {}).get("Message", "")
+        if code in _CREDENTIAL_CODES:
+            return AwsError(f"AWS credentials rejected ({code}) for {action}: run "
+                            "`aws sso login` or choose another --profile")
+        if code in _DENIED_CODES:
+            return AwsError(f"access denied for {action}: ask your administrator to allow it "
+                            "(see IAM_SSM_Setup.md)")
+        if code in ("ThrottlingException", "Throttling", "TooManyRequestsException"):
+            return AwsError(f"AWS throttled {action} after retries: wait a minute and retry")
+        return AwsError(f"{action} failed: {code}: {message}")
+    return e if isinstance(e, Exception) else Exception(str(e))

@@ -1,0 +1,56 @@
+"""Packaging for sagemaker-ssh-helper."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = (HERE / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
+
+# Bash entry points users call by name; they are installed on PATH and also shipped inside the
+# package directory, because inside a SageMaker container the package arrives as a plain folder
+# (``dependencies=[SSHEstimatorWrapper.dependency_dir()]``) rather than a pip install.
+SCRIPTS = sorted(str(p) for p in (HERE / "sagemaker_ssh_helper").glob("sm-*") if p.is_file())
+
+TEST_REQUIRES = [
+    "pytest>=7",
+    "moto[server]>=5.0,<6",
+    "ruff>=0.5",
+    "mypy>=1.8",
+    "types-psutil",
+]
+
+setup(
+    name="sagemaker-ssh-helper",
+    version=VERSION,
+    description="SSH into SageMaker training, processing, transform jobs, endpoints and Studio apps",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT-0",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "examples")),
+    package_data={"sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*"]},
+    include_package_data=True,
+    scripts=[str(Path(s).relative_to(HERE)) for s in SCRIPTS],
+    install_requires=[
+        "sagemaker>=2.200,<3",
+        "boto3>=1.28.57",  # first release honouring AWS_ENDPOINT_URL_<SERVICE>
+        "botocore>=1.31.57",
+        "psutil",
+    ],
+    extras_require={
+        "test": TEST_REQUIRES,
+        "sandbox": ["moto[server]>=5.0,<6"],
+        "cdk": ["aws-cdk-lib>=2.100,<3", "constructs>=10"],
+    },
+    entry_points={
+        "console_scripts": [
+            "sm-ssh=sagemaker_ssh_helper.sm_ssh:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT No Attribution License (MIT-0)",
+        "Operating System :: POSIX :: Linux",
+        "Operating System :: MacOS",
+    ],
+)
