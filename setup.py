@@ -22,13 +22,15 @@ TEST_REQUIRES = [
 setup(
     name="sagemaker-ssh-helper",
     version=VERSION,
-    description="SSH into SageMaker training, processing, transform jobs, endpoints and Studio apps",
+    description="SSH into SageMaker jobs, endpoints, Studio apps and notebook instances",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT-0",
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "examples")),
-    package_data={"sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*"]},
+    package_data={
+        "sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*", "sandbox/pyhook/*"],
+    },
     include_package_data=True,
     scripts=[str(Path(s).relative_to(HERE)) for s in SCRIPTS],
     install_requires=[

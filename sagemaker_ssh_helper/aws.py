@@ -52,20 +52,29 @@ def parse_arn(value: str) -> Arn:
     return Arn(**match.groupdict())
 
 
+# Region prefix -> (partition, DNS suffix); the first match wins, the default is "aws".
+_PARTITIONS = (
+    ("cn-", "aws-cn", "amazonaws.com.cn"),
+    ("us-gov-", "aws-us-gov", "amazonaws.com"),
+    ("us-isob-", "aws-iso-b", "sc2s.sgov.gov"),
+    ("us-isof-", "aws-iso-f", "csp.hci.ic.gov"),
+    ("eu-isoe-", "aws-iso-e", "cloud.adc-e.uk"),
+    ("us-iso-", "aws-iso", "c2s.ic.gov"),
+)
+
+
 def partition_for_region(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    if region.startswith("us-isob-"):
-        return "aws-iso-b"
-    if region.startswith("us-iso-"):
-        return "aws-iso"
+    for prefix, partition, _suffix in _PARTITIONS:
+        if region.startswith(prefix):
+            return partition
     return "aws"
 
 
 def dns_suffix(region: str) -> str:
-    return "amazonaws.com.cn" if partition_for_region(region) == "aws-cn" else "amazonaws.com"
+    for prefix, _partition, suffix in _PARTITIONS:
+        if region.startswith(prefix):
+            return suffix
+    return "amazonaws.com"
 
 
 def console_domain(region: str) -> str:
@@ -105,7 +114,7 @@ def mask(value: Optional[str], keep: int = 4) -> str:
     return f"{value[:keep]}{'*' * (len(value) - 2 * keep)}{value[-keep:]}"
 
 
-def boto_session(profile: Optional[str] = None, region: Optional[str] = None) -> "boto3.Session":
+def boto_session(profile: Optional[str] = None, region: Optional[str] = None) -> boto3.Session:
     import boto3
 
     try:
@@ -114,7 +123,7 @@ def boto_session(profile: Optional[str] = None, region: Optional[str] = None) ->
         raise AwsError(f"cannot open AWS profile {profile!r}: {e}") from e
 
 
-def session_region(session: "boto3.Session") -> str:
+def session_region(session: boto3.Session) -> str:
     region = session.region_name
     if not region:
         raise AwsError(
@@ -126,16 +135,17 @@ def session_region(session: "boto3.Session") -> str:
 def client_config(max_attempts: int = 10) -> Any:
     from botocore.config import Config
 
-    # "standard" retry mode backs off with jitter on throttling and transient errors.
-    return Config(retries={"mode": "standard", "max_attempts": max_attempts})
+    # "standard" retry mode backs off with jitter on throttling and transient errors;
+    # total_max_attempts counts the first call too (max_attempts would count retries only).
+    return Config(retries={"mode": "standard", "total_max_attempts": max_attempts})
 
 
-def client(session: "boto3.Session", service: str, region: Optional[str] = None) -> Any:
+def client(session: boto3.Session, service: str, region: Optional[str] = None) -> Any:
     return session.client(service, region_name=region or session.region_name,
                           config=client_config())
 
 
-def sts_client(session: "boto3.Session", region: Optional[str] = None) -> Any:
+def sts_client(session: boto3.Session, region: Optional[str] = None) -> Any:
     """An STS client on the *regional* endpoint (works in opt-in regions, China, GovCloud).
 
     An endpoint configured through AWS_ENDPOINT_URL(_STS) wins, as botocore intends.
@@ -148,7 +158,7 @@ def sts_client(session: "boto3.Session", region: Optional[str] = None) -> Any:
                           config=client_config())
 
 
-def caller_user_id(session: "boto3.Session") -> str:
+def caller_user_id(session: boto3.Session) -> str:
     """The caller's STS UserId (``AROA…:session`` or ``AIDA…``): the SSHOwner tag value."""
     try:
         return str(sts_client(session).get_caller_identity()["UserId"])

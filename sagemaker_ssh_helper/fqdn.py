@@ -75,6 +75,12 @@ class Target:
 
     @property
     def fqdn(self) -> str:
+        if self.is_list:
+            if len(self.kinds) > 1:
+                return SUFFIX
+            if self.user_or_space and self.domain:
+                return f"{self.user_or_space}.{self.domain}.studio.{SUFFIX}"
+            return f"{self.kind.kind}.{SUFFIX}"
         return format_fqdn(self.kind.kind, self.name or "", self.user_or_space, self.domain)
 
 

@@ -1,0 +1,183 @@
+"""``setup_and_start_ssh()``: what a training/processing/inference entry point calls first.
+
+It reads the environment the launch-side wrappers set (``START_SSH``, ``SSH_INSTANCE_COUNT``,
+``SSH_WAIT_TIME_SECONDS`` ...), decides whether this node starts SSH, and if so runs the
+``sm-setup-ssh`` script shipped next to this module. That script starts sshd and the SSM agent in
+the background and blocks in ``sm-wait`` for up to ``SSH_WAIT_TIME_SECONDS``, so the user can
+connect before the job's own code runs.
+
+At interpreter exit the process that started the setup deregisters the container's managed
+instance (best effort), so stale registrations do not pile up in the account. A container killed
+outright skips this; ``sm-ssh`` and the admin tools also clean up instances that went offline.
+
+Setup failures are logged and the job continues without SSH rather than failing.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+from sagemaker_ssh_helper.env import (
+    MI_ID_FILE,
+    SETUP_OWNER_FILE,
+    node_rank,
+    region,
+    registered_instance_id,
+)
+from sagemaker_ssh_helper.errors import SSHHelperError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_INSTANCE_COUNT = 2
+_registered_exit_hook = False
+
+
+def _say(level: int, message: str) -> None:
+    """Log; when the application configured no logging, still show it on stderr."""
+    if logger.hasHandlers():
+        logger.log(level, message)
+    else:
+        print(f"[sagemaker-ssh-helper] {logging.getLevelName(level)}: {message}",
+              file=sys.stderr, flush=True)
+
+
+def _int_setting(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "")
+    try:
+        return int(value)
+    except ValueError:
+        if value:
+            _say(logging.WARNING, f"{name}={value!r} is not a number; using {default}")
+        return default
+
+
+def should_start(environ: Mapping[str, str]) -> bool:
+    """Whether this node starts SSH; logs the reason when it does not."""
+    start = environ.get("START_SSH")
+    if start is None:
+        _say(logging.WARNING, "START_SSH is not set, so SSH is not started: was the wrapper's "
+             "create() called before fit() / run() / deploy() / transform()?")
+        return False
+    if start.strip().lower() != "true":
+        _say(logging.INFO, f"START_SSH={start}: not starting SSH")
+        return False
+    count = _int_setting(environ, "SSH_INSTANCE_COUNT", DEFAULT_INSTANCE_COUNT)
+    rank = node_rank(environ)
+    if rank >= count:
+        _say(logging.INFO, f"node rank {rank} >= SSH_INSTANCE_COUNT={count}: "
+             "not starting SSH on this node")
+        return False
+    return True
+
+
+def _python_command(args: List[str], environ: Mapping[str, str]
+                    ) -> Tuple[List[str], Dict[str, str]]:
+    """Run this package with this interpreter, whether it is pip-installed or a plain folder."""
+    env = dict(environ)
+    env["SM_SSH_PYTHON"] = sys.executable
+    parent = str(PACKAGE_DIR.parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([parent] + [p for p in paths if p != parent])
+    return [sys.executable] + args, env
+
+
+def setup_command(environ: Mapping[str, str]) -> Tuple[List[str], Dict[str, str]]:
+    """argv and environment for ``bash <package>/sm-setup-ssh``."""
+    _, env = _python_command([], environ)
+    env["SM_SSH_CALLER_PID"] = str(os.getpid())
+    return ["bash", str(PACKAGE_DIR / "sm-setup-ssh")], env
+
+
+def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
+                        run: Callable[..., int] = subprocess.call) -> None:
+    environ = os.environ if environ is None else environ
+    if not should_start(environ):
+        return
+    argv, env = setup_command(environ)
+    _register_exit_hook()
+    _say(logging.INFO, "starting SSH setup: " + " ".join(argv))
+    rc = run(argv, env=env)
+    if rc != 0:
+        _say(logging.ERROR, f"sm-setup-ssh exited with code {rc}; the job continues without "
+             "SSH (see the messages above)")
+
+
+def _register_exit_hook() -> None:
+    global _registered_exit_hook
+    if not _registered_exit_hook:
+        atexit.register(deregister_at_exit)
+        _registered_exit_hook = True
+
+
+def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = MI_ID_FILE,
+                       timeout: float = 60.0) -> Optional[str]:
+    """Deregister this container's managed instance if this process started the setup.
+
+    Runs in a child interpreter: at exit this one can no longer start the threads boto3 needs.
+    Returns the instance id it deregistered (None if there was nothing to do or it failed).
+    """
+    try:
+        owner = int(owner_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    instance_id = registered_instance_id(mi_id_file)
+    if owner != os.getpid() or not instance_id:
+        return None
+    argv, env = _python_command(["-m", "sagemaker_ssh_helper.bootstrap", "deregister",
+                                 instance_id], os.environ)
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _say(logging.WARNING, f"could not deregister {instance_id}: {e}")
+        return None
+    if proc.returncode != 0:
+        _say(logging.WARNING, f"could not deregister {instance_id}: {proc.stderr.strip()}")
+        return None
+    _say(logging.INFO, f"deregistered {instance_id} from SSM")
+    try:
+        mi_id_file.unlink()
+    except OSError:
+        pass
+    return instance_id
+
+
+def deregister(instance_id: str, environ: Optional[Mapping[str, str]] = None) -> None:
+    """``DeregisterManagedInstance``; an instance that is already gone counts as success."""
+    import boto3
+    from botocore.config import Config
+
+    from sagemaker_ssh_helper import aws
+
+    region_name = region(os.environ if environ is None else environ)
+    ssm = boto3.client("ssm", region_name=region_name, config=Config(
+        connect_timeout=5, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}))
+    try:
+        ssm.deregister_managed_instance(InstanceId=instance_id)
+    except Exception as e:
+        if aws.error_code(e) != "InvalidInstanceId":
+            raise aws.explain(e, "ssm:DeregisterManagedInstance") from e
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "deregister":
+        print("usage: python -m sagemaker_ssh_helper.bootstrap deregister mi-…", file=sys.stderr)
+        return 2
+    try:
+        deregister(args[1])
+    except Exception as e:
+        print(f"{type(e).__name__}: {e}" if not isinstance(e, SSHHelperError) else str(e),
+              file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

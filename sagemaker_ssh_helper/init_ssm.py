@@ -1,0 +1,264 @@
+"""``sm-init-ssm``: register this container with AWS Systems Manager; print its ``mi-`` id.
+
+1. Work out which SageMaker resource this container belongs to (``env.detect_resource``).
+2. ``CreateActivation`` for the role in ``SSH_SSM_ROLE`` with ``RegistrationLimit=1`` and the
+   tags clients look instances up by: ``SSHOwner`` (``SSH_OWNER_TAG``), ``SSHCreator`` (this
+   container's STS UserId), ``SSHTimestamp`` (epoch seconds), ``SSHResourceName`` and
+   ``SSHResourceArn``. SSM copies them onto the managed instance. Throttling (many nodes starting
+   at once) is retried with jittered exponential backoff.
+3. Stop any running agent and run ``amazon-ssm-agent -register -code … -id … -region … -y``.
+   The agent only takes the code on its command line, so the exposure is kept short: the code is
+   masked in everything logged, and the activation is deleted as soon as the registration went
+   through (that does not deregister the instance; it only makes the code useless).
+4. Print the ``mi-…`` id from the agent's registration line on stdout (logs go to stderr).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper.env import (
+    Resource,
+    detect_resource,
+    endpoint_arn,
+    iter_processes,
+    region,
+    runs_program,
+)
+from sagemaker_ssh_helper.errors import AwsError, SSHHelperError, UsageError
+
+logger = logging.getLogger(__name__)
+
+AGENT = "amazon-ssm-agent"
+AGENT_PROCESS_NAMES = ("amazon-ssm-agent", "ssm-agent-worker")
+REGISTRATION_RE = re.compile(r"Managed instance-id: (mi-[0-9a-fA-F]+)")
+RETRY_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
+                         "RequestLimitExceeded", "InternalServerError", "ServiceUnavailable"})
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+REGISTER_TIMEOUT = 180.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Activation:
+    activation_id: str
+    code: str
+
+
+def activation_tags(owner: str, creator: str, timestamp: int, name: str,
+                    arn: str) -> List[Dict[str, str]]:
+    return [
+        {"Key": "SSHOwner", "Value": owner},
+        {"Key": "SSHCreator", "Value": creator},
+        {"Key": "SSHTimestamp", "Value": str(timestamp)},
+        {"Key": "SSHResourceName", "Value": name},
+        {"Key": "SSHResourceArn", "Value": arn},
+    ]
+
+
+def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Equal-jitter exponential backoff: between half and all of ``base * 2**attempt`` (capped)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def create_activation(ssm: Any, role: str, tags: List[Dict[str, str]], description: str,
+                      instance_name: str, sleep: Callable[[float], None] = time.sleep,
+                      rand: Callable[[], float] = random.random) -> Activation:
+    """``CreateActivation``, retrying throttling and transient errors with jittered backoff."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            response = ssm.create_activation(
+                Description=description[:256], DefaultInstanceName=instance_name[:256],
+                IamRole=role, RegistrationLimit=1, Tags=tags)
+            return Activation(response["ActivationId"], response["ActivationCode"])
+        except Exception as e:
+            code = aws.error_code(e)
+            if code not in RETRY_CODES or attempt == MAX_ATTEMPTS - 1:
+                raise aws.explain(e, f"ssm:CreateActivation (with iam:PassRole on {role})") from e
+            delay = backoff_delay(attempt, rand)
+            logger.warning("CreateActivation: %s, retrying in %.1f s (attempt %d of %d)",
+                           code, delay, attempt + 1, MAX_ATTEMPTS)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def stop_running_agent(timeout: float = STOP_TIMEOUT,
+                       clock: Callable[[], float] = time.monotonic) -> None:
+    """Stop an SSM agent already running here, so the new registration is the one it uses."""
+    pids = [p.pid for p in iter_processes() if p.pid != os.getpid()
+            and any(runs_program(p, name) for name in AGENT_PROCESS_NAMES)]
+    if not pids:
+        return
+    logger.info("stopping the running SSM agent (PIDs %s)", pids)
+    _signal_all(pids, signal.SIGTERM)
+    deadline = clock() + timeout
+    while clock() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            return
+        time.sleep(0.1)
+    _signal_all(pids, signal.SIGKILL)
+
+
+def _signal_all(pids: List[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def find_agent() -> str:
+    path = shutil.which(AGENT) or ("/usr/bin/amazon-ssm-agent"
+                                   if os.access("/usr/bin/amazon-ssm-agent", os.X_OK) else None)
+    if not path:
+        raise SSHHelperError(f"{AGENT} not found on PATH: run `sm-setup-ssh configure` first "
+                             "(or install the SSM agent in the image)")
+    return path
+
+
+def register_agent(activation: Activation, region_name: str,
+                   timeout: float = REGISTER_TIMEOUT) -> str:
+    """Register the local agent with ``activation``; return the managed instance id."""
+    agent = find_agent()
+    stop_running_agent()
+    argv = [agent, "-register", "-code", activation.code, "-id", activation.activation_id,
+            "-region", region_name, "-y"]
+    logger.info("registering: %s -register -code **** -id %s -region %s -y",
+                agent, activation.activation_id, region_name)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise SSHHelperError(f"{AGENT} -register did not finish in {timeout:.0f} s") from e
+    output = (proc.stdout + proc.stderr).replace(activation.code, "****")
+    for line in output.splitlines():
+        print(line, file=sys.stderr, flush=True)  # keeps the registration line in the job log
+    match = REGISTRATION_RE.search(output)
+    if proc.returncode != 0 or not match:
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        raise SSHHelperError(f"{AGENT} -register failed (exit {proc.returncode}): {last}")
+    return match.group(1)
+
+
+def delete_activation(ssm: Any, activation_id: str) -> None:
+    """Best effort: an activation is no longer needed once its single registration is used."""
+    try:
+        ssm.delete_activation(ActivationId=activation_id)
+    except Exception as e:
+        logger.warning("could not delete activation %s (it expires by itself): %s",
+                       activation_id, aws.error_code(e) or e)
+
+
+def _role(environ: Mapping[str, str]) -> str:
+    role = environ.get("SSH_SSM_ROLE", "").strip()
+    if not role:
+        raise UsageError("SSH_SSM_ROLE is not set: start the job through the wrapper's create() "
+                         "(argument ssm_iam_role=, default: the job's role) or set SSH_SSM_ROLE "
+                         "to the name of a role SSM may assume")
+    return aws.role_name_from_arn(role)
+
+
+def _resource_arn(resource: Resource, session: Any, region_name: str) -> str:
+    if resource.arn:
+        return resource.arn
+    try:
+        account = aws.sts_client(session, region_name).get_caller_identity()["Account"]
+    except Exception as e:
+        raise aws.explain(e, "sts:GetCallerIdentity") from e
+    partition = aws.partition_for_region(region_name)
+    if resource.kind == "inference":
+        return endpoint_arn(partition, region_name, account, resource.name)
+    arn_type = {"training": "training-job", "processing": "processing-job",
+                "transform": "transform-job"}[resource.kind]
+    return f"arn:{partition}:sagemaker:{region_name}:{account}:{arn_type}/{resource.name.lower()}"
+
+
+def ssm_client(session: Any, region_name: str) -> Any:
+    from botocore.config import Config
+
+    # Retries are ours (create_activation), so a throttled call is not retried twice over.
+    return session.client("ssm", region_name=region_name,
+                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+def init(environ: Optional[Mapping[str, str]] = None) -> str:
+    environ = os.environ if environ is None else environ
+    role = _role(environ)
+    resource = detect_resource(environ)
+    region_name = region(environ, resource)
+    if not region_name:
+        raise AwsError("no AWS region: set AWS_REGION (SageMaker sets it in jobs)")
+    owner = environ.get("SSH_OWNER_TAG", "")
+    if not owner:
+        logger.warning("SSH_OWNER_TAG is not set: the instance gets an empty SSHOwner tag")
+    session = aws.boto_session(region=region_name)
+    creator = aws.caller_user_id(session)
+    arn = _resource_arn(resource, session, region_name)
+    logger.info("%s %s (%s, from %s), region %s, role %s", resource.kind, resource.name, arn,
+                resource.source, region_name, role)
+    ssm = ssm_client(session, region_name)
+    tags = activation_tags(owner, creator, int(time.time()), resource.name, arn)
+    activation = create_activation(ssm, role, tags,
+                                   f"sagemaker-ssh-helper {resource.kind} {resource.name}",
+                                   resource.name)
+    instance_id = register_agent(activation, region_name)
+    delete_activation(ssm, activation.activation_id)
+    return instance_id
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="sm-init-ssm: %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if any(a not in ("-v",) for a in args):
+        print("usage: sm-init-ssm [-v]", file=sys.stderr)
+        return 2
+    try:
+        print(init(), flush=True)
+    except SSHHelperError as e:
+        if verbose:
+            logger.exception("failed")
+        print(f"sm-init-ssm: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # unexpected: still one line unless debugging
+        if verbose:
+            logger.exception("failed")
+        print(f"sm-init-ssm: {type(e).__name__}: {e} (set SM_SSH_DEBUG=true for details)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

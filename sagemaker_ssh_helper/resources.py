@@ -1,0 +1,206 @@
+"""SageMaker resources as the client sees them: their status, and ``sm-ssh list``'s table.
+
+``list_rows`` joins the SageMaker list APIs (paginated; jobs of the last N days) with ONE
+tag-filtered scan of the SSH Helper managed instances, so the number of calls does not grow
+with the number of jobs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper.errors import ResolutionError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Api:
+    """How to list and describe one kind of SageMaker resource."""
+
+    list_op: str
+    list_key: str
+    name_key: str
+    arn_key: str
+    status_key: str
+    describe_op: str
+    recent_only: bool  # jobs: list the last N days only
+
+
+APIS: Dict[str, Api] = {
+    "training": Api("list_training_jobs", "TrainingJobSummaries", "TrainingJobName",
+                    "TrainingJobArn", "TrainingJobStatus", "describe_training_job", True),
+    "processing": Api("list_processing_jobs", "ProcessingJobSummaries", "ProcessingJobName",
+                      "ProcessingJobArn", "ProcessingJobStatus", "describe_processing_job",
+                      True),
+    "transform": Api("list_transform_jobs", "TransformJobSummaries", "TransformJobName",
+                     "TransformJobArn", "TransformJobStatus", "describe_transform_job", True),
+    "inference": Api("list_endpoints", "Endpoints", "EndpointName", "EndpointArn",
+                     "EndpointStatus", "describe_endpoint", False),
+    "notebook": Api("list_notebook_instances", "NotebookInstances", "NotebookInstanceName",
+                    "NotebookInstanceArn", "NotebookInstanceStatus",
+                    "describe_notebook_instance", False),
+}
+FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
+            "OutOfService"}
+
+
+def _not_found(e: BaseException) -> bool:
+    message = str(getattr(e, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return aws.error_code(e) in ("ResourceNotFound", "ValidationException") and (
+        "not found" in message or "could not find" in message or "does not exist" in message)
+
+
+def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[str]:
+    """The resource's status, ``"NotFound"``, or None when it cannot be told (Studio apps,
+    missing permissions)."""
+    api = APIS.get(target.kind.kind)
+    if api is None or target.name is None:
+        return None
+    sm = aws.client(session, "sagemaker", region)
+    try:
+        described = getattr(sm, api.describe_op)(**{api.name_key: target.name})
+    except Exception as e:
+        if _not_found(e):
+            return "NotFound"
+        logger.debug("%s %s: %s", api.describe_op, target.name, e)
+        return None
+    return str(described.get(api.status_key, "")) or None
+
+
+def check_running(session: Any, region: str, target: fqdn.Target) -> None:
+    """Fail at once for a resource that does not exist or has finished."""
+    status = resource_status(session, region, target)
+    what = f"{target.kind.description} {target.name}"
+    if status == "NotFound":
+        raise ResolutionError(f"no {what} in {region}: check the name and --region "
+                              f"(`sm-ssh list {target.kind.kind}.{fqdn.SUFFIX}`)")
+    if status in FINISHED:
+        raise ResolutionError(f"{what} is {status}: SSH is available only while it runs")
+
+
+def logs_hint(session: Any, region: str, target: fqdn.Target) -> str:
+    """Where to look when no instance registered."""
+    if target.kind.kind not in APIS or target.name is None:
+        return ("check that the app calls setup_and_start_ssh() and look at its logs in the "
+                "SageMaker Studio console")
+    try:
+        from sagemaker_ssh_helper.log import SSHLog
+
+        url = SSHLog(region_name=region, session=session).get_cloudwatch_url(
+            target.kind.kind, target.name)
+        return ("check that the entry point calls setup_and_start_ssh() and look for "
+                f"'sm-init-ssm' in its logs: {url}")
+    except Exception as e:  # the hint is a convenience; never fail on it
+        logger.debug("no console URL: %s", e)
+        return "check the job's CloudWatch logs for errors from sm-setup-ssh / sm-init-ssm"
+
+
+@dataclass
+class Row:
+    fqdn: str
+    kind: str
+    name: str
+    status: str
+    created: Optional[datetime] = None
+    instances: List[Any] = field(default_factory=list)
+
+    @property
+    def ssh(self) -> str:
+        if not self.instances:
+            return "ssh:NotFound"
+        if any(i.online for i in self.instances):
+            return "Online"
+        return self.instances[0].ping_status or "Unknown"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "fqdn": self.fqdn, "kind": self.kind, "name": self.name, "status": self.status,
+            "ssh": self.ssh, "created": self.created.isoformat() if self.created else None,
+            "instances": [{"instance_id": i.instance_id, "ping_status": i.ping_status,
+                           "computer_name": i.computer_name, "resource_arn": i.resource_arn}
+                          for i in self.instances],
+        }
+
+
+def _arn_key(arn: str) -> str:
+    """The resource part of an ARN, lowercased: ``training-job/my-job``."""
+    return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
+
+
+def _list(session: Any, region: str, kind: str, days: int) -> Iterator[Tuple[str, str, str, Any]]:
+    """(name, ARN key, status, created) of one kind, all pages."""
+    # Few retries: an API this account or endpoint does not offer must not stall the listing.
+    sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
+    if kind == "studio":
+        for page in sm.get_paginator("list_apps").paginate():
+            for app in page.get("Apps", []):
+                owner = app.get("UserProfileName") or app.get("SpaceName") or ""
+                key = f"app/{app['DomainId']}/{owner}/{app['AppType']}/{app['AppName']}"
+                yield (f"{app['AppName']}.{owner}.{app['DomainId']}", key.lower(),
+                       str(app.get("Status", "")), app.get("CreationTime"))
+        return
+    api = APIS[kind]
+    kwargs: Dict[str, Any] = {}
+    if api.recent_only:
+        kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=days)
+    for page in sm.get_paginator(api.list_op).paginate(**kwargs):
+        for item in page.get(api.list_key, []):
+            yield (str(item[api.name_key]), _arn_key(str(item.get(api.arn_key, ""))),
+                   str(item.get(api.status_key, "")), item.get("CreationTime"))
+
+
+def _wanted(target: fqdn.Target, kind: str, name: str) -> bool:
+    if kind not in {k.kind for k in target.kinds}:
+        return False
+    if kind == "studio" and target.domain:
+        app, _, rest = name.partition(".")
+        if rest.lower() != f"{target.user_or_space}.{target.domain}".lower():
+            return False
+        name = app
+    return target.name is None or (name.split(".")[0].lower() == target.name.lower())
+
+
+def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
+              days: int = 30) -> List[Row]:
+    by_arn: Dict[str, List[Any]] = {}
+    for inst in manager.list_ssh_instances():
+        by_arn.setdefault(_arn_key(inst.resource_arn), []).append(inst)
+    rows: List[Row] = []
+    for rk in target.kinds:
+        try:
+            for name, key, status, created in _list(session, region, rk.kind, days):
+                if _wanted(target, rk.kind, name):
+                    rows.append(Row(f"{name}.{rk.kind}.{fqdn.SUFFIX}", rk.kind, name, status,
+                                    created, by_arn.pop(key, [])))
+        except Exception as e:  # one kind failing (permissions) must not hide the others
+            print(f"sm-ssh: skipping {rk.description}s: {aws.explain(e, 'sagemaker:List*')}",
+                  file=sys.stderr)
+    for key, instances in by_arn.items():  # SSH instances of resources not listed above
+        rk_ = fqdn.kind_for_arn_type(key.split("/", 1)[0])
+        name = instances[0].resource_name or key.rsplit("/", 1)[-1]
+        if rk_ is not None and rk_.kind == "studio":
+            parts = key.split("/")  # app/<domain>/<user-or-space>/<type>/<app>
+            name = f"{name}.{parts[2]}.{parts[1]}" if len(parts) == 5 else name
+        if rk_ is not None and _wanted(target, rk_.kind, name):
+            rows.append(Row(f"{name}.{rk_.kind}.{fqdn.SUFFIX}", rk_.kind, name, "-", None,
+                            instances))
+    return rows
+
+
+def render(rows: List[Row], output: str = "table") -> str:
+    if output == "json":
+        return json.dumps([r.as_dict() for r in rows], indent=2)
+    table = [("FQDN", "STATUS", "SSH", "INSTANCES")]
+    for r in rows:
+        shown = [i for i in r.instances if i.online] or r.instances[:1]
+        table.append((r.fqdn, r.status, r.ssh,
+                      ", ".join(f"{i.computer_name or '?'}={i.instance_id}" for i in shown)))
+    widths = [max(len(row[c]) for row in table) for c in range(3)]
+    return "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths))
+                      + "  " + row[3]).rstrip() for row in table)

@@ -1,0 +1,88 @@
+"""Ship container output to CloudWatch Logs (moto), like SageMaker's log streams.
+
+Streams are named ``<job>/algo-N-<epoch>`` in ``/aws/sagemaker/TrainingJobs`` (and
+``ProcessingJobs``/``TransformJobs``), so ``estimator.logs()`` and Logs Insights lookups work.
+Lines are batched and sent by one background thread; a failure to ship never affects a job.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, List, Set, Tuple
+
+logger = logging.getLogger(__name__)
+
+LOG_GROUPS = {
+    "training": "/aws/sagemaker/TrainingJobs",
+    "processing": "/aws/sagemaker/ProcessingJobs",
+    "transform": "/aws/sagemaker/TransformJobs",
+}
+
+
+class LogShipper:
+    def __init__(self, logs_client: Any, interval: float = 0.5) -> None:
+        self._client = logs_client
+        self._interval = interval
+        self._queue: queue.Queue[Tuple[str, str, int, str]] = queue.Queue()
+        self._known: Set[Tuple[str, str]] = set()
+        self._drain_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cloudwatch logs", daemon=True)
+        self._thread.start()
+
+    def sink(self, kind: str, job_name: str, host: str) -> Callable[[str, str], None]:
+        group = LOG_GROUPS[kind]
+        stream = f"{job_name}/{host}-{int(time.time())}"
+
+        def put(_container: str, line: str) -> None:
+            self._queue.put((group, stream, int(time.time() * 1000), line))
+
+        return put
+
+    def _ensure(self, group: str, stream: str) -> None:
+        if (group, stream) in self._known:
+            return
+        for call, kwargs in ((self._client.create_log_group, {"logGroupName": group}),
+                             (self._client.create_log_stream,
+                              {"logGroupName": group, "logStreamName": stream})):
+            try:
+                call(**kwargs)
+            except self._client.exceptions.ResourceAlreadyExistsException:
+                pass
+        self._known.add((group, stream))
+
+    def _drain(self) -> None:
+        with self._drain_lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        batches: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+        while True:
+            try:
+                group, stream, ts, line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            batches.setdefault((group, stream), []).append({"timestamp": ts, "message": line})
+        for (group, stream), events in batches.items():
+            try:
+                self._ensure(group, stream)
+                for i in range(0, len(events), 1000):
+                    self._client.put_log_events(logGroupName=group, logStreamName=stream,
+                                                logEvents=events[i:i + 1000])
+            except Exception as e:  # never let log shipping break the sandbox
+                logger.warning("cannot ship %d log line(s) to %s %s: %s",
+                               len(events), group, stream, e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._drain()
+        self._drain()
+
+    def flush(self) -> None:
+        self._drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -1,0 +1,267 @@
+"""The sandbox daemon: emulated AWS plus the job runner, in one background process.
+
+Started by ``sm-ssh sandbox up`` (see :mod:`sagemaker_ssh_helper.sandbox.control`)::
+
+    python -m sagemaker_ssh_helper.sandbox.server --state-dir DIR [--port N] [--ready-fd FD]
+
+* moto (``ThreadedMotoServer``) on an internal 127.0.0.1 port: S3, STS, IAM, SageMaker, Logs;
+* the gateway on the public port (``AWS_ENDPOINT_URL``), serving job operations itself;
+* the SSM stand-in on its own port (``AWS_ENDPOINT_URL_SSM``);
+* host-side unix-socket bridges for both ports, used by the job containers.
+
+When everything answers it writes ``state.json`` and a line to ``--ready-fd``. SIGTERM/SIGINT
+stop all containers (SIGTERM, SIGKILL after ``--stop-grace``) and every service.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from sagemaker_ssh_helper.sandbox import control
+from sagemaker_ssh_helper.sandbox.bridge import UnixToTcp
+from sagemaker_ssh_helper.sandbox.cwlogs import LOG_GROUPS, LogShipper
+from sagemaker_ssh_helper.sandbox.gateway import Gateway
+from sagemaker_ssh_helper.sandbox.jobs import JobsAPI
+from sagemaker_ssh_helper.sandbox.layout import Platform
+from sagemaker_ssh_helper.sandbox.runner import JobRunner
+
+# Where the state dir's pybin/ (python, python3, pip) appears inside job containers.
+CONTAINER_PYBIN = "/run/sm-ssh-sandbox/pybin"
+
+logger = logging.getLogger(__name__)
+
+TRUST_POLICY = """{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal":
+ {"Service": ["sagemaker.amazonaws.com", "ssm.amazonaws.com"]}, "Action": "sts:AssumeRole"}]}"""
+SAGEMAKER_CONFIG = """\
+SchemaVersion: '1.0'
+SageMaker:
+  PythonSDK:
+    Modules:
+      TelemetryOptOut: true
+"""
+PIP_SHIM = """#!/bin/sh
+exec "{python}" -m pip "$@"
+"""
+
+
+def _boto_client(service: str, url: str, region: str) -> Any:
+    import boto3
+
+    creds = control.CREDENTIALS
+    return boto3.client(service, region_name=region, endpoint_url=url,
+                        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                        aws_session_token=creds["AWS_SESSION_TOKEN"])
+
+
+def seed(moto_url: str, region: str, account: str) -> Dict[str, str]:
+    """Resources a fresh account needs for SageMaker: the execution role and default bucket."""
+    iam = _boto_client("iam", moto_url, region)
+    iam.create_role(RoleName=control.ROLE_NAME, AssumeRolePolicyDocument=TRUST_POLICY,
+                    Description="SageMaker execution role of the offline sandbox")
+    bucket = f"sagemaker-{region}-{account}"
+    s3 = _boto_client("s3", moto_url, region)
+    if region == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    logs = _boto_client("logs", moto_url, region)
+    for group in LOG_GROUPS.values():
+        logs.create_log_group(logGroupName=group)
+    return {"role_arn": control.role_arn(account), "bucket": bucket}
+
+
+def write_support_files(sd: control.StateDir, python: str) -> None:
+    sd.sagemaker_config.write_text(SAGEMAKER_CONFIG)
+    sd.pybin.mkdir(parents=True, exist_ok=True)
+    for name in ("python", "python3"):
+        link = sd.pybin / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(python)
+    pip = sd.pybin / "pip"
+    pip.write_text(PIP_SHIM.format(python=python))
+    pip.chmod(0o755)
+
+
+class Daemon:
+    def __init__(self, state_dir: Path, region: str, port: int = 0, ssm_port: int = 0,
+                 stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
+                 account: str = control.ACCOUNT) -> None:
+        self.sd = control.StateDir(state_dir)
+        self.region = region
+        self.account = account
+        self.port = port
+        self.ssm_port = ssm_port
+        self.stop_grace = stop_grace
+        self.heartbeat_timeout = heartbeat_timeout
+        self.python = os.path.realpath(sys.executable)
+        self._started = time.time()
+        self._bridges: List[UnixToTcp] = []
+        self._moto: Any = None
+        self._ssm: Any = None
+        self._gateway: Optional[Gateway] = None
+        self._runner: Optional[JobRunner] = None
+        self._shipper: Optional[LogShipper] = None
+
+    def start(self) -> Dict[str, Any]:
+        from moto.server import ThreadedMotoServer
+
+        from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+
+        self.sd.root.mkdir(parents=True, exist_ok=True)
+        self.sd.sock_dir.mkdir(parents=True, exist_ok=True)
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        moto_host, moto_port = self._moto.get_host_and_port()
+        moto_url = f"http://{moto_host}:{moto_port}"
+        seeded = seed(moto_url, self.region, self.account)
+        self._ssm = start_ssm_server(host="127.0.0.1", port=self.ssm_port,
+                                     state_dir=self.sd.root / "ssm", account_id=self.account,
+                                     region=self.region, heartbeat_timeout=self.heartbeat_timeout)
+        gateway = Gateway(("127.0.0.1", self.port), (moto_host, moto_port), jobs=None,
+                          status=self.status)
+        self._gateway = gateway
+        bridges = {}
+        for port in (gateway.port, int(self._ssm.port)):
+            bridge = UnixToTcp(self.sd.sock_dir / f"{port}.sock", "127.0.0.1", port).start()
+            self._bridges.append(bridge)
+            bridges[port] = bridge.path
+        write_support_files(self.sd, self.python)
+        platform = Platform(region=self.region, account=self.account,
+                            endpoint_url=gateway.url, ssm_endpoint_url=self._ssm.url,
+                            python=self.python,
+                            path_dirs=[str(control.PACKAGE_DIR / "bin"), CONTAINER_PYBIN],
+                            credentials=dict(control.CREDENTIALS))
+        self._shipper = LogShipper(_boto_client("logs", moto_url, self.region))
+        self._runner = JobRunner(self.sd.root, platform, _boto_client("s3", moto_url, self.region),
+                                 bridges, self._shipper, self.stop_grace,
+                                 binds=[(str(self.sd.pybin), CONTAINER_PYBIN)])
+        jobs = JobsAPI(self.region, self.account, self._runner, self.sd.root)
+        self._runner.save = jobs.save
+        gateway.jobs = jobs
+        gateway.start()
+        state = self._state(moto_port, seeded)
+        self.sd.write(state)
+        logger.info("sandbox ready: AWS endpoint %s, SSM %s, moto %s", gateway.url,
+                    self._ssm.url, moto_url)
+        return state
+
+    def _state(self, moto_port: int, seeded: Dict[str, str]) -> Dict[str, Any]:
+        import psutil
+
+        assert self._gateway is not None
+        return {
+            "pid": os.getpid(),
+            "pid_create_time": psutil.Process().create_time(),
+            "started": self._started,
+            "state_dir": str(self.sd.root),
+            "region": self.region,
+            "account": self.account,
+            "ports": {"gateway": self._gateway.port, "ssm": int(self._ssm.port), "moto": moto_port},
+            "endpoint_url": self._gateway.url,
+            "ssm_endpoint_url": self._ssm.url,
+            "role_arn": seeded["role_arn"],
+            "bucket": seeded["bucket"],
+            "sagemaker_config": str(self.sd.sagemaker_config),
+            "pybin": str(self.sd.pybin),
+            "python": self.python,
+            "stop_grace": self.stop_grace,
+        }
+
+    def status(self) -> Dict[str, Any]:
+        state = self.sd.read() or {}
+        jobs = self._gateway.jobs.jobs() if self._gateway and self._gateway.jobs else []
+        return {
+            "pid": os.getpid(),
+            "uptime": time.time() - self._started,
+            "endpoint_url": state.get("endpoint_url"),
+            "ssm_endpoint_url": state.get("ssm_endpoint_url"),
+            "ports": state.get("ports"),
+            "jobs": [dict(j.summary(), Kind=j.kind.key) for j in jobs],
+            "containers": self._runner.containers() if self._runner else [],
+        }
+
+    def stop(self) -> None:
+        logger.info("stopping the sandbox")
+        if self._runner:
+            self._runner.shutdown(self.stop_grace + 10)
+        for step in (self._stop_gateway, self._stop_bridges, self._stop_others):
+            try:
+                step()
+            except Exception:  # keep tearing down the rest
+                logger.exception("error during shutdown")
+        try:
+            self.sd.state_file.unlink()
+        except FileNotFoundError:
+            pass
+        logger.info("sandbox stopped")
+
+    def _stop_gateway(self) -> None:
+        if self._gateway:
+            self._gateway.stop()
+
+    def _stop_bridges(self) -> None:
+        for bridge in self._bridges:
+            bridge.close()
+
+    def _stop_others(self) -> None:
+        if self._shipper:
+            self._shipper.close()
+        if self._ssm:
+            self._ssm.shutdown()
+        if self._moto:
+            self._moto.stop()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {control.SERVER_MODULE}")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--region", default=control.DEFAULT_REGION)
+    parser.add_argument("--port", type=int, default=0, help="public AWS endpoint port (0: any)")
+    parser.add_argument("--ssm-port", type=int, default=0)
+    parser.add_argument("--stop-grace", type=float, default=10.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("werkzeug", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.ready_fd is not None:
+        # Detach: the process that started us exits now; the daemon reports its PID, then
+        # "ready" once everything answers.
+        if os.fork() > 0:
+            os._exit(0)
+        os.write(args.ready_fd, f"pid {os.getpid()}\n".encode())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon = Daemon(args.state_dir, args.region, args.port, args.ssm_port, args.stop_grace,
+                    args.heartbeat_timeout)
+    try:
+        daemon.start()
+    except Exception as e:
+        logger.exception("sandbox start-up failed")
+        print(f"sandbox start-up failed: {e}", file=sys.stderr, flush=True)
+        daemon.stop()
+        return 1
+    if args.ready_fd is not None:
+        os.write(args.ready_fd, b"ready\n")
+        os.close(args.ready_fd)
+    while not stop.wait(3600):
+        pass
+    daemon.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Open an SSM ``AWS-StartSSHSession`` session without the AWS CLI.
+
+StartSession is called through boto3 and the response is handed to ``session-manager-plugin``
+in the ``AWS_SSM_START_SESSION_RESPONSE`` environment variable, so the session token never shows
+up in ``ps``. The plugin inherits stdin/stdout: run as an ssh ProxyCommand,
+
+    python -m sagemaker_ssh_helper.session mi-0123456789abcdef0 --port %p
+
+this process writes nothing but the session stream to stdout; diagnostics go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
+
+from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper.errors import SSHHelperError
+
+logger = logging.getLogger(__name__)
+
+PLUGIN = "session-manager-plugin"
+RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
+SSH_DOCUMENT = "AWS-StartSSHSession"
+PLUGIN_HELP = ("session-manager-plugin not found on PATH: install it (run sm-local-configure, or "
+               "see https://docs.aws.amazon.com/systems-manager/latest/userguide/"
+               "session-manager-working-with-install-plugin.html)")
+
+
+class PluginMissing(SSHHelperError):
+    exit_code = 127
+
+
+def find_plugin() -> str:
+    path = shutil.which(PLUGIN)
+    if not path:
+        raise PluginMissing(PLUGIN_HELP)
+    return path
+
+
+def plugin_argv(plugin: str, region: str, profile: Optional[str],
+                parameters: Dict[str, Any], endpoint_url: str) -> List[str]:
+    """The plugin's command line; the StartSession response itself travels in the env var."""
+    return [plugin, RESPONSE_ENV, region, "StartSession", profile or "",
+            json.dumps(parameters), endpoint_url]
+
+
+@contextmanager
+def user_signals_left_to_child() -> Iterator[None]:
+    """While the plugin runs, Ctrl-C / Ctrl-\\ / Ctrl-Z belong to it, not to this process.
+
+    A Python handler (not SIG_IGN) is installed so the child, after exec, still gets the
+    default dispositions. SIGTERM/SIGHUP (ssh closing its ProxyCommand) are passed on by the
+    caller. The previous handlers are restored on the way out.
+    """
+    names = ("SIGINT", "SIGQUIT", "SIGTSTP")
+    signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    previous = {s: signal.getsignal(s) for s in signums}
+    try:
+        for s in signums:
+            signal.signal(s, lambda *_: None)
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _forward_termination(child: subprocess.Popen) -> Dict[int, Any]:
+    """Pass SIGTERM/SIGHUP on to the plugin so it closes the session before we exit."""
+    signums = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def forward(signum: int, _frame: Any) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for s in signums:
+        signal.signal(s, forward)
+    return previous
+
+
+def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
+                      region: Optional[str] = None, profile: Optional[str] = None) -> int:
+    """Start an ``AWS-StartSSHSession`` session to ``instance_id``:``port`` and relay it on
+    stdin/stdout through the plugin. Returns the plugin's exit code."""
+    plugin = find_plugin()
+    session = session or aws.boto_session(profile, region)
+    ssm = aws.client(session, "ssm", region or aws.session_region(session))
+    parameters = {"Target": instance_id, "DocumentName": SSH_DOCUMENT,
+                  "Parameters": {"portNumber": [str(port)]}}
+    try:
+        response = ssm.start_session(**parameters)
+    except Exception as e:
+        if aws.error_code(e) == "TargetNotConnected":
+            raise SSHHelperError(f"{instance_id} is not connected to SSM (ConnectionLost): "
+                                 "the container stopped or its agent died", 3) from e
+        raise aws.explain(e, "ssm:StartSession") from e
+    session_id = response["SessionId"]
+    env = dict(os.environ)
+    env[RESPONSE_ENV] = json.dumps({k: response[k]
+                                    for k in ("SessionId", "TokenValue", "StreamUrl")})
+    argv = plugin_argv(plugin, ssm.meta.region_name, profile, parameters, ssm.meta.endpoint_url)
+    logger.debug("session %s to %s:%s", session_id, instance_id, port)
+    returncode = 1
+    try:
+        with user_signals_left_to_child():
+            child = subprocess.Popen(argv, env=env)
+            previous = _forward_termination(child)
+            try:
+                returncode = child.wait()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+    except FileNotFoundError as e:
+        raise PluginMissing(PLUGIN_HELP) from e
+    finally:
+        if returncode != 0:
+            terminate_session(ssm, session_id)
+    return returncode
+
+
+def terminate_session(ssm: Any, session_id: str) -> None:
+    """Best effort: close the session on the service side so the agent frees it at once."""
+    try:
+        ssm.terminate_session(SessionId=session_id)
+    except Exception as e:  # the session may already be gone; nothing more to do
+        logger.debug("TerminateSession %s: %s", session_id, e)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sagemaker_ssh_helper.session",
+        description="Relay an SSM SSH session on stdin/stdout (for ssh's ProxyCommand).")
+    parser.add_argument("instance_id", help="managed instance ID (mi-...)")
+    parser.add_argument("--port", type=int, default=22, help="remote port (ssh's %%p)")
+    parser.add_argument("--region")
+    parser.add_argument("--profile")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    debug = args.verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(name)s: %(message)s")
+    try:
+        return start_ssh_session(args.instance_id, args.port, region=args.region,
+                                 profile=args.profile)
+    except SSHHelperError as e:
+        if debug:
+            logger.exception("failed")
+        print(f"sm-ssh session: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line for the user; the traceback only when debugging
+        if debug:
+            logger.exception("failed")
+        print(f"sm-ssh session: unexpected error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

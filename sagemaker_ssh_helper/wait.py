@@ -1,0 +1,144 @@
+"""``sm-wait <seconds>|stop|list``: hold a job until the user has connected, or time runs out.
+
+``sm-wait N`` returns after N seconds or as soon as ``/tmp/sm-wait-stopped`` exists, printing a
+progress line every 10 seconds that says how far the SSM agent has got. ``sm-wait stop`` creates
+the file (locally, or remotely over SSH / SSM), which releases every waiting ``sm-wait`` in the
+container. ``sm-wait list`` shows the waiting ``sm-wait`` processes and their time left; it finds
+them by their command line, so there is no state to clean up.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from sagemaker_ssh_helper.env import agent_running, iter_processes, registered_instance_id
+
+STOP_FILE = Path("/tmp/sm-wait-stopped")
+PROGRESS_INTERVAL = 10.0
+POLL_INTERVAL = 1.0
+USAGE = "usage: sm-wait <seconds>|stop|list"
+_MODULE = "sagemaker_ssh_helper.wait"
+
+
+def agent_status() -> str:
+    """One phrase on how far the SSM agent has got in this container."""
+    instance_id = registered_instance_id()
+    running = agent_running()
+    if running and instance_id:
+        return f"SSM agent running, registered as {instance_id}"
+    if running:
+        return "SSM agent started, registration not saved yet"
+    if instance_id:
+        return f"SSM agent registered as {instance_id} but not running"
+    return "SSM agent not started yet"
+
+
+def wait(seconds: float, stop_file: Path = STOP_FILE,
+         clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep,
+         status: Callable[[], str] = agent_status,
+         out: Callable[[str], None] = print) -> str:
+    """Block until ``seconds`` pass or ``stop_file`` exists; return "timeout" or "stopped"."""
+    if seconds <= 0:
+        return "timeout"
+    deadline = clock() + seconds
+    next_progress = clock()
+    while True:
+        if stop_file.exists():
+            out(f"sm-wait: {stop_file} exists, continuing")
+            return "stopped"
+        now = clock()
+        remaining = deadline - now
+        if remaining <= 0:
+            out(f"sm-wait: waited {seconds:g} s, continuing")
+            return "timeout"
+        if now >= next_progress:
+            out(f"sm-wait: {remaining:.0f} s left; {status()}; run `sm-wait stop` to continue now")
+            next_progress = now + PROGRESS_INTERVAL
+        sleep(max(0.0, min(POLL_INTERVAL, remaining, next_progress - now)))
+
+
+def stop(stop_file: Path = STOP_FILE) -> None:
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.touch()
+
+
+@dataclass(frozen=True)
+class Waiter:
+    pid: int
+    seconds: int
+    remaining: float
+
+
+def _waited_seconds(cmdline: List[str]) -> Optional[int]:
+    """N if ``cmdline`` runs ``python -m sagemaker_ssh_helper.wait N``, else None."""
+    for i, arg in enumerate(cmdline[:-1]):
+        if arg == _MODULE and cmdline[i + 1].isdigit():
+            return int(cmdline[i + 1])
+    return None
+
+
+def waiters(now: Callable[[], float] = time.time) -> List[Waiter]:
+    """The other ``sm-wait N`` processes in this container, oldest first."""
+    found = []
+    for proc in iter_processes():
+        seconds = _waited_seconds(proc.cmdline)
+        if seconds is None or proc.pid == os.getpid():
+            continue
+        remaining = max(0.0, proc.create_time + seconds - now())
+        found.append(Waiter(proc.pid, seconds, remaining))
+    return sorted(found, key=lambda w: w.pid)
+
+
+def list_lines(stop_file: Path = STOP_FILE) -> List[str]:
+    lines = [f"PID {w.pid}: {w.remaining:.0f} s left of {w.seconds} s" for w in waiters()]
+    if not lines:
+        lines.append("no sm-wait is waiting")
+    if stop_file.exists():
+        lines.append(f"stop requested: {stop_file} exists")
+    return lines
+
+
+def _say(line: str) -> None:
+    """Print a line; if the reader went away (``sm-wait 600 | head -1``), keep waiting quietly."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(f"sm-wait: expected one argument; {USAGE}", file=sys.stderr)
+        return 2
+    arg = args[0]
+    if arg in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if arg == "stop":
+        stop()
+        _say(f"sm-wait: created {STOP_FILE}; waiting sm-wait processes will continue")
+        return 0
+    if arg == "list":
+        for line in list_lines():
+            _say(line)
+        return 0
+    if not arg.isdigit():
+        print(f"sm-wait: {arg!r} is not a whole number of seconds; {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        wait(int(arg), out=_say)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""End to end: `sm-ssh connect`, `start-proxy` and SSMProxy against a real sshd and the SSM
+stand-in's agent, both running in a private mount/PID/UTS namespace ("container") whose
+/etc/ssh, /run and /tmp are its own, so the host's files are never touched."""
+from __future__ import annotations
+
+import http.server
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import boto3
+import pytest
+from conftest import is_root_linux
+
+from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper.proxy import SSMProxy
+
+ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+moto_server = pytest.importorskip("moto.server")
+
+REPO = Path(__file__).resolve().parents[1]
+SANDBOX_BIN = REPO / "sagemaker_ssh_helper" / "sandbox" / "bin"
+ACCOUNT = "123456789012"
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not is_root_linux() or not Path("/usr/sbin/sshd").exists()
+                       or not (SANDBOX_BIN / "amazon-ssm-agent").exists(),
+                       reason="needs root on Linux, /usr/sbin/sshd and the SSM stand-in"),
+]
+
+CONTAINER_SH = r"""
+set -euo pipefail
+hostname "$NODE_NAME"
+mount -t tmpfs tmpfs /run
+mkdir -p /run/sshd /run/work
+mount --bind "$WORK" /run/work
+mount --bind /run/work/etc-ssh /etc/ssh
+mount -t tmpfs tmpfs /tmp
+export SSM_AGENT_STATE_DIR=/run/work/agent
+/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config 2>>/run/work/sshd.log &
+for _ in $(seq 200); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$SSHD_PORT") 2>/dev/null && break
+  sleep 0.05
+done
+amazon-ssm-agent -register -code "$CODE" -id "$ACTIVATION_ID" -region us-east-1 -y
+exec amazon-ssm-agent >>/run/work/agent.log 2>&1
+"""
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey /etc/ssh/ssh_host_ed25519_key
+AuthorizedKeysFile /etc/ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+PidFile none
+AllowTcpForwarding yes
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Container:
+    """A namespace with sshd on ``port`` and the stand-in agent, registered with SSH* tags."""
+
+    def __init__(self, work: Path, name: str, kind: str = "training-job",
+                 node: str = "algo-1") -> None:
+        self.work, self.port, self.node = work, free_port(), node
+        (work / "etc-ssh").mkdir(parents=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(work / "etc-ssh" / "ssh_host_ed25519_key")], check=True)
+        (work / "etc-ssh" / "sshd_config").write_text(SSHD_CONFIG.format(port=self.port))
+        tags = {"SSHResourceName": name, "SSHOwner": "tester", "SSHCreator": "tester",
+                "SSHResourceArn": f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:{kind}/{name.lower()}",
+                "SSHTimestamp": str(int(time.time()))}
+        activation = boto3.client("ssm").create_activation(
+            IamRole="SageMakerRole", DefaultInstanceName=name,
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        env = dict(os.environ, WORK=str(work), NODE_NAME=node, SSHD_PORT=str(self.port),
+                   CODE=activation["ActivationCode"], ACTIVATION_ID=activation["ActivationId"])
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+             "bash", "-c", CONTAINER_SH], env=env, stdout=subprocess.PIPE, text=True,
+            start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "Successfully registered" in line, f"agent did not register: {line!r}"
+        self.instance_id = line.split()[-1]
+        ssm, deadline = boto3.client("ssm"), time.monotonic() + 30
+        while ssm.describe_instance_information(Filters=[
+                {"Key": "InstanceIds", "Values": [self.instance_id]}, {"Key": "PingStatus",
+                                                                        "Values": ["Online"]}]
+        )["InstanceInformationList"] == []:
+            assert time.monotonic() < deadline, "the agent never came online"
+            time.sleep(0.1)
+
+    @property
+    def authorized_keys(self) -> List[str]:
+        return (self.work / "etc-ssh" / "authorized_keys").read_text().splitlines()
+
+    def stop(self) -> None:
+        self.proc.kill()  # --kill-child: the namespace's processes die with it
+        self.proc.wait(timeout=30)
+
+
+class Aws:
+    """moto (STS, SageMaker) and the SSM stand-in, as the client reaches them."""
+
+    def __init__(self) -> None:
+        self.moto = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0,
+                                                   verbose=False)
+        self.moto.start()
+        host, port = self.moto.get_host_and_port()
+        self.ssm = ssm_service.start_ssm_server()
+        self.env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                    "AWS_ENDPOINT_URL_SSM": self.ssm.url}
+
+    def add_fake(self, name: str, resource: str, count: int, ping: str) -> List[str]:
+        return list(self.ssm.backend.add_fake_instances(count, ping_status=ping, tags={
+            "SSHResourceName": name,
+            "SSHResourceArn": f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:{resource}"}))
+
+    def stop(self) -> None:
+        self.ssm.shutdown()
+        self.moto.stop()
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Aws]:
+    a = Aws()
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def env(aws: Aws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Dict[str, str]:
+    for key, value in aws.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", f"{SANDBOX_BIN}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("SM_SSH_PYTHON", sys.executable)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_KEY", raising=False)
+    (tmp_path / "home").mkdir()
+    return dict(os.environ)
+
+
+@pytest.fixture
+def container(env: Dict[str, str], tmp_path: Path) -> Iterator[Container]:
+    c = Container(tmp_path / "c1", "Job-E2e")
+    yield c
+    c.stop()
+
+
+def sm_ssh(args: List[str], env: Dict[str, str], timeout: float = 120,
+           **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def test_connect_runs_the_command_and_returns_its_exit_code(
+        container: Container, env: Dict[str, str], tmp_path: Path) -> None:
+    done = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
+                   "hostname; echo $USER; exit 3"], env)
+    assert (done.returncode, done.stdout) == (3, "algo-1\nroot\n"), done.stderr
+    home = tmp_path / "home" / ".ssh"
+    key = home / "job-e2e.training.sagemaker"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    marker = keys.client_marker(key)
+    assert container.authorized_keys == [
+        f"{keys.public_key(key)} {marker}"]
+    host_pub = (container.work / "etc-ssh" / "ssh_host_ed25519_key.pub").read_text().split()
+    assert (home / "sm-ssh-known_hosts").read_text() == (
+        f"job-e2e.training.sagemaker {host_pub[0]} {host_pub[1]}\n")
+    again = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
+                    "true"], env)
+    assert again.returncode == 0, again.stderr
+    assert len(container.authorized_keys) == 1  # replaced, not accumulated
+
+
+def test_two_users_connect_at_once(container: Container, env: Dict[str, str],
+                                   tmp_path: Path) -> None:
+    envs = []
+    for user in ("alice", "bob"):
+        home = tmp_path / user
+        home.mkdir()
+        envs.append(dict(env, HOME=str(home)))
+    procs = [subprocess.Popen([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
+                               "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
+                               "echo", f"hello-{i}"], env=e, stdout=subprocess.PIPE, text=True)
+             for i, e in enumerate(envs)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == ["hello-0\n", "hello-1\n"]
+    assert len(container.authorized_keys) == 2
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        body = b"hello through the tunnel\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def web() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+def _fetch(url: str, proc: subprocess.Popen, deadline: float) -> str:
+    delay = 0.05
+    while True:
+        assert proc.poll() is None, f"ssh exited early: {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def test_local_and_remote_forwarding(container: Container, env: Dict[str, str],
+                                     web: int) -> None:
+    local = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
+                             "Job-E2e.training.sagemaker", "-p", str(container.port), "-N",
+                             "-L", f"{local}:localhost:{web}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        page = _fetch(f"http://127.0.0.1:{local}/", proc, time.monotonic() + 60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert page == "hello through the tunnel\n"
+    remote = free_port()
+    fetch = (f"import urllib.request; print(urllib.request.urlopen("
+             f"'http://127.0.0.1:{remote}/').read().decode(), end='')")
+    done = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port),
+                   "-R", f"{remote}:localhost:{web}", "--",
+                   shlex.join([sys.executable, "-c", fetch])], env)
+    assert (done.returncode, done.stdout) == (0, "hello through the tunnel\n"), done.stderr
+
+
+def test_plain_ssh_through_start_proxy_with_lowercased_host(
+        container: Container, env: Dict[str, str], tmp_path: Path) -> None:
+    """As ~/.ssh/config would: ssh lowercases %h, the job name has capitals."""
+    home = tmp_path / "home" / ".ssh"
+    proxy_cmd = (f"{shlex.quote(sys.executable)} -m sagemaker_ssh_helper.sm_ssh start-proxy "
+                 "%h --port %p")
+    done = subprocess.run(
+        ["ssh", "-F", "none", "-o", f"ProxyCommand={proxy_cmd}",
+         "-o", f"IdentityFile={home}/%h", "-o", "IdentitiesOnly=yes",
+         "-o", f"UserKnownHostsFile={home}/sm-ssh-known_hosts",
+         "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=job-e2e.training.sagemaker",
+         "-p", str(container.port), "root@Job-E2e.training.sagemaker", "echo", "via-proxy"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "via-proxy\n"), done.stderr
+
+
+def test_ssm_proxy_runs_commands_and_releases_the_wait(container: Container,
+                                                       env: Dict[str, str]) -> None:
+    port = free_port()
+    with SSMProxy(port, region_name="us-east-1", remote_port=container.port,
+                  name="job-e2e.training.sagemaker") as proxy:
+        proxy.connect_to_ssm_instance(container.instance_id)
+        assert proxy.run_command_with_output("hostname") == b"algo-1\n"
+        assert proxy.run_command_with_output(["echo", "a b"]) == b"a b\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.recv(64).startswith(b"SSH-2.0-")  # the forwarded sshd
+        proxy.terminate_waiting_loop()
+        assert proxy.run_command_with_output("ls /tmp") == b"sm-wait-stopped\n"
+        with pytest.raises(subprocess.CalledProcessError):
+            proxy.run_command_with_output("exit 4")
+        ctl = proxy._control
+        master = proxy.master
+    assert master is not None and master.poll() is not None
+    assert not ctl.parent.exists()
+
+
+def test_ssm_proxy_refused_port_is_a_clear_error(container: Container,
+                                                 env: Dict[str, str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proxy = SSMProxy(busy.getsockname()[1], region_name="us-east-1",
+                         remote_port=container.port)
+        with pytest.raises(Exception, match="already in use"):
+            proxy.connect_to_ssm_instance(container.instance_id)
+        assert proxy.master is None
+
+
+def _one_line(done: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    *progress, error = done.stderr.splitlines()
+    assert error.startswith("sm-ssh: ") and needle in error, done.stderr
+    assert all(line.startswith("waiting for ") for line in progress), done.stderr
+
+
+def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
+    _one_line(sm_ssh(["connect", "nope.training.sagemaker", "--wait", "0"], env), 3,
+              "no training job nope in us-east-1")
+    _one_line(sm_ssh(["connect", "nothing.studio.sagemaker", "--wait", "1"], env), 3,
+              "no SSM instance registered for nothing.studio.sagemaker after 1 s")
+    aws.add_fake("lost", "app/d-1/u/KernelGateway/lost", 1, "ConnectionLost")
+    _one_line(sm_ssh(["connect", "lost.studio.sagemaker", "--wait", "0"], env), 3,
+              "is ConnectionLost")
+    aws.add_fake("multi", "training-job/multi", 2, "Online")
+    _one_line(sm_ssh(["connect", "multi.training.sagemaker"], env), 2, "2 online instances")
+    aws.ssm.backend.inject_fault("SendCommand", "AccessDeniedException", 1)
+    _one_line(sm_ssh(["connect", "multi.training.sagemaker", "--index", "0"], env), 4,
+              "access denied for ssm:SendCommand")
+    no_creds = {k: v for k, v in env.items()
+                if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    _one_line(sm_ssh(["connect", "multi.training.sagemaker"], no_creds), 4,
+              "no valid AWS credentials")

@@ -1,0 +1,324 @@
+"""Client pieces that need no AWS: argv building, CLI parsing and errors, keys, known_hosts,
+and the authorized_keys merge script (run for real with sh on temporary files)."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import types
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from sagemaker_ssh_helper import fqdn, keys, proxy, session, sm_ssh
+from sagemaker_ssh_helper.errors import ResolutionError, UsageError
+from sagemaker_ssh_helper.manager import ManagedInstance, matches, newest_first
+
+needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None,
+                                      reason="ssh-keygen not installed")
+
+
+# -- the ssh command line ----------------------------------------------------------------------
+def test_proxy_command_quotes_for_sh_and_escapes_percent() -> None:
+    cmd = proxy.proxy_command("mi-0123456789abcdef0", "eu-west-1", profile="my 100%",
+                              python="/opt/py thon/bin/python3")
+    assert cmd == ("'/opt/py thon/bin/python3' -m sagemaker_ssh_helper.session "
+                   "mi-0123456789abcdef0 --port %p --region eu-west-1 --profile 'my 100%%'")
+    # After ssh expands %p and %%, /bin/sh sees exactly our argv.
+    expanded = cmd.replace("%p", "2222").replace("%%", "%")
+    assert shlex.split(expanded) == ["/opt/py thon/bin/python3", "-m",
+                                     "sagemaker_ssh_helper.session", "mi-0123456789abcdef0",
+                                     "--port", "2222", "--region", "eu-west-1",
+                                     "--profile", "my 100%"]
+
+
+def test_proxy_command_without_profile_uses_this_interpreter() -> None:
+    cmd = proxy.proxy_command("mi-1", "us-east-1")
+    assert cmd == (f"{shlex.quote(sys.executable)} -m sagemaker_ssh_helper.session mi-1 "
+                   "--port %p --region us-east-1")
+
+
+def test_connect_argv_is_complete_and_user_args_follow_ours(tmp_path: Path) -> None:
+    auth = keys.Authorized(tmp_path / "k 1", tmp_path / "known_hosts", "job.training.sagemaker")
+    ctx = sm_ssh.Context(profile=None, region="us-east-1")
+    target = fqdn.parse_resource("Job.training.sagemaker")
+    argv = sm_ssh.ssh_argv(ctx, target, "mi-0123456789abcdef0", auth,
+                           ["-L", "8080:localhost:80", "-p", "2222"], ["echo", "hi"])
+    assert argv == [
+        shutil.which("ssh"),
+        "-o", f'IdentityFile="{tmp_path}/k 1"',
+        "-o", "IdentitiesOnly=yes",
+        "-o", "User=root",
+        "-o", "HostKeyAlias=job.training.sagemaker",
+        "-o", f"UserKnownHostsFile={tmp_path}/known_hosts",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UpdateHostKeys=no",
+        "-o", "ServerAliveInterval=15",
+        "-o", "ServerAliveCountMax=4",
+        "-o", "ExitOnForwardFailure=yes",
+        "-o", "ProxyCommand=" + proxy.proxy_command("mi-0123456789abcdef0", "us-east-1"),
+        "-L", "8080:localhost:80", "-p", "2222",
+        "job.training.sagemaker",
+        "--", "echo", "hi",
+    ]
+
+
+def test_studio_connects_as_sagemaker_user(tmp_path: Path) -> None:
+    auth = keys.Authorized(tmp_path / "k", tmp_path / "kh", "default.studio.sagemaker")
+    argv = sm_ssh.ssh_argv(sm_ssh.Context(None, "us-east-1"),
+                           fqdn.parse_resource("default.studio.sagemaker"), "mi-1", auth, [], [])
+    assert "User=sagemaker-user" in argv
+    assert argv[-1] == "default.studio.sagemaker"
+
+
+def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
+    """``ssh -G`` parses our options without connecting: the list is valid OpenSSH syntax."""
+    if shutil.which("ssh") is None:
+        pytest.skip("ssh not installed")
+    options = proxy.ssh_options(identity_file=tmp_path / "my key", known_hosts=tmp_path / "kh",
+                                host_key_alias="job.training.sagemaker", user="root",
+                                proxy_cmd=proxy.proxy_command("mi-1", "us-east-1"))
+    done = subprocess.run(["ssh", "-G", "-F", "none", *options, "-p", "2222",
+                           "job.training.sagemaker"], capture_output=True, text=True, check=True)
+    config = done.stdout.lower()
+    assert f"identityfile {tmp_path}/my key".lower() in config
+    assert "stricthostkeychecking true" in config
+    assert "hostkeyalias job.training.sagemaker" in config
+    assert "sagemaker_ssh_helper.session mi-1 --port %p --region us-east-1" in config
+    assert "port 2222" in config.splitlines()
+
+
+# -- command-line parsing and one-line errors ----------------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["connect", "foo"], "malformed name 'foo'"),
+    (["connect", "training.sagemaker"], "names a list"),
+    (["connect"], "connect needs a target"),
+    (["connect", "a.training.sagemaker", "--index", "1", "--node", "x"], "either --index"),
+    (["connect", "a.training.sagemaker", "--index", "one"], "--index needs a number"),
+    (["list", "x.bogus.sagemaker"], "unknown kind"),
+    (["start-proxy", "a.training.sagemaker", "--", "ls"], "only apply to connect"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(argv: List[str], needle: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert sm_ssh.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("sm-ssh: ") and needle in err
+    assert "Traceback" not in err
+
+
+def test_split_helpers() -> None:
+    assert sm_ssh.split_command(["-N", "--", "ls", "--", "-l"]) == (["-N"], ["ls", "--", "-l"])
+    assert sm_ssh.split_sandbox(["--region", "x", "-v", "sandbox", "up", "-h"]) == (
+        ["--region", "x", "-v"], ["up", "-h"])
+    assert sm_ssh.split_sandbox(["connect", "sandbox.training.sagemaker"]) is None
+
+
+def test_choice_options_after_the_fqdn_are_ours() -> None:
+    args = sm_ssh.build_parser().parse_args(
+        ["connect", "j.training.sagemaker", "-A", "--node", "algo-2", "--wait=5", "-p", "22"])
+    sm_ssh.pull_choice(args)
+    assert (args.node, args.wait, args.ssh_args) == ("algo-2", 5.0, ["-A", "-p", "22"])
+
+
+def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: List[List[str]] = []
+    fake = types.ModuleType("sagemaker_ssh_helper.sandbox.cli")
+    fake.main = lambda argv: seen.append(list(argv)) or 7  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", fake)
+    assert sm_ssh.main(["-v", "sandbox", "up", "--state-dir", "/x", "-h", "--", "y"]) == 7
+    assert seen == [["up", "--state-dir", "/x", "-h", "--", "y"]]
+
+
+def test_sandbox_missing_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", None)
+    assert sm_ssh.main(["sandbox", "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sandbox is not available" in err
+
+
+def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert sm_ssh.main(["connect", "j.training.sagemaker"]) == 127
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "session-manager-plugin not found" in err
+    assert session.main(["mi-0123456789abcdef0"]) == 127
+
+
+# -- picking one instance --------------------------------------------------------------------------
+def _inst(mi: str, host: str, ping: str = "Online", ts: int = 100) -> ManagedInstance:
+    return ManagedInstance(mi, ping, computer_name=host, tags={
+        "SSHResourceName": "job", "SSHTimestamp": str(ts),
+        "SSHResourceArn": "arn:aws:sagemaker:us-east-1:1:training-job/job"},
+        last_ping=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+
+
+TARGET = fqdn.parse_resource("job.training.sagemaker")
+
+
+def test_choose_by_node_index_and_refuse_ambiguity() -> None:
+    found = newest_first([_inst("mi-2", "algo-2", ts=5), _inst("mi-1", "algo-1", ts=6),
+                          _inst("mi-0", "algo-1", ping="ConnectionLost", ts=1)])
+    assert sm_ssh.choose(found, TARGET, None, "algo-2").instance_id == "mi-2"
+    assert sm_ssh.choose(found, TARGET, None, "mi-1").instance_id == "mi-1"
+    assert sm_ssh.choose(found, TARGET, 1, None).instance_id == "mi-2"
+    with pytest.raises(UsageError, match="2 online instances: algo-1 .mi-1., algo-2 .mi-2.; "
+                                         "choose one with --node NAME or --index N"):
+        sm_ssh.choose(found, TARGET, None, None)
+    with pytest.raises(UsageError, match="out of range"):
+        sm_ssh.choose(found, TARGET, 2, None)
+    with pytest.raises(UsageError, match="no online node 'algo-3'"):
+        sm_ssh.choose(found, TARGET, None, "algo-3")
+
+
+def test_choose_reports_connection_lost() -> None:
+    with pytest.raises(ResolutionError, match="mi-0.* is ConnectionLost since 2026-01-02"):
+        sm_ssh.choose([_inst("mi-0", "algo-1", ping="ConnectionLost")], TARGET, None, None)
+
+
+def test_matching_rule() -> None:
+    inst = _inst("mi-1", "algo-1")
+    assert matches(inst, TARGET)
+    assert not matches(inst, fqdn.parse_resource("job.processing.sagemaker"))
+    assert not matches(inst, fqdn.parse_resource("JOB.training.sagemaker"))
+    assert matches(inst, fqdn.parse_resource("JOB.training.sagemaker"), ignore_case=True)
+    app = ManagedInstance("mi-9", "Online", tags={
+        "SSHResourceName": "default",
+        "SSHResourceArn": "arn:aws:sagemaker:us-east-1:1:app/d-abc/alice/KernelGateway/default"})
+    assert matches(app, fqdn.parse_resource("default.studio.sagemaker"))
+    assert matches(app, fqdn.parse_resource("default.alice.d-abc.studio.sagemaker"))
+    assert not matches(app, fqdn.parse_resource("default.bob.d-abc.studio.sagemaker"))
+
+
+# -- ssh errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize("stderr, needle", [
+    ("root@127.0.0.1: Permission denied (publickey).", "refused the key"),
+    ("Host key verification failed.", "host key does not match"),
+    ("bind [127.0.0.1]:8080: Address already in use\nchannel_setup_fwd_listener_tcpip: "
+     "cannot listen to port: 8080\nCould not request local forwarding.", "already in use"),
+    ("kex_exchange_identification: Connection closed by remote host", "is sshd running"),
+    ("something new", "failed: something new"),
+])
+def test_ssh_error_from_real_messages(stderr: str, needle: str) -> None:
+    assert needle in str(proxy.ssh_error(stderr, "ssh to mi-1"))
+
+
+# -- keys ------------------------------------------------------------------------------------------
+@needs_ssh_keygen
+def test_key_created_once_with_private_mode(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_KEY", raising=False)
+    path = keys.key_path("Job.Training.sagemaker")
+    assert path == tmp_path / ".ssh" / "job.training.sagemaker"
+    first = keys.ensure_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / ".ssh").stat().st_mode) == 0o700
+    assert first.startswith("ssh-ed25519 ")
+    inode = path.stat().st_ino
+    assert keys.ensure_key(path) == first and path.stat().st_ino == inode
+    Path(f"{path}.pub").unlink()  # derived again from the private key, not regenerated
+    assert keys.ensure_key(path) == first
+    assert stat.S_IMODE(Path(f"{path}.pub").stat().st_mode) == 0o644
+
+
+@needs_ssh_keygen
+def test_ssh_key_env_overrides_and_concurrent_creation_keeps_one_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_KEY", str(tmp_path / "mine"))
+    path = keys.key_path("anything.training.sagemaker")
+    assert path == tmp_path / "mine"
+    results: List[str] = []
+    threads = [threading.Thread(target=lambda: results.append(keys.ensure_key(path)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and len(results) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "mine.pub"]
+
+
+def test_client_marker_is_stable_per_key_path(tmp_path: Path) -> None:
+    a = keys.client_marker(tmp_path / "a")
+    assert a == keys.client_marker(tmp_path / "a") != keys.client_marker(tmp_path / "b")
+    assert a.startswith("sm-ssh:") and len(a) == len("sm-ssh:") + 16
+
+
+# -- the authorized_keys script, run with sh on a temporary file --------------------------------
+def _push(tmp_path: Path, key: str, marker: str) -> str:
+    script = keys.authorized_keys_script(key, marker, path=str(tmp_path / "etc" / "ak"),
+                                         host_keys_glob=f"{tmp_path}/host_*_key.pub")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_authorized_keys_replaced_not_accumulated_and_others_kept(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    ak = tmp_path / "etc" / "ak"
+    ak.write_text("ssh-rsa AAAAother admin@laptop\n")
+    (tmp_path / "host_ed25519_key.pub").write_text("ssh-ed25519 AAAAhost root@algo-1\n")
+    out = _push(tmp_path, "ssh-ed25519 AAAAone", "sm-ssh:alice")
+    assert keys.parse_host_keys(out) == [("ssh-ed25519", "AAAAhost")]
+    _push(tmp_path, "ssh-ed25519 AAAAone", "sm-ssh:alice")          # same key again
+    _push(tmp_path, "ssh-ed25519 AAAAbob", "sm-ssh:bob")            # another client
+    _push(tmp_path, "ssh-ed25519 AAAAtwo", "sm-ssh:alice")          # alice's new key
+    assert ak.read_text().splitlines() == [
+        "ssh-rsa AAAAother admin@laptop",
+        "ssh-ed25519 AAAAbob sm-ssh:bob",
+        "ssh-ed25519 AAAAtwo sm-ssh:alice",
+    ]
+    assert stat.S_IMODE(ak.stat().st_mode) == 0o644
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["ak"]  # no temp/lock left
+
+
+def test_authorized_keys_concurrent_pushes_lose_nobody(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    procs = [subprocess.Popen(["sh", "-c", keys.authorized_keys_script(
+        f"ssh-ed25519 AAAA{i}", f"sm-ssh:c{i}", path=str(tmp_path / "etc" / "ak"),
+        host_keys_glob=f"{tmp_path}/none*")], stdout=subprocess.DEVNULL) for i in range(8)]
+    assert [p.wait() for p in procs] == [0] * 8
+    lines = (tmp_path / "etc" / "ak").read_text().splitlines()
+    assert sorted(lines) == sorted(f"ssh-ed25519 AAAA{i} sm-ssh:c{i}" for i in range(8))
+
+
+def test_pin_host_keys_replaces_only_the_alias(tmp_path: Path) -> None:
+    kh = tmp_path / "ssh" / "known"
+    keys.pin_host_keys("a.training.sagemaker", [("ssh-ed25519", "AAAA1")], kh)
+    keys.pin_host_keys("b.training.sagemaker", [("ssh-ed25519", "AAAA2")], kh)
+    keys.pin_host_keys("a.training.sagemaker", [("ssh-ed25519", "AAAA3"),
+                                                ("ecdsa-sha2-nistp256", "AAAA4")], kh)
+    assert kh.read_text().splitlines() == [
+        "b.training.sagemaker ssh-ed25519 AAAA2",
+        "a.training.sagemaker ssh-ed25519 AAAA3",
+        "a.training.sagemaker ecdsa-sha2-nistp256 AAAA4",
+    ]
+    assert stat.S_IMODE(kh.stat().st_mode) == 0o600
+
+
+def test_session_plugin_argv_keeps_the_token_out() -> None:
+    argv = session.plugin_argv("/bin/plugin", "us-east-1", None,
+                               {"Target": "mi-1", "DocumentName": "AWS-StartSSHSession",
+                                "Parameters": {"portNumber": ["22"]}}, "https://ssm")
+    assert argv[:5] == ["/bin/plugin", "AWS_SSM_START_SESSION_RESPONSE", "us-east-1",
+                        "StartSession", ""]
+    assert '"Target": "mi-1"' in argv[5] and argv[6] == "https://ssm"
+    assert not any("Token" in a for a in argv)
+
+
+def test_no_stdout_from_session_module_on_error(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path), PYTHONPATH=str(Path(__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.session", "mi-1"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 127 and done.stdout == ""
+    assert done.stderr.count("\n") == 1

@@ -1,0 +1,223 @@
+"""sm-init-ssm: the activation (tags, retries, errors) and the registration of the agent.
+
+CreateActivation is not in moto, so SSM is the sandbox's stand-in; STS is moto.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import boto3
+import pytest
+from test_container_support import Container, namespaces_available
+
+from sagemaker_ssh_helper import init_ssm
+from sagemaker_ssh_helper.errors import AwsError, UsageError
+from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
+
+needs_namespaces = pytest.mark.skipif(not namespaces_available(),
+                                      reason="needs root and Linux namespaces")
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:processing-job/prep-job"
+REGISTERED = re.compile(
+    r"^Successfully registered the instance with AWS SSM using Managed instance-id: "
+    r"(mi-[0-9a-f]{17})$", re.M)
+
+
+@pytest.fixture
+def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SSMServer]:
+    server = start_ssm_server(port=0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
+    yield server
+    server.shutdown()
+
+
+def client() -> Any:
+    return init_ssm.ssm_client(boto3.Session(region_name="us-east-1"), "us-east-1")
+
+
+TAGS = init_ssm.activation_tags("AIDAOWNER:alice@example.com", "AROACREATOR:SageMaker",
+                                1700000000, "prep-job", ARN)
+
+
+def test_tags_are_exactly_the_five_contract_tags() -> None:
+    assert TAGS == [
+        {"Key": "SSHOwner", "Value": "AIDAOWNER:alice@example.com"},
+        {"Key": "SSHCreator", "Value": "AROACREATOR:SageMaker"},
+        {"Key": "SSHTimestamp", "Value": "1700000000"},
+        {"Key": "SSHResourceName", "Value": "prep-job"},
+        {"Key": "SSHResourceArn", "Value": ARN},
+    ]
+
+
+def test_activation_is_created_as_specified(ssm: SSMServer) -> None:
+    activation = init_ssm.create_activation(client(), "service-role/SSMRole", TAGS,
+                                            "sagemaker-ssh-helper processing prep-job",
+                                            "prep-job")
+    stored = ssm.backend.activations[activation.activation_id]
+    assert stored.code == activation.code
+    assert (stored.iam_role, stored.registration_limit) == ("service-role/SSMRole", 1)
+    assert (stored.description, stored.default_instance_name) == \
+        ("sagemaker-ssh-helper processing prep-job", "prep-job")
+    assert stored.tags == {t["Key"]: t["Value"] for t in TAGS}
+
+
+def test_throttling_is_retried_with_jittered_exponential_backoff(ssm: SSMServer) -> None:
+    ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 3)
+    sleeps: List[float] = []
+    activation = init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n",
+                                            sleep=sleeps.append, rand=lambda: 0.5)
+    assert activation.activation_id in ssm.backend.activations
+    assert sleeps == [0.75, 1.5, 3.0]
+    assert ssm.backend.stats()["CallCounts"]["CreateActivation"] == 4
+
+
+def test_backoff_stays_within_bounds() -> None:
+    for attempt in range(10):
+        ceiling = min(init_ssm.BACKOFF_CAP, 2 ** attempt)
+        assert init_ssm.backoff_delay(attempt, lambda: 0.0) == ceiling / 2
+        assert init_ssm.backoff_delay(attempt, lambda: 1.0) == ceiling
+
+
+def test_endless_throttling_gives_up_with_a_clear_error(ssm: SSMServer) -> None:
+    ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 100)
+    sleeps: List[float] = []
+    with pytest.raises(AwsError, match="AWS throttled ssm:CreateActivation"):
+        init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n", sleep=sleeps.append)
+    assert len(sleeps) == init_ssm.MAX_ATTEMPTS - 1
+
+
+def no_sleep(seconds: float) -> None:
+    pytest.fail(f"unexpected retry after {seconds} s")
+
+
+def test_access_denied_is_not_retried_and_names_pass_role(ssm: SSMServer) -> None:
+    ssm.backend.inject_fault("CreateActivation", "AccessDeniedException", 1)
+    with pytest.raises(AwsError, match=r"iam:PassRole on SSMRole"):
+        init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n", sleep=no_sleep)
+    assert ssm.backend.stats()["CallCounts"]["CreateActivation"] == 1
+
+
+def test_role_comes_from_ssh_ssm_role() -> None:
+    assert init_ssm._role({"SSH_SSM_ROLE": "SSMRole"}) == "SSMRole"
+    assert init_ssm._role({"SSH_SSM_ROLE": "arn:aws:iam::1:role/service-role/R"}) == \
+        "service-role/R"
+    with pytest.raises(UsageError, match="ssm_iam_role="):
+        init_ssm._role({})
+
+
+def test_missing_role_is_one_line_and_exit_2() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SSH_SSM_ROLE"}
+    proc = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.init_ssm"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("sm-init-ssm: SSH_SSM_ROLE is not set:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_argument_is_usage() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.init_ssm", "--what"],
+                          capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (2, "usage: sm-init-ssm [-v]\n")
+
+
+@pytest.fixture
+def container() -> Iterator[Container]:
+    c = Container.create()
+    yield c
+    c.remove()
+
+
+def processing_env(container: Container, **extra: str) -> Dict[str, str]:
+    config = container.root / "ml" / "config" / "processingjobconfig.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"ProcessingJobArn": ARN, "ProcessingJobName": "prep-job"}))
+    return container.env({"SAGEMAKER_BASE_DIR": str(container.root / "ml"),
+                          "SSH_SSM_ROLE": "SSMRole", "SSH_OWNER_TAG": "AIDAOWNER:alice", **extra})
+
+
+@needs_namespaces
+def test_sm_init_ssm_registers_the_container(container: Container) -> None:
+    before = int(time.time())
+    proc = container.run(r'''
+start_aws
+"$PY" -c 'import boto3; print(boto3.client("sts").get_caller_identity()["UserId"])' >"$R/user"
+bash "$PKG/sm-init-ssm" >"$R/out1" 2>"$R/err1"
+SAGEMAKER_BASE_DIR=/nonexistent SAGEMAKER_ENDPOINT_NAME=My-Endpoint \
+  bash "$PKG/sm-init-ssm" >"$R/out2" 2>"$R/err2"
+''', env=processing_env(container))
+    assert proc.returncode == 0, container.report(proc)
+    after = int(time.time())
+
+    def read(name: str) -> str:
+        return (container.root / name).read_text()
+
+    state = container.ssm_state()
+    assert state["activations"] == []  # deleted once used
+    instances = {i["instance_id"]: i for i in state["instances"]}
+    for out, err, name, arn in (
+            ("out1", "err1", "prep-job", ARN),
+            ("out2", "err2", "My-Endpoint",
+             "arn:aws:sagemaker:us-east-1:123456789012:endpoint/my-endpoint")):
+        instance_id = read(out).strip()
+        match = REGISTERED.search(read(err))
+        assert match and match.group(1) == instance_id
+        assert "-code **** -id " in read(err)
+        tags = instances[instance_id]["tags"]
+        assert before <= int(tags.pop("SSHTimestamp")) <= after
+        assert tags == {"SSHOwner": "AIDAOWNER:alice", "SSHCreator": read("user").strip(),
+                        "SSHResourceName": name, "SSHResourceArn": arn}
+        assert instances[instance_id]["iam_role"] == "SSMRole"
+
+
+@needs_namespaces
+def test_the_activation_code_stays_out_of_the_logs(container: Container) -> None:
+    proc = container.run(r'''
+start_aws
+ssm_fault DeleteActivation InternalServerError 1
+bash "$PKG/sm-init-ssm" >"$R/out" 2>"$R/err"
+''', env=processing_env(container))
+    assert proc.returncode == 0, container.report(proc)
+    [activation] = container.ssm_state()["activations"]
+    err = (container.root / "err").read_text()
+    assert f"could not delete activation {activation['activation_id']} (it expires by itself)" \
+        in err
+    assert activation["code"] not in err + (container.root / "out").read_text()
+
+
+@needs_namespaces
+def test_registration_failures_are_one_line(container: Container) -> None:
+    proc = container.run(r'''
+start_aws
+AWS_REGION=eu-west-1 bash "$PKG/sm-init-ssm" >"$R/out" 2>"$R/err" || echo "rc=$?"
+PATH=/usr/bin:/bin bash "$PKG/sm-init-ssm" 2>"$R/err-no-agent" || echo "rc=$?"
+''', env=processing_env(container))
+    assert proc.stdout.splitlines() == ["rc=1", "rc=1"], container.report(proc)
+    last = (container.root / "err").read_text().strip().splitlines()[-1]
+    assert last.startswith("sm-init-ssm: amazon-ssm-agent -register failed (exit 1): "
+                           "Registration failed")
+    assert (container.root / "out").read_text() == ""
+    assert (container.root / "err-no-agent").read_text().strip().splitlines()[-1] == (
+        "sm-init-ssm: amazon-ssm-agent not found on PATH: run `sm-setup-ssh configure` first "
+        "(or install the SSM agent in the image)")
+
+
+@needs_namespaces
+def test_a_running_agent_is_stopped_before_registering(container: Container) -> None:
+    fake = container.root / "bin2" / "amazon-ssm-agent"
+    fake.parent.mkdir()
+    fake.write_bytes(Path("/bin/sleep").read_bytes())
+    fake.chmod(0o755)
+    proc = container.run(rf'''
+"{fake}" 600 & agent=$!
+wait_for 10 test -e /proc/$agent
+"$PY" -c 'from sagemaker_ssh_helper.init_ssm import stop_running_agent; stop_running_agent()'
+wait "$agent" || echo "agent ended by signal $(($? - 128))"
+''')
+    assert proc.stdout.strip() == "agent ended by signal 15", container.report(proc)

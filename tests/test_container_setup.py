@@ -1,0 +1,214 @@
+"""sm-setup-ssh in a private container: configure, the one-setup lock, start-ssh, a real login."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+from test_container_support import PACKAGE_DIR, PYTHON, Container, namespaces_available
+
+pytestmark = pytest.mark.skipif(not namespaces_available(),
+                                reason="needs root and Linux namespaces")
+SCRIPTS = ["sm-setup-ssh", "sm-init-ssm", "sm-wait", "sm-save-env"]
+JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/ssh-job"
+REGISTERED = re.compile(r"Successfully registered the instance with AWS SSM using Managed "
+                        r"instance-id: (mi-[0-9a-f]{17})")
+
+
+@pytest.fixture
+def container() -> Iterator[Container]:
+    c = Container.create()
+    yield c
+    c.remove()
+
+
+def digest(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "absent"
+
+
+HOST_FILES = ["/etc/ssh/sshd_config", "/etc/environment", "/etc/pam.d/sshd"]
+
+
+@pytest.fixture
+def host_untouched() -> Iterator[None]:
+    before = {f: digest(f) for f in HOST_FILES}
+    assert not Path("/opt/sagemaker-ssh-helper").exists()
+    yield
+    assert {f: digest(f) for f in HOST_FILES} == before
+    assert not Path("/opt/sagemaker-ssh-helper").exists()
+
+
+def training_env(container: Container, **extra: str) -> Dict[str, str]:
+    config = container.root / "ml" / "input" / "config" / "resourceconfig.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))
+    return container.env({
+        "SAGEMAKER_BASE_DIR": str(container.root / "ml"), "START_SSH": "true",
+        "SSH_SSM_ROLE": "SSMRole", "SSH_OWNER_TAG": "AIDAOWNER:alice",
+        "SSH_WAIT_TIME_SECONDS": "600", "SSH_INSTANCE_COUNT": "2", "SSH_LOG_TO_STDOUT": "false",
+        "TRAINING_JOB_NAME": "ssh-job", "TRAINING_JOB_ARN": JOB_ARN, **extra})
+
+
+def test_shellcheck_is_clean() -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck not installed")
+    proc = subprocess.run(["shellcheck", *(str(PACKAGE_DIR / s) for s in SCRIPTS)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_usage(container: Container) -> None:
+    proc = container.run(r'''
+bash "$PKG/sm-setup-ssh" --help
+bash "$PKG/sm-setup-ssh" frobnicate || echo "rc=$?"
+''')
+    assert proc.stdout.splitlines()[0] == \
+        "sm-setup-ssh [configure|start-ssh]: start sshd and the SSM agent in a SageMaker container."
+    assert proc.stdout.splitlines()[-1] == "rc=2"
+    assert proc.stderr == \
+        "sm-setup-ssh: unknown argument 'frobnicate'; usage: sm-setup-ssh [configure|start-ssh]\n"
+
+
+def test_configure_writes_a_config_sshd_accepts_once(container: Container,
+                                                     host_untouched: None) -> None:
+    proc = container.run(r'''
+bash "$PKG/sm-setup-ssh" configure 2>"$R/first"
+bash "$PKG/sm-setup-ssh" configure 2>"$R/second"
+/usr/sbin/sshd -t -f /etc/ssh/sshd_config && echo "sshd accepts it"
+test -f /opt/sagemaker-ssh-helper/.ssh-configured && echo "marker written"
+''')
+    assert proc.stdout.splitlines() == ["sshd accepts it", "marker written"], \
+        container.report(proc)
+    config = container.host_path("/etc/ssh/sshd_config").read_text()
+    for line in ("PermitRootLogin prohibit-password", "PasswordAuthentication no",
+                 "PubkeyAuthentication yes", "AuthorizedKeysFile /etc/ssh/authorized_keys",
+                 "ClientAliveInterval 60", "UseDNS no", "UsePAM yes"):
+        assert f"\n{line}\n" in config
+    assert container.host_path("/etc/ssh/sshd_config.orig").read_text() == \
+        Path("/etc/ssh/sshd_config").read_text()
+    assert (container.root / "second").read_text() == \
+        "sm-setup-ssh: already configured (/opt/sagemaker-ssh-helper/.ssh-configured exists)\n"
+    pam = container.host_path("/etc/pam.d/sshd").read_text()
+    assert re.search(r"^session\s+optional\s+pam_loginuid\.so", pam, re.M)
+
+
+def test_configure_without_an_agent_or_network_fails_clearly(container: Container,
+                                                             host_untouched: None) -> None:
+    env = container.env({"AWS_REGION": "eu-west-1"}, agent=False)
+    proc = container.run(r'''
+bash "$PKG/sm-setup-ssh" configure || echo "rc=$?"
+test -f /opt/sagemaker-ssh-helper/.ssh-configured || echo "no marker"
+''', env=env)
+    assert proc.stdout.splitlines() == ["rc=1", "no marker"], container.report(proc)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
+    url = (f"https://amazon-ssm-eu-west-1.s3.eu-west-1.amazonaws.com/latest/debian_{arch}/"
+           "amazon-ssm-agent.deb")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"sm-setup-ssh: ERROR: cannot download the SSM agent from {url} (no access "
+                    "to S3? install amazon-ssm-agent in the image, e.g. with 'sm-setup-ssh "
+                    "configure' in its Dockerfile)")
+
+
+SSH = ("ssh -i /tmp/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+       "-o BatchMode=yes -o LogLevel=ERROR root@127.0.0.1")
+TRICKY = {"CUSTOM": 'spaces  and "double" quotes', "SINGLE": "it's", "NEWLINES": "one\ntwo"}
+
+
+def test_two_concurrent_setups_start_one_and_users_can_log_in(
+        container: Container, host_untouched: None) -> None:
+    env = training_env(container, **TRICKY)
+    started = int(time.time())
+    proc = container.run(rf'''
+start_aws
+boot='import sagemaker_ssh_helper as s; s.setup_and_start_ssh()'
+"$PY" -c "$boot" >"$R/setup1" 2>&1 & p1=$!
+"$PY" -c "$boot" >"$R/setup2" 2>&1 & p2=$!
+wait_for 90 test -s /opt/sagemaker-ssh-helper/mi-id
+wait_for 30 bash -c '"$PKG/sm-wait" 1 | grep -q "SSM agent running, registered as"'
+bash "$PKG/sm-wait" 1 | head -1 >"$R/status"
+ssh-keygen -q -t ed25519 -N '' -f /tmp/key
+cp /tmp/key.pub /etc/ssh/authorized_keys
+{SSH} 'printenv CUSTOM; printenv SINGLE; printenv START_SSH' >"$R/ssh-env"
+{SSH} 'bash -lc "printenv NEWLINES"' >"$R/ssh-login-env"
+{SSH} 'sm-wait list' >"$R/ssh-list"
+{SSH} '"$SM_SSH_PYTHON" -c "from sagemaker_ssh_helper import idle; print(idle.count_sessions())"' \
+  >"$R/ssh-sessions"
+{SSH} 'sm-wait stop' >"$R/ssh-stop"
+wait "$p1" && wait "$p2" && echo "both setups returned"
+''', env=env, timeout=240)
+    assert proc.stdout.splitlines() == ["both setups returned"], container.report(proc)
+
+    def read(name: str) -> str:
+        return (container.root / name).read_text()
+
+    setups = [read("setup1"), read("setup2")]
+    both = "".join(setups)
+    assert sorted("starting the SSH setup in the background" in s for s in setups) == \
+        [False, True]
+    assert sorted("the SSH setup is already running in this container; only waiting" in s
+                  for s in setups) == [False, True]
+    assert "sm-setup-ssh: SSH Helper Log IP: " in both
+    match = REGISTERED.search(both)
+    assert match, both
+    instance_id = match.group(1)
+    assert read("status").startswith("sm-wait: 1 s left; SSM agent running, registered as "
+                                     f"{instance_id};")
+
+    # one registration, tagged for this job; deregistered when the job's process exited
+    state = container.ssm_state()
+    [instance] = state["instances"]
+    assert state["activations"] == []
+    tags = instance["tags"]
+    assert started <= int(tags.pop("SSHTimestamp")) <= int(time.time())
+    assert tags == {"SSHOwner": "AIDAOWNER:alice", "SSHCreator": "AKIAIOSFODNN7EXAMPLE",
+                    "SSHResourceName": "ssh-job", "SSHResourceArn": JOB_ARN}
+    assert instance["deregistered"]
+    assert f"deregistered {instance_id} from SSM" in both
+
+    # the SSH session sees the job's environment (pam_env, and profile.d for login shells)
+    assert read("ssh-env").splitlines() == [TRICKY["CUSTOM"], TRICKY["SINGLE"], "false"]
+    assert read("ssh-login-env") == TRICKY["NEWLINES"] + "\n"
+    listed = read("ssh-list").splitlines()
+    assert len(listed) == 2 and all(re.fullmatch(r"PID \d+: \d+ s left of 600 s", line)
+                                    for line in listed)
+    assert int(read("ssh-sessions")) >= 1
+    assert read("ssh-stop").startswith("sm-wait: created /tmp/sm-wait-stopped")
+    for script in SCRIPTS:
+        assert container.host_path(f"/usr/local/bin/{script}").read_text().endswith(
+            f"exec bash {PACKAGE_DIR / script} \"$@\"\n")
+    assert container.host_path("/opt/sagemaker-ssh-helper/.ssh-configured").exists()
+
+
+def test_agent_restarts_are_bounded(container: Container) -> None:
+    agent = container.root / "bin" / "amazon-ssm-agent"
+    agent.write_text(f"""#!{PYTHON}
+# registers through the stand-in, but the daemon dies at once
+import sys
+if "-register" not in sys.argv:
+    print("agent daemon exiting")
+    sys.exit(3)
+from sagemaker_ssh_helper.sandbox.agent import main
+sys.exit(main())
+""")
+    env = training_env(container, SSH_LOG_TO_STDOUT="true", SM_SSH_AGENT_MAX_RESTARTS="2")
+    proc = container.run(r'''
+start_aws
+bash "$PKG/sm-setup-ssh" configure 2>/dev/null
+bash "$PKG/sm-setup-ssh" start-ssh || echo "rc=$?"
+''', env=env, timeout=120)
+    assert proc.stdout.splitlines() == ["agent daemon exiting"] * 3 + ["rc=1"], \
+        container.report(proc)
+    log = [line for line in proc.stderr.splitlines() if line.startswith("sm-setup-ssh: ")]
+    assert log[-3:] == [
+        "sm-setup-ssh: amazon-ssm-agent exited with code 3; restarting in 1 s (1 of 2)",
+        "sm-setup-ssh: amazon-ssm-agent exited with code 3; restarting in 2 s (2 of 2)",
+        "sm-setup-ssh: ERROR: amazon-ssm-agent exited 2 times in a row (last code 3); giving up",
+    ]

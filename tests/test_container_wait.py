@@ -1,0 +1,161 @@
+"""sm-wait: the wait loop (with a fake clock) and the real script in a private container."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+from test_container_support import Container, namespaces_available
+
+from sagemaker_ssh_helper import wait
+from sagemaker_ssh_helper.env import ProcessInfo
+
+needs_namespaces = pytest.mark.skipif(not namespaces_available(),
+                                      reason="needs root and Linux namespaces")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: List[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def run_wait(seconds: float, stop_file: Path, clock: FakeClock, on_sleep=None) -> tuple:
+    lines: List[str] = []
+
+    def sleep(s: float) -> None:
+        clock.sleep(s)
+        if on_sleep:
+            on_sleep(clock.now)
+
+    result = wait.wait(seconds, stop_file, clock=clock, sleep=sleep,
+                       status=lambda: "SSM agent not started yet", out=lines.append)
+    return result, lines
+
+
+def test_times_out_with_progress_every_ten_seconds(tmp_path: Path) -> None:
+    clock = FakeClock()
+    result, lines = run_wait(25, tmp_path / "stopped", clock)
+    assert result == "timeout"
+    assert clock.now == 1025.0
+    assert lines == [
+        "sm-wait: 25 s left; SSM agent not started yet; run `sm-wait stop` to continue now",
+        "sm-wait: 15 s left; SSM agent not started yet; run `sm-wait stop` to continue now",
+        "sm-wait: 5 s left; SSM agent not started yet; run `sm-wait stop` to continue now",
+        "sm-wait: waited 25 s, continuing",
+    ]
+    assert max(clock.sleeps) <= wait.POLL_INTERVAL
+
+
+def test_stops_when_the_file_appears(tmp_path: Path) -> None:
+    clock, stop_file = FakeClock(), tmp_path / "stopped"
+
+    def touch_after_12_s(now: float) -> None:
+        if now >= 1012:
+            stop_file.touch()
+
+    result, lines = run_wait(600, stop_file, clock, touch_after_12_s)
+    assert result == "stopped"
+    assert clock.now == 1012.0
+    assert lines[-1] == f"sm-wait: {stop_file} exists, continuing"
+    assert len(lines) == 3  # progress at 0 s and 10 s
+
+
+def test_zero_returns_at_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    assert run_wait(0, tmp_path / "stopped", clock) == ("timeout", [])
+    assert clock.sleeps == []
+
+
+def test_an_existing_stop_file_releases_at_once(tmp_path: Path) -> None:
+    stop_file = tmp_path / "stopped"
+    stop_file.touch()
+    result, _ = run_wait(600, stop_file, FakeClock())
+    assert result == "stopped"
+
+
+def test_waited_seconds_parses_only_sm_wait_command_lines() -> None:
+    assert wait._waited_seconds(["python3", "-m", "sagemaker_ssh_helper.wait", "600"]) == 600
+    assert wait._waited_seconds(["python3", "-m", "sagemaker_ssh_helper.wait", "list"]) is None
+    assert wait._waited_seconds(["bash", "/x/sm-wait", "600"]) is None
+
+
+def test_waiters_reports_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    def processes() -> Iterator[ProcessInfo]:
+        yield ProcessInfo(42, "python3", ["python3", "-m", "sagemaker_ssh_helper.wait", "600"],
+                          5000.0)
+        yield ProcessInfo(43, "bash", ["bash", "sm-wait", "600"], 5000.0)
+
+    monkeypatch.setattr(wait, "iter_processes", processes)
+    assert wait.waiters(now=lambda: 5100.0) == [wait.Waiter(42, 600, 500.0)]
+
+
+@pytest.fixture
+def container() -> Iterator[Container]:
+    c = Container.create()
+    yield c
+    c.remove()
+
+
+@needs_namespaces
+def test_script_usage_errors(container: Container) -> None:
+    proc = container.run(r'''
+for args in "" "abc" "-5" "1 2"; do
+  # shellcheck disable=SC2086
+  bash "$PKG/sm-wait" $args 2>>"$R/err" && echo "rc=0" || echo "rc=$?"
+done
+bash "$PKG/sm-wait" --help
+''')
+    assert proc.stdout.splitlines() == ["rc=2"] * 4 + ["usage: sm-wait <seconds>|stop|list"]
+    errors = (container.root / "err").read_text().splitlines()
+    assert errors == [
+        "sm-wait: expected one argument; usage: sm-wait <seconds>|stop|list",
+        "sm-wait: 'abc' is not a whole number of seconds; usage: sm-wait <seconds>|stop|list",
+        "sm-wait: '-5' is not a whole number of seconds; usage: sm-wait <seconds>|stop|list",
+        "sm-wait: expected one argument; usage: sm-wait <seconds>|stop|list",
+    ]
+
+
+@needs_namespaces
+def test_script_zero_timeout_list_and_stop(container: Container) -> None:
+    proc = container.run(r'''
+bash "$PKG/sm-wait" 0 && echo "zero: rc=$? output=[$(bash "$PKG/sm-wait" 0)]"
+bash "$PKG/sm-wait" 1 >"$R/short"
+bash "$PKG/sm-wait" list >"$R/list-empty"
+bash "$PKG/sm-wait" 600 >"$R/w1" & w1=$!
+bash "$PKG/sm-wait" 300 >"$R/w2" & w2=$!
+wait_for 30 grep -q "s left" "$R/w1"
+wait_for 30 grep -q "s left" "$R/w2"
+bash "$PKG/sm-wait" list >"$R/list"
+bash "$PKG/sm-wait" stop >"$R/stop"
+wait "$w1" && wait "$w2" && echo "both released"
+bash "$PKG/sm-wait" list >"$R/list-after"
+''')
+    assert proc.returncode == 0, container.report(proc)
+    assert proc.stdout.splitlines() == ["zero: rc=0 output=[]", "both released"]
+
+    def read(name: str) -> str:
+        return (container.root / name).read_text()
+
+    assert read("short").splitlines()[-1] == "sm-wait: waited 1 s, continuing"
+    assert read("list-empty") == "no sm-wait is waiting\n"
+    listed = read("list").splitlines()
+    assert len(listed) == 2
+    assert re.fullmatch(r"PID \d+: \d+ s left of 600 s", listed[0])
+    assert re.fullmatch(r"PID \d+: \d+ s left of 300 s", listed[1])
+    assert read("w1").splitlines()[0] == \
+        "sm-wait: 600 s left; SSM agent not started yet; run `sm-wait stop` to continue now"
+    assert read("w1").splitlines()[-1] == "sm-wait: /tmp/sm-wait-stopped exists, continuing"
+    assert read("stop") == \
+        "sm-wait: created /tmp/sm-wait-stopped; waiting sm-wait processes will continue\n"
+    assert read("list-after") == \
+        "no sm-wait is waiting\nstop requested: /tmp/sm-wait-stopped exists\n"
+    assert (container.root / "tmp" / "sm-wait-stopped").exists()

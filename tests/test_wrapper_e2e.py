@@ -1,0 +1,100 @@
+"""End to end in the offline sandbox: a user script launches a training job through
+``SSHEstimatorWrapper``, finds its instance, opens ``start_ssm_connection``, reads the env
+contract inside the container, releases the job and waits for it. Needs root on Linux.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import pytest
+
+from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(requirements_problem() is not None,
+                       reason=f"sandbox requirements: {requirements_problem()}"),
+]
+
+ENTRY_POINT = """\
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("released by the user", flush=True)
+"""
+
+USER_SCRIPT = """\
+import json, os, socket, sys
+
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+
+estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    base_job_name="ssh-wrapper-e2e")
+wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900,
+                                     local_user_id="e2e-owner")
+estimator.fit(wait=False)
+ids = wrapper.get_instance_ids(timeout_in_sec=180)
+
+attached = SSHEstimatorWrapper.attach(wrapper.training_job_name())
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+proxy = attached.start_ssm_connection(port, timeout_in_sec=60)
+try:
+    environment = proxy.run_command_with_output("cat /etc/environment", timeout=300).decode()
+    hostname = proxy.run_command_with_output("hostname", timeout=300).decode().strip()
+    proxy.terminate_waiting_loop()
+finally:
+    proxy.disconnect()
+status = wrapper.wait_training_job_with_status(poll_seconds=1)
+print("RESULT " + json.dumps({"job": wrapper.training_job_name(), "ids": ids,
+                              "instance_id": proxy.instance_id, "environment": environment,
+                              "hostname": hostname, "status": status}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), stop_grace=3.0) as sb:
+        yield sb
+
+
+def run_user_script(sandbox: Sandbox, tmp_path: Path) -> Dict[str, Any]:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(ENTRY_POINT)
+    (tmp_path / "launch.py").write_text(USER_SCRIPT)
+    home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
+    home.mkdir()
+    env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return dict(json.loads(lines[-1][len("RESULT "):]))
+
+
+def test_estimator_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
+    result = run_user_script(sandbox, tmp_path)
+    assert len(result["ids"]) == 1 and result["ids"][0].startswith("mi-")
+    assert result["instance_id"] == result["ids"][0]
+    assert result["hostname"] == "algo-1"
+    environment = result["environment"]
+    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "900"),
+                        ("SSH_INSTANCE_COUNT", "1"), ("SSH_SSM_ROLE", r"[\w+=,.@/-]+")):
+        assert re.search(rf"^(export )?{name}=['\"]?{value}['\"]?$", environment, re.M), name
+    assert result["status"] == "Completed"
