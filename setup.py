@@ -47,6 +47,8 @@ setup(
     entry_points={
         "console_scripts": [
             "sm-ssh=sagemaker_ssh_helper.sm_ssh:main",
+            "sm-ssh-deregister-instances="
+            "sagemaker_ssh_helper.deregister_old_instances_from_ssm:main",
         ],
     },
     classifiers=[

@@ -226,9 +226,11 @@ def init(environ: Optional[Mapping[str, str]] = None) -> str:
                 resource.source, region_name, role)
     ssm = ssm_client(session, region_name)
     tags = activation_tags(owner, creator, int(time.time()), resource.name, arn)
+    # The instance's Name is the resource ARN: DescribeInstanceInformation returns it, so
+    # clients can match and list instances without one ListTagsForResource call per instance.
     activation = create_activation(ssm, role, tags,
                                    f"sagemaker-ssh-helper {resource.kind} {resource.name}",
-                                   resource.name)
+                                   arn)
     instance_id = register_agent(activation, region_name)
     delete_activation(ssm, activation.activation_id)
     return instance_id

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -84,9 +84,12 @@ def ensure_key(path: Path, comment: str = "sm-ssh") -> str:
             os.chmod(fresh, 0o600)
             try:
                 os.link(fresh, path)
-                logger.info("created SSH key %s", path)
             except FileExistsError:
                 logger.debug("another process created %s first", path)
+            else:  # ours won: its .pub replaces any stale one left from an older key
+                os.chmod(f"{fresh}.pub", 0o644)
+                os.replace(f"{fresh}.pub", f"{path}.pub")
+                logger.info("created SSH key %s", path)
     return public_key(path)
 
 
@@ -119,17 +122,9 @@ def _open_new(path: Path, mode: int) -> Iterator[Any]:
             yield f
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@contextmanager
-def _suppress() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 def client_marker(path: Path) -> str:

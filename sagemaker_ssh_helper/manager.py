@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper.errors import AwsError
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,11 @@ class SSMManager:
 
     def _find_ignoring_case(self, target: fqdn.Target) -> List[ManagedInstance]:
         """``ssh`` lowercases ``%h``: look the name up by its (lowercased) ARN instead."""
-        infos = self._describe_by_arn(target)
+        try:
+            infos = self._describe_by_arn(target)
+        except AwsError as e:  # a convenience: never fail the lookup because of it
+            logger.debug("no case-insensitive lookup for %s: %s", target.name, e)
+            return []
         found = [i for i in self._with_tags(infos) if matches(i, target, ignore_case=True)]
         if found:
             logger.info("matched %s ignoring case: SSHResourceName is %s",

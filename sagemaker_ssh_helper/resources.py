@@ -128,6 +128,10 @@ class Row:
         }
 
 
+def _camel(snake: str) -> str:
+    return "".join(part.title() for part in snake.split("_"))
+
+
 def _arn_key(arn: str) -> str:
     """The resource part of an ARN, lowercased: ``training-job/my-job``."""
     return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
@@ -179,8 +183,9 @@ def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
                     rows.append(Row(f"{name}.{rk.kind}.{fqdn.SUFFIX}", rk.kind, name, status,
                                     created, by_arn.pop(key, [])))
         except Exception as e:  # one kind failing (permissions) must not hide the others
-            print(f"sm-ssh: skipping {rk.description}s: {aws.explain(e, 'sagemaker:List*')}",
-                  file=sys.stderr)
+            op = "ListApps" if rk.kind == "studio" else _camel(APIS[rk.kind].list_op)
+            why = " ".join(str(aws.explain(e, f"sagemaker:{op}")).split())
+            print(f"sm-ssh: skipping {rk.description}s: {why[:200]}", file=sys.stderr)
     for key, instances in by_arn.items():  # SSH instances of resources not listed above
         rk_ = fqdn.kind_for_arn_type(key.split("/", 1)[0])
         name = instances[0].resource_name or key.rsplit("/", 1)[-1]

@@ -91,7 +91,7 @@ def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
     """Start an ``AWS-StartSSHSession`` session to ``instance_id``:``port`` and relay it on
     stdin/stdout through the plugin. Returns the plugin's exit code."""
     plugin = find_plugin()
-    session = session or aws.boto_session(profile, region)
+    session = session or aws.boto_session(profile or None, region)
     ssm = aws.client(session, "ssm", region or aws.session_region(session))
     parameters = {"Target": instance_id, "DocumentName": SSH_DOCUMENT,
                   "Parameters": {"portNumber": [str(port)]}}
@@ -101,6 +101,10 @@ def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
         if aws.error_code(e) == "TargetNotConnected":
             raise SSHHelperError(f"{instance_id} is not connected to SSM (ConnectionLost): "
                                  "the container stopped or its agent died", 3) from e
+        if aws.error_code(e) == "BadRequest":
+            raise SSHHelperError(f"Session Manager refused {instance_id} ({e}): sessions to "
+                                 "SageMaker containers need the advanced-instances tier, see "
+                                 "IAM_SSM_Setup.md", 4) from e
         raise aws.explain(e, "ssm:StartSession") from e
     session_id = response["SessionId"]
     env = dict(os.environ)
@@ -153,14 +157,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SSHHelperError as e:
         if debug:
             logger.exception("failed")
-        print(f"sm-ssh session: {e}", file=sys.stderr)
+        print(f"sm-ssh session: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # one line for the user; the traceback only when debugging
         if debug:
             logger.exception("failed")
-        print(f"sm-ssh session: unexpected error: {e}", file=sys.stderr)
+        print(f"sm-ssh session: unexpected error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
 
 

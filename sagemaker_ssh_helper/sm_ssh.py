@@ -4,6 +4,7 @@
     sm-ssh [-v] [--profile P] [--region R] connect FQDN [--index N | --node algo-2]
            [ssh options ...] [-- command ...]
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N]
+    sm-ssh [--profile P] [--region R] config
     sm-ssh sandbox ...
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
@@ -15,6 +16,7 @@ import argparse
 import logging
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sm-ssh", description="SSH into SageMaker jobs, endpoints, notebook instances and "
                                    "Studio apps over AWS Systems Manager.")
     add_general_options(parser, top_level=True)
-    sub = parser.add_subparsers(dest="command", metavar="{list,connect,start-proxy,sandbox}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,connect,start-proxy,config,sandbox}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_choice(p)
     p.add_argument("fqdn")
     p.add_argument("-p", "--port", type=int, default=22, help="sshd port in the container")
+    p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
+    add_general_options(p, top_level=False)
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     return parser
 
@@ -151,10 +155,14 @@ class Context:
     def region_name(self) -> str:
         return self.region or aws.session_region(self.session)
 
+    _manager: Any = None
+
     def manager(self) -> Any:
         from sagemaker_ssh_helper.manager import SSMManager
 
-        return SSMManager(region_name=self.region_name, session=self.session)
+        if self._manager is None:
+            self._manager = SSMManager(region_name=self.region_name, session=self.session)
+        return self._manager
 
 
 def _natural(text: str) -> List[Any]:
@@ -199,14 +207,14 @@ def resolve_one(ctx: Context, target: fqdn.Target, index: Optional[int], node: O
     from sagemaker_ssh_helper import resources
 
     manager = ctx.manager()
+    needed = 1 if index is None else index + 1
+
+    def accept(inst: Any) -> bool:
+        return node is None or node in (inst.computer_name, inst.instance_id)
+
     found = manager.find(target)
-    if not any(i.online for i in found):
+    if sum(1 for i in found if i.online and accept(i)) < needed:
         resources.check_running(ctx.session, ctx.region_name, target)
-        needed = 1 if index is None else index + 1
-
-        def accept(inst: Any) -> bool:
-            return node is None or node in (inst.computer_name, inst.instance_id)
-
         found = manager.resolve(target, timeout_in_sec=wait, expected_count=needed,
                                 accept=accept)
     if not found:
@@ -247,11 +255,47 @@ def ssh_argv(ctx: Context, target: fqdn.Target, instance_id: str, auth: Any,
     return argv + (["--", *command] if command else [])
 
 
+def local_ports(ssh_args: Sequence[str]) -> List[Tuple[str, int]]:
+    """(bind address, port) of every ``-L``/``-D`` listener in ssh arguments."""
+    ports = []
+    for i, arg in enumerate(ssh_args):
+        spec = None
+        if arg in ("-L", "-D") and i + 1 < len(ssh_args):
+            spec = ssh_args[i + 1]
+        elif arg[:2] in ("-L", "-D") and len(arg) > 2 and not arg.startswith("--"):
+            spec = arg[2:]
+        if spec is None:
+            continue
+        bind = ""
+        if spec.startswith("[") and "]:" in spec:  # [ipv6]:port:...
+            bind, spec = spec[1:].split("]:", 1)
+        fields = spec.split(":")
+        if not bind and len(fields) > 1 and not fields[0].isdigit():
+            bind, fields = fields[0], fields[1:]
+        if fields[0].isdigit():
+            ports.append(("127.0.0.1" if bind in ("localhost", "") else bind, int(fields[0])))
+    return ports
+
+
+def check_local_ports(ssh_args: Sequence[str]) -> None:
+    """Fail early, in one line, when a local forwarding port is taken."""
+    for host, port in local_ports(ssh_args):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh's listeners do
+            try:
+                s.bind(("" if host == "*" else host, port))
+            except OSError as e:
+                raise UsageError(f"local port {port} ({host}) is not available: "
+                                 f"{e.strerror or e}; choose another port for -L/-D") from None
+
+
 def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
     if not args.fqdn:
         raise UsageError("connect needs a target: sm-ssh connect <name>.<kind>.sagemaker "
                          "[ssh options] [-- command]")
     pull_choice(args)
+    check_local_ports(args.ssh_args)
     target = fqdn.parse_resource(args.fqdn)
     inst, auth = prepare(ctx, args, for_proxy=False)
     argv = ssh_argv(ctx, target, inst.instance_id, auth, args.ssh_args, command)
@@ -279,6 +323,15 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(ctx: Context) -> int:
+    from sagemaker_ssh_helper import sshconfig
+
+    path, added = sshconfig.install(ctx.profile, ctx.region)
+    print(f"wrote {path}" + (f" and included it from {path.parents[1] / 'config'}" if added
+                             else "") + "; try: ssh <name>.training.sagemaker", file=sys.stderr)
+    return 0
+
+
 def cmd_sandbox(rest: List[str]) -> int:
     import importlib
 
@@ -288,6 +341,12 @@ def cmd_sandbox(rest: List[str]) -> int:
         raise SSHHelperError("the offline sandbox is not available in this installation: "
                              f"{e} (install sagemaker-ssh-helper[sandbox])") from e
     return int(cli.main(rest) or 0)
+
+
+def _line(error: BaseException, limit: int = 400) -> str:
+    """An error as one line (service messages can hold newlines or HTML)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _debug(verbose: bool) -> bool:
@@ -310,6 +369,7 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
+        "config": lambda: cmd_config(ctx),
     }
     return handlers[args.command]()
 
@@ -325,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SSHHelperError as e:
         if flags["verbose"]:
             logger.exception("failed")
-        print(f"sm-ssh: {e}", file=sys.stderr)
+        print(f"sm-ssh: {_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("sm-ssh: interrupted", file=sys.stderr)
@@ -334,7 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if flags["verbose"]:
             logger.exception("failed")
         explained = aws.explain(e, "an AWS call")
-        print(f"sm-ssh: {explained}", file=sys.stderr)
+        print(f"sm-ssh: {_line(explained)}", file=sys.stderr)
         return explained.exit_code if isinstance(explained, SSHHelperError) else 1
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pytest
 from conftest import is_root_linux
 
 from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.proxy import SSMProxy
 
 ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
@@ -304,11 +305,11 @@ def test_ssm_proxy_refused_port_is_a_clear_error(container: Container,
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        proxy = SSMProxy(busy.getsockname()[1], region_name="us-east-1",
-                         remote_port=container.port)
-        with pytest.raises(Exception, match="already in use"):
-            proxy.connect_to_ssm_instance(container.instance_id)
-        assert proxy.master is None
+        with SSMProxy(busy.getsockname()[1], region_name="us-east-1",
+                      remote_port=container.port) as proxy:
+            with pytest.raises(SSHHelperError, match="local forwarding port is already in use"):
+                proxy.connect_to_ssm_instance(container.instance_id)
+            assert proxy.master is None and proxy._tmp is None
 
 
 def _one_line(done: subprocess.CompletedProcess, code: int, needle: str) -> None:
@@ -336,3 +337,34 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
                 if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
     _one_line(sm_ssh(["connect", "multi.training.sagemaker"], no_creds), 4,
               "no valid AWS credentials")
+
+
+def test_two_nodes_are_picked_by_name_or_index(env: Dict[str, str], tmp_path: Path) -> None:
+    nodes = [Container(tmp_path / f"n{i}", "Two-Nodes", node=f"algo-{i}") for i in (1, 2)]
+    try:
+        _one_line(sm_ssh(["connect", "two-nodes.training.sagemaker"], env), 2,
+                  "2 online instances: algo-1 ")
+        for choice, node in ((["--node", "algo-2"], nodes[1]), (["--index", "0"], nodes[0])):
+            done = sm_ssh(["connect", "Two-Nodes.training.sagemaker", *choice,
+                           "-p", str(node.port), "--", "hostname"], env)
+            assert (done.returncode, done.stdout) == (0, f"{node.node}\n"), done.stderr
+        aliases = sorted(line.split()[0] for line in
+                         (tmp_path / "home" / ".ssh" / "sm-ssh-known_hosts").read_text()
+                         .splitlines())
+        assert aliases == sorted(f"{n.instance_id}.two-nodes.training.sagemaker" for n in nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_ssh_through_the_generated_config(container: Container, env: Dict[str, str],
+                                          tmp_path: Path) -> None:
+    done = sm_ssh(["config"], env)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    config = tmp_path / "home" / ".ssh" / "config"
+    # ssh reads ~ from the password database, not $HOME: point it at the test's file.
+    ssh = subprocess.run(["ssh", "-F", str(config), "-p", str(container.port),
+                          "-o", "HostKeyAlias=job-e2e.training.sagemaker",
+                          "Job-E2e.training.sagemaker", "echo", "via-config"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert (ssh.returncode, ssh.stdout) == (0, "via-config\n"), ssh.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -130,8 +131,12 @@ def test_choice_options_after_the_fqdn_are_ours() -> None:
 
 def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: List[List[str]] = []
+    def fake_main(argv: List[str]) -> int:
+        seen.append(list(argv))
+        return 7
+
     fake = types.ModuleType("sagemaker_ssh_helper.sandbox.cli")
-    fake.main = lambda argv: seen.append(list(argv)) or 7  # type: ignore[attr-defined]
+    fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", fake)
     assert sm_ssh.main(["-v", "sandbox", "up", "--state-dir", "/x", "-h", "--", "y"]) == 7
     assert seen == [["up", "--state-dir", "/x", "-h", "--", "y"]]
@@ -153,6 +158,26 @@ def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "session-manager-plugin not found" in err
     assert session.main(["mi-0123456789abcdef0"]) == 127
+
+
+def test_local_forward_ports_parsed() -> None:
+    assert sm_ssh.local_ports(["-L", "8080:localhost:80", "-L9000:h:1", "-D", "1080",
+                               "-L", "0.0.0.0:81:h:80", "-L", "[::1]:82:h:80", "-R", "5:h:6",
+                               "-L", "/tmp/sock:/r/sock"]) == [
+        ("127.0.0.1", 8080), ("127.0.0.1", 9000), ("127.0.0.1", 1080), ("0.0.0.0", 81),
+        ("::1", 82)]
+
+
+def test_busy_local_port_is_refused_before_anything_else(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert sm_ssh.main(["connect", "j.training.sagemaker", "-N",
+                            "-L", f"{port}:localhost:80"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"local port {port} (127.0.0.1) is not available" in err
 
 
 # -- picking one instance --------------------------------------------------------------------------
@@ -230,6 +255,9 @@ def test_key_created_once_with_private_mode(tmp_path: Path,
     Path(f"{path}.pub").unlink()  # derived again from the private key, not regenerated
     assert keys.ensure_key(path) == first
     assert stat.S_IMODE(Path(f"{path}.pub").stat().st_mode) == 0o644
+    path.unlink()  # a new key never pairs with a stale .pub
+    second = keys.ensure_key(path)
+    assert second != first and Path(f"{path}.pub").read_text().startswith(second)
 
 
 @needs_ssh_keygen
@@ -322,3 +350,31 @@ def test_no_stdout_from_session_module_on_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 127 and done.stdout == ""
     assert done.stderr.count("\n") == 1
+
+
+def test_config_is_idempotent_and_keeps_the_users_file(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sagemaker_ssh_helper import sshconfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_KEY", raising=False)
+    (tmp_path / ".ssh").mkdir(mode=0o700)
+    user = tmp_path / ".ssh" / "config"
+    user.write_text("Host box\n    User me\n")
+    user.chmod(0o644)
+    ours, added = sshconfig.install(region="eu-west-1")
+    assert added and ours == tmp_path / ".ssh" / "sm-ssh" / "config"
+    assert sshconfig.install(region="eu-west-1") == (ours, False)
+    assert user.read_text() == f"Include {ours}\n\nHost box\n    User me\n"
+    assert stat.S_IMODE(user.stat().st_mode) == 0o644
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o600
+    text = ours.read_text()
+    assert f"IdentityFile {tmp_path}/.ssh/%h" in text
+    assert "start-proxy %n --port %p" in text and "--region eu-west-1" in text
+    done = subprocess.run(["ssh", "-G", "-F", str(user), "Job.training.sagemaker"],
+                          capture_output=True, text=True, check=True)
+    assert "user root" in done.stdout.splitlines()
+    assert f"identityfile {tmp_path}/.ssh/%h" in done.stdout  # expanded when used
+    studio = subprocess.run(["ssh", "-G", "-F", str(user), "app.studio.sagemaker"],
+                            capture_output=True, text=True, check=True)
+    assert "user sagemaker-user" in studio.stdout.splitlines()

@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 
 from sagemaker_ssh_helper import fqdn, sm_ssh
-from sagemaker_ssh_helper.errors import AwsError
+from sagemaker_ssh_helper.errors import AwsError, SSHHelperError
 from sagemaker_ssh_helper.manager import SSMManager
 
 ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
@@ -142,7 +142,8 @@ def test_many_studio_apps_of_the_same_name_are_narrowed_by_arn(ssm: Any) -> None
 def test_wait_for_expected_count_with_deadline_and_progress(ssm: Any) -> None:
     b = ssm.backend
     b.add_fake_instances(1, tags=tags("job-w"))
-    clock, lines = Clock(), []
+    clock = Clock()
+    lines: List[str] = []
     mgr = SSMManager(region_name="us-east-1", clock=clock, sleep=clock.sleep,
                      progress=lines.append)
     ids = mgr.get_training_instance_ids("job-w", timeout_in_sec=30, expected_count=2)
@@ -227,3 +228,22 @@ def test_list_joins_jobs_with_one_scan(ssm: Any, moto_url: str,
     assert table[0].split() == ["FQDN", "STATUS", "SSH", "INSTANCES"]
     assert table[1].split()[0::2] == ["listed-a.training.sagemaker", "Online"]
     assert len(table) == 2
+
+
+def test_public_key_also_goes_to_s3_when_asked(ssm: Any, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    from sagemaker_ssh_helper import keys
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="keys-bucket")
+    session = boto3.Session()
+    monkeypatch.delenv("SSH_AUTHORIZED_KEYS_PATH", raising=False)
+    assert keys.upload_public_key(session, "ssh-ed25519 AAAA", "sm-ssh:0123") is None
+    monkeypatch.setenv("SSH_AUTHORIZED_KEYS_PATH", "s3://keys-bucket/ssh-authorized-keys")
+    url = keys.upload_public_key(session, "ssh-ed25519 AAAA", "sm-ssh:0123")
+    assert url == "s3://keys-bucket/ssh-authorized-keys/0123.pub"
+    body = s3.get_object(Bucket="keys-bucket", Key="ssh-authorized-keys/0123.pub")["Body"]
+    assert body.read() == b"ssh-ed25519 AAAA sm-ssh:0123\n"
+    monkeypatch.setenv("SSH_AUTHORIZED_KEYS_PATH", "/not/s3")
+    with pytest.raises(SSHHelperError, match="must be an s3:// prefix"):
+        keys.upload_public_key(session, "ssh-ed25519 AAAA", "sm-ssh:0123")

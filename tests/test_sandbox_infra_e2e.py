@@ -410,6 +410,41 @@ def test_max_runtime_stops_the_job(sandbox: Sandbox) -> None:
         "Stopped", "MaxRuntimeExceeded")
 
 
+def test_entry_point_exit_ends_the_container(sandbox: Sandbox) -> None:
+    import psutil
+
+    marker = f"{TOKEN}-background"
+    script = f"(exec -a {marker} sleep 600) & echo started"
+    _raw_training_job(sandbox, "infra-exit", ["bash", "-c", script])
+    described = sandbox.wait_for_job("infra-exit", timeout=60)
+    assert described["TrainingJobStatus"] == "Completed"
+    record = json.loads((sandbox.container_dir("infra-exit") / "pids.json").read_text())
+    assert sandbox.container_log("infra-exit").strip() == "started"
+    assert record["init_pid"] and not _alive(record["init_pid"])
+    # the background process of the entry point died with the container
+    assert [p.pid for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0] == marker] == []
+    members = [c for c in sandbox.status()["containers"] if c["job"] == "infra-exit"]
+    assert [c["state"] for c in members] == ["Exited(0)"]
+
+
+def test_rule_statuses_are_settable(sandbox: Sandbox) -> None:
+    _raw_training_job(sandbox, "infra-rules", ["sleep", "600"],
+                      ProfilerRuleConfigurations=[{"RuleConfigurationName": "ProfilerReport",
+                                                   "RuleEvaluatorImage": "any"}])
+    sm = sandbox.client("sagemaker")
+    statuses = sm.describe_training_job(TrainingJobName="infra-rules")[
+        "ProfilerRuleEvaluationStatuses"]
+    assert statuses[0]["RuleEvaluationStatus"] == "InProgress"
+    sandbox.set_rule_status("infra-rules", "ProfilerReport", "IssuesFound", "LowGPUUtilization")
+    statuses = sm.describe_training_job(TrainingJobName="infra-rules")[
+        "ProfilerRuleEvaluationStatuses"]
+    assert (statuses[0]["RuleEvaluationStatus"], statuses[0]["StatusDetails"]) == (
+        "IssuesFound", "LowGPUUtilization")
+    sm.stop_training_job(TrainingJobName="infra-rules")
+    assert sandbox.wait_for_job("infra-rules")["TrainingJobStatus"] == "Stopped"
+
+
 def test_transform_jobs_are_recorded(sandbox: Sandbox) -> None:
     sandbox.client("sagemaker").create_transform_job(
         TransformJobName="infra-transform", ModelName="any-model",

@@ -160,14 +160,18 @@ def test_targets_offline_or_unknown_are_rejected(server: SSMServer, ssm: Any) ->
 def test_delivery_timeout_with_injected_clock() -> None:
     now = [1_800_000_000.0]
     backend = SSMBackend(heartbeat_timeout=5.0, clock=lambda: now[0])
-    backend.invocation_visibility_delay = 0.0
+    backend.invocation_visibility_delay = 1.0
     (mi,) = backend.add_fake_instances(1)
     sent = backend.handle("SendCommand", {
         "InstanceIds": [mi], "DocumentName": "AWS-RunShellScript", "TimeoutSeconds": 30,
         "Parameters": {"commands": ["true"], "executionTimeout": ["10"]}})["Command"]
     get = {"CommandId": sent["CommandId"], "InstanceId": mi}
+    with pytest.raises(SSMError) as e:  # not visible at once, like AWS
+        backend.handle("GetCommandInvocation", get)
+    assert e.value.code == "InvocationDoesNotExist"
+    now[0] += 1.5
     assert backend.handle("GetCommandInvocation", get)["Status"] == "Pending"
-    now[0] += 41
+    now[0] += 40
     inv = backend.handle("GetCommandInvocation", get)
     assert (inv["Status"], inv["StatusDetails"]) == ("TimedOut", "DeliveryTimedOut")
     command = backend.handle("ListCommands", {"CommandId": sent["CommandId"]})["Commands"][0]

@@ -272,29 +272,36 @@ class Container:
             self.ended_at = time.time()
         return code
 
-    def _signal(self, sig: int) -> None:
-        targets = [self.init_pid] if sig != signal.SIGKILL else [self.init_pid, self.pid]
-        for pid in targets:
-            if pid is None or self._proc is None or self._proc.poll() is not None:
-                continue
-            if pid == self.init_pid and _create_time(pid) != self._init_create_time:
-                continue  # init already ended; never signal a recycled PID
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+    def _signal(self, pid: Optional[int], sig: int) -> None:
+        if pid is None or self._proc is None or self._proc.poll() is not None:
+            return
+        if pid == self.init_pid and _create_time(pid) != self._init_create_time:
+            return  # init already ended; never signal a recycled PID
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
     def terminate(self, grace: float = 10.0) -> Optional[int]:
-        """SIGTERM the entry point (through init); SIGKILL the whole container after ``grace``."""
+        """SIGTERM the entry point (through init); SIGKILL the whole container after ``grace``.
+
+        unshare only exits once init has been reaped, which the kernel allows only after every
+        other process of the PID namespace is gone: so a returned exit code means it is empty.
+        """
         if self._proc is None or self._proc.poll() is not None:
             return self.wait()
-        self._signal(signal.SIGTERM if self.init_pid else signal.SIGKILL)
-        code = self.wait(grace)
-        if code is None:
+        if self.init_pid is not None:
+            self._signal(self.init_pid, signal.SIGTERM)
+            code = self.wait(grace)
+            if code is not None:
+                return code
             logger.info("container %s: still running after %.0fs, killing", self.name, grace)
-            self._signal(signal.SIGKILL)
-            code = self.wait()
-        return code
+            self._signal(self.init_pid, signal.SIGKILL)
+            code = self.wait(10.0)
+            if code is not None:
+                return code
+        self._signal(self.pid, signal.SIGKILL)  # --kill-child takes init down with it
+        return self.wait()
 
     def remove_scratch(self) -> None:
         """Drop the overlay work directories (the upper layers stay for inspection)."""

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper.errors import SSHHelperError
 
@@ -122,14 +122,22 @@ class StateDir:
 
 
 def _process_matches(pid: int, create_time: Optional[float], *needles: str) -> bool:
+    """Is ``pid`` still the (not yet dead) process we recorded?
+
+    With a recorded start time, that identifies it (a process that is exiting has no command
+    line any more but may still be reaping its PID namespace). Without one, its command line
+    must contain every needle.
+    """
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+        if proc.status() == psutil.STATUS_ZOMBIE:
             return False
+        if create_time is not None:
+            return abs(proc.create_time() - create_time) < 0.05
         cmdline = " ".join(proc.cmdline())
-        return proc.status() != psutil.STATUS_ZOMBIE and all(n in cmdline for n in needles)
+        return all(n in cmdline for n in needles)
     except psutil.Error:
         return False
 
@@ -303,13 +311,18 @@ def stop(state_dir: Path, timeout: float = 30.0) -> DownReport:
             _kill(pid, signal.SIGKILL)
             _wait_until(lambda: not daemon_alive(sd, state), 10)
         report.stopped.append(f"daemon (pid {pid})")
+    members: List[Tuple[int, float]] = []
     for record in _container_records(sd):
         pids = live_container_pids(record)
-        for pid in pids:
+        if not pids:
+            continue
+        found = _namespace_processes(record) if record.get("init_pid") in pids else []
+        for pid in pids + [pid for pid, _ in found]:
             _kill(pid, signal.SIGKILL)
-        if pids:
-            report.stopped.append(f"container {record.get('name')} (pids {pids})")
-    _verify(sd, state, report)
+        members += found
+        report.stopped.append(f"container {record.get('name')} "
+                              f"({len(set(pids) | {p for p, _ in found})} processes)")
+    _verify(sd, state, report, members)
     for sock in sd.sock_dir.glob("*.sock") if sd.sock_dir.is_dir() else []:
         sock.unlink()
     if sd.state_file.exists():
@@ -332,13 +345,12 @@ def live_container_pids(record: Dict[str, Any]) -> List[int]:
 
     Killing init ends the container: the kernel kills every process of its PID namespace. Once
     init is gone the namespace is gone too (its number may be reused by anyone), so liveness is
-    judged by PID *and* start time *and* command line, never by namespace number alone.
+    judged by PID and start time, never by namespace number.
     """
     found = []
-    for key, needle in (("init", "sagemaker_ssh_helper.sandbox.container_init"),
-                        ("unshare", "unshare")):
+    for key in ("init", "unshare"):
         pid, created = record.get(f"{key}_pid"), record.get(f"{key}_create_time")
-        if pid and created is not None and _process_matches(int(pid), created, needle):
+        if pid and created is not None and _process_matches(int(pid), created):
             found.append(int(pid))
     return found
 
@@ -353,7 +365,27 @@ def _container_records(sd: StateDir) -> List[Dict[str, Any]]:
     return records
 
 
-def _verify(sd: StateDir, state: Optional[Dict[str, Any]], report: DownReport) -> None:
+def _namespace_processes(record: Dict[str, Any]) -> List[Tuple[int, float]]:
+    """(pid, start time) of every process in a container whose init is alive.
+
+    Killing init makes the kernel kill the rest, but not necessarily before init's own PID is
+    gone, so the members are recorded (while the live init pins the namespace) and checked too.
+    """
+    import psutil
+
+    from sagemaker_ssh_helper.sandbox.container import pid_namespace_members
+
+    found = []
+    for pid in pid_namespace_members(record["pidns"]) if record.get("pidns") else []:
+        try:
+            found.append((pid, psutil.Process(pid).create_time()))
+        except psutil.Error:
+            continue
+    return found
+
+
+def _verify(sd: StateDir, state: Optional[Dict[str, Any]], report: DownReport,
+            members: List[Tuple[int, float]]) -> None:
     deadline = time.monotonic() + 10
     while True:
         left: List[str] = []
@@ -361,6 +393,8 @@ def _verify(sd: StateDir, state: Optional[Dict[str, Any]], report: DownReport) -
             left.append(f"daemon pid {state['pid'] if state else '?'}")
         left += [f"container {r.get('name')} (pids {live_container_pids(r)})"
                  for r in _container_records(sd) if live_container_pids(r)]
+        left += [f"container process {pid}" for pid, created in members
+                 if _process_matches(pid, created)]
         with open("/proc/self/mountinfo") as f:
             root = str(sd.root)
             left += [f"mount {line.split()[4]}" for line in f

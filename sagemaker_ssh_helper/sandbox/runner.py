@@ -111,8 +111,13 @@ class JobRunner:
             if training:
                 job.set_secondary("Training", "Training in progress.")
         self.save(job)
-        for container in containers:
-            container.start()
+        try:
+            for container in containers:
+                container.start()
+        except Exception:
+            for container in containers:
+                container.terminate(0)
+            raise
         outcome, failed = self._wait(job, containers)
         for container in containers:
             container.remove_scratch()
