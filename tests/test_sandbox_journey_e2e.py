@@ -1,0 +1,175 @@
+"""The offline sandbox's whole journey, end to end (issue: offline sandbox).
+
+- ``sm-ssh sandbox demo`` succeeds and prints every phase with its time;
+- a 2-node training job registers one managed instance per node, each tagged for the job;
+- a job whose entry point fails after SSH setup ends Failed and its instance is deregistered.
+
+Jobs are launched by unchanged user launch scripts through the SageMaker SDK v2 and
+``SSHEstimatorWrapper``; the test talks to them only through ``sm-ssh`` and the AWS APIs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(requirements_problem() is not None,
+                       reason=f"sandbox requirements: {requirements_problem()}"),
+]
+
+LAUNCH = """\
+import os, sys
+
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+
+source_dir, base_name, instance_count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+estimator = PyTorch(entry_point="train.py", source_dir=source_dir,
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=instance_count,
+                    instance_type="ml.m5.xlarge", base_job_name=base_name)
+SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600,
+                           local_user_id="journey-owner")
+estimator.fit(wait=False)
+print(estimator.latest_training_job.name)
+"""
+
+HOLD_THEN_FINISH = """\
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("released", flush=True)
+"""
+
+HOLD_THEN_FAIL = """\
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+raise RuntimeError("the training script failed on purpose")
+"""
+
+
+def sm_ssh(*args: str) -> List[str]:
+    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
+
+
+def test_demo_command_runs_the_whole_journey(tmp_path: Path) -> None:
+    done = subprocess.run(sm_ssh("sandbox", "demo", "--state-dir", str(tmp_path / "demo")),
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env=dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for phase in ("sandbox up", "launch a training job", "cat resourceconfig.json",
+                  "-L", "sm-wait stop", "Completed", "sandbox down"):
+        # A phase may print detail lines before its "ok (<elapsed> s)" line.
+        assert re.search(rf"==> .*{re.escape(phase)}.*\n(    (?!ok ).*\n)*    ok \(\d+\.\d s\)",
+                         out), phase
+    assert '"current_host": "algo-1"' in out
+    assert re.search(r"hello from algo-1 in ssh-demo-", out)
+    assert "demo complete in" in out
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("journey"), stop_grace=3.0) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def client_env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
+    env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    return env
+
+
+def launch(client_env: Dict[str, str], tmp_path: Path, entry_point: str, base_name: str,
+           instance_count: int) -> str:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(entry_point)
+    (tmp_path / "launch.py").write_text(LAUNCH)
+    done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source), base_name,
+                           str(instance_count)], env=client_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def online_instances(sandbox: Sandbox, job: str, count: int) -> List[str]:
+    from sagemaker_ssh_helper.manager import SSMManager
+
+    with sandbox.activated():
+        return list(SSMManager().get_training_instance_ids(job, timeout_in_sec=180,
+                                                           expected_count=count))
+
+
+def release(client_env: Dict[str, str], job: str, *node: str) -> None:
+    done = subprocess.run(sm_ssh("connect", *node, f"{job}.training.sagemaker", "--",
+                                 "sm-wait", "stop"),
+                          env=client_env, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def tags_of(ssm: Any, instance_id: str) -> Dict[str, str]:
+    listed = ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=instance_id)
+    return {t["Key"]: t["Value"] for t in listed["TagList"]}
+
+
+def test_two_node_job_registers_one_instance_per_node(sandbox: Sandbox, client_env: Dict[str, str],
+                                                      tmp_path: Path) -> None:
+    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "two-nodes", 2)
+    ids = online_instances(sandbox, job, 2)
+    assert len(set(ids)) == 2
+
+    ssm = sandbox.client("ssm")
+    info = ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": ids}])["InstanceInformationList"]
+    assert sorted(i["ComputerName"] for i in info) == ["algo-1", "algo-2"]
+    assert all(i["PingStatus"] == "Online" for i in info)
+    for instance_id in ids:
+        tags = tags_of(ssm, instance_id)
+        assert tags["SSHResourceName"] == job
+        assert tags["SSHResourceArn"].endswith(f":training-job/{job.lower()}")
+        assert tags["SSHOwner"] == "journey-owner"
+        assert tags["SSHCreator"] and int(tags["SSHTimestamp"]) <= time.time()
+
+    release(client_env, job, "--node", "algo-1")
+    release(client_env, job, "--node", "algo-2")
+    assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
+
+
+def test_failing_job_ends_failed_and_deregisters_its_instance(
+        sandbox: Sandbox, client_env: Dict[str, str], tmp_path: Path) -> None:
+    job = launch(client_env, tmp_path, HOLD_THEN_FAIL, "fails", 1)
+    (instance_id,) = online_instances(sandbox, job, 1)
+
+    release(client_env, job)
+    described = sandbox.wait_for_job(job, timeout=120)
+    assert described["TrainingJobStatus"] == "Failed"
+    assert "the training script failed on purpose" in described["FailureReason"]
+
+    ssm = sandbox.client("ssm")
+    deadline = time.monotonic() + 60
+    remaining: List[Dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        remaining = ssm.describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"]
+        if not remaining:
+            break
+        time.sleep(0.5)
+    assert remaining == [], f"{instance_id} is still registered: {remaining}"
