@@ -1,4 +1,4 @@
-"""The offline sandbox's whole journey, end to end (issue: offline sandbox).
+"""The offline sandbox's whole journey, end to end.
 
 - ``sm-ssh sandbox demo`` succeeds and prints every phase with its time;
 - a 2-node training job registers one managed instance per node, each tagged for the job;

@@ -114,7 +114,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"sandbox not running (state dir {state_dir})")
         return 1
-    status = control.http_json(f"{state['endpoint_url']}/_sandbox/status")
+    try:
+        status = control.http_json(f"{state['endpoint_url']}/_sandbox/status")
+    except (OSError, ValueError) as e:
+        raise SSHHelperError(f"the sandbox daemon stopped answering ({e}): see "
+                             f"{state_dir}/daemon.log, then `sm-ssh sandbox down`") from e
     if args.json:
         print(json.dumps(dict(status, running=True, state=state), indent=2, default=str))
     else:

@@ -64,17 +64,35 @@ def requirements_problem() -> Optional[str]:
         return "unshare not found: install util-linux (apt-get install -y util-linux)"
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
         return "sshd not found: install OpenSSH (apt-get install -y openssh-server openssh-client)"
-    try:
-        with open("/proc/filesystems") as f:
-            if "overlay" not in f.read():
-                return "the kernel has no overlayfs: load it with `modprobe overlay`"
-    except OSError:
-        return "cannot read /proc/filesystems: is /proc mounted?"
+    problem = _overlay_problem()
+    if problem:
+        return problem
     try:
         import moto.server  # noqa: F401
     except ImportError:
         return "moto is not installed: pip install 'sagemaker-ssh-helper[sandbox]'"
     return None
+
+
+def _overlay_listed() -> bool:
+    with open("/proc/filesystems") as f:
+        return any(line.split()[-1:] == ["overlay"] for line in f)
+
+
+def _overlay_problem() -> Optional[str]:
+    """None when overlayfs is usable. Stock Debian/Ubuntu kernels ship it as a module that is
+    loaded on first use, so an unlisted overlay gets one `modprobe` before we give up."""
+    try:
+        if _overlay_listed():
+            return None
+        if shutil.which("modprobe"):
+            subprocess.run(["modprobe", "overlay"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30, check=False)
+        if _overlay_listed():
+            return None
+    except (OSError, subprocess.SubprocessError):
+        return "cannot read /proc/filesystems: is /proc mounted?"
+    return "the kernel has no overlayfs: load it with `modprobe overlay` (package kmod)"
 
 
 @dataclass

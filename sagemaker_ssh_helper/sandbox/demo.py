@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -224,36 +223,54 @@ def journey(env: Dict[str, str], workdir: Path, journey_: Journey) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Bring the sandbox up, run the journey, tear down. Exit 0 only if every step worked."""
+    """Bring a sandbox up, run the journey, tear it down. Exit 0 only if every step worked.
+
+    Without ``--state-dir`` the demo runs in a fresh private state directory, so a sandbox the
+    user already has running is never touched; it is removed after a successful run and kept
+    (with its logs) after a failure. A sandbox already running in the given ``--state-dir`` is
+    used but left running.
+    """
+    from sagemaker_ssh_helper.sandbox import control
+
     def out(line: str) -> None:
         print(line, flush=True)
 
-    state_dir = getattr(args, "state_dir", None)
-    base_env = dict(os.environ)
-    if state_dir:
-        base_env["SM_SSH_SANDBOX_DIR"] = str(state_dir)
+    private = not getattr(args, "state_dir", None)
+    state_dir = Path(tempfile.mkdtemp(prefix="sm-ssh-demo-") if private else args.state_dir)
+    base_env = dict(os.environ, SM_SSH_SANDBOX_DIR=str(state_dir),
+                    SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    already_running = control.running_state(control.StateDir(state_dir)) is not None
     j = Journey(out)
-    workdir = Path(tempfile.mkdtemp(prefix="sm-ssh-demo-"))
-    up = False
+    workdir = Path(tempfile.mkdtemp(prefix="sm-ssh-demo-work-"))
+    started = False
+    ok = False
     try:
         with j.phase("sandbox up (moto, SSM stand-in, job runner)"):
             exports = _run(_sm_ssh() + ["sandbox", "up"], base_env, 120, "sm-ssh sandbox up")
-            up = True
+            started = not already_running
         env = dict(base_env)
         env.update(parse_exports(exports))
         # Keep the demo's client keys and known_hosts inside the sandbox, not in ~/.ssh.
-        home = Path(env.get("SM_SSH_SANDBOX_DIR", str(workdir))) / "demo-home"
+        home = state_dir / "demo-home"
         home.mkdir(parents=True, exist_ok=True)
         env["HOME"] = str(home)
         journey(env, workdir, j)
+        ok = True
+    except SSHHelperError:
+        raise
+    except Exception as e:  # anything unexpected still ends as one line, not a traceback
+        raise DemoFailed(f"the demo failed: {type(e).__name__}: {e}") from e
     finally:
-        if up:
+        if started:
             with j.phase("sandbox down"):
                 _run(_sm_ssh() + ["sandbox", "down"], base_env, 120, "sm-ssh sandbox down")
         shutil.rmtree(workdir, ignore_errors=True)
+        if private and ok:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        elif not ok:
+            out(f"sandbox state and logs kept in {state_dir}")
     total = time.monotonic() - j.started
-    out(textwrap.dedent(f"""\
-        demo complete in {total:.1f} s:"""))
+    out(f"demo complete in {total:.1f} s:")
     for title, elapsed in j.timings:
         out(f"  {elapsed:6.1f} s  {title}")
     return 0
