@@ -17,6 +17,8 @@ TEST_REQUIRES = [
     "ruff>=0.5",
     "mypy>=1.8",
     "types-psutil",
+    "aws-cdk-lib>=2.170,<3",  # Lambda Runtime.PYTHON_3_13
+    "constructs>=10",
 ]
 
 setup(
@@ -42,7 +44,7 @@ setup(
     extras_require={
         "test": TEST_REQUIRES,
         "sandbox": ["moto[server]>=5.0,<6"],
-        "cdk": ["aws-cdk-lib>=2.100,<3", "constructs>=10"],
+        "cdk": ["aws-cdk-lib>=2.170,<3", "constructs>=10"],
     },
     entry_points={
         "console_scripts": [

@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from sagemaker_ssh_helper.env import (
     MI_ID_FILE,
@@ -76,14 +76,29 @@ def should_start(environ: Mapping[str, str]) -> bool:
     return True
 
 
+def site_dirs() -> Set[str]:
+    """This interpreter's site-packages directories (resolved)."""
+    import site
+
+    dirs = list(getattr(site, "getsitepackages", list)())
+    dirs.append(site.getusersitepackages())
+    return {os.path.realpath(d) for d in dirs}
+
+
 def _python_command(args: List[str], environ: Mapping[str, str]
                     ) -> Tuple[List[str], Dict[str, str]]:
-    """Run this package with this interpreter, whether it is pip-installed or a plain folder."""
+    """Run this package with this interpreter, whether it is pip-installed or a plain folder.
+
+    A plain folder's parent goes first on PYTHONPATH. A pip install needs nothing: putting
+    site-packages on PYTHONPATH would leak into everything the setup starts (the SSM agent, SSH
+    sessions, ``/etc/environment``) and into other Pythons there.
+    """
     env = dict(environ)
     env["SM_SSH_PYTHON"] = sys.executable
     parent = str(PACKAGE_DIR.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([parent] + [p for p in paths if p != parent])
+    if os.path.realpath(parent) not in site_dirs():
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([parent] + [p for p in paths if p != parent])
     return [sys.executable] + args, env
 
 

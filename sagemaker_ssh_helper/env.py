@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional
 
+from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.aws import parse_arn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
-from sagemaker_ssh_helper.fqdn import kind_for_arn_type
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def region(environ: Optional[Mapping[str, str]] = None,
 
 def _from_arn(arn: str, name: Optional[str], source: str) -> Resource:
     parsed = parse_arn(arn)
-    rk = kind_for_arn_type(parsed.resource_type)
+    rk = fqdn.kind_for_arn_type(parsed.resource_type)
     if rk is None:
         raise SSHHelperError(f"{source}: unsupported resource ARN {arn!r}")
     return Resource(rk.kind, name or parsed.resource.rsplit("/", 1)[-1], arn, source)
@@ -152,9 +152,15 @@ def detect_resource(environ: Optional[Mapping[str, str]] = None) -> Resource:
     return Resource("inference", host, None, "hostname")
 
 
+def resource_arn(partition: str, region_name: str, account: str, kind_name: str,
+                 name: str) -> str:
+    """The ARN of a job or endpoint from its name (SageMaker lower-cases names in ARNs)."""
+    arn_type = fqdn.kind(kind_name).arn_type
+    return f"arn:{partition}:sagemaker:{region_name}:{account}:{arn_type}/{name.lower()}"
+
+
 def endpoint_arn(partition: str, region_name: str, account: str, name: str) -> str:
-    """SageMaker puts endpoint names in ARNs lower-cased."""
-    return f"arn:{partition}:sagemaker:{region_name}:{account}:endpoint/{name.lower()}"
+    return resource_arn(partition, region_name, account, "inference", name)
 
 
 def ip_address() -> str:

@@ -61,7 +61,11 @@ _tracker = SessionIdleTracker()
 
 
 def is_last_session_timeout(time_delta: timedelta) -> bool:
-    """True once no SSM/SSH session has been open for ``time_delta``."""
+    """True once no SSM/SSH session has been open for ``time_delta``.
+
+    Sessions are sampled when this is called, and the period counts from the first call if no
+    session was seen yet; call it at least as often as the shortest session worth counting.
+    """
     if not isinstance(time_delta, timedelta):
         raise TypeError("is_last_session_timeout() takes a datetime.timedelta, "
                         f"not {type(time_delta).__name__}")

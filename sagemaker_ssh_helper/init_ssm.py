@@ -9,7 +9,8 @@
 3. Stop any running agent and run ``amazon-ssm-agent -register -code … -id … -region … -y``.
    The agent only takes the code on its command line, so the exposure is kept short: the code is
    masked in everything logged, and the activation is deleted as soon as the registration went
-   through (that does not deregister the instance; it only makes the code useless).
+   through (that does not deregister the instance; it only makes the code useless). A
+   registration SSM throttled is retried like ``CreateActivation``.
 4. Print the ``mi-…`` id from the agent's registration line on stdout (logs go to stderr).
 """
 from __future__ import annotations
@@ -24,15 +25,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from sagemaker_ssh_helper import aws
 from sagemaker_ssh_helper.env import (
     Resource,
     detect_resource,
-    endpoint_arn,
     iter_processes,
     region,
+    resource_arn,
     runs_program,
 )
 from sagemaker_ssh_helper.errors import AwsError, SSHHelperError, UsageError
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 AGENT = "amazon-ssm-agent"
 AGENT_PROCESS_NAMES = ("amazon-ssm-agent", "ssm-agent-worker")
 REGISTRATION_RE = re.compile(r"Managed instance-id: (mi-[0-9a-fA-F]+)")
+# How the agent reports a registration SSM throttled (it prints the API's error code/message).
+THROTTLED_RE = re.compile(r"ThrottlingException|Rate exceeded|TooManyRequestsException|"
+                          r"RequestLimitExceeded")
 RETRY_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
                          "RequestLimitExceeded", "InternalServerError", "ServiceUnavailable"})
 MAX_ATTEMPTS = 8
@@ -144,11 +148,9 @@ def find_agent() -> str:
     return path
 
 
-def register_agent(activation: Activation, region_name: str,
-                   timeout: float = REGISTER_TIMEOUT) -> str:
-    """Register the local agent with ``activation``; return the managed instance id."""
-    agent = find_agent()
-    stop_running_agent()
+def _run_register(agent: str, activation: Activation, region_name: str,
+                  timeout: float) -> Tuple[int, str]:
+    """One ``-register`` run: exit code and output (code masked), echoed to stderr."""
     argv = [agent, "-register", "-code", activation.code, "-id", activation.activation_id,
             "-region", region_name, "-y"]
     logger.info("registering: %s -register -code **** -id %s -region %s -y",
@@ -161,11 +163,33 @@ def register_agent(activation: Activation, region_name: str,
     output = (proc.stdout + proc.stderr).replace(activation.code, "****")
     for line in output.splitlines():
         print(line, file=sys.stderr, flush=True)  # keeps the registration line in the job log
-    match = REGISTRATION_RE.search(output)
-    if proc.returncode != 0 or not match:
+    return proc.returncode, output
+
+
+def register_agent(activation: Activation, region_name: str,
+                   timeout: float = REGISTER_TIMEOUT, sleep: Callable[[float], None] = time.sleep,
+                   rand: Callable[[], float] = random.random) -> str:
+    """Register the local agent with ``activation``; return the managed instance id.
+
+    A registration SSM throttled (many nodes registering at once) is retried with the same
+    backoff as ``CreateActivation``; any other failure is final.
+    """
+    agent = find_agent()
+    stop_running_agent()
+    for attempt in range(MAX_ATTEMPTS):
+        returncode, output = _run_register(agent, activation, region_name, timeout)
+        match = REGISTRATION_RE.search(output)
+        if returncode == 0 and match:
+            return match.group(1)
         last = output.strip().splitlines()[-1] if output.strip() else "no output"
-        raise SSHHelperError(f"{AGENT} -register failed (exit {proc.returncode}): {last}")
-    return match.group(1)
+        if not THROTTLED_RE.search(output) or attempt == MAX_ATTEMPTS - 1:
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            raise SSHHelperError(f"{AGENT} -register failed (exit {returncode}){tries}: {last}")
+        delay = backoff_delay(attempt, rand)
+        logger.warning("%s -register was throttled, retrying in %.1f s (attempt %d of %d)",
+                       AGENT, delay, attempt + 1, MAX_ATTEMPTS)
+        sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def delete_activation(ssm: Any, activation_id: str) -> None:
@@ -193,12 +217,8 @@ def _resource_arn(resource: Resource, session: Any, region_name: str) -> str:
         account = aws.sts_client(session, region_name).get_caller_identity()["Account"]
     except Exception as e:
         raise aws.explain(e, "sts:GetCallerIdentity") from e
-    partition = aws.partition_for_region(region_name)
-    if resource.kind == "inference":
-        return endpoint_arn(partition, region_name, account, resource.name)
-    arn_type = {"training": "training-job", "processing": "processing-job",
-                "transform": "transform-job"}[resource.kind]
-    return f"arn:{partition}:sagemaker:{region_name}:{account}:{arn_type}/{resource.name.lower()}"
+    return resource_arn(aws.partition_for_region(region_name), region_name, account,
+                        resource.kind, resource.name)
 
 
 def ssm_client(session: Any, region_name: str) -> Any:

@@ -21,10 +21,11 @@ starts from a clean environment. This module writes the container's environment 
     ``PATH``. It holds every variable as ``export KEY='...'`` quoted for POSIX ``sh``, so values
     left out of ``/etc/environment`` (multi-line JSON such as ``SM_TRAINING_ENV``) arrive intact.
 
-Per-session variables (``HOSTNAME``, ``PWD``, ``SHLVL``, ``TERM``, ``HOME``, OpenSSH's
-``SSH_CONNECTION`` ...) are not saved, and ``START_SSH`` is saved as ``false`` so that running the
-training script again inside an SSH session does not start another SSH setup. The helper's own
-settings (``SSH_SSM_ROLE``, ``SSH_WAIT_TIME_SECONDS`` ...) are kept for reference.
+Per-session and per-process variables (``HOSTNAME``, ``PWD``, ``SHLVL``, ``TERM``, ``HOME``,
+OpenSSH's ``SSH_CONNECTION``, the helper's ``SM_SSH_CALLER_PID`` ...) are not saved, and
+``START_SSH`` is saved as ``false`` so that running the training script again inside an SSH
+session does not start another SSH setup. The helper's own settings (``SSH_SSM_ROLE``,
+``SSH_WAIT_TIME_SECONDS`` ...) are kept for reference.
 
 Both files are world-readable (mode 0644), like the job's Environment, which anyone allowed to
 describe the job can read; logins other than root also need to read them.
@@ -56,6 +57,8 @@ SESSION_VARIABLES = frozenset({
     # set by OpenSSH for each session
     "SSH_AGENT_PID", "SSH_ASKPASS", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION",
     "SSH_ORIGINAL_COMMAND", "SSH_TTY",
+    # set by the helper for the setup process only
+    "SM_SSH_CALLER_PID",
 })
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOUBLE_QUOTE_SPECIAL = set('"$`\\!')

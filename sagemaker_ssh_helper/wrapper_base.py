@@ -265,9 +265,9 @@ class SSHWrapperBase:
         return ids[index]
 
     def ssh_info(self, instance_ids: Optional[List[str]] = None) -> str:
+        """How to connect: ``sm-ssh connect <fqdn>`` first, then each instance by its id."""
         ids = self.get_instance_ids() if instance_ids is None else instance_ids
-        lines = [f"SSH target: {self.fqdn()}",
-                 f"  connect:   sm-ssh connect {self.fqdn()}",
+        lines = [f"Connect with: sm-ssh connect {self.fqdn()}",
                  f"  instances: {', '.join(ids) if ids else '(none registered yet)'}"]
         lines += [f"  by id:     sm-local-start-ssh {i}" for i in ids]
         return "\n".join(lines)

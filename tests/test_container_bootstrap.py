@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,20 @@ def test_lower_ranks_run_the_setup_script(tmp_path: Path, host: str) -> None:
     assert env["SM_SSH_CALLER_PID"] == str(os.getpid())
     assert {k: env[k] for k in environ if k != "PYTHONPATH"} == \
         {k: v for k, v in environ.items() if k != "PYTHONPATH"}
+
+
+@pytest.mark.parametrize("site_dir", [site.getsitepackages()[0], site.getusersitepackages()])
+def test_an_installed_package_is_not_put_on_pythonpath(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site_dir: str) -> None:
+    """site-packages on PYTHONPATH would reach SSH sessions (and other Pythons) through the
+    environment the setup saves."""
+    monkeypatch.setattr(bootstrap, "PACKAGE_DIR", Path(site_dir) / "sagemaker_ssh_helper")
+    run = Recorder()
+    bootstrap.setup_and_start_ssh(job_env(tmp_path), run=run)
+    without = {k: v for k, v in job_env(tmp_path).items() if k != "PYTHONPATH"}
+    bootstrap.setup_and_start_ssh(without, run=run)
+    assert [call["env"].get("PYTHONPATH") for call in run.calls] == ["/somewhere", None]
+    assert run.calls[0]["argv"] == ["bash", f"{site_dir}/sagemaker_ssh_helper/sm-setup-ssh"]
 
 
 def test_bad_instance_count_falls_back_to_two(

@@ -86,6 +86,16 @@ def test_endpoint_from_environment(base: Path) -> None:
         f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:endpoint/my-endpoint"
 
 
+@pytest.mark.parametrize("kind, arn_type", [
+    ("training", "training-job"), ("processing", "processing-job"),
+    ("transform", "transform-job"), ("inference", "endpoint"),
+])
+def test_resource_arns_from_a_name_round_trip(kind: str, arn_type: str) -> None:
+    arn = env.resource_arn("aws-cn", "cn-north-1", ACCOUNT, kind, "Job-1")
+    assert arn == f"arn:aws-cn:sagemaker:cn-north-1:{ACCOUNT}:{arn_type}/job-1"
+    assert env._from_arn(arn, "Job-1", "test") == Resource(kind, "Job-1", arn, "test")
+
+
 def test_endpoint_falls_back_to_the_host_name_with_a_warning(
         base: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="sagemaker_ssh_helper.env"):

@@ -148,6 +148,7 @@ def test_sm_init_ssm_registers_the_container(container: Container) -> None:
     proc = container.run(r'''
 start_aws
 "$PY" -c 'import boto3; print(boto3.client("sts").get_caller_identity()["UserId"])' >"$R/user"
+ssm_fault RegisterManagedInstance ThrottlingException 1
 bash "$PKG/sm-init-ssm" >"$R/out1" 2>"$R/err1"
 SAGEMAKER_BASE_DIR=/nonexistent SAGEMAKER_ENDPOINT_NAME=My-Endpoint \
   bash "$PKG/sm-init-ssm" >"$R/out2" 2>"$R/err2"
@@ -174,6 +175,7 @@ SAGEMAKER_BASE_DIR=/nonexistent SAGEMAKER_ENDPOINT_NAME=My-Endpoint \
         assert tags == {"SSHOwner": "AIDAOWNER:alice", "SSHCreator": read("user").strip(),
                         "SSHResourceName": name, "SSHResourceArn": arn}
         assert instances[instance_id]["iam_role"] == "SSMRole"
+    assert "sm-init-ssm: amazon-ssm-agent -register was throttled, retrying in " in read("err1")
 
 
 @needs_namespaces
@@ -208,6 +210,64 @@ PATH=/usr/bin:/bin bash "$PKG/sm-init-ssm" 2>"$R/err-no-agent" || echo "rc=$?"
         "(or install the SSM agent in the image)")
 
 
+REGISTER_CASES = r"""
+import json, sys, urllib.request
+import boto3
+from sagemaker_ssh_helper import init_ssm
+from sagemaker_ssh_helper.errors import SSHHelperError
+
+url = sys.argv[1]
+ssm = init_ssm.ssm_client(boto3.Session(), "us-east-1")
+results = {}
+for case, fault in (("throttled twice", ("ThrottlingException", 2)),
+                    ("denied", ("AccessDeniedException", 1)),
+                    ("always throttled", ("ThrottlingException", 100))):
+    activation = init_ssm.create_activation(ssm, "SSMRole", [], "d", "n")
+    body = dict(operation="RegisterManagedInstance", error_code=fault[0], count=fault[1])
+    urllib.request.urlopen(urllib.request.Request(url + "/_sandbox/stats/reset", b"{}"))
+    urllib.request.urlopen(urllib.request.Request(url + "/_sandbox/faults",
+                                                  json.dumps(body).encode()))
+    sleeps = []
+    try:
+        outcome = init_ssm.register_agent(activation, "us-east-1", sleep=sleeps.append,
+                                          rand=lambda: 0.5)
+    except SSHHelperError as e:
+        outcome = "error: " + str(e)
+    stats = json.load(urllib.request.urlopen(url + "/_sandbox/stats"))
+    results[case] = dict(outcome=outcome, sleeps=sleeps,
+                         calls=stats["AgentCallCounts"]["RegisterManagedInstance"])
+print(json.dumps(results))
+"""
+
+
+@needs_namespaces
+def test_only_throttled_registrations_are_retried(container: Container) -> None:
+    (container.root / "cases.py").write_text(REGISTER_CASES)
+    proc = container.run(r'''
+start_aws
+"$PY" "$R/cases.py" "$AWS_ENDPOINT_URL_SSM" >"$R/out" 2>"$R/err"
+''', env=processing_env(container))
+    assert proc.returncode == 0, container.report(proc)
+    results = json.loads((container.root / "out").read_text())
+    throttled = results["throttled twice"]
+    assert REGISTERED.match("Successfully registered the instance with AWS SSM using Managed "
+                            f"instance-id: {throttled['outcome']}")
+    assert (throttled["sleeps"], throttled["calls"]) == ([0.75, 1.5], 3)
+    denied = results["denied"]
+    assert (denied["sleeps"], denied["calls"]) == ([], 1)
+    assert denied["outcome"].startswith("error: amazon-ssm-agent -register failed (exit 1): ")
+    assert "AccessDeniedException" in denied["outcome"]
+    endless = results["always throttled"]
+    assert len(endless["sleeps"]) == init_ssm.MAX_ATTEMPTS - 1
+    assert endless["calls"] == init_ssm.MAX_ATTEMPTS
+    assert endless["outcome"].startswith(
+        f"error: amazon-ssm-agent -register failed (exit 1) after {init_ssm.MAX_ATTEMPTS} "
+        "attempts: ")
+    assert "Rate exceeded" in endless["outcome"]
+    err = (container.root / "err").read_text()
+    assert "amazon-ssm-agent -register was throttled, retrying in 0.8 s (attempt 1 of 8)" in err
+
+
 @needs_namespaces
 def test_a_running_agent_is_stopped_before_registering(container: Container) -> None:
     fake = container.root / "bin2" / "amazon-ssm-agent"
@@ -216,7 +276,8 @@ def test_a_running_agent_is_stopped_before_registering(container: Container) -> 
     fake.chmod(0o755)
     proc = container.run(rf'''
 "{fake}" 600 & agent=$!
-wait_for 10 test -e /proc/$agent
+# until the forked shell has exec'd the agent (comm holds the first 15 characters)
+wait_for 10 grep -qsx amazon-ssm-agen "/proc/$agent/comm"
 "$PY" -c 'from sagemaker_ssh_helper.init_ssm import stop_running_agent; stop_running_agent()'
 wait "$agent" || echo "agent ended by signal $(($? - 128))"
 ''')

@@ -36,7 +36,7 @@ TRICKY = {
 }
 SESSION_ONLY = {"HOSTNAME": "algo-1", "PWD": "/opt/ml/code", "SHLVL": "2", "_": "/usr/bin/env",
                 "TERM": "xterm", "OLDPWD": "/", "HOME": "/root",
-                "SSH_CONNECTION": "1 2 3 4", "SSH_CLIENT": "1 2 3"}
+                "SSH_CONNECTION": "1 2 3 4", "SSH_CLIENT": "1 2 3", "SM_SSH_CALLER_PID": "42"}
 
 
 def pam_env_read(text: str) -> Dict[str, str]:

@@ -117,6 +117,72 @@ test -f /opt/sagemaker-ssh-helper/.ssh-configured || echo "no marker"
                     "configure' in its Dockerfile)")
 
 
+FAKE_PIP = """\
+import os, sys
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(here, "pip-args"), "w") as f:
+    f.write(" ".join(sys.argv[1:]))
+for name in ("boto3", "botocore"):
+    os.makedirs(os.path.join(here, name), exist_ok=True)
+    open(os.path.join(here, name, "__init__.py"), "w").close()
+"""
+
+
+def test_configure_needs_boto3_and_tries_pip(container: Container,
+                                             host_untouched: None) -> None:
+    fake_pip = container.root / "fakepip" / "pip"
+    fake_pip.mkdir(parents=True)
+    (fake_pip / "__init__.py").write_text("")
+    (fake_pip / "__main__.py").write_text(FAKE_PIP)
+    isolated = container.root / "isolated-python"  # a Python without site-packages
+    isolated.write_text(f'#!/bin/bash\nexec "{PYTHON}" -S "$@"\n')
+    isolated.chmod(0o755)
+    proc = container.run(rf"""
+export SM_SSH_PYTHON="{isolated}"
+bash "$PKG/sm-setup-ssh" configure 2>"$R/no-pip" || echo "rc=$?"
+test -f /opt/sagemaker-ssh-helper/.ssh-configured || echo "no marker"
+PYTHONPATH="$R/fakepip:$PYTHONPATH" bash "$PKG/sm-setup-ssh" configure 2>"$R/with-pip"
+test -f /opt/sagemaker-ssh-helper/.ssh-configured && echo "configured"
+""")
+    assert proc.stdout.splitlines() == ["rc=1", "no marker", "configured"], \
+        container.report(proc)
+    assert (container.root / "no-pip").read_text().strip().splitlines()[-1] == (
+        f"sm-setup-ssh: ERROR: boto3 is not importable by {isolated} and pip could not install "
+        "it: install boto3 for this Python in the image (or set SM_SSH_PYTHON to a Python that "
+        "has it)")
+    assert (container.root / "fakepip" / "pip-args").read_text().split()[0] == "install"
+    assert (container.root / "fakepip" / "pip-args").read_text().split()[-1] == "boto3"
+    with_pip = (container.root / "with-pip").read_text()
+    assert "sm-setup-ssh: installed boto3\n" in with_pip
+    assert "sm-setup-ssh: configured sshd and the SSM agent\n" in with_pip
+
+
+def test_an_installed_package_is_not_put_on_pythonpath(container: Container) -> None:
+    """Whatever the setup exports reaches the SSM agent, SSH sessions and /etc/environment."""
+    for name in ("site", "shipped"):
+        shutil.copytree(PACKAGE_DIR, container.root / name / "sagemaker_ssh_helper",
+                        ignore=shutil.ignore_patterns("__pycache__", "sandbox"))
+    # Pythons that record the PYTHONPATH they are run with; "site-python" also imports from
+    # $R/site, as a Python with the package in its site-packages does.
+    for name, run in (("site-python", 'PYTHONPATH="$R/site${PYTHONPATH:+:$PYTHONPATH}" exec'),
+                      ("plain-python", "exec")):
+        spy = container.root / name
+        spy.write_text(f'#!/bin/bash\nR={container.root}\n'
+                       f'printf "%s\\n" "${{PYTHONPATH-unset}}" >>"$R/{name}.seen"\n'
+                       f'{run} "{PYTHON}" "$@"\n')
+        spy.chmod(0o755)
+    env = {k: v for k, v in container.env().items() if k != "PYTHONPATH"}
+    proc = container.run(r"""
+SM_SSH_PYTHON="$R/site-python" bash "$R/site/sagemaker_ssh_helper/sm-setup-ssh" configure
+rm /opt/sagemaker-ssh-helper/.ssh-configured
+SM_SSH_PYTHON="$R/plain-python" bash "$R/shipped/sagemaker_ssh_helper/sm-setup-ssh" configure
+""", env=env)
+    assert proc.returncode == 0, container.report(proc)
+    assert (container.root / "site-python.seen").read_text().splitlines() == ["unset"] * 2
+    assert (container.root / "plain-python.seen").read_text().splitlines() == \
+        ["unset", str(container.root / "shipped")]
+
+
 SSH = ("ssh -i /tmp/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
        "-o BatchMode=yes -o LogLevel=ERROR root@127.0.0.1")
 TRICKY = {"CUSTOM": 'spaces  and "double" quotes', "SINGLE": "it's", "NEWLINES": "one\ntwo"}

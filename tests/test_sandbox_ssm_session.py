@@ -74,7 +74,7 @@ def test_terminate_session_ends_the_plugin(tmp_path: Path) -> None:
         # process names as the real agent's, which idle detection in containers looks for
         agent_process = psutil.Process(agent.pid)
         assert agent_process.name() == "amazon-ssm-agent"
-        assert agent_process.cmdline()[0] == "amazon-ssm-agent"
+        assert os.path.basename(agent_process.cmdline()[0]) == "amazon-ssm-agent"
         assert [p.name() for p in agent_process.children()] == ["ssm-session-worker"]
         resumed = ssm.resume_session(SessionId=response["SessionId"])
         assert resumed["TokenValue"] != response["TokenValue"]

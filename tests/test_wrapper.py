@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ from sagemaker.processing import FrameworkProcessor, ScriptProcessor
 from sagemaker.pytorch import PyTorch
 
 from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper.log import REGISTRATION_TEXT
 from sagemaker_ssh_helper.wrapper import (
     SSHEstimatorWrapper,
     SSHModelWrapper,
@@ -319,30 +321,11 @@ def test_wait_training_job_raises_on_failure(sdk: SDK) -> None:
     estimator = sdk.estimator()
     wrapper = SSHEstimatorWrapper.create(estimator)
     estimator.fit(wait=False)
-    backend_job = _moto_training_job(wrapper.training_job_name())
+    backend_job = moto_job("training", wrapper.training_job_name())
     backend_job.training_job_status = "Failed"
     assert wrapper.wait_training_job_with_status() == "Failed"
     with pytest.raises(UnexpectedStatusException, match="ended with status Failed"):
         wrapper.wait_training_job()
-
-
-def _moto_training_job(name: str) -> Any:
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.sagemaker.models import sagemaker_backends
-
-    return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].training_jobs[name]
-
-
-def test_stop_training_job_sends_stop(sdk: SDK) -> None:
-    # moto has no StopTrainingJob: answer it here, after the SDK built the request.
-    sdk.session.sagemaker_client.meta.events.register(
-        "before-call.sagemaker.StopTrainingJob",
-        lambda **_: (SimpleNamespace(status_code=200), {"ResponseMetadata": {}}))
-    estimator = sdk.estimator()
-    wrapper = SSHEstimatorWrapper.create(estimator)
-    estimator.fit(wait=False)
-    wrapper.stop_training_job()
-    assert sdk.last("StopTrainingJob") == {"TrainingJobName": wrapper.training_job_name()}
 
 
 @pytest.mark.parametrize("arn, message", [
@@ -415,8 +398,12 @@ def test_instance_lookups_through_ssm(sdk: SDK, ssm_stand_in: Any,
         wrapper.get_instance_id(2, timeout_in_sec=0)
     text = wrapper.print_ssh_info(timeout_in_sec=0)
     assert text in capsys.readouterr().out
-    assert f"sm-ssh connect {name}.training.sagemaker" in text
-    assert f"sm-local-start-ssh {newer[0]}" in text
+    assert text.splitlines() == [
+        f"Connect with: sm-ssh connect {name}.training.sagemaker",
+        f"  instances: {newer[0]}, {older[0]}",
+        f"  by id:     sm-local-start-ssh {newer[0]}",
+        f"  by id:     sm-local-start-ssh {older[0]}",
+    ]
 
     endpoint = SSHModelWrapper.attach("my-endpoint", sdk.session)
     assert endpoint.get_instance_ids(timeout_in_sec=0) == []
@@ -556,6 +543,21 @@ def test_script_processor_augmented_input_is_importable(sdk: SDK, tmp_path: Path
     assert done.stdout.startswith(str(local / "__init__.py"))
 
 
+def test_endpoint_instance_ids_from_the_logs(sdk: SDK) -> None:
+    logs = sdk.session.boto_session.client("logs")
+    group, stream = "/aws/sagemaker/Endpoints/my-endpoint", "AllTraffic/i-0123456789"
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
+        {"timestamp": now, "message": "starting the model server"},
+        {"timestamp": now + 1, "message": f"{REGISTRATION_TEXT}: mi-0123456789abcdef0"}])
+    wrapper = SSHModelWrapper.attach("my-endpoint", sdk.session)
+    assert wrapper.get_instance_ids_from_logs(timeout_in_sec=0) == ["mi-0123456789abcdef0"]
+    assert SSHModelWrapper.attach("other", sdk.session).get_instance_ids_from_logs(
+        timeout_in_sec=0) == []
+
+
 # -- batch transform --------------------------------------------------------------------------
 def test_transformer_gets_the_model_env(sdk: SDK) -> None:
     model = sdk.model()
@@ -584,3 +586,60 @@ def test_transformer_needs_a_model_wrapper(sdk: SDK) -> None:
                                     output_path=f"s3://{BUCKET}/transform-out")
     with pytest.raises(ValueError, match=r"SSHModelWrapper.create\(model\)"):
         SSHTransformerWrapper.create(transformer, None)  # type: ignore[arg-type]
+
+
+# -- job status helpers (moto ends jobs at once; the test sets the status moto reports) -------
+def start_job(sdk: SDK, tmp_path: Path, kind: str) -> Any:
+    if kind == "training":
+        estimator = sdk.estimator()
+        wrapper: Any = SSHEstimatorWrapper.create(estimator)
+        estimator.fit(wait=False)
+        return wrapper
+    if kind == "processing":
+        script = tmp_path / "script.py"
+        script.write_text("print('hello')\n")
+        processor = ScriptProcessor(image_uri=IMAGE, command=["python3"], role=ROLE,
+                                    instance_count=1, instance_type="ml.m5.xlarge",
+                                    sagemaker_session=sdk.session)
+        wrapper = SSHProcessorWrapper.create(processor)
+        processor.run(code=str(script), wait=False, logs=False)
+        return wrapper
+    model = sdk.model()
+    transformer = model.transformer(instance_count=1, instance_type="ml.m5.xlarge",
+                                    output_path=f"s3://{BUCKET}/transform-out")
+    wrapper = SSHTransformerWrapper.create(transformer, SSHModelWrapper.create(model))
+    transformer.transform(f"s3://{BUCKET}/transform-in", wait=False, logs=False)
+    return wrapper
+
+
+def moto_job(kind: str, name: str) -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sagemaker.models import sagemaker_backends
+
+    return getattr(sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION], f"{kind}_jobs")[name]
+
+
+@pytest.mark.parametrize("kind, noun", [("training", "Training"), ("processing", "Processing"),
+                                        ("transform", "Transform")])
+def test_job_status_helpers(sdk: SDK, tmp_path: Path, kind: str, noun: str) -> None:
+    wrapper = start_job(sdk, tmp_path, kind)
+    name = wrapper.resource_name()
+    job = moto_job(kind, name)
+    wait = getattr(wrapper, f"wait_{kind}_job")
+    status_attribute = f"{kind}_job_status"
+
+    setattr(job, status_attribute, "InProgress")
+    assert wrapper.is_job_in_progress() is True
+    setattr(job, status_attribute, "Completed")
+    assert wrapper.is_job_in_progress() is False
+    assert wait(poll_seconds=0.01) is None
+    setattr(job, status_attribute, "Failed")
+    with pytest.raises(UnexpectedStatusException, match=f"job {name} ended with status Failed"):
+        wait(poll_seconds=0.01)
+
+    # moto has no Stop*Job: answer it here, after the SDK built the request.
+    sdk.session.sagemaker_client.meta.events.register(
+        f"before-call.sagemaker.Stop{noun}Job",
+        lambda **_: (SimpleNamespace(status_code=200), {"ResponseMetadata": {}}))
+    getattr(wrapper, f"stop_{kind}_job")()
+    assert sdk.last(f"Stop{noun}Job") == {f"{noun}JobName": name}

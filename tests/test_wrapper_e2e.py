@@ -1,6 +1,8 @@
 """End to end in the offline sandbox: a user script launches a training job through
 ``SSHEstimatorWrapper``, finds its instance, opens ``start_ssm_connection``, reads the env
-contract inside the container, releases the job and waits for it. Needs root on Linux.
+contract inside the container while the job is held, then connects with
+``start_ssm_connection_and_continue`` (which releases the job) and waits for it. Needs root on
+Linux.
 """
 from __future__ import annotations
 
@@ -37,6 +39,13 @@ import json, os, socket, sys
 from sagemaker.pytorch import PyTorch
 from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
 
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
                     dependencies=[SSHEstimatorWrapper.dependency_dir()],
                     role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
@@ -46,22 +55,65 @@ wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900
                                      local_user_id="e2e-owner")
 estimator.fit(wait=False)
 ids = wrapper.get_instance_ids(timeout_in_sec=180)
+held = wrapper.is_job_in_progress()
 
 attached = SSHEstimatorWrapper.attach(wrapper.training_job_name())
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-proxy = attached.start_ssm_connection(port, timeout_in_sec=60)
+proxy = attached.start_ssm_connection(free_port(), timeout_in_sec=60)
 try:
     environment = proxy.run_command_with_output("cat /etc/environment", timeout=300).decode()
     hostname = proxy.run_command_with_output("hostname", timeout=300).decode().strip()
-    proxy.terminate_waiting_loop()
 finally:
     proxy.disconnect()
-status = wrapper.wait_training_job_with_status(poll_seconds=1)
+held_after_disconnect = attached.is_job_in_progress()
+
+# connect again, and this time let the job go on
+proxy = wrapper.start_ssm_connection_and_continue(free_port(), timeout_in_sec=60)
+try:
+    status = wrapper.wait_training_job_with_status(poll_seconds=1)
+finally:
+    proxy.disconnect()
 print("RESULT " + json.dumps({"job": wrapper.training_job_name(), "ids": ids,
                               "instance_id": proxy.instance_id, "environment": environment,
-                              "hostname": hostname, "status": status}), flush=True)
+                              "hostname": hostname, "status": status, "held": held,
+                              "held_after_disconnect": held_after_disconnect}), flush=True)
+"""
+
+
+PROCESSING_SCRIPT = """\
+import os, sys
+
+sys.path.append("/opt/ml/processing/input")
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("processing released by the user", flush=True)
+"""
+
+PROCESSING_USER_SCRIPT = """\
+import json, os, socket, sys
+
+from sagemaker.processing import ScriptProcessor
+from sagemaker_ssh_helper.wrapper import SSHProcessorWrapper
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+processor = ScriptProcessor(command=["python3"], image_uri="any:latest",
+                            role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], instance_count=1,
+                            instance_type="ml.m5.xlarge", base_job_name="ssh-wrapper-e2e-proc")
+wrapper = SSHProcessorWrapper.create(processor, connection_wait_time_seconds=900)
+processor.run(code=os.path.join(sys.argv[1], "process.py"),
+              inputs=[SSHProcessorWrapper.augmented_input()], wait=False, logs=False)
+ids = wrapper.get_instance_ids(timeout_in_sec=180)
+held = wrapper.is_job_in_progress()
+proxy = wrapper.start_ssm_connection_and_continue(port, timeout_in_sec=60)
+try:
+    wrapper.wait_processing_job(poll_seconds=1)
+finally:
+    proxy.disconnect()
+print("RESULT " + json.dumps({"job": wrapper.processing_job_name(), "ids": ids,
+                              "instance_id": proxy.instance_id, "held": held,
+                              "status": wrapper.describe()["ProcessingJobStatus"]}), flush=True)
 """
 
 
@@ -71,25 +123,27 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield sb
 
 
-def run_user_script(sandbox: Sandbox, tmp_path: Path) -> Dict[str, Any]:
+def run_user_script(sandbox: Sandbox, tmp_path: Path, script: str,
+                    sources: Dict[str, str]) -> Dict[str, Any]:
     source = tmp_path / "src"
     source.mkdir()
-    (source / "train.py").write_text(ENTRY_POINT)
-    (tmp_path / "launch.py").write_text(USER_SCRIPT)
+    for name, text in sources.items():
+        (source / name).write_text(text)
+    (tmp_path / "launch.py").write_text(script)
     home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
     home.mkdir()
     env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
     done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout[-2000:] + done.stderr[-2000:]
     return dict(json.loads(lines[-1][len("RESULT "):]))
 
 
 def test_estimator_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
-    result = run_user_script(sandbox, tmp_path)
+    result = run_user_script(sandbox, tmp_path, USER_SCRIPT, {"train.py": ENTRY_POINT})
     assert len(result["ids"]) == 1 and result["ids"][0].startswith("mi-")
     assert result["instance_id"] == result["ids"][0]
     assert result["hostname"] == "algo-1"
@@ -97,4 +151,16 @@ def test_estimator_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
     for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "900"),
                         ("SSH_INSTANCE_COUNT", "1"), ("SSH_SSM_ROLE", r"[\w+=,.@/-]+")):
         assert re.search(rf"^(export )?{name}=['\"]?{value}['\"]?$", environment, re.M), name
+    assert result["held"] is True and result["held_after_disconnect"] is True
     assert result["status"] == "Completed"
+    assert "released by the user" in sandbox.container_log(result["job"])
+
+
+def test_processor_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
+    result = run_user_script(sandbox, tmp_path, PROCESSING_USER_SCRIPT,
+                             {"process.py": PROCESSING_SCRIPT})
+    assert len(result["ids"]) == 1 and result["instance_id"] == result["ids"][0]
+    assert result["held"] is True
+    assert result["status"] == "Completed"
+    log = sandbox.container_log(result["job"], kind="processing")
+    assert "processing released by the user" in log

@@ -65,8 +65,12 @@ def module_env() -> Dict[str, str]:
 
 
 def named_argv(name: str, args: List[str]) -> List[str]:
-    """argv running this module under the program name ``name`` (argv[0])."""
-    return [name, "-m", AGENT_MODULE, *args]
+    """argv running this module under the program name ``name`` (argv[0]).
+
+    argv[0] keeps the interpreter's directory: Python derives its prefix from it, and a bare
+    name run from ``/`` would make it pick up another installation's standard library.
+    """
+    return [str(Path(python_executable()).parent / name), "-m", AGENT_MODULE, *args]
 
 
 def spawn_session_worker(endpoint: str, instance_id: str, message: Dict[str, Any]

@@ -1,0 +1,81 @@
+"""The CDK app of SSH Helper: ``cdk -a "python -m sagemaker_ssh_helper.cdk.app" <command>``.
+
+Stacks (context values with ``-c name=value``):
+
+* ``SSH-IAM-SSM-Stack``: ``sagemaker_role`` (name, path/name or ARN of the SageMaker execution
+  role), ``user_role`` (comma-separated names of the roles that connect; optional),
+  ``authorized_keys_path`` (``s3://bucket/prefix/`` for public keys; optional);
+* ``SSH-IAM-SSM-Advanced-Tier-Stack``: no context;
+* ``SSH-Low-GPU-Notification-Stack``: ``sns_notification_topic_arn``.
+
+A stack whose required context is missing is left out of the app (with a note on stderr), so
+``cdk deploy <stack>`` then says the stack does not exist rather than failing half-way.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, List, Optional
+
+import aws_cdk as cdk
+
+from sagemaker_ssh_helper.cdk.advanced_tier_stack import SSMAdvancedTierStack
+from sagemaker_ssh_helper.cdk.iam_ssm_stack import SSHIAMSSMStack
+from sagemaker_ssh_helper.cdk.low_gpu_stack import LowGPUNotificationStack
+
+IAM_STACK = "SSH-IAM-SSM-Stack"
+ADVANCED_TIER_STACK = "SSH-IAM-SSM-Advanced-Tier-Stack"
+LOW_GPU_STACK = "SSH-Low-GPU-Notification-Stack"
+STACKS = (IAM_STACK, ADVANCED_TIER_STACK, LOW_GPU_STACK)
+CONTEXT_KEYS = ("sagemaker_role", "user_role", "authorized_keys_path",
+                "sns_notification_topic_arn")
+
+
+def _context(app: cdk.App, name: str) -> Optional[str]:
+    assert name in CONTEXT_KEYS, name
+    value = app.node.try_get_context(name)
+    return str(value).strip() if value not in (None, "") else None
+
+
+def _names(value: Optional[str]) -> List[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _note(message: str) -> None:
+    print(f"sagemaker_ssh_helper.cdk.app: {message}", file=sys.stderr)
+
+
+def build_app(app: Optional[cdk.App] = None) -> cdk.App:
+    app = app or cdk.App()
+    env: Any = cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                               region=os.environ.get("CDK_DEFAULT_REGION"))
+    sagemaker_role = _context(app, "sagemaker_role")
+    if sagemaker_role:
+        SSHIAMSSMStack(app, IAM_STACK, env=env, sagemaker_role=sagemaker_role,
+                       user_roles=_names(_context(app, "user_role")),
+                       authorized_keys_path=_context(app, "authorized_keys_path"),
+                       description="SageMaker SSH Helper: IAM policies and SSM trust")
+    else:
+        _note(f"{IAM_STACK} left out: pass -c sagemaker_role=<role> -c user_role=<role>")
+    SSMAdvancedTierStack(app, ADVANCED_TIER_STACK, env=env,
+                         description="SageMaker SSH Helper: SSM advanced-instances tier")
+    topic = _context(app, "sns_notification_topic_arn")
+    if topic:
+        LowGPUNotificationStack(app, LOW_GPU_STACK, env=env, sns_notification_topic_arn=topic,
+                                description="SageMaker SSH Helper: low GPU use notifications")
+    else:
+        _note(f"{LOW_GPU_STACK} left out: pass -c sns_notification_topic_arn=<topic ARN>")
+    return app
+
+
+def main() -> int:
+    try:
+        build_app().synth()
+    except ValueError as e:  # bad context values
+        _note(str(e))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

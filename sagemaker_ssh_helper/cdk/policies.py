@@ -1,0 +1,235 @@
+"""The IAM policies SSH Helper needs, as plain Python data: one source for the CDK stacks and
+for the JSON printed in IAM_SSM_Setup.md.
+
+No CDK import here: the stacks pass CloudFormation tokens as the ``partition``/``account``
+values, the documentation passes placeholders such as ``<account-id>``.
+
+* :func:`server_policy`: for the SageMaker execution role the containers run with. It lets a
+  container create a one-time activation for its own role (tagged with the SSH Helper tags),
+  delete that activation after registering, deregister its own managed instance at exit, and
+  lets the SSM agent (running with the same role, assumed by ``ssm.amazonaws.com``) talk to
+  Systems Manager.
+* :func:`client_policy`: for the people (roles) who connect. They may send commands and start
+  SSH sessions only to managed instances whose ``SSHOwner`` tag is their own ``aws:userid`` (what
+  the launch side writes into ``SSH_OWNER_TAG``), and only with the two documents SSH Helper uses.
+* :func:`admin_policy`: for ``sm-ssh-deregister-instances``.
+* :func:`ssm_trust_statement`: the statement that lets SSM assume the SageMaker role.
+
+IAM is global, so ARNs use ``*`` for the region: one policy serves every region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+Policy = Dict[str, Any]
+Statement = Dict[str, Any]
+
+SSH_TAG_KEYS = ["SSHOwner", "SSHCreator", "SSHTimestamp", "SSHResourceName", "SSHResourceArn"]
+RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
+SSH_SESSION_DOCUMENT = "AWS-StartSSHSession"
+DEFAULT_KEYS_PREFIX = "ssh-authorized-keys/"
+ADVANCED_TIER_SETTING = "/ssm/managed-instance/activation-tier"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the policies apply. Every field may be a literal, a placeholder or a CDK token."""
+
+    partition: str = "aws"
+    account: str = "<account-id>"
+    sagemaker_role: str = "<sagemaker-role-name>"  # may include a path: service-role/Name
+    keys_bucket: str = ""                          # default: the SageMaker default buckets
+    keys_prefix: str = DEFAULT_KEYS_PREFIX
+
+    def arn(self, service: str, resource: str, region: str = "*", account: Optional[str] = None
+            ) -> str:
+        return f"arn:{self.partition}:{service}:{region}:" \
+               f"{self.account if account is None else account}:{resource}"
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:{self.partition}:iam::{self.account}:role/{self.sagemaker_role}"
+
+    @property
+    def managed_instances(self) -> str:
+        return self.arn("ssm", "managed-instance/*")
+
+    def document(self, name: str) -> str:
+        return self.arn("ssm", f"document/{name}", account="")
+
+    @property
+    def keys_objects(self) -> str:
+        bucket = self.keys_bucket or f"sagemaker-*-{self.account}"
+        return f"arn:{self.partition}:s3:::{bucket}/{self.keys_prefix}*"
+
+
+def _statement(sid: str, actions: List[str], resources: List[str],
+               condition: Optional[Dict[str, Any]] = None) -> Statement:
+    out: Statement = {"Sid": sid, "Effect": "Allow",
+                      "Action": actions[0] if len(actions) == 1 else actions,
+                      "Resource": resources[0] if len(resources) == 1 else resources}
+    if condition:
+        out["Condition"] = condition
+    return out
+
+
+def _policy(*statements: Statement) -> Policy:
+    return {"Version": "2012-10-17", "Statement": list(statements)}
+
+
+def owned_by_caller(tag: str) -> Dict[str, Any]:
+    """The managed instance's ``tag`` must equal the caller's ``aws:userid``."""
+    return {"StringEquals": {f"ssm:resourceTag/{tag}": "${aws:userid}"}}
+
+
+def server_policy(t: Target) -> Policy:
+    return _policy(
+        _statement("PassOwnRoleToSSM", ["iam:PassRole"], [t.role_arn],
+                   {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}),
+        _statement("CreateAndDeleteActivations",
+                   ["ssm:CreateActivation", "ssm:DeleteActivation"], ["*"]),
+        _statement("TagActivationsWithSSHTags", ["ssm:AddTagsToResource"], ["*"],
+                   {"ForAllValues:StringEquals": {"aws:TagKeys": SSH_TAG_KEYS}}),
+        _statement("DeregisterOwnInstances", ["ssm:DeregisterManagedInstance"],
+                   [t.managed_instances], owned_by_caller("SSHCreator")),
+        _statement("AgentUpdatesSSHInstances", ["ssm:UpdateInstanceInformation"],
+                   [t.managed_instances],
+                   {"StringLike": {"ssm:resourceTag/SSHOwner": "*"}}),
+        _statement("AgentSessionChannels",
+                   ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], ["*"]),
+        _statement("AgentCommandMessages",
+                   ["ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
+                    "ec2messages:FailMessage", "ec2messages:GetEndpoint",
+                    "ec2messages:GetMessages", "ec2messages:SendReply"], ["*"]),
+    )
+
+
+def client_policy(t: Target) -> Policy:
+    return _policy(
+        _statement("FindInstancesAndCommands",
+                   ["ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation",
+                    "ssm:ListCommandInvocations", "ssm:ListCommands", "ssm:DescribeSessions",
+                    "ssm:GetConnectionStatus"], ["*"]),
+        _statement("ReadInstanceTags", ["ssm:ListTagsForResource"], [t.managed_instances]),
+        _statement("CommandsToOwnInstances", ["ssm:SendCommand"], [t.managed_instances],
+                   owned_by_caller("SSHOwner")),
+        _statement("CommandDocument", ["ssm:SendCommand"],
+                   [t.document(RUN_SHELL_DOCUMENT)]),
+        _statement("SessionsToOwnInstances", ["ssm:StartSession"], [t.managed_instances],
+                   {**owned_by_caller("SSHOwner"),
+                    "BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}),
+        _statement("SessionDocument", ["ssm:StartSession"],
+                   [t.document(SSH_SESSION_DOCUMENT)]),
+        _statement("EndOwnSessions", ["ssm:TerminateSession", "ssm:ResumeSession"],
+                   [t.arn("ssm", "session/${aws:userid}-*"),
+                    t.arn("ssm", "session/${aws:username}-*")]),
+        _statement("FindRegistrationsInLogs", ["logs:StartQuery"],
+                   [t.arn("logs", "log-group:/aws/sagemaker/*")]),
+        _statement("ReadLogQueries", ["logs:GetQueryResults", "logs:StopQuery"], ["*"]),
+        _statement("ListSageMakerResources",
+                   ["sagemaker:ListTrainingJobs", "sagemaker:ListProcessingJobs",
+                    "sagemaker:ListTransformJobs", "sagemaker:ListEndpoints",
+                    "sagemaker:ListNotebookInstances", "sagemaker:ListApps"], ["*"]),
+        _statement("DescribeSageMakerResources",
+                   ["sagemaker:DescribeTrainingJob", "sagemaker:DescribeProcessingJob",
+                    "sagemaker:DescribeTransformJob", "sagemaker:DescribeEndpoint",
+                    "sagemaker:DescribeNotebookInstance", "sagemaker:DescribeApp"],
+                   [t.arn("sagemaker", "*")]),
+        _statement("PublishOwnPublicKeys", ["s3:PutObject", "s3:GetObject"],
+                   [t.keys_objects]),
+    )
+
+
+def admin_policy(t: Target) -> Policy:
+    return _policy(
+        _statement("ListManagedInstances", ["ssm:DescribeInstanceInformation"], ["*"]),
+        # the two tags the command selects instances by (statements are OR-ed)
+        _statement("DeregisterSSHInstances", ["ssm:DeregisterManagedInstance"],
+                   [t.managed_instances],
+                   {"StringLike": {"ssm:resourceTag/SSHResourceArn": "*"}}),
+        _statement("DeregisterSSHInstancesWithTimestamp", ["ssm:DeregisterManagedInstance"],
+                   [t.managed_instances],
+                   {"StringLike": {"ssm:resourceTag/SSHTimestamp": "*"}}),
+    )
+
+
+def ssm_trust_statement(t: Target) -> Statement:
+    """Lets SSM assume the role for the containers' managed instances (this account only)."""
+    return {
+        "Sid": "SageMakerSSHHelperSSM",
+        "Effect": "Allow",
+        "Principal": {"Service": "ssm.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": t.account},
+                      "ArnLike": {"aws:SourceArn": t.arn("ssm", "*")}},
+    }
+
+
+def advanced_tier_setting_arn(partition: str, region: str, account: str) -> str:
+    return f"arn:{partition}:ssm:{region}:{account}:servicesetting{ADVANCED_TIER_SETTING}"
+
+
+# ---- documentation --------------------------------------------------------------------------
+
+DOC_TARGET = Target()
+DOCUMENTED: Dict[str, Callable[[], Any]] = {
+    "server": lambda: server_policy(DOC_TARGET),
+    "client": lambda: client_policy(DOC_TARGET),
+    "admin": lambda: admin_policy(DOC_TARGET),
+    "trust-statement": lambda: ssm_trust_statement(DOC_TARGET),
+}
+BLOCK_RE = re.compile(r"(<!-- policy:(?P<name>[a-z-]+) -->\n```json\n)(?P<body>.*?)(\n```)",
+                      re.S)
+
+
+def render(name: str) -> str:
+    return json.dumps(DOCUMENTED[name](), indent=2)
+
+
+def documented_blocks(text: str) -> Dict[str, str]:
+    """``{name: json text}`` of every ``<!-- policy:name -->`` JSON block in ``text``."""
+    return {m.group("name"): m.group("body") for m in BLOCK_RE.finditer(text)}
+
+
+def update_document(text: str) -> str:
+    """``text`` with every policy block replaced by the current rendering."""
+    def replace(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in DOCUMENTED:
+            raise KeyError(f"unknown policy block {name!r} (known: {', '.join(DOCUMENTED)})")
+        return m.group(1) + render(name) + m.group(4)
+
+    return BLOCK_RE.sub(replace, text)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sagemaker_ssh_helper.cdk.policies",
+        description="Print an SSH Helper IAM policy, or refresh the policy blocks of a document.")
+    parser.add_argument("name", nargs="?", choices=sorted(DOCUMENTED), help="policy to print")
+    parser.add_argument("--update-doc", type=Path, metavar="FILE",
+                        help="rewrite the <!-- policy:NAME --> JSON blocks of FILE")
+    args = parser.parse_args(argv)
+    if args.update_doc:
+        try:
+            text = args.update_doc.read_text()
+            args.update_doc.write_text(update_document(text))
+        except (OSError, KeyError) as e:
+            print(f"policies: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.name:
+        parser.error("name a policy or pass --update-doc FILE")
+    print(render(args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
