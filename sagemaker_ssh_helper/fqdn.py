@@ -30,10 +30,10 @@ class ResourceKind:
 
 
 RESOURCE_KINDS: tuple[ResourceKind, ...] = (
-    ResourceKind("training", "training-job", 10022, "training job"),
-    ResourceKind("processing", "processing-job", 11022, "processing job"),
-    ResourceKind("transform", "transform-job", 12022, "batch transform job"),
-    ResourceKind("inference", "endpoint", 13022, "endpoint"),
+    ResourceKind("training", "training-job", 11022, "training job"),
+    ResourceKind("processing", "processing-job", 14022, "processing job"),
+    ResourceKind("transform", "transform-job", 16022, "batch transform job"),
+    ResourceKind("inference", "endpoint", 12022, "endpoint"),
     ResourceKind("notebook", "notebook-instance", 17022, "notebook instance"),
     ResourceKind("studio", "app", 10022, "SageMaker Studio app"),
 )

@@ -55,9 +55,10 @@ def proxy_command(instance_id: str, region: str, profile: Optional[str] = None,
 
 
 def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, user: str,
-                proxy_cmd: str) -> List[str]:
-    """Every ``-o`` option we pass to ssh, in one place."""
-    return [
+                proxy_cmd: Optional[str]) -> List[str]:
+    """Every ``-o`` option we pass to ssh, in one place (no ProxyCommand if ``proxy_cmd`` is
+    None: for a tunnel that already leads to the container's sshd)."""
+    options = [
         # Offer only the per-target key: an agent holding many keys would trip MaxAuthTries.
         "-o", f"IdentityFile={_escape(str(identity_file))}",
         "-o", "IdentitiesOnly=yes",
@@ -74,9 +75,11 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
         "-o", "ServerAliveCountMax=4",
         # A requested -L/-R that cannot be set up is an error, not a silent partial tunnel.
         "-o", "ExitOnForwardFailure=yes",
-        # The transport: an SSM AWS-StartSSHSession session to the container's sshd.
-        "-o", f"ProxyCommand={proxy_cmd}",
     ]
+    if proxy_cmd is not None:
+        # The transport: an SSM AWS-StartSSHSession session to the container's sshd.
+        options += ["-o", f"ProxyCommand={proxy_cmd}"]
+    return options
 
 
 # Known ssh / session messages (from ssh's stderr) -> what the user should do.
@@ -87,6 +90,8 @@ _SSH_ERRORS = (
                                                "so sm-ssh fetches the new one"),
     ("Host key verification failed", "the container's host key does not match the pinned one: "
                                      "reconnect so sm-ssh fetches it again"),
+    ("remote port forwarding failed", "a port the container should listen on (-R) is taken: "
+                                      "choose another remote port (or --ssh-only)"),
     ("Address already in use", "a local forwarding port is already in use: choose another port"),
     ("cannot listen to port", "a local forwarding port is already in use: choose another port"),
     ("TargetNotConnected", "the instance is not connected to SSM (the container stopped?)"),
@@ -98,13 +103,18 @@ _SSH_ERRORS = (
 )
 
 
-def ssh_error(stderr_text: str, what: str) -> SSHHelperError:
+def shell_command(argv: Sequence[str]) -> str:
+    """``argv`` as a ProxyCommand: quoted for ``/bin/sh``, literal ``%`` doubled for ssh."""
+    return " ".join(shlex.quote(a).replace("%", "%%") for a in argv)
+
+
+def ssh_error(stderr_text: str, what: str, exit_code: Optional[int] = None) -> SSHHelperError:
     """A typed, one-line error for a failed ssh run, from the messages ssh printed."""
     for needle, hint in _SSH_ERRORS:
         if needle in stderr_text:
-            return SSHHelperError(f"{what} failed: {hint}")
+            return SSHHelperError(f"{what} failed: {hint}", exit_code)
     last = [line for line in stderr_text.strip().splitlines() if line.strip()][-1:]
-    return SSHHelperError(f"{what} failed" + (f": {last[0]}" if last else ""))
+    return SSHHelperError(f"{what} failed" + (f": {last[0]}" if last else ""), exit_code)
 
 
 Command = Union[str, Sequence[str]]
@@ -163,10 +173,11 @@ class SSMProxy:
             proxy_cmd=proxy_command(instance_id, self.region_name, profile))
         self._tmp = Path(tempfile.mkdtemp(prefix="sm-ssh-"))
         log = self._tmp / "ssh.log"
-        argv = [ssh, "-N", "-M", "-S", str(self._control), "-E", str(log), *self._options,
-                "-p", str(self.remote_port),
+        # The caller's extra arguments come first: ssh keeps the first value of an option.
+        argv = [ssh, *shlex.split(self.extra_args), "-N", "-M", "-S", str(self._control),
+                "-E", str(log), *self._options, "-p", str(self.remote_port),
                 "-L", f"127.0.0.1:{self.ssh_listen_port}:localhost:{self.remote_port}",
-                *shlex.split(self.extra_args), self._alias]
+                self._alias]
         logger.info("connecting to %s, sshd on localhost:%d", instance_id, self.ssh_listen_port)
         try:
             with open(log, "ab") as err:

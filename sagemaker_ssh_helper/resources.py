@@ -73,13 +73,16 @@ def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[
     return str(described.get(api.status_key, "")) or None
 
 
-def check_running(session: Any, region: str, target: fqdn.Target) -> None:
-    """Fail at once for a resource that does not exist or has finished."""
+def check_running(session: Any, region: str, target: fqdn.Target,
+                  region_source: str = "the default region") -> None:
+    """Fail at once for a resource that does not exist (here) or has finished."""
     status = resource_status(session, region, target)
     what = f"{target.kind.description} {target.name}"
     if status == "NotFound":
-        raise ResolutionError(f"no {what} in {region}: check the name and --region "
-                              f"(`sm-ssh list {target.kind.kind}.{fqdn.SUFFIX}`)")
+        raise ResolutionError(
+            f"no {what} in {region} ({region_source}): check the name "
+            f"(`sm-ssh list {target.kind.kind}.{fqdn.SUFFIX}`), or pass the region it runs "
+            "in with --region (or AWS_REGION)")
     if status in FINISHED:
         raise ResolutionError(f"{what} is {status}: SSH is available only while it runs")
 
@@ -94,8 +97,7 @@ def logs_hint(session: Any, region: str, target: fqdn.Target) -> str:
 
         url = SSHLog(region_name=region, session=session).get_cloudwatch_url(
             target.kind.kind, target.name)
-        return ("check that the entry point calls setup_and_start_ssh() and look for "
-                f"'sm-init-ssm' in its logs: {url}")
+        return f"check that the entry point calls setup_and_start_ssh(), and its logs: {url}"
     except Exception as e:  # the hint is a convenience; never fail on it
         logger.debug("no console URL: %s", e)
         return "check the job's CloudWatch logs for errors from sm-setup-ssh / sm-init-ssm"

@@ -19,7 +19,8 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from sagemaker_ssh_helper import aws
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -53,14 +54,13 @@ def plugin_argv(plugin: str, region: str, profile: Optional[str],
 
 
 @contextmanager
-def user_signals_left_to_child() -> Iterator[None]:
-    """While the plugin runs, Ctrl-C / Ctrl-\\ / Ctrl-Z belong to it, not to this process.
+def user_signals_left_to_child(names: Sequence[str] = ("SIGINT", "SIGQUIT", "SIGTSTP")
+                               ) -> Iterator[None]:
+    """While a child runs in the foreground, the keyboard's signals belong to it, not to us.
 
     A Python handler (not SIG_IGN) is installed so the child, after exec, still gets the
-    default dispositions. SIGTERM/SIGHUP (ssh closing its ProxyCommand) are passed on by the
-    caller. The previous handlers are restored on the way out.
+    default dispositions. The previous handlers are restored on the way out.
     """
-    names = ("SIGINT", "SIGQUIT", "SIGTSTP")
     signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
     previous = {s: signal.getsignal(s) for s in signums}
     try:
@@ -72,8 +72,9 @@ def user_signals_left_to_child() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _forward_termination(child: subprocess.Popen) -> Dict[int, Any]:
-    """Pass SIGTERM/SIGHUP on to the plugin so it closes the session before we exit."""
+@contextmanager
+def forwarded_termination(child: subprocess.Popen) -> Iterator[None]:
+    """Pass SIGTERM/SIGHUP on to ``child`` (so it can clean up) while the block runs."""
     signums = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     previous = {s: signal.getsignal(s) for s in signums}
 
@@ -81,52 +82,76 @@ def _forward_termination(child: subprocess.Popen) -> Dict[int, Any]:
         if child.poll() is None:
             child.send_signal(signum)
 
-    for s in signums:
-        signal.signal(s, forward)
-    return previous
+    try:
+        for s in signums:
+            signal.signal(s, forward)
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _start_error(e: Exception, instance_id: str) -> Exception:
+    """StartSession's errors, with what to do about them."""
+    code = aws.error_code(e)
+    if code == "TargetNotConnected":
+        return SSHHelperError(f"{instance_id} is not connected to SSM (ConnectionLost): the "
+                              "container stopped or its agent died", 3)
+    message = str(getattr(e, "response", {}).get("Error", {}).get("Message", ""))
+    if code == "BadRequest" and "advanced" in message.lower():
+        return SSHHelperError(f"Session Manager refused {instance_id}: {message.rstrip('.')}; "
+                              "sessions to SageMaker containers need the advanced-instances "
+                              "tier, see IAM_SSM_Setup.md", 4)
+    return aws.explain(e, "ssm:StartSession")
+
+
+@dataclass(frozen=True)
+class Started:
+    """A session started with StartSession: what the plugin needs to open its stream."""
+
+    session_id: str
+    response_env: str  # the value for AWS_SSM_START_SESSION_RESPONSE
+    plugin_argv: List[str]
+
+
+def open_session(ssm: Any, instance_id: str, port: int, profile: Optional[str] = None
+                 ) -> Started:
+    """StartSession (``AWS-StartSSHSession`` to ``port``); the plugin is run by the caller,
+    with ``response_env`` in its environment so the token never shows in ``ps``."""
+    plugin = find_plugin()
+    parameters = {"Target": instance_id, "DocumentName": SSH_DOCUMENT,
+                  "Parameters": {"portNumber": [str(port)]}}
+    try:
+        response = ssm.start_session(**parameters)
+    except Exception as e:
+        raise _start_error(e, instance_id) from e
+    logger.debug("session %s to %s:%s", response["SessionId"], instance_id, port)
+    return Started(response["SessionId"],
+                   json.dumps({k: response[k] for k in ("SessionId", "TokenValue", "StreamUrl")}),
+                   plugin_argv(plugin, ssm.meta.region_name, profile, parameters,
+                               ssm.meta.endpoint_url))
 
 
 def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
                       region: Optional[str] = None, profile: Optional[str] = None) -> int:
     """Start an ``AWS-StartSSHSession`` session to ``instance_id``:``port`` and relay it on
     stdin/stdout through the plugin. Returns the plugin's exit code."""
-    plugin = find_plugin()
+    find_plugin()
     session = session or aws.boto_session(profile or None, region)
     ssm = aws.client(session, "ssm", region or aws.session_region(session))
-    parameters = {"Target": instance_id, "DocumentName": SSH_DOCUMENT,
-                  "Parameters": {"portNumber": [str(port)]}}
-    try:
-        response = ssm.start_session(**parameters)
-    except Exception as e:
-        if aws.error_code(e) == "TargetNotConnected":
-            raise SSHHelperError(f"{instance_id} is not connected to SSM (ConnectionLost): "
-                                 "the container stopped or its agent died", 3) from e
-        if aws.error_code(e) == "BadRequest":
-            raise SSHHelperError(f"Session Manager refused {instance_id} ({e}): sessions to "
-                                 "SageMaker containers need the advanced-instances tier, see "
-                                 "IAM_SSM_Setup.md", 4) from e
-        raise aws.explain(e, "ssm:StartSession") from e
-    session_id = response["SessionId"]
-    env = dict(os.environ)
-    env[RESPONSE_ENV] = json.dumps({k: response[k]
-                                    for k in ("SessionId", "TokenValue", "StreamUrl")})
-    argv = plugin_argv(plugin, ssm.meta.region_name, profile, parameters, ssm.meta.endpoint_url)
-    logger.debug("session %s to %s:%s", session_id, instance_id, port)
+    started = open_session(ssm, instance_id, port, profile)
+    env = dict(os.environ, **{RESPONSE_ENV: started.response_env})
     returncode = 1
     try:
         with user_signals_left_to_child():
-            child = subprocess.Popen(argv, env=env)
-            previous = _forward_termination(child)
-            try:
+            child = subprocess.Popen(started.plugin_argv, env=env)
+            with forwarded_termination(child):
                 returncode = child.wait()
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
     except FileNotFoundError as e:
         raise PluginMissing(PLUGIN_HELP) from e
     finally:
         if returncode != 0:
-            terminate_session(ssm, session_id)
+            terminate_session(ssm, started.session_id)
     return returncode
 
 

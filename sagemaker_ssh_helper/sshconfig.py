@@ -17,7 +17,9 @@ from typing import List, Optional, Tuple
 
 from sagemaker_ssh_helper import keys
 
-HEADER = "# Managed by `sm-ssh config`: run it again to update; edits here are overwritten."
+HEADER = ("# Managed by `sm-ssh config` from ssh_config_template.txt: run it again to update; "
+          "edits here are overwritten.\n")
+TEMPLATE = Path(__file__).resolve().parent / "ssh_config_template.txt"
 
 
 def config_path() -> Path:
@@ -39,32 +41,40 @@ def _python_prefix(python: str) -> List[str]:
     return ["env", f"PYTHONPATH={Path(__file__).resolve().parents[1]}", python]
 
 
+def template_text() -> str:
+    """``ssh_config_template.txt``: the one description of our ssh settings."""
+    return TEMPLATE.read_text()
+
+
+def _literal(path: str) -> str:
+    """A path for an ssh_config value: ``%`` doubled, quoted when it holds blanks."""
+    value = path.replace("%", "%%")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
 def render(python: Optional[str] = None, profile: Optional[str] = None,
            region: Optional[str] = None) -> str:
+    """The template with its portable values made exact for this machine: the ssh directory
+    (ssh reads ``~`` from the password database, which may not be ``$HOME``), and the
+    ``sm-ssh`` command as this interpreter runs it (IDEs often lack the venv on PATH)."""
     parts = [*_python_prefix(python or sys.executable), "-m", "sagemaker_ssh_helper.sm_ssh"]
     parts += ["--profile", profile] if profile else []
     parts += ["--region", region] if region else []
-    proxy = " ".join(_quote(p) for p in parts) + " start-proxy %n --port %p"
-    identity = os.environ.get("SSH_KEY") or f"{keys.ssh_dir()}/%h"
-    return "\n".join([
-        HEADER,
-        "Host *.studio.sagemaker",
-        "    User sagemaker-user",
-        "",
-        "Host *.sagemaker",
-        "    User root",
-        # The per-target key sm-ssh creates (%h is the lowercased FQDN).
-        f"    IdentityFile {identity}",
-        "    IdentitiesOnly yes",
-        # Host keys are fetched over SSM by start-proxy and pinned here; nothing else is trusted.
-        f"    UserKnownHostsFile {keys.known_hosts_path()}",
-        "    StrictHostKeyChecking yes",
-        "    ServerAliveInterval 15",
-        "    ServerAliveCountMax 4",
-        # %n keeps the name as typed (SageMaker names may hold capitals; %h is lowercased).
-        f"    ProxyCommand {proxy}",
-        "",
-    ])
+    ssh_dir = str(keys.ssh_dir())
+    exact = {
+        "IdentityFile": _literal(os.environ.get("SSH_KEY") or ssh_dir) + (
+            "" if os.environ.get("SSH_KEY") else "/%h"),
+        "UserKnownHostsFile": _literal(str(keys.known_hosts_path())),
+        "ProxyCommand": " ".join(_quote(p) for p in parts) + " start-proxy %n --port %p",
+    }
+    lines = [HEADER]
+    body = template_text().split("\n\n", 1)[1]  # drop the template's own header comment
+    for line in body.splitlines():
+        key = line.split(None, 1)[0] if line.strip() else ""
+        if key in exact:
+            line = f"{line[:len(line) - len(line.lstrip())]}{key} {exact[key]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -263,7 +263,7 @@ def test_resource_kind_table() -> None:
     arn_types = [k.arn_type for k in fqdn.RESOURCE_KINDS]
     assert len(set(kinds)) == len(kinds) and len(set(arn_types)) == len(arn_types)
     assert fqdn.kind("inference").arn_type == "endpoint"
-    assert fqdn.kind("training").default_port == 10022
+    assert fqdn.kind("training").default_port == 11022
     kind_for_job: Any = fqdn.kind_for_arn_type("processing-job")
     assert kind_for_job.kind == "processing"
     assert fqdn.kind_for_arn_type("hyper-parameter-tuning-job") is None

@@ -324,7 +324,7 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
     _one_line(sm_ssh(["connect", "nope.training.sagemaker", "--wait", "0"], env), 3,
               "no training job nope in us-east-1")
     _one_line(sm_ssh(["connect", "nothing.studio.sagemaker", "--wait", "1"], env), 3,
-              "no SSM instance registered for nothing.studio.sagemaker after 1 s")
+              "no SSM instance registered for nothing.studio.sagemaker in us-east-1 after 1 s")
     aws.add_fake("lost", "app/d-1/u/KernelGateway/lost", 1, "ConnectionLost")
     _one_line(sm_ssh(["connect", "lost.studio.sagemaker", "--wait", "0"], env), 3,
               "is ConnectionLost")

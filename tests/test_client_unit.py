@@ -17,7 +17,7 @@ from typing import List
 
 import pytest
 
-from sagemaker_ssh_helper import fqdn, keys, proxy, session, sm_ssh
+from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session, sm_ssh
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
 from sagemaker_ssh_helper.manager import ManagedInstance, matches, newest_first
 
@@ -45,14 +45,19 @@ def test_proxy_command_without_profile_uses_this_interpreter() -> None:
                    "--port %p --region us-east-1")
 
 
-def test_connect_argv_is_complete_and_user_args_follow_ours(tmp_path: Path) -> None:
+def test_connect_argv_is_complete_and_user_options_come_first(tmp_path: Path) -> None:
+    """ssh keeps the FIRST value of an option: the user's -o/-l/-i go before ours."""
     auth = keys.Authorized(tmp_path / "k 1", tmp_path / "known_hosts", "job.training.sagemaker")
-    ctx = sm_ssh.Context(profile=None, region="us-east-1")
-    target = fqdn.parse_resource("Job.training.sagemaker")
-    argv = sm_ssh.ssh_argv(ctx, target, "mi-0123456789abcdef0", auth,
-                           ["-L", "8080:localhost:80", "-p", "2222"], ["echo", "hi"])
+    ctx = connect.Context(profile=None, region="us-east-1")
+    prepared = connect.Prepared("mi-0123456789abcdef0", "job.training.sagemaker", "root", auth)
+    user = ["-o", "StrictHostKeyChecking=no", "-l", "ubuntu", "-L", "8080:localhost:80",
+            "-p", "2222"]
+    argv = connect.ssh_argv(ctx, prepared, user, ["echo", "hi"], tmp_path / "ssh.log")
     assert argv == [
         shutil.which("ssh"),
+        "-o", "StrictHostKeyChecking=no", "-l", "ubuntu", "-L", "8080:localhost:80",
+        "-p", "2222",
+        "-E", f"{tmp_path}/ssh.log",
         "-o", f'IdentityFile="{tmp_path}/k 1"',
         "-o", "IdentitiesOnly=yes",
         "-o", "User=root",
@@ -64,18 +69,50 @@ def test_connect_argv_is_complete_and_user_args_follow_ours(tmp_path: Path) -> N
         "-o", "ServerAliveCountMax=4",
         "-o", "ExitOnForwardFailure=yes",
         "-o", "ProxyCommand=" + proxy.proxy_command("mi-0123456789abcdef0", "us-east-1"),
-        "-L", "8080:localhost:80", "-p", "2222",
         "job.training.sagemaker",
         "--", "echo", "hi",
     ]
+    if shutil.which("ssh") is None:
+        return
+    # What ssh makes of it: the user's values win over ours.
+    shown = subprocess.run(["ssh", "-G", "-F", "none", *argv[1:-3]], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert {"stricthostkeychecking false", "user ubuntu", "port 2222"} <= set(shown)
+    assert connect.ssh_port(user, "job.training.sagemaker") == 2222
+    assert connect.ssh_port(["-oPort=2200"], "job.training.sagemaker") == 2200
+    assert connect.ssh_port([], "job.training.sagemaker") == 22
 
 
-def test_studio_connects_as_sagemaker_user(tmp_path: Path) -> None:
-    auth = keys.Authorized(tmp_path / "k", tmp_path / "kh", "default.studio.sagemaker")
-    argv = sm_ssh.ssh_argv(sm_ssh.Context(None, "us-east-1"),
-                           fqdn.parse_resource("default.studio.sagemaker"), "mi-1", auth, [], [])
-    assert "User=sagemaker-user" in argv
-    assert argv[-1] == "default.studio.sagemaker"
+def test_plugin_as_proxy_command_survives_sh_and_ssh() -> None:
+    argv = session.plugin_argv("/opt/sm plugin/session-manager-plugin", "us-east-1", None,
+                               {"Target": "mi-1", "Parameters": {"portNumber": ["22"]}},
+                               "http://127.0.0.1:5%/")
+    command = proxy.shell_command(argv)
+    assert shlex.split(command.replace("%%", "%")) == argv
+
+
+def test_instance_ids_and_names_that_look_like_them() -> None:
+    assert connect.is_instance_id("mi-0123456789abcdef0")
+    assert not connect.is_instance_id("mi-job.training.sagemaker")
+    with pytest.raises(UsageError, match="is not a managed instance ID"):
+        connect.check_instance_id("mi-xyz")
+
+
+def test_users_per_kind() -> None:
+    assert connect.user_for(fqdn.parse_resource("default.studio.sagemaker")) == "sagemaker-user"
+    assert connect.user_for(fqdn.parse_resource("Job.training.sagemaker")) == "root"
+
+
+@pytest.mark.parametrize("args, options, command", [
+    (["-A", "hostname"], ["-A"], ["hostname"]),
+    (["-L", "1:h:2", "-p2222", "-N"], ["-L", "1:h:2", "-p2222", "-N"], []),
+    (["-vAL", "1:h:2", "ls", "-l", "--node", "x"], ["-vAL", "1:h:2"], ["ls", "-l", "--node", "x"]),
+    (["-o", "User=me", "--", "-weird"], ["-o", "User=me"], ["-weird"]),
+    (["-Nv", "python", "train.py"], ["-Nv"], ["python", "train.py"]),
+])
+def test_ssh_args_split_like_ssh(args: List[str], options: List[str],
+                                 command: List[str]) -> None:
+    assert connect.split_connect_args(args, connect.Choice()) == (options, command)
 
 
 def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
@@ -125,8 +162,12 @@ def test_split_helpers() -> None:
 def test_choice_options_after_the_fqdn_are_ours() -> None:
     args = sm_ssh.build_parser().parse_args(
         ["connect", "j.training.sagemaker", "-A", "--node", "algo-2", "--wait=5", "-p", "22"])
-    sm_ssh.pull_choice(args)
-    assert (args.node, args.wait, args.ssh_args) == ("algo-2", 5.0, ["-A", "-p", "22"])
+    choice = connect.Choice(args.index, args.node, args.wait)
+    ours = {"--local-port": 11022, "--ssh-only": False}
+    assert connect.split_connect_args([*args.ssh_args, "--ssh-only", "--local-port=7"], choice,
+                                      ours) == (["-A", "-p", "22"], [])
+    assert (choice.node, choice.wait, ours) == ("algo-2", 5.0,
+                                                {"--local-port": 7, "--ssh-only": True})
 
 
 def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +202,7 @@ def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatc
 
 
 def test_local_forward_ports_parsed() -> None:
-    assert sm_ssh.local_ports(["-L", "8080:localhost:80", "-L9000:h:1", "-D", "1080",
+    assert connect.local_ports(["-L", "8080:localhost:80", "-L9000:h:1", "-D", "1080",
                                "-L", "0.0.0.0:81:h:80", "-L", "[::1]:82:h:80", "-R", "5:h:6",
                                "-L", "/tmp/sock:/r/sock"]) == [
         ("127.0.0.1", 8080), ("127.0.0.1", 9000), ("127.0.0.1", 1080), ("0.0.0.0", 81),
@@ -194,21 +235,22 @@ TARGET = fqdn.parse_resource("job.training.sagemaker")
 def test_choose_by_node_index_and_refuse_ambiguity() -> None:
     found = newest_first([_inst("mi-2", "algo-2", ts=5), _inst("mi-1", "algo-1", ts=6),
                           _inst("mi-0", "algo-1", ping="ConnectionLost", ts=1)])
-    assert sm_ssh.choose(found, TARGET, None, "algo-2").instance_id == "mi-2"
-    assert sm_ssh.choose(found, TARGET, None, "mi-1").instance_id == "mi-1"
-    assert sm_ssh.choose(found, TARGET, 1, None).instance_id == "mi-2"
+    assert connect.choose(found, TARGET.fqdn, None, "algo-2").instance_id == "mi-2"
+    assert connect.choose(found, TARGET.fqdn, None, "mi-1").instance_id == "mi-1"
+    assert connect.choose(found, TARGET.fqdn, 1, None).instance_id == "mi-2"
     with pytest.raises(UsageError, match="2 online instances: algo-1 .mi-1., algo-2 .mi-2.; "
                                          "choose one with --node NAME or --index N"):
-        sm_ssh.choose(found, TARGET, None, None)
+        connect.choose(found, TARGET.fqdn, None, None)
     with pytest.raises(UsageError, match="out of range"):
-        sm_ssh.choose(found, TARGET, 2, None)
+        connect.choose(found, TARGET.fqdn, 2, None)
     with pytest.raises(UsageError, match="no online node 'algo-3'"):
-        sm_ssh.choose(found, TARGET, None, "algo-3")
+        connect.choose(found, TARGET.fqdn, None, "algo-3")
 
 
 def test_choose_reports_connection_lost() -> None:
     with pytest.raises(ResolutionError, match="mi-0.* is ConnectionLost since 2026-01-02"):
-        sm_ssh.choose([_inst("mi-0", "algo-1", ping="ConnectionLost")], TARGET, None, None)
+        connect.choose([_inst("mi-0", "algo-1", ping="ConnectionLost")], TARGET.fqdn, None,
+                       None)
 
 
 def test_matching_rule() -> None:

@@ -1,0 +1,168 @@
+"""Time from `sm-ssh connect <job> -- cmd` to the command's first output, split by phase, in
+the offline sandbox (a real job container, the SSM stand-in, real OpenSSH).
+
+    python benchmarks/bench_connect.py [--runs 5]
+
+Phases (each measured on its own, as `sm-ssh connect` runs them):
+  resolve            DescribeInstanceInformation by tag (+ DescribeTrainingJob if needed)
+  key                the per-target key: created on the first run, read afterwards
+  key push + host keys  SendCommand: replace our authorized_keys line, print the host keys;
+                     GetCommandInvocation polled until it finishes
+  pin host keys      write them to our known_hosts file
+  session start      StartSession (the API call; `sm-ssh connect` makes it before ssh runs)
+  ssh + command      ssh from spawn to the command's output: the plugin as ProxyCommand opens
+                     the stream, then key exchange, authentication and the command
+  sm-ssh connect     the whole command as a user runs it (interpreter start-up included)
+  via ssh config     `ssh <fqdn> cmd` with the config `sm-ssh config` writes: start-proxy
+                     resolves, pushes the key and starts the session inside the ProxyCommand
+Needs root on Linux (the sandbox runs jobs in namespaces).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session  # noqa: E402
+from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = """\
+import os, sys
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    base_job_name="bench-connect")
+SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900)
+estimator.fit(wait=False)
+print(estimator.latest_training_job.name)
+"""
+ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
+
+
+def first_output(argv: List[str], env: Dict[str, str], until: bytes = b"") -> float:
+    """Seconds from spawning ``argv`` to its first stdout bytes (containing ``until``)."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    seen = b""
+    while until not in seen or not seen:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            raise RuntimeError(f"{argv[:4]} ended without output: "
+                               f"{proc.communicate()[1].decode(errors='replace')[-500:]}")
+        seen += chunk
+    elapsed = time.perf_counter() - began
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return elapsed
+
+
+def timed(results: Dict[str, List[float]], phase: str, fn: Callable[[], Any]) -> Any:
+    began = time.perf_counter()
+    value = fn()
+    results.setdefault(phase, []).append(time.perf_counter() - began)
+    return value
+
+
+def one_run(env: Dict[str, str], job: str, results: Dict[str, List[float]]) -> None:
+    target = fqdn.parse_resource(f"{job}.training.sagemaker")
+    ctx = connect.Context(None, None)
+    inst, _ = timed(results, "resolve", lambda: connect.resolve_one(ctx, target,
+                                                                     connect.Choice()))
+    path = keys.key_path(target.fqdn)
+    line = timed(results, "key", lambda: keys.ensure_key(path))
+    script = keys.authorized_keys_script(str(line), keys.client_marker(path))
+    ssm = ctx.manager().ssm
+    output = timed(results, "key push + host keys",
+                   lambda: keys.run_shell_command(ssm, inst.instance_id, script))
+    timed(results, "pin host keys",
+          lambda: keys.pin_host_keys(target.fqdn, keys.parse_host_keys(str(output))))
+    started = timed(results, "session start",
+                    lambda: session.open_session(ssm, inst.instance_id, 22))
+    auth = keys.Authorized(path, keys.known_hosts_path(), target.fqdn)
+    prepared = connect.Prepared(inst.instance_id, target.fqdn, "root", auth)
+    argv = connect.ssh_argv(ctx, prepared, [], ["echo", "ready"],
+                            proxy_cmd=proxy.shell_command(started.plugin_argv))
+    ssh_env = dict(env, **{session.RESPONSE_ENV: started.response_env})
+    results.setdefault("ssh + command", []).append(first_output(argv, ssh_env))
+    session.terminate_session(ssm, started.session_id)
+    cli = [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect", target.fqdn, "--",
+           "echo", "ready"]
+    results.setdefault("sm-ssh connect (total)", []).append(first_output(cli, env))
+    config = Path(env["HOME"]) / ".ssh" / "config"
+    plain = ["ssh", "-F", str(config), target.fqdn, "echo", "ready"]
+    results.setdefault("via ssh config (total)", []).append(first_output(plain, env))
+
+
+def launch(sandbox: Sandbox, work: Path) -> Dict[str, str]:
+    (work / "src").mkdir()
+    (work / "src" / "train.py").write_text(ENTRY_POINT)
+    (work / "launch.py").write_text(LAUNCH)
+    (work / "home").mkdir()
+    env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
+               SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src")], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    env["BENCH_JOB"] = done.stdout.strip().splitlines()[-1]
+    subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "config"], env=env,
+                   capture_output=True, timeout=60, check=True)
+    return env
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    args = parser.parse_args(argv)
+    problem = requirements_problem()
+    if problem:
+        print(f"bench_connect: {problem}", file=sys.stderr)
+        return 2
+    results: Dict[str, List[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-connect-") as tmp:
+        with Sandbox(Path(tmp) / "sandbox", stop_grace=3.0) as sandbox:
+            env = launch(sandbox, Path(tmp))
+            job = env["BENCH_JOB"]
+            saved = dict(os.environ)
+            os.environ.update(env)  # the in-process phases use the same AWS endpoints
+            try:
+                from sagemaker_ssh_helper.manager import SSMManager
+
+                SSMManager(progress=None).get_training_instance_ids(job, timeout_in_sec=120)
+                for _ in range(args.runs):
+                    one_run(env, job, results)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"sm-ssh connect phases, {args.runs} runs (ms; the first run creates the key)")
+    print(f"{'phase':<24} {'median':>8} {'min':>8} {'max':>8}")
+    for phase, values in results.items():
+        ms = [v * 1000 for v in values]
+        print(f"{phase:<24} {statistics.median(ms):>8.1f} {min(ms):>8.1f} {max(ms):>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""``sm-local-configure``: check (and where possible install) what the client side needs.
+
+The client needs only OpenSSH (``ssh``, ``ssh-keygen``) and AWS's ``session-manager-plugin``
+(no AWS CLI). The plugin is installed from AWS's official download location for Linux
+(x86_64 and arm64, .deb or .rpm) and macOS (Intel and Apple silicon, .pkg); anywhere else, or
+without the rights to install, the command says exactly what to do instead.
+
+    sm-local-configure            detect; install the plugin if it is missing
+    sm-local-configure --check    detect only (exit 1 if something is missing)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from sagemaker_ssh_helper.errors import SSHHelperError
+
+logger = logging.getLogger(__name__)
+
+PLUGIN = "session-manager-plugin"
+DOWNLOADS = "https://s3.amazonaws.com/session-manager-downloads/plugin/latest"
+GUIDE = ("https://docs.aws.amazon.com/systems-manager/latest/userguide/"
+         "session-manager-working-with-install-plugin.html")
+SSH_HINT = {"Linux": "apt-get install openssh-client (or: dnf install openssh-clients)",
+            "Darwin": "ssh comes with macOS; reinstall the command line tools: "
+                      "xcode-select --install"}
+
+
+class ConfigureError(SSHHelperError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Package:
+    """How to install the plugin on this machine."""
+
+    url: str
+    install: List[str]  # argv, with {file} for the downloaded file
+    needs_root: bool = True
+
+
+def _arch() -> Optional[str]:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "64bit"
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    return None
+
+
+def plugin_package(system: Optional[str] = None, arch: Optional[str] = None) -> Optional[Package]:
+    """The official package for this OS/CPU and the command that installs it, or None."""
+    system = system or platform.system()
+    arch = arch if arch is not None else _arch()
+    # A mirror (or a test) may stand in for AWS's download folder: <folder>/<platform>/<file>.
+    base = os.environ.get("SM_SSH_PLUGIN_DOWNLOADS", DOWNLOADS).rstrip("/")
+    if arch is None:
+        return None
+    if system == "Darwin":
+        folder = "mac" if arch == "64bit" else "mac_arm64"
+        return Package(f"{base}/{folder}/session-manager-plugin.pkg",
+                       ["installer", "-pkg", "{file}", "-target", "/"])
+    if system != "Linux":
+        return None
+    if shutil.which("dpkg"):
+        folder = "ubuntu_64bit" if arch == "64bit" else "ubuntu_arm64"
+        return Package(f"{base}/{folder}/session-manager-plugin.deb",
+                       ["dpkg", "-i", "{file}"])
+    if shutil.which("rpm"):
+        folder = "linux_64bit" if arch == "64bit" else "linux_arm64"
+        return Package(f"{base}/{folder}/session-manager-plugin.rpm",
+                       ["rpm", "-U", "--replacepkgs", "{file}"])
+    return None
+
+
+def _version(argv: List[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    return lines[0] if done.returncode == 0 and lines else ""
+
+
+def detect(out: Callable[[str], None]) -> List[str]:
+    """Report each tool; return the names of the missing ones."""
+    missing = []
+    for tool, version_argv in ((PLUGIN, ["--version"]), ("ssh", ["-V"]),
+                               ("ssh-keygen", None)):
+        path = shutil.which(tool)
+        if path is None:
+            missing.append(tool)
+            out(f"{tool}: not found on PATH")
+            continue
+        version = _version([path, *version_argv]) if version_argv else ""
+        out(f"{tool}: {path}" + (f" ({version})" if version else ""))
+    return missing
+
+
+def download(url: str, target: Path, timeout: float = 60) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigureError(f"cannot download {url}: {reason}; download it on a machine with "
+                             f"internet access and install it by hand (see {GUIDE})") from e
+
+
+def _as_root(argv: List[str]) -> Optional[List[str]]:
+    if os.geteuid() == 0:
+        return argv
+    sudo = shutil.which("sudo")
+    return [sudo, *argv] if sudo else None
+
+
+def install_plugin(out: Callable[[str], None]) -> None:
+    """Download and install session-manager-plugin, or explain how to."""
+    package = plugin_package()
+    if package is None:
+        raise ConfigureError(
+            f"cannot install {PLUGIN} automatically on {platform.system()} "
+            f"{platform.machine()}: follow {GUIDE}")
+    with tempfile.TemporaryDirectory(prefix="sm-local-configure-") as tmp:
+        file = Path(tmp) / package.url.rsplit("/", 1)[-1]
+        out(f"downloading {package.url}")
+        download(package.url, file)
+        argv = [str(file) if a == "{file}" else a for a in package.install]
+        privileged = _as_root(argv)
+        if privileged is None:
+            raise ConfigureError(f"installing {PLUGIN} needs root: run `sm-local-configure` "
+                                 f"as root, or `{' '.join(argv)}` with your admin rights")
+        out("running " + " ".join(privileged))
+        done = subprocess.run(privileged, check=False)
+        if done.returncode != 0:
+            raise ConfigureError(f"`{' '.join(privileged)}` failed (exit {done.returncode}): "
+                                 f"see its output above, or follow {GUIDE}")
+    if platform.system() == "Darwin" and not shutil.which(PLUGIN):
+        out(f"add /usr/local/sessionmanagerplugin/bin to PATH, or link {PLUGIN} into "
+            "/usr/local/bin")
+
+
+def _out(message: str) -> None:
+    print(f"sm-local-configure: {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
+    missing = detect(out)
+    if not missing:
+        out("ready; next: `sm-ssh config` for plain `ssh <name>.<kind>.sagemaker`, or "
+            "`sm-ssh connect <name>.<kind>.sagemaker`")
+        return 0
+    ssh_missing = [t for t in missing if t != PLUGIN]
+    if ssh_missing:
+        hint = SSH_HINT.get(platform.system(), "install the OpenSSH client")
+        message = f"{' and '.join(ssh_missing)} not found: {hint}"
+        if args.check or PLUGIN not in missing:
+            raise ConfigureError(message)
+        out(message)
+    if PLUGIN in missing:
+        if args.check:
+            raise ConfigureError(f"{PLUGIN} not found on PATH: run sm-local-configure to "
+                                 f"install it, or follow {GUIDE}")
+        install_plugin(out)
+        if not shutil.which(PLUGIN) and platform.system() != "Darwin":
+            raise ConfigureError(f"{PLUGIN} was installed but is not on PATH: add its folder "
+                                 "(usually /usr/local/bin) to PATH")
+    return 0 if not ssh_missing else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from sagemaker_ssh_helper import sm_ssh
+
+    parser = sm_ssh.OneLineParser(
+        prog="sm-local-configure",
+        description="Find session-manager-plugin and ssh; install the plugin if it is missing.")
+    parser.add_argument("--check", action="store_true", help="detect only; install nothing")
+    return sm_ssh.guarded("sm-local-configure", lambda flags: run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

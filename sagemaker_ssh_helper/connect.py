@@ -1,0 +1,400 @@
+"""Connecting to one instance: pick it, prepare it, then run ``ssh`` and explain its failures.
+
+Used by ``sm-ssh connect`` and the ``sm-local-*`` commands. The steps:
+
+1. resolve ``<name>.<kind>.sagemaker`` (or take a managed instance ID) and check it is Online;
+2. push this client's key and pin the container's host keys (``keys.authorize``);
+3. run ``ssh`` with the user's options FIRST (ssh keeps the first value of an option, so users
+   can override any of ours), then our option list, then the destination and remote command.
+
+ssh runs as a child rather than through ``exec`` so that a failure is reported as one line:
+ssh's own diagnostics go to a log file (``-E``), read after ssh exits with 255. The SSM session
+is started here too, so its errors are explained the same way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper.errors import ResolutionError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# ssh(1) flags that take a value (OpenSSH's getopt string); every other flag stands alone.
+SSH_FLAGS_WITH_VALUE = frozenset("BDEFIJLOPQRSWbceilmopw")
+OUR_OPTIONS = ("--index", "--node", "--wait")
+SSH_FAILED = 255  # ssh's own exit code for connection failures
+DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
+
+
+@dataclass
+class Context:
+    """Options shared by every command: profile and region, with a lazy boto3 session."""
+
+    profile: Optional[str]
+    region: Optional[str]
+    _session: Any = None
+    _manager: Any = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            self._session = aws.boto_session(self.profile, self.region)
+        return self._session
+
+    @property
+    def region_name(self) -> str:
+        return self.region or aws.session_region(self.session)
+
+    @property
+    def region_source(self) -> str:
+        return "from --region" if self.region else "the default region"
+
+    def manager(self) -> Any:
+        from sagemaker_ssh_helper.manager import SSMManager
+
+        if self._manager is None:
+            self._manager = SSMManager(region_name=self.region_name, session=self.session)
+        return self._manager
+
+
+@dataclass
+class Choice:
+    """Which instance of a multi-node resource, and how long to wait for it."""
+
+    index: Optional[int] = None
+    node: Optional[str] = None
+    wait: float = DEFAULT_WAIT
+
+
+def split_connect_args(args: Sequence[str], choice: Choice,
+                       ours: Optional[Dict[str, Any]] = None) -> Tuple[List[str], List[str]]:
+    """Split what follows the target into (ssh options, remote command), as ssh would.
+
+    ``--index``/``--node``/``--wait`` (ssh has no long options) go into ``choice``; the long
+    options named in ``ours`` (name -> default; a bool default makes it a flag) are taken out
+    and their values stored back into ``ours``.
+    """
+    ours = {} if ours is None else ours
+    options: List[str] = []
+    items = list(args)
+    while items:
+        item = items.pop(0)
+        if item == "--":
+            return options, items
+        key = item.partition("=")[0]
+        if key in OUR_OPTIONS or key in ours:
+            _take_ours(item, items, choice, ours)
+            continue
+        if not item.startswith("-") or item == "-":
+            return options, [item, *items]
+        options.append(item)
+        for at, flag in enumerate(item[1:], start=1):
+            if flag in SSH_FLAGS_WITH_VALUE:
+                if at == len(item) - 1:  # "-L" "spec": the value is the next argument
+                    if not items:
+                        raise UsageError(f"ssh option {item} needs a value")
+                    options.append(items.pop(0))
+                break
+    return options, []
+
+
+def _take_ours(item: str, items: List[str], choice: Choice, ours: Dict[str, Any]) -> None:
+    """Store one of our long options (``--x v`` or ``--x=v``), consuming its value."""
+    key, eq, value = item.partition("=")
+    if key in ours and isinstance(ours[key], bool):
+        ours[key] = True
+        return
+    if not eq:
+        if not items:
+            raise UsageError(f"{key} needs a value")
+        value = items.pop(0)
+    if key not in ours:
+        set_choice(choice, key, value)
+    else:
+        ours[key] = _number(key, value) if isinstance(ours[key], int) else value
+
+
+def _number(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{key} needs a number, got {value!r}") from None
+
+
+def set_choice(choice: Choice, key: str, value: str) -> None:
+    try:
+        if key == "--index":
+            choice.index = int(value)
+        elif key == "--wait":
+            choice.wait = float(value)
+        else:
+            choice.node = value
+    except ValueError:
+        raise UsageError(f"{key} needs a number, got {value!r}") from None
+    if choice.index is not None and choice.node is not None:
+        raise UsageError("give either --index or --node, not both")
+
+
+# -- picking one instance ----------------------------------------------------------------------
+def _natural(text: str) -> List[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
+           node: Optional[str]) -> Any:
+    """One Online instance: the only one, or the one picked by ``index``/``node``."""
+    online: dict = {}
+    for inst in instances:  # newest first: keep the newest per host name
+        if inst.online:
+            online.setdefault(inst.computer_name or inst.instance_id, inst)
+    ordered = sorted(online.values(), key=lambda i: _natural(i.computer_name or i.instance_id))
+    if not ordered:
+        latest = instances[0]
+        since = f" since {latest.last_ping:%Y-%m-%d %H:%M:%S %Z}" if latest.last_ping else ""
+        raise ResolutionError(
+            f"{target_name}: instance {latest.label} is {latest.ping_status or 'offline'}{since}"
+            ": the container stopped or lost its connection to SSM (check the job's logs)")
+    if node is not None:
+        for inst in ordered:
+            if node in (inst.computer_name, inst.instance_id):
+                return inst
+        raise UsageError(f"{target_name} has no online node {node!r}: choose one of "
+                         + ", ".join(i.label for i in ordered))
+    if index is not None:
+        if not 0 <= index < len(ordered):
+            raise UsageError(f"--index {index} is out of range: {target_name} has "
+                             f"{len(ordered)} online instance(s)")
+        return ordered[index]
+    if len(ordered) > 1:
+        raise UsageError(f"{target_name} has {len(ordered)} online instances: "
+                         + ", ".join(i.label for i in ordered)
+                         + "; choose one with --node NAME or --index N")
+    return ordered[0]
+
+
+def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice) -> Tuple[Any, bool]:
+    """Find the instance to connect to; (instance, True if picked among several)."""
+    from sagemaker_ssh_helper import resources
+
+    manager = ctx.manager()
+    needed = 1 if choice.index is None else choice.index + 1
+
+    def accept(inst: Any) -> bool:
+        return choice.node is None or choice.node in (inst.computer_name, inst.instance_id)
+
+    found = manager.find(target)
+    if sum(1 for i in found if i.online and accept(i)) < needed:
+        resources.check_running(ctx.session, ctx.region_name, target, ctx.region_source)
+        found = manager.resolve(target, timeout_in_sec=choice.wait, expected_count=needed,
+                                accept=accept)
+    if not found:
+        raise ResolutionError(
+            f"no SSM instance registered for {target.fqdn} in {ctx.region_name} after "
+            f"{choice.wait:.0f} s: " + resources.logs_hint(ctx.session, ctx.region_name, target))
+    inst = choose(found, target.fqdn, choice.index, choice.node)
+    several = len({i.computer_name or i.instance_id for i in found if i.online}) > 1
+    return inst, several
+
+
+def is_instance_id(text: str) -> bool:
+    """``mi-...`` given instead of ``<name>.<kind>.sagemaker`` (a job may be named mi-x)."""
+    return text.startswith("mi-") and not text.lower().rstrip(".").endswith(f".{fqdn.SUFFIX}")
+
+
+def check_instance_id(text: str) -> None:
+    if not re.match(r"^mi-[0-9a-f]{8,}$", text):
+        raise UsageError(f"{text!r} is not a managed instance ID (mi-...) nor a "
+                         "<name>.<kind>.sagemaker name")
+
+
+def describe_instance(ctx: Context, instance_id: str) -> Any:
+    """The managed instance ``instance_id``, which must be Online."""
+    from sagemaker_ssh_helper.manager import ManagedInstance
+
+    check_instance_id(instance_id)
+    infos = ctx.manager().describe([{"Key": "InstanceIds", "Values": [instance_id]}])
+    if not infos:
+        raise ResolutionError(f"{instance_id} is not registered with SSM in {ctx.region_name} "
+                              f"({ctx.region_source}): check the ID, or pass --region")
+    inst = ManagedInstance.from_info(infos[0])
+    return choose([inst], instance_id, None, None)
+
+
+def user_for(target: fqdn.Target) -> str:
+    """SageMaker containers run as root; Studio apps as sagemaker-user."""
+    return "sagemaker-user" if target.kind.kind == "studio" else "root"
+
+
+# -- preparing the instance ----------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """Everything ssh needs for one instance: where to go and with which key."""
+
+    instance_id: str
+    destination: str  # the name ssh connects to (and the host-key alias)
+    user: str
+    auth: Any  # keys.Authorized
+
+
+def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = False,
+            check_ssh: bool = True) -> Prepared:
+    """Resolve ``target_text`` (FQDN or ``mi-...``), check the tools, push the key and pin the
+    host keys."""
+    from sagemaker_ssh_helper import keys, proxy, session
+
+    target = None if is_instance_id(target_text) else fqdn.parse_resource(target_text)
+    if target is None:
+        check_instance_id(target_text)
+    session.find_plugin()
+    if check_ssh and not for_proxy:
+        proxy.find_ssh()
+    if target is None:
+        inst = describe_instance(ctx, target_text)
+        name, alias, user = inst.instance_id, inst.instance_id, "root"
+    else:
+        inst, several = resolve_one(ctx, target, choice)
+        # ssh config lookups use the FQDN (%h); a pick among several nodes gets its own alias.
+        name = target.fqdn
+        alias = f"{inst.instance_id}.{name}" if several and not for_proxy else name
+        user = user_for(target)
+    auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    return Prepared(inst.instance_id, name.lower(), user, auth)
+
+
+# -- the ssh command line --------------------------------------------------------------------------
+def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
+             command: Sequence[str], log_file: Optional[Path] = None,
+             proxy_cmd: Optional[str] = None) -> List[str]:
+    """The complete ssh command line: the user's options first (they win), ours, the
+    destination, then the remote command. The ProxyCommand defaults to our session module."""
+    from sagemaker_ssh_helper import proxy
+
+    auth = prepared.auth
+    options = proxy.ssh_options(
+        identity_file=auth.key_path, known_hosts=auth.known_hosts,
+        host_key_alias=auth.host_key_alias, user=prepared.user,
+        proxy_cmd=proxy_cmd or proxy.proxy_command(prepared.instance_id, ctx.region_name,
+                                                   ctx.profile))
+    log = ["-E", str(log_file)] if log_file is not None else []
+    argv = [proxy.find_ssh(), *user_options, *log, *options, prepared.destination]
+    return argv + (["--", *command] if command else [])
+
+
+def ssh_port(user_options: Sequence[str], destination: str) -> int:
+    """The port ssh will use (``-p``, ``-o Port``, ssh_config), as ``ssh -G`` resolves it."""
+    from sagemaker_ssh_helper import proxy
+
+    done = subprocess.run([proxy.find_ssh(), "-G", *user_options, destination],
+                          capture_output=True, text=True, check=False, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "port" and value.strip().isdigit():
+            return int(value)
+    return 22  # bad options: ssh itself will say what is wrong
+
+
+def wants_own_log(user_options: Sequence[str]) -> bool:
+    """True when the user asked ssh for its log (-v, -E, -q): then ssh's stderr is left alone."""
+    for opt in user_options:
+        if opt.startswith("-") and not opt.startswith("--"):
+            flags = opt[1:]
+            for flag in flags:
+                if flag in "vqE":
+                    return True
+                if flag in SSH_FLAGS_WITH_VALUE:
+                    break
+    return False
+
+
+def local_ports(ssh_args: Sequence[str]) -> List[Tuple[str, int]]:
+    """(bind address, port) of every ``-L``/``-D`` listener in ssh arguments."""
+    ports = []
+    for i, arg in enumerate(ssh_args):
+        spec = None
+        if arg in ("-L", "-D") and i + 1 < len(ssh_args):
+            spec = ssh_args[i + 1]
+        elif arg[:2] in ("-L", "-D") and len(arg) > 2 and not arg.startswith("--"):
+            spec = arg[2:]
+        if spec is None:
+            continue
+        bind = ""
+        if spec.startswith("[") and "]:" in spec:  # [ipv6]:port:...
+            bind, spec = spec[1:].split("]:", 1)
+        fields = spec.split(":")
+        if not bind and len(fields) > 1 and not fields[0].isdigit():
+            bind, fields = fields[0], fields[1:]
+        if fields[0].isdigit():
+            ports.append(("127.0.0.1" if bind in ("localhost", "") else bind, int(fields[0])))
+    return ports
+
+
+def check_local_ports(ssh_args: Sequence[str], hint: str = "choose another port for -L/-D"
+                      ) -> None:
+    """Fail early, in one line, when a local forwarding port is taken."""
+    for host, port in local_ports(ssh_args):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh's listeners do
+            try:
+                s.bind(("" if host == "*" else host, port))
+            except OSError as e:
+                raise UsageError(f"local port {port} ({host}) is not available: "
+                                 f"{e.strerror or e}; {hint}") from None
+
+
+# -- running ssh ---------------------------------------------------------------------------------
+def run_ssh(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+    """Run ssh in the foreground; Ctrl-C belongs to it, SIGTERM/SIGHUP are passed on."""
+    from sagemaker_ssh_helper import session
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with session.user_signals_left_to_child(("SIGINT", "SIGQUIT")):
+        child = subprocess.Popen(list(argv), env=env)
+        with session.forwarded_termination(child):
+            returncode = child.wait()
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str],
+                    command: Sequence[str]) -> int:
+    """Run ssh for ``prepared``; return the remote command's exit code, or raise one
+    explained error when ssh itself failed.
+
+    The SSM session is started here, before ssh runs (its errors are ours to explain, and the
+    ProxyCommand is then just the plugin: no second Python process importing boto3); the
+    response reaches the plugin through ssh's environment, never its command line.
+    """
+    from sagemaker_ssh_helper import proxy, session
+
+    ssm = ctx.manager().ssm
+    port = ssh_port(user_options, prepared.destination)
+    started = session.open_session(ssm, prepared.instance_id, port, ctx.profile)
+    env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
+    returncode = SSH_FAILED
+    try:
+        with tempfile.TemporaryDirectory(prefix="sm-ssh-") as tmp:
+            log = None if wants_own_log(user_options) else Path(tmp) / "ssh.log"
+            argv = ssh_argv(ctx, prepared, user_options, command, log,
+                            proxy.shell_command(started.plugin_argv))
+            logger.debug("running %s", argv)
+            returncode = run_ssh(argv, env)
+            text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+    finally:
+        if returncode == SSH_FAILED:  # the session may never have been used: free the agent
+            session.terminate_session(ssm, started.session_id)
+    if returncode == SSH_FAILED and text.strip():
+        raise proxy.ssh_error(text, f"ssh to {prepared.destination}", SSH_FAILED)
+    sys.stderr.write(text)  # ssh's own notices, shown as ssh would have
+    return returncode

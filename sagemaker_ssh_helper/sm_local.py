@@ -1,0 +1,339 @@
+"""The commands users call by name; each bash script runs ``python -m
+sagemaker_ssh_helper.sm_local <script name> "$@"``.
+
+    sm-local-start-ssh [--proxy-setup-only] <mi-id|fqdn> [ssh args] [[--] command]
+    sm-connect-ssh-proxy [--no-setup] <mi-id|fqdn> [port]          (a ProxyCommand)
+    sm-local-ssh-<kind> connect <name> [--local-port N] [--ssh-only] [ssh args] [[--] command]
+    sm-local-ssh-<kind> proxy-host <fqdn|name> [port]               (a ProxyCommand)
+    sm-local-ssh-<kind> stop-waiting [<name>] [--local-port N]
+    sm-local-ssh-<kind> run-command [--local-port N] <command> [args ...]
+    sm-local-ssh-ide [--domain-id D] [--user-profile-name U | --space-name S] connect-app <app>
+    sm-local-ssh-ide set-domain-id D | set-user-profile-name U
+
+``connect`` forwards ``localhost:<port>`` to the container's sshd (the kind's documented port,
+e.g. 11022 for training) plus the kind's usual extra ports, and opens an ssh session; while it
+runs, ``run-command`` and ``stop-waiting`` reach the container through that port.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from sagemaker_ssh_helper import connect, fqdn, keys, proxy, sm_ssh
+from sagemaker_ssh_helper.connect import Choice, Context
+from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+
+
+@dataclass(frozen=True)
+class Script:
+    kind: str                  # fqdn kind
+    extra_forwards: Tuple[str, ...]
+    extra_note: str
+
+
+DEBUGGER = ("-R", "127.0.0.1:12345:127.0.0.1:12345")  # PyCharm's Debug Server, reverse
+SCRIPTS: Dict[str, Script] = {
+    "training": Script("training", DEBUGGER, "and remote port 12345 to your debug server"),
+    "processing": Script("processing", DEBUGGER, "and remote port 12345 to your debug server"),
+    "transform": Script("transform", DEBUGGER, "and remote port 12345 to your debug server"),
+    "inference": Script("inference", DEBUGGER, "and remote port 12345 to your debug server"),
+    "notebook": Script("notebook", (), ""),
+    "ide": Script("studio", ("-L", "127.0.0.1:5901:localhost:5901",
+                             "-L", "127.0.0.1:8889:localhost:8889"), "plus VNC 5901 and "
+                                                                     "Jupyter 8889"),
+}
+STUDIO_FILES = {"domain_id": ".sm-studio-domain-id",
+                "user_profile_name": ".sm-studio-user-profile-name"}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- sm-local-start-ssh and sm-connect-ssh-proxy ---------------------------------------------------
+def _leading(argv: Sequence[str], flags: Sequence[str], valued: Sequence[str]
+             ) -> Tuple[Dict[str, Any], List[str]]:
+    """Options before the target: ({name: value or True}, the rest starting at the target)."""
+    found: Dict[str, Any] = {}
+    items = list(argv)
+    while items and items[0].startswith("-"):
+        item = items.pop(0)
+        key, eq, value = item.partition("=")
+        if key in flags and not eq:
+            found[key] = True
+        elif key in valued:
+            if not eq:
+                if not items:
+                    raise UsageError(f"{key} needs a value")
+                value = items.pop(0)
+            found[key] = value
+        else:
+            raise UsageError(f"unknown option {item!r} before the target (ssh options go after "
+                             "it)")
+    if not items:
+        raise UsageError("missing the target: a managed instance ID (mi-...) or "
+                         "<name>.<kind>.sagemaker")
+    return found, items
+
+
+GENERAL = ("--profile", "--region")
+USAGE = {
+    "sm-local-start-ssh": (
+        "usage: sm-local-start-ssh [-v] [--profile P] [--region R] [--proxy-setup-only]\n"
+        "                          [--index N | --node NAME] [--wait S]\n"
+        "                          <mi-id|name.kind.sagemaker> [ssh options] [[--] command]\n\n"
+        "Push this client's key to the container, pin its host keys and run ssh over SSM.\n"
+        "--proxy-setup-only: only push the key and pin the host keys (for IDEs; prints\n"
+        "nothing), then use `sm-connect-ssh-proxy %h %p` as the ProxyCommand."),
+    "sm-connect-ssh-proxy": (
+        "usage: sm-connect-ssh-proxy [-v] [--profile P] [--region R] [--no-setup]\n"
+        "                            <mi-id|name.kind.sagemaker> [port]\n\n"
+        "An ssh ProxyCommand (`ProxyCommand sm-connect-ssh-proxy %h %p`): push the key, pin\n"
+        "the host keys (unless --no-setup), then relay an SSM session to the container's sshd\n"
+        "on stdin/stdout."),
+}
+
+
+def _help(prog: str, argv: Sequence[str]) -> bool:
+    if argv[:1] and argv[0] in ("-h", "--help"):
+        print(USAGE[prog])
+        return True
+    return False
+
+
+def start_ssh(argv: Sequence[str], flags: Dict[str, bool]) -> int:
+    """``sm-local-start-ssh``: like ``sm-ssh connect``, for an instance ID or an FQDN."""
+    if _help("sm-local-start-ssh", argv):
+        return 0
+    opts, rest = _leading(argv, ("--proxy-setup-only", "-v", "--verbose"),
+                          GENERAL + connect.OUR_OPTIONS)
+    sm_ssh.set_verbose(flags, "-v" in opts or "--verbose" in opts)
+    ctx = Context(opts.get("--profile"), opts.get("--region"))
+    choice = Choice()
+    for key in connect.OUR_OPTIONS:
+        if key in opts:
+            connect.set_choice(choice, key, opts[key])
+    target, tail = rest[0], rest[1:]
+    options, command = connect.split_connect_args(tail, choice)
+    if opts.get("--proxy-setup-only"):
+        if tail:
+            raise UsageError("--proxy-setup-only takes no ssh arguments")
+        connect.prepare(ctx, target, choice, for_proxy=True)
+        return 0
+    connect.check_local_ports(options)
+    prepared = connect.prepare(ctx, target, choice)
+    return connect.run_and_explain(ctx, prepared, options, command)
+
+
+def connect_proxy(argv: Sequence[str], flags: Dict[str, bool]) -> int:
+    """``sm-connect-ssh-proxy <mi-id|fqdn> [port]``: push the key, then relay the session."""
+    from sagemaker_ssh_helper import session
+
+    if _help("sm-connect-ssh-proxy", argv):
+        return 0
+    opts, rest = _leading(argv, ("--no-setup", "-v", "--verbose"), GENERAL + ("--port",))
+    sm_ssh.set_verbose(flags, "-v" in opts or "--verbose" in opts)
+    if len(rest) > 2:
+        raise UsageError("expected <mi-id|fqdn> [port], got: " + " ".join(rest))
+    port = _port(rest[1] if len(rest) > 1 else opts.get("--port", "22"))
+    ctx = Context(opts.get("--profile"), opts.get("--region"))
+    if opts.get("--no-setup"):  # keys pushed already (sm-local-start-ssh --proxy-setup-only)
+        instance_id = rest[0]
+        if not connect.is_instance_id(instance_id):
+            found, _ = connect.resolve_one(ctx, fqdn.parse_resource(instance_id), Choice())
+            instance_id = found.instance_id
+    else:
+        instance_id = connect.prepare(ctx, rest[0], Choice(), for_proxy=True).instance_id
+    return session.start_ssh_session(instance_id, port, session=ctx.session,
+                                     region=ctx.region_name, profile=ctx.profile)
+
+
+def _port(text: str) -> int:
+    if not str(text).isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"not a port number: {text!r}")
+    return int(text)
+
+
+# -- sm-local-ssh-<kind> -----------------------------------------------------------------------
+def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
+    script = SCRIPTS[name]
+    rk = fqdn.kind(script.kind)
+    parser = sm_ssh.OneLineParser(
+        prog=prog, description=f"SSH to a SageMaker {rk.description} through "
+                               f"localhost:{rk.default_port}.")
+    sm_ssh.add_general_options(parser, top_level=True)
+    if name == "ide":
+        parser.add_argument("--domain-id", help="Studio domain (default: ~/.sm-studio-domain-id)")
+        owner = parser.add_mutually_exclusive_group()
+        owner.add_argument("--user-profile-name",
+                           help="Studio user profile (default: ~/.sm-studio-user-profile-name)")
+        owner.add_argument("--space-name", help="Studio space, instead of a user profile")
+    sub = parser.add_subparsers(dest="command", required=True)
+    noun = "APP" if name == "ide" else "NAME"
+    for command in ("connect", "connect-app") if name == "ide" else ("connect",):
+        p = sub.add_parser(command, usage=f"{prog} {command} {noun} [--local-port N] "
+                                          "[--ssh-only] [ssh options] [[--] command]",
+                           help=f"forward localhost:{rk.default_port} to sshd"
+                                + (f" {script.extra_note}" if script.extra_note else "")
+                                + ", and open an ssh session")
+        p.add_argument("target", metavar=noun, help="the name, or its FQDN")
+        p.add_argument("rest", nargs=argparse.REMAINDER,
+                       help=f"--local-port N (default {rk.default_port}), --ssh-only (no extra "
+                            "forwards), ssh options, then a remote command")
+    p = sub.add_parser("proxy-host", help="ProxyCommand: push the key, relay the session")
+    p.add_argument("target", metavar="HOST", help="<name>.<kind>.sagemaker (ssh's %%n), or name")
+    p.add_argument("port", nargs="?", default="22", help="sshd port in the container (%%p)")
+    p = sub.add_parser("stop-waiting", help="run `sm-wait stop` in the container")
+    p.add_argument("target", nargs="?", metavar=noun,
+                   help="go through SSM to this resource instead of the local port")
+    p.add_argument("--local-port", type=int, default=rk.default_port)
+    p = sub.add_parser("run-command", help="run a command through the local port")
+    p.add_argument("--local-port", type=int, default=rk.default_port)
+    p.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
+    if name == "ide":
+        sub.add_parser("set-domain-id").add_argument("value")
+        sub.add_parser("set-user-profile-name").add_argument("value")
+    return parser
+
+
+def _studio_default(args: argparse.Namespace, field: str) -> Optional[str]:
+    value = getattr(args, field, None)
+    if value:
+        return str(value)
+    path = Path.home() / STUDIO_FILES[field]
+    saved = path.read_text().strip() if path.exists() else ""
+    return saved or None
+
+
+def target_for(name: str, args: argparse.Namespace, text: str) -> str:
+    """``text`` as an FQDN of this script's kind (a bare name gets the suffix)."""
+    kind = SCRIPTS[name].kind
+    if text.lower().endswith(f".{fqdn.SUFFIX}"):
+        target = fqdn.parse_resource(text)
+        if target.kind.kind != kind:
+            script = "ide" if target.kind.kind == "studio" else target.kind.kind
+            raise UsageError(f"{text} is a {target.kind.description}: use sm-local-ssh-{script}")
+        return text
+    if kind != "studio":
+        result = fqdn.format_fqdn(kind, text)
+    else:
+        owner = getattr(args, "space_name", None) or _studio_default(args, "user_profile_name")
+        domain = _studio_default(args, "domain_id")
+        result = fqdn.format_fqdn("studio", text, owner if domain else None, domain)
+    fqdn.parse_resource(result)  # a name with dots or blanks is refused here, in one line
+    return result
+
+
+def tunnel_state_path(port: int) -> Path:
+    return keys.ssh_dir() / "sm-ssh" / f"tunnel-{port}.json"
+
+
+def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
+                 command: List[str]) -> int:
+    target = target_for(name, args, args.target)
+    choice = Choice()
+    ours: Dict[str, Any] = {"--local-port": fqdn.kind(SCRIPTS[name].kind).default_port,
+                            "--ssh-only": False}
+    options, positional = connect.split_connect_args(args.rest, choice, ours)
+    port = _port(str(ours["--local-port"]))
+    forwards = ["-L", f"127.0.0.1:{port}:localhost:22"]
+    if not ours["--ssh-only"]:
+        forwards += SCRIPTS[name].extra_forwards
+    connect.check_local_ports([*options, *forwards],
+                              hint="pass --local-port N (or --ssh-only to skip the extra "
+                                   "ports), or stop what listens there")
+    prepared = connect.prepare(ctx, target, choice)
+    state = {"destination": prepared.destination, "user": prepared.user,
+             "key": str(prepared.auth.key_path), "known_hosts": str(prepared.auth.known_hosts),
+             "alias": prepared.auth.host_key_alias, "instance_id": prepared.instance_id}
+    path = tunnel_state_path(port)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps(state))
+    _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}); "
+            f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
+    return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command)
+
+
+def through_tunnel(port: int, command: Sequence[str], prog: str) -> int:
+    """Run ``command`` over ssh to localhost:``port`` (a running ``connect``)."""
+    try:
+        state = json.loads(tunnel_state_path(port).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"no `{prog} connect` has set up localhost:{port}: run "
+                         f"`{prog} connect <name>` first, or pass --local-port") from None
+    if not command:
+        raise UsageError(f"{prog} run-command needs a command")
+    options = proxy.ssh_options(identity_file=Path(state["key"]),
+                                known_hosts=Path(state["known_hosts"]),
+                                host_key_alias=state["alias"], user=state["user"],
+                                proxy_cmd=None)
+    with tempfile.TemporaryDirectory(prefix="sm-ssh-") as tmp:
+        log = Path(tmp) / "ssh.log"
+        # No ProxyCommand from ~/.ssh/config: the port already leads to the container's sshd.
+        returncode = connect.run_ssh([proxy.find_ssh(), "-E", str(log), *options,
+                                      "-o", "ProxyCommand=none", "-o", "BatchMode=yes",
+                                      "-p", str(port), "127.0.0.1", "--", *command])
+        text = log.read_text(errors="replace") if log.exists() else ""
+    if returncode == connect.SSH_FAILED and "Connection refused" in text:
+        raise SSHHelperError(f"nothing listens on localhost:{port}: is `{prog} connect "
+                             f"{state['destination']}` still running?", connect.SSH_FAILED)
+    if returncode == connect.SSH_FAILED and text.strip():
+        raise proxy.ssh_error(text, f"ssh to localhost:{port}", connect.SSH_FAILED)
+    sys.stderr.write(text)
+    return returncode
+
+
+def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool]) -> int:
+    from sagemaker_ssh_helper import session
+
+    head, command = sm_ssh.split_command(list(argv))
+    args = build_kind_parser(prog, name).parse_args(head)
+    sm_ssh.set_verbose(flags, args.verbose)
+    ctx = Context(args.profile, args.region)
+    if args.command in ("set-domain-id", "set-user-profile-name"):
+        field = args.command[len("set-"):].replace("-", "_")
+        (Path.home() / STUDIO_FILES[field]).write_text(args.value.strip() + "\n")
+        _stderr(f"{prog}: saved {args.value} into ~/{STUDIO_FILES[field]}")
+        return 0
+    if args.command in ("connect", "connect-app"):
+        return kind_connect(ctx, name, args, prog, command)
+    if args.command == "run-command":
+        return through_tunnel(args.local_port, [*args.remote, *command], prog)
+    if command:
+        raise UsageError("'--' and a remote command only apply to connect and run-command")
+    if args.command == "proxy-host":
+        prepared = connect.prepare(ctx, target_for(name, args, args.target), Choice(),
+                                   for_proxy=True)
+        return session.start_ssh_session(prepared.instance_id, _port(args.port),
+                                         session=ctx.session, region=ctx.region_name,
+                                         profile=ctx.profile)
+    if args.target:  # stop-waiting through SSM
+        prepared = connect.prepare(ctx, target_for(name, args, args.target), Choice())
+        return connect.run_and_explain(ctx, prepared, [], [proxy.STOP_WAITING])
+    return through_tunnel(args.local_port, [proxy.STOP_WAITING], prog)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m sagemaker_ssh_helper.sm_local <script name> [args]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = Path(argv[0]).name if argv else "sm-local"
+    rest = argv[1:]
+    if prog == "sm-local-start-ssh":
+        return sm_ssh.guarded(prog, lambda flags: start_ssh(rest, flags))
+    if prog == "sm-connect-ssh-proxy":
+        return sm_ssh.guarded(prog, lambda flags: connect_proxy(rest, flags))
+    kind = prog[len("sm-local-ssh-"):]
+    if prog.startswith("sm-local-ssh-") and kind in SCRIPTS:
+        return sm_ssh.guarded(prog, lambda flags: kind_main(prog, kind, rest, flags))
+    print(f"sm-local: unknown command {prog!r}: use sm-local-start-ssh, sm-connect-ssh-proxy "
+          f"or sm-local-ssh-{{{','.join(SCRIPTS)}}}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

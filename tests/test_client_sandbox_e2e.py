@@ -1,0 +1,441 @@
+"""The client end to end in the offline sandbox, against real job containers.
+
+One sandbox for the module and three long-waiting training jobs launched by an unchanged user
+script through ``SSHEstimatorWrapper``: ``one`` (1 node, serves a page on 127.0.0.1:8080),
+``two`` (2 nodes, both with SSH) and ``nossh`` (its entry point never starts SSH). Tests talk
+to them only through the commands users run: ``sm-ssh``, ``ssh`` with the generated config, and
+the ``sm-local-*`` scripts. The last tests release the jobs, so the module's order matters.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "sagemaker_ssh_helper"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(requirements_problem() is not None,
+                       reason=f"sandbox requirements: {requirements_problem()}"),
+]
+
+LAUNCH = """\
+import json, os, sys
+
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+
+
+def launch(entry_point, base_name, instance_count):
+    estimator = PyTorch(entry_point=entry_point, source_dir=sys.argv[1],
+                        dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                        role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                        py_version="py310", instance_count=instance_count,
+                        instance_type="ml.m5.xlarge", base_job_name=base_name)
+    SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900,
+                               ssh_instance_count=instance_count)
+    estimator.fit(wait=False)
+    return estimator.latest_training_job.name
+
+
+print("JOBS " + json.dumps({"one": launch("train.py", "client-one", 1),
+                            "two": launch("train.py", "client-two", 2),
+                            "nossh": launch("nossh.py", "client-nossh", 1)}), flush=True)
+"""
+
+ENTRY_POINT = """\
+import http.server, socket, threading
+
+import sagemaker_ssh_helper
+
+
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"page from {socket.gethostname()}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Page)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("released", flush=True)
+"""
+
+NO_SSH = "import time\ntime.sleep(900)\n"
+
+
+@dataclass
+class World:
+    sandbox: Sandbox
+    env: Dict[str, str]
+    jobs: Dict[str, str]
+    tmp: Path
+
+    def fqdn(self, job: str) -> str:
+        return f"{self.jobs[job]}.training.sagemaker"
+
+    def home(self, name: str) -> Dict[str, str]:
+        """The client environment with a HOME of its own (keys, known_hosts, ssh config)."""
+        home = self.tmp / name
+        home.mkdir(exist_ok=True)
+        return dict(self.env, HOME=str(home))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("client-e2e")
+    with Sandbox(tmp / "sandbox", stop_grace=3.0) as sandbox:
+        source = tmp / "src"
+        source.mkdir()
+        (source / "train.py").write_text(ENTRY_POINT)
+        (source / "nossh.py").write_text(NO_SSH)
+        (tmp / "launch.py").write_text(LAUNCH)
+        (tmp / "alice").mkdir()
+        env = dict(os.environ, **sandbox.env, HOME=str(tmp / "alice"),
+                   SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
+                                            if p)
+        done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
+                              cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("JOBS ")]
+        assert done.returncode == 0 and lines, done.stderr[-3000:]
+        jobs = json.loads(lines[-1][len("JOBS "):])
+        from sagemaker_ssh_helper.manager import SSMManager
+
+        with sandbox.activated():
+            manager = SSMManager(progress=None)
+            assert len(manager.get_training_instance_ids(jobs["one"], 120)) == 1
+            assert len(manager.get_training_instance_ids(jobs["two"], 120, 2)) == 2
+        yield World(sandbox, env, jobs, tmp)
+
+
+def run(argv: List[str], env: Dict[str, str], timeout: float = 120
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def sm_ssh(*args: str) -> List[str]:
+    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
+
+
+def script(name: str, *args: str) -> List[str]:
+    return ["bash", str(PACKAGE / name), *args]
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The command failed with ``code`` and said so in one line (after progress lines)."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    *progress, error = done.stderr.splitlines()
+    assert all(line.startswith("waiting for ") for line in progress), done.stderr
+    for needle in needles:
+        assert needle in error, done.stderr
+    return str(error)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Any, proc: subprocess.Popen, what: str, timeout: float = 60) -> Any:
+    """Poll ``check()`` (exceptions mean "not yet") while ``proc`` keeps running."""
+    deadline, delay, last = time.monotonic() + timeout, 0.05, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what}: the command exited early ({proc.returncode})"
+        try:
+            return check()
+        except (OSError, AssertionError) as e:
+            last = e
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise AssertionError(f"{what}: not ready after {timeout} s: {last}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- listing -----------------------------------------------------------------------------------
+def test_list_shows_the_running_jobs_online(world: World) -> None:
+    done = run(sm_ssh("list"), world.env)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    assert rows[world.fqdn("one")][1:3] == ["InProgress", "Online"]
+    assert rows[world.fqdn("nossh")][1:3] == ["InProgress", "ssh:NotFound"]
+
+    done = run(sm_ssh("list", "training.sagemaker", "--output", "json"), world.env)
+    assert done.returncode == 0, done.stderr
+    listed = {row["fqdn"]: row for row in json.loads(done.stdout)}
+    one, two = listed[world.fqdn("one")], listed[world.fqdn("two")]
+    assert (one["status"], one["ssh"], one["name"]) == ("InProgress", "Online", world.jobs["one"])
+    assert [i["computer_name"] for i in one["instances"]] == ["algo-1"]
+    assert sorted(i["computer_name"] for i in two["instances"]) == ["algo-1", "algo-2"]
+    assert all(i["ping_status"] == "Online" for i in two["instances"])
+
+
+# -- connect -------------------------------------------------------------------------------------
+def test_connect_returns_the_commands_output_and_exit_code(world: World) -> None:
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "hostname; echo $USER; exit 3"),
+               world.env)
+    assert (done.returncode, done.stdout) == (3, "algo-1\nroot\n"), done.stderr
+    # A command after the ssh options needs no "--", as with ssh.
+    done = run(sm_ssh("connect", world.fqdn("one"), "-o", "LogLevel=ERROR", "cat",
+                      "/opt/ml/input/config/resourceconfig.json"), world.env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["current_host"] == "algo-1"
+    ssh_dir = Path(world.env["HOME"]) / ".ssh"
+    key = ssh_dir / world.fqdn("one")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    pinned = (ssh_dir / "sm-ssh-known_hosts").read_text().splitlines()
+    assert any(line.startswith(f"{world.fqdn('one')} ssh-ed25519 ") for line in pinned)
+
+
+def test_the_users_ssh_options_win_over_ours(world: World) -> None:
+    """ssh keeps the first value it sees and the user's options come first: here the user's
+    empty known_hosts file replaces our pinned one, so ssh refuses the host (in one line)."""
+    done = run(sm_ssh("connect", world.fqdn("one"), "-o", "UserKnownHostsFile=/dev/null",
+                      "--", "true"), world.env)
+    one_line_error(done, 255, f"ssh to {world.fqdn('one')} failed:", "host key")
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        body = b"page from the laptop\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_local_and_remote_forwarding_carry_data_both_ways(world: World) -> None:
+    local = free_port()
+    proc = subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "-N",
+                                   "-L", f"{local}:localhost:8080"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        page = wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "-L")
+    finally:
+        stop(proc)
+    assert page == "page from algo-1\n"
+
+    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=laptop.serve_forever, daemon=True).start()
+    remote = free_port()
+    fetch = ("import urllib.request; print(urllib.request.urlopen("
+             f"'http://127.0.0.1:{remote}/').read().decode(), end='')")
+    try:
+        done = run(sm_ssh("connect", world.fqdn("one"),
+                          "-R", f"{remote}:127.0.0.1:{laptop.server_address[1]}", "--",
+                          shlex.join(["python3", "-c", fetch])), world.env)
+    finally:
+        laptop.shutdown()
+    assert (done.returncode, done.stdout) == (0, "page from the laptop\n"), done.stderr
+
+
+def test_plain_ssh_through_the_generated_config(world: World) -> None:
+    env = world.home("config-user")
+    done = run(sm_ssh("config"), env)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    config = Path(env["HOME"]) / ".ssh" / "config"
+    # ssh takes ~ from the password database, not from $HOME: name the file explicitly.
+    done = run(["ssh", "-F", str(config), world.fqdn("one"), "echo", "via-config"], env)
+    assert (done.returncode, done.stdout) == (0, "via-config\n"), done.stderr
+
+
+def test_proxy_commands_for_ides(world: World) -> None:
+    """sm-local-ssh-training proxy-host and sm-connect-ssh-proxy as ssh ProxyCommands."""
+    env = world.home("ide-user")
+    ssh_dir = Path(env["HOME"]) / ".ssh"
+    base = ["ssh", "-F", "none", "-o", f"IdentityFile={ssh_dir}/%h",
+            "-o", f"UserKnownHostsFile={ssh_dir}/sm-ssh-known_hosts",
+            "-o", "StrictHostKeyChecking=yes", "-l", "root"]
+    proxy_host = shlex.join(script("sm-local-ssh-training", "proxy-host")) + " %n %p"
+    done = run([*base, "-o", f"ProxyCommand={proxy_host}", world.fqdn("one"), "hostname"], env)
+    assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
+
+    listed = json.loads(run(sm_ssh("list", world.fqdn("one"), "--output", "json"),
+                            env).stdout)
+    instance_id = listed[0]["instances"][0]["instance_id"]
+    setup = run(script("sm-local-start-ssh", "--proxy-setup-only", instance_id), env)
+    assert (setup.returncode, setup.stdout, setup.stderr) == (0, "", "")
+    assert (ssh_dir / instance_id).exists()
+    proxy = shlex.join(script("sm-connect-ssh-proxy")) + " %h %p"
+    done = run([*base, "-o", f"ProxyCommand={proxy}", instance_id, "hostname"], env)
+    assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
+    done = run(script("sm-local-start-ssh", instance_id, "-p", "22", "echo", "by-id"), env)
+    assert (done.returncode, done.stdout) == (0, "by-id\n"), done.stderr
+
+
+def test_two_users_connect_at_the_same_time(world: World) -> None:
+    envs = [world.home(user) for user in ("alice-2", "bob")]
+    procs = [subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "--", f"echo hello-{i}"),
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, env in enumerate(envs)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert [out for out, _ in results] == ["hello-0\n", "hello-1\n"]
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "cat /etc/ssh/authorized_keys"),
+               world.env)
+    assert done.returncode == 0, done.stderr
+    markers = [keys.client_marker(Path(env["HOME"]) / ".ssh" / world.fqdn("one"))
+               for env in (*envs, world.env)]
+    lines = done.stdout.splitlines()
+    assert [sum(line.endswith(m) for line in lines) for m in markers] == [1, 1, 1]
+
+
+def test_each_node_of_a_two_node_job(world: World) -> None:
+    fqdn = world.fqdn("two")
+    one_line_error(run(sm_ssh("connect", fqdn, "--", "hostname"), world.env), 2,
+                   f"{fqdn} has 2 online instances: algo-1 (mi-", ", algo-2 (mi-",
+                   "choose one with --node NAME or --index N")
+    for choice, node in ((["--node", "algo-2"], "algo-2"), (["--index", "0"], "algo-1")):
+        done = run(sm_ssh("connect", fqdn, *choice, "--", "hostname"), world.env)
+        assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
+    done = run(script("sm-local-start-ssh", "--index", "1", fqdn, "hostname"), world.env)
+    assert (done.returncode, done.stdout) == (0, "algo-2\n"), done.stderr
+
+
+# -- faults --------------------------------------------------------------------------------------
+ADVANCED_TIER = ("Enable advanced-instances tier to use Session Manager with your on-premises "
+                 "instances")
+
+
+def inject(world: World, operation: str, error_code: str, count: int = 1,
+           message: str = "") -> None:
+    body = {"operation": operation, "error_code": error_code, "count": count}
+    if message:
+        body["message"] = message
+    request = urllib.request.Request(f"{world.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/faults",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+@pytest.mark.parametrize("operation, error_code, message, exit_code, needles", [
+    ("StartSession", "AccessDeniedException", "", 4,
+     ["access denied for ssm:StartSession", "IAM_SSM_Setup.md"]),
+    ("StartSession", "BadRequest", ADVANCED_TIER, 4,
+     ["advanced-instances tier", "see IAM_SSM_Setup.md"]),
+    ("StartSession", "TargetNotConnected", "", 3, ["is not connected to SSM (ConnectionLost)"]),
+    ("SendCommand", "AccessDeniedException", "", 4, ["access denied for ssm:SendCommand"]),
+    ("GetCommandInvocation", "AccessDeniedException", "", 4,
+     ["access denied for ssm:GetCommandInvocation"]),
+    ("DescribeInstanceInformation", "AccessDeniedException", "", 4,
+     ["access denied for ssm:DescribeInstanceInformation"]),
+    ("DescribeInstanceInformation", "ExpiredTokenException", "", 4,
+     ["AWS credentials rejected (ExpiredTokenException)", "aws sso login"]),
+])
+def test_aws_faults_are_one_line_with_the_fix(world: World, operation: str, error_code: str,
+                                              message: str, exit_code: int,
+                                              needles: List[str]) -> None:
+    inject(world, operation, error_code, message=message)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), world.env)
+    one_line_error(done, exit_code, *needles)
+
+
+def test_throttling_is_retried_with_backoff(world: World) -> None:
+    inject(world, "DescribeInstanceInformation", "ThrottlingException", count=2)
+    inject(world, "StartSession", "ThrottlingException", count=1)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "after-throttling"), world.env)
+    assert (done.returncode, done.stdout) == (0, "after-throttling\n"), done.stderr
+
+
+def test_resolution_faults_are_one_line_with_the_fix(world: World) -> None:
+    one_line_error(run(sm_ssh("connect", "nope.training.sagemaker", "--wait", "0"), world.env),
+                   3, "no training job nope in us-east-1", "--region")
+    error = one_line_error(run(sm_ssh("connect", world.fqdn("nossh"), "--wait", "1"),
+                               world.env), 3,
+                           f"no SSM instance registered for {world.fqdn('nossh')} in us-east-1",
+                           "setup_and_start_ssh()")
+    assert re.search(r"https://console\.aws\.amazon\.com/cloudwatch/home\?region=us-east-1#"
+                     r"logsV2:log-groups/log-group/\S+TrainingJobs\S+" + world.jobs["nossh"],
+                     error), error
+    one_line_error(run(sm_ssh("connect", "training.sagemaker"), world.env), 2, "names a list")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line_error(run(script("sm-local-ssh-training", "connect", world.jobs["one"],
+                                  "--local-port", str(port), "-N"), world.env),
+                       2, f"local port {port} (127.0.0.1) is not available",
+                       "pass --local-port N")
+
+
+# -- releasing the jobs (last: the jobs end here) ------------------------------------------------
+def test_sm_local_ssh_training_connect_run_command_and_stop_waiting(world: World) -> None:
+    port = free_port()
+    tunnel = subprocess.Popen(script("sm-local-ssh-training", "connect", world.jobs["one"],
+                                     "--local-port", str(port), "-N"),
+                              env=world.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def hostname() -> str:
+            done = run(script("sm-local-ssh-training", "run-command", "--local-port", str(port),
+                              "hostname"), world.env)
+            assert done.returncode == 0, done.stderr
+            return str(done.stdout)
+
+        assert wait_until(hostname, tunnel, "sm-local-ssh-training connect") == "algo-1\n"
+        done = run(script("sm-local-ssh-training", "stop-waiting", "--local-port", str(port)),
+                   world.env)
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop(tunnel)
+    described = world.sandbox.wait_for_job(world.jobs["one"], timeout=120)
+    assert described["TrainingJobStatus"] == "Completed"
+    assert "released" in world.sandbox.container_log(world.jobs["one"])
+    one_line_error(run(sm_ssh("connect", world.fqdn("one"), "--", "true"), world.env), 3,
+                   f"training job {world.jobs['one']} is Completed",
+                   "SSH is available only while it runs")
+
+
+def test_sm_wait_stop_releases_each_node_and_the_job_completes(world: World) -> None:
+    for node in ("algo-1", "algo-2"):
+        done = run(sm_ssh("connect", world.fqdn("two"), "--node", node, "--", "sm-wait",
+                          "stop"), world.env)
+        assert done.returncode == 0, done.stderr
+    described = world.sandbox.wait_for_job(world.jobs["two"], timeout=120)
+    assert described["TrainingJobStatus"] == "Completed"
