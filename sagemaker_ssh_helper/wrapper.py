@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from sagemaker_ssh_helper import aws
 from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.ide import IDEWrapperBase, NotebookInstanceWrapperBase
 from sagemaker_ssh_helper.wrapper_base import (
     DEFAULT_LOOKUP_TIMEOUT,
     WAIT_0,
@@ -389,3 +390,24 @@ class SSHTransformerWrapper(_SDKWrapper, SSHJobWrapperBase):
 
     def stop_transform_job(self) -> None:
         self.sagemaker_session.stop_transform_job(self.transform_job_name())
+
+
+class SSHIDEWrapper(_SDKWrapper, IDEWrapperBase):
+    """SSH into a Studio app (user profile or space) that runs ``sm-ssh-ide`` or
+    ``kernel-lc-config.sh``: ``get_instance_ids``, ``print_ssh_info``, ``start_ssm_connection``."""
+
+    @classmethod
+    def attach(cls, domain_id: str, user_profile_name: str, app_name: str = "default",
+               sagemaker_session: Any = None) -> SSHIDEWrapper:
+        return cls(domain_id, user_profile_name, app_name,
+                   sagemaker_session=sagemaker_session or sagemaker.Session())
+
+
+class SSHNotebookInstanceWrapper(_SDKWrapper, NotebookInstanceWrapperBase):
+    """SSH into a notebook instance set up with ``SageMaker_SSH_Notebook.ipynb``."""
+
+    @classmethod
+    def attach(cls, notebook_instance_name: str,
+               sagemaker_session: Any = None) -> SSHNotebookInstanceWrapper:
+        return cls(notebook_instance_name,
+                   sagemaker_session=sagemaker_session or sagemaker.Session())

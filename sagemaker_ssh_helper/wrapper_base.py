@@ -198,6 +198,7 @@ class SSHWrapperBase:
     ``resource_name()`` and ``_lookup()``."""
 
     kind = "training"
+    ssh_user = "root"  # who start_ssm_connection() logs in as
 
     def __init__(self, sdk_object: Any = None, sagemaker_session: Any = None,
                  env: Optional[Dict[str, str]] = None) -> None:
@@ -287,7 +288,7 @@ class SSHWrapperBase:
 
         instance_id = self.get_instance_id(index, timeout_in_sec=timeout_in_sec)
         proxy = SSMProxy(ssh_listen_port, extra_args, region_name=self.region,
-                         session=self.boto_session)
+                         session=self.boto_session, user=self.ssh_user)
         proxy.connect_to_ssm_instance(instance_id)
         return proxy
 

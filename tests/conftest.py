@@ -35,3 +35,35 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
 def is_root_linux() -> bool:
     return os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 \
         and os.uname().sysname == "Linux"
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hidden_paths(covered: tuple = ("/tmp", "/run")) -> list:
+    """The repository and interpreter directories a private /tmp or /run would hide.
+
+    Namespace harnesses mount fresh directories over /tmp and /run; a checkout or virtualenv
+    living below them (e.g. a CI clone in /tmp) must stay visible inside.
+    """
+    import sys
+
+    wanted = {REPO_ROOT, sys.prefix, sys.base_prefix,
+              os.path.dirname(os.path.realpath(sys.executable))}
+    under = sorted(p for p in wanted if any(p == c or p.startswith(c + "/") for c in covered))
+    # Drop paths already inside another kept path.
+    return [p for p in under if not any(p != q and p.startswith(q + "/") for q in under)]
+
+
+def keep_visible(stage: str, covered: tuple = ("/tmp", "/run")) -> tuple:
+    """Bash snippets (before, after) to run around covering /tmp and /run in a private mount
+    namespace: ``before`` binds each hidden path into ``stage`` (a directory that stays
+    visible), ``after`` binds it back at its original place."""
+    import shlex
+
+    before, after = [], []
+    for i, path in enumerate(hidden_paths(covered)):
+        keep = shlex.quote(f"{stage}/keep-{i}")
+        before.append(f"mkdir -p {keep} && mount --bind {shlex.quote(path)} {keep}")
+        after.append(f"mkdir -p {shlex.quote(path)} && mount --bind {keep} {shlex.quote(path)}")
+    return "\n".join(before), "\n".join(after)

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List
 
 import boto3
 import pytest
-from conftest import is_root_linux
+from conftest import is_root_linux, keep_visible
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -43,7 +43,9 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/sshd /run/work
 mount --bind "$WORK" /run/work
 mount --bind /run/work/etc-ssh /etc/ssh
+eval "$KEEP_BEFORE"
 mount -t tmpfs tmpfs /tmp
+eval "$KEEP_AFTER"
 export SSM_AGENT_STATE_DIR=/run/work/agent
 /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config 2>>/run/work/sshd.log &
 for _ in $(seq 200); do
@@ -89,7 +91,9 @@ class Container:
         activation = boto3.client("ssm").create_activation(
             IamRole="SageMakerRole", DefaultInstanceName=name,
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        keep_before, keep_after = keep_visible("/run/work", covered=("/tmp",))
         env = dict(os.environ, WORK=str(work), NODE_NAME=node, SSHD_PORT=str(self.port),
+                   KEEP_BEFORE=keep_before, KEEP_AFTER=keep_after,
                    CODE=activation["ActivationCode"], ACTIVATION_ID=activation["ActivationId"])
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
@@ -291,7 +295,8 @@ def test_ssm_proxy_runs_commands_and_releases_the_wait(container: Container,
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             assert s.recv(64).startswith(b"SSH-2.0-")  # the forwarded sshd
         proxy.terminate_waiting_loop()
-        assert proxy.run_command_with_output("ls /tmp") == b"sm-wait-stopped\n"
+        assert proxy.run_command_with_output("ls /tmp/sm-wait-stopped") == \
+            b"/tmp/sm-wait-stopped\n"
         with pytest.raises(subprocess.CalledProcessError):
             proxy.run_command_with_output("exit 4")
         ctl = proxy._control

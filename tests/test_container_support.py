@@ -30,6 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from conftest import keep_visible
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "sagemaker_ssh_helper"
 PYTHON = sys.executable
@@ -46,8 +48,10 @@ for spec in {overlays}; do
   mount -t overlay overlay \
     -o "lowerdir=$target,upperdir=$R/ovl/$name/upper,workdir=$R/ovl/$name/work" "$target"
 done
+{keep_before}
 mount --bind "$R/tmp" /tmp
 mount --bind "$R/run" /run
+{keep_after}
 ip link set lo up
 export PKG={package}
 export PY={python}
@@ -156,8 +160,10 @@ class Container:
 
     def run(self, script: str, env: Optional[Dict[str, str]] = None, timeout: float = 120,
             ) -> subprocess.CompletedProcess:
+        keep_before, keep_after = keep_visible(f"{self.root}/keep")
         prelude = _PRELUDE.format(
-            root=self.root, package=PACKAGE_DIR, python=PYTHON, support=Path(__file__).resolve(),
+            keep_before=keep_before, keep_after=keep_after, root=self.root, package=PACKAGE_DIR,
+            python=PYTHON, support=Path(__file__).resolve(),
             overlays=" ".join(f"{k}:{v}" for k, v in OVERLAYS.items()),
             sts_port=STS_PORT, ssm_port=SSM_PORT)
         argv = ["unshare", "--mount", "--pid", "--net", "--fork", "--mount-proc",

@@ -4,6 +4,9 @@ Requests are forwarded verbatim (method, path, headers including Host, body) to 
 
 * SageMaker job operations (``X-Amz-Target: SageMaker.CreateTrainingJob`` ...), and tag
   operations on those jobs, which :class:`~sagemaker_ssh_helper.sandbox.jobs.JobsAPI` serves;
+* the operations of the APIs in ``Gateway.apis`` (Studio domains, user profiles, spaces and apps:
+  :mod:`~sagemaker_ssh_helper.sandbox.studio`; notebook instances:
+  :mod:`~sagemaker_ssh_helper.sandbox.notebooks`);
 * ``/_sandbox/...`` control routes: ``GET /_sandbox/health``, ``GET /_sandbox/status``,
   ``POST /_sandbox/rule-status`` ({"job", "rule", "status"[, "details"]}).
 """
@@ -36,6 +39,7 @@ class Gateway(ThreadingHTTPServer):
         super().__init__(address, GatewayHandler)
         self.upstream = upstream
         self.jobs = jobs
+        self.apis: List[Any] = []  # more SageMaker operations served here (e.g. Studio)
         self.status = status or (lambda: {})
         self._thread: Optional[threading.Thread] = None
 
@@ -95,6 +99,10 @@ class GatewayHandler(BaseHTTPRequestHandler):
             if isinstance(request, dict) and jobs is not None and jobs.handles(operation, request):
                 self._serve_job_api(jobs, operation, request)
                 return
+            for api in self.server.apis:
+                if isinstance(request, dict) and api.handles(operation, request):
+                    self._serve_job_api(api, operation, request)
+                    return
         self._forward(body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
@@ -109,7 +117,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _serve_job_api(self, jobs: JobsAPI, operation: str, request: Dict[str, Any]) -> None:
+    def _serve_job_api(self, jobs: Any, operation: str, request: Dict[str, Any]) -> None:
         try:
             result = jobs.handle(operation, request)
         except ApiError as e:

@@ -30,7 +30,9 @@ from sagemaker_ssh_helper.sandbox.cwlogs import LOG_GROUPS, LogShipper
 from sagemaker_ssh_helper.sandbox.gateway import Gateway
 from sagemaker_ssh_helper.sandbox.jobs import JobsAPI
 from sagemaker_ssh_helper.sandbox.layout import Platform
+from sagemaker_ssh_helper.sandbox.notebooks import NOTEBOOK_USER, NotebookAPI
 from sagemaker_ssh_helper.sandbox.runner import JobRunner
+from sagemaker_ssh_helper.sandbox.studio import StudioAPI, app_container_factory
 
 # Where the state dir's pybin/ (python, python3, pip) appears inside job containers.
 CONTAINER_PYBIN = "/run/sm-ssh-sandbox/pybin"
@@ -109,6 +111,8 @@ class Daemon:
         self._ssm: Any = None
         self._gateway: Optional[Gateway] = None
         self._runner: Optional[JobRunner] = None
+        self._studio: Optional[StudioAPI] = None
+        self._notebooks: Optional[NotebookAPI] = None
         self._shipper: Optional[LogShipper] = None
 
     def start(self) -> Dict[str, Any]:
@@ -147,6 +151,13 @@ class Daemon:
         jobs = JobsAPI(self.region, self.account, self._runner, self.sd.root)
         self._runner.save = jobs.save
         gateway.jobs = jobs
+        self._studio = StudioAPI(self.region, self.account, self.sd.root, app_container_factory(
+            platform, bridges, [(str(self.sd.pybin), CONTAINER_PYBIN)]))
+        self._notebooks = NotebookAPI(self.region, self.account, self.sd.root,
+                                      app_container_factory(
+                                          platform, bridges,
+                                          [(str(self.sd.pybin), CONTAINER_PYBIN)], NOTEBOOK_USER))
+        gateway.apis += [self._studio, self._notebooks]
         gateway.start()
         state = self._state(moto_port, seeded)
         self.sd.write(state)
@@ -193,6 +204,9 @@ class Daemon:
         logger.info("stopping the sandbox")
         if self._runner:
             self._runner.shutdown(self.stop_grace + 10)
+        for api in (self._studio, self._notebooks):
+            if api is not None:
+                api.shutdown(self.stop_grace)
         for step in (self._stop_gateway, self._stop_bridges, self._stop_others):
             try:
                 step()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Lifecycle configuration for the SageMaker Studio Jupyter server app: Web VNC in the browser.
+# A VNC desktop on :1 (127.0.0.1:5901) is served by noVNC (websockify) on 127.0.0.1:6080, which
+# jupyter-server-proxy exposes as <Studio URL>/jupyter/default/proxy/6080/vnc.html.
+# With START_IDE=true it also sets up SSH for local IDEs, like kernel-lc-config.sh.
+#
+# Settings (environment, or edit the defaults below): VNC_PASSWORD (required for Web VNC),
+# WEB_VNC (true), START_IDE (false), LOCAL_USER_ID (for START_IDE), NOVNC_PORT (6080),
+# JUPYTER_PYTHON (the Jupyter server's interpreter, python3).
+set -euo pipefail
+
+WEB_VNC="${WEB_VNC:-true}"
+START_IDE="${START_IDE:-false}"
+VNC_PASSWORD="${VNC_PASSWORD:-}"
+LOCAL_USER_ID="${LOCAL_USER_ID:-AIDACKCEVSQ6C2EXAMPLE:terry@SSO}"
+NOVNC_PORT="${NOVNC_PORT:-6080}"
+JUPYTER_PYTHON="${JUPYTER_PYTHON:-python3}"
+HELPER_VERSION="${HELPER_VERSION:-}"
+
+log() { printf 'server-lc-config.sh: %s\n' "$*" >&2; }
+
+if ((EUID != 0)); then
+  command -v sudo >/dev/null || { log "run as root"; exit 1; }
+  exec sudo -E bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
+fi
+
+ide="${SM_SSH_IDE:-}"
+if [[ -z "$ide" ]]; then
+  if ! command -v sm-ssh-ide >/dev/null; then
+    "${SM_SSH_PYTHON:-python3}" -m pip install -q "sagemaker-ssh-helper${HELPER_VERSION:+==$HELPER_VERSION}"
+  fi
+  ide="$(command -v sm-ssh-ide)"
+fi
+
+if [[ "$WEB_VNC" == "true" ]]; then
+  [[ -n "$VNC_PASSWORD" ]] || { log "set VNC_PASSWORD for Web VNC (or WEB_VNC=false)"; exit 2; }
+  "$ide" configure
+  "$ide" set-vnc-password "$VNC_PASSWORD"
+  if ! command -v websockify >/dev/null || [[ ! -f /usr/share/novnc/vnc.html ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends novnc websockify >&2
+  fi
+  if ! "$JUPYTER_PYTHON" -c "import jupyter_server_proxy" 2>/dev/null; then
+    "$JUPYTER_PYTHON" -m pip install -q jupyter-server-proxy ||
+      log "could not install jupyter-server-proxy: reach noVNC through ssh -L $NOVNC_PORT:127.0.0.1:$NOVNC_PORT"
+  fi
+else
+  "$ide" configure --ssh-only
+fi
+
+if [[ "$START_IDE" == "true" ]]; then
+  "$ide" set-local-user-id "$LOCAL_USER_ID"
+  "$ide" init-ssm
+  nohup "$ide" ssm-agent >/var/log/sm-ssh-ide-agent.log 2>&1 </dev/null &
+fi
+"$ide" start
+
+if [[ "$WEB_VNC" == "true" ]]; then
+  nohup setsid websockify --web /usr/share/novnc "127.0.0.1:$NOVNC_PORT" 127.0.0.1:5901 \
+    >/var/log/sm-ssh-ide-novnc.log 2>&1 </dev/null &
+  log "Web VNC: open <Studio URL>/jupyter/default/proxy/$NOVNC_PORT/vnc.html"
+fi
