@@ -19,6 +19,7 @@ TEST_REQUIRES = [
     "types-psutil",
     "aws-cdk-lib>=2.170,<3",  # Lambda Runtime.PYTHON_3_13
     "constructs>=10",
+    "jupyter_server>=2",  # the Studio IDE test reaches a Jupyter server through -L
 ]
 
 setup(
