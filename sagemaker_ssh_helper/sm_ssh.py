@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
@@ -194,12 +195,34 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
     return handlers[args.command]()
 
 
+def debug_log_path() -> Path:
+    """Where ``SM_SSH_DEBUG=true`` appends debug logs: useful when ssh runs ``start-proxy``
+    for an IDE and nobody sees stderr."""
+    return Path.home() / ".sm-ssh" / "debug.log"
+
+
+def _open_debug_log(prog: str) -> None:
+    path = debug_log_path()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    except OSError as e:
+        logger.warning("cannot write the debug log %s: %s", path, e)
+        return
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s {prog}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
 def guarded(prog: str, body: Callable[[Dict[str, bool]], int]) -> int:
     """Run a command's ``body`` and map every failure to one stderr line and an exit code
     (a traceback only in debug mode). Shared by the sm-* command-line tools."""
     flags = {"verbose": _debug(False)}
     logging.basicConfig(level=logging.DEBUG if flags["verbose"] else logging.WARNING,
                         stream=sys.stderr, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
+    if flags["verbose"]:
+        _open_debug_log(prog)
     try:
         return body(flags)
     except SSHHelperError as e:

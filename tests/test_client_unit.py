@@ -420,3 +420,25 @@ def test_config_is_idempotent_and_keeps_the_users_file(tmp_path: Path,
     studio = subprocess.run(["ssh", "-G", "-F", str(user), "app.studio.sagemaker"],
                             capture_output=True, text=True, check=True)
     assert "user sagemaker-user" in studio.stdout.splitlines()
+
+
+def test_sm_ssh_debug_appends_to_a_private_log_file(tmp_path: Path) -> None:
+    """SM_SSH_DEBUG=true keeps a debug log (for ProxyCommands, whose stderr nobody sees)."""
+    env = dict(os.environ, HOME=str(tmp_path), SM_SSH_DEBUG="true")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
+                               "not-an-fqdn"], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 2
+        assert "malformed name 'not-an-fqdn'" in done.stderr.splitlines()[-1]
+    log = tmp_path / ".sm-ssh" / "debug.log"
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / ".sm-ssh").stat().st_mode & 0o777 == 0o700
+    text = log.read_text()
+    assert text.count("malformed name 'not-an-fqdn'") >= 2  # appended, one per run
+    assert "Traceback" in text
+    without = dict(env, HOME=str(tmp_path / "quiet"))
+    without.pop("SM_SSH_DEBUG")
+    subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect", "x"],
+                   env=without, capture_output=True, timeout=60, check=False)
+    assert not (tmp_path / "quiet" / ".sm-ssh").exists()
