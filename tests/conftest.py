@@ -67,3 +67,36 @@ def keep_visible(stage: str, covered: tuple = ("/tmp", "/run")) -> tuple:
         before.append(f"mkdir -p {keep} && mount --bind {shlex.quote(path)} {keep}")
         after.append(f"mkdir -p {shlex.quote(path)} && mount --bind {keep} {shlex.quote(path)}")
     return "\n".join(before), "\n".join(after)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sandbox_e2e_marks() -> list:
+    from sagemaker_ssh_helper.sandbox import requirements_problem
+
+    problem = requirements_problem()
+    return [pytest.mark.e2e,
+            pytest.mark.skipif(problem is not None, reason=f"sandbox requirements: {problem}")]
+
+
+# `pytestmark = SANDBOX_E2E` in modules that start the offline sandbox.
+SANDBOX_E2E = _sandbox_e2e_marks()
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """A moto server on loopback for the module; its endpoint URL."""
+    from moto import server as moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List
 
 import boto3
 import pytest
-from conftest import is_root_linux, keep_visible
+from conftest import free_port, is_root_linux, keep_visible
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -69,10 +69,6 @@ AllowTcpForwarding yes
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Container:

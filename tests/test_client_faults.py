@@ -17,15 +17,6 @@ moto_server = pytest.importorskip("moto.server")
 SANDBOX_BIN = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, moto_url: str, tmp_path: Path) -> Iterator[Any]:
     server = ssm_service.start_ssm_server()

@@ -24,18 +24,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
+from conftest import SANDBOX_E2E, free_port
 
 from sagemaker_ssh_helper import keys
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+from sagemaker_ssh_helper.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(requirements_problem() is not None,
-                       reason=f"sandbox requirements: {requirements_problem()}"),
-]
+pytestmark = SANDBOX_E2E
 
 LAUNCH = """\
 import json, os, sys
@@ -158,10 +155,6 @@ def one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) 
     return str(error)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Any, proc: subprocess.Popen, what: str, timeout: float = 60) -> Any:

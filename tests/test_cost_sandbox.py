@@ -19,19 +19,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
 import pytest
+from conftest import SANDBOX_E2E
 
 from sagemaker_ssh_helper.aws import role_name_from_arn
 from sagemaker_ssh_helper.cdk.handlers import low_gpu
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+from sagemaker_ssh_helper.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(requirements_problem() is not None,
-                       reason=f"sandbox requirements: {requirements_problem()}"),
-]
+pytestmark = SANDBOX_E2E
 
 WATCH_RULES = """\
 import time

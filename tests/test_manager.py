@@ -28,15 +28,6 @@ def tags(name: str, kind: str = "training-job", ts: int = 1000, **extra: str) ->
             "SSHTimestamp": str(ts), "SSHOwner": "owner", **extra}
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def ssm(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> Iterator[Any]:
     server = ssm_service.start_ssm_server()

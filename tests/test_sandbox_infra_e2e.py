@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
+from conftest import SANDBOX_E2E
 
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+from sagemaker_ssh_helper.sandbox import Sandbox
 from sagemaker_ssh_helper.sandbox.container import pid_namespace_members
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(requirements_problem() is not None,
-                       reason=f"sandbox requirements: {requirements_problem()}"),
-]
+pytestmark = SANDBOX_E2E
 
 TOKEN = f"sm-ssh-infra-{uuid.uuid4().hex[:8]}"
 SKEL = os.listdir("/etc/skel") if os.path.isdir("/etc/skel") else []

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import boto3
 from botocore.config import Config
+from conftest import free_port
 
 from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
 
@@ -134,10 +135,6 @@ def echo_server() -> Iterator[int]:
         server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sshd_available() -> bool:

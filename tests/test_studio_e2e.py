@@ -15,18 +15,15 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
+from conftest import SANDBOX_E2E, free_port
 
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+from sagemaker_ssh_helper.sandbox import Sandbox
 from sagemaker_ssh_helper.sandbox.studio import exec_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(requirements_problem() is not None,
-                       reason=f"sandbox requirements: {requirements_problem()}"),
-]
+pytestmark = SANDBOX_E2E
 
 
 @dataclass
@@ -198,12 +195,6 @@ def test_ide_wrapper_attach_connects_as_sagemaker_user(configured: Studio,
             assert proxy.run_command_with_output("whoami").strip() == b"sagemaker-user"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

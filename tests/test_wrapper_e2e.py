@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
+from conftest import SANDBOX_E2E
 
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem
+from sagemaker_ssh_helper.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(requirements_problem() is not None,
-                       reason=f"sandbox requirements: {requirements_problem()}"),
-]
+pytestmark = SANDBOX_E2E
 
 ENTRY_POINT = """\
 import sagemaker_ssh_helper
