@@ -12,8 +12,10 @@ Resource detection, first match wins:
 3. ``TRAINING_JOB_NAME`` / ``TRAINING_JOB_ARN`` (training jobs).
 4. ``TRANSFORM_JOB_NAME`` / ``TRANSFORM_JOB_ARN`` (batch transform).
 5. Otherwise an endpoint. SageMaker does not tell an inference container its endpoint's name, so
-   the name comes from ``SAGEMAKER_ENDPOINT_NAME`` or ``ENDPOINT_NAME`` when the image or the
-   wrapper sets one; failing that the host name is used with a warning. Clients still find such
+   the name comes from ``SAGEMAKER_ENDPOINT_NAME`` or ``ENDPOINT_NAME``: ``SSHModelWrapper``
+   puts the former into the model's environment at ``deploy()`` (and ``SSHTransformerWrapper``
+   puts ``TRANSFORM_JOB_NAME`` into the transform job's); a model created another way can set
+   it itself. Failing that the host name is used with a warning. Clients still find such
    endpoints through the registration line in the endpoint's CloudWatch log.
 
 ``<base>`` is ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``). An ARN missing from the container's

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.ide import IDEWrapperBase, NotebookInstanceWrapperBase
 from sagemaker_ssh_helper.wrapper_base import (
@@ -35,6 +35,7 @@ from sagemaker_ssh_helper.wrapper_base import (
 
 try:
     import sagemaker
+    from sagemaker import utils as sdk_utils
     from sagemaker.exceptions import UnexpectedStatusException
     from sagemaker.multidatamodel import MultiDataModel
     from sagemaker.processing import ProcessingInput
@@ -185,6 +186,24 @@ def _hint_dependencies(sdk_object: Any) -> None:
                     "sagemaker-ssh-helper in the source dir's requirements.txt")
 
 
+def _model_image(model: Any, call: Any) -> Optional[str]:
+    """The model's image URI, or the framework serving image ``deploy()`` would pick."""
+    image = getattr(model, "image_uri", None)
+    if isinstance(image, str) and image:
+        return image
+    serving_image_uri = getattr(model, "serving_image_uri", None)
+    if serving_image_uri is None:
+        return None
+    session = getattr(model, "sagemaker_session", None)
+    try:
+        region = (session.boto_region_name if session is not None
+                  else aws.session_region(aws.boto_session()))
+        return str(serving_image_uri(region, call.arguments.get("instance_type")))
+    except Exception as e:  # only the default endpoint name depends on it
+        logger.debug("no serving image for the default endpoint name: %s", e)
+        return None
+
+
 class SSHModelWrapper(_SDKWrapper):
     """SSH into the instances behind a real-time endpoint."""
 
@@ -217,6 +236,14 @@ class SSHModelWrapper(_SDKWrapper):
                                   delta, local_user_id, log_to_stdout, ssm_iam_role)
         env = settings.environment()
         env_holder.env = merged(getattr(env_holder, "env", None), env)
+        multi_model = isinstance(model, MultiDataModel)
+        wrapper_hooks.hook_name_argument(
+            model, "deploy", "endpoint_name", env_holder, "env",
+            wrapper_hooks.ENDPOINT_NAME_VAR,
+            lambda sdk_model, call: wrapper_hooks.default_endpoint_name(
+                sdk_model, None if multi_model else _model_image(sdk_model, call),
+                sdk_utils.name_from_base, sdk_utils.base_from_name,
+                sdk_utils.base_name_from_image, multi_model))
         return cls(model, env)
 
     @classmethod
@@ -358,6 +385,13 @@ class SSHTransformerWrapper(_SDKWrapper, SSHJobWrapperBase):
                              f"{transformer.latest_transform_job.job_name}: call "
                              "SSHTransformerWrapper.create() before transform()")
         transformer.env = merged(transformer.env, ssh_model_wrapper.env)
+        # Transform containers see the model's env too: the job name set here wins over an
+        # endpoint name the model may carry (see sagemaker_ssh_helper.env).
+        wrapper_hooks.hook_name_argument(
+            transformer, "transform", "job_name", transformer, "env",
+            wrapper_hooks.TRANSFORM_JOB_NAME_VAR,
+            lambda sdk_transformer, call: wrapper_hooks.default_transform_job_name(
+                sdk_transformer, sdk_utils.name_from_base))
         return cls(transformer, ssh_model_wrapper)
 
     @classmethod

@@ -33,7 +33,7 @@ from sagemaker.instance_group import InstanceGroup
 from sagemaker.model import Model
 from sagemaker.multidatamodel import MultiDataModel
 from sagemaker.processing import FrameworkProcessor, ScriptProcessor
-from sagemaker.pytorch import PyTorch
+from sagemaker.pytorch import PyTorch, PyTorchModel
 
 from sagemaker_ssh_helper import aws
 from sagemaker_ssh_helper.log import REGISTRATION_TEXT
@@ -421,10 +421,11 @@ def test_model_env_is_sent_with_create_model(sdk: SDK) -> None:
     model.deploy(initial_instance_count=1, instance_type="ml.m5.xlarge", wait=False)
 
     env = sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    endpoint = sdk.last("CreateEndpoint")["EndpointName"]
     assert env == {"MODEL_VAR": "kept", "START_SSH": "true", "SSH_SSM_ROLE": "SageMakerRole",
                    "SSH_OWNER_TAG": caller_user_id(), "SSH_WAIT_TIME_SECONDS": "120",
-                   "SSH_LOG_TO_STDOUT": "false"}
-    endpoint = sdk.last("CreateEndpoint")["EndpointName"]
+                   "SSH_LOG_TO_STDOUT": "false", "SAGEMAKER_ENDPOINT_NAME": endpoint}
+    assert endpoint.startswith("ssh-test-")  # named as the SDK would (from the image)
     assert wrapper.endpoint_name() == endpoint
     assert wrapper.fqdn() == f"{endpoint}.inference.sagemaker"
     with pytest.raises(ValueError, match=r"call SSHModelWrapper.create\(\) before deploy\(\)"):
@@ -435,6 +436,36 @@ def test_model_env_is_sent_with_create_model(sdk: SDK) -> None:
     assert attached.get_metadata_url().endswith(f"#/endpoints/{endpoint}")
     assert attached.get_cloudwatch_url().endswith(
         f"log-group/$252Faws$252Fsagemaker$252FEndpoints$252F{endpoint}")
+
+
+def test_the_endpoint_name_given_to_deploy_reaches_the_container(sdk: SDK) -> None:
+    model = sdk.model()
+    wrapper = SSHModelWrapper.create(model)
+    # positionally: (initial_instance_count, instance_type, serializer, deserializer,
+    # accelerator_type, endpoint_name)
+    model.deploy(1, "ml.m5.xlarge", None, None, None, "My-Endpoint", wait=False)
+    assert sdk.last("CreateEndpoint")["EndpointName"] == "My-Endpoint"
+    env = sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SAGEMAKER_ENDPOINT_NAME"] == "My-Endpoint"
+    assert wrapper.endpoint_name() == "My-Endpoint"
+
+
+def test_framework_model_endpoint_is_named_after_its_serving_image(sdk: SDK,
+                                                                   tmp_path: Path) -> None:
+    (tmp_path / "inference.py").write_text("def model_fn(model_dir):\n    return None\n")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz"):
+        pass
+    sdk.session.boto_session.client("s3").upload_file(str(archive), BUCKET, "model.tar.gz")
+    model = PyTorchModel(model_data=f"s3://{BUCKET}/model.tar.gz", entry_point="inference.py",
+                         source_dir=str(tmp_path), role=ROLE, framework_version="2.2",
+                         py_version="py310", sagemaker_session=sdk.session)
+    SSHModelWrapper.create(model)
+    model.deploy(initial_instance_count=1, instance_type="ml.m5.xlarge", wait=False)
+    endpoint = sdk.last("CreateEndpoint")["EndpointName"]
+    assert endpoint.startswith("pytorch-inference-")
+    env = sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SAGEMAKER_ENDPOINT_NAME"] == endpoint
 
 
 def test_model_wait_time_defaults_to_zero(sdk: SDK) -> None:
@@ -453,6 +484,8 @@ def test_multi_data_model_with_model(sdk: SDK) -> None:
     container = sdk.last("CreateModel")["PrimaryContainer"]
     assert container["Mode"] == "MultiModel"
     assert container["Environment"]["INNER"] == "1"
+    assert sdk.last("CreateEndpoint")["EndpointName"] == "mme-with-model"
+    assert container["Environment"]["SAGEMAKER_ENDPOINT_NAME"] == "mme-with-model"
     assert {k: container["Environment"][k] for k in ("START_SSH", "SSH_WAIT_TIME_SECONDS")} \
         == {"START_SSH": "true", "SSH_WAIT_TIME_SECONDS": "30"}
 
@@ -467,6 +500,7 @@ def test_multi_data_model_with_image_uri_only(sdk: SDK) -> None:
     assert container["Environment"]["START_SSH"] == "true"
     assert container["Environment"]["SSH_SSM_ROLE"] == "SSMRole"
     assert wrapper.endpoint_name() == sdk.last("CreateEndpoint")["EndpointName"]
+    assert container["Environment"]["SAGEMAKER_ENDPOINT_NAME"] == wrapper.endpoint_name()
     with pytest.raises(ValueError, match="before deploy"):
         SSHMultiModelWrapper.create(mdm)
 
@@ -569,7 +603,9 @@ def test_transformer_gets_the_model_env(sdk: SDK) -> None:
     transformer.transform(f"s3://{BUCKET}/transform-in", wait=False, logs=False)
 
     sent = sdk.last("CreateTransformJob")
-    assert sent["Environment"] == {"T": "1", **model_wrapper.env}
+    assert sent["Environment"] == {"T": "1", **model_wrapper.env,
+                                   "TRANSFORM_JOB_NAME": sent["TransformJobName"]}
+    assert sent["TransformJobName"].startswith("ssh-test-")
     assert sent["Environment"]["SSH_WAIT_TIME_SECONDS"] == "300"
     assert wrapper.transform_job_name() == sent["TransformJobName"]
     assert wrapper.fqdn() == f"{sent['TransformJobName']}.transform.sagemaker"
@@ -578,6 +614,21 @@ def test_transformer_gets_the_model_env(sdk: SDK) -> None:
     attached = SSHTransformerWrapper.attach(sent["TransformJobName"], sdk.session)
     assert attached.transform_job_name() == sent["TransformJobName"]
     assert attached.get_metadata_url().endswith(f"#/transform-jobs/{sent['TransformJobName']}")
+
+
+def test_each_transform_job_gets_its_own_name_in_the_env(sdk: SDK) -> None:
+    model = sdk.model()
+    model_wrapper = SSHModelWrapper.create(model)
+    transformer = model.transformer(instance_count=1, instance_type="ml.m5.xlarge",
+                                    output_path=f"s3://{BUCKET}/transform-out")
+    SSHTransformerWrapper.create(transformer, model_wrapper)
+    transformer.transform(f"s3://{BUCKET}/transform-in", job_name="first", wait=False,
+                          logs=False)
+    assert sdk.last("CreateTransformJob")["Environment"]["TRANSFORM_JOB_NAME"] == "first"
+    transformer.transform(f"s3://{BUCKET}/transform-in", wait=False, logs=False)
+    second = sdk.last("CreateTransformJob")
+    assert second["TransformJobName"] not in ("first", "")
+    assert second["Environment"]["TRANSFORM_JOB_NAME"] == second["TransformJobName"]
 
 
 def test_transformer_needs_a_model_wrapper(sdk: SDK) -> None:
