@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
 
@@ -67,6 +67,21 @@ def keep_visible(stage: str, covered: tuple = ("/tmp", "/run")) -> tuple:
         before.append(f"mkdir -p {keep} && mount --bind {shlex.quote(path)} {keep}")
         after.append(f"mkdir -p {shlex.quote(path)} && mount --bind {keep} {shlex.quote(path)}")
     return "\n".join(before), "\n".join(after)
+
+
+class FakeClock:
+    """A fake monotonic clock: call it for the time; ``sleep`` advances it and records delays."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.sleeps: List[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 def free_port() -> int:

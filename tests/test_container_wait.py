@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from conftest import FakeClock
 from test_container_support import Container, namespaces_available
 
 from sagemaker_ssh_helper import wait
@@ -13,19 +14,6 @@ from sagemaker_ssh_helper.env import ProcessInfo
 
 needs_namespaces = pytest.mark.skipif(not namespaces_available(),
                                       reason="needs root and Linux namespaces")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: List[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def run_wait(seconds: float, stop_file: Path, clock: FakeClock, on_sleep=None) -> tuple:
@@ -42,7 +30,7 @@ def run_wait(seconds: float, stop_file: Path, clock: FakeClock, on_sleep=None) -
 
 
 def test_times_out_with_progress_every_ten_seconds(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     result, lines = run_wait(25, tmp_path / "stopped", clock)
     assert result == "timeout"
     assert clock.now == 1025.0
@@ -56,7 +44,7 @@ def test_times_out_with_progress_every_ten_seconds(tmp_path: Path) -> None:
 
 
 def test_stops_when_the_file_appears(tmp_path: Path) -> None:
-    clock, stop_file = FakeClock(), tmp_path / "stopped"
+    clock, stop_file = FakeClock(1000.0), tmp_path / "stopped"
 
     def touch_after_12_s(now: float) -> None:
         if now >= 1012:
@@ -70,7 +58,7 @@ def test_stops_when_the_file_appears(tmp_path: Path) -> None:
 
 
 def test_zero_returns_at_once(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     assert run_wait(0, tmp_path / "stopped", clock) == ("timeout", [])
     assert clock.sleeps == []
 
@@ -78,7 +66,7 @@ def test_zero_returns_at_once(tmp_path: Path) -> None:
 def test_an_existing_stop_file_releases_at_once(tmp_path: Path) -> None:
     stop_file = tmp_path / "stopped"
     stop_file.touch()
-    result, _ = run_wait(600, stop_file, FakeClock())
+    result, _ = run_wait(600, stop_file, FakeClock(1000.0))
     assert result == "stopped"
 
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterator, List
 import boto3
 import pytest
 from botocore.config import Config
+from conftest import FakeClock
 
 from sagemaker_ssh_helper import fqdn, sm_ssh
 from sagemaker_ssh_helper.errors import AwsError, SSHHelperError
@@ -35,21 +36,6 @@ def ssm(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> Iterator[Any]:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
     yield server
     server.shutdown()
-
-
-class Clock:
-    """A fake monotonic clock; ``sleep`` advances it and records the delays."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: List[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def manager(**kwargs: Any) -> SSMManager:
@@ -133,7 +119,7 @@ def test_many_studio_apps_of_the_same_name_are_narrowed_by_arn(ssm: Any) -> None
 def test_wait_for_expected_count_with_deadline_and_progress(ssm: Any) -> None:
     b = ssm.backend
     b.add_fake_instances(1, tags=tags("job-w"))
-    clock = Clock()
+    clock = FakeClock()
     lines: List[str] = []
     mgr = SSMManager(region_name="us-east-1", clock=clock, sleep=clock.sleep,
                      progress=lines.append)
@@ -148,7 +134,7 @@ def test_wait_for_expected_count_with_deadline_and_progress(ssm: Any) -> None:
 def test_wait_returns_as_soon_as_enough_are_online(ssm: Any) -> None:
     b = ssm.backend
     b.add_fake_instances(1, tags=tags("job-x"))
-    clock = Clock()
+    clock = FakeClock()
 
     def sleep(seconds: float) -> None:
         clock.sleep(seconds)
