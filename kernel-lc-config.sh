@@ -11,9 +11,10 @@ LOCAL_USER_ID="${LOCAL_USER_ID:-AIDACKCEVSQ6C2EXAMPLE:terry@SSO}"
 SSH_ONLY="${SSH_ONLY:-true}"
 HELPER_VERSION="${HELPER_VERSION:-}"
 
-if ((EUID != 0)); then
+if ((EUID != 0)); then  # e.g. sagemaker-user: again as root, with the same PATH (and Python)
   command -v sudo >/dev/null || { echo "kernel-lc-config.sh: run as root" >&2; exit 1; }
-  exec sudo -E bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
+  exec sudo -E env "PATH=$PATH" ${PYTHONPATH:+"PYTHONPATH=$PYTHONPATH"} \
+    bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
 fi
 
 ide="${SM_SSH_IDE:-}"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Lifecycle configuration for the SageMaker Studio Jupyter server app: Web VNC in the browser.
 # A VNC desktop on :1 (127.0.0.1:5901) is served by noVNC (websockify) on 127.0.0.1:6080, which
-# jupyter-server-proxy exposes as <Studio URL>/jupyter/default/proxy/6080/vnc.html.
+# jupyter-server-proxy exposes under the Jupyter server's base URL (/jupyter/default/ in Studio):
+# <Studio URL>/jupyter/default/proxy/6080/vnc.html?path=jupyter/default/proxy/6080/websockify
+# (noVNC's WebSocket has to go through the proxy too, hence ?path=).
 # With START_IDE=true it also sets up SSH for local IDEs, like kernel-lc-config.sh.
 #
 # Settings (environment, or edit the defaults below): VNC_PASSWORD (required for Web VNC),
 # WEB_VNC (true), START_IDE (false), LOCAL_USER_ID (for START_IDE), NOVNC_PORT (6080),
-# JUPYTER_PYTHON (the Jupyter server's interpreter, python3).
+# JUPYTER_PYTHON (the Jupyter server's interpreter, python3), JUPYTER_BASE_URL (/jupyter/default/).
 set -euo pipefail
 
 WEB_VNC="${WEB_VNC:-true}"
@@ -15,13 +17,15 @@ VNC_PASSWORD="${VNC_PASSWORD:-}"
 LOCAL_USER_ID="${LOCAL_USER_ID:-AIDACKCEVSQ6C2EXAMPLE:terry@SSO}"
 NOVNC_PORT="${NOVNC_PORT:-6080}"
 JUPYTER_PYTHON="${JUPYTER_PYTHON:-python3}"
+JUPYTER_BASE_URL="${JUPYTER_BASE_URL:-/jupyter/default/}"
 HELPER_VERSION="${HELPER_VERSION:-}"
 
 log() { printf 'server-lc-config.sh: %s\n' "$*" >&2; }
 
-if ((EUID != 0)); then
+if ((EUID != 0)); then  # e.g. sagemaker-user: again as root, with the same PATH (and Python)
   command -v sudo >/dev/null || { log "run as root"; exit 1; }
-  exec sudo -E bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
+  exec sudo -E env "PATH=$PATH" ${PYTHONPATH:+"PYTHONPATH=$PYTHONPATH"} \
+    bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
 fi
 
 ide="${SM_SSH_IDE:-}"
@@ -57,5 +61,6 @@ fi
 if [[ "$WEB_VNC" == "true" ]]; then
   nohup setsid websockify --web /usr/share/novnc "127.0.0.1:$NOVNC_PORT" 127.0.0.1:5901 \
     >/var/log/sm-ssh-ide-novnc.log 2>&1 </dev/null &
-  log "Web VNC: open <Studio URL>/jupyter/default/proxy/$NOVNC_PORT/vnc.html"
+  proxied="${JUPYTER_BASE_URL%/}/proxy/$NOVNC_PORT"
+  log "Web VNC: open <Studio URL>$proxied/vnc.html?path=${proxied#/}/websockify"
 fi

@@ -20,6 +20,7 @@ TEST_REQUIRES = [
     "aws-cdk-lib>=2.170,<3",  # Lambda Runtime.PYTHON_3_13
     "constructs>=10",
     "jupyter_server>=2",  # the Studio IDE test reaches a Jupyter server through -L
+    "jupyter-server-proxy>=4",  # ... and noVNC behind it (server-lc-config.sh's Web VNC)
 ]
 
 setup(

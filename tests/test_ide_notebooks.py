@@ -1,13 +1,21 @@
-"""The notebooks are valid nbformat 4, their Python compiles, and they import only the standard
-library and what their own first cell installs."""
+"""The notebooks are valid nbformat 4, their cells are valid IPython, they import only the
+standard library and what their own first cell installs (this version of the package); and the
+notebook runner the Studio end-to-end test uses behaves like IPython."""
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
+import importlib.util
 import json
+import re
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List
 
+import ide_support
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +80,75 @@ def test_local_user_id_is_set_in_one_visible_cell(name: str) -> None:
     assert len(setting) == 1
     assert any("set-local-user-id" in line and "{LOCAL_USER_ID}" in line
                for line in shell_lines(load(name)))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_first_cell_installs_this_version(name: str) -> None:
+    version = (REPO / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
+    assert f'%pip install -q "sagemaker-ssh-helper=={version}"' in code_cells(load(name))[0]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_cells_are_valid_ipython(name: str) -> None:
+    """IPython refuses ``!`` commands ending in ``&``; every cell compiles once transformed."""
+    for source in code_cells(load(name)):
+        compile(ide_support.transform(source), name, "exec")
+    assert not [line for line in shell_lines(load(name)) if line.rstrip().endswith("&")]
+    if importlib.util.find_spec("IPython") is not None:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        for source in code_cells(load(name)):
+            compile(TransformerManager().transform_cell(source), name, "exec")
+
+
+def run_notebook(tmp_path: Path, *cells: str) -> subprocess.CompletedProcess:
+    notebook = {"cells": [{"cell_type": "code", "source": c.splitlines(keepends=True),
+                           "metadata": {}, "outputs": [], "execution_count": None}
+                          for c in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(ide_support.set_variable(notebook, "WHO", "laptop user")))
+    return subprocess.run([sys.executable, ide_support.__file__, "run-notebook", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_runner_expands_variables_and_runs_pip_like_ipython(tmp_path: Path) -> None:
+    done = run_notebook(tmp_path, 'WHO = "someone"\nN = 2', '!echo "{WHO}" $N {N + 1} {{x}}',
+                        "for i in range(2):\n    !echo loop {i}", "%pip --version")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "laptop user 2 3 {x}" in lines and "loop 0" in lines and "loop 1" in lines
+    assert re.search(r"^pip \S+ from ", done.stdout, re.MULTILINE)
+    assert lines[-1] == "--- ran 4 code cells"
+
+
+@pytest.mark.parametrize("cell, error", [("!exit 3", "exited with 3"),
+                                         ("!sleep 100 &", "Background processes not supported"),
+                                         ("%cd /tmp", "unsupported magic"),
+                                         ("1 / 0", "division by zero")])
+def test_runner_stops_at_the_first_failing_cell(tmp_path: Path, cell: str, error: str) -> None:
+    done = run_notebook(tmp_path, "WHO = 1", cell, "!echo never")
+    assert done.returncode == 1 and "never" not in done.stdout
+    assert "cell 2 failed: " in done.stderr and error in done.stderr
+
+
+def test_wheel_of_the_checkout(tmp_path: Path) -> None:
+    wheel = ide_support.build_wheel(REPO, tmp_path)
+    version = (REPO / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
+    assert wheel.name == f"sagemaker_ssh_helper-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = f"sagemaker_ssh_helper-{version}.dist-info"
+        assert {"sagemaker_ssh_helper/sm-ssh-ide", "sagemaker_ssh_helper/ide_container.py",
+                "sagemaker_ssh_helper/sandbox/bin/amazon-ssm-agent",
+                f"sagemaker_ssh_helper-{version}.data/scripts/sm-ssh-ide"} <= names
+        assert zf.getinfo("sagemaker_ssh_helper/sm-ssh-ide").external_attr >> 16 & 0o111
+        assert f"Version: {version}" in zf.read(f"{info}/METADATA").decode()
+        assert "sm-ssh = sagemaker_ssh_helper.sm_ssh:main" in \
+            zf.read(f"{info}/entry_points.txt").decode()
+        for line in zf.read(f"{info}/RECORD").decode().splitlines():
+            name, digest, size = line.split(",")
+            if digest:
+                data = zf.read(name)
+                expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                assert digest == f"sha256={expected.decode()}" and int(size) == len(data)

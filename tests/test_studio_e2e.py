@@ -1,19 +1,30 @@
 """Studio end to end in the offline sandbox: an emulated JupyterLab app in a space runs
-``kernel-lc-config.sh`` (the lifecycle configuration), then the laptop side connects with
-``sm-ssh`` as ``sagemaker-user``. One sandbox and one app for the module."""
+``kernel-lc-config.sh`` (the lifecycle configuration) as ``sagemaker-user``, a second app runs
+``SageMaker_SSH_IDE.ipynb`` cell by cell as ``sagemaker-user`` (its install cell from a wheel of
+the checkout), a notebook instance runs ``SageMaker_SSH_Notebook.ipynb``; the laptop side connects
+with ``sm-ssh``. One sandbox for the module."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
+import ide_support
 import pytest
 from conftest import SANDBOX_E2E, free_port
 
@@ -22,8 +33,15 @@ from sagemaker_ssh_helper.sandbox.studio import exec_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
+IDE = str(PACKAGE / "sm-ssh-ide")
+APP_USER = "sagemaker-user"
+HAVE_SUDO = shutil.which("sudo") is not None
+NEEDS_SUDO = pytest.mark.skipif(
+    not HAVE_SUDO, reason="no sudo on this machine (apt-get install sudo; `scripts/setup test` "
+                          "installs it): Studio's sagemaker-user runs sm-ssh-ide through sudo")
 
 pytestmark = SANDBOX_E2E
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,24 +51,47 @@ class Studio:
     domain: str
     app_root: Path
     owner: str
+    space: str = "sp1"
+    app: str = "default"
+    lc_user: str = "root"  # who ran the lifecycle configuration or the notebook
 
     @property
     def fqdn(self) -> str:
-        return f"default.sp1.{self.domain}.studio.sagemaker"
+        return f"{self.app}.{self.space}.{self.domain}.studio.sagemaker"
 
-    def in_app(self, *argv: str, env: Dict[str, str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess:
-        extra = [f"{k}={v}" for k, v in (env or {}).items()]
-        return subprocess.run(exec_argv(self.app_root, ["env", *extra, *argv]),
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+    @property
+    def spec_env(self) -> Dict[str, str]:
+        env: Dict[str, str] = json.loads((self.app_root / "spec.json").read_text())["env"]
+        return env
+
+    def in_app(self, *argv: str, env: Optional[Dict[str, str]] = None, timeout: float = 120,
+               user: str = "root") -> subprocess.CompletedProcess:
+        """``argv`` in the app as root or (through runuser, as a login would) as ``user``."""
+        command = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
+        if user != "root":
+            command = ["runuser", "-u", user, "--", *command]
+        return subprocess.run(exec_argv(self.app_root, command), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+    def wait_for_user(self, user: str) -> None:
+        poll(lambda: self.in_app("id", "-u", user).returncode == 0 or None,
+             f"the app never created {user}", timeout=30)
 
 
-def notebook_commands(name: str) -> List[str]:
-    """A notebook's ``!`` lines, in order."""
-    cells = json.loads((REPO / name).read_text())["cells"]
-    return [line.lstrip()[1:] for cell in cells if cell["cell_type"] == "code"
-            for line in "".join(cell["source"]).splitlines() if line.lstrip().startswith("!")]
+def poll(check: Callable[[], Optional[T]], what: str, timeout: float = 60) -> T:
+    """``check()``'s first result other than None (exceptions count as None), within timeout."""
+    deadline, delay, last = time.monotonic() + timeout, 0.05, None
+    while True:
+        try:
+            result = check()
+            if result is not None:
+                return result
+        except (OSError, ValueError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (last error: {last})")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def run(argv: List[str], env: Dict[str, str], timeout: float = 120
@@ -63,6 +104,31 @@ def sm_ssh(*args: str) -> List[str]:
     return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
+@contextlib.contextmanager
+def tunnel(app: Studio, *options: str, target: str = "") -> Iterator[subprocess.Popen]:
+    """``sm-ssh connect <app> -N <options>`` in the background for the block."""
+    proc = subprocess.Popen(sm_ssh("connect", target or app.fqdn, "-N", *options), env=app.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def alive(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        raise AssertionError(f"sm-ssh connect ended: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def create_app(sandbox: Sandbox, domain: str, space: str, app: str) -> Path:
+    sm = sandbox.client("sagemaker")
+    sm.create_space(DomainId=domain, SpaceName=space)
+    sm.create_app(DomainId=domain, SpaceName=space, AppType="JupyterLab", AppName=app)
+    return sandbox.state_dir.root / "jobs" / "studio" / domain / f"{space}-{app}"
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     tmp = tmp_path_factory.mktemp("studio-e2e")
@@ -73,32 +139,67 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
                                DefaultUserSettings={"ExecutionRole": sandbox.role_arn}
                                )["DomainArn"]
         domain = arn.rsplit("/", 1)[-1]
-        sm.create_space(DomainId=domain, SpaceName="sp1")
-        sm.create_app(DomainId=domain, SpaceName="sp1", AppType="JupyterLab",
-                      AppName="default")
+        root = create_app(sandbox, domain, "sp1", "default")
         owner = sandbox.client("sts").get_caller_identity()["UserId"]
         (tmp / "home").mkdir()
         env = dict(os.environ, **sandbox.env, HOME=str(tmp / "home"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
                                             if p)
-        root = tmp / "sandbox" / "jobs" / "studio" / domain / "sp1-default"
         world = Studio(sandbox, env, domain, root, owner)
-        deadline, delay = time.monotonic() + 30, 0.05
-        while world.in_app("id", "-u", "sagemaker-user").returncode != 0:
-            assert time.monotonic() < deadline, "the app never created sagemaker-user"
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        world.wait_for_user(APP_USER)
         yield world
 
 
 @pytest.fixture(scope="module")
 def configured(studio: Studio) -> Studio:
-    done = studio.in_app("bash", str(REPO / "kernel-lc-config.sh"),
-                         env={"LOCAL_USER_ID": studio.owner,
-                              "SM_SSH_IDE": str(PACKAGE / "sm-ssh-ide")})
+    """The lifecycle configuration has run, as sagemaker-user (as in JupyterLab spaces) where
+    sudo is installed, else as root."""
+    studio.lc_user = APP_USER if HAVE_SUDO else "root"
+    done = studio.in_app("bash", str(REPO / "kernel-lc-config.sh"), user=studio.lc_user,
+                         env={"LOCAL_USER_ID": studio.owner, "SM_SSH_IDE": IDE})
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"sm-ssh connect {studio.fqdn}" in done.stdout
     return studio
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of the checkout, for the notebooks' ``%pip install`` (there is no index)."""
+    out = tmp_path_factory.mktemp("wheels")
+    ide_support.build_wheel(REPO, out)
+    return out
+
+
+def run_notebook(app: Studio, name: str, user: str, wheels: Path
+                 ) -> subprocess.CompletedProcess:
+    """Every code cell of notebook ``name``, in order, in a kernel environment of ``user`` in
+    the app, with ``LOCAL_USER_ID`` set in its cell to the laptop's UserId."""
+    tmp = app.app_root / "tmp"  # the app's /tmp
+    shutil.copytree(wheels, tmp / "wheels", dirs_exist_ok=True)
+    (tmp / "wheels").chmod(0o755)  # readable by the app's user, as a shared wheelhouse
+    notebook = ide_support.set_variable(json.loads((REPO / name).read_text()), "LOCAL_USER_ID",
+                                        app.owner)
+    (tmp / name).write_text(json.dumps(notebook))
+    kernel = f"{'/root' if user == 'root' else '/home/' + user}/kernel-env"
+    spec_env = app.spec_env
+    made = app.in_app(spec_env["SM_SSH_PYTHON"], "-m", "venv", "--without-pip",
+                      "--system-site-packages", kernel, user=user)
+    assert made.returncode == 0, made.stderr
+    # The kernel's environment is on PATH, as in Studio images; pip works offline from the
+    # wheel. The image already has the dependencies (boto3, the SageMaker SDK), so --no-deps;
+    # --force-reinstall puts our wheel into the kernel's environment even where the
+    # interpreter's own site-packages has the package already (e.g. an editable checkout).
+    kernel_env = {"PATH": f"{kernel}/bin:{spec_env['PATH']}", "PIP_CONFIG_FILE": os.devnull,
+                  "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/tmp/wheels", "PIP_NO_DEPS": "1",
+                  "PIP_FORCE_REINSTALL": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = app.in_app("env", "-u", "SM_SSH_PYTHON", f"{kernel}/bin/python",
+                      str(Path(ide_support.__file__).resolve()), "run-notebook", f"/tmp/{name}",
+                      env=kernel_env, user=user, timeout=240)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "--- ran" in done.stdout
+    link = app.in_app("readlink", "/usr/local/bin/sm-ssh-ide").stdout.strip()
+    assert link == f"{kernel}/bin/sm-ssh-ide", "the %pip cell did not install into the kernel"
+    return done
 
 
 def test_studio_api_describes_the_app(studio: Studio) -> None:
@@ -107,8 +208,7 @@ def test_studio_api_describes_the_app(studio: Studio) -> None:
                           AppName="default")
     assert app["Status"] == "InService"
     assert app["AppArn"].endswith(f":app/{studio.domain}/sp1/jupyterlab/default")
-    assert [s["SpaceName"] for s in sm.list_spaces(DomainIdEquals=studio.domain)["Spaces"]] \
-        == ["sp1"]
+    assert "sp1" in [s["SpaceName"] for s in sm.list_spaces(DomainIdEquals=studio.domain)["Spaces"]]
     meta = json.loads(studio.in_app("cat", "/opt/ml/metadata/resource-metadata.json").stdout)
     assert meta["SpaceName"] == "sp1" and meta["ResourceArn"] == app["AppArn"]
 
@@ -124,15 +224,29 @@ def test_execution_role_falls_back_to_the_studio_api(studio: Studio) -> None:
 
 
 def test_ide_metadata_in_the_app(studio: Studio) -> None:
-    ide = str(PACKAGE / "sm-ssh-ide")
-    assert studio.in_app("bash", ide, "get-domain-id").stdout.strip() == studio.domain
-    assert studio.in_app("bash", ide, "get-app-space-name").stdout.strip() == "sp1"
+    assert studio.in_app("bash", IDE, "get-domain-id").stdout.strip() == studio.domain
+    assert studio.in_app("bash", IDE, "get-app-space-name").stdout.strip() == "sp1"
+
+
+@NEEDS_SUDO
+def test_app_user_has_passwordless_sudo_in_the_app_only(studio: Studio) -> None:
+    done = studio.in_app("sudo", "-n", "id", "-un", user=APP_USER)
+    assert done.returncode == 0 and done.stdout.strip() == "root", done.stderr
+    assert not Path(f"/etc/sudoers.d/{APP_USER}").exists()  # the host's /etc is untouched
 
 
 def test_connect_as_sagemaker_user(configured: Studio) -> None:
     done = run(sm_ssh("connect", configured.fqdn, "--", "whoami"), configured.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "sagemaker-user"
+
+
+@NEEDS_SUDO
+def test_lifecycle_config_run_by_sagemaker_user_reexecs_as_root(configured: Studio) -> None:
+    assert configured.lc_user == APP_USER
+    owners = configured.in_app("stat", "-c", "%U", "/opt/sagemaker-ssh-helper/.ssh-configured",
+                               "/opt/sagemaker-ssh-helper/local-user-id", "/run/sshd.pid")
+    assert owners.stdout.split() == ["root"] * 3, owners.stderr
 
 
 def test_connect_by_app_name_only(configured: Studio) -> None:
@@ -155,7 +269,7 @@ def test_list_studio_shows_the_app_online(configured: Studio) -> None:
 
 
 def test_ide_status_after_setup(configured: Studio) -> None:
-    done = configured.in_app("bash", str(PACKAGE / "sm-ssh-ide"), "status")
+    done = configured.in_app("bash", IDE, "status")
     assert done.returncode == 0, done.stderr
     assert f"local user id (SSHOwner): {configured.owner}" in done.stdout
     assert "managed instance: mi-" in done.stdout
@@ -195,27 +309,78 @@ def test_ide_wrapper_attach_connects_as_sagemaker_user(configured: Studio,
             assert proxy.run_command_with_output("whoami").strip() == b"sagemaker-user"
 
 
+class _Reply(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(b"license-ok\n")
+
+
+def test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop(
+        configured: Studio) -> None:
+    host = "jb-license.example.test"
+    hosts_before = Path("/etc/hosts").read_bytes()
+    for _ in range(2):
+        done = configured.in_app("bash", IDE, "set-jb-license-server", host,
+                                 user=configured.lc_user)
+        assert done.returncode == 0, done.stderr
+    lines = configured.in_app("cat", "/etc/hosts").stdout.splitlines()
+    assert lines.count(f"127.0.0.1 {host}") == 1, lines
+    assert Path("/etc/hosts").read_bytes() == hosts_before
+    # The laptop's license server answers on the app's <host>:443 through ssh -R (as root:
+    # binding port 443 in the app needs it).
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Reply) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            read = "bash -c " + shlex.quote(
+                f"for _ in $(seq 100); do exec 3<>/dev/tcp/{host}/443 && break; sleep 0.1; "
+                "done; head -c 11 <&3")
+            done = run(sm_ssh("connect", configured.fqdn, "-l", "root", "-o",
+                              "ExitOnForwardFailure=yes", "-R",
+                              f"443:127.0.0.1:{server.server_address[1]}", "--", read),
+                       configured.env)
+        finally:
+            server.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "license-ok"
 
 
 @pytest.fixture(scope="module")
-def notebook(studio: Studio) -> Studio:
+def ide_notebook(studio: Studio, wheels: Path) -> Studio:
+    """A second JupyterLab app where sagemaker-user runs SageMaker_SSH_IDE.ipynb."""
+    if not HAVE_SUDO:
+        pytest.skip("no sudo on this machine (apt-get install sudo): the notebook runs as "
+                    "sagemaker-user, whose sm-ssh-ide commands go through sudo")
+    root = create_app(studio.sandbox, studio.domain, "sp2", "lab")
+    app = Studio(studio.sandbox, studio.env, studio.domain, root, studio.owner, space="sp2",
+                 app="lab", lc_user=APP_USER)
+    app.wait_for_user(APP_USER)
+    done = run_notebook(app, "SageMaker_SSH_IDE.ipynb", APP_USER, wheels)
+    assert f"sm-ssh connect {app.fqdn}" in done.stdout
+    return app
+
+
+def test_ide_notebook_executed_by_sagemaker_user_then_connect(ide_notebook: Studio) -> None:
+    done = run(sm_ssh("connect", ide_notebook.fqdn, "--", "whoami"), ide_notebook.env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "sagemaker-user"
+    status = ide_notebook.in_app("env", "-u", "SM_SSH_PYTHON", "sm-ssh-ide", "status",
+                                 user=APP_USER)
+    assert f"local user id (SSHOwner): {ide_notebook.owner}" in status.stdout, status.stderr
+    assert "SSM agent running: True" in status.stdout
+
+
+@pytest.fixture(scope="module")
+def notebook(studio: Studio, wheels: Path) -> Studio:
+    """A notebook instance where SageMaker_SSH_Notebook.ipynb ran (as ec2-user through sudo
+    where sudo is installed, else as root)."""
     sm = studio.sandbox.client("sagemaker")
     sm.create_notebook_instance(NotebookInstanceName="nb1", InstanceType="ml.t3.medium",
                                 RoleArn=studio.sandbox.role_arn)
     roots = list((studio.sandbox.state_dir.root / "jobs" / "notebook" / "nb1").glob("run-*"))
     assert len(roots) == 1
-    nb = Studio(studio.sandbox, studio.env, studio.domain, roots[0], studio.owner)
-    deadline, delay = time.monotonic() + 30, 0.05
-    while nb.in_app("id", "-u", "ec2-user").returncode != 0:
-        assert time.monotonic() < deadline, "the notebook instance never created ec2-user"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    # The notebook's own commands; the link stands in for its `%pip install`.
-    commands = [f"ln -sf {PACKAGE / 'sm-ssh-ide'} /usr/local/bin/sm-ssh-ide"] + [
-        line.replace("{LOCAL_USER_ID}", studio.owner)
-        for line in notebook_commands("SageMaker_SSH_Notebook.ipynb")]
-    done = nb.in_app("bash", "-euo", "pipefail", "-c", "\n".join(commands))
-    assert done.returncode == 0, done.stderr[-3000:]
+    user = "ec2-user" if HAVE_SUDO else "root"
+    nb = Studio(studio.sandbox, studio.env, studio.domain, roots[0], studio.owner, lc_user=user)
+    nb.wait_for_user("ec2-user")
+    done = run_notebook(nb, "SageMaker_SSH_Notebook.ipynb", user, wheels)
     assert "sm-ssh connect nb1.notebook.sagemaker" in done.stdout
     return nb
 
@@ -228,12 +393,21 @@ def test_notebook_instance_connect(notebook: Studio, tmp_path: Path) -> None:
 
 
 def test_ide_stop_stops_sshd(notebook: Studio) -> None:
-    ide = str(PACKAGE / "sm-ssh-ide")
-    assert "sshd pid file: yes" in notebook.in_app("bash", ide, "status").stdout
-    done = notebook.in_app("bash", ide, "stop")
+    assert "sshd pid file: yes" in notebook.in_app("bash", IDE, "status").stdout
+    done = notebook.in_app("bash", IDE, "stop")
     assert done.returncode == 0, done.stderr
-    assert "sshd pid file: no" in notebook.in_app("bash", ide, "status").stdout
-    assert notebook.in_app("bash", ide, "start").returncode == 0
+    assert "sshd pid file: no" in notebook.in_app("bash", IDE, "status").stdout
+    assert notebook.in_app("bash", IDE, "start").returncode == 0
+
+
+def test_sandbox_status_lists_app_and_notebook_containers(configured: Studio,
+                                                           notebook: Studio) -> None:
+    containers = configured.sandbox.status()["containers"]
+    apps = [c for c in containers if c.get("kind") == "studio" and c["job"] == "default"]
+    notebooks = [c for c in containers if c.get("kind") == "notebook" and c["job"] == "nb1"]
+    assert len(apps) == 1 and len(notebooks) == 1, containers
+    assert apps[0]["state"] == "Running" and apps[0]["hostname"].startswith("jupyterlab-")
+    assert Path(notebooks[0]["log"]).parent == notebook.app_root
 
 
 def test_notebook_instance_wrapper_and_lifecycle(notebook: Studio, tmp_path: Path) -> None:
@@ -256,8 +430,11 @@ def test_notebook_instance_wrapper_and_lifecycle(notebook: Studio, tmp_path: Pat
         assert instance.get_status() == "InService"
         instance.stop()
         assert instance.get_status() == "Stopped"
+    containers = notebook.sandbox.status()["containers"]
+    assert not [c for c in containers if c.get("kind") == "notebook"], containers
 
 
+@cache
 def jupyter_bin() -> str:
     """A directory with a ``jupyter`` that has jupyter_server (SM_SSH_TEST_JUPYTER_BIN, or PATH)."""
     found = os.environ.get("SM_SSH_TEST_JUPYTER_BIN") or os.path.dirname(
@@ -265,44 +442,48 @@ def jupyter_bin() -> str:
     return found if found and os.path.exists(os.path.join(found, "jupyter")) else ""
 
 
+@cache
+def jupyter_python() -> str:
+    """The Python of that Jupyter if it has jupyter-server-proxy, else ''."""
+    python = os.path.join(jupyter_bin(), "python") if jupyter_bin() else ""
+    if not python or not os.path.exists(python):
+        return ""
+    done = subprocess.run([python, "-c", "import jupyter_server_proxy"], capture_output=True,
+                          check=False)
+    return python if done.returncode == 0 else ""
+
+
+def jupyter_token(app: Studio) -> str:
+    log = app.in_app("cat", "/tmp/jupyter-notebook.log").stdout
+    found = re.search(r"[?&]token=(\w+)", log)
+    if not found:  # not started yet (poll() retries on ValueError)
+        raise ValueError(f"no token in the Jupyter log: {log[-2000:]}")
+    return found.group(1)
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+        return body
+
+
 @pytest.mark.skipif(not jupyter_bin(), reason="no jupyter_server installed "
                     "(pip install jupyter_server, or set SM_SSH_TEST_JUPYTER_BIN)")
 def test_jupyter_server_reachable_through_local_forwarding(configured: Studio) -> None:
-    path = f"{jupyter_bin()}:{configured.sandbox.env.get('PATH', '')}"
-    spec = json.loads((configured.app_root / "spec.json").read_text())
-    done = configured.in_app("bash", str(PACKAGE / "sm-ssh-ide"), "start",
-                             env={"PATH": f"{jupyter_bin()}:{spec['env']['PATH']}"})
-    assert done.returncode == 0 and path, done.stderr
+    done = configured.in_app("bash", IDE, "start",
+                             env={"PATH": f"{jupyter_bin()}:{configured.spec_env['PATH']}"})
+    assert done.returncode == 0, done.stderr
     port = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", configured.fqdn, "-N", "-L",
-                                   f"{port}:127.0.0.1:8889"), env=configured.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline, delay, last = time.monotonic() + 60, 0.1, None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=5) as r:
-                    assert "version" in json.loads(r.read())
-                    break
-            except (OSError, ValueError) as e:
-                last = e
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        else:
-            log = configured.in_app("cat", "/tmp/jupyter-notebook.log").stdout
-            raise AssertionError(f"Jupyter not reachable through -L: {last}; log: {log[-2000:]}")
-        log = configured.in_app("cat", "/tmp/jupyter-notebook.log").stdout
-        assert "127.0.0.1:8889" in log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with tunnel(configured, "-L", f"{port}:127.0.0.1:8889") as proc:
+        def api() -> Optional[dict]:
+            alive(proc)
+            value: dict = json.loads(get(f"http://127.0.0.1:{port}/api"))
+            return value
+        assert "version" in poll(api, "Jupyter not reachable through -L")
+    assert "127.0.0.1:8889" in configured.in_app("cat", "/tmp/jupyter-notebook.log").stdout
 
 
 def read_rfb_banner(port: int) -> bytes:
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         data = b""
         while len(data) < 12:
@@ -317,64 +498,73 @@ def read_rfb_banner(port: int) -> bytes:
                     reason="no VNC server (apt-get install tigervnc-standalone-server "
                            "tigervnc-tools)")
 def test_vnc_answers_rfb_through_the_tunnel(configured: Studio) -> None:
-    ide = str(PACKAGE / "sm-ssh-ide")
     for args in (["configure"], ["set-vnc-password", "s3cret-pw"], ["start"]):
-        done = configured.in_app("bash", ide, *args)
+        done = configured.in_app("bash", IDE, *args)
         assert done.returncode == 0, done.stderr
     port = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", configured.fqdn, "-N", "-L",
-                                   f"{port}:127.0.0.1:5901"), env=configured.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     try:
-        deadline, delay, last = time.monotonic() + 60, 0.1, None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                assert read_rfb_banner(port).startswith(b"RFB 003.")
-                break
-            except OSError as e:
-                last = e
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        else:
-            raise AssertionError(f"no RFB banner through -L: {last}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        configured.in_app("bash", "-c", "kill $(cat /opt/sagemaker-ssh-helper/vnc.pid)")
+        with tunnel(configured, "-L", f"{port}:127.0.0.1:5901") as proc:
+            def banner() -> Optional[bytes]:
+                alive(proc)
+                return read_rfb_banner(port)
+            assert poll(banner, "no RFB banner through -L").startswith(b"RFB 003.")
+    finally:  # stop this VNC server (server-lc-config.sh starts it again)
+        pid = configured.in_app("cat", "/opt/sagemaker-ssh-helper/vnc.pid").stdout.strip()
+        configured.in_app("kill", pid)
+        poll(lambda: configured.in_app("kill", "-0", pid).returncode != 0 or None,
+             f"the VNC server (pid {pid}) did not stop", timeout=20)
 
 
-@pytest.mark.skipif(not shutil.which("Xtigervnc") or not shutil.which("websockify")
-                    or not os.path.exists("/usr/share/novnc/vnc.html"),
-                    reason="no VNC server or noVNC (apt-get install tigervnc-standalone-server "
-                           "tigervnc-tools novnc websockify)")
-def test_server_lc_config_serves_web_vnc(configured: Studio) -> None:
-    done = configured.in_app("bash", str(REPO / "server-lc-config.sh"),
-                             env={"VNC_PASSWORD": "s3cret-pw", "PIP_NO_INDEX": "1",
-                                  "SM_SSH_IDE": str(PACKAGE / "sm-ssh-ide")})
+@pytest.fixture(scope="module")
+def web_vnc(configured: Studio) -> str:
+    """server-lc-config.sh has run in the app (Jupyter at base URL /); the Web VNC address it
+    printed, relative to the Jupyter server."""
+    if not shutil.which("Xtigervnc") or not shutil.which("websockify") \
+            or not os.path.exists("/usr/share/novnc/vnc.html"):
+        pytest.skip("no VNC server or noVNC (apt-get install tigervnc-standalone-server "
+                    "tigervnc-tools novnc websockify)")
+    env = {"VNC_PASSWORD": "s3cret-pw", "PIP_NO_INDEX": "1", "SM_SSH_IDE": IDE,
+           "JUPYTER_BASE_URL": "/"}
+    if jupyter_bin():
+        env["PATH"] = f"{jupyter_bin()}:{configured.spec_env['PATH']}"
+    if jupyter_python():
+        env["JUPYTER_PYTHON"] = jupyter_python()
+    done = configured.in_app("bash", str(REPO / "server-lc-config.sh"), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "proxy/6080/vnc.html" in done.stderr
+    printed = re.search(r"Web VNC: open <Studio URL>(\S+)", done.stderr)
+    assert printed, done.stderr[-3000:]
+    return printed.group(1)
+
+
+def test_server_lc_config_serves_web_vnc(configured: Studio, web_vnc: str) -> None:
+    assert web_vnc == "/proxy/6080/vnc.html?path=proxy/6080/websockify"
     port = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", configured.fqdn, "-N", "-L",
-                                   f"{port}:127.0.0.1:6080"), env=configured.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline, delay, last = time.monotonic() + 60, 0.1, None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/vnc.html",
-                                            timeout=5) as r:
-                    assert b"noVNC" in r.read()
-                    break
-            except OSError as e:
-                last = e
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        else:
-            raise AssertionError(f"noVNC not served through -L: {last}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with tunnel(configured, "-L", f"{port}:127.0.0.1:6080") as proc:
+        def page() -> Optional[bytes]:
+            alive(proc)
+            return get(f"http://127.0.0.1:{port}/vnc.html")
+        assert b"noVNC" in poll(page, "noVNC not served through -L")
+
+
+@pytest.mark.skipif(not jupyter_python(), reason="no Jupyter with jupyter-server-proxy "
+                    "(pip install -e '.[test]', or set SM_SSH_TEST_JUPYTER_BIN)")
+def test_web_vnc_through_the_jupyter_server_proxy(configured: Studio, web_vnc: str) -> None:
+    """The address server-lc-config.sh prints works: noVNC's page and its WebSocket (to the
+    VNC server's RFB banner), both through jupyter-server-proxy, with the server's token."""
+    page, _, query = web_vnc.partition("?")
+    websocket_path = urllib.parse.parse_qs(query)["path"][0]
+    port = free_port()
+    with tunnel(configured, "-L", f"{port}:127.0.0.1:8889") as proc:
+        def served() -> Optional[bytes]:
+            alive(proc)
+            return get(f"http://127.0.0.1:{port}{page}?{query}&token={jupyter_token(configured)}")
+        assert b"noVNC" in poll(served, "noVNC not served through the Jupyter proxy")
+        try:  # the VNC server may still be starting: websockify then closes the WebSocket
+            banner = poll(lambda: ide_support.websocket_first_bytes(
+                port, f"/{websocket_path}?token={jupyter_token(configured)}", 12),
+                "no RFB banner through the proxied WebSocket", timeout=30)
+        except AssertionError as e:
+            log = configured.in_app("cat", "/var/log/sm-ssh-ide-novnc.log",
+                                    "/var/log/sagemaker-ssh-helper/vnc.log").stdout
+            raise AssertionError(f"{e}; websockify and VNC logs: {log[-3000:]}") from e
+    assert banner.startswith(b"RFB 003.")

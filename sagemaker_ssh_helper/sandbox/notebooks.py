@@ -3,14 +3,14 @@
 Serves Create/Describe/List/Start/Stop/Delete NotebookInstance. An InService instance is a
 namespaced container (see :mod:`sagemaker_ssh_helper.sandbox.studio` for the app equivalent)
 with ``/opt/ml/metadata/resource-metadata.json`` (``ResourceArn``, ``ResourceName``) and an
-``ec2-user`` account, as on a notebook instance.
+``ec2-user`` account with passwordless sudo, as on a notebook instance with root access.
 """
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from sagemaker_ssh_helper.sandbox.jobs import ApiError
 from sagemaker_ssh_helper.sandbox.studio import ContainerFactory
@@ -28,7 +28,7 @@ class NotebookAPI:
         self.state_dir = state_dir
         self.start_container = start_container
         self.instances: Dict[str, Dict[str, Any]] = {}
-        self.containers: Dict[str, Any] = {}
+        self.running: Dict[str, Any] = {}  # instance name -> container
         self._lock = threading.RLock()
 
     def handles(self, operation: str, body: Dict[str, Any]) -> bool:
@@ -75,23 +75,29 @@ class NotebookAPI:
 
     def _start(self, instance: Dict[str, Any]) -> None:
         name = instance["NotebookInstanceName"]
-        if name not in self.containers and self.start_container is not None:
+        if name not in self.running and self.start_container is not None:
             metadata = {"ResourceArn": instance["NotebookInstanceArn"], "ResourceName": name,
                         "ExecutionRoleArn": instance.get("RoleArn")}
             root = self.state_dir / "jobs" / "notebook" / name / f"run-{int(time.time() * 1000)}"
-            self.containers[name] = self.start_container(name, root, metadata)
+            self.running[name] = self.start_container(name, root, metadata)
         instance["NotebookInstanceStatus"] = "InService"
         instance["LastModifiedTime"] = time.time()
 
     def _stop(self, instance: Dict[str, Any]) -> None:
-        container = self.containers.pop(instance["NotebookInstanceName"], None)
+        container = self.running.pop(instance["NotebookInstanceName"], None)
         if container is not None:
             container.terminate(5.0)
         instance["NotebookInstanceStatus"] = "Stopped"
         instance["LastModifiedTime"] = time.time()
 
+    def containers(self) -> List[Dict[str, Any]]:
+        """The running instances' containers, shaped like the job runner's (for sandbox status)."""
+        with self._lock:
+            running = list(self.running.items())
+        return [dict(c.info(), job=name, kind="notebook") for name, c in running]
+
     def shutdown(self, grace: float = 5.0) -> None:
         with self._lock:
-            containers, self.containers = list(self.containers.values()), {}
+            containers, self.running = list(self.running.values()), {}
         for container in containers:
             container.terminate(grace)

@@ -5,8 +5,9 @@ for apps. Every app other than the domain's ``JupyterServer`` runs in a namespac
 :mod:`sagemaker_ssh_helper.sandbox.container`) that looks like a Studio app to the code in it:
 ``/opt/ml/metadata/resource-metadata.json`` with ``AppType``, ``DomainId``, ``UserProfileName``
 or ``SpaceName``, ``ResourceArn`` (``app/<domain>/<user-or-space>/<AppType>/<app-name>``),
-``ResourceName`` and ``ExecutionRoleArn``, and a ``sagemaker-user`` account. Tests run commands in
-an app with :func:`exec_argv`, the way a notebook or lifecycle configuration would.
+``ResourceName`` and ``ExecutionRoleArn``, and a ``sagemaker-user`` account with passwordless
+sudo (as Studio images have). Tests run commands in an app with :func:`exec_argv` (as root, or
+through ``runuser`` as that user), the way a notebook or lifecycle configuration would.
 """
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ from sagemaker_ssh_helper.sandbox.jobs import ApiError
 logger = logging.getLogger(__name__)
 
 APP_USER = "sagemaker-user"
-# PID 1's entry point: add the user (in the container's overlay /etc), let it reach the
-# interpreter when that lives under the container's private /root (e.g. pyenv), then idle.
-ENTRY = ("id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -p '*' {user}; "
+# PID 1's entry point: add the user and, as Studio images and notebook instances do, give it
+# passwordless sudo (both only in the container's overlay /etc: nothing is written unless /etc
+# is that overlay); let it reach the interpreter when that lives under the container's private
+# /root (e.g. pyenv); then idle.
+ENTRY = ("[ \"$(findmnt -n -o FSTYPE --target /etc)\" = overlay ] || "
+         "{{ echo 'sandbox app: /etc is not the container overlay' >&2; exit 125; }}; "
+         "mkdir -p /etc/sudoers.d; "
+         "echo '{user} ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/{user}; "
+         "chmod 0440 /etc/sudoers.d/{user}; "
+         "id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -p '*' {user}; "
          "chmod 0711 /root; "
          "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")
 OPERATIONS = ("CreateDomain", "DescribeDomain", "ListDomains", "CreateUserProfile",
@@ -212,6 +220,12 @@ class StudioAPI:
         if container is not None:
             threading.Thread(target=container.terminate, args=(5.0,), daemon=True).start()
         return {}
+
+    def containers(self) -> List[Dict[str, Any]]:
+        """The running apps' containers, shaped like the job runner's (for sandbox status)."""
+        with self._lock:
+            apps = [a for a in self.apps.values() if a.container is not None]
+        return [dict(a.container.info(), job=a.name, kind="studio") for a in apps]
 
     def shutdown(self, grace: float = 5.0) -> None:
         with self._lock:
