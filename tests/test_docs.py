@@ -62,11 +62,15 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh connect [training] --index": (NODES,),
     # Processing jobs: the same resolve/key/ssh path, driven through SSMProxy in the sandbox.
     "sm-ssh connect [processing]": ("test_wrapper_e2e.py::test_processor_wrapper_journey",),
-    # PARTIAL: the sandbox runs no endpoint or transform containers; only the resolution of
-    # endpoint instances and the parsing of transform names are tested.
+    # Endpoints and batch transform jobs deployed with the SDK in the sandbox.
     "sm-ssh connect [inference]": (
-        "test_manager.py::test_name_holding_the_arn_saves_the_tag_reads",),
-    "sm-ssh connect [transform]": ("test_aws_fqdn.py::test_parse_one_resource",),
+        "test_sandbox_endpoints_e2e.py::"
+        "test_connect_to_the_endpoint_runs_in_the_container_that_loaded_the_model",),
+    "sm-ssh connect [inference] -N -L": (
+        "test_sandbox_endpoints_e2e.py::test_port_8080_of_the_model_server_through_the_tunnel",),
+    "sm-ssh connect [transform]": (
+        "test_sandbox_endpoints_e2e.py::"
+        "test_transform_job_is_held_for_ssh_then_released_and_completes",),
     "sm-ssh start-proxy [training] --port": (
         CONFIG, "test_client_e2e.py::test_ssh_through_the_generated_config"),
     "sm-ssh config": (

@@ -452,7 +452,7 @@ def test_rule_statuses_are_settable(sandbox: Sandbox) -> None:
     assert sandbox.wait_for_job("infra-rules")["TrainingJobStatus"] == "Stopped"
 
 
-def test_transform_jobs_are_recorded(sandbox: Sandbox) -> None:
+def test_transform_job_of_a_missing_model_fails(sandbox: Sandbox) -> None:
     sandbox.client("sagemaker").create_transform_job(
         TransformJobName="infra-transform", ModelName="any-model",
         TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
@@ -461,7 +461,8 @@ def test_transform_jobs_are_recorded(sandbox: Sandbox) -> None:
         TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
         Environment={"START_SSH": "true"})
     described = sandbox.wait_for_job("infra-transform", kind="transform")
-    assert described["TransformJobStatus"] == "Completed"
+    assert described["TransformJobStatus"] == "Failed"
+    assert described["FailureReason"].startswith("ClientError: Could not find model")
     assert described["Environment"] == {"START_SSH": "true"}
 
 

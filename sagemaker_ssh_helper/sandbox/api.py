@@ -126,6 +126,31 @@ class Sandbox:
         path = self.container_dir(job, host, kind) / "output.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def endpoint_log(self, name: str) -> str:
+        """The output of every container the endpoint ``name`` has had, one after the other."""
+        root = self.state_dir.jobs_dir / "endpoint" / name
+        logs = sorted(root.glob("*/output.log"), key=lambda p: p.stat().st_mtime)
+        return "".join(path.read_text(errors="replace") for path in logs)
+
+    def wait_for_endpoint(self, name: str, timeout: float = 120.0,
+                          until: tuple = ("InService", "Failed")) -> Dict[str, Any]:
+        """Poll DescribeEndpoint (with backoff, against a deadline) until its status is in
+        ``until``; returns ``{"EndpointStatus": "NotFound"}`` once the endpoint is gone."""
+        sagemaker = self.client("sagemaker")
+        deadline, delay = time.monotonic() + timeout, 0.05
+        while True:
+            try:
+                result: Dict[str, Any] = sagemaker.describe_endpoint(EndpointName=name)
+            except sagemaker.exceptions.ClientError as e:
+                if "Could not find endpoint" not in str(e):
+                    raise
+                result = {"EndpointName": name, "EndpointStatus": "NotFound"}
+            if result["EndpointStatus"] in until + ("NotFound",) \
+                    or time.monotonic() > deadline:
+                return result
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
     def wait_for_job(self, name: str, kind: str = "training", timeout: float = 120.0,
                      until: tuple = ("Completed", "Failed", "Stopped")) -> Dict[str, Any]:
         """Poll Describe*Job (with backoff, against a deadline) until its status is in ``until``."""

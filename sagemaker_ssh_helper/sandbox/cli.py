@@ -1,7 +1,7 @@
 """`sm-ssh sandbox up|env|status|down|demo` (also `python -m sagemaker_ssh_helper.sandbox.cli`).
 
     eval "$(sm-ssh sandbox up)"     # start emulated AWS + job runner, export its environment
-    sm-ssh sandbox status           # services, jobs, containers
+    sm-ssh sandbox status           # services, jobs, endpoints, containers
     sm-ssh sandbox down             # stop everything it started; logs stay in the state dir
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--heartbeat-timeout", type=float, default=10.0,
                     help="seconds without agent heartbeat before PingStatus=ConnectionLost")
     sub.add_parser("env", parents=[common], help="print the `export` lines again")
-    status = sub.add_parser("status", parents=[common], help="services, jobs and containers")
+    status = sub.add_parser("status", parents=[common],
+                            help="services, jobs, endpoints and containers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     down = sub.add_parser("down", parents=[common], help="stop everything the sandbox started")
     down.add_argument("--timeout", type=float, default=30.0)
@@ -97,11 +98,16 @@ def _format_status(state: Dict[str, Any], status: Dict[str, Any]) -> List[str]:
                      f"{job[noun + 'Status']}{secondary}")
         if job.get("FailureReason"):
             lines.append(f"      {job['FailureReason'].splitlines()[0][:100]}")
+    endpoints = status.get("endpoints") or []
+    lines.append(f"endpoints ({len(endpoints)}):")
+    for endpoint in endpoints:
+        lines.append(f"  {endpoint['EndpointName']:<51} {endpoint['EndpointStatus']}")
     containers = status.get("containers") or []
     lines.append(f"containers ({len(containers)}):")
     for c in containers:
+        owner = f"{c.get('kind') or '-'} {c.get('job') or '-'}"
         lines.append(f"  {c['name']:<48} {c['hostname']:<8} {c['state']:<12} "
-                     f"pid {c.get('init_pid') or '-'}  log {c['log']}")
+                     f"pid {c.get('init_pid') or '-'}  {owner}  log {c['log']}")
     return lines
 
 

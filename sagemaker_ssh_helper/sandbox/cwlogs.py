@@ -33,9 +33,11 @@ class LogShipper:
         self._thread.start()
 
     def sink(self, kind: str, job_name: str, host: str) -> Callable[[str, str], None]:
-        group = LOG_GROUPS[kind]
-        stream = f"{job_name}/{host}-{int(time.time())}"
+        """Output callback for a job container: stream ``<job>/<host>-<start time>``."""
+        return self.sink_to(LOG_GROUPS[kind], f"{job_name}/{host}-{int(time.time())}")
 
+    def sink_to(self, group: str, stream: str) -> Callable[[str, str], None]:
+        """Output callback shipping each line to ``group``/``stream``."""
         def put(_container: str, line: str) -> None:
             self._queue.put((group, stream, int(time.time() * 1000), line))
 

@@ -73,7 +73,8 @@ def split_s3_uri(uri: str) -> Tuple[str, str]:
     return bucket, key
 
 
-def _relative_key(key: str, prefix: str) -> str:
+def relative_key(key: str, prefix: str) -> str:
+    """``key`` relative to an S3Prefix ``prefix`` (the object's name for an exact match)."""
     if key == prefix:
         return os.path.basename(key)
     if not prefix or prefix.endswith("/"):
@@ -81,6 +82,9 @@ def _relative_key(key: str, prefix: str) -> str:
     if key.startswith(prefix + "/"):
         return key[len(prefix) + 1:]
     return key[len(prefix.rsplit("/", 1)[0]) + 1:] if "/" in prefix else key
+
+
+_relative_key = relative_key  # earlier name
 
 
 def download_prefix(s3: Any, uri: str, dest: Path) -> int:
@@ -91,7 +95,7 @@ def download_prefix(s3: Any, uri: str, dest: Path) -> int:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
-            rel = _relative_key(key, prefix)
+            rel = relative_key(key, prefix)
             if not rel or rel.endswith("/"):
                 continue
             target = dest / rel
@@ -126,7 +130,7 @@ def upload_tarball(s3: Any, src: Path, uri: str) -> None:
         s3.upload_file(str(archive), bucket, key)
 
 
-def _extract(archive: Path, dest: Path) -> None:
+def extract_tarball(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, filter="data")
@@ -219,7 +223,7 @@ def prepare_training(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, h
             bucket, key = split_s3_uri(submit_dir)
             archive = Path(tmp) / "sourcedir.tar.gz"
             s3.download_file(bucket, key, str(archive))
-            _extract(archive, opt_ml / "code")
+            extract_tarball(archive, opt_ml / "code")
     argv = training_entry(request, platform.python)
     env = platform.env()
     env.update(request.get("Environment") or {})

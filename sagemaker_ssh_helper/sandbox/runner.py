@@ -4,7 +4,10 @@ Training: Starting -> Downloading -> Training -> Uploading -> Completed, or Fail
 from /opt/ml/output/failure or the tail of stderr), or Stopping -> Stopped on StopTrainingJob and
 when StoppingCondition.MaxRuntimeInSeconds passes (SIGTERM, SIGKILL after the grace period).
 Processing: same states without the secondary ones; outputs uploaded on success.
-Transform jobs are recorded and complete without running anything (no model server here).
+Transform: the job's model (from moto's DescribeModel) runs in TransformResources.InstanceCount
+containers under :mod:`sagemaker_ssh_helper.sandbox.model_server`, each on its share of the input
+objects; on success every ``<name>.out`` goes to TransformOutput.S3OutputPath (see
+:mod:`sagemaker_ssh_helper.sandbox.serving`). Stopping and failures as for processing.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_helper.sandbox import layout
+from sagemaker_ssh_helper.sandbox import layout, serving
 from sagemaker_ssh_helper.sandbox.container import Container, ContainerConfig
 from sagemaker_ssh_helper.sandbox.cwlogs import LogShipper
 from sagemaker_ssh_helper.sandbox.jobs import Job
@@ -30,8 +33,9 @@ class JobRunner:
     def __init__(self, state_dir: Path, platform: layout.Platform, s3_client: Any,
                  bridges: Dict[int, Path], shipper: Optional[LogShipper] = None,
                  stop_grace: float = 10.0,
-                 binds: Optional[List[Tuple[str, str]]] = None) -> None:
+                 binds: Optional[List[Tuple[str, str]]] = None, sagemaker: Any = None) -> None:
         self.state_dir = state_dir
+        self.sagemaker = sagemaker  # moto's SageMaker: models of transform jobs
         self.platform = platform
         self.s3 = s3_client
         self.bridges = bridges
@@ -54,10 +58,7 @@ class JobRunner:
     # -- lifecycle ----------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         try:
-            if job.kind.key == "transform":
-                self._record_only(job)
-            else:
-                self._run_containers(job)
+            self._run_containers(job)
         except layout.JobSetupError as e:
             self._fail(job, f"ClientError: {e}")
         except Exception as e:  # the job fails; the sandbox keeps serving
@@ -69,14 +70,17 @@ class JobRunner:
     def _fail(self, job: Job, reason: str) -> None:
         job.finish("Failed", "Failed", "Job failed", reason[:FAILURE_REASON_MAX])
 
-    def _record_only(self, job: Job) -> None:
-        job.started = time.time()
-        if self.shipper:
-            self.shipper.sink("transform", job.name, "algo-1")(
-                job.name, "sandbox: transform jobs are recorded but no model server is run")
-        job.finish("Completed", "Completed", "Transform job completed")
+    def _container(self, job: Job, host: str) -> Container:
+        root = self.state_dir / "jobs" / job.kind.key / job.name / host
+        sink = self.shipper.sink(job.kind.key, job.name, host) if self.shipper else None
+        config = ContainerConfig(name=f"{job.name}-{host}", hostname=host, root=root,
+                                 argv=[], env={}, bridges=dict(self.bridges),
+                                 binds=list(self.binds))
+        return Container(config, on_output=sink, python=self.platform.python)
 
     def _containers(self, job: Job) -> List[Container]:
+        if job.kind.key == "transform":
+            return self._transform_containers(job)
         count = int((job.request.get("ResourceConfig") or job.request.get("ProcessingResources", {})
                      .get("ClusterConfig") or {}).get("InstanceCount", 1))
         hosts = layout.hosts_for(count)
@@ -84,15 +88,28 @@ class JobRunner:
                    else layout.prepare_processing)
         containers = []
         for host in hosts:
-            root = self.state_dir / "jobs" / job.kind.key / job.name / host
-            sink = self.shipper.sink(job.kind.key, job.name, host) if self.shipper else None
-            config = ContainerConfig(name=f"{job.name}-{host}", hostname=host, root=root,
-                                     argv=[], env={}, bridges=dict(self.bridges),
-                                     binds=list(self.binds))
-            container = Container(config, on_output=sink, python=self.platform.python)
+            container = self._container(job, host)
             argv, cwd, env = prepare(self.s3, container.opt_ml, job.request, job.arn, host,
                                      hosts, self.platform)
-            config.argv, config.cwd, config.env = argv, cwd, env
+            container.config.argv, container.config.cwd, container.config.env = argv, cwd, env
+            containers.append(container)
+        return containers
+
+    def _transform_containers(self, job: Job) -> List[Container]:
+        if self.sagemaker is None:
+            raise layout.JobSetupError("this sandbox runner has no SageMaker client for models")
+        definition = serving.container_definition(
+            serving.describe_model(self.sagemaker, str(job.request.get("ModelName"))))
+        inputs = serving.transform_inputs(self.s3, job.request)
+        count = max(1, int((job.request.get("TransformResources") or {}).get("InstanceCount", 1)))
+        containers = []
+        for index, host in enumerate(layout.hosts_for(count)):
+            container = self._container(job, host)
+            config = container.config
+            config.argv, config.cwd, config.env = serving.prepare_transform(
+                self.s3, container.root, container.opt_ml, definition, job.request,
+                inputs[index::count], self.platform)
+            config.binds.append((str(container.root / "transform"), serving.TRANSFORM_DIR))
             containers.append(container)
         return containers
 
@@ -175,6 +192,9 @@ class JobRunner:
                 job.set_secondary("Uploading", "Uploading generated training model")
                 self.save(job)
                 self._upload_model(job, containers[0])
+            elif job.kind.key == "transform":
+                serving.upload_transform_outputs(self.s3, [c.root for c in containers],
+                                                 job.request)
             else:
                 for container in containers:
                     layout.upload_processing_outputs(self.s3, container.opt_ml, job.request)
@@ -193,6 +213,11 @@ class JobRunner:
             return f"AlgorithmError: {failure_file.read_text().strip()}"
         if job.kind.key == "processing":
             return "AlgorithmError: See job logs for more information"
+        if job.kind.key == "transform":
+            last = [line.strip() for line in container.stderr_tail if line.strip()][-1:]
+            return (f"AlgorithmError: the model server on {container.config.hostname} exited "
+                    f"with code {code}{': ' + last[0] if last else ''}. See job logs for more "
+                    "information")
         return (f"AlgorithmError: ExecuteUserScriptError:\nExitCode {code}\n"
                 f"ErrorMessage \"{self._tail(container)}\"\n"
                 f"Command \"{' '.join(container.config.argv)}\", exit code: {code}")

@@ -5,7 +5,9 @@ Started by ``sm-ssh sandbox up`` (see :mod:`sagemaker_ssh_helper.sandbox.control
     python -m sagemaker_ssh_helper.sandbox.server --state-dir DIR [--port N] [--ready-fd FD]
 
 * moto (``ThreadedMotoServer``) on an internal 127.0.0.1 port: S3, STS, IAM, SageMaker, Logs;
-* the gateway on the public port (``AWS_ENDPOINT_URL``), serving job operations itself;
+* the gateway on the public port (``AWS_ENDPOINT_URL``), serving job operations itself, and
+  endpoints (:mod:`~sagemaker_ssh_helper.sandbox.endpoints`), Studio and notebook instances
+  through ``gateway.apis``;
 * the SSM stand-in on its own port (``AWS_ENDPOINT_URL_SSM``);
 * host-side unix-socket bridges for both ports, used by the job containers.
 
@@ -27,6 +29,7 @@ from typing import Any, Dict, List, Optional
 from sagemaker_ssh_helper.sandbox import control
 from sagemaker_ssh_helper.sandbox.bridge import UnixToTcp
 from sagemaker_ssh_helper.sandbox.cwlogs import LOG_GROUPS, LogShipper
+from sagemaker_ssh_helper.sandbox.endpoints import EndpointsAPI
 from sagemaker_ssh_helper.sandbox.gateway import Gateway
 from sagemaker_ssh_helper.sandbox.jobs import JobsAPI
 from sagemaker_ssh_helper.sandbox.layout import Platform
@@ -113,6 +116,7 @@ class Daemon:
         self._runner: Optional[JobRunner] = None
         self._studio: Optional[StudioAPI] = None
         self._notebooks: Optional[NotebookAPI] = None
+        self._endpoints: Optional[EndpointsAPI] = None
         self._shipper: Optional[LogShipper] = None
 
     def start(self) -> Dict[str, Any]:
@@ -145,9 +149,11 @@ class Daemon:
                             path_dirs=[str(control.PACKAGE_DIR / "bin"), CONTAINER_PYBIN],
                             credentials=dict(control.CREDENTIALS))
         self._shipper = LogShipper(_boto_client("logs", moto_url, self.region))
-        self._runner = JobRunner(self.sd.root, platform, _boto_client("s3", moto_url, self.region),
-                                 bridges, self._shipper, self.stop_grace,
-                                 binds=[(str(self.sd.pybin), CONTAINER_PYBIN)])
+        s3 = _boto_client("s3", moto_url, self.region)
+        sagemaker = _boto_client("sagemaker", moto_url, self.region)
+        binds = [(str(self.sd.pybin), CONTAINER_PYBIN)]
+        self._runner = JobRunner(self.sd.root, platform, s3, bridges, self._shipper,
+                                 self.stop_grace, binds=binds, sagemaker=sagemaker)
         jobs = JobsAPI(self.region, self.account, self._runner, self.sd.root)
         self._runner.save = jobs.save
         gateway.jobs = jobs
@@ -157,7 +163,10 @@ class Daemon:
                                       app_container_factory(
                                           platform, bridges,
                                           [(str(self.sd.pybin), CONTAINER_PYBIN)], NOTEBOOK_USER))
-        gateway.apis += [self._studio, self._notebooks]
+        self._endpoints = EndpointsAPI(self.region, self.account, sagemaker, s3, platform,
+                                       self.sd.root, bridges, binds, self._shipper,
+                                       self.stop_grace)
+        gateway.apis += [self._endpoints, self._studio, self._notebooks]
         gateway.start()
         state = self._state(moto_port, seeded)
         self.sd.write(state)
@@ -197,13 +206,33 @@ class Daemon:
             "ssm_endpoint_url": state.get("ssm_endpoint_url"),
             "ports": state.get("ports"),
             "jobs": [dict(j.summary(), Kind=j.kind.key) for j in jobs],
-            "containers": self._runner.containers() if self._runner else [],
+            "endpoints": [e.summary() for e in self._endpoints.endpoints()]
+            if self._endpoints else [],
+            "containers": self.containers(),
         }
+
+    def containers(self) -> List[Dict[str, Any]]:
+        """Every container: jobs', endpoints', then those of the other APIs (Studio apps,
+        notebook instances) that list theirs."""
+        found: List[Dict[str, Any]] = list(self._runner.containers()) if self._runner else []
+        for api in self._gateway.apis if self._gateway else []:
+            listing = getattr(api, "containers", None)
+            if callable(listing):
+                try:
+                    found += list(listing())
+                except Exception:  # status must keep working
+                    logger.exception("cannot list the containers of %s", type(api).__name__)
+        return found
 
     def stop(self) -> None:
         logger.info("stopping the sandbox")
-        if self._runner:
-            self._runner.shutdown(self.stop_grace + 10)
+        # Jobs and endpoints stop in parallel: each waits up to the grace period.
+        stoppers = [threading.Thread(target=owner.shutdown, args=(self.stop_grace + 10,))
+                    for owner in (self._runner, self._endpoints) if owner is not None]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for api in (self._studio, self._notebooks):
             if api is not None:
                 api.shutdown(self.stop_grace)

@@ -41,6 +41,30 @@ def patch_sagemaker_utils(module: ModuleType) -> None:
     sts_regional_endpoint.__wrapped__ = original  # type: ignore[attr-defined]
     sts_regional_endpoint.__doc__ = original.__doc__
     module.sts_regional_endpoint = sts_regional_endpoint  # type: ignore[attr-defined]
+    _memoize_config_validation(module)
+
+
+def _memoize_config_validation(module: ModuleType) -> None:
+    """The SDK re-validates its whole defaults config (jsonschema, ~0.3 s) on every config
+    lookup, dozens of times per deploy(); with the sandbox's config file that is ~7 s per call.
+    Validate each distinct config once."""
+    original = getattr(module, "validate_sagemaker_config", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+    valid: set = set()
+
+    def validate_sagemaker_config(sagemaker_config: Any = None) -> None:
+        import json
+
+        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
+        if key not in valid:
+            assert original is not None
+            original(sagemaker_config)
+            valid.add(key)
+
+    setattr(validate_sagemaker_config, _MARK, True)
+    validate_sagemaker_config.__wrapped__ = original  # type: ignore[attr-defined]
+    module.validate_sagemaker_config = validate_sagemaker_config  # type: ignore[attr-defined]
 
 
 class _PatchingLoader(importlib.abc.Loader):
