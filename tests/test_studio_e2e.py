@@ -368,6 +368,20 @@ def test_ide_notebook_executed_by_sagemaker_user_then_connect(ide_notebook: Stud
     assert "SSM agent running: True" in status.stdout
 
 
+def test_running_the_agent_again_leaves_the_running_one_alone(ide_notebook: Studio) -> None:
+    def agents() -> List[str]:
+        listed = ide_notebook.in_app("pgrep", "-f", "sagemaker_ssh_helper.sandbox.agent")
+        return listed.stdout.split()
+
+    before = agents()
+    assert len(before) == 1, before
+    again = ide_notebook.in_app("env", "-u", "SM_SSH_PYTHON", "sm-ssh-ide", "ssm-agent",
+                                user=APP_USER, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "the SSM agent already runs" in again.stderr
+    assert agents() == before
+
+
 @pytest.fixture(scope="module")
 def notebook(studio: Studio, wheels: Path) -> Studio:
     """A notebook instance where SageMaker_SSH_Notebook.ipynb ran (as ec2-user through sudo
