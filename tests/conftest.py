@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, List
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -82,6 +85,32 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+def run(argv: List[str], env: Dict[str, str], timeout: float = 180
+        ) -> subprocess.CompletedProcess:
+    """Run a command as a user would, with text output captured and no stdin."""
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def sm_ssh(*args: str) -> List[str]:
+    """argv of ``sm-ssh <args>`` with this interpreter."""
+    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
+
+
+def wait_until(check: Any, proc: subprocess.Popen, what: str, timeout: float = 60) -> Any:
+    """Poll ``check()`` (OSError/AssertionError mean "not yet") while ``proc`` keeps running."""
+    deadline, delay, last = time.monotonic() + timeout, 0.05, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what}: the command exited early ({proc.returncode})"
+        try:
+            return check()
+        except (OSError, AssertionError) as e:
+            last = e
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise AssertionError(f"{what}: not ready after {timeout} s: {last}")
 
 
 def free_port() -> int:

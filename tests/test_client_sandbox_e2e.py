@@ -17,14 +17,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E, free_port
+from conftest import SANDBOX_E2E, free_port, run, sm_ssh, wait_until
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.sandbox import Sandbox
@@ -130,16 +129,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(sandbox, env, jobs, tmp)
 
 
-def run(argv: List[str], env: Dict[str, str], timeout: float = 120
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
-
-
 def script(name: str, *args: str) -> List[str]:
     return ["bash", str(PACKAGE / name), *args]
 
@@ -153,22 +142,6 @@ def one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) 
     for needle in needles:
         assert needle in error, done.stderr
     return str(error)
-
-
-
-
-def wait_until(check: Any, proc: subprocess.Popen, what: str, timeout: float = 60) -> Any:
-    """Poll ``check()`` (exceptions mean "not yet") while ``proc`` keeps running."""
-    deadline, delay, last = time.monotonic() + timeout, 0.05, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what}: the command exited early ({proc.returncode})"
-        try:
-            return check()
-        except (OSError, AssertionError) as e:
-            last = e
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    raise AssertionError(f"{what}: not ready after {timeout} s: {last}")
 
 
 def stop(proc: subprocess.Popen) -> None:

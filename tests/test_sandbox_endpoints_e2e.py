@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E, free_port
+from conftest import SANDBOX_E2E, free_port, run, sm_ssh, wait_until
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 
@@ -181,30 +181,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
         yield World(sandbox, env, json.loads(lines[-1][len("RESULT "):]))
-
-
-def run(argv: List[str], env: Dict[str, str], timeout: float = 180
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
-
-
-def wait_until(check: Any, proc: subprocess.Popen, what: str, timeout: float = 60) -> Any:
-    """Poll ``check()`` (OSError/AssertionError mean "not yet") while ``proc`` runs."""
-    deadline, delay, last = time.monotonic() + timeout, 0.05, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what}: the command exited early ({proc.returncode})"
-        try:
-            return check()
-        except (OSError, AssertionError) as e:
-            last = e
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    raise AssertionError(f"{what}: not ready after {timeout} s: {last}")
 
 
 # -- (a) the endpoint ----------------------------------------------------------------------------

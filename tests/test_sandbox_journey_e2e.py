@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E
+from conftest import SANDBOX_E2E, sm_ssh
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 
@@ -57,10 +57,6 @@ import sagemaker_ssh_helper
 sagemaker_ssh_helper.setup_and_start_ssh()
 raise RuntimeError("the training script failed on purpose")
 """
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
 def test_demo_command_runs_the_whole_journey(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import shutil
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -26,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 import ide_support
 import pytest
-from conftest import SANDBOX_E2E, free_port
+from conftest import SANDBOX_E2E, free_port, run, sm_ssh
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 from sagemaker_ssh_helper.sandbox.studio import exec_argv
@@ -92,16 +91,6 @@ def poll(check: Callable[[], Optional[T]], what: str, timeout: float = 60) -> T:
             raise AssertionError(f"{what} (last error: {last})")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-
-
-def run(argv: List[str], env: Dict[str, str], timeout: float = 120
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
 @contextlib.contextmanager

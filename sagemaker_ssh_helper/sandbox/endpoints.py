@@ -32,7 +32,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from sagemaker_ssh_helper.sandbox import serving
 from sagemaker_ssh_helper.sandbox.container import Container, ContainerConfig, OutputCallback
 from sagemaker_ssh_helper.sandbox.cwlogs import LogShipper
-from sagemaker_ssh_helper.sandbox.jobs import NAME_RE, ApiError, _in_range
+from sagemaker_ssh_helper.sandbox.jobs import (
+    NAME_RE,
+    ApiError,
+    _in_range,
+    list_page,
+    tag_operation,
+)
 from sagemaker_ssh_helper.sandbox.layout import JobSetupError, Platform
 from sagemaker_ssh_helper.sandbox.model_server import READY_LINE
 
@@ -219,24 +225,13 @@ class EndpointsAPI:
         key: Callable[[Endpoint], Any] = {"Name": lambda e: e.name.lower(),
                                           "Status": lambda e: e.status}.get(
             str(body.get("SortBy")), lambda e: e.created)
-        found.sort(key=key, reverse=body.get("SortOrder", "Descending") == "Descending")
-        start, size = int(body.get("NextToken") or 0), int(body.get("MaxResults") or 10)
-        out: Dict[str, Any] = {"Endpoints": [e.summary() for e in found[start:start + size]]}
-        if start + size < len(found):
-            out["NextToken"] = str(start + size)
-        return out
+        return list_page(found, body, key, "Endpoints", "Descending")
 
     def _tags(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
         endpoint = self.by_arn(body.get("ResourceArn", ""))
         assert endpoint is not None
         with endpoint.lock:
-            if operation == "AddTags":
-                endpoint.tags.update({t["Key"]: t.get("Value", "") for t in body.get("Tags") or []})
-            elif operation == "DeleteTags":
-                for tag_key in body.get("TagKeys") or []:
-                    endpoint.tags.pop(tag_key, None)
-                return {}
-            return {"Tags": [{"Key": k, "Value": v} for k, v in endpoint.tags.items()]}
+            return tag_operation(endpoint.tags, operation, body)
 
     # -- lifecycle --------------------------------------------------------------------------
     def _lifecycle(self, endpoint: Endpoint) -> None:

@@ -287,31 +287,16 @@ class JobsAPI:
                 and (not status or j.status == status)
                 and _in_range(j.created, body, "CreationTime")
                 and _in_range(j.modified, body, "LastModifiedTime")]
-        sort_by = body.get("SortBy", "CreationTime")
         key_fn: Callable[[Job], Any] = {
             "Name": lambda j: j.name, "Status": lambda j: j.status,
-        }.get(sort_by, lambda j: j.created)
-        jobs.sort(key=key_fn, reverse=body.get("SortOrder", "Ascending") == "Descending")
-        start = int(body.get("NextToken") or 0)
-        size = int(body.get("MaxResults") or 10)
-        page = jobs[start:start + size]
-        out: Dict[str, Any] = {f"{kind.noun}Summaries": [j.summary() for j in page]}
-        if start + size < len(jobs):
-            out["NextToken"] = str(start + size)
-        return out
+        }.get(str(body.get("SortBy")), lambda j: j.created)
+        return list_page(jobs, body, key_fn, f"{kind.noun}Summaries", "Ascending")
 
     def _tags(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
         job = self.by_arn(body.get("ResourceArn", ""))
         assert job is not None
         with job.lock:
-            if operation == "AddTags":
-                job.tags.update({t["Key"]: t.get("Value", "") for t in body.get("Tags") or []})
-                return {"Tags": [{"Key": k, "Value": v} for k, v in job.tags.items()]}
-            if operation == "DeleteTags":
-                for key in body.get("TagKeys") or []:
-                    job.tags.pop(key, None)
-                return {}
-            return {"Tags": [{"Key": k, "Value": v} for k, v in job.tags.items()]}
+            return tag_operation(job.tags, operation, body)
 
     # -- test hooks -------------------------------------------------------------------------
     def set_rule_status(self, name: str, rule: str, status: str,
@@ -330,6 +315,30 @@ class JobsAPI:
                         self.save(job)
                         return dict(entry)
         raise ApiError("ValidationException", f"job {name} has no rule {rule!r}")
+
+
+def list_page(items: List[Any], body: Dict[str, Any], key: Callable[[Any], Any], field: str,
+              default_order: str) -> Dict[str, Any]:
+    """One page of a List* answer: sorted by ``key`` (SortOrder), MaxResults/NextToken."""
+    items = sorted(items, key=key,
+                   reverse=body.get("SortOrder", default_order) == "Descending")
+    start, size = int(body.get("NextToken") or 0), int(body.get("MaxResults") or 10)
+    out: Dict[str, Any] = {field: [item.summary() for item in items[start:start + size]]}
+    if start + size < len(items):
+        out["NextToken"] = str(start + size)
+    return out
+
+
+def tag_operation(tags: Dict[str, str], operation: str, body: Dict[str, Any]
+                  ) -> Dict[str, Any]:
+    """AddTags / DeleteTags / ListTags on ``tags`` (changed in place)."""
+    if operation == "AddTags":
+        tags.update({t["Key"]: t.get("Value", "") for t in body.get("Tags") or []})
+    elif operation == "DeleteTags":
+        for tag_key in body.get("TagKeys") or []:
+            tags.pop(tag_key, None)
+        return {}
+    return {"Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
 
 
 def _in_range(value: float, body: Dict[str, Any], prefix: str) -> bool:
