@@ -21,6 +21,9 @@ TEST_REQUIRES = [
     "constructs>=10",
     "jupyter_server>=2",  # the Studio IDE test reaches a Jupyter server through -L
     "jupyter-server-proxy>=4",  # ... and noVNC behind it (server-lc-config.sh's Web VNC)
+    "paramiko>=3",  # clients that read ~/.ssh/config through paramiko (the seed's IDE flows)
+    "fabric>=3",  # Connection("<job>.training.sagemaker").run(...) after `sm-ssh config`
+    "awscli<2",  # `aws ssm start-session --target mi-...` against the sandbox (AWS CLI v1)
 ]
 
 setup(

@@ -4,7 +4,7 @@
     sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID [--index N | --node algo-2]
            [ssh options ...] [[--] command ...]
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N]
-    sm-ssh [--profile P] [--region R] config
+    sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh sandbox ...
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=22, help="sshd port in the container")
     p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     add_general_options(p, top_level=False)
+    p.add_argument("--inline", action="store_true",
+                   help="write the host blocks into ~/.ssh/config itself rather than an "
+                        "Include of ~/.ssh/sm-ssh/config (paramiko and Fabric ignore Include)")
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     return parser
 
@@ -146,12 +149,20 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(ctx: Context) -> int:
+def cmd_config(ctx: Context, inline: bool) -> int:
     from sagemaker_ssh_helper import sshconfig
 
-    path, added = sshconfig.install(ctx.profile, ctx.region)
-    print(f"wrote {path}" + (f" and included it from {path.parents[1] / 'config'}" if added
-                             else "") + "; try: ssh <name>.training.sagemaker", file=sys.stderr)
+    sshconfig.check_options(ctx.profile, ctx.region)
+    warning = sshconfig.home_warning()
+    if warning:
+        print(f"sm-ssh: warning: {warning}", file=sys.stderr)
+    path, changed = sshconfig.install(ctx.profile, ctx.region, inline=inline)
+    if inline:
+        done = f"wrote the sm-ssh host blocks into {path}"
+    else:
+        done = f"wrote {path}" + (f" and included it from {path.parents[1] / 'config'}"
+                                  if changed else "")
+    print(f"{done}; try: ssh <name>.training.sagemaker", file=sys.stderr)
     return 0
 
 
@@ -190,7 +201,7 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
-        "config": lambda: cmd_config(ctx),
+        "config": lambda: cmd_config(ctx, args.inline),
     }
     return handlers[args.command]()
 

@@ -262,7 +262,7 @@ def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.Monke
     template = sshconfig.template_text()
     for line in ("Host *.studio.sagemaker\n    User sagemaker-user\n",
                  "Host *.*.sagemaker\n    User root\n", "    IdentityFile ~/.ssh/%h\n",
-                 "    ProxyCommand sm-ssh start-proxy %n --port %p\n",
+                 "    ProxyCommand sm-ssh start-proxy %h --port %p\n",
                  "    ServerAliveInterval 15\n", "    ServerAliveCountMax 4\n"):
         assert line in template
     rendered = sshconfig.render(python=sys.executable, region="eu-west-1")
