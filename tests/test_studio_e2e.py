@@ -14,6 +14,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -326,8 +327,19 @@ def test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop(
                               "ExitOnForwardFailure=yes", "-R",
                               f"443:127.0.0.1:{server.server_address[1]}", "--", read),
                        configured.env)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout.strip().splitlines()[-1] == "license-ok"
+            # The laptop side as the earlier documents have it: the license server saved once,
+            # then `sm-local-ssh-ide <app>` (the bare form) adds the -R forward, as root.
+            local = [sys.executable, "-m", "sagemaker_ssh_helper.sm_local", "sm-local-ssh-ide"]
+            saved = run([*local, "set-jb-license-server",
+                         f"127.0.0.1:{server.server_address[1]}"], configured.env)
+            assert saved.returncode == 0, saved.stderr
+            done = run([*local, "default", "--local-port", str(free_port()), "--ssh-only",
+                        "-o", "ExitOnForwardFailure=yes", "--", read], configured.env)
         finally:
             server.shutdown()
+            (Path(configured.env["HOME"]) / ".sm-jb-license-server").unlink(missing_ok=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "license-ok"
 
