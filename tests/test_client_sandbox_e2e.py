@@ -465,6 +465,27 @@ def test_fabric_connection_after_sm_ssh_config_inline(world: World) -> None:
     assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
 
 
+def test_aws_ssm_start_session_gives_a_shell_in_the_job(world: World) -> None:
+    """The seed's Method A: `aws ssm start-session --target mi-...` (AWS CLI v1 from pip and
+    the plugin stand-in) opens a shell in the container as ssm-user, with a sudoers entry as
+    the real agent writes it."""
+    import importlib.util
+
+    from sagemaker_ssh_helper.manager import SSMManager
+
+    if importlib.util.find_spec("awscli") is None:
+        pytest.skip("no AWS CLI v1 for this Python (pip install awscli)")
+    with world.sandbox.activated():
+        mi = SSMManager(progress=None).get_training_instance_ids(world.jobs["one"], 30)[0]
+    root = "ls /etc/sudoers.d"
+    done = subprocess.run([sys.executable, "-m", "awscli", "ssm", "start-session", "--target",
+                           mi], env=world.env, capture_output=True, text=True, timeout=120,
+                          input=f"echo in-$(hostname) as $(id -un) in $(pwd); {root}\nexit\n")
+    assert done.returncode == 0, done.stderr
+    assert "in-algo-1 as ssm-user in /usr/bin" in done.stdout, done.stdout
+    assert "ssm-agent-users" in done.stdout, done.stdout
+
+
 # -- releasing the jobs (last: the jobs end here) ------------------------------------------------
 def test_sm_local_ssh_training_connect_run_command_and_stop_waiting(world: World) -> None:
     port = free_port()
