@@ -39,6 +39,10 @@ setup(
         "sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*", "sandbox/pyhook/*"],
     },
     include_package_data=True,
+    # <prefix>/sm_ssh/: where users copy the notebook from (`cp $PREFIX/sm_ssh/...ipynb`).
+    data_files=[("sm_ssh", ["SageMaker_SSH_IDE.ipynb", "SageMaker_SSH_Notebook.ipynb",
+                            "kernel-lc-config.sh", "server-lc-config.sh",
+                            "ssh_config_template.txt"])],
     scripts=[str(Path(s).relative_to(HERE)) for s in SCRIPTS],
     install_requires=[
         "sagemaker>=2.200,<3",
