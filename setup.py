@@ -9,7 +9,16 @@ VERSION = (HERE / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
 # Bash entry points users call by name; they are installed on PATH and also shipped inside the
 # package directory, because inside a SageMaker container the package arrives as a plain folder
 # (``dependencies=[SSHEstimatorWrapper.dependency_dir()]``) rather than a pip install.
-SCRIPTS = sorted(str(p) for p in (HERE / "sagemaker_ssh_helper").glob("sm-*") if p.is_file())
+# The commands users type on the laptop are Python console scripts (they work on Windows, where
+# there is no bash); their bash files in the package stay as launchers for POSIX use from the
+# package folder, and are not installed over the console scripts.
+LAPTOP = {f"sm-local-ssh-{kind}": "sagemaker_ssh_helper.sm_local:console_main" for kind in
+          ("training", "processing", "transform", "inference", "notebook", "ide")}
+LAPTOP.update({"sm-local-start-ssh": "sagemaker_ssh_helper.sm_local:console_main",
+               "sm-connect-ssh-proxy": "sagemaker_ssh_helper.sm_local:console_main",
+               "sm-local-configure": "sagemaker_ssh_helper.configure:main"})
+SCRIPTS = sorted(str(p) for p in (HERE / "sagemaker_ssh_helper").glob("sm-*")
+                 if p.is_file() and p.name not in LAPTOP)
 
 TEST_REQUIRES = [
     "pytest>=7",
@@ -60,6 +69,7 @@ setup(
             "sm-ssh=sagemaker_ssh_helper.sm_ssh:main",
             "sm-ssh-deregister-instances="
             "sagemaker_ssh_helper.deregister_old_instances_from_ssm:main",
+            *(f"{name}={target}" for name, target in sorted(LAPTOP.items())),
         ],
     },
     classifiers=[

@@ -374,5 +374,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 2
 
 
+def console_main() -> int:
+    """Console-script entry point: the command's name is the name it was started by
+    (``sm-local-ssh-training``, ``sm-local-ssh-training.exe`` on Windows, ...)."""
+    return main([Path(sys.argv[0]).stem, *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper import keys, portable
 from sagemaker_ssh_helper.errors import UsageError
 
 HEADER = ("# Managed by `sm-ssh config` from ssh_config_template.txt: run it again to update; "
@@ -101,7 +101,7 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
 def _write(path: Path, text: str, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
+        portable.set_mode(fd, tmp, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -112,16 +112,7 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (fcntl on POSIX, msvcrt on Windows)."""
-    with open(path, "a") as lock:
-        if os.name == "nt":  # pragma: no cover - not testable on Linux
-            import msvcrt
-
-            msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
-        else:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(path, "a") as lock, portable.exclusive(lock):
         yield
 
 

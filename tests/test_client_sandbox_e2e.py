@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -484,6 +485,42 @@ def test_aws_ssm_start_session_gives_a_shell_in_the_job(world: World) -> None:
     assert done.returncode == 0, done.stderr
     assert "in-algo-1 as ssm-user in /usr/bin" in done.stdout, done.stdout
     assert "ssm-agent-users" in done.stdout, done.stdout
+
+
+PLUGIN_SHIM = """#!{python}
+# the sandbox's session-manager-plugin stand-in, started without bash (as the real Go binary)
+import sys
+
+from sagemaker_ssh_helper.sandbox.plugin import main
+
+sys.exit(main())
+"""
+
+
+def test_laptop_commands_run_without_bash(world: World) -> None:
+    """The laptop commands are console scripts: with no bash on PATH (as on Windows) they
+    still connect. PATH: the virtualenv's bin, ssh and ssh-keygen, the plugin."""
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "sm-local-ssh-training").exists():
+        pytest.skip("the package's console scripts are not installed (pip install -e .)")
+    tools = world.tmp / "no-bash-tools"
+    tools.mkdir()
+    for tool in ("ssh", "ssh-keygen"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    (tools / "session-manager-plugin").write_text(PLUGIN_SHIM.format(python=sys.executable))
+    (tools / "session-manager-plugin").chmod(0o755)
+    path = f"{venv_bin}:{tools}"
+    assert shutil.which("bash", path=path) is None and shutil.which("sh", path=path) is None
+    env = dict(world.home("no-bash"), PATH=path)
+    done = run(["sm-local-ssh-training", "connect", world.jobs["one"], "--local-port",
+                str(free_port()), "--ssh-only", "--", "hostname"], env)
+    assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
+    done = run(["sm-local-start-ssh", world.fqdn("one"), "--", "echo", "started"], env)
+    assert (done.returncode, done.stdout) == (0, "started\n"), done.stderr
+    for command in (["sm-local-configure", "--check"], ["sm-connect-ssh-proxy", "--help"],
+                    ["sm-local-ssh-ide", "--help"], ["sm-ssh", "list", "training.sagemaker"]):
+        done = run(command, env)
+        assert done.returncode == 0, (command, done.stderr)
 
 
 # -- releasing the jobs (last: the jobs end here) ------------------------------------------------
