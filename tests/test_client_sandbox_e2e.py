@@ -443,6 +443,28 @@ def test_quick_setup_block_with_ssh_and_paramiko_on_two_jobs(world: World) -> No
     assert key.stat().st_mode & 0o777 == 0o600
     known = (home / ".ssh" / "known_hosts").read_text().splitlines()
     assert {line.split()[0] for line in known} == {f"[localhost]:{port}", f"[127.0.0.1]:{port}"}
+    # The README's low-level form by instance ID, then the key on the command line.
+    from sagemaker_ssh_helper.manager import SSMManager
+
+    with world.sandbox.activated():
+        mi = SSMManager(progress=None).get_training_instance_ids(world.jobs["one"], 30)[0]
+    tunnel = subprocess.Popen(
+        as_user_with_home(home, script(
+            "sm-local-start-ssh", mi, "-R", "localhost:12345:localhost:12345", "-L",
+            f"localhost:{free_port()}:localhost:8787", "-L", f"localhost:{port}:localhost:22",
+            "-N")), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        def with_key() -> str:
+            done = run(as_user_with_home(home, [
+                "ssh", "-o", "BatchMode=yes", "-i", "~/.ssh/sagemaker-ssh-gw", "-p", str(port),
+                "root@localhost", "hostname"]), env)
+            assert done.returncode == 0, done.stderr
+            return str(done.stdout)
+
+        assert wait_until(with_key, tunnel, "ssh -i ~/.ssh/sagemaker-ssh-gw") == "algo-1\n"
+    finally:
+        stop(tunnel)
 
 
 FABRIC_HOSTNAME = """\
