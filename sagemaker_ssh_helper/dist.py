@@ -140,9 +140,9 @@ def stage(session: Any, region: str, prefix: Optional[str] = None) -> str:
     with tempfile.TemporaryDirectory(prefix="sm-ssh-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         try:
-            s3.upload_file(str(wheel), bucket, key)
+            s3.put_object(Bucket=bucket, Key=key, Body=wheel.read_bytes())
         except Exception as e:
-            if aws.error_code(e) in ("NoSuchBucket", "404"):
+            if aws.error_code(e) == "NoSuchBucket":
                 raise SSHHelperError(f"bucket {bucket} does not exist in this account: create "
                                      "it, or pass --s3 s3://<your-bucket>/<prefix>/") from e
             raise aws.explain(e, "s3:PutObject") from e

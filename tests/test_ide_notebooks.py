@@ -164,3 +164,26 @@ def test_wheel_of_the_installed_version(tmp_path: Path) -> None:
                 data = zf.read(name)
                 expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
                 assert digest == f"sha256={expected.decode()}" and int(size) == len(data)
+
+
+def test_stage_wheel_to_s3_and_a_missing_bucket(moto_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`sm-ssh stage-wheel` against moto: the default bucket missing is one line; with --s3
+    the wheel lands under the prefix and the printed line names it."""
+    import boto3
+
+    from sagemaker_ssh_helper import dist, sm_ssh
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    assert sm_ssh.main(["stage-wheel"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == (
+        "sm-ssh: bucket sagemaker-us-east-1-123456789012 does not exist in this account: "
+        "create it, or pass --s3 s3://<your-bucket>/<prefix>/")
+    boto3.client("s3").create_bucket(Bucket="team-bucket")
+    assert sm_ssh.main(["stage-wheel", "--s3", "s3://team-bucket/tools/"]) == 0
+    out, _ = capsys.readouterr()
+    key = f"tools/{dist.wheel_name()}"
+    assert out == f"SM_SSH_PACKAGE=s3://team-bucket/{key}\n"
+    body = boto3.client("s3").get_object(Bucket="team-bucket", Key=key)["Body"].read()
+    assert body[:2] == b"PK" and len(body) > 100_000
