@@ -18,9 +18,9 @@ LOCAL_USER_ID="${LOCAL_USER_ID:-AIDACKCEVSQ6C2EXAMPLE:terry@SSO}"
 NOVNC_PORT="${NOVNC_PORT:-6080}"
 JUPYTER_PYTHON="${JUPYTER_PYTHON:-python3}"
 JUPYTER_BASE_URL="${JUPYTER_BASE_URL:-/jupyter/default/}"
-HELPER_VERSION="${HELPER_VERSION:-}"
 
 log() { printf 'server-lc-config.sh: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
 
 if ((EUID != 0)); then  # e.g. sagemaker-user: again as root, with the same PATH (and Python)
   command -v sudo >/dev/null || { log "run as root"; exit 1; }
@@ -28,10 +28,35 @@ if ((EUID != 0)); then  # e.g. sagemaker-user: again as root, with the same PATH
     bash "$(readlink -f "${BASH_SOURCE[0]}")" "$@"
 fi
 
+# Where sagemaker-ssh-helper comes from: the SM_SSH_PACKAGE=s3://... line that `sm-ssh
+# stage-wheel` prints on the laptop (the wheel of the laptop's version), or a pip requirement,
+# wheel path or URL. `pip install sagemaker-ssh-helper` from the public package index gives the
+# upstream project (2.x), which does not work with this client (3.x): it is refused.
+SM_SSH_PACKAGE="${SM_SSH_PACKAGE:-sagemaker-ssh-helper==3.0.0}"
+py="${SM_SSH_PYTHON:-python3}"
+
+ours() { "$py" -m sagemaker_ssh_helper.dist check >/dev/null 2>&1; }
+
+install_helper() {  # pip install SM_SSH_PACKAGE into $py's environment, never a 2.x
+  local spec="$SM_SSH_PACKAGE" tmp
+  tmp="$(mktemp -d)"
+  if [[ "$spec" == s3://* ]]; then
+    spec="$tmp/${spec##*/}"
+    "$py" -c 'import sys, boto3; b, _, k = sys.argv[1][5:].partition("/")
+boto3.client("s3").download_file(b, k, sys.argv[2])' "$SM_SSH_PACKAGE" "$spec" ||
+      die "cannot download $SM_SSH_PACKAGE (does the execution role have s3:GetObject on it?)"
+  fi
+  printf 'sagemaker-ssh-helper>=3\n' >"$tmp/constraints.txt"
+  PIP_CONSTRAINT="$tmp/constraints.txt" "$py" -m pip install -q "$spec" ||
+    die "pip could not install $SM_SSH_PACKAGE as sagemaker-ssh-helper 3.x: set SM_SSH_PACKAGE to the s3:// URL that 'sm-ssh stage-wheel' prints on your laptop"
+  rm -rf "$tmp"
+  ours || die "$SM_SSH_PACKAGE did not give sagemaker-ssh-helper 3.x for $py"
+}
+
 ide="${SM_SSH_IDE:-}"
 if [[ -z "$ide" ]]; then
-  if ! command -v sm-ssh-ide >/dev/null; then
-    "${SM_SSH_PYTHON:-python3}" -m pip install -q "sagemaker-ssh-helper${HELPER_VERSION:+==$HELPER_VERSION}"
+  if ! command -v sm-ssh-ide >/dev/null || ! ours; then
+    install_helper
   fi
   ide="$(command -v sm-ssh-ide)"
 fi

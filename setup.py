@@ -9,7 +9,16 @@ VERSION = (HERE / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
 # Bash entry points users call by name; they are installed on PATH and also shipped inside the
 # package directory, because inside a SageMaker container the package arrives as a plain folder
 # (``dependencies=[SSHEstimatorWrapper.dependency_dir()]``) rather than a pip install.
-SCRIPTS = sorted(str(p) for p in (HERE / "sagemaker_ssh_helper").glob("sm-*") if p.is_file())
+# The commands users type on the laptop are Python console scripts (they work on Windows, where
+# there is no bash); their bash files in the package stay as launchers for POSIX use from the
+# package folder, and are not installed over the console scripts.
+LAPTOP = {f"sm-local-ssh-{kind}": "sagemaker_ssh_helper.sm_local:console_main" for kind in
+          ("training", "processing", "transform", "inference", "notebook", "ide")}
+LAPTOP.update({"sm-local-start-ssh": "sagemaker_ssh_helper.sm_local:console_main",
+               "sm-connect-ssh-proxy": "sagemaker_ssh_helper.sm_local:console_main",
+               "sm-local-configure": "sagemaker_ssh_helper.configure:main"})
+SCRIPTS = sorted(str(p) for p in (HERE / "sagemaker_ssh_helper").glob("sm-*")
+                 if p.is_file() and p.name not in LAPTOP)
 
 TEST_REQUIRES = [
     "pytest>=7",
@@ -21,6 +30,9 @@ TEST_REQUIRES = [
     "constructs>=10",
     "jupyter_server>=2",  # the Studio IDE test reaches a Jupyter server through -L
     "jupyter-server-proxy>=4",  # ... and noVNC behind it (server-lc-config.sh's Web VNC)
+    "paramiko>=3",  # clients that read ~/.ssh/config through paramiko (the seed's IDE flows)
+    "fabric>=3",  # Connection("<job>.training.sagemaker").run(...) after `sm-ssh config`
+    "awscli<2",  # `aws ssm start-session --target mi-...` against the sandbox (AWS CLI v1)
 ]
 
 setup(
@@ -36,6 +48,10 @@ setup(
         "sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*", "sandbox/pyhook/*"],
     },
     include_package_data=True,
+    # <prefix>/sm_ssh/: where users copy the notebook from (`cp $PREFIX/sm_ssh/...ipynb`).
+    data_files=[("sm_ssh", ["SageMaker_SSH_IDE.ipynb", "SageMaker_SSH_Notebook.ipynb",
+                            "kernel-lc-config.sh", "server-lc-config.sh",
+                            "ssh_config_template.txt"])],
     scripts=[str(Path(s).relative_to(HERE)) for s in SCRIPTS],
     install_requires=[
         "sagemaker>=2.200,<3",
@@ -53,6 +69,7 @@ setup(
             "sm-ssh=sagemaker_ssh_helper.sm_ssh:main",
             "sm-ssh-deregister-instances="
             "sagemaker_ssh_helper.deregister_old_instances_from_ssm:main",
+            *(f"{name}={target}" for name, target in sorted(LAPTOP.items())),
         ],
     },
     classifiers=[

@@ -1,12 +1,15 @@
 """``sm-local-configure``: check (and where possible install) what the client side needs.
 
-The client needs only OpenSSH (``ssh``, ``ssh-keygen``) and AWS's ``session-manager-plugin``
-(no AWS CLI). The plugin is installed from AWS's official download location for Linux
-(x86_64 and arm64, .deb or .rpm) and macOS (Intel and Apple silicon, .pkg); anywhere else, or
-without the rights to install, the command says exactly what to do instead.
+``sm-ssh`` needs only OpenSSH (``ssh``, ``ssh-keygen``) and AWS's ``session-manager-plugin``;
+the documents' other flows (``aws ssm start-session --target mi-...``) also use the AWS CLI v2.
+Both are installed from AWS's official download locations for Linux (x86_64 and arm64; the
+plugin as .deb or .rpm) and macOS (.pkg), after their signatures are verified against the keys
+AWS publishes (``signing``); anywhere else, or without the rights to install, the command says
+exactly what to do instead.
 
-    sm-local-configure            detect; install the plugin if it is missing
-    sm-local-configure --check    detect only (exit 1 if something is missing)
+    sm-local-configure               detect; install the plugin and the AWS CLI v2 if missing
+    sm-local-configure --no-awscli   ... but not the AWS CLI
+    sm-local-configure --check       detect only (exit 1 if something sm-ssh needs is missing)
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from sagemaker_ssh_helper import signing
 from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
 
 PLUGIN = "session-manager-plugin"
 DOWNLOADS = "https://s3.amazonaws.com/session-manager-downloads/plugin/latest"
+AWSCLI_DOWNLOADS = "https://awscli.amazonaws.com"
 GUIDE = ("https://docs.aws.amazon.com/systems-manager/latest/userguide/"
          "session-manager-working-with-install-plugin.html")
 SSH_HINT = {"Linux": "apt-get install openssh-client (or: dnf install openssh-clients)",
@@ -43,11 +48,12 @@ class ConfigureError(SSHHelperError):
 
 @dataclass(frozen=True)
 class Package:
-    """How to install the plugin on this machine."""
+    """How to install a tool on this machine."""
 
     url: str
-    install: List[str]  # argv, with {file} for the downloaded file
+    install: List[str]  # argv, with {file} for the downloaded file ({dir}: it unpacked)
     needs_root: bool = True
+    key: signing.SigningKey = signing.SESSION_MANAGER_PLUGIN  # PGP key of ``<url>.sig``
 
 
 def _arch() -> Optional[str]:
@@ -82,6 +88,22 @@ def plugin_package(system: Optional[str] = None, arch: Optional[str] = None) -> 
         return Package(f"{base}/{folder}/session-manager-plugin.rpm",
                        ["rpm", "-U", "--replacepkgs", "{file}"])
     return None
+
+
+def awscli_package(system: Optional[str] = None, arch: Optional[str] = None
+                   ) -> Optional[Package]:
+    """AWS's AWS CLI v2 installer for this OS/CPU and how to run it, or None."""
+    system = system or platform.system()
+    arch = arch if arch is not None else _arch()
+    base = os.environ.get("SM_SSH_AWSCLI_DOWNLOADS", AWSCLI_DOWNLOADS).rstrip("/")
+    if system == "Darwin":
+        return Package(f"{base}/AWSCLIV2.pkg", ["installer", "-pkg", "{file}", "-target", "/"],
+                       key=signing.AWS_CLI)
+    if system != "Linux" or arch is None:
+        return None
+    machine = "x86_64" if arch == "64bit" else "aarch64"
+    return Package(f"{base}/awscli-exe-linux-{machine}.zip", ["{dir}/aws/install", "--update"],
+                   key=signing.AWS_CLI)
 
 
 def _version(argv: List[str]) -> str:
@@ -125,30 +147,81 @@ def _as_root(argv: List[str]) -> Optional[List[str]]:
     return [sudo, *argv] if sudo else None
 
 
-def install_plugin(out: Callable[[str], None]) -> None:
-    """Download and install session-manager-plugin, or explain how to."""
-    package = plugin_package()
+def _check_macos_package(file: Path) -> None:
+    """macOS installers are signed with Apple's Developer ID: ``pkgutil`` checks that."""
+    done = subprocess.run(["pkgutil", "--check-signature", str(file)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0 or "Amazon" not in done.stdout:
+        raise ConfigureError(f"{file.name} is not signed by Amazon (pkgutil --check-signature):"
+                             " not installing it")
+
+
+def verified_download(package: Package, folder: Path, out: Callable[[str], None]) -> Path:
+    """Download ``package`` into ``folder`` and check its signature; return the file."""
+    file = folder / package.url.rsplit("/", 1)[-1]
+    out(f"downloading {package.url}")
+    download(package.url, file)
+    if file.suffix == ".pkg":
+        _check_macos_package(file)
+        return file
+    signature = Path(f"{file}.sig")
+    download(f"{package.url}.sig", signature)
+    fingerprint = signing.verify(file, signature, package.key)
+    out(f"verified the signature of {file.name} (key {fingerprint})")
+    return file
+
+
+def _unpack(file: Path, folder: Path) -> None:
+    """Unzip ``file`` into ``folder``, keeping the files' modes (the installers' x bits)."""
+    import zipfile
+
+    with zipfile.ZipFile(file) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, folder))
+            mode = info.external_attr >> 16 & 0o777
+            if mode and not info.is_dir():
+                os.chmod(path, mode)
+
+
+def install(tool: str, package: Optional[Package], guide: str,
+            out: Callable[[str], None]) -> None:
+    """Download, verify and install ``tool``, or explain how to."""
     if package is None:
-        raise ConfigureError(
-            f"cannot install {PLUGIN} automatically on {platform.system()} "
-            f"{platform.machine()}: follow {GUIDE}")
+        raise ConfigureError(f"cannot install {tool} automatically on {platform.system()} "
+                             f"{platform.machine()}: follow {guide}")
     with tempfile.TemporaryDirectory(prefix="sm-local-configure-") as tmp:
-        file = Path(tmp) / package.url.rsplit("/", 1)[-1]
-        out(f"downloading {package.url}")
-        download(package.url, file)
-        argv = [str(file) if a == "{file}" else a for a in package.install]
+        file = verified_download(package, Path(tmp), out)
+        if file.suffix == ".zip":
+            _unpack(file, Path(tmp))
+        argv = [a.replace("{file}", str(file)).replace("{dir}", tmp) for a in package.install]
         privileged = _as_root(argv)
         if privileged is None:
-            raise ConfigureError(f"installing {PLUGIN} needs root: run `sm-local-configure` "
+            raise ConfigureError(f"installing {tool} needs root: run `sm-local-configure` "
                                  f"as root, or `{' '.join(argv)}` with your admin rights")
         out("running " + " ".join(privileged))
         done = subprocess.run(privileged, check=False)
         if done.returncode != 0:
             raise ConfigureError(f"`{' '.join(privileged)}` failed (exit {done.returncode}): "
-                                 f"see its output above, or follow {GUIDE}")
+                                 f"see its output above, or follow {guide}")
+    out(f"installed {tool}")
+
+
+def install_plugin(out: Callable[[str], None]) -> None:
+    """Download, verify and install session-manager-plugin, or explain how to."""
+    install(PLUGIN, plugin_package(), GUIDE, out)
     if platform.system() == "Darwin" and not shutil.which(PLUGIN):
         out(f"add /usr/local/sessionmanagerplugin/bin to PATH, or link {PLUGIN} into "
             "/usr/local/bin")
+
+
+def ensure_awscli(out: Callable[[str], None]) -> None:
+    """Install the AWS CLI v2 unless an ``aws`` command is there already."""
+    aws = shutil.which("aws")
+    if aws is not None:
+        out(f"aws: {aws} ({_version([aws, '--version']) or 'version unknown'})")
+        return
+    out("aws: not found on PATH; installing the AWS CLI v2 (--no-awscli to skip)")
+    install("the AWS CLI v2", awscli_package(), signing.AWSCLI_GUIDE, out)
 
 
 def _out(message: str) -> None:
@@ -157,10 +230,6 @@ def _out(message: str) -> None:
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
     missing = detect(out)
-    if not missing:
-        out("ready; next: `sm-ssh config` for plain `ssh <name>.<kind>.sagemaker`, or "
-            "`sm-ssh connect <name>.<kind>.sagemaker`")
-        return 0
     ssh_missing = [t for t in missing if t != PLUGIN]
     if ssh_missing:
         hint = SSH_HINT.get(platform.system(), "install the OpenSSH client")
@@ -176,7 +245,13 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
         if not shutil.which(PLUGIN) and platform.system() != "Darwin":
             raise ConfigureError(f"{PLUGIN} was installed but is not on PATH: add its folder "
                                  "(usually /usr/local/bin) to PATH")
-    return 0 if not ssh_missing else 1
+    if not args.check and not args.no_awscli:
+        ensure_awscli(out)
+    if ssh_missing:
+        return 1
+    out("ready; next: `sm-ssh config` for plain `ssh <name>.<kind>.sagemaker`, or "
+        "`sm-ssh connect <name>.<kind>.sagemaker`")
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -184,8 +259,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = sm_ssh.OneLineParser(
         prog="sm-local-configure",
-        description="Find session-manager-plugin and ssh; install the plugin if it is missing.")
+        description="Find session-manager-plugin and ssh; install the plugin (and the AWS "
+                    "CLI v2) if missing, after verifying AWS's signatures.")
     parser.add_argument("--check", action="store_true", help="detect only; install nothing")
+    parser.add_argument("--no-awscli", action="store_true",
+                        help="do not install the AWS CLI v2 (sm-ssh does not need it)")
     return sm_ssh.guarded("sm-local-configure", lambda flags: run(parser.parse_args(argv)))
 
 

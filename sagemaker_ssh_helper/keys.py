@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import fcntl
 import getpass
 import hashlib
 import logging
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, portable
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ def _open_new(path: Path, mode: int) -> Iterator[Any]:
     """Write ``path`` atomically with ``mode`` set at open time (never world-readable first)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
+        portable.set_mode(fd, tmp, mode)
         with os.fdopen(fd, "w") as f:
             yield f
         os.replace(tmp, path)
@@ -181,12 +180,8 @@ def parse_host_keys(output: str) -> List[Tuple[str, str]]:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with open(f"{path}.lock", "a") as lock, portable.exclusive(lock):
+        yield
 
 
 def pin_host_keys(alias: str, host_keys: List[Tuple[str, str]],

@@ -3,16 +3,19 @@ sagemaker_ssh_helper.sm_local <script name> "$@"``.
 
     sm-local-start-ssh [--proxy-setup-only] <mi-id|fqdn> [ssh args] [[--] command]
     sm-connect-ssh-proxy [--no-setup] <mi-id|fqdn> [port]          (a ProxyCommand)
-    sm-local-ssh-<kind> connect <name> [--local-port N] [--ssh-only] [ssh args] [[--] command]
+    sm-local-ssh-<kind> connect|connect-job <name> [--local-port N] [--ssh-only] [ssh args]
+                        [[--] command]
     sm-local-ssh-<kind> proxy-host <fqdn|name> [port]               (a ProxyCommand)
     sm-local-ssh-<kind> stop-waiting [<name>] [--local-port N]
     sm-local-ssh-<kind> run-command [--local-port N] <command> [args ...]
-    sm-local-ssh-ide [--domain-id D] [--user-profile-name U | --space-name S] connect-app <app>
-    sm-local-ssh-ide set-domain-id D | set-user-profile-name U
+    sm-local-ssh-ide [--domain-id D] [--user-profile-name U | --space-name S] [connect-app] <app>
+    sm-local-ssh-ide set-domain-id D | set-user-profile-name U | set-jb-license-server H[:PORT]
 
 ``connect`` forwards ``localhost:<port>`` to the container's sshd (the kind's documented port,
 e.g. 11022 for training) plus the kind's usual extra ports, and opens an ssh session; while it
-runs, ``run-command`` and ``stop-waiting`` reach the container through that port.
+runs, ``run-command`` and ``stop-waiting`` reach the container through that port. ``connect``
+and ``sm-local-start-ssh`` also authorize the shared key ``~/.ssh/sagemaker-ssh-gw`` of earlier
+versions' documents and pin the host keys for the local port (see ``legacy``).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import connect, fqdn, keys, proxy, sm_ssh
+from sagemaker_ssh_helper import connect, fqdn, keys, legacy, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -48,7 +51,9 @@ SCRIPTS: Dict[str, Script] = {
                                                                      "Jupyter 8889"),
 }
 STUDIO_FILES = {"domain_id": ".sm-studio-domain-id",
-                "user_profile_name": ".sm-studio-user-profile-name"}
+                "user_profile_name": ".sm-studio-user-profile-name",
+                "jb_license_server": ".sm-jb-license-server"}
+CONNECT_COMMANDS = {"ide": ("connect", "connect-app")}  # other kinds: connect, connect-job
 
 
 def _stderr(message: str) -> None:
@@ -127,6 +132,8 @@ def start_ssh(argv: Sequence[str], flags: Dict[str, bool]) -> int:
         return 0
     connect.check_local_ports(options)
     prepared = connect.prepare(ctx, target, choice)
+    legacy.authorize(ctx.manager().ssm, prepared.instance_id, prepared.destination,
+                     legacy.sshd_ports(options))
     return connect.run_and_explain(ctx, prepared, options, command)
 
 
@@ -175,7 +182,7 @@ def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
         owner.add_argument("--space-name", help="Studio space, instead of a user profile")
     sub = parser.add_subparsers(dest="command", required=True)
     noun = "APP" if name == "ide" else "NAME"
-    for command in ("connect", "connect-app") if name == "ide" else ("connect",):
+    for command in CONNECT_COMMANDS.get(name, ("connect", "connect-job")):
         p = sub.add_parser(command, usage=f"{prog} {command} {noun} [--local-port N] "
                                           "[--ssh-only] [ssh options] [[--] command]",
                            help=f"forward localhost:{rk.default_port} to sshd"
@@ -198,6 +205,9 @@ def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
     if name == "ide":
         sub.add_parser("set-domain-id").add_argument("value")
         sub.add_parser("set-user-profile-name").add_argument("value")
+        sub.add_parser("set-jb-license-server", help="connect then also forwards the app's "
+                       "port 443 to this license server (HOST or HOST:PORT), and logs in as "
+                       "root").add_argument("value")
     return parser
 
 
@@ -244,17 +254,26 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
     forwards = ["-L", f"127.0.0.1:{port}:localhost:22"]
     if not ours["--ssh-only"]:
         forwards += SCRIPTS[name].extra_forwards
+    license_server = _studio_default(args, "jb_license_server") if name == "ide" else None
+    if license_server:  # the app's 127.0.0.1:443 -> the license server; binding 443 needs root
+        host, _, license_port = license_server.rpartition(":") if ":" in license_server \
+            else (license_server, "", "443")
+        forwards += ["-R", f"127.0.0.1:443:{host}:{license_port}"]
+        if not any(o.startswith("-l") for o in options):
+            forwards += ["-l", "root"]
     connect.check_local_ports([*options, *forwards],
                               hint="pass --local-port N (or --ssh-only to skip the extra "
                                    "ports), or stop what listens there")
     prepared = connect.prepare(ctx, target, choice)
+    legacy.authorize(ctx.manager().ssm, prepared.instance_id, target, [port])
     state = {"destination": prepared.destination, "user": prepared.user,
              "key": str(prepared.auth.key_path), "known_hosts": str(prepared.auth.known_hosts),
              "alias": prepared.auth.host_key_alias, "instance_id": prepared.instance_id}
     path = tunnel_state_path(port)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(json.dumps(state))
-    _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}); "
+    _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}), "
+            f"for keys {prepared.auth.key_path} and ~/.ssh/{legacy.GATEWAY_KEY}; "
             f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
     return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command)
 
@@ -288,19 +307,39 @@ def through_tunnel(port: int, command: Sequence[str], prog: str) -> int:
     return returncode
 
 
+def _bare_app(parser: argparse.ArgumentParser, head: List[str]) -> List[str]:
+    """``sm-local-ssh-ide <app>`` (the earlier form) means ``sm-local-ssh-ide connect <app>``."""
+    valued = {a for action in parser._actions if action.nargs is None and action.option_strings
+              for a in action.option_strings}
+    commands = {c for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction) for c in action.choices}
+    i = 0
+    while i < len(head):
+        item = head[i]
+        if item in commands:
+            return head
+        if not item.startswith("-"):
+            return [*head[:i], "connect", *head[i:]]
+        i += 2 if item in valued and "=" not in item else 1
+    return head
+
+
 def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool]) -> int:
     from sagemaker_ssh_helper import session
 
     head, command = sm_ssh.split_command(list(argv))
-    args = build_kind_parser(prog, name).parse_args(head)
+    parser = build_kind_parser(prog, name)
+    if name == "ide":
+        head = _bare_app(parser, head)
+    args = parser.parse_args(head)
     sm_ssh.set_verbose(flags, args.verbose)
     ctx = Context(args.profile, args.region)
-    if args.command in ("set-domain-id", "set-user-profile-name"):
+    if args.command in ("set-domain-id", "set-user-profile-name", "set-jb-license-server"):
         field = args.command[len("set-"):].replace("-", "_")
         (Path.home() / STUDIO_FILES[field]).write_text(args.value.strip() + "\n")
         _stderr(f"{prog}: saved {args.value} into ~/{STUDIO_FILES[field]}")
         return 0
-    if args.command in ("connect", "connect-app"):
+    if args.command in ("connect", "connect-app", "connect-job"):
         return kind_connect(ctx, name, args, prog, command)
     if args.command == "run-command":
         return through_tunnel(args.local_port, [*args.remote, *command], prog)
@@ -333,6 +372,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"sm-local: unknown command {prog!r}: use sm-local-start-ssh, sm-connect-ssh-proxy "
           f"or sm-local-ssh-{{{','.join(SCRIPTS)}}}", file=sys.stderr)
     return 2
+
+
+def console_main() -> int:
+    """Console-script entry point: the command's name is the name it was started by
+    (``sm-local-ssh-training``, ``sm-local-ssh-training.exe`` on Windows, ...)."""
+    return main([Path(sys.argv[0]).stem, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID [--index N | --node algo-2]
            [ssh options ...] [[--] command ...]
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N]
-    sm-ssh [--profile P] [--region R] config
+    sm-ssh [--profile P] [--region R] config [--inline]
+    sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sm-ssh", description="SSH into SageMaker jobs, endpoints, notebook instances and "
                                    "Studio apps over AWS Systems Manager.")
     add_general_options(parser, top_level=True)
-    sub = parser.add_subparsers(dest="command", metavar="{list,connect,start-proxy,config,sandbox}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{list,connect,start-proxy,config,stage-wheel,sandbox}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -87,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=22, help="sshd port in the container")
     p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     add_general_options(p, top_level=False)
+    p.add_argument("--inline", action="store_true",
+                   help="write the host blocks into ~/.ssh/config itself rather than an "
+                        "Include of ~/.ssh/sm-ssh/config (paramiko and Fabric ignore Include)")
+    p = sub.add_parser("stage-wheel", help="upload this version's wheel to S3 for Studio, "
+                                           "notebook instances and lifecycle configs")
+    add_general_options(p, top_level=False)
+    p.add_argument("--s3", metavar="S3_PREFIX",
+                   help="where to put it (default: s3://sagemaker-<region>-<account>/"
+                        "sagemaker-ssh-helper/)")
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     return parser
 
@@ -146,12 +157,30 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(ctx: Context) -> int:
+def cmd_config(ctx: Context, inline: bool) -> int:
     from sagemaker_ssh_helper import sshconfig
 
-    path, added = sshconfig.install(ctx.profile, ctx.region)
-    print(f"wrote {path}" + (f" and included it from {path.parents[1] / 'config'}" if added
-                             else "") + "; try: ssh <name>.training.sagemaker", file=sys.stderr)
+    sshconfig.check_options(ctx.profile, ctx.region)
+    warning = sshconfig.home_warning()
+    if warning:
+        print(f"sm-ssh: warning: {warning}", file=sys.stderr)
+    path, changed = sshconfig.install(ctx.profile, ctx.region, inline=inline)
+    if inline:
+        done = f"wrote the sm-ssh host blocks into {path}"
+    else:
+        done = f"wrote {path}" + (f" and included it from {path.parents[1] / 'config'}"
+                                  if changed else "")
+    print(f"{done}; try: ssh <name>.training.sagemaker", file=sys.stderr)
+    return 0
+
+
+def cmd_stage_wheel(ctx: Context, prefix: Optional[str]) -> int:
+    from sagemaker_ssh_helper import dist
+
+    url = dist.stage(ctx.session, ctx.region_name, prefix)
+    print(f"sm-ssh: staged {dist.NAME} {dist.version()}; in a lifecycle configuration or the "
+          "notebooks' first cell, set:", file=sys.stderr)
+    print(f"SM_SSH_PACKAGE={url}")
     return 0
 
 
@@ -190,7 +219,8 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
-        "config": lambda: cmd_config(ctx),
+        "config": lambda: cmd_config(ctx, args.inline),
+        "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
     }
     return handlers[args.command]()
 

@@ -2,24 +2,34 @@
 
 We own one file, ``~/.ssh/sm-ssh/config``, rewritten whole on every run, and add one
 ``Include`` line at the top of ``~/.ssh/config`` (an Include placed after a ``Host`` block
-would only apply inside it). Both edits are idempotent and made under a file lock.
+would only apply inside it). With ``--inline`` the same host blocks go into ``~/.ssh/config``
+itself, between marker lines, instead: paramiko (Fabric, and IDEs built on it) ignores
+``Include``. Both edits are idempotent and made under a file lock; a symlinked
+``~/.ssh/config`` stays a symlink (its target is edited).
 """
 from __future__ import annotations
 
-import fcntl
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper import keys, portable
+from sagemaker_ssh_helper.errors import UsageError
 
 HEADER = ("# Managed by `sm-ssh config` from ssh_config_template.txt: run it again to update; "
           "edits here are overwritten.\n")
+BEGIN = "# >>> sm-ssh config >>> (written by `sm-ssh config --inline`; edits here are overwritten)"
+END = "# <<< sm-ssh config <<<"
 TEMPLATE = Path(__file__).resolve().parent / "ssh_config_template.txt"
+# What --region/--profile may hold: they end up in a ProxyCommand line of ~/.ssh/config.
+_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+_PROFILE = re.compile(r"^[A-Za-z0-9_.@+=,:/-]{1,128}$")
 
 
 def config_path() -> Path:
@@ -46,10 +56,20 @@ def template_text() -> str:
     return TEMPLATE.read_text()
 
 
-def _literal(path: str) -> str:
-    """A path for an ssh_config value: ``%`` doubled, quoted when it holds blanks."""
-    value = path.replace("%", "%%")
+def _literal(path: str, suffix: str = "") -> str:
+    """A path for an ssh_config value: ``%`` doubled, then ``suffix`` (which may hold
+    ``%`` tokens), quoted as a whole when it holds blanks (as ssh and paramiko both read)."""
+    value = path.replace("%", "%%") + suffix
     return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def check_options(profile: Optional[str], region: Optional[str]) -> None:
+    """Refuse values that would break the ProxyCommand line (or every ssh invocation)."""
+    if region is not None and not _REGION.match(region):
+        raise UsageError(f"--region {region!r} is not an AWS region name (e.g. eu-west-1)")
+    if profile is not None and not _PROFILE.match(profile):
+        raise UsageError(f"--profile {profile!r} is not a usable AWS profile name (letters, "
+                         "digits and _.@+=,:/- only)")
 
 
 def render(python: Optional[str] = None, profile: Optional[str] = None,
@@ -57,15 +77,16 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
     """The template with its portable values made exact for this machine: the ssh directory
     (ssh reads ``~`` from the password database, which may not be ``$HOME``), and the
     ``sm-ssh`` command as this interpreter runs it (IDEs often lack the venv on PATH)."""
+    check_options(profile, region)
     parts = [*_python_prefix(python or sys.executable), "-m", "sagemaker_ssh_helper.sm_ssh"]
     parts += ["--profile", profile] if profile else []
     parts += ["--region", region] if region else []
     ssh_dir = str(keys.ssh_dir())
     exact = {
-        "IdentityFile": _literal(os.environ.get("SSH_KEY") or ssh_dir) + (
-            "" if os.environ.get("SSH_KEY") else "/%h"),
+        "IdentityFile": _literal(os.environ["SSH_KEY"]) if os.environ.get("SSH_KEY")
+        else _literal(ssh_dir, "/%h"),
         "UserKnownHostsFile": _literal(str(keys.known_hosts_path())),
-        "ProxyCommand": " ".join(_quote(p) for p in parts) + " start-proxy %n --port %p",
+        "ProxyCommand": " ".join(_quote(p) for p in parts) + " start-proxy %h --port %p",
     }
     lines = [HEADER]
     body = template_text().split("\n\n", 1)[1]  # drop the template's own header comment
@@ -80,7 +101,7 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
 def _write(path: Path, text: str, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
+        portable.set_mode(fd, tmp, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -89,18 +110,83 @@ def _write(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def install(profile: Optional[str] = None, region: Optional[str] = None) -> Tuple[Path, bool]:
-    """Write our file and make sure ~/.ssh/config includes it; (our file, Include added)."""
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as lock, portable.exclusive(lock):
+        yield
+
+
+def _without_ours(text: str, include: str) -> str:
+    """The user's config without our Include line and without our inline block."""
+    kept: List[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped == BEGIN:
+            inside = True
+        elif inside:
+            inside = stripped != END
+        elif stripped not in (include, include.replace('"', "")):
+            kept.append(line)
+    return "".join(kept).lstrip("\n")
+
+
+def _include_line(path: Path) -> str:
+    return f'Include "{path}"' if any(c.isspace() or c == '"' for c in str(path)) \
+        else f"Include {path}"
+
+
+def _ssh_home() -> Optional[str]:
+    """The home directory ssh uses for ``~`` (the password database), where known."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):  # Windows, or a uid without an entry
+        return None
+
+
+def home_warning() -> Optional[str]:
+    """A warning when ``$HOME`` is not the home ssh reads ``~/.ssh/config`` from."""
+    home, ssh_home = str(Path.home()), _ssh_home()
+    if ssh_home is None or os.path.realpath(home) == os.path.realpath(ssh_home):
+        return None
+    return (f"HOME={home}, but ssh reads ~/.ssh/config from {ssh_home} (the password "
+            f"database): plain ssh will not see this configuration unless you pass "
+            f"-F {keys.ssh_dir() / 'config'}")
+
+
+def ensure_ssh_dir() -> Path:
+    """``~/.ssh``, created with mode 0700 if missing."""
+    ssh_dir = keys.ssh_dir()
+    if not ssh_dir.is_dir():
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(ssh_dir, 0o700)  # mkdir's mode is filtered by the umask
+    return ssh_dir
+
+
+def install(profile: Optional[str] = None, region: Optional[str] = None,
+            inline: bool = False) -> Tuple[Path, bool]:
+    """Write our host blocks and hook them into ~/.ssh/config; return (the file holding our
+    blocks, whether ~/.ssh/config changed)."""
+    text = render(profile=profile, region=region)
+    ssh_dir = ensure_ssh_dir()
     ours = config_path()
-    ours.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    user_config = keys.ssh_dir() / "config"
-    include = f"Include {ours}"
-    with open(keys.ssh_dir() / ".sm-ssh-config.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _write(ours, render(profile=profile, region=region), 0o600)
-        text = user_config.read_text() if user_config.exists() else ""
-        if any(line.strip() == include for line in text.splitlines()):
-            return ours, False
+    ours.parent.mkdir(mode=0o700, exist_ok=True)
+    # Edit a symlink's target, so that the link (e.g. into a dotfiles repository) stays.
+    user_config = Path(os.path.realpath(ssh_dir / "config"))
+    include = _include_line(ours)
+    with _locked(ssh_dir / ".sm-ssh-config.lock"):
+        _write(ours, text, 0o600)
+        before = user_config.read_text() if user_config.exists() else ""
+        rest = _without_ours(before, include)
+        if inline:
+            block = text[len(HEADER):].strip("\n")
+            after = f"{BEGIN}\n{block}\n{END}\n" + (f"\n{rest}" if rest else "")
+        else:
+            after = f"{include}\n" + (f"\n{rest}" if rest else "")
+        if after == before:
+            return (user_config if inline else ours), False
         mode = user_config.stat().st_mode & 0o777 if user_config.exists() else 0o600
-        _write(user_config, f"{include}\n" + (f"\n{text}" if text else ""), mode)
-    return ours, True
+        _write(user_config, after, mode)
+    return (user_config if inline else ours), True

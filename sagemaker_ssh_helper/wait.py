@@ -9,6 +9,7 @@ them by their command line, so there is no state to clean up.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -133,11 +134,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not arg.isdigit():
         print(f"sm-wait: {arg!r} is not a whole number of seconds; {USAGE}", file=sys.stderr)
         return 2
+    _name_process("sm-wait")
+    signal.signal(signal.SIGTERM, _released_by_signal)
     try:
         wait(int(arg), out=_say)
     except KeyboardInterrupt:
         return 130
+    except _Released:
+        _say("sm-wait: stopped by a signal (e.g. `pkill sm-wait`), continuing")
     return 0
+
+
+class _Released(Exception):
+    """SIGTERM (``pkill sm-wait``, as the seed documents): release the job like ``stop``."""
+
+
+def _released_by_signal(signum: int, frame: object) -> None:
+    # `pkill sm-wait` signals the launcher script too, which passes the signal on: one is enough.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Released()
+
+
+def _name_process(name: str) -> None:
+    """Show as ``name`` in ``ps -e``/``top`` and for ``pkill name`` (Linux; best effort)."""
+    try:
+        with open(f"/proc/{os.getpid()}/comm", "w") as f:
+            f.write(name)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@
 
       python ide_support.py run-notebook NOTEBOOK.ipynb
 
-* :func:`build_wheel` packs a checkout into a pure-Python wheel with the metadata of its
-  ``setup.py`` (what ``pip wheel`` would build), for an offline ``%pip install``.
+* :func:`setup_arguments` reads what a checkout's ``setup.py`` passes to ``setup()``.
 * :func:`set_variable` edits the cell that assigns a variable, as a user would before running.
 * :func:`websocket_first_bytes` opens a WebSocket (RFC 6455, client side) and reads its first
   data bytes.
@@ -17,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -27,7 +25,6 @@ import socket
 import subprocess
 import sys
 import traceback
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -122,7 +119,7 @@ def set_variable(notebook: Dict[str, Any], name: str, value: str) -> Dict[str, A
     return edited
 
 
-# -- an offline wheel of the checkout --------------------------------------------------------
+# -- setup.py, as setuptools sees it ---------------------------------------------------------
 def setup_arguments(checkout: Path) -> Dict[str, Any]:
     """The keyword arguments ``setup.py`` passes to ``setuptools.setup``."""
     import setuptools
@@ -135,55 +132,6 @@ def setup_arguments(checkout: Path) -> Dict[str, Any]:
     finally:
         setuptools.setup = original
     return captured
-
-
-def _record_line(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{name},sha256={digest},{len(data)}"
-
-
-def build_wheel(checkout: Path, out_dir: Path) -> Path:
-    args = setup_arguments(checkout)
-    dist, version = args["name"].replace("-", "_"), args["version"]
-    files: Dict[str, Path] = {}
-    for package in args["packages"]:
-        folder = checkout / package.replace(".", "/")
-        for item in folder.iterdir():
-            if item.is_file() and not item.name.endswith((".pyc", ".pyo")):
-                files[item.relative_to(checkout).as_posix()] = item
-    for pattern in args.get("package_data", {}).get(args["packages"][0], []):
-        for item in (checkout / args["packages"][0]).glob(pattern):
-            if item.is_file():
-                files[item.relative_to(checkout).as_posix()] = item
-    for script in args.get("scripts", []):
-        files[f"{dist}-{version}.data/scripts/{Path(script).name}"] = checkout / script
-    info = f"{dist}-{version}.dist-info"
-    metadata = ["Metadata-Version: 2.1", f"Name: {args['name']}", f"Version: {version}",
-                f"Requires-Python: {args.get('python_requires', '>=3')}"]
-    metadata += [f"Requires-Dist: {req}" for req in args.get("install_requires", [])]
-    entry_points = "".join(f"[{group}]\n" + "".join(f"{e.replace('=', ' = ', 1)}\n"
-                                                    for e in entries) + "\n"
-                           for group, entries in args.get("entry_points", {}).items())
-    generated = {f"{info}/METADATA": "\n".join(metadata) + "\n",
-                 f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: ide_support\n"
-                                  "Root-Is-Purelib: true\nTag: py3-none-any\n",
-                 f"{info}/entry_points.txt": entry_points,
-                 f"{info}/top_level.txt": args["packages"][0] + "\n"}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wheel = out_dir / f"{dist}-{version}-py3-none-any.whl"
-    records = []
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, source in sorted(files.items()):
-            data = source.read_bytes()
-            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            entry.external_attr = (0o100000 | (source.stat().st_mode & 0o777)) << 16
-            zf.writestr(entry, data, zipfile.ZIP_DEFLATED)
-            records.append(_record_line(name, data))
-        for name, text in generated.items():
-            zf.writestr(name, text)
-            records.append(_record_line(name, text.encode()))
-        zf.writestr(f"{info}/RECORD", "\n".join(records + [f"{info}/RECORD,,"]) + "\n")
-    return wheel
 
 
 # -- a WebSocket client, just enough to read a server's first bytes -------------------------

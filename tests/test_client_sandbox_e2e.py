@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E, free_port, run, sm_ssh, wait_until
+from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_until
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.sandbox import Sandbox
@@ -370,6 +371,180 @@ def test_resolution_faults_are_one_line_with_the_fix(world: World) -> None:
                        "pass --local-port N")
 
 
+# -- the seed documents' flows: fixed local ports, the shared key, paramiko and Fabric ----------
+QUICK_SETUP_BLOCK = """\
+Host sagemaker-training
+  HostName localhost
+  IdentityFile ~/.ssh/sagemaker-ssh-gw
+  Port {port}
+  User root
+"""
+
+
+def as_user_with_home(home: Path, argv: List[str]) -> List[str]:
+    """``argv`` with ``home`` mounted on /root (HOME=/root) in a private mount namespace: ssh
+    takes ``~`` from the password database, so the user's ssh files must be there; the
+    machine's own /root stays untouched (the interpreter, if below it, stays visible)."""
+    stage = home.parent / f".{home.name}-stage"
+    stage.mkdir(exist_ok=True)
+    before, after = keep_visible(str(stage), covered=("/root",))
+    script = f'{before}\nmount --bind {shlex.quote(str(home))} /root\n{after}\nexec "$@"'
+    return ["unshare", "--mount", "bash", "-ec", script, "bash", *argv]
+
+
+PARAMIKO_HOSTNAME = """\
+import os, sys
+
+import paramiko
+
+config = paramiko.SSHConfig.from_path(os.path.expanduser("~/.ssh/config"))
+host = config.lookup(sys.argv[1])
+client = paramiko.SSHClient()
+client.load_system_host_keys()  # ~/.ssh/known_hosts, strictly (RejectPolicy)
+client.connect(host["hostname"], port=int(host["port"]), username=host["user"],
+               key_filename=host["identityfile"], look_for_keys=False, allow_agent=False)
+_, out, _ = client.exec_command("hostname; id -un")
+print(out.read().decode().strip().replace("\\n", " "))
+client.close()
+"""
+
+
+def test_quick_setup_block_with_ssh_and_paramiko_on_two_jobs(world: World) -> None:
+    """The quick-setup guide's ssh config block (``Host sagemaker-training`` on a fixed local
+    port with ``~/.ssh/sagemaker-ssh-gw``) after ``sm-local-ssh-training connect <job>``, with
+    plain ssh and with paramiko, strict host key checking, for one job and then another on
+    the same port (the port is a free one rather than 11022, which other tests may hold)."""
+    pytest.importorskip("paramiko")
+    home = world.tmp / "quick-setup"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    port = free_port()
+    (home / ".ssh" / "config").write_text(QUICK_SETUP_BLOCK.format(port=port))
+    env = dict(world.env, HOME="/root")
+    for job, node, hostname in (("one", [], "algo-1"), ("two", ["--index", "1"], "algo-2")):
+        tunnel = subprocess.Popen(
+            as_user_with_home(home, script("sm-local-ssh-training", "connect", world.jobs[job],
+                                           "--local-port", str(port), *node, "-N")),
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            def plain_ssh() -> str:
+                done = run(as_user_with_home(home, ["ssh", "-o", "BatchMode=yes",
+                                                    "sagemaker-training", "hostname"]), env)
+                assert done.returncode == 0, done.stderr
+                return str(done.stdout)
+
+            assert wait_until(plain_ssh, tunnel, "ssh sagemaker-training") == f"{hostname}\n"
+            done = run(as_user_with_home(home, [sys.executable, "-c", PARAMIKO_HOSTNAME,
+                                                "sagemaker-training"]), env)
+            assert (done.returncode, done.stdout) == (0, f"{hostname} root\n"), done.stderr
+        finally:
+            stop(tunnel)
+    key = home / ".ssh" / "sagemaker-ssh-gw"
+    assert key.stat().st_mode & 0o777 == 0o600
+    known = (home / ".ssh" / "known_hosts").read_text().splitlines()
+    assert {line.split()[0] for line in known} == {f"[localhost]:{port}", f"[127.0.0.1]:{port}"}
+    # The README's low-level form by instance ID, then the key on the command line.
+    from sagemaker_ssh_helper.manager import SSMManager
+
+    with world.sandbox.activated():
+        mi = SSMManager(progress=None).get_training_instance_ids(world.jobs["one"], 30)[0]
+    tunnel = subprocess.Popen(
+        as_user_with_home(home, script(
+            "sm-local-start-ssh", mi, "-R", "localhost:12345:localhost:12345", "-L",
+            f"localhost:{free_port()}:localhost:8787", "-L", f"localhost:{port}:localhost:22",
+            "-N")), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        def with_key() -> str:
+            done = run(as_user_with_home(home, [
+                "ssh", "-o", "BatchMode=yes", "-i", "~/.ssh/sagemaker-ssh-gw", "-p", str(port),
+                "root@localhost", "hostname"]), env)
+            assert done.returncode == 0, done.stderr
+            return str(done.stdout)
+
+        assert wait_until(with_key, tunnel, "ssh -i ~/.ssh/sagemaker-ssh-gw") == "algo-1\n"
+    finally:
+        stop(tunnel)
+
+
+FABRIC_HOSTNAME = """\
+import sys
+
+from fabric import Connection
+
+print(Connection(sys.argv[1]).run("hostname", hide=True).stdout.strip())
+"""
+
+
+def test_fabric_connection_after_sm_ssh_config_inline(world: World) -> None:
+    pytest.importorskip("fabric")
+    home = world.tmp / "fabric-user"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    env = dict(world.env, HOME="/root")
+    done = run(as_user_with_home(home, sm_ssh("config", "--inline")), env)
+    assert done.returncode == 0, done.stderr
+    done = run(as_user_with_home(home, [sys.executable, "-c", FABRIC_HOSTNAME,
+                                        world.fqdn("one").lower()]), env)
+    assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
+
+
+def test_aws_ssm_start_session_gives_a_shell_in_the_job(world: World) -> None:
+    """The seed's Method A: `aws ssm start-session --target mi-...` (AWS CLI v1 from pip and
+    the plugin stand-in) opens a shell in the container as ssm-user, with a sudoers entry as
+    the real agent writes it."""
+    import importlib.util
+
+    from sagemaker_ssh_helper.manager import SSMManager
+
+    if importlib.util.find_spec("awscli") is None:
+        pytest.skip("no AWS CLI v1 for this Python (pip install awscli)")
+    with world.sandbox.activated():
+        mi = SSMManager(progress=None).get_training_instance_ids(world.jobs["one"], 30)[0]
+    root = "ls /etc/sudoers.d"
+    done = subprocess.run([sys.executable, "-m", "awscli", "ssm", "start-session", "--target",
+                           mi], env=world.env, capture_output=True, text=True, timeout=120,
+                          input=f"echo in-$(hostname) as $(id -un) in $(pwd); {root}\nexit\n")
+    assert done.returncode == 0, done.stderr
+    assert "in-algo-1 as ssm-user in /usr/bin" in done.stdout, done.stdout
+    assert "ssm-agent-users" in done.stdout, done.stdout
+
+
+PLUGIN_SHIM = """#!{python}
+# the sandbox's session-manager-plugin stand-in, started without bash (as the real Go binary)
+import sys
+
+from sagemaker_ssh_helper.sandbox.plugin import main
+
+sys.exit(main())
+"""
+
+
+def test_laptop_commands_run_without_bash(world: World) -> None:
+    """The laptop commands are console scripts: with no bash on PATH (as on Windows) they
+    still connect. PATH: the virtualenv's bin, ssh and ssh-keygen, the plugin."""
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "sm-local-ssh-training").exists():
+        pytest.skip("the package's console scripts are not installed (pip install -e .)")
+    tools = world.tmp / "no-bash-tools"
+    tools.mkdir()
+    for tool in ("ssh", "ssh-keygen"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    (tools / "session-manager-plugin").write_text(PLUGIN_SHIM.format(python=sys.executable))
+    (tools / "session-manager-plugin").chmod(0o755)
+    path = f"{venv_bin}:{tools}"
+    assert shutil.which("bash", path=path) is None and shutil.which("sh", path=path) is None
+    env = dict(world.home("no-bash"), PATH=path)
+    done = run(["sm-local-ssh-training", "connect", world.jobs["one"], "--local-port",
+                str(free_port()), "--ssh-only", "--", "hostname"], env)
+    assert (done.returncode, done.stdout) == (0, "algo-1\n"), done.stderr
+    done = run(["sm-local-start-ssh", world.fqdn("one"), "--", "echo", "started"], env)
+    assert (done.returncode, done.stdout) == (0, "started\n"), done.stderr
+    for command in (["sm-local-configure", "--check"], ["sm-connect-ssh-proxy", "--help"],
+                    ["sm-local-ssh-ide", "--help"], ["sm-ssh", "list", "training.sagemaker"]):
+        done = run(command, env)
+        assert done.returncode == 0, (command, done.stderr)
+
+
 # -- releasing the jobs (last: the jobs end here) ------------------------------------------------
 def test_sm_local_ssh_training_connect_run_command_and_stop_waiting(world: World) -> None:
     port = free_port()
@@ -398,10 +573,11 @@ def test_sm_local_ssh_training_connect_run_command_and_stop_waiting(world: World
                    "SSH is available only while it runs")
 
 
-def test_sm_wait_stop_releases_each_node_and_the_job_completes(world: World) -> None:
-    for node in ("algo-1", "algo-2"):
-        done = run(sm_ssh("connect", world.fqdn("two"), "--node", node, "--", "sm-wait",
-                          "stop"), world.env)
+def test_sm_wait_stop_and_pkill_sm_wait_release_each_node_and_the_job_completes(
+        world: World) -> None:
+    for node, release in (("algo-1", ["sm-wait", "stop"]), ("algo-2", ["pkill", "sm-wait"])):
+        done = run(sm_ssh("connect", world.fqdn("two"), "--node", node, "--", *release),
+                   world.env)
         assert done.returncode == 0, done.stderr
     described = world.sandbox.wait_for_job(world.jobs["two"], timeout=120)
     assert described["TrainingJobStatus"] == "Completed"

@@ -262,7 +262,7 @@ def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.Monke
     template = sshconfig.template_text()
     for line in ("Host *.studio.sagemaker\n    User sagemaker-user\n",
                  "Host *.*.sagemaker\n    User root\n", "    IdentityFile ~/.ssh/%h\n",
-                 "    ProxyCommand sm-ssh start-proxy %n --port %p\n",
+                 "    ProxyCommand sm-ssh start-proxy %h --port %p\n",
                  "    ServerAliveInterval 15\n", "    ServerAliveCountMax 4\n"):
         assert line in template
     rendered = sshconfig.render(python=sys.executable, region="eu-west-1")
@@ -274,3 +274,19 @@ def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.Monke
     header, body = back.split("\n\n", 1)
     assert header.startswith("# Managed by `sm-ssh config`")
     assert body == template.split("\n\n", 1)[1]
+
+
+@pytest.mark.parametrize("prog, argv, command, target", [
+    ("ide", ["myapp"], "connect", "myapp"),  # the earlier bare form
+    ("ide", ["--domain-id", "d-1", "--space-name=s", "myapp", "-N"], "connect", "myapp"),
+    ("ide", ["connect-app", "myapp"], "connect-app", "myapp"),
+    ("ide", ["set-jb-license-server", "lic.example.com"], "set-jb-license-server", None),
+    ("training", ["connect-job", "my-job"], "connect-job", "my-job"),
+    ("processing", ["connect", "my-job"], "connect", "my-job"),
+])
+def test_earlier_spellings_of_the_local_commands(prog: str, argv: List[str], command: str,
+                                                 target: str) -> None:
+    parser = sm_local.build_kind_parser(f"sm-local-ssh-{prog}", prog)
+    head = sm_local._bare_app(parser, argv) if prog == "ide" else argv
+    args = parser.parse_args(head)
+    assert args.command == command and getattr(args, "target", None) == target

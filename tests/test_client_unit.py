@@ -412,7 +412,7 @@ def test_config_is_idempotent_and_keeps_the_users_file(tmp_path: Path,
     assert stat.S_IMODE(ours.stat().st_mode) == 0o600
     text = ours.read_text()
     assert f"IdentityFile {tmp_path}/.ssh/%h" in text
-    assert "start-proxy %n --port %p" in text and "--region eu-west-1" in text
+    assert "start-proxy %h --port %p" in text and "--region eu-west-1" in text
     done = subprocess.run(["ssh", "-G", "-F", str(user), "Job.training.sagemaker"],
                           capture_output=True, text=True, check=True)
     assert "user root" in done.stdout.splitlines()

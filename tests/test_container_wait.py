@@ -136,9 +136,9 @@ bash "$PKG/sm-wait" list >"$R/list-after"
     assert read("short").splitlines()[-1] == "sm-wait: waited 1 s, continuing"
     assert read("list-empty") == "no sm-wait is waiting\n"
     listed = read("list").splitlines()
-    assert len(listed) == 2
-    assert re.fullmatch(r"PID \d+: \d+ s left of 600 s", listed[0])
-    assert re.fullmatch(r"PID \d+: \d+ s left of 300 s", listed[1])
+    assert len(listed) == 2  # in PID order, which the two background starts may swap
+    matches = [re.fullmatch(r"PID \d+: \d+ s left of (\d+) s", line) for line in listed]
+    assert sorted(int(m.group(1)) for m in matches if m) == [300, 600], listed
     assert read("w1").splitlines()[0] == \
         "sm-wait: 600 s left; SSM agent not started yet; run `sm-wait stop` to continue now"
     assert read("w1").splitlines()[-1] == "sm-wait: /tmp/sm-wait-stopped exists, continuing"
@@ -147,3 +147,23 @@ bash "$PKG/sm-wait" list >"$R/list-after"
     assert read("list-after") == \
         "no sm-wait is waiting\nstop requested: /tmp/sm-wait-stopped exists\n"
     assert (container.root / "tmp" / "sm-wait-stopped").exists()
+
+
+@needs_namespaces
+def test_pkill_sm_wait_releases_the_job_and_ps_shows_it(container: Container) -> None:
+    """The seed's ways to find and end the waiting loop: `ps` shows an sm-wait process, and
+    `pkill sm-wait` (from another shell in the container) lets the entry point continue."""
+    proc = container.run(r'''
+{ bash "$PKG/sm-wait" 600 >"$R/w"; echo "rc=$?" >"$R/rc"; } & holder=$!
+wait_for 30 grep -q "s left" "$R/w"
+ps -e -o comm= >"$R/ps-comm"
+ps xfaww >"$R/ps-args"
+pkill sm-wait
+wait "$holder"
+''')
+    assert proc.returncode == 0, container.report(proc)
+    assert (container.root / "rc").read_text() == "rc=0\n"
+    assert "sm-wait" in (container.root / "ps-comm").read_text().split()
+    assert "sm-wait 600" in (container.root / "ps-args").read_text()
+    assert (container.root / "w").read_text().splitlines()[-1] == \
+        "sm-wait: stopped by a signal (e.g. `pkill sm-wait`), continuing"

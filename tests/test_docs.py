@@ -44,9 +44,12 @@ NODES = E2E + "test_each_node_of_a_two_node_job"
 CONFIG = E2E + "test_plain_ssh_through_the_generated_config"
 IDE = E2E + "test_proxy_commands_for_ides"
 KIND_SCRIPT = E2E + "test_sm_local_ssh_training_connect_run_command_and_stop_waiting"
-RELEASE = E2E + "test_sm_wait_stop_releases_each_node_and_the_job_completes"
+RELEASE = E2E + "test_sm_wait_stop_and_pkill_sm_wait_release_each_node_and_the_job_completes"
 SANDBOX_DOWN = "test_sandbox_infra_e2e.py::test_down_leaves_no_processes_mounts_or_host_files"
 DEREGISTER = "test_admin_deregister.py::test_preapproved_removes_only_stale_ssh_helper_instances"
+CONFIGURE = "test_client_configure.py::"
+QUICK = E2E + "test_quick_setup_block_with_ssh_and_paramiko_on_two_jobs"
+JB = "test_studio_e2e.py::test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop"
 COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh list [training]": (LIST,),
     "sm-ssh list [training] --output": (LIST,),
@@ -95,14 +98,30 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-local-start-ssh -p": (IDE,),
     "sm-local-start-ssh --proxy-setup-only": (IDE,),
     "sm-connect-ssh-proxy": (IDE,),
-    "sm-local-ssh-training connect": (KIND_SCRIPT,),
+    "sm-local-ssh-training connect": (KIND_SCRIPT, QUICK),
+    "sm-local-ssh-training connect --local-port": (KIND_SCRIPT, QUICK),
     "sm-local-ssh-training run-command": (KIND_SCRIPT,),
     "sm-local-ssh-training stop-waiting": (KIND_SCRIPT,),
     "sm-local-ssh-training proxy-host": (IDE,),
-    # PARTIAL: offline, the install path is tested up to the download (which package, and the
-    # one-line error when the download fails), not the installation itself.
+    # Offline: a local mirror of AWS's folders with packages signed by a throwaway key.
     "sm-local-configure": ("test_client_scripts.py::test_configure_offline_download_is_one_line",
-                           "test_client_scripts.py::test_official_plugin_packages"),
+                           "test_client_scripts.py::test_official_plugin_packages",
+                           CONFIGURE + "test_awscli_v2_installed_after_verification_unless_told"
+                           "_not_to"),
+    "sm-local-configure --no-awscli": (
+        CONFIGURE + "test_plugin_installed_only_after_its_signature_verifies",
+        CONFIGURE + "test_tampered_plugin_is_refused_and_nothing_installed"),
+    "sm-ssh config --inline": (E2E + "test_fabric_connection_after_sm_ssh_config_inline",
+                               "test_client_sshconfig.py::"
+                               "test_inline_blocks_for_paramiko_and_back_to_include"),
+    "sm-ssh stage-wheel": ("test_studio_e2e.py::"
+                           "test_lifecycle_config_installs_the_staged_wheel_and_refuses_upstream",),
+    "sm-local-ssh-ide <app>": (JB,),
+    "sm-local-ssh-ide connect": (JB,),
+    "sm-local-ssh-training connect-job": (
+        "test_client_scripts.py::test_earlier_spellings_of_the_local_commands",),
+    "sm-local-start-ssh -L -N": (QUICK,),
+    "sm-ssh-ide set-jb-license-server": (JB,),
     "sm-local-configure --check": (
         "test_client_scripts.py::test_configure_detects_the_tools",
         "test_client_scripts.py::test_configure_check_names_what_is_missing"),
@@ -210,6 +229,8 @@ def command_lines(text: str) -> Iterator[List[str]]:
     for line in shell_lines(text):
         for match in COMMAND_RE.finditer(line):
             if match.group(1) not in known:
+                continue
+            if line[:match.start()].rstrip().endswith(("pkill", "pgrep")):  # a process name
                 continue
             rest = line[match.start():]
             rest = re.split(r"\s+#|\s\||\s&&|\s;|\)", rest, maxsplit=1)[0]
@@ -322,7 +343,8 @@ def check_ssh_options(args: List[str]) -> None:
 def _check_local(argv: List[str]) -> None:
     program, args = argv[0], argv[1:]
     if program == "sm-local-configure":
-        assert args in ([], ["--check"]), "sm-local-configure [--check]"
+        assert args in ([], ["--check"], ["--no-awscli"]), \
+            "sm-local-configure [--check | --no-awscli]"
     elif program == "sm-local-start-ssh":
         opts, rest = sm_local._leading(args, ("--proxy-setup-only", "-v", "--verbose"),
                                        sm_local.GENERAL + connect.OUR_OPTIONS)
@@ -334,7 +356,8 @@ def _check_local(argv: List[str]) -> None:
     else:
         kind = program[len("sm-local-ssh-"):]
         head, _ = sm_ssh.split_command(args)
-        sm_local.build_kind_parser(program, kind).parse_args(head)
+        parser = sm_local.build_kind_parser(program, kind)
+        parser.parse_args(sm_local._bare_app(parser, head) if kind == "ide" else head)
 
 
 def ide_subcommands() -> Set[str]:

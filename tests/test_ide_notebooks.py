@@ -20,7 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["SageMaker_SSH_IDE.ipynb", "SageMaker_SSH_Notebook.ipynb"]
-INSTALLED_BY_FIRST_CELL = {"sagemaker_ssh_helper"}
+# What the install cell installs, and boto3 (in every SageMaker image; it fetches an s3:// wheel)
+INSTALLED_BY_FIRST_CELLS = {"sagemaker_ssh_helper", "boto3"}
 
 
 def load(name: str) -> Dict[str, Any]:
@@ -58,8 +59,8 @@ def test_notebook_is_valid_nbformat4(name: str) -> None:
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_code_cells_compile_and_import_only_what_is_installed(name: str) -> None:
     cells = code_cells(load(name))
-    assert "pip install" in cells[0] and "sagemaker-ssh-helper" in cells[0]
-    allowed = set(sys.stdlib_module_names) | INSTALLED_BY_FIRST_CELL
+    assert "SM_SSH_PACKAGE = " in cells[0] and "%pip install" in cells[1]
+    allowed = set(sys.stdlib_module_names) | INSTALLED_BY_FIRST_CELLS
     for source in cells:
         tree = ast.parse(python_part(source))
         for node in ast.walk(tree):
@@ -83,9 +84,14 @@ def test_local_user_id_is_set_in_one_visible_cell(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_first_cell_installs_this_version(name: str) -> None:
+def test_first_cells_install_this_version_and_never_upstream(name: str) -> None:
     version = (REPO / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
-    assert f'%pip install -q "sagemaker-ssh-helper=={version}"' in code_cells(load(name))[0]
+    cells = code_cells(load(name))
+    assert f'SM_SSH_PACKAGE = "sagemaker-ssh-helper=={version}"' in cells[0]
+    assert '"sagemaker-ssh-helper>=3\\n"' in cells[1] and '-c "{tmp}/constraints.txt"' in cells[1]
+    for script in ("kernel-lc-config.sh", "server-lc-config.sh"):
+        text = (REPO / script).read_text()
+        assert f'SM_SSH_PACKAGE="${{SM_SSH_PACKAGE:-sagemaker-ssh-helper=={version}}}"' in text
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -132,8 +138,10 @@ def test_runner_stops_at_the_first_failing_cell(tmp_path: Path, cell: str, error
     assert "cell 2 failed: " in done.stderr and error in done.stderr
 
 
-def test_wheel_of_the_checkout(tmp_path: Path) -> None:
-    wheel = ide_support.build_wheel(REPO, tmp_path)
+def test_wheel_of_the_installed_version(tmp_path: Path) -> None:
+    from sagemaker_ssh_helper import dist
+
+    wheel = dist.build_wheel(tmp_path)
     version = (REPO / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
     assert wheel.name == f"sagemaker_ssh_helper-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
@@ -141,7 +149,11 @@ def test_wheel_of_the_checkout(tmp_path: Path) -> None:
         info = f"sagemaker_ssh_helper-{version}.dist-info"
         assert {"sagemaker_ssh_helper/sm-ssh-ide", "sagemaker_ssh_helper/ide_container.py",
                 "sagemaker_ssh_helper/sandbox/bin/amazon-ssm-agent",
-                f"sagemaker_ssh_helper-{version}.data/scripts/sm-ssh-ide"} <= names
+                f"sagemaker_ssh_helper-{version}.data/scripts/sm-ssh-ide",
+                f"sagemaker_ssh_helper-{version}.data/data/sm_ssh/SageMaker_SSH_IDE.ipynb"} <= names
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert sorted(n.rsplit("/", 1)[1] for n in names if "/data/sm_ssh/" in n) == \
+            sorted(dist.DATA_FILES) == sorted(ide_support.setup_arguments(REPO)["data_files"][0][1])
         assert zf.getinfo("sagemaker_ssh_helper/sm-ssh-ide").external_attr >> 16 & 0o111
         assert f"Version: {version}" in zf.read(f"{info}/METADATA").decode()
         assert "sm-ssh = sagemaker_ssh_helper.sm_ssh:main" in \
@@ -152,3 +164,26 @@ def test_wheel_of_the_checkout(tmp_path: Path) -> None:
                 data = zf.read(name)
                 expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
                 assert digest == f"sha256={expected.decode()}" and int(size) == len(data)
+
+
+def test_stage_wheel_to_s3_and_a_missing_bucket(moto_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`sm-ssh stage-wheel` against moto: the default bucket missing is one line; with --s3
+    the wheel lands under the prefix and the printed line names it."""
+    import boto3
+
+    from sagemaker_ssh_helper import dist, sm_ssh
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    assert sm_ssh.main(["stage-wheel"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == (
+        "sm-ssh: bucket sagemaker-us-east-1-123456789012 does not exist in this account: "
+        "create it, or pass --s3 s3://<your-bucket>/<prefix>/")
+    boto3.client("s3").create_bucket(Bucket="team-bucket")
+    assert sm_ssh.main(["stage-wheel", "--s3", "s3://team-bucket/tools/"]) == 0
+    out, _ = capsys.readouterr()
+    key = f"tools/{dist.wheel_name()}"
+    assert out == f"SM_SSH_PACKAGE=s3://team-bucket/{key}\n"
+    body = boto3.client("s3").get_object(Bucket="team-bucket", Key=key)["Body"].read()
+    assert body[:2] == b"PK" and len(body) > 100_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -492,12 +493,19 @@ def test_down_leaves_no_processes_mounts_or_host_files(tmp_path: Path) -> None:
         wait
     """)
     _raw_training_job(sandbox, "infra-down", ["bash", "-c", script])
-    # `up` again is idempotent: same daemon, same variables
-    again = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", "up",
-                            "--state-dir", str(state_dir)], capture_output=True, text=True,
-                           env=dict(env, PYTHONPATH=str(REPO)), timeout=120)
+    # `up` again is idempotent: same daemon, same variables. As a user runs it, from an
+    # activated virtualenv: its python (with the SageMaker SDK) stays first on PATH.
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
+    user = dict(os.environ, PATH=f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin")
+    script = (f'eval "$({shlex.quote(venv_bin)}/sm-ssh sandbox up --state-dir '
+              f'{shlex.quote(str(state_dir))})"; python -c "import sagemaker, sys; '
+              f'print(sys.prefix)"; echo "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"')
+    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=user,
+                           timeout=120)
     assert again.returncode == 0, again.stderr
-    assert f"export AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']}" in again.stdout.splitlines()
+    assert f"AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']}" in again.stdout.splitlines()
+    if sys.prefix != sys.base_prefix:
+        assert sys.prefix in again.stdout.splitlines(), again.stdout
     deadline = time.monotonic() + 60
     while "running" not in sandbox.container_log("infra-down") and time.monotonic() < deadline:
         time.sleep(0.1)

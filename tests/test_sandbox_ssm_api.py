@@ -65,6 +65,9 @@ def test_instance_shape_and_default_page_size(server: SSMServer, ssm: Any) -> No
     server.backend.add_fake_instances(12, tags={"SSHOwner": "alice"})
     page = ssm.describe_instance_information()
     assert len(page["InstanceInformationList"]) == 10 and page["NextToken"]
+    # The seed's client starts its own pagination with NextToken="", which AWS accepts.
+    first = ssm.describe_instance_information(NextToken="")
+    assert first["InstanceInformationList"] == page["InstanceInformationList"]
     info = page["InstanceInformationList"][0]
     assert info["InstanceId"].startswith("mi-") and len(info["InstanceId"]) == 20
     assert info["ResourceType"] == "ManagedInstance"

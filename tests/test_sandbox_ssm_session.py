@@ -1,6 +1,7 @@
 """Session Manager through the stand-ins: plugin <-> service <-> agent <-> a real TCP server."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -169,3 +170,30 @@ def test_real_ssh_through_the_plugin(tmp_path: Path, launcher: str) -> None:
                  what="session terminated after ssh exit")
         (done,) = ssm.describe_sessions(State="History")["Sessions"]
         assert done["Target"] == mi and done["Status"] == "Terminated"
+
+
+HAVE_AWS_CLI = importlib.util.find_spec("awscli") is not None
+AWS_CLI = [sys.executable, "-m", "awscli"]  # the `aws` command of AWS CLI v1 (pip install)
+
+
+@pytest.mark.skipif(not HAVE_AWS_CLI, reason="no AWS CLI v1 for this Python (pip install awscli)")
+def test_aws_cli_start_session_shell_and_ssh_document(tmp_path: Path) -> None:
+    """The seed's Method A, `aws ssm start-session --target mi-...` (AWS CLI v1 from pip, no
+    document: a shell), and its troubleshooting line with AWS-StartSSHSession."""
+    with started_sshd(tmp_path) as (sshd_port, _), online_agent(tmp_path) as (_, ssm, mi, _, env):
+        shell = subprocess.run([*AWS_CLI, "ssm", "start-session", "--target", mi],
+                               input="echo shell-$((6 * 7)) in $(pwd)\nexit\n", env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.startswith("\nStarting session with SessionId: ")
+        assert "shell-42 in /usr/bin" in shell.stdout
+        assert "Exiting session with sessionId: " in shell.stdout
+        ssh = subprocess.run([*AWS_CLI, "ssm", "start-session", "--target", mi, "--document-name",
+                              "AWS-StartSSHSession", "--parameters",
+                              f"portNumber={sshd_port}"], input=b"SSH-2.0-probe\r\n", env=env,
+                             capture_output=True, timeout=60)
+        assert ssh.stdout.startswith(b"SSH-2.0-OpenSSH"), (ssh.stdout, ssh.stderr)
+        history = ssm.describe_sessions(State="History", Filters=[
+            {"key": "Target", "value": mi}])["Sessions"]
+        assert {s["DocumentName"] for s in history} == {"SSM-SessionManagerRunShell",
+                                                       "AWS-StartSSHSession"}

@@ -1,6 +1,7 @@
 """Helpers for the SSM stand-in tests (no tests here): servers, agents, echo and sshd servers."""
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -47,7 +48,8 @@ def ssm_client(server: SSMServer, retries: int = 1) -> Any:
 def agent_env(server: SSMServer, state_dir: Path) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(AWS_ENDPOINT_URL_SSM=server.url, SSM_AGENT_STATE_DIR=str(state_dir),
-               SM_SSH_PYTHON=sys.executable, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+               SM_SSH_PYTHON=sys.executable, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+               SM_SSH_SANDBOX_SHELL_USER=getpass.getuser())  # no ssm-user on this machine
     env.pop("PYTHONPATH", None)  # the shims must find the package on their own
     return env
 

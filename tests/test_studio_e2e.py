@@ -14,6 +14,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -33,6 +34,7 @@ from sagemaker_ssh_helper.sandbox.studio import exec_argv
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
 IDE = str(PACKAGE / "sm-ssh-ide")
+VERSION = (PACKAGE / "VERSION").read_text().strip()
 APP_USER = "sagemaker-user"
 HAVE_SUDO = shutil.which("sudo") is not None
 NEEDS_SUDO = pytest.mark.skipif(
@@ -153,34 +155,63 @@ def configured(studio: Studio) -> Studio:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel of the checkout, for the notebooks' ``%pip install`` (there is no index)."""
+    """This version's wheel, for the notebooks' ``%pip install`` (there is no index)."""
+    from sagemaker_ssh_helper import dist
+
     out = tmp_path_factory.mktemp("wheels")
-    ide_support.build_wheel(REPO, out)
+    dist.build_wheel(out)
     return out
 
 
-def run_notebook(app: Studio, name: str, user: str, wheels: Path
+@pytest.fixture(scope="module")
+def staged(studio: Studio) -> str:
+    """``sm-ssh stage-wheel`` on the laptop: this version's wheel in the account's SageMaker
+    bucket; the SM_SSH_PACKAGE=s3://... value it prints."""
+    done = run(sm_ssh("stage-wheel"), studio.env)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    account = studio.sandbox.client("sts").get_caller_identity()["Account"]
+    url = (f"s3://sagemaker-{studio.sandbox.region}-{account}/sagemaker-ssh-helper/"
+           f"sagemaker_ssh_helper-{VERSION}-py3-none-any.whl")
+    assert line == f"SM_SSH_PACKAGE={url}", done.stdout
+    assert "lifecycle configuration" in done.stderr
+    return url
+
+
+def kernel_environment(app: Studio, user: str) -> Dict[str, str]:
+    """A kernel's Python environment in the app (a venv over the image's Python, which has
+    the dependencies), first on PATH as in Studio images; pip works offline only."""
+    kernel = f"{'/root' if user == 'root' else '/home/' + user}/kernel-env"
+    spec_env = app.spec_env
+    made = app.in_app(spec_env["SM_SSH_PYTHON"], "-m", "venv", "--without-pip",
+                      "--system-site-packages", kernel, user=user)
+    assert made.returncode == 0, made.stderr
+    return {"PATH": f"{kernel}/bin:{spec_env['PATH']}", "PIP_CONFIG_FILE": os.devnull,
+            "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "SM_SSH_PYTHON": f"{kernel}/bin/python"}
+
+
+def run_notebook(app: Studio, name: str, user: str, wheels: Path, package: str = ""
                  ) -> subprocess.CompletedProcess:
     """Every code cell of notebook ``name``, in order, in a kernel environment of ``user`` in
-    the app, with ``LOCAL_USER_ID`` set in its cell to the laptop's UserId."""
+    the app, with ``LOCAL_USER_ID`` set in its cell to the laptop's UserId (and
+    ``SM_SSH_PACKAGE`` to ``package``, if given)."""
     tmp = app.app_root / "tmp"  # the app's /tmp
     shutil.copytree(wheels, tmp / "wheels", dirs_exist_ok=True)
     (tmp / "wheels").chmod(0o755)  # readable by the app's user, as a shared wheelhouse
     notebook = ide_support.set_variable(json.loads((REPO / name).read_text()), "LOCAL_USER_ID",
                                         app.owner)
     (tmp / name).write_text(json.dumps(notebook))
+    if package:
+        notebook = ide_support.set_variable(notebook, "SM_SSH_PACKAGE", package)
+        (tmp / name).write_text(json.dumps(notebook))
     kernel = f"{'/root' if user == 'root' else '/home/' + user}/kernel-env"
-    spec_env = app.spec_env
-    made = app.in_app(spec_env["SM_SSH_PYTHON"], "-m", "venv", "--without-pip",
-                      "--system-site-packages", kernel, user=user)
-    assert made.returncode == 0, made.stderr
-    # The kernel's environment is on PATH, as in Studio images; pip works offline from the
-    # wheel. The image already has the dependencies (boto3, the SageMaker SDK), so --no-deps;
+    # The image already has the dependencies (boto3, the SageMaker SDK), so --no-deps;
     # --force-reinstall puts our wheel into the kernel's environment even where the
     # interpreter's own site-packages has the package already (e.g. an editable checkout).
-    kernel_env = {"PATH": f"{kernel}/bin:{spec_env['PATH']}", "PIP_CONFIG_FILE": os.devnull,
-                  "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/tmp/wheels", "PIP_NO_DEPS": "1",
-                  "PIP_FORCE_REINSTALL": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    kernel_env = dict(kernel_environment(app, user), PIP_FIND_LINKS="/tmp/wheels",
+                      PIP_FORCE_REINSTALL="1")
+    kernel_env.pop("SM_SSH_PYTHON")
     done = app.in_app("env", "-u", "SM_SSH_PYTHON", f"{kernel}/bin/python",
                       str(Path(ide_support.__file__).resolve()), "run-notebook", f"/tmp/{name}",
                       env=kernel_env, user=user, timeout=240)
@@ -326,14 +357,57 @@ def test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop(
                               "ExitOnForwardFailure=yes", "-R",
                               f"443:127.0.0.1:{server.server_address[1]}", "--", read),
                        configured.env)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout.strip().splitlines()[-1] == "license-ok"
+            # The laptop side as the earlier documents have it: the license server saved once,
+            # then `sm-local-ssh-ide <app>` (the bare form) adds the -R forward, as root.
+            local = [sys.executable, "-m", "sagemaker_ssh_helper.sm_local", "sm-local-ssh-ide"]
+            saved = run([*local, "set-jb-license-server",
+                         f"127.0.0.1:{server.server_address[1]}"], configured.env)
+            assert saved.returncode == 0, saved.stderr
+            done = run([*local, "default", "--local-port", str(free_port()), "--ssh-only",
+                        "-o", "ExitOnForwardFailure=yes", "--", read], configured.env)
         finally:
             server.shutdown()
+            (Path(configured.env["HOME"]) / ".sm-jb-license-server").unlink(missing_ok=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "license-ok"
 
 
+def test_lifecycle_config_installs_the_staged_wheel_and_refuses_upstream(
+        studio: Studio, staged: str) -> None:
+    """kernel-lc-config.sh in a fresh app without the package: pointed at the public index
+    (no 3.x there: offline here) it fails in one line and installs nothing; with the line
+    `sm-ssh stage-wheel` printed it installs this version from S3, and the laptop connects."""
+    root = create_app(studio.sandbox, studio.domain, "sp3", "lcc")
+    app = Studio(studio.sandbox, studio.env, studio.domain, root, studio.owner, space="sp3",
+                 app="lcc")
+    app.wait_for_user(APP_USER)
+    env = dict(kernel_environment(app, "root"), LOCAL_USER_ID=studio.owner)
+    lcc = ["bash", str(REPO / "kernel-lc-config.sh")]
+    refused = app.in_app(*lcc, env=dict(env, SM_SSH_PACKAGE="sagemaker-ssh-helper"))
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        "kernel-lc-config.sh: ERROR: pip could not install sagemaker-ssh-helper as "
+        "sagemaker-ssh-helper 3.x: set SM_SSH_PACKAGE to the s3:// URL that 'sm-ssh "
+        "stage-wheel' prints on your laptop")
+    assert app.in_app("sh", "-c", "command -v sm-ssh-ide", env=env).returncode != 0
+    done = app.in_app(*lcc, env=dict(env, SM_SSH_PACKAGE=staged), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sm-ssh connect {app.fqdn}" in done.stdout
+    check = app.in_app("sh", "-c", "command -v sm-ssh-ide; python -m sagemaker_ssh_helper.dist "
+                       "check; ls \"$(python -c 'import sys; print(sys.prefix)')/sm_ssh\"",
+                       env=env)
+    assert check.stdout.split()[:3] == ["/root/kernel-env/bin/sm-ssh-ide", "sagemaker-ssh-helper",
+                                        VERSION], check.stderr
+    assert "SageMaker_SSH_IDE.ipynb" in check.stdout.split()  # where the README copies it from
+    connected = run(sm_ssh("connect", app.fqdn, "--", "whoami"), studio.env)
+    assert connected.returncode == 0, connected.stderr[-3000:]
+    assert connected.stdout.strip().splitlines()[-1] == "sagemaker-user"
+
+
 @pytest.fixture(scope="module")
-def ide_notebook(studio: Studio, wheels: Path) -> Studio:
+def ide_notebook(studio: Studio, wheels: Path, staged: str) -> Studio:
     """A second JupyterLab app where sagemaker-user runs SageMaker_SSH_IDE.ipynb."""
     if not HAVE_SUDO:
         pytest.skip("no sudo on this machine (apt-get install sudo): the notebook runs as "
@@ -342,8 +416,9 @@ def ide_notebook(studio: Studio, wheels: Path) -> Studio:
     app = Studio(studio.sandbox, studio.env, studio.domain, root, studio.owner, space="sp2",
                  app="lab", lc_user=APP_USER)
     app.wait_for_user(APP_USER)
-    done = run_notebook(app, "SageMaker_SSH_IDE.ipynb", APP_USER, wheels)
+    done = run_notebook(app, "SageMaker_SSH_IDE.ipynb", APP_USER, wheels, package=staged)
     assert f"sm-ssh connect {app.fqdn}" in done.stdout
+    assert f"sagemaker-ssh-helper {VERSION}" in done.stdout  # the install cell's check
     return app
 
 

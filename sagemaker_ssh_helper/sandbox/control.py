@@ -199,7 +199,13 @@ def _pythonpath_entries() -> List[str]:
 def sandbox_env(state: Dict[str, Any], base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Variables to export so unchanged scripts, the SDK and boto3 use the sandbox."""
     base = dict(os.environ if base is None else base)
-    path = [str(PACKAGE_DIR / "bin"), state["pybin"]]
+    # The stand-ins first; then the interpreter running this (a virtualenv's bin/ keeps its
+    # python and pip ahead of the base interpreter that job containers use); the state dir's
+    # python/pip only as a last resort, for machines without a `python` command.
+    path = [str(PACKAGE_DIR / "bin")]
+    if sys.prefix != sys.base_prefix:
+        path.append(os.path.dirname(os.path.abspath(sys.executable)))
+    base_path = [p for p in base.get("PATH", "").split(os.pathsep) if p and p not in path]
     pythonpath = _pythonpath_entries()
     env = {
         "AWS_ENDPOINT_URL": state["endpoint_url"],
@@ -208,8 +214,7 @@ def sandbox_env(state: Dict[str, Any], base: Optional[Dict[str, str]] = None) ->
         "AWS_REGION": state["region"],
         "AWS_DEFAULT_REGION": state["region"],
         "AWS_EC2_METADATA_DISABLED": "true",
-        "PATH": os.pathsep.join(path + [p for p in base.get("PATH", "").split(os.pathsep)
-                                        if p and p not in path]),
+        "PATH": os.pathsep.join(path + base_path + [state["pybin"]]),
         "PYTHONPATH": os.pathsep.join(pythonpath + [
             p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p and p not in pythonpath]),
         "SAGEMAKER_USER_CONFIG_OVERRIDE": state["sagemaker_config"],

@@ -6,8 +6,10 @@ aws-cli (and our own client) run it as::
                            <profile> <StartSession parameters JSON> <endpoint URL>
 
 With ``AWS-StartPortForwardingSession`` it listens on ``localPortNumber`` and relays every
-accepted connection; otherwise (``AWS-StartSSHSession``) it relays stdin/stdout, so it can be
-an ssh ProxyCommand: stdout carries only session bytes, messages go to stderr.
+accepted connection; without a document (a shell session, as ``aws ssm start-session --target
+mi-...`` starts) it connects the terminal to the remote shell; otherwise
+(``AWS-StartSSHSession``) it relays stdin/stdout, so it can be an ssh ProxyCommand: stdout
+carries only session bytes, messages go to stderr.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ ENV_RESPONSE = "AWS_SSM_START_SESSION_RESPONSE"
 BANNER = ("\nThe Session Manager plugin was installed successfully. "
           "Use the AWS CLI to start a session.\n")
 PORT_DOCUMENTS = ("AWS-StartPortForwardingSession", "AWS-StartPortForwardingSessionToRemoteHost")
+SHELL_DOCUMENT = "SSM-SessionManagerRunShell"
 
 
 class PluginError(Exception):
@@ -113,6 +116,28 @@ def run_stdio(response: Dict[str, str]) -> int:
             return 0
 
 
+def run_shell(response: Dict[str, str]) -> int:
+    """A shell session: the terminal (raw, when stdin is one) <-> the remote shell."""
+    session_id = response["SessionId"]
+    print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
+    saved = None
+    if os.isatty(0):
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+    try:
+        code = run_stdio(response)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    print(f"\n\nExiting session with sessionId: {session_id}.\n", flush=True)
+    return code
+
+
 def run_port_forwarding(response: Dict[str, str], params: Dict[str, Any]) -> int:
     """Listen on localPortNumber and relay each connection as its own stream."""
     session_id = response["SessionId"]
@@ -177,6 +202,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         response, params = parse_args(args)
         if params.get("DocumentName") in PORT_DOCUMENTS:
             return run_port_forwarding(response, params)
+        if params.get("DocumentName") in (None, "", SHELL_DOCUMENT):
+            return run_shell(response)
         return run_stdio(response)
     except PluginError as e:
         _err(str(e))

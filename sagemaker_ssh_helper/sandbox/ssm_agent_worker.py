@@ -93,6 +93,8 @@ def run_session_worker() -> int:
     job = json.loads(sys.stdin.read())
     endpoint, instance_id, message = job["Endpoint"], job["InstanceId"], job["Message"]
     session_id, stream_id = message.get("SessionId"), str(message["StreamId"])
+    if message.get("Shell"):
+        return _shell_session(endpoint, message)
     host, port = str(message.get("Host") or "127.0.0.1"), int(message["PortNumber"])
     try:
         local = socket.create_connection((host, port), timeout=10)
@@ -122,6 +124,24 @@ def run_session_worker() -> int:
         remote.close()
     logger.info("session %s: stream %s closed", session_id, stream_id)
     return 0
+
+
+def _shell_session(endpoint: str, message: Dict[str, Any]) -> int:
+    """A shell session: ``sh`` on a terminal, relayed over the data channel."""
+    from sagemaker_ssh_helper.sandbox import ssm_shell
+
+    user = ssm_shell.session_user()
+    try:
+        remote = open_channel(f"{endpoint}{AGENT_STREAM_PATH}{message['StreamId']}",
+                              {TOKEN_HEADER: str(message["StreamToken"])}, timeout=10)
+    except (OSError, ChannelError, ValueError) as e:
+        logger.warning("session %s: data channel refused: %s", message.get("SessionId"), e)
+        return 1
+    logger.info("session %s: shell as %s", message.get("SessionId"), user)
+    try:
+        return ssm_shell.run_shell(remote, user)
+    finally:
+        remote.close()
 
 
 def execute(params: Dict[str, List[str]], run_dir: Path,

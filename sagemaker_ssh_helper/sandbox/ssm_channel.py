@@ -11,6 +11,7 @@ with ``{"__type": "<Code>", "message": "..."}`` exactly like the public AWS JSON
 * ``poll``      {InstanceId, WaitSeconds} -> {Messages: [...]} (long poll; at most WaitSeconds)
   where a message is ``{"Type": "RunCommand", "CommandId", "DocumentName", "Parameters"}`` or
   ``{"Type": "OpenStream", "SessionId", "StreamId", "StreamToken", "Host", "PortNumber"}``
+  (or, for a shell session, ``"Shell": true`` instead of Host and PortNumber)
 * ``command-result`` {InstanceId, CommandId, Status, StatusDetails, ResponseCode,
   StandardOutputContent, StandardErrorContent, ExecutionStartDateTime, ExecutionEndDateTime}
 * ``stream-failed`` {InstanceId, StreamId, Message}

@@ -28,7 +28,9 @@ from sagemaker_ssh_helper.sandbox.ssm_state import (
 SSH_DOCUMENT = "AWS-StartSSHSession"
 PORT_DOCUMENT = "AWS-StartPortForwardingSession"
 REMOTE_PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
+SHELL_DOCUMENT = "SSM-SessionManagerRunShell"  # what StartSession without a document opens
 _DOCUMENTS = {  # document -> (default portNumber, allowed parameters)
+    SHELL_DOCUMENT: ("", ()),
     SSH_DOCUMENT: ("22", ("portNumber",)),
     PORT_DOCUMENT: ("80", ("portNumber", "localPortNumber")),
     REMOTE_PORT_DOCUMENT: ("80", ("host", "portNumber", "localPortNumber")),
@@ -88,6 +90,8 @@ def _session_parameters(document: str, value: Any) -> Dict[str, List[str]]:
         if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
             raise SSMError("InvalidParameters", f"Parameter \"{name}\" must be one string.")
         out[name] = list(values)
+    if document == SHELL_DOCUMENT:  # a shell in the target, no port
+        return out
     out.setdefault("portNumber", [default_port])
     for name in ("portNumber", "localPortNumber"):
         if name in out and not (out[name][0].isdigit() and 0 <= int(out[name][0]) <= 65535
@@ -111,10 +115,10 @@ class SessionOps(BackendBase):
 
     # ---- public operations -------------------------------------------------------------
     def op_StartSession(self, body: Dict[str, Any]) -> Dict[str, Any]:
-        target, document = body.get("Target"), body.get("DocumentName")
-        if document is None or document not in _DOCUMENTS:
-            raise SSMError("InvalidDocument", f"Document {document or 'SSM-SessionManagerRunShell'}"
-                           f" is not supported by the sandbox; use one of {sorted(_DOCUMENTS)}.")
+        target, document = body.get("Target"), body.get("DocumentName") or SHELL_DOCUMENT
+        if document not in _DOCUMENTS:
+            raise SSMError("InvalidDocument", f"Document {document} is not supported by the "
+                           f"sandbox; use one of {sorted(_DOCUMENTS)}.")
         params = _session_parameters(document, body.get("Parameters"))
         reason = body.get("Reason", "")
         if not isinstance(reason, str) or len(reason) > 256:
@@ -259,12 +263,15 @@ class SessionOps(BackendBase):
                             secrets.token_urlsafe(24), end)
             session.streams[stream.stream_id] = stream
             self.streams[stream.stream_id] = stream
-            host = session.parameters.get("host", ["127.0.0.1"])[0]
-            self.enqueue(inst.instance_id, {
+            message: Dict[str, Any] = {
                 "Type": "OpenStream", "SessionId": session_id, "StreamId": stream.stream_id,
-                "StreamToken": stream.token, "Host": host,
-                "PortNumber": int(session.parameters["portNumber"][0]),
-            })
+                "StreamToken": stream.token}
+            if session.document_name == SHELL_DOCUMENT:
+                message["Shell"] = True
+            else:
+                message["Host"] = session.parameters.get("host", ["127.0.0.1"])[0]
+                message["PortNumber"] = int(session.parameters["portNumber"][0])
+            self.enqueue(inst.instance_id, message)
             return stream
 
     def wait_agent(self, stream: Stream) -> StreamEnd:

@@ -130,7 +130,7 @@ def paginate(items: Sequence[T], seq: Callable[[T], int], limit: int, token: Any
     to, so a token replayed with other filters is rejected like AWS does (InvalidNextToken).
     """
     after: Optional[int] = None
-    if token is not None:
+    if token is not None and token != "":  # the service takes "" as no token (boto3 users send it)
         try:
             doc = json.loads(base64.urlsafe_b64decode(str(token).encode()).decode())
             after, ctx = int(doc["a"]), str(doc["c"])
