@@ -48,6 +48,8 @@ RELEASE = E2E + "test_sm_wait_stop_releases_each_node_and_the_job_completes"
 SANDBOX_DOWN = "test_sandbox_infra_e2e.py::test_down_leaves_no_processes_mounts_or_host_files"
 DEREGISTER = "test_admin_deregister.py::test_preapproved_removes_only_stale_ssh_helper_instances"
 COVERAGE: Dict[str, Tuple[str, ...]] = {
+    "sm-ssh --version": ("test_seed_clients.py::test_version_flag",),
+    "sm-ssh -v": ("test_seed_clients.py::test_version_flag",),
     "sm-ssh list [training]": (LIST,),
     "sm-ssh list [training] --output": (LIST,),
     "sm-ssh connect [training]": (CONNECT,),
@@ -285,6 +287,8 @@ def test_every_sm_command_exists(name: str) -> None:
 
 def _check_sm_ssh(argv: List[str]) -> None:
     args = argv[1:]
+    if sm_ssh.wants_version(args):  # sm-ssh --version, sm-ssh -v
+        return
     sandbox = sm_ssh.split_sandbox(args)
     if sandbox is not None:
         from sagemaker_ssh_helper.sandbox import cli
