@@ -278,3 +278,49 @@ def test_deregister_helpers(ssm: Any) -> None:
     assert out.getvalue() == "Deregistered 2, already gone 1, failed 0 (of 3).\n"
     assert not set(stale) & set(SSMManager(REGION, progress=None)
                                 .list_all_instances_and_fetch_tags())
+
+
+def test_ide_images_and_kernel_image_arns() -> None:
+    """Image calls moto does not emulate, on a stubbed SageMaker client (botocore's Stubber
+    checks every request against the API model)."""
+    from botocore.stub import ANY, Stubber
+    from moto import mock_aws
+
+    from sagemaker_ssh_helper.ide import SSHIDE, Image
+
+    with mock_aws():  # STS (the account) from moto
+        ide = SSHIDE("d-abc", "alice", REGION)
+        aws_images = "arn:aws:sagemaker:us-east-1:081325390199:image"
+        with Stubber(ide.client) as stub:
+            missing = {"service_error_code": "ResourceNotFound", "service_message": "no"}
+            stub.add_client_error("describe_image", **missing)
+            stub.add_response("describe_domain", {"DefaultUserSettings": {
+                "JupyterServerAppSettings": {"DefaultResourceSpec": {
+                    "SageMakerImageArn": f"{aws_images}/jupyter-server-3"}}}},
+                {"DomainId": "d-abc"})
+            assert ide.resolve_sagemaker_kernel_image_arn("sagemaker-base-python-310") == \
+                f"{aws_images}/sagemaker-base-python-310"
+
+            stub.add_response("describe_image", {"ImageStatus": "CREATED"}, {"ImageName": "x"})
+            stub.add_response("delete_image", {}, {"ImageName": "x"})
+            stub.add_client_error("describe_image", **missing)
+            mine = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:image/x"
+            stub.add_response("create_image", {"ImageArn": mine}, {"ImageName": "x",
+                                                                    "RoleArn": ANY})
+            stub.add_response("describe_image", {"ImageStatus": "CREATED"}, {"ImageName": "x"})
+            stub.add_response("create_image_version", {"ImageVersionArn": f"{mine}/3"}, {
+                "ImageName": "x", "JobType": "NOTEBOOK_KERNEL",
+                "BaseImage": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/repo:tag"})
+            stub.add_response("describe_image_version", {"ImageVersionStatus": "CREATED"},
+                              {"ImageName": "x"})
+            stub.add_response("delete_app_image_config", {}, {"AppImageConfigName": "cfg"})
+            stub.add_response("create_app_image_config", {}, {
+                "AppImageConfigName": "cfg", "KernelGatewayImageConfig": {
+                    "KernelSpecs": [{"Name": "python3"}], "FileSystemConfig": {}}})
+            stub.add_response("update_domain", {}, {"DomainId": "d-abc", "DefaultUserSettings": {
+                "KernelGatewayAppSettings": {"CustomImages": [{
+                    "ImageName": "x", "ImageVersionNumber": 3, "AppImageConfigName": "cfg"}]}}})
+            image = ide.create_and_attach_image("x", "repo:tag", f"arn:aws:iam::{ACCOUNT}:role/R",
+                                                "cfg", [{"Name": "python3"}], {})
+            assert image == Image(mine, f"{mine}/3")
+            stub.assert_no_pending_responses()

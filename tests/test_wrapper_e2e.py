@@ -52,17 +52,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+# the estimator of SSH Helper v2's README, as its users wrote it
 estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
                     dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="1.9.1",
+                    py_version="py38", instance_count=1, instance_type="ml.m5.xlarge",
                     base_job_name="ssh-wrapper-e2e")
-wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900,
+wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600,
                                      local_user_id="e2e-owner")
 estimator.fit(wait=False)
 wrapper.print_ssh_info()
 ids = wrapper.get_instance_ids(timeout_in_sec=180)
 held = wrapper.is_job_in_progress()
+SSHEstimatorWrapper.attach(wrapper.training_job_name()).print_ssh_info()  # v2's FAQ
 
 # v2's SSMProxy constructor: (port, extra_args, region_name, cloudwatch_url)
 with SSMProxy(free_port(), "", wrapper.region(), wrapper.get_cloudwatch_url()) as ssm_proxy:
@@ -119,7 +121,7 @@ processor = ScriptProcessor(command=["python3"], image_uri="any:latest",
                             instance_type="ml.m5.xlarge", base_job_name="ssh-wrapper-e2e-proc")
 wrapper = SSHProcessorWrapper.create(processor, connection_wait_time_seconds=900)
 processor.run(code=os.path.join(sys.argv[1], "process.py"),
-              inputs=[SSHProcessorWrapper.augmented_input()], wait=False, logs=False)
+              inputs=[wrapper.augmented_input()], wait=False, logs=False)  # as in v2
 ids = wrapper.get_instance_ids(timeout_in_sec=180)
 held = wrapper.is_job_in_progress()
 proxy = wrapper.start_ssm_connection_and_continue(port, 6)  # v2: retry=6, i.e. 60 s
@@ -161,7 +163,7 @@ def test_estimator_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result["instance_id"] == result["ids"][0]
     assert result["hostname"] == "algo-1"
     environment = result["environment"]
-    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "900"),
+    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "600"),
                         ("SSH_INSTANCE_COUNT", "1"), ("SSH_SSM_ROLE", r"[\w+=,.@/-]+")):
         assert re.search(rf"^(export )?{name}=['\"]?{value}['\"]?$", environment, re.M), name
     assert result["held"] is True and result["held_after_disconnect"] is True
