@@ -6,8 +6,10 @@ managed instance and its tags).
     python benchmarks/bench_interactive.py [--sizes 10 1000 5000] [--jobs 50]
 
 Each size gets a fresh stand-in holding ``size`` instances (half SSH Helper instances of other
-jobs, half untagged as other tools' instances would be) plus one instance per listed job,
-registered as the containers do (instance name = the resource ARN).
+jobs, half untagged as other tools' instances would be) plus one instance per listed job. SSH
+Helper instances are registered as this package's containers do (instance name = the resource
+ARN); with ``--v2-registered`` they are named as v2's containers named them, which costs the
+one-scan listing one tag read per SSH Helper instance (still none for other instances).
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def create_jobs(names: List[str]) -> None:
             StoppingCondition={"MaxRuntimeInSeconds": 60})
 
 
-def measure(size: int, names: List[str], joined: str) -> Dict[str, Any]:
+def measure(size: int, names: List[str], joined: str, v2_registered: bool
+            ) -> Dict[str, Any]:
     server = start_ssm_server()
     os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
     calls: Dict[str, int] = collections.Counter()
@@ -58,12 +61,13 @@ def measure(size: int, names: List[str], joined: str) -> Dict[str, Any]:
     session.events.register("before-call", lambda model, **_: calls.update([model.name]))
     try:
         backend = server.backend
-        backend.add_fake_instances(size // 2, tags=lambda i: _tags(f"other-job-{i}"))
+        others = [f"other-job-{i}" for i in range(size // 2)]
         backend.add_fake_instances(size - size // 2)
-        for name in names:
+        for name in others + names:
             ids = backend.add_fake_instances(1, tags=_tags(name))
-            with backend.lock:
-                backend.instances[ids[0]].name = ARN.format(name.lower())
+            if not v2_registered:
+                with backend.lock:
+                    backend.instances[ids[0]].name = ARN.format(name.lower())
         manager = SSMManager(region_name="us-east-1", session=session, progress=None)
         interactive = InteractiveSageMaker(SageMaker("us-east-1", session), manager)
         calls.clear()
@@ -83,6 +87,8 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 5000])
     parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--v2-registered", action="store_true",
+                        help="SSH Helper instances named as v2's containers named them")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -99,7 +105,7 @@ def main(argv: List[str]) -> int:
     try:
         for size in args.sizes:
             for joined in ("one scan", "v2 join"):
-                r = measure(size, names, joined)
+                r = measure(size, names, joined, args.v2_registered)
                 c = r["counts"]
                 print(f"{r['size']:>9}  {joined:<12} {c.get('ListTrainingJobs', 0):>8} "
                       f"{c.get('DescribeInstanceInformation', 0):>8} "
