@@ -109,11 +109,11 @@ def sm_get_node_rank() -> int:
 
 
 def get_caller_script_name(trace_back: int = 1) -> str:
-    """The file name of the script ``trace_back`` frames above the caller of this function
-    (``trace_back=1``: the script that called the function calling this one)."""
+    """The file name of the code ``trace_back`` frames up the stack (``1``: the file of the
+    function that calls this one; ``0``: this module)."""
     if isinstance(trace_back, bool) or not isinstance(trace_back, int) or trace_back < 0:
         raise ValueError(f"trace_back must be an integer >= 0, got {trace_back!r}")
-    frame = sys._getframe(1)
+    frame = sys._getframe(0)
     for _ in range(trace_back):
         if frame.f_back is None:
             break

@@ -257,11 +257,15 @@ def test_env_helpers(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     assert env.sm_get_node_rank() == 1
 
-    def caller() -> str:
-        return env.get_caller_script_name()
-
-    assert caller() == os.path.basename(__file__)
-    assert env.get_caller_script_name(0) == os.path.basename(__file__)
+    assert env.get_caller_script_name() == os.path.basename(__file__)  # who calls it
+    assert env.get_caller_script_name(0) == "env.py"
+    script = tmp_path / "launch.py"
+    script.write_text("from sagemaker_ssh_helper import env\n"
+                      "def helper():\n    return env.get_caller_script_name(2)\n"
+                      "print(helper())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.stdout.strip() == "launch.py"
     with pytest.raises(ValueError, match="trace_back must be an integer >= 0"):
         env.get_caller_script_name(-1)
 
