@@ -2,6 +2,7 @@
 old knobs, the Studio user filter, ``interactive_sagemaker`` on one filtered scan (API calls
 counted), ``SageMakerSecureShellHelper`` parsing, ``sm-ssh --version``, and the small helpers
 (``env``, ``aws.AWS``, ``deregister_old_instances_from_ssm``)."""
+# ruff: noqa: F811 - the ``ssm`` fixture of test_manager is imported and named as a parameter
 from __future__ import annotations
 
 import io
@@ -9,11 +10,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import boto3
 import pytest
 from conftest import FakeClock
+from test_manager import ssm  # noqa: F401 - the SSM stand-in + moto fixture
 
 from sagemaker_ssh_helper import deregister_old_instances_from_ssm as dereg
 from sagemaker_ssh_helper import env
@@ -25,7 +27,7 @@ from sagemaker_ssh_helper.interactive_sagemaker import (
 from sagemaker_ssh_helper.manager import SSMManager, SSMManagerBase
 from sagemaker_ssh_helper.sm_ssh import SageMakerSecureShellHelper, read_version
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -38,15 +40,6 @@ def arn(resource: str) -> str:
 def tags(name: str, resource: str, ts: int = 1000) -> Dict[str, str]:
     return {"SSHResourceName": name, "SSHResourceArn": arn(resource), "SSHTimestamp": str(ts),
             "SSHOwner": "owner-id"}
-
-
-@pytest.fixture
-def ssm(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> Iterator[Any]:
-    server = ssm_service.start_ssm_server()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
-    yield server
-    server.shutdown()
 
 
 # -- SSMManager -------------------------------------------------------------------------------
