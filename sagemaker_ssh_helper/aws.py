@@ -78,18 +78,50 @@ def dns_suffix(region: str) -> str:
 
 
 def console_domain(region: str) -> str:
-    """Host name of the AWS console serving ``region``'s partition."""
+    """Host name of the AWS console for ``region``: ``<region>.console.<partition domain>``.
+
+    The regional host opens the console in that region (the ``region=`` query parameter alone
+    is overridden by the region the user last used).
+    """
     partition = partition_for_region(region)
     if partition == "aws-cn":
-        return "console.amazonaws.cn"
+        return f"{region}.console.amazonaws.cn"
     if partition == "aws-us-gov":
-        return "console.amazonaws-us-gov.com"
-    return "console.aws.amazon.com"
+        return f"{region}.console.amazonaws-us-gov.com"
+    return f"{region}.console.aws.amazon.com"
 
 
 def console_url(region: str, path: str) -> str:
     """``path`` is the part after the domain, e.g. ``sagemaker/home?region=..#/jobs/x``."""
     return f"https://{console_domain(region)}/{path.lstrip('/')}"
+
+
+def is_arn(value: Any) -> bool:
+    """Whether ``value`` is an ARN (any partition and service)."""
+    return isinstance(value, str) and _ARN_RE.match(value) is not None
+
+
+def sts_endpoint(region: str) -> str:
+    """The regional STS endpoint of ``region`` (works in opt-in regions, China, GovCloud)."""
+    return f"https://sts.{region}.{dns_suffix(region)}"
+
+
+class AWS:
+    """Partition facts of one region (the seed's ``AWS`` helper)."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    def get_console_domain(self) -> str:
+        """``<region>.console.aws.amazon.com`` (``.amazonaws.cn``, ``.amazonaws-us-gov.com``)."""
+        return console_domain(self.region)
+
+    def get_sts_endpoint(self) -> str:
+        return sts_endpoint(self.region)
+
+    @staticmethod
+    def is_arn(arn: str) -> bool:
+        return is_arn(arn)
 
 
 def role_name_from_arn(role: str) -> str:
@@ -153,7 +185,7 @@ def sts_client(session: boto3.Session, region: Optional[str] = None) -> Any:
     region = region or session_region(session)
     endpoint_url = None
     if not (os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")):
-        endpoint_url = f"https://sts.{region}.{dns_suffix(region)}"
+        endpoint_url = sts_endpoint(region)
     return session.client("sts", region_name=region, endpoint_url=endpoint_url,
                           config=client_config())
 

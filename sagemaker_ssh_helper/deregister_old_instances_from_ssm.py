@@ -164,6 +164,39 @@ def confirm(count: int, stdin: IO[str], err: IO[str]) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def is_approved_to_deregister(instance_count: int, argv: Optional[Sequence[str]] = None,
+                              stdin: Optional[IO[str]] = None,
+                              err: Optional[IO[str]] = None) -> bool:
+    """The seed's approval step: ``--preapproving-deregistration`` on the command line approves;
+    otherwise the user is asked on the terminal. Without a terminal nothing is approved."""
+    argv = sys.argv if argv is None else argv
+    if "--preapproving-deregistration" in argv:
+        return True
+    stdin = sys.stdin if stdin is None else stdin
+    if stdin is None or not stdin.isatty():
+        return False
+    return confirm(int(instance_count), stdin, sys.stderr if err is None else err)
+
+
+def deregister(ssh_helper_instances: Sequence[str], ssm: Any = None,
+               out: Optional[IO[str]] = None, err: Optional[IO[str]] = None,
+               sleep: Callable[[float], None] = time.sleep) -> Outcome:
+    """Deregister the given managed instance IDs (the seed's function) with the same backoff and
+    already-gone handling as the command; prints one summary line and returns the counts."""
+    ids = [str(i) for i in ssh_helper_instances]
+    if ssm is None:
+        from botocore.config import Config
+
+        session = aws.boto_session()
+        ssm = session.client("ssm", region_name=aws.session_region(session),
+                             config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    outcome = deregister_all(ssm, ids, sys.stderr if err is None else err, sleep=sleep)
+    print(f"Deregistered {outcome.deregistered}, already gone {outcome.gone}, "
+          f"failed {outcome.failed} (of {len(ids)}).", file=sys.stdout if out is None else out,
+          flush=True)
+    return outcome
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} -h`)")

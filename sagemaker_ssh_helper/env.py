@@ -103,6 +103,24 @@ def node_rank(environ: Optional[Mapping[str, str]] = None) -> int:
     return hosts.index(current)
 
 
+def sm_get_node_rank() -> int:
+    """This container's node rank (0 on the first node and outside multi-node jobs)."""
+    return node_rank()
+
+
+def get_caller_script_name(trace_back: int = 1) -> str:
+    """The file name of the code ``trace_back`` frames up the stack (``1``: the file of the
+    function that calls this one; ``0``: this module)."""
+    if isinstance(trace_back, bool) or not isinstance(trace_back, int) or trace_back < 0:
+        raise ValueError(f"trace_back must be an integer >= 0, got {trace_back!r}")
+    frame = sys._getframe(0)
+    for _ in range(trace_back):
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return os.path.basename(frame.f_code.co_filename)
+
+
 def region(environ: Optional[Mapping[str, str]] = None,
            resource: Optional[Resource] = None) -> Optional[str]:
     environ = os.environ if environ is None else environ

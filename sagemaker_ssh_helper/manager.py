@@ -8,12 +8,16 @@ and its SSHResourceArn contains ``:<T>/``.
 Lookups filter on the server by tag (``DescribeInstanceInformation`` with ``tag:SSHResourceName``)
 and read tags only of the few matching instances, so the number of API calls does not grow with
 the number of managed instances in the account.
+
+``SSMManager`` keeps the constructor of SSH Helper v2 (``region_name,
+sleep_between_retries_in_seconds=10, redo_attempts=5, clock_timestamp_override=None``); how the
+old retry knobs map onto the deadline-based waiting is described in
+:mod:`sagemaker_ssh_helper.manager_base`.
 """
 from __future__ import annotations
 
 import logging
-import random
-import sys
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.errors import AwsError
+from sagemaker_ssh_helper.manager_base import SSMManagerBase, stderr_progress
 
 logger = logging.getLogger(__name__)
 
@@ -101,42 +106,44 @@ def matches(instance: ManagedInstance, target: fqdn.Target, ignore_case: bool = 
     same = (name.lower() == target.name.lower()) if ignore_case else name == target.name
     if not same or f":{target.kind.arn_type}/" not in arn:
         return False
-    if target.kind.kind != "studio" or not target.domain:
+    if target.kind.kind != "studio" or not (target.domain or target.user_or_space):
         return True
-    # app/<domain>/<user-or-space>/<AppType>/<app>
+    # app/<domain>/<user-or-space>/<AppType>/<app>; a user or space without a domain still
+    # narrows the match to that user's (or space's) apps in any domain.
     parts = arn.split(":", 5)[-1].split("/")
-    return (len(parts) == 5 and parts[1] == target.domain
-            and parts[2].lower() == (target.user_or_space or "").lower())
+    if len(parts) != 5:
+        return False
+    if target.domain and parts[1] != target.domain:
+        return False
+    return not target.user_or_space or parts[2].lower() == target.user_or_space.lower()
 
 
 def newest_first(instances: Iterable[ManagedInstance]) -> List[ManagedInstance]:
     return sorted(instances, key=lambda i: (i.timestamp, i.instance_id), reverse=True)
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class SSMManager:
+class SSMManager(SSMManagerBase):
     """Resolve SageMaker resources to SSM managed instance IDs (``mi-…``), newest first.
 
     ``clock``/``sleep`` are injectable so tests can drive the waiting without real time;
     ``progress`` receives one human-readable line per wait step (stderr by default).
+    ``clock_timestamp_override`` (epoch seconds) is the "now" of ``list_expired_ssh_instances``.
     """
 
-    def __init__(self, region_name: Optional[str] = None, session: Any = None, *,
+    # Key of the ping status in the tag dictionaries of list_all_instances_and_fetch_tags().
+    PING_STATUS = "$PingStatus"
+
+    def __init__(self, region_name: Optional[str] = None,
+                 sleep_between_retries_in_seconds: float = 10, redo_attempts: int = 5,
+                 clock_timestamp_override: Optional[float] = None, session: Any = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 progress: Optional[Callable[[str], None]] = _stderr,
-                 poll_interval: float = 1.0, max_poll_interval: float = 10.0,
-                 ssm_client: Any = None) -> None:
-        self.session = session or aws.boto_session(region=region_name)
-        self.region_name = region_name or aws.session_region(self.session)
-        self._clock = clock
-        self._sleep = sleep
-        self._progress = progress
-        self.poll_interval = poll_interval
-        self.max_poll_interval = max_poll_interval
+                 progress: Optional[Callable[[str], None]] = stderr_progress,
+                 poll_interval: float = 1.0, ssm_client: Any = None) -> None:
+        super().__init__(region_name, sleep_between_retries_in_seconds, redo_attempts, session,
+                         clock=clock, sleep=sleep, progress=progress,
+                         poll_interval=poll_interval)
+        self.clock_timestamp_override = clock_timestamp_override
         self._ssm: Any = ssm_client
         self._account: Optional[str] = None
 
@@ -251,18 +258,15 @@ class SSMManager:
         """Wait until ``expected_count`` instances of ``target`` (that ``accept``, if given)
         are Online or the deadline passes; return every instance found (all statuses),
         newest first."""
-        deadline = self._clock() + max(0.0, timeout_in_sec)
-        delay = self.poll_interval
-        while True:
-            found = [i for i in self.find(target) if i.timestamp >= not_earlier_than_timestamp]
-            online = sum(1 for i in found if i.online and (accept is None or accept(i)))
-            left = deadline - self._clock()
-            if online >= expected_count or left <= 0:
-                return found
-            if self._progress:
-                self._progress(_waiting_line(target, expected_count, online, left))
-            self._sleep(min(left, delay * random.uniform(0.8, 1.2)))
-            delay = min(delay * 1.5, self.max_poll_interval)
+        def fetch() -> List[ManagedInstance]:
+            return [i for i in self.find(target) if i.timestamp >= not_earlier_than_timestamp]
+
+        def online(found: List[ManagedInstance]) -> int:
+            return sum(1 for i in found if i.online and (accept is None or accept(i)))
+
+        return self.poll(fetch, online, self.wanted_count(expected_count),
+                         max(0.0, timeout_in_sec),
+                         lambda n, left: _waiting_line(target, expected_count, n, left))
 
     def instance_ids(self, target: fqdn.Target, timeout_in_sec: float = 0,
                      expected_count: int = 1, not_earlier_than_timestamp: int = 0) -> List[str]:
@@ -270,7 +274,7 @@ class SSMManager:
         ``expected_count`` once the deadline passed)."""
         found = self.resolve(target, timeout_in_sec, expected_count, not_earlier_than_timestamp)
         ids = [i.instance_id for i in found if i.online]
-        if len(ids) < expected_count:
+        if len(ids) < self.wanted_count(expected_count):
             logger.warning("found %d of %d expected online instance(s) of %s",
                            len(ids), expected_count, target.fqdn)
         return ids
@@ -307,21 +311,68 @@ class SSMManager:
 
     def get_studio_user_kgw_instance_ids(self, domain_id: str, user_profile_name: str,
                                          kgw_name: str = "default", timeout_in_sec: float = 0,
-                                         expected_count: int = 1,
-                                         not_earlier_than_timestamp: int = 0) -> List[str]:
-        """Instances of app ``kgw_name`` of a Studio user profile or space in ``domain_id``."""
+                                         not_earlier_than_timestamp: int = 0,
+                                         expected_count: int = 1) -> List[str]:
+        """Instances of app ``kgw_name`` of a Studio user profile or space in ``domain_id``
+        (any domain when ``domain_id`` is empty: still only that user's or space's apps)."""
+        if not user_profile_name:
+            raise ValueError("user_profile_name is empty: use get_studio_kgw_instance_ids() "
+                             "for an app of any user")
         return self._ids("studio", kgw_name, timeout_in_sec, expected_count,
                          domain=domain_id or None, user=user_profile_name,
                          not_earlier_than_timestamp=not_earlier_than_timestamp)
 
     def get_studio_kgw_instance_ids(self, kgw_name: str, timeout_in_sec: float = 0,
-                                    expected_count: int = 1,
-                                    not_earlier_than_timestamp: int = 0) -> List[str]:
+                                    not_earlier_than_timestamp: int = 0,
+                                    expected_count: int = 1) -> List[str]:
         """Instances of Studio app ``kgw_name`` of any user/space (pick a user to narrow)."""
         return self._ids("studio", kgw_name, timeout_in_sec, expected_count,
                          not_earlier_than_timestamp=not_earlier_than_timestamp)
 
+    def get_instance_ids_once(self, arn_resource_type: str, arn_resource_name: str,
+                              arn_filter_regex: Optional[str] = None,
+                              not_earlier_than_timestamp: int = 0) -> List[str]:
+        """One lookup of the Online instances of ``<arn_resource_type>/<arn_resource_name>``
+        (e.g. ``training-job``, ``app``), newest first; ``arn_filter_regex`` must also match
+        the instance's SSHResourceArn (e.g. ``:app/d-abc/alice/``)."""
+        rk = fqdn.kind_for_arn_type(arn_resource_type)
+        if rk is None:
+            known = ", ".join(k.arn_type for k in fqdn.RESOURCE_KINDS)
+            raise ValueError(f"unknown ARN resource type {arn_resource_type!r}: use one of "
+                             f"{known}")
+        regex = re.compile(arn_filter_regex) if arn_filter_regex else None
+        found = self.find(fqdn.Target(kinds=(rk,), name=arn_resource_name))
+        return [i.instance_id for i in found
+                if i.online and i.timestamp >= not_earlier_than_timestamp
+                and (regex is None or regex.search(i.resource_arn))]
+
     # -- listing and housekeeping --------------------------------------------------------------
+    def list_all_instances_and_fetch_tags(self) -> Dict[str, Dict[str, str]]:
+        """Every managed instance of the account (SSH Helper's or not) with all its tags, plus
+        its ping status under ``SSMManager.PING_STATUS``.
+
+        This is what the name says: one ListTagsForResource call per managed instance, so it
+        is slow in a large account. ``ssh_instances_and_tags()`` returns the same mapping for
+        SSH Helper instances only, from one filtered scan.
+        """
+        result: Dict[str, Dict[str, str]] = {}
+        for info in self.describe([{"Key": "ResourceType", "Values": ["ManagedInstance"]}]):
+            instance_id = str(info["InstanceId"])
+            tags = self.tags(instance_id)
+            tags[self.PING_STATUS] = str(info.get("PingStatus", ""))
+            result[instance_id] = tags
+        return result
+
+    def ssh_instances_and_tags(self) -> Dict[str, Dict[str, str]]:
+        """``list_all_instances_and_fetch_tags()``'s mapping for SSH Helper instances only
+        (one tag-filtered scan; tags read only where the instance name is not the ARN)."""
+        result: Dict[str, Dict[str, str]] = {}
+        for inst in self.list_ssh_instances():
+            tags = dict(inst.tags)
+            tags[self.PING_STATUS] = inst.ping_status
+            result[inst.instance_id] = tags
+        return result
+
     def list_ssh_instances(self, ping_statuses: Optional[Sequence[str]] = None
                            ) -> List[ManagedInstance]:
         """Every instance carrying SSH Helper tags (one filtered scan), with its resource ARN.
@@ -340,6 +391,8 @@ class SSMManager:
 
         Instances without SSH Helper tags are never returned.
         """
+        if now is None:
+            now = self.clock_timestamp_override
         cutoff = (time.time() if now is None else now) - expiration_days * 86400
         infos = self.describe([{"Key": "tag-key", "Values": [TAG_ARN]},
                                {"Key": "PingStatus", "Values": ["ConnectionLost", "Inactive"]}])

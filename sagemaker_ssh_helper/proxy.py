@@ -125,18 +125,25 @@ class SSMProxy:
     ``localhost:<ssh_listen_port>`` to the container's sshd (plus ``extra_args``, e.g.
     ``"-L 8080:localhost:8080"``). ``remote_port`` is the sshd port in the container.
 
-    ``run_command`` goes through the master's control socket. Use as a context manager, or
-    call ``disconnect()``; every path cleans up the ssh process and its temporary files.
+    Commands go through the master's control socket. Use as a context manager, or call
+    ``disconnect()``; every path cleans up the ssh process and its temporary files.
+    ``cloudwatch_url`` (the container's logs) is named in connection errors;
+    ``fetch_proxy_output()`` returns what ssh printed since the last call.
+
+    The constructor is the one of SSH Helper v2 (``ssh_listen_port, extra_args='',
+    region_name=None, cloudwatch_url=None``) with optional extras after it.
     """
 
     def __init__(self, ssh_listen_port: int, extra_args: str = "",
-                 region_name: Optional[str] = None, session: Any = None, *,
-                 user: str = "root", name: Optional[str] = None, remote_port: int = 22,
-                 connect_timeout: float = 120) -> None:
+                 region_name: Optional[str] = None, cloudwatch_url: Optional[str] = None,
+                 session: Any = None, *, user: str = "root", name: Optional[str] = None,
+                 remote_port: int = 22, connect_timeout: float = 120) -> None:
         self.ssh_listen_port = int(ssh_listen_port)
         self.extra_args = extra_args
+        self.cloudwatch_url = cloudwatch_url
         self.session = session or aws.boto_session(region=region_name)
         self.region_name = region_name or aws.session_region(self.session)
+        self._output_offset = 0
         self.user = user
         self.name = name
         self.remote_port = int(remote_port)
@@ -195,8 +202,12 @@ class SSMProxy:
         while True:
             assert self.master is not None
             if self.master.poll() is not None:
-                raise ssh_error(log.read_text(errors="replace"),
-                                f"ssh to {self.instance_id} (exit {self.master.returncode})")
+                error = ssh_error(log.read_text(errors="replace"),
+                                  f"ssh to {self.instance_id} (exit {self.master.returncode})")
+                if self.cloudwatch_url:
+                    error = SSHHelperError(f"{error}; container logs: {self.cloudwatch_url}",
+                                           error.exit_code)
+                raise error
             if self._control.exists() and self._check():
                 return
             if time.monotonic() >= deadline:
@@ -217,9 +228,31 @@ class SSMProxy:
         return [find_ssh(), "-S", str(self._control), *self._options, "-p", str(self.remote_port),
                 self._alias, remote]
 
-    def run_command(self, command: Command, **popen_kwargs: Any) -> subprocess.Popen:
-        """Start ``command`` in the container (a string for the remote shell, or an argv)."""
+    def start_command(self, command: Command, **popen_kwargs: Any) -> subprocess.Popen:
+        """Start ``command`` in the container (a string for the remote shell, or an argv)
+        and return the local ``ssh`` process without waiting."""
         return subprocess.Popen(self._command_argv(command), **popen_kwargs)
+
+    def run_command(self, command: Command, timeout: Optional[float] = None) -> int:
+        """Run ``command`` in the container, its output going to this process's stdout and
+        stderr; return its exit code (as in SSH Helper v2)."""
+        done = subprocess.run(self._command_argv(command), stdin=subprocess.DEVNULL,
+                              timeout=timeout, check=False)
+        return int(done.returncode)
+
+    def fetch_proxy_output(self) -> str:
+        """What the ssh master wrote (its ``-E`` log: warnings, forwarding errors) since the
+        previous call; empty when not connected."""
+        if self._tmp is None:
+            return ""
+        try:
+            with open(self._tmp / "ssh.log", "rb") as f:
+                f.seek(self._output_offset)
+                data = f.read()
+        except OSError:
+            return ""
+        self._output_offset += len(data)
+        return data.decode("latin1")
 
     def run_command_with_output(self, command: Command, timeout: Optional[float] = None
                                 ) -> bytes:
@@ -253,4 +286,5 @@ class SSMProxy:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+            self._output_offset = 0
 

@@ -7,6 +7,7 @@
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
+    sm-ssh --version        (also ``sm-ssh -v`` alone; with a subcommand ``-v`` is verbose)
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
 ``SM_SSH_DEBUG=true``.
@@ -23,6 +24,10 @@ from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.connect import Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 names
+    SageMakerSecureShellHelper,
+    read_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sm-ssh", description="SSH into SageMaker jobs, endpoints, notebook instances and "
                                    "Studio apps over AWS Systems Manager.")
     add_general_options(parser, top_level=True)
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command", metavar="{list,connect,start-proxy,config,stage-wheel,sandbox}")
     sub.required = True
@@ -205,7 +212,25 @@ def _debug(verbose: bool) -> bool:
     return verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
 
 
+def wants_version(argv: Sequence[str]) -> bool:
+    """``sm-ssh --version`` (anywhere before the subcommand) or ``sm-ssh -v`` alone, as in SSH
+    Helper v2. ``-v`` together with a subcommand keeps meaning verbose."""
+    if list(argv) == ["-v"]:
+        return True
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--version":
+            return True
+        if not argv[i].startswith("-"):
+            return False
+        i += 2 if argv[i] in _OPTION_VALUES else 1
+    return False
+
+
 def run(argv: List[str], flags: Dict[str, bool]) -> int:
+    if wants_version(argv):
+        print(f"sm-ssh v{read_version()}")
+        return 0
     sandbox = split_sandbox(argv)
     if sandbox is not None:
         return cmd_sandbox(sandbox[1])

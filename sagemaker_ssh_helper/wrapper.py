@@ -9,7 +9,11 @@ into the SDK object before the job starts or the endpoint is deployed::
     estimator.fit(wait=False)
     ssh.print_ssh_info()
 
-This is the only module of the package that imports the SageMaker SDK.
+Names, constructors and ``create()`` / ``attach()`` signatures are those of SSH Helper v2
+(see "Compatibility with SSH Helper v2" in the README for the few deliberate differences).
+``attach()`` makes no API call: it wraps a ``detached_sagemaker`` object that only knows the
+job's name. This is the only module of the package that imports the SageMaker SDK at import
+time.
 """
 from __future__ import annotations
 
@@ -18,20 +22,25 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, wrapper_hooks
+from sagemaker_ssh_helper import aws, detached_sagemaker, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
-from sagemaker_ssh_helper.ide import IDEWrapperBase, NotebookInstanceWrapperBase
 from sagemaker_ssh_helper.wrapper_base import (
-    DEFAULT_LOOKUP_TIMEOUT,
+    LOOKUP_900,
+    PACKAGE_DIR,
     WAIT_0,
+    WAIT_10_MINUTES,
     WAIT_600,
+    SSHEnvironmentWrapper,
     SSHJobWrapperBase,
-    SSHWrapperBase,
+    WrapperStateError,
     build_settings,
     describe_existing,
     merged,
     resolve_ssh_instance_count,
+    resolve_ssm_role,
+    wait_for_status,
 )
+from sagemaker_ssh_helper.wrapper_ide import SSHIDEWrapper, SSHNotebookInstanceWrapper
 
 try:
     import sagemaker
@@ -44,22 +53,15 @@ except ImportError as _e:  # pragma: no cover - depends on the installed SDK
         "sagemaker_ssh_helper.wrapper needs the SageMaker Python SDK v2: "
         "pip install 'sagemaker>=2.200,<3'") from _e
 
+__all__ = ["SSHEnvironmentWrapper", "SSHEstimatorWrapper", "SSHIDEWrapper", "SSHModelWrapper",
+           "SSHMultiModelWrapper", "SSHNotebookInstanceWrapper", "SSHProcessorWrapper",
+           "SSHTransformerWrapper", "WrapperStateError"]
+
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 # Where augmented_input() mounts the package in a processing container: the script runs
 # sys.path.append("/opt/ml/processing/input") and then `import sagemaker_ssh_helper`.
 PROCESSING_INPUT_PARENT = "/opt/ml/processing/input"
-
-
-class _SDKWrapper(SSHWrapperBase):
-    @staticmethod
-    def dependency_dir() -> str:
-        """The package folder, for ``dependencies=[...]`` of framework estimators/processors."""
-        return str(PACKAGE_DIR)
-
-    def _default_session(self) -> Any:
-        return sagemaker.Session()
 
 
 def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any) -> tuple:
@@ -77,99 +79,6 @@ def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any) 
     return arn.resource_id, sagemaker_session
 
 
-class SSHEstimatorWrapper(_SDKWrapper, SSHJobWrapperBase):
-    """SSH into the nodes of a training job."""
-
-    kind = "training"
-    status_key = "TrainingJobStatus"
-
-    def __init__(self, estimator: Any = None, env: Optional[Dict[str, str]] = None,
-                 ssh_instance_count: int = 1, training_job_name: Optional[str] = None,
-                 sagemaker_session: Any = None) -> None:
-        super().__init__(estimator, sagemaker_session, env)
-        self.ssh_instance_count = ssh_instance_count
-        self._job_name = training_job_name
-
-    @classmethod
-    def create(cls, estimator: Any, connection_wait_time_seconds: int = WAIT_600,
-               ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
-               log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHEstimatorWrapper:
-        """Enable SSH for ``estimator``; call before ``fit()``."""
-        if getattr(estimator, "latest_training_job", None) is not None:
-            raise ValueError(
-                f"the estimator already started training job "
-                f"{estimator.latest_training_job.job_name}: call SSHEstimatorWrapper.create() "
-                "before fit()")
-        heterogeneous = bool(getattr(estimator, "instance_groups", None))
-        count = resolve_ssh_instance_count(ssh_instance_count, estimator.instance_count,
-                                           heterogeneous)
-        settings = build_settings(estimator, estimator.role, "estimator",
-                                  connection_wait_time_seconds, connection_wait_time,
-                                  local_user_id, log_to_stdout, ssm_iam_role,
-                                  instance_count=count)
-        env = settings.environment()
-        estimator.environment = merged(estimator.environment, env)
-        _hint_dependencies(estimator)
-        return cls(estimator, env, ssh_instance_count=count)
-
-    @classmethod
-    def attach(cls, training_job_name: str, sagemaker_session: Any = None
-               ) -> SSHEstimatorWrapper:
-        """Wrap an existing training job (e.g. started by another process)."""
-        session = sagemaker_session or sagemaker.Session()
-        job = describe_existing(session.describe_training_job, training_job_name,
-                                 "training job")
-        env = dict(job.get("Environment") or {})
-        count = int(env.get("SSH_INSTANCE_COUNT", "1"))
-        return cls(None, env, ssh_instance_count=count, training_job_name=training_job_name,
-                   sagemaker_session=session)
-
-    @classmethod
-    def attach_arn(cls, arn: str, sagemaker_session: Any = None) -> SSHEstimatorWrapper:
-        name, session = _session_for_arn(arn, "training-job", sagemaker_session)
-        return cls.attach(name, session)
-
-    @property
-    def estimator(self) -> Any:
-        """The SDK estimator given to create(); None for attached jobs (the SDK's
-        ``Estimator.attach`` blocks until a job ends, so it is not called here)."""
-        return self._sdk_object
-
-    def training_job_name(self) -> str:
-        if self._job_name:
-            return self._job_name
-        job = getattr(self._sdk_object, "latest_training_job", None)
-        if job is None:
-            raise ValueError("the training job has not started yet: call fit() first")
-        return str(job.job_name)
-
-    resource_name = training_job_name
-
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: int) -> List[str]:
-        return list(manager.get_training_instance_ids(
-            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
-
-    def describe(self) -> Dict[str, Any]:
-        return dict(self.sagemaker_session.describe_training_job(self.training_job_name()))
-
-    def wait_training_job_with_status(self, poll_seconds: float = 30.0) -> str:
-        return self.wait_with_status(poll_seconds)
-
-    def wait_training_job(self, poll_seconds: float = 30.0) -> None:
-        """Wait for the job to end; raise ``UnexpectedStatusException`` if it failed."""
-        _raise_unless_ok(self.training_job_name(), self.wait_with_status(poll_seconds))
-
-    def stop_training_job(self) -> None:
-        self.sagemaker_session.stop_training_job(self.training_job_name())
-
-    def rule_job_summary(self) -> List[Dict[str, Any]]:
-        """Debugger and Profiler rule evaluation statuses of the job."""
-        job = self.describe()
-        return list(job.get("DebugRuleEvaluationStatuses") or []) + \
-            list(job.get("ProfilerRuleEvaluationStatuses") or [])
-
-
 def _raise_unless_ok(name: str, status: str) -> None:
     if status not in ("Completed", "Stopped"):
         raise UnexpectedStatusException(f"job {name} ended with status {status}",
@@ -184,6 +93,128 @@ def _hint_dependencies(sdk_object: Any) -> None:
         logger.info("the entry point must be able to `import sagemaker_ssh_helper`: pass "
                     "dependencies=[SSHEstimatorWrapper.dependency_dir()] or list "
                     "sagemaker-ssh-helper in the source dir's requirements.txt")
+
+
+def _node_count(job: Dict[str, Any], cluster: Optional[int]) -> int:
+    """How many nodes of an existing job start SSH (``SSH_INSTANCE_COUNT`` it was sent)."""
+    try:
+        count = int(dict(job.get("Environment") or {}).get("SSH_INSTANCE_COUNT", "1"))
+    except ValueError:
+        count = 1
+    return max(1, min(count, cluster)) if isinstance(cluster, int) and cluster > 0 else count
+
+
+class SSHEstimatorWrapper(SSHJobWrapperBase):
+    """SSH into the nodes of a training job."""
+
+    kind = "training"
+    status_key = "TrainingJobStatus"
+
+    def __init__(self, estimator: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
+                 connection_wait_time_seconds: int = 600, ssh_instance_count: int = 2,
+                 local_user_id: Optional[str] = None, log_to_stdout: bool = False, *,
+                 connection_wait_time: Optional[timedelta] = None) -> None:
+        super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
+                         None, local_user_id, log_to_stdout)
+        self._sdk_object = estimator
+        self._connection_wait_time = connection_wait_time
+        self.ssh_instance_count: Optional[int] = None  # learned from the job when attached
+        if not isinstance(estimator, detached_sagemaker.DetachedEstimator):
+            heterogeneous = bool(getattr(estimator, "instance_groups", None))
+            self.ssh_instance_count = resolve_ssh_instance_count(
+                ssh_instance_count, estimator.instance_count, heterogeneous)
+            if not self.ssm_iam_role:
+                self.ssm_iam_role = resolve_ssm_role(None, estimator.role, "estimator")
+
+    @classmethod
+    def create(cls, estimator: Any, connection_wait_time_seconds: int = WAIT_600,
+               connection_wait_time: timedelta = WAIT_10_MINUTES, ssh_instance_count: int = 2,
+               local_user_id: Optional[str] = None, log_to_stdout: bool = False,
+               ssm_iam_role: Optional[str] = None,
+               bootstrap_on_start: bool = True) -> SSHEstimatorWrapper:
+        """Enable SSH for ``estimator``; call before ``fit()``."""
+        if getattr(estimator, "latest_training_job", None) is not None:
+            raise ValueError(
+                f"the estimator already started training job "
+                f"{estimator.latest_training_job.job_name}: call SSHEstimatorWrapper.create() "
+                "before fit()")
+        wrapper = cls(estimator, ssm_iam_role or "", bootstrap_on_start,
+                      connection_wait_time_seconds, ssh_instance_count, local_user_id,
+                      log_to_stdout, connection_wait_time=connection_wait_time)
+        wrapper._augment()
+        return wrapper
+
+    def _inject(self) -> None:
+        estimator = self._sdk_object
+        settings = build_settings(estimator, estimator.role, "estimator",
+                                  self.connection_wait_time_seconds, self._connection_wait_time,
+                                  self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
+                                  self.ssh_instance_count, self.bootstrap_on_start)
+        self.env = settings.environment()
+        estimator.environment = merged(estimator.environment, self.env)
+        _hint_dependencies(estimator)
+
+    @classmethod
+    def attach(cls, training_job_name: str, sagemaker_session: Any = None
+               ) -> SSHEstimatorWrapper:
+        """Wrap an existing training job by name (no API call: a job still being created, or a
+        caller without DescribeTrainingJob, can attach)."""
+        session = sagemaker_session or sagemaker.Session()
+        wrapper = cls(detached_sagemaker.DetachedEstimator.attach(training_job_name, session))
+        wrapper.sagemaker_session = session
+        return wrapper
+
+    @classmethod
+    def attach_arn(cls, training_job_arn: str, sagemaker_session: Any = None
+                   ) -> SSHEstimatorWrapper:
+        name, session = _session_for_arn(training_job_arn, "training-job", sagemaker_session)
+        return cls.attach(name, session)
+
+    @property
+    def estimator(self) -> Any:
+        """The SDK estimator (a ``DetachedEstimator`` for attached jobs)."""
+        return self._sdk_object
+
+    def training_job_name(self) -> str:
+        job = getattr(self._sdk_object, "latest_training_job", None)
+        if job is None:
+            raise ValueError("the training job has not started yet: call fit() first")
+        return str(job.job_name)
+
+    resource_name = training_job_name
+
+    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+        return list(manager.get_training_instance_ids(
+            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
+
+    def describe(self) -> Dict[str, Any]:
+        return describe_existing(self.sagemaker_session.describe_training_job,
+                                 self.training_job_name(), "training job")
+
+    def _described(self, job: Dict[str, Any]) -> None:
+        if self.ssh_instance_count is None:
+            cluster = dict(job.get("ResourceConfig") or {}).get("InstanceCount")
+            self.ssh_instance_count = _node_count(job, cluster)
+
+    def wait_training_job_with_status(self, poll_seconds: float = 30.0) -> str:
+        """Wait until the job ends; return its final status."""
+        return self.wait_with_status(poll_seconds)
+
+    def wait_training_job(self, poll_seconds: float = 30.0) -> None:
+        """Wait for the job to end; raise ``UnexpectedStatusException`` if it failed."""
+        _raise_unless_ok(self.training_job_name(), self.wait_with_status(poll_seconds))
+
+    def stop_training_job(self, wait: bool = True, poll_seconds: float = 30.0) -> None:
+        """Stop the job and (as in v2) wait until it has stopped."""
+        self.sagemaker_session.stop_training_job(self.training_job_name())
+        if wait:
+            self.wait_with_status(poll_seconds)
+
+    def rule_job_summary(self) -> List[Dict[str, Any]]:
+        """Debugger and Profiler rule evaluation statuses of the job."""
+        job = self.describe()
+        return list(job.get("DebugRuleEvaluationStatuses") or []) + \
+            list(job.get("ProfilerRuleEvaluationStatuses") or [])
 
 
 def _model_image(model: Any, call: Any) -> Optional[str]:
@@ -204,38 +235,66 @@ def _model_image(model: Any, call: Any) -> Optional[str]:
         return None
 
 
-class SSHModelWrapper(_SDKWrapper):
+class SSHModelWrapper(SSHEnvironmentWrapper):
     """SSH into the instances behind a real-time endpoint."""
 
     kind = "inference"
 
-    def __init__(self, model: Any = None, env: Optional[Dict[str, str]] = None,
+    def __init__(self, model: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
+                 connection_wait_time_seconds: int = 600, *, local_user_id: Optional[str] = None,
+                 log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
                  endpoint_name: Optional[str] = None, sagemaker_session: Any = None) -> None:
-        super().__init__(model, sagemaker_session, env)
+        super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
+                         sagemaker_session, local_user_id, log_to_stdout)
+        self._sdk_object = model
         self._endpoint_name = endpoint_name
+        self._connection_wait_time = connection_wait_time
+        if model is not None and not self.ssm_iam_role:
+            self.ssm_iam_role = resolve_ssm_role(None, getattr(self._env_holder(), "role", None),
+                                                 "model")
+
+    @property
+    def model(self) -> Any:
+        return self._sdk_object
+
+    def _env_holder(self) -> Any:
+        return self._sdk_object
 
     @classmethod
     def create(cls, model: Any, connection_wait_time_seconds: int = WAIT_0,
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHModelWrapper:
-        """Enable SSH for ``model``; call before ``deploy()`` or ``transformer()``."""
+               ssm_iam_role: Optional[str] = None,
+               bootstrap_on_start: bool = True) -> SSHModelWrapper:
+        """Enable SSH for ``model``; call before ``deploy()`` or ``transformer()``.
+
+        The hold defaults to 0 s (v2: 600 s), so model loading is not held up."""
         if isinstance(model, MultiDataModel):
             raise ValueError("use SSHMultiModelWrapper.create() for a MultiDataModel")
-        return cls._create(model, model, connection_wait_time_seconds, connection_wait_time,
-                           local_user_id, log_to_stdout, ssm_iam_role)
+        return cls._create(model, connection_wait_time_seconds, connection_wait_time,
+                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start)
 
     @classmethod
-    def _create(cls, model: Any, env_holder: Any, seconds: Any, delta: Optional[timedelta],
+    def _create(cls, model: Any, seconds: Any, delta: Optional[timedelta],
                 local_user_id: Optional[str], log_to_stdout: bool,
-                ssm_iam_role: Optional[str]) -> Any:
+                ssm_iam_role: Optional[str], bootstrap_on_start: bool) -> Any:
         if getattr(model, "endpoint_name", None):
             raise ValueError(f"the model is already deployed to endpoint {model.endpoint_name}: "
                              f"call {cls.__name__}.create() before deploy()")
-        settings = build_settings(model, getattr(env_holder, "role", None), "model", seconds,
-                                  delta, local_user_id, log_to_stdout, ssm_iam_role)
-        env = settings.environment()
-        env_holder.env = merged(getattr(env_holder, "env", None), env)
+        wrapper = cls(model, ssm_iam_role or "", bootstrap_on_start, seconds,
+                      local_user_id=local_user_id, log_to_stdout=log_to_stdout,
+                      connection_wait_time=delta)
+        wrapper._augment()
+        return wrapper
+
+    def _inject(self) -> None:
+        model, env_holder = self._sdk_object, self._env_holder()
+        settings = build_settings(model, getattr(env_holder, "role", None), "model",
+                                  self.connection_wait_time_seconds, self._connection_wait_time,
+                                  self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
+                                  bootstrap_on_start=self.bootstrap_on_start)
+        self.env = settings.environment()
+        env_holder.env = merged(getattr(env_holder, "env", None), self.env)
         multi_model = isinstance(model, MultiDataModel)
         wrapper_hooks.hook_name_argument(
             model, "deploy", "endpoint_name", env_holder, "env",
@@ -244,11 +303,11 @@ class SSHModelWrapper(_SDKWrapper):
                 sdk_model, None if multi_model else _model_image(sdk_model, call),
                 sdk_utils.name_from_base, sdk_utils.base_from_name,
                 sdk_utils.base_name_from_image, multi_model))
-        return cls(model, env)
 
     @classmethod
     def attach(cls, endpoint_name: str, sagemaker_session: Any = None) -> SSHModelWrapper:
-        return cls(None, None, endpoint_name=endpoint_name,
+        """Wrap an existing endpoint by name (no API call)."""
+        return cls(None, endpoint_name=endpoint_name,
                    sagemaker_session=sagemaker_session or sagemaker.Session())
 
     def endpoint_name(self) -> str:
@@ -259,74 +318,141 @@ class SSHModelWrapper(_SDKWrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: int) -> List[str]:
+    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
-    def get_instance_ids_from_logs(self, timeout_in_sec: int = DEFAULT_LOOKUP_TIMEOUT
-                                   ) -> List[str]:
+    def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> List[str]:
         """Managed instance IDs found in the endpoint's CloudWatch logs (Logs Insights)."""
         return self.ssh_log().get_endpoint_ssm_instance_ids(self.endpoint_name(),
                                                             timeout_in_sec=timeout_in_sec)
+
+    def _describe_endpoint(self) -> Dict[str, Any]:
+        return describe_existing(
+            lambda name: self.sagemaker_session.sagemaker_client.describe_endpoint(
+                EndpointName=name), self.endpoint_name(), "endpoint")
+
+    def endpoint_is_online(self) -> bool:
+        return self._describe_endpoint().get("EndpointStatus") == "InService"
+
+    def wait_for_endpoint(self, poll_seconds: float = 30.0,
+                          timeout_in_sec: Optional[float] = None) -> None:
+        """Wait until the endpoint is InService; raise ``WrapperStateError`` if it failed."""
+        status = wait_for_status(self._describe_endpoint, "EndpointStatus",
+                                 ("InService", "Failed", "OutOfService", "Deleting"),
+                                 poll_seconds, timeout_in_sec)
+        if status != "InService":
+            raise WrapperStateError(f"endpoint {self.endpoint_name()} is {status}: see "
+                                    f"{self.get_cloudwatch_url()}")
+
+    def get_config_metadata_url(self) -> str:
+        """The console page of the endpoint configuration (``deploy()`` names it after the
+        endpoint)."""
+        return self.ssh_log().get_endpoint_config_metadata_url(self.endpoint_name())
+
+    def _model_name(self) -> str:
+        name = getattr(self._sdk_object, "name", None)
+        if name:
+            return str(name)
+        client = self.sagemaker_session.sagemaker_client
+        config = client.describe_endpoint_config(
+            EndpointConfigName=self._describe_endpoint()["EndpointConfigName"])
+        return str(config["ProductionVariants"][0]["ModelName"])
+
+    def get_model_metadata_url(self) -> str:
+        return self.ssh_log().get_model_metadata_url(self._model_name())
 
 
 class SSHMultiModelWrapper(SSHModelWrapper):
     """SSH into a multi-model endpoint (MultiDataModel with ``model=`` or ``image_uri=``)."""
 
+    def __init__(self, mdm: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
+                 connection_wait_time_seconds: int = 600, **kwargs: Any) -> None:
+        super().__init__(mdm, ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
+                         **kwargs)
+
+    @property
+    def mdm(self) -> Any:
+        return self._sdk_object
+
+    def _env_holder(self) -> Any:
+        # With model=..., the container definition (and its env) comes from the inner model.
+        mdm = self._sdk_object
+        return mdm.model if getattr(mdm, "model", None) is not None else mdm
+
     @classmethod
-    def create(cls, model: Any, connection_wait_time_seconds: int = WAIT_0,
+    def create(cls, mdm: Any, connection_wait_time_seconds: int = WAIT_0,
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHMultiModelWrapper:
-        if not isinstance(model, MultiDataModel):
+               ssm_iam_role: Optional[str] = None,
+               bootstrap_on_start: bool = True) -> SSHMultiModelWrapper:
+        """Enable SSH for a MultiDataModel; call before ``deploy()`` (hold: 0 s by default)."""
+        if not isinstance(mdm, MultiDataModel):
             raise ValueError("SSHMultiModelWrapper.create() takes a MultiDataModel; "
                              "use SSHModelWrapper.create() for a Model")
-        # With model=..., the container definition (and its env) comes from the inner model.
-        env_holder = model.model if model.model is not None else model
-        return cls._create(model, env_holder, connection_wait_time_seconds, connection_wait_time,
-                           local_user_id, log_to_stdout, ssm_iam_role)
+        return cls._create(mdm, connection_wait_time_seconds, connection_wait_time,
+                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start)
 
 
-class SSHProcessorWrapper(_SDKWrapper, SSHJobWrapperBase):
+class SSHProcessorWrapper(SSHJobWrapperBase):
     """SSH into the nodes of a processing job (framework or script processors)."""
 
     kind = "processing"
     status_key = "ProcessingJobStatus"
 
-    def __init__(self, processor: Any = None, env: Optional[Dict[str, str]] = None,
-                 ssh_instance_count: int = 1, processing_job_name: Optional[str] = None,
-                 sagemaker_session: Any = None) -> None:
-        super().__init__(processor, sagemaker_session, env)
-        self.ssh_instance_count = ssh_instance_count
-        self._job_name = processing_job_name
+    def __init__(self, processor: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
+                 connection_wait_time_seconds: int = 600, *, ssh_instance_count: int = 2,
+                 local_user_id: Optional[str] = None, log_to_stdout: bool = False,
+                 connection_wait_time: Optional[timedelta] = None) -> None:
+        super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
+                         None, local_user_id, log_to_stdout)
+        self._sdk_object = processor
+        self._connection_wait_time = connection_wait_time
+        self.ssh_instance_count: Optional[int] = None  # learned from the job when attached
+        if not isinstance(processor, detached_sagemaker.DetachedProcessor):
+            self.ssh_instance_count = resolve_ssh_instance_count(
+                ssh_instance_count, processor.instance_count, False)
+            if not self.ssm_iam_role:
+                self.ssm_iam_role = resolve_ssm_role(None, processor.role, "processor")
+
+    @property
+    def processor(self) -> Any:
+        return self._sdk_object
 
     @classmethod
     def create(cls, processor: Any, connection_wait_time_seconds: int = WAIT_600,
                ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
                log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHProcessorWrapper:
+               ssm_iam_role: Optional[str] = None,
+               bootstrap_on_start: bool = True) -> SSHProcessorWrapper:
         """Enable SSH for ``processor``; call before ``run()``."""
         if getattr(processor, "latest_job", None) is not None:
             raise ValueError(f"the processor already started processing job "
                              f"{processor.latest_job.job_name}: call "
                              "SSHProcessorWrapper.create() before run()")
-        count = resolve_ssh_instance_count(ssh_instance_count, processor.instance_count, False)
+        wrapper = cls(processor, ssm_iam_role or "", bootstrap_on_start,
+                      connection_wait_time_seconds, ssh_instance_count=ssh_instance_count,
+                      local_user_id=local_user_id, log_to_stdout=log_to_stdout,
+                      connection_wait_time=connection_wait_time)
+        wrapper._augment()
+        return wrapper
+
+    def _inject(self) -> None:
+        processor = self._sdk_object
         settings = build_settings(processor, processor.role, "processor",
-                                  connection_wait_time_seconds, connection_wait_time,
-                                  local_user_id, log_to_stdout, ssm_iam_role,
-                                  instance_count=count)
-        env = settings.environment()
-        processor.env = merged(processor.env, env)
-        return cls(processor, env, ssh_instance_count=count)
+                                  self.connection_wait_time_seconds, self._connection_wait_time,
+                                  self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
+                                  self.ssh_instance_count, self.bootstrap_on_start)
+        self.env = settings.environment()
+        processor.env = merged(processor.env, self.env)
 
     @classmethod
     def attach(cls, processing_job_name: str, sagemaker_session: Any = None
                ) -> SSHProcessorWrapper:
+        """Wrap an existing processing job by name (no API call)."""
         session = sagemaker_session or sagemaker.Session()
-        job = describe_existing(session.describe_processing_job, processing_job_name,
-                                 "processing job")
-        count = int(dict(job.get("Environment") or {}).get("SSH_INSTANCE_COUNT", "1"))
-        return cls(None, dict(job.get("Environment") or {}), ssh_instance_count=count,
-                   processing_job_name=processing_job_name, sagemaker_session=session)
+        wrapper = cls(detached_sagemaker.DetachedProcessor.attach(processing_job_name, session))
+        wrapper.sagemaker_session = session
+        return wrapper
 
     @classmethod
     def augmented_input(cls) -> ProcessingInput:
@@ -336,21 +462,27 @@ class SSHProcessorWrapper(_SDKWrapper, SSHJobWrapperBase):
                                destination=f"{PROCESSING_INPUT_PARENT}/{PACKAGE_DIR.name}")
 
     def processing_job_name(self) -> str:
-        if self._job_name:
-            return self._job_name
         job = getattr(self._sdk_object, "latest_job", None)
         if job is None:
             raise ValueError("the processing job has not started yet: call run() first")
         return str(job.job_name)
 
     resource_name = processing_job_name
+    get_processor_latest_job_name = processing_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: int) -> List[str]:
+    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_processing_instance_ids(
-            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
+            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
     def describe(self) -> Dict[str, Any]:
-        return dict(self.sagemaker_session.describe_processing_job(self.processing_job_name()))
+        return describe_existing(self.sagemaker_session.describe_processing_job,
+                                 self.processing_job_name(), "processing job")
+
+    def _described(self, job: Dict[str, Any]) -> None:
+        if self.ssh_instance_count is None:
+            cluster = dict(dict(job.get("ProcessingResources") or {})
+                           .get("ClusterConfig") or {}).get("InstanceCount")
+            self.ssh_instance_count = _node_count(job, cluster)
 
     def wait_processing_job(self, poll_seconds: float = 30.0) -> None:
         _raise_unless_ok(self.processing_job_name(), self.wait_with_status(poll_seconds))
@@ -359,32 +491,43 @@ class SSHProcessorWrapper(_SDKWrapper, SSHJobWrapperBase):
         self.sagemaker_session.stop_processing_job(self.processing_job_name())
 
 
-class SSHTransformerWrapper(_SDKWrapper, SSHJobWrapperBase):
+class SSHTransformerWrapper(SSHJobWrapperBase):
     """SSH into the instances of a batch transform job; its model needs SSHModelWrapper too."""
 
     kind = "transform"
     status_key = "TransformJobStatus"
 
-    def __init__(self, transformer: Any = None, ssh_model_wrapper: Optional[SSHModelWrapper] = None,
-                 transform_job_name: Optional[str] = None, sagemaker_session: Any = None,
-                 env: Optional[Dict[str, str]] = None) -> None:
-        super().__init__(transformer, sagemaker_session,
-                         env if env is not None else getattr(ssh_model_wrapper, "env", None))
-        self.ssh_model_wrapper = ssh_model_wrapper
+    def __init__(self, transformer: Any, model_wrapper: Optional[SSHModelWrapper], *,
+                 transform_job_name: Optional[str] = None, sagemaker_session: Any = None
+                 ) -> None:
+        wait = model_wrapper.connection_wait_time_seconds if model_wrapper is not None else 0
+        super().__init__("", True, wait, sagemaker_session)
+        self._sdk_object = transformer
+        self.model_wrapper = model_wrapper
+        self.env = dict(getattr(model_wrapper, "env", None) or {})
         self._job_name = transform_job_name
 
+    @property
+    def transformer(self) -> Any:
+        return self._sdk_object
+
     @classmethod
-    def create(cls, transformer: Any, ssh_model_wrapper: SSHModelWrapper
-               ) -> SSHTransformerWrapper:
+    def create(cls, transformer: Any, model_wrapper: SSHModelWrapper) -> SSHTransformerWrapper:
         """Enable SSH for ``transformer`` (from ``model.transformer()`` after
         ``SSHModelWrapper.create(model)``); call before ``transform()``."""
-        if not isinstance(ssh_model_wrapper, SSHModelWrapper) or not ssh_model_wrapper.env:
+        if not isinstance(model_wrapper, SSHModelWrapper) or not model_wrapper.augmented:
             raise ValueError("pass the SSHModelWrapper returned by SSHModelWrapper.create(model)")
         if getattr(transformer, "latest_transform_job", None) is not None:
             raise ValueError(f"the transformer already started transform job "
                              f"{transformer.latest_transform_job.job_name}: call "
                              "SSHTransformerWrapper.create() before transform()")
-        transformer.env = merged(transformer.env, ssh_model_wrapper.env)
+        wrapper = cls(transformer, model_wrapper)
+        wrapper._augment()
+        return wrapper
+
+    def _inject(self) -> None:
+        transformer = self._sdk_object
+        transformer.env = merged(transformer.env, self.env)
         # Transform containers see the model's env too: the job name set here wins over an
         # endpoint name the model may carry (see sagemaker_ssh_helper.env).
         wrapper_hooks.hook_name_argument(
@@ -392,16 +535,13 @@ class SSHTransformerWrapper(_SDKWrapper, SSHJobWrapperBase):
             wrapper_hooks.TRANSFORM_JOB_NAME_VAR,
             lambda sdk_transformer, call: wrapper_hooks.default_transform_job_name(
                 sdk_transformer, sdk_utils.name_from_base))
-        return cls(transformer, ssh_model_wrapper)
 
     @classmethod
     def attach(cls, transform_job_name: str, sagemaker_session: Any = None
                ) -> SSHTransformerWrapper:
-        session = sagemaker_session or sagemaker.Session()
-        job = describe_existing(session.describe_transform_job, transform_job_name,
-                                 "transform job")
-        return cls(None, None, transform_job_name=transform_job_name, sagemaker_session=session,
-                   env=dict(job.get("Environment") or {}))
+        """Wrap an existing transform job by name (no API call)."""
+        return cls(None, None, transform_job_name=transform_job_name,
+                   sagemaker_session=sagemaker_session or sagemaker.Session())
 
     def transform_job_name(self) -> str:
         if self._job_name:
@@ -412,36 +552,17 @@ class SSHTransformerWrapper(_SDKWrapper, SSHJobWrapperBase):
         return str(job.job_name)
 
     resource_name = transform_job_name
+    get_transformer_latest_job_name = transform_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: int) -> List[str]:
+    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_transformer_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> Dict[str, Any]:
-        return dict(self.sagemaker_session.describe_transform_job(self.transform_job_name()))
+        return describe_existing(self.sagemaker_session.describe_transform_job,
+                                 self.transform_job_name(), "transform job")
 
     def wait_transform_job(self, poll_seconds: float = 30.0) -> None:
         _raise_unless_ok(self.transform_job_name(), self.wait_with_status(poll_seconds))
 
     def stop_transform_job(self) -> None:
         self.sagemaker_session.stop_transform_job(self.transform_job_name())
-
-
-class SSHIDEWrapper(_SDKWrapper, IDEWrapperBase):
-    """SSH into a Studio app (user profile or space) that runs ``sm-ssh-ide`` or
-    ``kernel-lc-config.sh``: ``get_instance_ids``, ``print_ssh_info``, ``start_ssm_connection``."""
-
-    @classmethod
-    def attach(cls, domain_id: str, user_profile_name: str, app_name: str = "default",
-               sagemaker_session: Any = None) -> SSHIDEWrapper:
-        return cls(domain_id, user_profile_name, app_name,
-                   sagemaker_session=sagemaker_session or sagemaker.Session())
-
-
-class SSHNotebookInstanceWrapper(_SDKWrapper, NotebookInstanceWrapperBase):
-    """SSH into a notebook instance set up with ``SageMaker_SSH_Notebook.ipynb``."""
-
-    @classmethod
-    def attach(cls, notebook_instance_name: str,
-               sagemaker_session: Any = None) -> SSHNotebookInstanceWrapper:
-        return cls(notebook_instance_name,
-                   sagemaker_session=sagemaker_session or sagemaker.Session())

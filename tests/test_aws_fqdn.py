@@ -61,9 +61,22 @@ def test_partitions(region: str, partition: str, suffix: Optional[str],
     if suffix:
         assert aws.dns_suffix(region) == suffix
     if console:
-        assert aws.console_domain(region) == console
-        assert aws.console_url(region, "/sagemaker/home") == f"https://{console}/sagemaker/home"
-        assert aws.console_url(region, "s3/home") == f"https://{console}/s3/home"
+        host = f"{region}.{console}"  # the region in the host, as the console links it
+        assert aws.console_domain(region) == host
+        assert aws.AWS(region).get_console_domain() == host
+        assert aws.console_url(region, "/sagemaker/home") == f"https://{host}/sagemaker/home"
+        assert aws.console_url(region, "s3/home") == f"https://{host}/s3/home"
+        assert aws.AWS(region).get_sts_endpoint() == f"https://sts.{region}.{suffix}"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("arn:aws:iam::123456789012:role/SageMakerRole", True),
+    ("arn:aws-cn:iam::123456789012:role/service-role/X", True),
+    ("arn:aws-us-gov:sagemaker:us-gov-west-1:123456789012:training-job/j", True),
+    ("SageMakerRole", False), ("service-role/X", False), ("", False), (None, False),
+])
+def test_is_arn(value: Optional[str], expected: bool) -> None:
+    assert aws.AWS.is_arn(value) is expected  # type: ignore[arg-type]
 
 
 # -- roles and masking ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ PLACEHOLDERS = {"<region>": "eu-west-1", "<account-id>": "111122223333",
 STACKS = {"SSH-IAM-SSM-Stack", "SSH-IAM-SSM-Advanced-Tier-Stack",
           "SSH-Low-GPU-Notification-Stack"}
 CONTEXT_KEYS = {"sagemaker_role", "user_role", "authorized_keys_path",
-                "sns_notification_topic_arn"}
+                "sns_notification_topic_arn", "policy_name_suffix"}
 AWS_CLI_GLOBAL = {"--region", "--profile", "--query", "--output"}
 
 

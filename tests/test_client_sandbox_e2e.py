@@ -357,7 +357,8 @@ def test_resolution_faults_are_one_line_with_the_fix(world: World) -> None:
                                world.env), 3,
                            f"no SSM instance registered for {world.fqdn('nossh')} in us-east-1",
                            "setup_and_start_ssh()")
-    assert re.search(r"https://console\.aws\.amazon\.com/cloudwatch/home\?region=us-east-1#"
+    assert re.search(r"https://us-east-1\.console\.aws\.amazon\.com/cloudwatch/home"
+                     r"\?region=us-east-1#"
                      r"logsV2:log-groups/log-group/\S+TrainingJobs\S+" + world.jobs["nossh"],
                      error), error
     one_line_error(run(sm_ssh("connect", "training.sagemaker"), world.env), 2, "names a list")

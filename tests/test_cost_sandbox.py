@@ -235,8 +235,8 @@ def test_low_gpu_handler_notifies_once_the_rule_finds_issues(
         body = message["Message"]
         assert "Rule LowGPUUtilization: GPU utilization below 10 % for 30 minutes" in body
         assert f"sm-ssh connect {job}.training.sagemaker" in body
-        assert f"https://console.aws.amazon.com/sagemaker/home?region=us-east-1#/jobs/{job}" \
-            in body
+        assert ("https://us-east-1.console.aws.amazon.com/sagemaker/home?region=us-east-1"
+                f"#/jobs/{job}") in body
         # a ProfilerReport that reports the low-GPU finding counts too
         sandbox.set_rule_status(job, "ProfilerReport", "IssuesFound", "LowGPUUtilization: 1")
         with sandbox.activated():

@@ -51,6 +51,8 @@ CONFIGURE = "test_client_configure.py::"
 QUICK = E2E + "test_quick_setup_block_with_ssh_and_paramiko_on_two_jobs"
 JB = "test_studio_e2e.py::test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop"
 COVERAGE: Dict[str, Tuple[str, ...]] = {
+    "sm-ssh --version": ("test_seed_clients.py::test_version_flag",),
+    "sm-ssh -v": ("test_seed_clients.py::test_version_flag",),
     "sm-ssh list [training]": (LIST,),
     "sm-ssh list [training] --output": (LIST,),
     "sm-ssh connect [training]": (CONNECT,),
@@ -306,6 +308,8 @@ def test_every_sm_command_exists(name: str) -> None:
 
 def _check_sm_ssh(argv: List[str]) -> None:
     args = argv[1:]
+    if sm_ssh.wants_version(args):  # sm-ssh --version, sm-ssh -v
+        return
     sandbox = sm_ssh.split_sandbox(args)
     if sandbox is not None:
         from sagemaker_ssh_helper.sandbox import cli

@@ -299,7 +299,7 @@ def test_sshide_finds_and_manages_apps(configured: Studio) -> None:
     from sagemaker_ssh_helper.ide import SSHIDE
 
     with configured.sandbox.activated():
-        ide = SSHIDE(configured.domain, space_name="sp1", region=configured.sandbox.region)
+        ide = SSHIDE(configured.domain, space_name="sp1", region_name=configured.sandbox.region)
         assert ide.get_app_status("default", "JupyterLab").is_in_service()
         assert len(ide.get_instance_ids("default", timeout_in_sec=30)) == 1
         assert ide.fqdn("default") == configured.fqdn
@@ -307,6 +307,26 @@ def test_sshide_finds_and_manages_apps(configured: Studio) -> None:
         ide.delete_app("scratch", "CodeEditor")
         assert ide.get_app_status("scratch", "CodeEditor").is_deleted()
         assert ide.get_app_status("missing", "JupyterLab").is_deleted()
+
+        # SSH Helper v2's calls: kernel apps, kernel instance ids, the joined listing
+        image = f"arn:aws:sagemaker:{ide.region_name}:123456789012:image/sagemaker-base-python"
+        assert ide.create_ssh_kernel_app("ssh-kgw", image, "ml.t3.medium").is_in_service()
+        with pytest.raises(ValueError, match="pass recreate=True"):
+            ide.create_ssh_kernel_app("ssh-kgw", image)
+        ide.delete_kernel_app("ssh-kgw")
+        assert ide.get_app_status("ssh-kgw").is_deleted()
+        ids = ide.get_kernel_instance_ids("default", 30)
+        assert ide.get_kernel_instance_id("default", 30) == ids[0]
+        from sagemaker_ssh_helper.interactive_sagemaker import InteractiveSageMaker, SageMaker
+        from sagemaker_ssh_helper.manager import SSMManager
+
+        region = configured.sandbox.region
+        interactive = InteractiveSageMaker(SageMaker(region), SSMManager(region, progress=None))
+        apps = {a.fqdn(): a for a in interactive.list_studio_ide_apps_for_user_and_domain(
+            configured.domain, "sp1")}
+        assert apps[configured.fqdn].ssm_instance_id == ids[0]
+        assert apps[configured.fqdn].ping_status == "Online"
+        assert str(apps[configured.fqdn]).split()[:3] == ["Online", "JupyterLab", "InService"]
 
 
 def test_ide_wrapper_attach_connects_as_sagemaker_user(configured: Studio,
@@ -504,7 +524,7 @@ def test_notebook_instance_wrapper_and_lifecycle(notebook: Studio, tmp_path: Pat
         assert len(wrapper.get_instance_ids(timeout_in_sec=30)) == 1
         with wrapper.start_ssm_connection(free_port(), timeout_in_sec=30) as proxy:
             assert proxy.run_command_with_output("whoami").strip() == b"root"
-        instance = NotebookInstance("nb1", region=notebook.sandbox.region)
+        instance = NotebookInstance("nb1", region_name=notebook.sandbox.region)
         assert instance.get_status() == "InService"
         instance.stop()
         assert instance.get_status() == "Stopped"

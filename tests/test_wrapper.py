@@ -36,6 +36,7 @@ from sagemaker.processing import FrameworkProcessor, ScriptProcessor
 from sagemaker.pytorch import PyTorch, PyTorchModel
 
 from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper.detached_sagemaker import DetachedError, DetachedEstimator
 from sagemaker_ssh_helper.log import REGISTRATION_TEXT
 from sagemaker_ssh_helper.wrapper import (
     SSHEstimatorWrapper,
@@ -43,6 +44,7 @@ from sagemaker_ssh_helper.wrapper import (
     SSHMultiModelWrapper,
     SSHProcessorWrapper,
     SSHTransformerWrapper,
+    WrapperStateError,
 )
 
 REGION = "us-east-1"
@@ -210,15 +212,25 @@ def test_wait_time_precedence(sdk: SDK, kwargs: Dict[str, Any], expected: str) -
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"connection_wait_time_seconds": -1}, ">= 0 seconds"),
+    ({"connection_wait_time_seconds": -1}, "between 0 and 2419200 seconds"),
+    ({"connection_wait_time_seconds": float("nan")}, "between 0 and 2419200 seconds"),
+    ({"connection_wait_time_seconds": float("inf")}, "between 0 and 2419200 seconds"),
+    ({"connection_wait_time_seconds": 1e20}, "between 0 and 2419200 seconds"),
+    ({"connection_wait_time": timedelta(days=-1)}, "connection_wait_time must be between"),
     ({"connection_wait_time_seconds": "600"}, "must be a number"),
     ({"connection_wait_time": 300}, "must be a datetime.timedelta"),
     ({"ssh_instance_count": 0}, "ssh_instance_count must be an integer >= 1"),
+    ({"ssm_iam_role": "my role"}, "is not an IAM role name"),
+    ({"ssm_iam_role": "Role\nX"}, "is not an IAM role name"),
+    ({"ssm_iam_role": "a" * 65}, "is not an IAM role name"),
+    ({"local_user_id": "AIDAEXAMPLE\nSSHOwner=victim"}, "local_user_id must be"),
+    ({"local_user_id": " padded"}, "local_user_id must be"),
 ])
 def test_bad_arguments_are_refused(sdk: SDK, kwargs: Dict[str, Any], message: str) -> None:
     estimator = sdk.estimator()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         SSHEstimatorWrapper.create(estimator, **kwargs)
+    assert "\n" not in str(raised.value).replace("\\n", "")  # one line, whatever was passed
     assert not (estimator.environment or {})
 
 
@@ -312,7 +324,9 @@ def test_attach_and_job_helpers(sdk: SDK) -> None:
         assert wrapper.wait_training_job_with_status() == "Completed"
         wrapper.wait_training_job()
         assert wrapper.rule_job_summary() == []
-        assert wrapper.estimator is None
+        assert isinstance(wrapper.estimator, DetachedEstimator)
+        with pytest.raises(DetachedError, match=f"training job {name}: it only knows"):
+            wrapper.estimator.fit()
     assert launched.wait_training_job_with_status() == "Completed"
     assert launched.estimator is estimator
 
@@ -342,9 +356,29 @@ def test_attach_arn_refuses_wrong_arns(sdk: SDK, arn: str, message: str) -> None
     (SSHEstimatorWrapper, "training job"), (SSHProcessorWrapper, "processing job"),
     (SSHTransformerWrapper, "transform job"),
 ])
-def test_attach_to_a_missing_job(sdk: SDK, wrapper_cls: Any, what: str) -> None:
+def test_attach_is_lazy_and_a_missing_job_fails_at_first_use(
+        sdk: SDK, wrapper_cls: Any, what: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrapper = wrapper_cls.attach("missing-job", sdk.session)
+    assert not sdk.sent  # attaching made no API call
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"waited {s} s"))
     with pytest.raises(ValueError, match=f"no {what} named 'missing-job'"):
-        wrapper_cls.attach("missing-job", sdk.session)
+        wrapper.print_ssh_info()
+    assert list(sdk.sent) == [f"Describe{what.title().replace(' ', '')}"]
+
+
+@pytest.mark.parametrize("kind", ["training", "processing"])
+def test_finished_job_fails_in_seconds_with_the_state(
+        sdk: SDK, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """attach(<finished job>).print_ssh_info() says the job ended instead of waiting 900 s."""
+    launched = start_job(sdk, tmp_path, kind)  # moto completes jobs at once
+    name = launched.resource_name()
+    cls = SSHEstimatorWrapper if kind == "training" else SSHProcessorWrapper
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"waited {s} s"))
+    with pytest.raises(WrapperStateError, match=f"job {name} is Completed: SSH is available "
+                                                "only while it runs"):
+        cls.attach(name, sdk.session).print_ssh_info()
+    with pytest.raises(ValueError, match="is Completed"):  # a ValueError, as in v2
+        cls.attach(name, sdk.session).get_instance_ids(timeout_in_sec=600)
 
 
 def test_training_job_name_before_fit_is_an_error(sdk: SDK) -> None:
@@ -359,9 +393,9 @@ def test_console_urls(sdk: SDK) -> None:
     estimator.fit(wait=False)
     name = wrapper.training_job_name()
     assert wrapper.get_metadata_url() == (
-        f"https://console.aws.amazon.com/sagemaker/home?region={REGION}#/jobs/{name}")
+        f"https://{REGION}.console.aws.amazon.com/sagemaker/home?region={REGION}#/jobs/{name}")
     assert wrapper.get_cloudwatch_url() == (
-        f"https://console.aws.amazon.com/cloudwatch/home?region={REGION}#logsV2:log-groups/"
+        f"https://{REGION}.console.aws.amazon.com/cloudwatch/home?region={REGION}#logsV2:log-groups/"
         f"log-group/$252Faws$252Fsagemaker$252FTrainingJobs$3FlogStreamNameFilter$3D{name}$252F")
 
 
@@ -393,9 +427,10 @@ def test_instance_lookups_through_ssm(sdk: SDK, ssm_stand_in: Any,
     backend.add_fake_instances(1, tags=ssh_tags("other-job", "training-job", 4000))
 
     assert wrapper.get_instance_ids(timeout_in_sec=0) == newer + older
-    assert wrapper.get_instance_id(1, timeout_in_sec=0) == older[0]
+    assert wrapper.get_instance_id(timeout_in_sec=0, index=1) == older[0]
+    assert wrapper.get_instance_id(None, 0, 1) == older[0]  # v2 order: retry, timeout, index
     with pytest.raises(ValueError, match="instance index 2 out of range"):
-        wrapper.get_instance_id(2, timeout_in_sec=0)
+        wrapper.get_instance_id(timeout_in_sec=0, index=2)
     text = wrapper.print_ssh_info(timeout_in_sec=0)
     assert text in capsys.readouterr().out
     assert text.splitlines() == [

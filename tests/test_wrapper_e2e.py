@@ -3,6 +3,11 @@
 contract inside the container while the job is held, then connects with
 ``start_ssm_connection_and_continue`` (which releases the job) and waits for it. Needs root on
 Linux.
+
+The scripts use SSH Helper v2's calls as its README and tests wrote them: ``print_ssh_info()``,
+``SSMProxy(port, extra_args, region_name, cloudwatch_url)``, ``InteractiveSageMaker`` listing,
+``start_ssm_connection_and_continue(port, timeout=timedelta(...))`` and the positional
+(deprecated) ``retry``.
 """
 from __future__ import annotations
 
@@ -32,8 +37,12 @@ print("released by the user", flush=True)
 
 USER_SCRIPT = """\
 import json, os, socket, sys
+from datetime import timedelta
 
 from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.interactive_sagemaker import InteractiveSageMaker, SageMaker
+from sagemaker_ssh_helper.manager import SSMManager
+from sagemaker_ssh_helper.proxy import SSMProxy
 from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
 
 
@@ -43,16 +52,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+# the estimator of SSH Helper v2's README, as its users wrote it
 estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
                     dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="1.9.1",
+                    py_version="py38", instance_count=1, instance_type="ml.m5.xlarge",
                     base_job_name="ssh-wrapper-e2e")
-wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900,
+wrapper = SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600,
                                      local_user_id="e2e-owner")
 estimator.fit(wait=False)
+wrapper.print_ssh_info()
 ids = wrapper.get_instance_ids(timeout_in_sec=180)
 held = wrapper.is_job_in_progress()
+SSHEstimatorWrapper.attach(wrapper.training_job_name()).print_ssh_info()  # v2's FAQ
+
+# v2's SSMProxy constructor: (port, extra_args, region_name, cloudwatch_url)
+with SSMProxy(free_port(), "", wrapper.region(), wrapper.get_cloudwatch_url()) as ssm_proxy:
+    ssm_proxy.connect_to_ssm_instance(ids[0])
+    proxy_rc = ssm_proxy.run_command("test -d /opt/ml")
+    proxy_output = ssm_proxy.fetch_proxy_output()
+
+interactive = InteractiveSageMaker(SageMaker(), SSMManager(progress=None))
+listed = [str(job) for job in interactive.list_training_jobs(interactive.managed_instances())
+          if job.training_job_name == wrapper.training_job_name()]
 
 attached = SSHEstimatorWrapper.attach(wrapper.training_job_name())
 proxy = attached.start_ssm_connection(free_port(), timeout_in_sec=60)
@@ -63,16 +85,15 @@ finally:
     proxy.disconnect()
 held_after_disconnect = attached.is_job_in_progress()
 
-# connect again, and this time let the job go on
-proxy = wrapper.start_ssm_connection_and_continue(free_port(), timeout_in_sec=60)
-try:
-    status = wrapper.wait_training_job_with_status(poll_seconds=1)
-finally:
-    proxy.disconnect()
+# connect again, and this time let the job go on (the call v2's README links to)
+proxy = wrapper.start_ssm_connection_and_continue(free_port(), timeout=timedelta(minutes=1))
+status = wrapper.wait_training_job_with_status(poll_seconds=1)
 print("RESULT " + json.dumps({"job": wrapper.training_job_name(), "ids": ids,
                               "instance_id": proxy.instance_id, "environment": environment,
                               "hostname": hostname, "status": status, "held": held,
-                              "held_after_disconnect": held_after_disconnect}), flush=True)
+                              "held_after_disconnect": held_after_disconnect,
+                              "proxy_rc": proxy_rc, "proxy_output": proxy_output,
+                              "listed": listed, "closed": proxy.master is None}), flush=True)
 """
 
 
@@ -100,14 +121,11 @@ processor = ScriptProcessor(command=["python3"], image_uri="any:latest",
                             instance_type="ml.m5.xlarge", base_job_name="ssh-wrapper-e2e-proc")
 wrapper = SSHProcessorWrapper.create(processor, connection_wait_time_seconds=900)
 processor.run(code=os.path.join(sys.argv[1], "process.py"),
-              inputs=[SSHProcessorWrapper.augmented_input()], wait=False, logs=False)
+              inputs=[wrapper.augmented_input()], wait=False, logs=False)  # as in v2
 ids = wrapper.get_instance_ids(timeout_in_sec=180)
 held = wrapper.is_job_in_progress()
-proxy = wrapper.start_ssm_connection_and_continue(port, timeout_in_sec=60)
-try:
-    wrapper.wait_processing_job(poll_seconds=1)
-finally:
-    proxy.disconnect()
+proxy = wrapper.start_ssm_connection_and_continue(port, 6)  # v2: retry=6, i.e. 60 s
+wrapper.wait_processing_job(poll_seconds=1)
 print("RESULT " + json.dumps({"job": wrapper.processing_job_name(), "ids": ids,
                               "instance_id": proxy.instance_id, "held": held,
                               "status": wrapper.describe()["ProcessingJobStatus"]}), flush=True)
@@ -145,12 +163,16 @@ def test_estimator_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result["instance_id"] == result["ids"][0]
     assert result["hostname"] == "algo-1"
     environment = result["environment"]
-    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "900"),
+    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "600"),
                         ("SSH_INSTANCE_COUNT", "1"), ("SSH_SSM_ROLE", r"[\w+=,.@/-]+")):
         assert re.search(rf"^(export )?{name}=['\"]?{value}['\"]?$", environment, re.M), name
     assert result["held"] is True and result["held_after_disconnect"] is True
     assert result["status"] == "Completed"
     assert "released by the user" in sandbox.container_log(result["job"])
+    assert result["proxy_rc"] == 0 and isinstance(result["proxy_output"], str)
+    assert [line.split() for line in result["listed"]] == [
+        ["Online", "TrainingJob", "InProgress", f"{result['job']}.training.sagemaker"]]
+    assert result["closed"] is True  # _and_continue disconnects, as in v2
 
 
 def test_processor_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ ADVANCED_TIER_STACK = "SSH-IAM-SSM-Advanced-Tier-Stack"
 LOW_GPU_STACK = "SSH-Low-GPU-Notification-Stack"
 STACKS = (IAM_STACK, ADVANCED_TIER_STACK, LOW_GPU_STACK)
 CONTEXT_KEYS = ("sagemaker_role", "user_role", "authorized_keys_path",
-                "sns_notification_topic_arn")
+                "sns_notification_topic_arn", "policy_name_suffix")
 
 
 def _context(app: cdk.App, name: str) -> Optional[str]:
@@ -45,15 +45,20 @@ def _note(message: str) -> None:
     print(f"sagemaker_ssh_helper.cdk.app: {message}", file=sys.stderr)
 
 
+def _environment() -> Any:
+    return cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                           region=os.environ.get("CDK_DEFAULT_REGION"))
+
+
 def build_app(app: Optional[cdk.App] = None) -> cdk.App:
     app = app or cdk.App()
-    env: Any = cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
-                               region=os.environ.get("CDK_DEFAULT_REGION"))
+    env: Any = _environment()
     sagemaker_role = _context(app, "sagemaker_role")
     if sagemaker_role:
         SSHIAMSSMStack(app, IAM_STACK, env=env, sagemaker_role=sagemaker_role,
                        user_roles=_names(_context(app, "user_role")),
                        authorized_keys_path=_context(app, "authorized_keys_path"),
+                       policy_name_suffix=_context(app, "policy_name_suffix") or "",
                        description="SageMaker SSH Helper: IAM policies and SSM trust")
     else:
         _note(f"{IAM_STACK} left out: pass -c sagemaker_role=<role> -c user_role=<role>")
@@ -66,6 +71,23 @@ def build_app(app: Optional[cdk.App] = None) -> cdk.App:
     else:
         _note(f"{LOW_GPU_STACK} left out: pass -c sns_notification_topic_arn=<topic ARN>")
     return app
+
+
+def build_single(stack_class: Any, stack_name: str, app: Optional[cdk.App] = None) -> cdk.App:
+    """An app with one stack (the SSH Helper v2 app modules: ``iam_ssm_app`` and friends)."""
+    app = app or cdk.App()
+    stack_class(app, stack_name, env=_environment())
+    return app
+
+
+def run_single(stack_class: Any, stack_name: str, prog: str) -> int:
+    """Synthesize ``build_single``'s app; bad or missing context is one line, exit 2."""
+    try:
+        build_single(stack_class, stack_name).synth()
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main() -> int:

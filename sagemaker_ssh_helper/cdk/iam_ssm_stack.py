@@ -1,14 +1,21 @@
 """``SSH-IAM-SSM-Stack``: the IAM side of SSH Helper for one SageMaker role and its users.
 
-* ``SSHServerPolicy`` (:func:`policies.server_policy`) attached to the SageMaker execution role;
-* ``SSHClientPolicy`` (:func:`policies.client_policy`) attached to the users' roles;
-* ``SSHAdminPolicy`` (:func:`policies.admin_policy`), attached to nothing, for administrators
-  who run ``sm-ssh-deregister-instances``;
+* ``SSHSageMakerServerPolicy`` (:func:`policies.server_policy`) attached to the SageMaker
+  execution role;
+* ``SSHSageMakerClientPolicy`` (:func:`policies.client_policy`) attached to the users' roles;
+* ``SSHSageMakerAdminPolicy`` (:func:`policies.admin_policy`), attached to nothing, for
+  administrators who run ``sm-ssh-deregister-instances``;
 * a custom resource that adds ``ssm.amazonaws.com`` to the SageMaker role's trust policy while
   keeping every statement it has (handler: :mod:`handlers.trust_policy`).
+
+The managed policies have the IAM names SSH Helper v2 gave them (``SSHSageMakerServerPolicy``,
+``SSHSageMakerClientPolicy``), so documents and scripts that attach them by name keep working.
+IAM names are account-wide: a second copy of the stack (another region) needs
+``policy_name_suffix`` (context ``-c policy_name_suffix=-eu-west-1``).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,6 +29,9 @@ from sagemaker_ssh_helper.cdk import policies
 
 HANDLERS = Path(__file__).resolve().parent / "handlers"
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
+SERVER_POLICY_NAME = "SSHSageMakerServerPolicy"
+CLIENT_POLICY_NAME = "SSHSageMakerClientPolicy"
+ADMIN_POLICY_NAME = "SSHSageMakerAdminPolicy"
 
 
 def handlers_code() -> lambda_.Code:
@@ -43,7 +53,7 @@ def role_path_and_name(role: str) -> str:
 class SSHIAMSSMStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, sagemaker_role: str,
                  user_roles: Sequence[str] = (), authorized_keys_path: Optional[str] = None,
-                 **kwargs: Any) -> None:
+                 policy_name_suffix: str = "", **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         bucket, prefix = _split_s3(authorized_keys_path)
         target = policies.Target(partition=Aws.PARTITION, account=Aws.ACCOUNT_ID,
@@ -52,16 +62,19 @@ class SSHIAMSSMStack(Stack):
         sm_role = iam.Role.from_role_name(self, "SageMakerRole", bare_role_name(sagemaker_role))
         users = [iam.Role.from_role_name(self, f"UserRole{i}", bare_role_name(name))
                  for i, name in enumerate(user_roles)]
+        suffix = _policy_name_suffix(policy_name_suffix)
         self.server_policy = iam.ManagedPolicy(
             self, "SSHServerPolicy", roles=[sm_role],
+            managed_policy_name=SERVER_POLICY_NAME + suffix,
             description="SageMaker SSH Helper: containers register with SSM (server side)",
             document=iam.PolicyDocument.from_json(policies.server_policy(target)))
         self.client_policy = iam.ManagedPolicy(
             self, "SSHClientPolicy", roles=users,
+            managed_policy_name=CLIENT_POLICY_NAME + suffix,
             description="SageMaker SSH Helper: connect to your own SageMaker containers",
             document=iam.PolicyDocument.from_json(policies.client_policy(target)))
         self.admin_policy = iam.ManagedPolicy(
-            self, "SSHAdminPolicy",
+            self, "SSHAdminPolicy", managed_policy_name=ADMIN_POLICY_NAME + suffix,
             description="SageMaker SSH Helper: deregister stale SSH Helper managed instances",
             document=iam.PolicyDocument.from_json(policies.admin_policy(target)))
         self.trust = self._trust_ssm(target, bare_role_name(sagemaker_role))
@@ -80,6 +93,14 @@ class SSHIAMSSMStack(Stack):
             resource_type="Custom::SSHHelperSSMTrust",
             properties={"RoleName": role_name,
                         "Statement": policies.ssm_trust_statement(target)})
+
+
+def _policy_name_suffix(value: Optional[str]) -> str:
+    suffix = (value or "").strip()
+    if suffix and not re.fullmatch(r"[\w+=,.@-]{1,40}", suffix):
+        raise ValueError(f"policy_name_suffix must be up to 40 of the characters IAM names "
+                         f"allow (letters, digits, +=,.@_-), got {value!r}")
+    return suffix
 
 
 def _split_s3(path: Optional[str]) -> tuple:

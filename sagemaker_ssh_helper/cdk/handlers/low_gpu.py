@@ -32,10 +32,10 @@ def _client(service: str) -> Any:
 def _console_domain(region: str) -> str:
     # The Lambda asset holds only this folder, so the partition table is repeated in brief.
     if region.startswith("cn-"):
-        return "console.amazonaws.cn"
+        return f"{region}.console.amazonaws.cn"
     if region.startswith("us-gov-"):
-        return "console.amazonaws-us-gov.com"
-    return "console.aws.amazon.com"
+        return f"{region}.console.amazonaws-us-gov.com"
+    return f"{region}.console.aws.amazon.com"
 
 
 def _name_from_arn(arn: str) -> str:

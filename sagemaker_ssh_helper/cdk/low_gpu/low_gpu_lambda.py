@@ -1,0 +1,12 @@
+"""The low-GPU notification handler (:func:`sagemaker_ssh_helper.cdk.handlers.low_gpu.handler`,
+under SSH Helper v2's name)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from sagemaker_ssh_helper.cdk.handlers import low_gpu
+
+
+def handler(event: Dict[str, Any], context: Any = None, sagemaker: Any = None,
+            sns: Any = None) -> Dict[str, Any]:
+    return low_gpu.handler(event, context, sagemaker, sns)

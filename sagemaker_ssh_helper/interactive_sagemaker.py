@@ -1,0 +1,299 @@
+"""SageMaker resources and their SSH instances as records (SSH Helper v2's interactive API).
+
+``SageMaker`` lists resources with the SageMaker list APIs (paginated; jobs of the last 30
+days); ``InteractiveSageMaker`` joins them with the SSH Helper managed instances the way
+``sm-ssh list`` does: ONE tag-filtered ``DescribeInstanceInformation`` scan
+(``SSMManager.ssh_instances_and_tags``), matched on the resource ARN. Nothing is described or
+tag-read per resource or per instance (v2 read the tags of every managed instance of the
+account and described every Studio app)::
+
+    interactive = InteractiveSageMaker(SageMaker(), SSMManager())
+    for job in interactive.list_training_jobs(interactive.managed_instances()):
+        print(job)          # Online  TrainingJob  InProgress  my-job.training.sagemaker
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper.ide import IDEAppStatus
+from sagemaker_ssh_helper.manager import TAG_ARN, TAG_OWNER, TAG_TIMESTAMP, SSMManager
+
+JOB_DAYS = 30
+Instances = Dict[str, Dict[str, str]]
+
+
+def _arn_key(arn: str) -> str:
+    """The resource part of an ARN, lowercased (SageMaker lowercases names in ARNs)."""
+    return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
+
+
+class SageMakerCoreApp:
+    """A SageMaker resource and (once joined) the SSH instance it registered."""
+
+    NO_SSH_FLAG = "ssh:NotFound"
+    label = "Resource"
+
+    def __init__(self) -> None:
+        self.ssh_owner: Optional[str] = None
+        self.ssm_instance_id: Optional[str] = None
+        self.app_type: Optional[str] = None
+        self.ping_status = "Unknown"
+        self.resource_type: Optional[str] = None
+
+    def set_ssm_instance_id(self, ssm_instance_id: str) -> None:
+        self.ssm_instance_id = ssm_instance_id
+
+    def set_ssh_owner(self, ssh_owner: Optional[str]) -> None:
+        self.ssh_owner = ssh_owner
+
+    def set_ping_status(self, ping_status: str) -> None:
+        self.ping_status = ping_status
+
+    def arn_key(self) -> str:  # pragma: no cover - every record overrides it
+        raise NotImplementedError
+
+    def status(self) -> str:  # pragma: no cover - every record overrides it
+        raise NotImplementedError
+
+    def fqdn(self) -> str:  # pragma: no cover - every record overrides it
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        ssh = self.ping_status if self.ssm_instance_id else self.NO_SSH_FLAG
+        return f"{ssh:<16} {self.app_type or self.label:<18} {self.status():<12} {self.fqdn()}"
+
+
+class SageMakerStudioApp(SageMakerCoreApp):
+    def __init__(self, domain_id: str, user_profile_name: Optional[str], app_name: str,
+                 app_type: str, app_status: Any, space_name: Optional[str] = None) -> None:
+        super().__init__()
+        self.domain_id = domain_id
+        self.user_profile_name = user_profile_name
+        self.space_name = space_name
+        self.app_name = app_name
+        self.app_type = app_type
+        self.app_status = app_status if isinstance(app_status, IDEAppStatus) \
+            else IDEAppStatus(str(app_status))
+        self.resource_type = "ide" if user_profile_name else "ide-space"
+
+    @property
+    def owner(self) -> str:
+        return str(self.user_profile_name or self.space_name or "")
+
+    def arn_key(self) -> str:
+        return f"app/{self.domain_id}/{self.owner}/{self.app_type}/{self.app_name}".lower()
+
+    def status(self) -> str:
+        return str(self.app_status)
+
+    def fqdn(self) -> str:
+        return f"{self.app_name}.{self.owner}.{self.domain_id}.studio.sagemaker"
+
+
+class _NamedResource(SageMakerCoreApp):
+    arn_type = ""
+    kind = ""
+
+    def __init__(self, name: str, status: str) -> None:
+        super().__init__()
+        self._name = name
+        self._status = status
+        self.resource_type = self.kind
+
+    def arn_key(self) -> str:
+        return f"{self.arn_type}/{self._name}".lower()
+
+    def status(self) -> str:
+        return self._status
+
+    def fqdn(self) -> str:
+        return f"{self._name}.{self.kind}.sagemaker"
+
+
+class SageMakerEndpoint(_NamedResource):
+    label, arn_type, kind = "InferenceEndpoint", "endpoint", "inference"
+
+    def __init__(self, name: str, endpoint_status: str) -> None:
+        super().__init__(name, endpoint_status)
+        self.name = name
+        self.endpoint_status = endpoint_status
+
+
+class SageMakerTrainingJob(_NamedResource):
+    label, arn_type, kind = "TrainingJob", "training-job", "training"
+
+    def __init__(self, training_job_name: str, training_job_status: str) -> None:
+        super().__init__(training_job_name, training_job_status)
+        self.training_job_name = training_job_name
+        self.training_job_status = training_job_status
+
+
+class SageMakerProcessingJob(_NamedResource):
+    label, arn_type, kind = "ProcessingJob", "processing-job", "processing"
+
+    def __init__(self, processing_job_name: str, processing_job_status: str) -> None:
+        super().__init__(processing_job_name, processing_job_status)
+        self.processing_job_name = processing_job_name
+        self.processing_job_status = processing_job_status
+
+
+class SageMakerNotebookInstance(_NamedResource):
+    label, arn_type, kind = "NotebookInstance", "notebook-instance", "notebook"
+
+    def __init__(self, name: str, status: str) -> None:
+        super().__init__(name, status)
+        self.name = name
+
+
+class SageMakerTransformJob(_NamedResource):
+    label, arn_type, kind = "TransformJob", "transform-job", "transform"
+
+    def __init__(self, transform_job_name: str, transform_job_status: str) -> None:
+        super().__init__(transform_job_name, transform_job_status)
+        self.transform_job_name = transform_job_name
+        self.transform_job_status = transform_job_status
+
+
+class SageMaker:
+    """The SageMaker resources of one region, one list call per page."""
+
+    def __init__(self, region: Optional[str] = None, session: Any = None) -> None:
+        self.session = session if session is not None else aws.boto_session(region=region)
+        self.region = region or aws.session_region(self.session)
+        self.sagemaker_client = aws.client(self.session, "sagemaker", self.region)
+
+    def _pages(self, operation: str, key: str, recent: bool = False) -> Iterator[Dict[str, Any]]:
+        kwargs: Dict[str, Any] = {}
+        if recent:
+            kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=JOB_DAYS)
+        paginator = self.sagemaker_client.get_paginator(operation)
+        try:
+            for page in paginator.paginate(**kwargs):
+                yield from page.get(key, [])
+        except Exception as e:
+            raise aws.explain(e, "sagemaker:" + "".join(
+                w.title() for w in operation.split("_"))) from e
+
+    def list_ide_apps(self) -> List[SageMakerStudioApp]:
+        """Studio apps of every user profile and space (their status comes with the list)."""
+        return [SageMakerStudioApp(app["DomainId"], app.get("UserProfileName"), app["AppName"],
+                                   app["AppType"], IDEAppStatus(str(app.get("Status", ""))),
+                                   space_name=app.get("SpaceName"))
+                for app in self._pages("list_apps", "Apps")]
+
+    def list_endpoints(self) -> List[SageMakerEndpoint]:
+        return [SageMakerEndpoint(e["EndpointName"], e["EndpointStatus"])
+                for e in self._pages("list_endpoints", "Endpoints")]
+
+    def list_training_jobs(self) -> List[SageMakerTrainingJob]:
+        return [SageMakerTrainingJob(j["TrainingJobName"], j["TrainingJobStatus"])
+                for j in self._pages("list_training_jobs", "TrainingJobSummaries", True)]
+
+    def list_processing_jobs(self) -> List[SageMakerProcessingJob]:
+        return [SageMakerProcessingJob(j["ProcessingJobName"], j["ProcessingJobStatus"])
+                for j in self._pages("list_processing_jobs", "ProcessingJobSummaries", True)]
+
+    def list_transform_jobs(self) -> List[SageMakerTransformJob]:
+        return [SageMakerTransformJob(j["TransformJobName"], j["TransformJobStatus"])
+                for j in self._pages("list_transform_jobs", "TransformJobSummaries", True)]
+
+    def list_notebook_instances(self) -> List[SageMakerNotebookInstance]:
+        return [SageMakerNotebookInstance(n["NotebookInstanceName"], n["NotebookInstanceStatus"])
+                for n in self._pages("list_notebook_instances", "NotebookInstances")]
+
+
+def _latest_by_resource(managed_instances: Instances) -> Dict[str, Tuple[str, Dict[str, str]]]:
+    """ARN key -> (instance ID, tags) of the newest instance registered for it."""
+    best: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
+    for instance_id, tags in managed_instances.items():
+        key = _arn_key(tags.get(TAG_ARN, ""))
+        if not key:
+            continue
+        try:
+            stamp = int(tags.get(TAG_TIMESTAMP, "0"))
+        except ValueError:
+            stamp = 0
+        if key not in best or (stamp, instance_id) > best[key][:2]:
+            best[key] = (stamp, instance_id, tags)
+    return {key: (iid, tags) for key, (_, iid, tags) in best.items()}
+
+
+class InteractiveSageMaker:
+    """Resources joined with their SSH instances; ``print_*`` print one line per resource."""
+
+    def __init__(self, sagemaker: SageMaker, manager: SSMManager, log: Any = None) -> None:
+        self.sagemaker = sagemaker
+        self.manager = manager
+        self.log = log  # accepted for compatibility; endpoints are found by their tags
+
+    def managed_instances(self) -> Instances:
+        """The SSH Helper instances with their tags, from one filtered scan."""
+        return self.manager.ssh_instances_and_tags()
+
+    def _join(self, records: List[Any], managed_instances: Instances) -> List[Any]:
+        latest = _latest_by_resource(managed_instances)
+        for record in records:
+            found = latest.get(record.arn_key())
+            if found:
+                instance_id, tags = found
+                record.set_ssm_instance_id(instance_id)
+                record.set_ssh_owner(tags.get(TAG_OWNER))
+                record.set_ping_status(tags.get(SSMManager.PING_STATUS, "Unknown"))
+        return records
+
+    @staticmethod
+    def _print(records: List[Any]) -> None:
+        for record in records:
+            print(record, flush=True)
+
+    def list_studio_ide_apps_for_user_and_domain(self, domain_id: Optional[str],
+                                                 user_profile_name: Optional[str]
+                                                 ) -> List[SageMakerStudioApp]:
+        """Apps of a user profile or space (any, when empty or None) in a domain (any)."""
+        apps = [a for a in self.sagemaker.list_ide_apps()
+                if (not domain_id or a.domain_id == domain_id)
+                and (not user_profile_name or a.owner == user_profile_name)]
+        return self._join(apps, self.managed_instances())
+
+    def print_studio_ide_apps_for_user_and_domain(self, domain_id: Optional[str],
+                                                  user_profile_name: Optional[str]) -> None:
+        self._print(self.list_studio_ide_apps_for_user_and_domain(domain_id, user_profile_name))
+
+    def list_studio_ide_apps_for_user(self, user_profile_name: str) -> List[SageMakerStudioApp]:
+        return self.list_studio_ide_apps_for_user_and_domain(None, user_profile_name)
+
+    def list_studio_ide_apps(self) -> List[SageMakerStudioApp]:
+        return self.list_studio_ide_apps_for_user_and_domain(None, None)
+
+    def list_endpoints(self, managed_instances: Instances) -> List[SageMakerEndpoint]:
+        return self._join(self.sagemaker.list_endpoints(), managed_instances)
+
+    def print_endpoints(self) -> None:
+        self._print(self.list_endpoints(self.managed_instances()))
+
+    def list_training_jobs(self, managed_instances: Instances) -> List[SageMakerTrainingJob]:
+        return self._join(self.sagemaker.list_training_jobs(), managed_instances)
+
+    def print_training_jobs(self) -> None:
+        self._print(self.list_training_jobs(self.managed_instances()))
+
+    def list_processing_jobs(self, managed_instances: Instances) -> List[SageMakerProcessingJob]:
+        return self._join(self.sagemaker.list_processing_jobs(), managed_instances)
+
+    def print_processing_jobs(self) -> None:
+        self._print(self.list_processing_jobs(self.managed_instances()))
+
+    def list_transform_jobs(self, managed_instances: Instances) -> List[SageMakerTransformJob]:
+        return self._join(self.sagemaker.list_transform_jobs(), managed_instances)
+
+    def print_transform_jobs(self) -> None:
+        self._print(self.list_transform_jobs(self.managed_instances()))
+
+    def list_notebook_instances(self, managed_instances: Instances
+                                ) -> List[SageMakerNotebookInstance]:
+        return self._join(self.sagemaker.list_notebook_instances(), managed_instances)
+
+    def print_notebook_instances(self) -> None:
+        self._print(self.list_notebook_instances(self.managed_instances()))
