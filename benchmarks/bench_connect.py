@@ -15,6 +15,7 @@ Phases (each measured on its own, as `sm-ssh connect` runs them):
   sm-ssh connect     the whole command as a user runs it (interpreter start-up included)
   via ssh config     `ssh <fqdn> cmd` with the config `sm-ssh config` writes: start-proxy
                      resolves, pushes the key and starts the session inside the ProxyCommand
+Then the AWS API calls one connect makes (resolve, key push, session start), by operation.
 Needs root on Linux (the sandbox runs jobs in namespaces).
 """
 from __future__ import annotations
@@ -112,6 +113,25 @@ def one_run(env: Dict[str, str], job: str, results: Dict[str, List[float]]) -> N
     results.setdefault("via ssh config (total)", []).append(first_output(plain, env))
 
 
+def api_calls(job: str) -> Dict[str, int]:
+    """AWS API calls of one connect up to a started session (what `sm-ssh connect` makes before
+    ssh runs), counted on the boto3 session by service and operation."""
+    counts: Dict[str, int] = {}
+
+    def count(model: Any, **_: Any) -> None:
+        name = f"{model.service_model.service_name}:{model.name}"
+        counts[name] = counts.get(name, 0) + 1
+
+    ctx = connect.Context(None, None)
+    ctx.session.events.register("before-call.*.*", count)
+    prepared = connect.prepare(ctx, f"{job}.training.sagemaker", connect.Choice(),
+                               check_ssh=False)
+    started = session.open_session(ctx.manager().ssm, prepared.instance_id, 22)
+    session.terminate_session(ctx.manager().ssm, started.session_id)
+    counts.pop("ssm:TerminateSession", None)  # only to clean up after the count
+    return dict(sorted(counts.items()))
+
+
 def launch(sandbox: Sandbox, work: Path) -> Dict[str, str]:
     (work / "src").mkdir()
     (work / "src" / "train.py").write_text(ENTRY_POINT)
@@ -150,17 +170,20 @@ def main(argv: List[str]) -> int:
                 SSMManager(progress=None).get_training_instance_ids(job, timeout_in_sec=120)
                 for _ in range(args.runs):
                     one_run(env, job, results)
+                calls = api_calls(job)
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"phases": results, "api_calls": calls}, indent=2))
         return 0
     print(f"sm-ssh connect phases, {args.runs} runs (ms; the first run creates the key)")
     print(f"{'phase':<24} {'median':>8} {'min':>8} {'max':>8}")
     for phase, values in results.items():
         ms = [v * 1000 for v in values]
         print(f"{phase:<24} {statistics.median(ms):>8.1f} {min(ms):>8.1f} {max(ms):>8.1f}")
+    print(f"AWS API calls per connect: {sum(calls.values())} ("
+          + ", ".join(f"{name} {n}" for name, n in calls.items()) + ")")
     return 0
 
 
