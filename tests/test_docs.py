@@ -78,6 +78,8 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
+    "sm-ssh sandbox up --no-iam": (
+        "test_sandbox_infra_e2e.py::test_down_after_the_daemon_crashed",),
     "sm-ssh sandbox env": ("test_sandbox_infra.py::test_cli_without_a_running_sandbox",),
     "sm-ssh sandbox status": (
         "test_sandbox_infra_e2e.py::test_status_lists_services_jobs_and_containers",),
