@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
@@ -45,6 +45,12 @@ class Context:
     region: Optional[str]
     _session: Any = None
     _manager: Any = None
+    # checks of the chosen instance still running in the background (see resolve_one)
+    pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    def finish_checks(self) -> None:
+        while self.pending:
+            self.pending.pop(0)()
 
     @property
     def session(self) -> Any:
@@ -201,18 +207,41 @@ def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
     return ordered[0]
 
 
-def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice) -> Tuple[Any, bool]:
+def _pick(found: List[Any], target: fqdn.Target, choice: Choice, verifier: Any
+          ) -> Tuple[Any, bool]:
+    """The instance ``--instance`` names among ``found``, else one of the verified ones."""
+    if choice.instance is not None:
+        picked = [i for i in found if i.instance_id == choice.instance]
+        if not picked:
+            raise ResolutionError(
+                f"{choice.instance} is not an instance of {target.fqdn}: its instances are "
+                + ", ".join(i.instance_id for i in found))
+        return choose(picked, target.fqdn, None, None), False
+    candidates = verifier.keep_verified(found) if verifier is not None else found
+    inst = choose(candidates, target.fqdn, choice.index, choice.node)
+    return inst, len({i.computer_name or i.instance_id for i in candidates if i.online}) > 1
+
+
+def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
+                defer: bool = False) -> Tuple[Any, bool]:
     """Find the instance to connect to; (instance, True if picked among several).
 
     For jobs and endpoints only instances the resource's own log names are taken (``verify``);
-    an instance given with ``--instance`` is taken as the user checked it.
+    an instance given with ``--instance`` is taken as the user checked it. The resource's
+    description (still running? the instance not older than it?) is checked before returning,
+    or, with ``defer``, by ``ctx.finish_checks()`` (``prepare`` calls it after the key push, so
+    that loading the SageMaker client overlaps it; no session is started before it passed).
     """
     from sagemaker_ssh_helper import resources, verify
 
     manager = ctx.manager()
     needed = 1 if choice.index is None else choice.index + 1
-    verifier = verify.Verifier(ctx.session, ctx.region_name, target) \
-        if verify.verifiable(target) else None
+
+    def verifier_for(t: fqdn.Target) -> Any:
+        return verify.Verifier(ctx.session, ctx.region_name, t,
+                               lambda: aws.boto_session(ctx.profile, ctx.region))
+
+    verifier = verifier_for(target) if verify.verifiable(target) else None
 
     def accept(inst: Any) -> bool:
         if choice.instance is not None:
@@ -225,28 +254,28 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice) -> Tuple[Any,
     spelled = {i.resource_name for i in found} - {target.name}
     if verifier is not None and len(spelled) == 1:  # ssh lowercased the name (%h)
         target = dataclasses.replace(target, name=spelled.pop())
-        verifier = verify.Verifier(ctx.session, ctx.region_name, target)
-    if verifier is not None:
-        verifier.check_running(ctx.region_source)
+        verifier = verifier_for(target)
     if sum(1 for i in found if i.online and accept(i)) < needed:
         if verifier is None:
             resources.check_running(ctx.session, ctx.region_name, target, ctx.region_source)
+        else:
+            verifier.check_running(ctx.region_source)
         found = manager.resolve(target, timeout_in_sec=choice.wait, expected_count=needed,
                                 accept=accept)
     if not found:
         raise ResolutionError(
             f"no SSM instance registered for {target.fqdn} in {ctx.region_name} after "
             f"{choice.wait:.0f} s: " + resources.logs_hint(ctx.session, ctx.region_name, target))
-    if choice.instance is not None:
-        picked = [i for i in found if i.instance_id == choice.instance]
-        if not picked:
-            raise ResolutionError(
-                f"{choice.instance} is not an instance of {target.fqdn}: its instances are "
-                + ", ".join(i.instance_id for i in found))
-        return choose(picked, target.fqdn, None, None), False
-    candidates = verifier.keep_verified(found) if verifier is not None else found
-    inst = choose(candidates, target.fqdn, choice.index, choice.node)
-    several = len({i.computer_name or i.instance_id for i in candidates if i.online}) > 1
+    inst, several = _pick(found, target, choice, verifier)
+    if verifier is not None:
+        checked = verifier
+        checked.describe_later()
+        if choice.instance is not None:  # the user vouched for the instance, not for the job
+            ctx.pending.append(lambda: checked.check_running(ctx.region_source))
+        else:
+            ctx.pending.append(lambda: checked.confirm(inst, ctx.region_source))
+    if not defer:
+        ctx.finish_checks()
     return inst, several
 
 
@@ -306,12 +335,13 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         inst = describe_instance(ctx, target_text)
         name, alias, user = inst.instance_id, inst.instance_id, "root"
     else:
-        inst, several = resolve_one(ctx, target, choice)
+        inst, several = resolve_one(ctx, target, choice, defer=True)
         # ssh config lookups use the FQDN (%h); a pick among several nodes gets its own alias.
         name = target.fqdn
         alias = f"{inst.instance_id}.{name}" if several and not for_proxy else name
         user = user_for(target)
     auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    ctx.finish_checks()  # before any session is started
     return Prepared(inst.instance_id, name.lower(), user, auth)
 
 

@@ -23,7 +23,7 @@ import logging
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -128,53 +128,64 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
             created.timestamp() if isinstance(created, datetime) else None)
 
 
-def gather(session: Any, region: str, target: fqdn.Target) -> Callable[[], Evidence]:
-    """Start reading the resource's evidence (its log's registrations and its description) in
-    two threads, so that it takes no longer than the instance lookup made meanwhile; returns a
-    function that waits for the result."""
-    sm = aws.client(session, "sagemaker", region)  # clients are made here: sessions are not
-    logs = aws.client(session, "logs", region)     # thread-safe, clients are
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
-    described = pool.submit(describe, sm, target)
-    logged = pool.submit(registrations, logs, target)
-    pool.shutdown(wait=False)
-
-    def result() -> Evidence:
-        evidence = Evidence()
-        evidence.status, evidence.created = described.result()
-        try:
-            evidence.registered = logged.result()
-        except AwsError as e:
-            evidence.log_error = e
-        return evidence
-
-    return result
-
-
 class Verifier:
-    """The evidence of one resource, read once, and again (at most every ``interval``) while
-    waiting for an Online instance whose registration line has not reached the log yet."""
+    """The evidence of one resource. Its log is read at once in a thread (the instance lookup
+    runs meanwhile); its description once an instance was chosen (``describe_later``), in
+    another thread with a session of its own, so that loading the SageMaker client overlaps the
+    key push instead of adding to the lookup.
+    While waiting for an Online instance whose registration line has not reached the log yet,
+    the log is read again (at most every ``interval``)."""
 
     def __init__(self, session: Any, region: str, target: fqdn.Target,
+                 describe_session: Optional[Callable[[], Any]] = None,
                  interval: float = 2.0) -> None:
         self.session, self.region, self.target, self.interval = session, region, target, interval
-        self._pending = gather(session, region, target)
+        logs = aws.client(session, "logs", region)  # made here: sessions are not thread-safe
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._logged = self._pool.submit(registrations, logs, target)
+        self._describe_session = describe_session
+        self._described: Optional[Future[Tuple[Optional[str], Optional[float]]]] = None
         self._evidence: Optional[Evidence] = None
         self._read_at = 0.0
 
+    def describe_later(self) -> None:
+        """Start the description in the background (a session and client of its own: loading
+        the SageMaker client costs more than the call; it overlaps what comes next)."""
+        if self._described is None:
+            make = self._describe_session
+            self._described = self._pool.submit(
+                lambda: describe(aws.client(make() if make else self.session, "sagemaker",
+                                            self.region), self.target))
+            self._pool.shutdown(wait=False)
+
     @property
     def evidence(self) -> Evidence:
+        """The log's registrations (waits for the first read only)."""
         if self._evidence is None:
-            self._evidence = self._pending()
+            evidence = Evidence()
+            try:
+                evidence.registered = self._logged.result()
+            except AwsError as e:
+                evidence.log_error = e
+            self._evidence = evidence
             self._read_at = time.monotonic()
         return self._evidence
 
+    def described(self) -> Evidence:
+        """The evidence with the resource's status and creation time (waits for them)."""
+        evidence = self.evidence
+        if evidence.status is None and evidence.created is None:
+            self.describe_later()
+            assert self._described is not None
+            evidence.status, evidence.created = self._described.result()
+        return evidence
+
     def check_running(self, region_source: str) -> None:
-        """Fail at once for a resource that does not exist (here) or has finished."""
+        """Fail for a resource that does not exist (here) or has finished."""
         from sagemaker_ssh_helper import resources
 
         what = f"{self.target.kind.description} {self.target.name}"
-        status = self.evidence.status
+        status = self.described().status
         if status == "NotFound":
             raise ResolutionError(
                 f"no {what} in {self.region} ({region_source}): check the name "
@@ -182,6 +193,15 @@ class Verifier:
                 "runs in with --region (or AWS_REGION)")
         if status in resources.FINISHED:
             raise ResolutionError(f"{what} is {status}: SSH is available only while it runs")
+
+    def confirm(self, inst: Any, region_source: str) -> None:
+        """The sanity checks of the resource's description for the chosen instance: it runs,
+        and the instance did not register before it was created."""
+        self.check_running(region_source)
+        why = self.described().reason(inst, self.target)
+        if why is not None:
+            raise ResolutionError(f"{self.target.fqdn}: refusing {inst.label}: {why}; connect "
+                                  f"with --instance {inst.instance_id} if you checked it")
 
     def accepts(self, inst: Any) -> bool:
         evidence = self.evidence
