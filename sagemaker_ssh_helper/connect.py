@@ -238,8 +238,10 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
     needed = 1 if choice.index is None else choice.index + 1
 
     def verifier_for(t: fqdn.Target) -> Any:
+        creds = ctx.session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
         return verify.Verifier(ctx.session, ctx.region_name, t,
-                               lambda: aws.boto_session(ctx.profile, ctx.region))
+                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen))
 
     verifier = verifier_for(target) if verify.verifiable(target) else None
 

@@ -12,7 +12,8 @@ So an instance is accepted for a job or endpoint only when:
 * the resource's log names it (ONE ``FilterLogEvents`` call with that phrase, on the job's stream
   prefix ``<job>/`` or the endpoint's own log group; a few more pages at most);
 * the resource has not finished, and the instance did not register before the resource was
-  created (``Describe*``, made at the same time as the other lookups, not after them).
+  created (``Describe*``, read in the background while the key is pushed, checked before any
+  session starts).
 
 Studio apps and notebook instances do not send their output to CloudWatch where the client could
 read it; their instances are not verified this way (see IAM_SSM_Setup.md, "Trust model").

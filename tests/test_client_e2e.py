@@ -29,6 +29,7 @@ moto_server = pytest.importorskip("moto.server")
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX_BIN = REPO / "sagemaker_ssh_helper" / "sandbox" / "bin"
 ACCOUNT = "123456789012"
+REGISTERED = "Successfully registered the instance with AWS SSM using Managed instance-id"
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not is_root_linux() or not Path("/usr/sbin/sshd").exists()
@@ -365,10 +366,18 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
     _one_line(sm_ssh(["connect", "lost.studio.sagemaker", "--wait", "0"], env), 3,
               "is ConnectionLost")
     multi = aws.add_fake("multi", "training-job/multi", 2, "Online")
-    running_job_logged("multi", "algo-1", *(
-        f"Successfully registered the instance with AWS SSM using Managed instance-id: {mi}"
-        for mi in multi))
+    running_job_logged("multi", "algo-1", *(f"{REGISTERED}: {mi}" for mi in multi))
     _one_line(sm_ssh(["connect", "multi.training.sagemaker"], env), 2, "2 online instances")
+    # an instance its job's log names, but the job has finished: refused before any session
+    [done] = aws.add_fake("done-job", "training-job/done-job", 1, "Online")
+    running_job_logged("done-job", "algo-1", f"{REGISTERED}: {done}")
+    from moto.sagemaker.models import sagemaker_backends
+    sagemaker_backends[ACCOUNT]["us-east-1"].training_jobs["done-job"].training_job_status = \
+        "Completed"
+    aws.ssm.backend.reset_call_counts()
+    _one_line(sm_ssh(["connect", "done-job.training.sagemaker"], env), 3,
+              "training job done-job is Completed: SSH is available only while it runs")
+    assert "StartSession" not in aws.ssm.backend.stats()["CallCounts"]
     aws.ssm.backend.inject_fault("SendCommand", "AccessDeniedException", 1)
     _one_line(sm_ssh(["connect", "multi.training.sagemaker", "--index", "0"], env), 4,
               "access denied for ssm:SendCommand")
