@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
-from sagemaker_ssh_helper.errors import ResolutionError, UsageError
+from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,11 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         name = target.fqdn
         alias = f"{inst.instance_id}.{name}" if several and not for_proxy else name
         user = user_for(target)
-    auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    try:
+        auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    except SSHHelperError:
+        ctx.finish_checks()  # e.g. "the job is Completed" explains a failed key push best
+        raise
     ctx.finish_checks()  # before any session is started
     return Prepared(inst.instance_id, name.lower(), user, auth)
 

@@ -368,8 +368,8 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
     multi = aws.add_fake("multi", "training-job/multi", 2, "Online")
     running_job_logged("multi", "algo-1", *(f"{REGISTERED}: {mi}" for mi in multi))
     _one_line(sm_ssh(["connect", "multi.training.sagemaker"], env), 2, "2 online instances")
-    # an instance its job's log names, but the job has finished: refused before any session
-    [done] = aws.add_fake("done-job", "training-job/done-job", 1, "Online")
+    # an instance its job's log names, but the job has finished: said at once
+    [done] = aws.add_fake("done-job", "training-job/done-job", 1, "ConnectionLost")
     running_job_logged("done-job", "algo-1", f"{REGISTERED}: {done}")
     from moto.sagemaker.models import sagemaker_backends
     sagemaker_backends[ACCOUNT]["us-east-1"].training_jobs["done-job"].training_job_status = \
