@@ -34,8 +34,8 @@ ENTRY = ("[ \"$(findmnt -n -o FSTYPE --target /etc)\" = overlay ] || "
          "mkdir -p /etc/sudoers.d; "
          "echo '{user} ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/{user}; "
          "chmod 0440 /etc/sudoers.d/{user}; "
+         "chmod 0711 /root; "  # before the user exists: who waits for it may use it at once
          "id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -p '*' {user}; "
-         "chmod 0711 /root; "
          "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")
 OPERATIONS = ("CreateDomain", "DescribeDomain", "ListDomains", "CreateUserProfile",
               "DescribeUserProfile", "ListUserProfiles", "CreateSpace", "DescribeSpace",
