@@ -64,7 +64,7 @@ fi
 if [[ "$WEB_VNC" == "true" ]]; then
   [[ -n "$VNC_PASSWORD" ]] || { log "set VNC_PASSWORD for Web VNC (or WEB_VNC=false)"; exit 2; }
   "$ide" configure
-  "$ide" set-vnc-password "$VNC_PASSWORD"
+  printf '%s\n' "$VNC_PASSWORD" | "$ide" set-vnc-password  # stdin: never in a process's argv
   if ! command -v websockify >/dev/null || [[ ! -f /usr/share/novnc/vnc.html ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends novnc websockify >&2
   fi

@@ -146,11 +146,19 @@ def mask(value: Optional[str], keep: int = 4) -> str:
     return f"{value[:keep]}{'*' * (len(value) - 2 * keep)}{value[-keep:]}"
 
 
-def boto_session(profile: Optional[str] = None, region: Optional[str] = None) -> boto3.Session:
+def boto_session(profile: Optional[str] = None, region: Optional[str] = None,
+                 credentials: Optional[Any] = None) -> boto3.Session:
+    """A session; ``credentials`` (botocore's frozen credentials of another session) make a
+    twin of that session without resolving credentials again (no second MFA prompt)."""
     import boto3
 
+    keys = {}
+    if credentials is not None:
+        keys = {"aws_access_key_id": credentials.access_key,
+                "aws_secret_access_key": credentials.secret_key,
+                "aws_session_token": credentials.token}
     try:
-        return boto3.Session(profile_name=profile, region_name=region)
+        return boto3.Session(profile_name=profile, region_name=region, **keys)
     except Exception as e:  # botocore.exceptions.ProfileNotFound and friends
         raise AwsError(f"cannot open AWS profile {profile!r}: {e}") from e
 

@@ -13,6 +13,7 @@ is started here too, so its errors are explained the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -22,16 +23,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
-from sagemaker_ssh_helper.errors import ResolutionError, UsageError
+from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
 
 logger = logging.getLogger(__name__)
 
 # ssh(1) flags that take a value (OpenSSH's getopt string); every other flag stands alone.
 SSH_FLAGS_WITH_VALUE = frozenset("BDEFIJLOPQRSWbceilmopw")
-OUR_OPTIONS = ("--index", "--node", "--wait")
+OUR_OPTIONS = ("--index", "--node", "--wait", "--instance")
 SSH_FAILED = 255  # ssh's own exit code for connection failures
 DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
 
@@ -44,6 +45,12 @@ class Context:
     region: Optional[str]
     _session: Any = None
     _manager: Any = None
+    # checks of the chosen instance still running in the background (see resolve_one)
+    pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    def finish_checks(self) -> None:
+        while self.pending:
+            self.pending.pop(0)()
 
     @property
     def session(self) -> Any:
@@ -69,18 +76,22 @@ class Context:
 
 @dataclass
 class Choice:
-    """Which instance of a multi-node resource, and how long to wait for it."""
+    """Which instance of a multi-node resource, and how long to wait for it. ``instance`` names
+    a managed instance the user checked to be the resource's: it is taken even when the
+    resource's log cannot confirm it (see ``verify``)."""
 
     index: Optional[int] = None
     node: Optional[str] = None
     wait: float = DEFAULT_WAIT
+    instance: Optional[str] = None
 
 
 def split_connect_args(args: Sequence[str], choice: Choice,
                        ours: Optional[Dict[str, Any]] = None) -> Tuple[List[str], List[str]]:
     """Split what follows the target into (ssh options, remote command), as ssh would.
 
-    ``--index``/``--node``/``--wait`` (ssh has no long options) go into ``choice``; the long
+    ``--index``/``--node``/``--wait``/``--instance`` (ssh has no long options) go into
+    ``choice``; the long
     options named in ``ours`` (name -> default; a bool default makes it a flag) are taken out
     and their values stored back into ``ours``.
     """
@@ -137,12 +148,15 @@ def set_choice(choice: Choice, key: str, value: str) -> None:
             choice.index = int(value)
         elif key == "--wait":
             choice.wait = float(value)
+        elif key == "--instance":
+            check_instance_id(value)
+            choice.instance = value
         else:
             choice.node = value
     except ValueError:
         raise UsageError(f"{key} needs a number, got {value!r}") from None
-    if choice.index is not None and choice.node is not None:
-        raise UsageError("give either --index or --node, not both")
+    if sum(x is not None for x in (choice.index, choice.node, choice.instance)) > 1:
+        raise UsageError("give either --index, --node or --instance, not several")
 
 
 # -- picking one instance ----------------------------------------------------------------------
@@ -152,12 +166,23 @@ def _natural(text: str) -> List[Any]:
 
 def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
            node: Optional[str]) -> Any:
-    """One Online instance: the only one, or the one picked by ``index``/``node``."""
-    online: dict = {}
-    for inst in instances:  # newest first: keep the newest per host name
+    """One Online instance: the only one, or the one picked by ``index``/``node``.
+
+    Two Online instances claiming one node (host name) are refused, never ranked: which one is
+    genuine cannot be told from what the registrant set (its tags, its time stamp).
+    """
+    by_node: Dict[str, List[Any]] = {}
+    for inst in instances:
         if inst.online:
-            online.setdefault(inst.computer_name or inst.instance_id, inst)
-    ordered = sorted(online.values(), key=lambda i: _natural(i.computer_name or i.instance_id))
+            by_node.setdefault(inst.computer_name or inst.instance_id, []).append(inst)
+    for name, claimants in sorted(by_node.items()):
+        if len(claimants) > 1 and node in (None, name):
+            raise UsageError(
+                f"{target_name}: {len(claimants)} online instances claim node {name}: "
+                + ", ".join(i.instance_id for i in claimants)
+                + "; connect to the one you checked with --instance mi-...")
+    ordered = sorted((group[0] for group in by_node.values()),
+                     key=lambda i: _natural(i.computer_name or i.instance_id))
     if not ordered:
         latest = instances[0]
         since = f" since {latest.last_ping:%Y-%m-%d %H:%M:%S %Z}" if latest.last_ping else ""
@@ -182,27 +207,77 @@ def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
     return ordered[0]
 
 
-def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice) -> Tuple[Any, bool]:
-    """Find the instance to connect to; (instance, True if picked among several)."""
-    from sagemaker_ssh_helper import resources
+def _pick(found: List[Any], target: fqdn.Target, choice: Choice, verifier: Any
+          ) -> Tuple[Any, bool]:
+    """The instance ``--instance`` names among ``found``, else one of the verified ones."""
+    if choice.instance is not None:
+        picked = [i for i in found if i.instance_id == choice.instance]
+        if not picked:
+            raise ResolutionError(
+                f"{choice.instance} is not an instance of {target.fqdn}: its instances are "
+                + ", ".join(i.instance_id for i in found))
+        return choose(picked, target.fqdn, None, None), False
+    candidates = verifier.keep_verified(found) if verifier is not None else found
+    inst = choose(candidates, target.fqdn, choice.index, choice.node)
+    return inst, len({i.computer_name or i.instance_id for i in candidates if i.online}) > 1
+
+
+def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
+                defer: bool = False) -> Tuple[Any, bool]:
+    """Find the instance to connect to; (instance, True if picked among several).
+
+    For jobs and endpoints only instances the resource's own log names are taken (``verify``);
+    an instance given with ``--instance`` is taken as the user checked it. The resource's
+    description (still running? the instance not older than it?) is checked before returning,
+    or, with ``defer``, by ``ctx.finish_checks()`` (``prepare`` calls it after the key push, so
+    that loading the SageMaker client overlaps it; no session is started before it passed).
+    """
+    from sagemaker_ssh_helper import resources, verify
 
     manager = ctx.manager()
     needed = 1 if choice.index is None else choice.index + 1
 
+    def verifier_for(t: fqdn.Target) -> Any:
+        creds = ctx.session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+        return verify.Verifier(ctx.session, ctx.region_name, t,
+                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen))
+
+    verifier = verifier_for(target) if verify.verifiable(target) else None
+
     def accept(inst: Any) -> bool:
-        return choice.node is None or choice.node in (inst.computer_name, inst.instance_id)
+        if choice.instance is not None:
+            return inst.instance_id == choice.instance
+        if choice.node is not None and choice.node not in (inst.computer_name, inst.instance_id):
+            return False
+        return verifier is None or verifier.accepts(inst)
 
     found = manager.find(target)
+    spelled = {i.resource_name for i in found} - {target.name}
+    if verifier is not None and len(spelled) == 1:  # ssh lowercased the name (%h)
+        target = dataclasses.replace(target, name=spelled.pop())
+        verifier = verifier_for(target)
     if sum(1 for i in found if i.online and accept(i)) < needed:
-        resources.check_running(ctx.session, ctx.region_name, target, ctx.region_source)
+        if verifier is None:
+            resources.check_running(ctx.session, ctx.region_name, target, ctx.region_source)
+        else:
+            verifier.check_running(ctx.region_source)
         found = manager.resolve(target, timeout_in_sec=choice.wait, expected_count=needed,
                                 accept=accept)
     if not found:
         raise ResolutionError(
             f"no SSM instance registered for {target.fqdn} in {ctx.region_name} after "
             f"{choice.wait:.0f} s: " + resources.logs_hint(ctx.session, ctx.region_name, target))
-    inst = choose(found, target.fqdn, choice.index, choice.node)
-    several = len({i.computer_name or i.instance_id for i in found if i.online}) > 1
+    inst, several = _pick(found, target, choice, verifier)
+    if verifier is not None:
+        checked = verifier
+        checked.describe_later()
+        if choice.instance is not None:  # the user vouched for the instance, not for the job
+            ctx.pending.append(lambda: checked.check_running(ctx.region_source))
+        else:
+            ctx.pending.append(lambda: checked.confirm(inst, ctx.region_source))
+    if not defer:
+        ctx.finish_checks()
     return inst, several
 
 
@@ -262,12 +337,17 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         inst = describe_instance(ctx, target_text)
         name, alias, user = inst.instance_id, inst.instance_id, "root"
     else:
-        inst, several = resolve_one(ctx, target, choice)
+        inst, several = resolve_one(ctx, target, choice, defer=True)
         # ssh config lookups use the FQDN (%h); a pick among several nodes gets its own alias.
         name = target.fqdn
         alias = f"{inst.instance_id}.{name}" if several and not for_proxy else name
         user = user_for(target)
-    auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    try:
+        auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+    except SSHHelperError:
+        ctx.finish_checks()  # e.g. "the job is Completed" explains a failed key push best
+        raise
+    ctx.finish_checks()  # before any session is started
     return Prepared(inst.instance_id, name.lower(), user, auth)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.errors import AwsError, SSHHelperError, UsageError
 from sagemaker_ssh_helper.init_ssm import RETRY_CODES, backoff_delay
 from sagemaker_ssh_helper.manager import TAG_ARN, TAG_TIMESTAMP, ManagedInstance, SSMManager
@@ -279,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("SM_SSH_DEBUG", "").lower() == "true" or \
         any(a in ("-v", "--verbose") for a in args_list)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+    redact.basic_config(level=logging.DEBUG if debug else logging.WARNING,
                         format=f"{PROG}: %(message)s", stream=sys.stderr)
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)

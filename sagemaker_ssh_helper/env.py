@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional
 
-from sagemaker_ssh_helper import fqdn
+from sagemaker_ssh_helper import fqdn, redact
 from sagemaker_ssh_helper.aws import parse_arn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -305,5 +305,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    redact.basic_config(level=logging.INFO, format="%(name)s: %(message)s")
     sys.exit(main())

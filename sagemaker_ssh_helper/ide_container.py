@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import fqdn
+from sagemaker_ssh_helper import fqdn, redact
 from sagemaker_ssh_helper.aws import mask, role_name_from_arn
 from sagemaker_ssh_helper.env import STATE_DIR, agent_running, base_dir, registered_instance_id
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
@@ -190,7 +190,7 @@ def run(args: List[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    redact.basic_config(level=logging.DEBUG if verbose else logging.INFO,
                         format=f"{PROG}: %(message)s", stream=sys.stderr)
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

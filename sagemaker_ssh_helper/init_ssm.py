@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.env import (
     Resource,
     detect_resource,
@@ -259,7 +259,7 @@ def init(environ: Optional[Mapping[str, str]] = None) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    redact.basic_config(level=logging.DEBUG if verbose else logging.INFO,
                         format="sm-init-ssm: %(message)s", stream=sys.stderr)
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -119,11 +119,20 @@ def matches(instance: ManagedInstance, target: fqdn.Target, ignore_case: bool = 
 
 
 def newest_first(instances: Iterable[ManagedInstance]) -> List[ManagedInstance]:
-    return sorted(instances, key=lambda i: (i.timestamp, i.instance_id), reverse=True)
+    """Latest registration first, by the date SSM recorded (never by SSHTimestamp: the
+    registrant sets that tag to anything it likes)."""
+    def registered(i: ManagedInstance) -> float:
+        date = i.registration_date
+        return date.timestamp() if isinstance(date, datetime) else 0.0
+
+    return sorted(instances, key=lambda i: (registered(i), i.instance_id), reverse=True)
 
 
 class SSMManager(SSMManagerBase):
     """Resolve SageMaker resources to SSM managed instance IDs (``mi-…``), newest first.
+
+    These lookups trust the instances' tags; ``sm-ssh`` also checks that the resource's own log
+    names the instance before connecting (:mod:`sagemaker_ssh_helper.verify`).
 
     ``clock``/``sleep`` are injectable so tests can drive the waiting without real time;
     ``progress`` receives one human-readable line per wait step (stderr by default).

@@ -23,8 +23,11 @@ logger = logging.getLogger(__name__)
 
 SSH_HELP = ("ssh not found on PATH: install the OpenSSH client "
             "(e.g. `apt-get install openssh-client`)")
+# Without sm-wait on PATH: create the file with noclobber (O_EXCL: a planted symlink is never
+# followed), after removing a symlink found there.
 STOP_WAITING = ("if command -v sm-wait >/dev/null 2>&1; then sm-wait stop; "
-                "else touch /tmp/sm-wait-stopped; fi")
+                "else f=/tmp/sm-wait-stopped; if [ -L \"$f\" ]; then rm -f \"$f\"; fi; "
+                "[ -f \"$f\" ] || (set -C; : >\"$f\"); fi")
 
 
 def find_ssh() -> str:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     debug = args.verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+    redact.basic_config(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
     try:
         return start_ssh_session(args.instance_id, args.port, region=args.region,

@@ -90,7 +90,7 @@ GENERAL = ("--profile", "--region")
 USAGE = {
     "sm-local-start-ssh": (
         "usage: sm-local-start-ssh [-v] [--profile P] [--region R] [--proxy-setup-only]\n"
-        "                          [--index N | --node NAME] [--wait S]\n"
+        "                          [--index N | --node NAME | --instance MI_ID] [--wait S]\n"
         "                          <mi-id|name.kind.sagemaker> [ssh options] [[--] command]\n\n"
         "Push this client's key to the container, pin its host keys and run ssh over SSM.\n"
         "--proxy-setup-only: only push the key and pin the host keys (for IDEs; prints\n"

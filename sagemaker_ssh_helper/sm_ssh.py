@@ -1,9 +1,9 @@
 """``sm-ssh``: list SageMaker resources with SSH, connect to them, or proxy ssh to them.
 
     sm-ssh [-v] [--profile P] [--region R] list [FQDN] [--output json]
-    sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID [--index N | --node algo-2]
-           [ssh options ...] [[--] command ...]
-    sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N]
+    sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID
+           [--index N | --node algo-2 | --instance mi-ID] [ssh options ...] [[--] command ...]
+    sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, fqdn, redact
 from sagemaker_ssh_helper.connect import Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 names
@@ -58,6 +59,9 @@ def _add_target_choice(parser: argparse.ArgumentParser) -> None:
                                                   "resource, in node-name order")
     choice.add_argument("--node", help="pick the instance with this host name (e.g. algo-2) "
                                        "or managed instance ID")
+    choice.add_argument("--instance", metavar="MI_ID",
+                        help="connect to this managed instance of the resource even if its log "
+                             "cannot confirm it (after you checked it, e.g. in the job's log)")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help=f"wait this long for the instance to come online "
                              f"(default {DEFAULT_WAIT})")
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=("table", "json"), default="table")
     p.add_argument("--days", type=int, default=30, help="jobs created in the last N days")
     p = sub.add_parser("connect", help="ssh to <name>.<kind>.sagemaker",
-                       usage="sm-ssh connect [--index N | --node NAME] [--wait S] FQDN "
+                       usage="sm-ssh connect [--index N | --node NAME | --instance MI_ID] "
+                             "[--wait S] FQDN "
                              "[ssh options ...] [-- command ...]")
     add_general_options(p, top_level=False)
     _add_target_choice(p)
@@ -140,6 +145,8 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
         raise UsageError("connect needs a target: sm-ssh connect <name>.<kind>.sagemaker "
                          "[ssh options] [-- command]")
     choice = connect.Choice(args.index, args.node, args.wait)
+    if args.instance:
+        connect.set_choice(choice, "--instance", args.instance)
     options, positional = connect.split_connect_args(args.ssh_args, choice)
     connect.check_local_ports(options)
     prepared = connect.prepare(ctx, args.fqdn, choice)
@@ -150,6 +157,8 @@ def cmd_start_proxy(ctx: Context, args: argparse.Namespace) -> int:
     from sagemaker_ssh_helper import connect, session
 
     choice = connect.Choice(args.index, args.node, args.wait)
+    if args.instance:
+        connect.set_choice(choice, "--instance", args.instance)
     prepared = connect.prepare(ctx, args.fqdn, choice, for_proxy=True)
     return session.start_ssh_session(prepared.instance_id, args.port, session=ctx.session,
                                      region=ctx.region_name, profile=ctx.profile)
@@ -256,25 +265,39 @@ def debug_log_path() -> Path:
     return Path.home() / ".sm-ssh" / "debug.log"
 
 
+DEBUG_LOG_MAX_BYTES = 1024 * 1024  # then debug.log becomes debug.log.1 (one old file kept)
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-capped log file that is created, and re-created after rotation, with mode 0600."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a file an older version left readable
+        return os.fdopen(fd, "a", encoding=self.encoding)
+
+
 def _open_debug_log(prog: str) -> None:
     path = debug_log_path()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+        handler = _PrivateRotatingFileHandler(path, maxBytes=DEBUG_LOG_MAX_BYTES,
+                                              backupCount=1, encoding="utf-8")
     except OSError as e:
         logger.warning("cannot write the debug log %s: %s", path, e)
         return
+    print(f"{prog}: debug log: {path} (secrets masked, rotated at "
+          f"{DEBUG_LOG_MAX_BYTES // 1024 // 1024} MiB)", file=sys.stderr, flush=True)
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s {prog}[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    logging.getLogger().addHandler(redact.protect(handler))
 
 
 def guarded(prog: str, body: Callable[[Dict[str, bool]], int]) -> int:
     """Run a command's ``body`` and map every failure to one stderr line and an exit code
     (a traceback only in debug mode). Shared by the sm-* command-line tools."""
     flags = {"verbose": _debug(False)}
-    logging.basicConfig(level=logging.DEBUG if flags["verbose"] else logging.WARNING,
+    redact.basic_config(level=logging.DEBUG if flags["verbose"] else logging.WARNING,
                         stream=sys.stderr, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
     if flags["verbose"]:
         _open_debug_log(prog)

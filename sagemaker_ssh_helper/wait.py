@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def wait(seconds: float, stop_file: Path = STOP_FILE,
     deadline = clock() + seconds
     next_progress = clock()
     while True:
-        if stop_file.exists():
+        if requested(stop_file):
             out(f"sm-wait: {stop_file} exists, continuing")
             return "stopped"
         now = clock()
@@ -63,9 +64,26 @@ def wait(seconds: float, stop_file: Path = STOP_FILE,
         sleep(max(0.0, min(POLL_INTERVAL, remaining, next_progress - now)))
 
 
+def requested(stop_file: Path = STOP_FILE) -> bool:
+    """Whether anything is at ``stop_file`` (never followed: a symlink counts as itself)."""
+    return os.path.lexists(stop_file)
+
+
 def stop(stop_file: Path = STOP_FILE) -> None:
+    """Create ``stop_file`` as a new regular file, safely in a world-writable /tmp: a symlink
+    or other non-regular file found there is removed (not followed), then the file is created
+    with O_EXCL|O_NOFOLLOW, so nothing is ever written through a link."""
+    try:
+        st: Optional[os.stat_result] = os.lstat(stop_file)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return  # already requested
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        os.unlink(stop_file)  # a symlink (dangling or not), a fifo ...: unlink never follows
     stop_file.parent.mkdir(parents=True, exist_ok=True)
-    stop_file.touch()
+    fd = os.open(stop_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -99,7 +117,7 @@ def list_lines(stop_file: Path = STOP_FILE) -> List[str]:
     lines = [f"PID {w.pid}: {w.remaining:.0f} s left of {w.seconds} s" for w in waiters()]
     if not lines:
         lines.append("no sm-wait is waiting")
-    if stop_file.exists():
+    if requested(stop_file):
         lines.append(f"stop requested: {stop_file} exists")
     return lines
 
@@ -124,7 +142,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(USAGE)
         return 0
     if arg == "stop":
-        stop()
+        try:
+            stop()
+        except OSError as e:
+            print(f"sm-wait: cannot create {STOP_FILE}: {e.strerror or e} (remove what is "
+                  "there and retry)", file=sys.stderr)
+            return 1
         _say(f"sm-wait: created {STOP_FILE}; waiting sm-wait processes will continue")
         return 0
     if arg == "list":

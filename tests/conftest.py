@@ -144,3 +144,19 @@ def moto_url() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+def allow_team_owner(sandbox: Any, owner: str) -> None:
+    """What IAM_SSM_Setup.md tells teams that launch with ``local_user_id=owner``: give the
+    users a copy of the client policy that compares SSHOwner with that value (the sandbox
+    enforces IAM on SSM calls, and its user's own ID is not ``owner``)."""
+    import json as _json
+
+    from sagemaker_ssh_helper.cdk import policies
+    from sagemaker_ssh_helper.sandbox.iam_setup import USER_NAME
+
+    iam = sandbox.client("iam")
+    document = policies.client_policy(policies.Target(account=sandbox.state["account"]), owner)
+    arn = iam.create_policy(PolicyName=f"SSHClientPolicy-{owner}",
+                            PolicyDocument=_json.dumps(document))["Policy"]["Arn"]
+    iam.attach_user_policy(UserName=USER_NAME, PolicyArn=arn)

@@ -73,7 +73,8 @@ def as_list(value: Any) -> List[Any]:
 
 
 def granting(policy: Dict[str, Any], action: str) -> List[Dict[str, Any]]:
-    return [s for s in statements(policy) if action in as_list(s["Action"])]
+    return [s for s in statements(policy)
+            if s["Effect"] == "Allow" and action in as_list(s["Action"])]
 
 
 MI = f"arn:aws:ssm:*:{ACCOUNT}:managed-instance/*"
@@ -105,7 +106,14 @@ def test_server_may_pass_only_its_own_role_and_only_to_ssm(templates: Dict[str, 
     [deregister] = granting(server, "ssm:DeregisterManagedInstance")
     assert deregister["Resource"] == MI
     assert deregister["Condition"] == {
-        "StringEquals": {"ssm:resourceTag/SSHCreator": "${aws:userid}"}}
+        "StringEquals": {"ssm:resourceTag/SSHCreator": "${aws:userid}"},
+        "StringLike": {"ssm:resourceTag/SSHResourceArn": "*"}}
+    [create] = granting(server, "ssm:CreateActivation")
+    assert create["Condition"]["StringEquals"] == {
+        "aws:RequestTag/SSHCreator": "${aws:userid}"}
+    [deny] = [s for s in server["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert (deny["Action"], deny["Resource"]) == (
+        ["ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"], MI)
     [update] = granting(server, "ssm:UpdateInstanceInformation")
     assert (update["Resource"], update["Condition"]) == (
         MI, {"StringLike": {"ssm:resourceTag/SSHOwner": "*"}})

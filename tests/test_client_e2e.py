@@ -29,6 +29,7 @@ moto_server = pytest.importorskip("moto.server")
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX_BIN = REPO / "sagemaker_ssh_helper" / "sandbox" / "bin"
 ACCOUNT = "123456789012"
+REGISTERED = "Successfully registered the instance with AWS SSM using Managed instance-id"
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not is_root_linux() or not Path("/usr/sbin/sshd").exists()
@@ -71,6 +72,37 @@ AllowTcpForwarding yes
 
 
 
+def running_job_logged(name: str, node: str, *lines: str) -> None:
+    """What SageMaker does for the job ``name``: it exists and runs (moto would say Completed at
+    once), and the container's output is in its log stream ``<name>/<node>-<epoch>``."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    sm = boto3.client("sagemaker")
+    try:
+        sm.create_training_job(
+            TrainingJobName=name, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole",
+            AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://b/o"},
+            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2,
+                            "VolumeSizeInGB": 1},
+            StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    except sm.exceptions.ClientError as e:
+        assert "already" in str(e).lower() or "exist" in str(e).lower(), e
+    sagemaker_backends[ACCOUNT]["us-east-1"].training_jobs[name].training_job_status = \
+        "InProgress"
+    logs, group = boto3.client("logs"), "/aws/sagemaker/TrainingJobs"
+    stream = f"{name}/{node}-{int(time.time())}"
+    for call, kwargs in ((logs.create_log_group, {"logGroupName": group}),
+                         (logs.create_log_stream, {"logGroupName": group,
+                                                   "logStreamName": stream})):
+        try:
+            call(**kwargs)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+    logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
+        {"timestamp": int(time.time() * 1000), "message": line} for line in lines])
+
+
 class Container:
     """A namespace with sshd on ``port`` and the stand-in agent, registered with SSH* tags."""
 
@@ -99,6 +131,8 @@ class Container:
         line = self.proc.stdout.readline()
         assert "Successfully registered" in line, f"agent did not register: {line!r}"
         self.instance_id = line.split()[-1]
+        if kind == "training-job":
+            running_job_logged(name, node, line.strip())
         ssm, deadline = boto3.client("ssm"), time.monotonic() + 30
         while ssm.describe_instance_information(Filters=[
                 {"Key": "InstanceIds", "Values": [self.instance_id]}, {"Key": "PingStatus",
@@ -114,6 +148,8 @@ class Container:
     def stop(self) -> None:
         self.proc.kill()  # --kill-child: the namespace's processes die with it
         self.proc.wait(timeout=30)
+        # as a container does at exit; otherwise it stays Online until its heartbeat times out
+        boto3.client("ssm").deregister_managed_instance(InstanceId=self.instance_id)
 
 
 class Aws:
@@ -329,8 +365,19 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
     aws.add_fake("lost", "app/d-1/u/KernelGateway/lost", 1, "ConnectionLost")
     _one_line(sm_ssh(["connect", "lost.studio.sagemaker", "--wait", "0"], env), 3,
               "is ConnectionLost")
-    aws.add_fake("multi", "training-job/multi", 2, "Online")
+    multi = aws.add_fake("multi", "training-job/multi", 2, "Online")
+    running_job_logged("multi", "algo-1", *(f"{REGISTERED}: {mi}" for mi in multi))
     _one_line(sm_ssh(["connect", "multi.training.sagemaker"], env), 2, "2 online instances")
+    # an instance its job's log names, but the job has finished: said at once
+    [done] = aws.add_fake("done-job", "training-job/done-job", 1, "ConnectionLost")
+    running_job_logged("done-job", "algo-1", f"{REGISTERED}: {done}")
+    from moto.sagemaker.models import sagemaker_backends
+    sagemaker_backends[ACCOUNT]["us-east-1"].training_jobs["done-job"].training_job_status = \
+        "Completed"
+    aws.ssm.backend.reset_call_counts()
+    _one_line(sm_ssh(["connect", "done-job.training.sagemaker"], env), 3,
+              "training job done-job is Completed: SSH is available only while it runs")
+    assert "StartSession" not in aws.ssm.backend.stats()["CallCounts"]
     aws.ssm.backend.inject_fault("SendCommand", "AccessDeniedException", 1)
     _one_line(sm_ssh(["connect", "multi.training.sagemaker", "--index", "0"], env), 4,
               "access denied for ssm:SendCommand")

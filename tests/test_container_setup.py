@@ -194,6 +194,10 @@ def test_two_concurrent_setups_start_one_and_users_can_log_in(
     started = int(time.time())
     proc = container.run(rf'''
 start_aws
+# what an unprivileged process could plant in /tmp before the job's setup runs
+echo keep >/etc/root-file
+ln -s /etc/root-file /tmp/sm-ssh-setup.lock
+ln -s /etc/root-file /tmp/sm-ssh-install.lock
 boot='import sagemaker_ssh_helper as s; s.setup_and_start_ssh()'
 "$PY" -c "$boot" >"$R/setup1" 2>&1 & p1=$!
 "$PY" -c "$boot" >"$R/setup2" 2>&1 & p2=$!
@@ -251,6 +255,10 @@ wait "$p1" && wait "$p2" && echo "both setups returned"
         assert container.host_path(f"/usr/local/bin/{script}").read_text().endswith(
             f"exec bash {PACKAGE_DIR / script} \"$@\"\n")
     assert container.host_path("/opt/sagemaker-ssh-helper/.ssh-configured").exists()
+    # the locks were neither truncating through the planted links nor fooled by them
+    assert container.host_path("/etc/root-file").read_text() == "keep\n"
+    assert oct((container.root / "run" / "sagemaker-ssh-helper").stat().st_mode & 0o777) \
+        == "0o700"
 
 
 def test_agent_restarts_are_bounded(container: Container) -> None:

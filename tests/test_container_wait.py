@@ -167,3 +167,27 @@ wait "$holder"
     assert "sm-wait 600" in (container.root / "ps-args").read_text()
     assert (container.root / "w").read_text().splitlines()[-1] == \
         "sm-wait: stopped by a signal (e.g. `pkill sm-wait`), continuing"
+
+
+def test_stop_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    stop_file = tmp_path / "sm-wait-stopped"
+    stop_file.symlink_to(tmp_path / "missing-dir" / "target")  # dangling: stop used to crash
+    wait.stop(stop_file)
+    assert stop_file.is_file() and not stop_file.is_symlink()
+    assert not (tmp_path / "missing-dir").exists()
+    root_file = tmp_path / "root-file"
+    root_file.write_text("keep\n")
+    stop_file.unlink()
+    stop_file.symlink_to(root_file)  # a link to a file root owns: neither followed nor changed
+    wait.stop(stop_file)
+    assert stop_file.is_file() and not stop_file.is_symlink()
+    assert root_file.read_text() == "keep\n"
+    wait.stop(stop_file)  # already requested: nothing to do
+
+
+def test_a_dangling_stop_link_still_releases_the_wait(tmp_path: Path) -> None:
+    stop_file = tmp_path / "sm-wait-stopped"
+    stop_file.symlink_to(tmp_path / "nowhere")
+    clock = FakeClock()
+    assert wait.wait(30, stop_file, clock=clock, sleep=clock.sleep, status=lambda: "",
+                     out=lambda line: None) == "stopped"

@@ -65,6 +65,8 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh connect [training] -A": ("test_client_unit.py::test_ssh_args_split_like_ssh",),
     "sm-ssh connect [training] --node": (NODES,),
     "sm-ssh connect [training] --index": (NODES,),
+    "sm-ssh connect [training] --instance": (
+        "test_sandbox_iam_e2e.py::test_forged_tags_and_tag_changes_fail",),
     # Processing jobs: the same resolve/key/ssh path, driven through SSMProxy in the sandbox.
     "sm-ssh connect [processing]": ("test_wrapper_e2e.py::test_processor_wrapper_journey",),
     # Endpoints and batch transform jobs deployed with the SDK in the sandbox.
@@ -81,6 +83,8 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
+    "sm-ssh sandbox up --no-iam": (
+        "test_sandbox_infra_e2e.py::test_down_after_the_daemon_crashed",),
     "sm-ssh sandbox env": ("test_sandbox_infra.py::test_cli_without_a_running_sandbox",),
     "sm-ssh sandbox status": (
         "test_sandbox_infra_e2e.py::test_status_lists_services_jobs_and_containers",),
@@ -274,6 +278,7 @@ def form(argv: List[str]) -> str:
 def _option_values(args: List[str]) -> Set[str]:
     """Arguments that are values of a preceding option (``--region R``)."""
     valued = {"--profile", "--region", "--output", "--index", "--node", "--wait", "--port",
+              "--instance",
               "--local-port", "--days", "-L", "-R", "-p", "-o", "-l", "-i"}
     values = set()
     for before, item in zip(args, args[1:]):

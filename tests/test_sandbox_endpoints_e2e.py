@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E, free_port, run, sm_ssh, wait_until
+from conftest import SANDBOX_E2E, allow_team_owner, free_port, run, sm_ssh, wait_until
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 
@@ -165,6 +165,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("endpoints-e2e")
     with Sandbox(tmp / "sandbox", stop_grace=3.0) as sandbox:
+        allow_team_owner(sandbox, "e2e-owner")
         source = tmp / "src"
         source.mkdir()
         (source / "inference.py").write_text(INFERENCE)

@@ -537,9 +537,21 @@ def test_down_after_the_daemon_crashed(tmp_path: Path) -> None:
     """`down` still stops containers by PID when the daemon died without cleaning up."""
     import signal
 
+    import boto3
+
     state_dir = tmp_path / "crash-state"
     sandbox = Sandbox(state_dir, stop_grace=2.0)
-    sandbox.up()
+    up = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", "up",
+                         "--state-dir", str(state_dir), "--stop-grace", "2", "--no-iam"],
+                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                        timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert sandbox.state["iam"] is False
+    # without IAM, even credentials no one issued get an answer (with IAM: "invalid token")
+    stranger = boto3.client("ssm", region_name=sandbox.region,
+                            endpoint_url=sandbox.state["ssm_endpoint_url"],
+                            aws_access_key_id="AKIANOBODYISSUEDTHIS", aws_secret_access_key="x")
+    assert stranger.describe_instance_information()["InstanceInformationList"] == []
     _raw_training_job(sandbox, "infra-crash", ["bash", "-c", "sleep 600 & echo running; wait"])
     deadline = time.monotonic() + 60
     while "running" not in sandbox.container_log("infra-crash") and time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import SANDBOX_E2E, sm_ssh
+from conftest import SANDBOX_E2E, allow_team_owner, sm_ssh
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 
@@ -78,6 +78,7 @@ def test_demo_command_runs_the_whole_journey(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     with Sandbox(tmp_path_factory.mktemp("journey"), stop_grace=3.0) as sb:
+        allow_team_owner(sb, "journey-owner")
         yield sb
 
 

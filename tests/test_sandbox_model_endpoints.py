@@ -219,9 +219,12 @@ def _tarball(files: Dict[str, str]) -> bytes:
 
 
 def test_container_definition_is_the_only_container() -> None:
-    assert serving.container_definition({"PrimaryContainer": {"Image": "a"}, "Containers": []}) \
-        == {"Image": "a"}
-    assert serving.container_definition({"Containers": [{"Image": "b"}]}) == {"Image": "b"}
+    role = "arn:aws:iam::123456789012:role/R"  # the container runs as the model's role
+    assert serving.container_definition({"PrimaryContainer": {"Image": "a"}, "Containers": [],
+                                         "ExecutionRoleArn": role}) \
+        == {"Image": "a", serving.ROLE_KEY: role}
+    assert serving.container_definition({"Containers": [{"Image": "b"}]}) == {
+        "Image": "b", serving.ROLE_KEY: None}
     with pytest.raises(JobSetupError, match="has 2 containers: the sandbox runs single-container"):
         serving.container_definition({"ModelName": "m", "Containers": [{}, {}]})
 

@@ -41,6 +41,7 @@ NEEDS_SUDO = pytest.mark.skipif(
     not HAVE_SUDO, reason="no sudo on this machine (apt-get install sudo; `scripts/setup test` "
                           "installs it): Studio's sagemaker-user runs sm-ssh-ide through sudo")
 
+JUPYTER_LOG = "/var/log/sagemaker-ssh-helper/jupyter-server.log"
 pytestmark = SANDBOX_E2E
 T = TypeVar("T")
 
@@ -66,13 +67,14 @@ class Studio:
         return env
 
     def in_app(self, *argv: str, env: Optional[Dict[str, str]] = None, timeout: float = 120,
-               user: str = "root") -> subprocess.CompletedProcess:
+               user: str = "root", input: Optional[str] = None) -> subprocess.CompletedProcess:
         """``argv`` in the app as root or (through runuser, as a login would) as ``user``."""
         command = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
         if user != "root":
             command = ["runuser", "-u", user, "--", *command]
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         return subprocess.run(exec_argv(self.app_root, command), capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+                              text=True, timeout=timeout, check=False, **stdin)
 
     def wait_for_user(self, user: str) -> None:
         poll(lambda: self.in_app("id", "-u", user).returncode == 0 or None,
@@ -552,7 +554,7 @@ def jupyter_python() -> str:
 
 
 def jupyter_token(app: Studio) -> str:
-    log = app.in_app("cat", "/tmp/jupyter-notebook.log").stdout
+    log = app.in_app("cat", JUPYTER_LOG).stdout
     found = re.search(r"[?&]token=(\w+)", log)
     if not found:  # not started yet (poll() retries on ValueError)
         raise ValueError(f"no token in the Jupyter log: {log[-2000:]}")
@@ -578,7 +580,9 @@ def test_jupyter_server_reachable_through_local_forwarding(configured: Studio) -
             value: dict = json.loads(get(f"http://127.0.0.1:{port}/api"))
             return value
         assert "version" in poll(api, "Jupyter not reachable through -L")
-    assert "127.0.0.1:8889" in configured.in_app("cat", "/tmp/jupyter-notebook.log").stdout
+    log = configured.in_app("stat", "-c", "%a %U", JUPYTER_LOG).stdout.split()
+    assert log == ["600", "sagemaker-user"]  # it holds the token: not world-readable
+    assert "127.0.0.1:8889" in configured.in_app("cat", JUPYTER_LOG).stdout
 
 
 def read_rfb_banner(port: int) -> bytes:
@@ -596,9 +600,13 @@ def read_rfb_banner(port: int) -> bytes:
                     reason="no VNC server (apt-get install tigervnc-standalone-server "
                            "tigervnc-tools)")
 def test_vnc_answers_rfb_through_the_tunnel(configured: Studio) -> None:
-    for args in (["configure"], ["set-vnc-password", "s3cret-pw"], ["start"]):
-        done = configured.in_app("bash", IDE, *args)
-        assert done.returncode == 0, done.stderr
+    assert configured.in_app("bash", IDE, "configure").returncode == 0
+    # the password comes on stdin, as sagemaker-user: it goes on to root through sudo's stdin
+    done = configured.in_app("bash", IDE, "set-vnc-password", user="sagemaker-user",
+                             input="s3cret-pw\n")
+    assert done.returncode == 0 and "WARNING" not in done.stderr, done.stderr
+    done = configured.in_app("bash", IDE, "start")
+    assert done.returncode == 0, done.stderr
     port = free_port()
     try:
         with tunnel(configured, "-L", f"{port}:127.0.0.1:5901") as proc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
-from conftest import SANDBOX_E2E
+from conftest import SANDBOX_E2E, allow_team_owner
 
 from sagemaker_ssh_helper.sandbox import Sandbox
 
@@ -135,6 +135,7 @@ print("RESULT " + json.dumps({"job": wrapper.processing_job_name(), "ids": ids,
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     with Sandbox(tmp_path_factory.mktemp("sandbox"), stop_grace=3.0) as sb:
+        allow_team_owner(sb, "e2e-owner")
         yield sb
 
 

@@ -5,10 +5,11 @@ No CDK import here: the stacks pass CloudFormation tokens as the ``partition``/`
 values, the documentation passes placeholders such as ``<account-id>``.
 
 * :func:`server_policy`: for the SageMaker execution role the containers run with. It lets a
-  container create a one-time activation for its own role (tagged with the SSH Helper tags),
-  delete that activation after registering, deregister its own managed instance at exit, and
-  lets the SSM agent (running with the same role, assumed by ``ssm.amazonaws.com``) talk to
-  Systems Manager.
+  container create a one-time activation for its own role (tagged with the SSH Helper tags, with
+  its own identity as ``SSHCreator``), delete that activation after registering, deregister the
+  managed instances it created, and lets the SSM agent (running with the same role, assumed by
+  ``ssm.amazonaws.com``) talk to Systems Manager. It never lets anyone change the tags of a
+  managed instance.
 * :func:`client_policy`: for the people (roles) who connect. They may send commands and start
   SSH sessions only to managed instances whose ``SSHOwner`` tag is their own ``aws:userid`` (what
   the launch side writes into ``SSH_OWNER_TAG``), and only with the two documents SSH Helper uses.
@@ -79,6 +80,10 @@ def _statement(sid: str, actions: List[str], resources: List[str],
     return out
 
 
+def _deny(sid: str, actions: List[str], resources: List[str]) -> Statement:
+    return {**_statement(sid, actions, resources), "Effect": "Deny"}
+
+
 def _policy(*statements: Statement) -> Policy:
     return {"Version": "2012-10-17", "Statement": list(statements)}
 
@@ -92,12 +97,23 @@ def server_policy(t: Target) -> Policy:
     return _policy(
         _statement("PassOwnRoleToSSM", ["iam:PassRole"], [t.role_arn],
                    {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}),
-        _statement("CreateAndDeleteActivations",
-                   ["ssm:CreateActivation", "ssm:DeleteActivation"], ["*"]),
+        # An activation carries SSH Helper tags only, names its resource, and its SSHCreator
+        # is the caller itself: so SSHCreator on a managed instance cannot be forged.
+        _statement("CreateSSHActivations", ["ssm:CreateActivation"], ["*"],
+                   {"StringEquals": {"aws:RequestTag/SSHCreator": "${aws:userid}"},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": SSH_TAG_KEYS},
+                    "Null": {"aws:RequestTag/SSHResourceArn": "false"}}),
+        _statement("DeleteActivations", ["ssm:DeleteActivation"], ["*"]),
+        # Tags are set on the activation when it is created (SSM copies them onto the
+        # instance); nothing may tag a managed instance afterwards (the Deny below).
         _statement("TagActivationsWithSSHTags", ["ssm:AddTagsToResource"], ["*"],
                    {"ForAllValues:StringEquals": {"aws:TagKeys": SSH_TAG_KEYS}}),
+        _deny("NoTagChangesOnManagedInstances",
+              ["ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"], [t.managed_instances]),
         _statement("DeregisterOwnInstances", ["ssm:DeregisterManagedInstance"],
-                   [t.managed_instances], owned_by_caller("SSHCreator")),
+                   [t.managed_instances],
+                   {**owned_by_caller("SSHCreator"),
+                    "StringLike": {"ssm:resourceTag/SSHResourceArn": "*"}}),
         _statement("AgentUpdatesSSHInstances", ["ssm:UpdateInstanceInformation"],
                    [t.managed_instances],
                    {"StringLike": {"ssm:resourceTag/SSHOwner": "*"}}),
@@ -111,7 +127,10 @@ def server_policy(t: Target) -> Policy:
     )
 
 
-def client_policy(t: Target) -> Policy:
+def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
+    """``owner``: the SSHOwner value the user may reach (a team's shared ``local_user_id``
+    instead of each user's own ID)."""
+    owned = {"StringEquals": {"ssm:resourceTag/SSHOwner": owner}}
     return _policy(
         _statement("FindInstancesAndCommands",
                    ["ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation",
@@ -119,18 +138,17 @@ def client_policy(t: Target) -> Policy:
                     "ssm:GetConnectionStatus"], ["*"]),
         _statement("ReadInstanceTags", ["ssm:ListTagsForResource"], [t.managed_instances]),
         _statement("CommandsToOwnInstances", ["ssm:SendCommand"], [t.managed_instances],
-                   owned_by_caller("SSHOwner")),
+                   owned),
         _statement("CommandDocument", ["ssm:SendCommand"],
                    [t.document(RUN_SHELL_DOCUMENT)]),
         _statement("SessionsToOwnInstances", ["ssm:StartSession"], [t.managed_instances],
-                   {**owned_by_caller("SSHOwner"),
-                    "BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}),
+                   {**owned, "BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}),
         _statement("SessionDocument", ["ssm:StartSession"],
                    [t.document(SSH_SESSION_DOCUMENT)]),
         _statement("EndOwnSessions", ["ssm:TerminateSession", "ssm:ResumeSession"],
                    [t.arn("ssm", "session/${aws:userid}-*"),
                     t.arn("ssm", "session/${aws:username}-*")]),
-        _statement("FindRegistrationsInLogs", ["logs:StartQuery"],
+        _statement("FindRegistrationsInLogs", ["logs:StartQuery", "logs:FilterLogEvents"],
                    [t.arn("logs", "log-group:/aws/sagemaker/*")]),
         _statement("ReadLogQueries", ["logs:GetQueryResults", "logs:StopQuery"], ["*"]),
         _statement("ListSageMakerResources",

@@ -39,19 +39,20 @@ class Sandbox:
 
     def __init__(self, state_dir: Union[str, Path, None] = None, region: str = DEFAULT_REGION,
                  port: int = 0, stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, iam: bool = True) -> None:
         self.state_dir = StateDir(Path(state_dir) if state_dir else default_state_dir())
         self.region = region
         self.port = port
         self.stop_grace = stop_grace
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
+        self.iam = iam  # the SSM stand-in enforces the generated IAM policies
         self._state: Optional[Dict[str, Any]] = None
 
     def up(self) -> Dict[str, str]:
         """Start (or reuse) the daemon; returns the environment to use it."""
         self._state = start(self.state_dir.root, self.region, self.port, self.stop_grace,
-                            self.heartbeat_timeout, self.startup_timeout)
+                            self.heartbeat_timeout, self.startup_timeout, self.iam)
         return self.env
 
     def down(self) -> DownReport:

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=0,
                     help="port of AWS_ENDPOINT_URL (default: any free port)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    up.add_argument("--no-iam", dest="iam", action="store_false",
+                    help="let every SSM call through (by default the SSM stand-in enforces the "
+                         "IAM policies the CDK stacks generate)")
     up.add_argument("--stop-grace", type=float, default=10.0,
                     help="seconds between SIGTERM and SIGKILL when a job is stopped")
     up.add_argument("--heartbeat-timeout", type=float, default=10.0,
@@ -69,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     state = control.start(state_dir, region=args.region, port=args.port,
                           stop_grace=args.stop_grace, heartbeat_timeout=args.heartbeat_timeout,
-                          timeout=args.timeout)
+                          timeout=args.timeout, iam=args.iam)
     sys.stdout.write(control.export_lines(control.sandbox_env(state)))
     print(f"sandbox up (pid {state['pid']}): AWS {state['endpoint_url']}, SSM "
           f"{state['ssm_endpoint_url']}, state in {state['state_dir']}\n"

@@ -261,7 +261,7 @@ def _wait_ready(ready_fd: int, sd: StateDir, timeout: float) -> None:
 
 def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
           stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-          timeout: float = 60.0) -> Dict[str, Any]:
+          timeout: float = 60.0, iam: bool = True) -> Dict[str, Any]:
     """Start the daemon in the background unless it already runs; returns its state."""
     problem = requirements_problem()
     if problem:
@@ -280,6 +280,8 @@ def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
     cmd = [sys.executable, "-m", SERVER_MODULE, "--state-dir", str(sd.root), "--region", region,
            "--port", str(port), "--stop-grace", str(stop_grace),
            "--heartbeat-timeout", str(heartbeat_timeout), "--ready-fd", str(write_fd)]
+    if not iam:
+        cmd.append("--no-iam")
     try:
         with open(sd.log_file, "ab") as log:
             # The server forks once more and this first process exits at once, so the daemon

@@ -10,15 +10,44 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
 
 logger = logging.getLogger(__name__)
 
+MAX_BATCH_EVENTS = 10_000
+MAX_BATCH_BYTES = 1_048_576
+MAX_EVENT_BYTES = 256 * 1024 - 26
+EVENT_OVERHEAD = 26
 LOG_GROUPS = {
     "training": "/aws/sagemaker/TrainingJobs",
     "processing": "/aws/sagemaker/ProcessingJobs",
     "transform": "/aws/sagemaker/TransformJobs",
 }
+
+
+def batches_of(events: List[Dict[str, Any]]) -> Iterator[List[Dict[str, Any]]]:
+    """``events`` as PutLogEvents takes them, since one bad event fails the whole batch:
+    no empty messages (debug output has blank lines; the service refuses them), chronological
+    order within a batch (stdout and stderr are read by two threads, so their lines reach the
+    queue slightly out of order), at most 10,000 events and 1 MiB per batch (26 bytes of
+    overhead per event), each event at most 256 KiB (longer lines are cut)."""
+    batch: List[Dict[str, Any]] = []
+    size = 0
+    for event in sorted(events, key=lambda e: e["timestamp"]):  # stable: keeps line order
+        if not event["message"]:
+            continue
+        data = event["message"].encode("utf-8")
+        if len(data) > MAX_EVENT_BYTES:
+            event = dict(event, message=data[:MAX_EVENT_BYTES].decode("utf-8", "ignore"))
+            data = event["message"].encode("utf-8")
+        cost = len(data) + EVENT_OVERHEAD
+        if batch and (len(batch) >= MAX_BATCH_EVENTS or size + cost > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(event)
+        size += cost
+    if batch:
+        yield batch
 
 
 class LogShipper:
@@ -70,9 +99,9 @@ class LogShipper:
         for (group, stream), events in batches.items():
             try:
                 self._ensure(group, stream)
-                for i in range(0, len(events), 1000):
+                for batch in batches_of(events):
                     self._client.put_log_events(logGroupName=group, logStreamName=stream,
-                                                logEvents=events[i:i + 1000])
+                                                logEvents=batch)
             except Exception as e:  # never let log shipping break the sandbox
                 logger.warning("cannot ship %d log line(s) to %s %s: %s",
                                len(events), group, stream, e)

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper.sandbox.jobs import ApiError, JobsAPI
+from sagemaker_ssh_helper.sandbox.sigv4 import credential_scope
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ class Gateway(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: Tuple[str, int], upstream: Tuple[str, int],
-                 jobs: Optional[JobsAPI], status: Optional[StatusProvider] = None) -> None:
+                 jobs: Optional[JobsAPI], status: Optional[StatusProvider] = None,
+                 region: Optional[str] = None) -> None:
         super().__init__(address, GatewayHandler)
         self.upstream = upstream
+        # the region the sandbox's jobs, endpoints and apps live in (None: any)
+        self.region = region
         self.jobs = jobs
         self.apis: List[Any] = []  # more SageMaker operations served here (e.g. Studio)
         self.status = status or (lambda: {})
@@ -95,14 +99,23 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 request = json.loads(body or b"{}")
             except ValueError:
                 request = None
-            jobs = self.server.jobs
-            if isinstance(request, dict) and jobs is not None and jobs.handles(operation, request):
-                self._serve_job_api(jobs, operation, request)
-                return
-            for api in self.server.apis:
-                if isinstance(request, dict) and api.handles(operation, request):
-                    self._serve_job_api(api, operation, request)
+            apis = [a for a in [self.server.jobs, *self.server.apis] if a is not None]
+            api = next((a for a in apis if isinstance(request, dict)
+                        and a.handles(operation, request)), None)
+            region = credential_scope(self.headers, self.path)[1]
+            home = self.server.region
+            if api is not None and region and home and region != home:
+                # Another region: none of the sandbox's resources are there (moto answers, as
+                # an empty region would); new ones can only be made at home.
+                if operation.startswith("Create"):
+                    self._send_json(400, {"__type": "ValidationException", "message": (
+                        f"the sandbox runs SageMaker resources in {home} only, not in "
+                        f"{region}: use --region {home} (or AWS_REGION={home})")})
                     return
+                api = None
+            if api is not None and isinstance(request, dict):
+                self._serve_job_api(api, operation, request)
+                return
         self._forward(body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 NETWORK_INTERFACE = "lo"  # the only interface a sandbox container has
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -46,8 +46,10 @@ class Platform:
     python: str
     path_dirs: List[str] = field(default_factory=list)
     credentials: Dict[str, str] = field(default_factory=dict)
+    # role ARN -> credentials of that role (containers run as their execution role when set)
+    role_credentials: Optional[Callable[[str], Dict[str, str]]] = None
 
-    def env(self) -> Dict[str, str]:
+    def env(self, role_arn: Optional[str] = None) -> Dict[str, str]:
         env = {
             "PATH": os.pathsep.join(self.path_dirs + [CONTAINER_PATH]),
             "HOME": "/root",
@@ -62,7 +64,10 @@ class Platform:
             "AWS_EC2_METADATA_DISABLED": "true",
             "SM_SSH_PYTHON": self.python,
         }
-        env.update(self.credentials)
+        if role_arn and self.role_credentials is not None:
+            env.update(self.role_credentials(role_arn))
+        else:
+            env.update(self.credentials)
         return env
 
 
@@ -225,7 +230,7 @@ def prepare_training(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, h
             s3.download_file(bucket, key, str(archive))
             extract_tarball(archive, opt_ml / "code")
     argv = training_entry(request, platform.python)
-    env = platform.env()
+    env = platform.env(request.get("RoleArn"))
     env.update(request.get("Environment") or {})
     env.update(_training_vars(request, arn, host, hosts, hps, list(channels), argv))
     env["PYTHONPATH"] = ":".join(filter(None, ["/opt/ml/code", env.get("PYTHONPATH")]))
@@ -312,7 +317,7 @@ def prepare_processing(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str,
     if not app.get("ContainerEntrypoint"):
         raise JobSetupError("the sandbox needs AppSpecification.ContainerEntrypoint (there is no "
                             "image to take a default entry point from)")
-    env = platform.env()
+    env = platform.env(request.get("RoleArn"))
     env.update(request.get("Environment") or {})
     return argv, "/", env
 

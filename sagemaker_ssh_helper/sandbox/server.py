@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper.sandbox import control
+from sagemaker_ssh_helper.sandbox import control, iam_setup
 from sagemaker_ssh_helper.sandbox.bridge import UnixToTcp
 from sagemaker_ssh_helper.sandbox.cwlogs import LOG_GROUPS, LogShipper
 from sagemaker_ssh_helper.sandbox.endpoints import EndpointsAPI
@@ -67,10 +67,13 @@ def _boto_client(service: str, url: str, region: str) -> Any:
 
 
 def seed(moto_url: str, region: str, account: str) -> Dict[str, str]:
-    """Resources a fresh account needs for SageMaker: the execution role and default bucket."""
+    """Resources a fresh account needs for SageMaker: the execution roles with SSH Helper's
+    server policy, a user with its client policy (:mod:`.iam_setup`), the default bucket."""
     iam = _boto_client("iam", moto_url, region)
     iam.create_role(RoleName=control.ROLE_NAME, AssumeRolePolicyDocument=TRUST_POLICY,
                     Description="SageMaker execution role of the offline sandbox")
+    iam_setup.seed(iam, account, control.CREDENTIALS,
+                   (control.ROLE_NAME, iam_setup.STUDIO_ROLE_NAME), TRUST_POLICY)
     bucket = f"sagemaker-{region}-{account}"
     s3 = _boto_client("s3", moto_url, region)
     if region == "us-east-1":
@@ -99,8 +102,9 @@ def write_support_files(sd: control.StateDir, python: str) -> None:
 class Daemon:
     def __init__(self, state_dir: Path, region: str, port: int = 0, ssm_port: int = 0,
                  stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-                 account: str = control.ACCOUNT) -> None:
+                 account: str = control.ACCOUNT, iam: bool = True) -> None:
         self.sd = control.StateDir(state_dir)
+        self.iam = iam  # enforce the generated IAM policies on SSM calls
         self.region = region
         self.account = account
         self.port = port
@@ -134,8 +138,12 @@ class Daemon:
         self._ssm = start_ssm_server(host="127.0.0.1", port=self.ssm_port,
                                      state_dir=self.sd.root / "ssm", account_id=self.account,
                                      region=self.region, heartbeat_timeout=self.heartbeat_timeout)
+        if self.iam:
+            from sagemaker_ssh_helper.sandbox.ssm_iam import Authorizer, MotoPrincipals
+
+            self._ssm.backend.authorizer = Authorizer(MotoPrincipals(self.account))
         gateway = Gateway(("127.0.0.1", self.port), (moto_host, moto_port), jobs=None,
-                          status=self.status)
+                          status=self.status, region=self.region)
         self._gateway = gateway
         bridges = {}
         for port in (gateway.port, int(self._ssm.port)):
@@ -147,7 +155,9 @@ class Daemon:
                             endpoint_url=gateway.url, ssm_endpoint_url=self._ssm.url,
                             python=self.python,
                             path_dirs=[str(control.PACKAGE_DIR / "bin"), CONTAINER_PYBIN],
-                            credentials=dict(control.CREDENTIALS))
+                            credentials=dict(control.CREDENTIALS),
+                            role_credentials=iam_setup.role_credentials(
+                                _boto_client("sts", moto_url, self.region)))
         self._shipper = LogShipper(_boto_client("logs", moto_url, self.region))
         s3 = _boto_client("s3", moto_url, self.region)
         sagemaker = _boto_client("sagemaker", moto_url, self.region)
@@ -194,6 +204,7 @@ class Daemon:
             "pybin": str(self.sd.pybin),
             "python": self.python,
             "stop_grace": self.stop_grace,
+            "iam": self.iam,
         }
 
     def status(self) -> Dict[str, Any]:
@@ -273,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stop-grace", type=float, default=10.0)
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--no-iam", dest="iam", action="store_false",
+                        help="do not enforce the IAM policies on SSM calls")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -289,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     daemon = Daemon(args.state_dir, args.region, args.port, args.ssm_port, args.stop_grace,
-                    args.heartbeat_timeout)
+                    args.heartbeat_timeout, iam=args.iam)
     try:
         daemon.start()
     except Exception as e:

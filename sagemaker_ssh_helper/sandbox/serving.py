@@ -29,6 +29,9 @@ TRANSFORM_DIR = "/run/sm-ssh-sandbox/transform"
 S3Object = Tuple[str, str, str]
 
 
+ROLE_KEY = "SandboxExecutionRoleArn"
+
+
 def describe_model(sagemaker: Any, name: str) -> Dict[str, Any]:
     try:
         return dict(sagemaker.describe_model(ModelName=name))
@@ -45,7 +48,8 @@ def container_definition(model: Dict[str, Any]) -> Dict[str, Any]:
     if len(containers) != 1:
         raise JobSetupError(f"model {model.get('ModelName')} has {len(containers)} containers: "
                             "the sandbox runs single-container models only")
-    return dict(containers[0])
+    # the container runs as the model's execution role
+    return dict(containers[0], **{ROLE_KEY: model.get("ExecutionRoleArn")})
 
 
 def _download_tarball(s3: Any, uri: str, dest: Path) -> None:
@@ -86,7 +90,7 @@ def prepare_model(s3: Any, opt_ml: Path, definition: Dict[str, Any]) -> None:
 
 def container_env(platform: layout.Platform, definition: Dict[str, Any],
                   *extra: Dict[str, str]) -> Dict[str, str]:
-    env = platform.env()
+    env = platform.env(definition.get(ROLE_KEY))
     env.update({str(k): str(v) for k, v in (definition.get("Environment") or {}).items()})
     for more in extra:
         env.update(more)

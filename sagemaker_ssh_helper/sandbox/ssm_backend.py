@@ -71,6 +71,8 @@ class SSMBackend(CommandOps, SessionOps):
         self.call_counts: Dict[str, int] = collections.Counter()
         self.agent_call_counts: Dict[str, int] = collections.Counter()
         self.faults: List[Dict[str, Any]] = []
+        # IAM enforcement (the sandbox daemon sets one; None lets every call through)
+        self.authorizer: Optional[Any] = None
         self.state_file = Path(state_dir) / "ssm-state.json" if state_dir else None
         self._load()
 
@@ -83,6 +85,8 @@ class SSMBackend(CommandOps, SessionOps):
             raise SSMError("UnknownOperationException", f"Unknown operation {operation}")
         self._maybe_fault(operation)
         self.caller.user = caller
+        if self.authorizer is not None:  # sessions are named after the caller, as in AWS
+            self.caller.user = self.authorizer.check(self, operation, body, caller).name
         result: Dict[str, Any] = getattr(self, "op_" + operation)(body)
         return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
+from sagemaker_ssh_helper.sandbox.sigv4 import credential_scope
 from sagemaker_ssh_helper.sandbox.ssm_backend import SSMBackend
 from sagemaker_ssh_helper.sandbox.ssm_channel import (
     AGENT_API_PATH,
@@ -47,7 +47,6 @@ from sagemaker_ssh_helper.sandbox.ssm_state import SSMError
 logger = logging.getLogger(__name__)
 
 _JSON_TYPE = "application/x-amz-json-1.1"
-_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _MAX_BODY = 16 * 1024 * 1024
 
 
@@ -56,6 +55,22 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
     backend: SSMBackend
+    others: Dict[str, SSMBackend]
+    others_lock: threading.Lock
+
+    def backend_for(self, region: str) -> SSMBackend:
+        """The home backend for its region (or no region); an empty one, made on first use and
+        never saved, for any other region. Agents register in the home region only."""
+        if not region or region == self.backend.region:
+            return self.backend
+        with self.others_lock:
+            if region not in self.others:
+                other = SSMBackend(account_id=self.backend.account_id, region=region,
+                                   heartbeat_timeout=self.backend.heartbeat_timeout)
+                other.authorizer = self.backend.authorizer
+                other.stream_endpoint = self.backend.stream_endpoint
+                self.others[region] = other
+            return self.others[region]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -100,8 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
         return doc
 
     def _caller(self) -> str:
-        match = _CREDENTIAL.search(self.headers.get("Authorization", ""))
-        return match.group(1) if match else ""
+        return credential_scope(self.headers, self.path)[0]
+
+    def _backend(self) -> SSMBackend:
+        """The backend of the region the request was signed for: each region has its own
+        activations, instances, commands and sessions (unsigned requests: the home region)."""
+        return self.server.backend_for(credential_scope(self.headers, self.path)[1])
 
     # ---- verbs -------------------------------------------------------------------------
     def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
@@ -113,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
                 prefix, _, operation = target.partition(".")
                 if prefix != "AmazonSSM" or not operation:
                     raise SSMError("UnknownOperationException", f"Unknown target {target!r}")
-                result = backend.handle(operation, body, self._caller())
+                result = self._backend().handle(operation, body, self._caller())
             elif path.startswith(AGENT_API_PATH):
                 result = backend.handle_agent(path[len(AGENT_API_PATH):], body)
             elif path == "/_sandbox/faults":
@@ -257,6 +276,7 @@ def start_ssm_server(host: str = "127.0.0.1", port: int = 0, state_dir: Optional
     backend.invocation_visibility_delay = invocation_visibility_delay
     httpd = _HTTPServer((host, port), _Handler)
     httpd.backend = backend
+    httpd.others, httpd.others_lock = {}, threading.Lock()
     public_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
     return SSMServer(httpd, public_host).start()
 

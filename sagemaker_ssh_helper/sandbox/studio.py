@@ -240,7 +240,7 @@ def app_container_factory(platform: Any, bridges: Dict[int, Path], binds: List[T
     from sagemaker_ssh_helper.sandbox.container import Container, ContainerConfig
 
     def start(name: str, root: Path, metadata: Dict[str, Any]) -> Any:
-        env = dict(platform.env())
+        env = dict(platform.env(metadata.get("ExecutionRoleArn")))
         host = f"{metadata.get('AppType', 'notebook').lower()}-{name}"[:63]
         config = ContainerConfig(name=name, hostname=host, root=root,
                                  argv=["/bin/bash", "-c", ENTRY.format(user=user)], env=env,
