@@ -33,7 +33,18 @@ TEST_REQUIRES = [
     "paramiko>=3",  # clients that read ~/.ssh/config through paramiko (the seed's IDE flows)
     "fabric>=3",  # Connection("<job>.training.sagemaker").run(...) after `sm-ssh config`
     "awscli<2",  # `aws ssm start-session --target mi-...` against the sandbox (AWS CLI v1)
+    "wheel",  # tests build the package's wheel offline (no build isolation)
 ]
+# The SageMaker Python SDK is never a requirement: the package installs next to either major
+# without changing it, and only the launch-side wrappers use it. Extras pick one for a new
+# environment: [v2] (SSHEstimatorWrapper, SSHModelWrapper, ...) or [v3] (SSHModelTrainerWrapper,
+# SSHModelBuilderWrapper).
+SDK_V2 = ["sagemaker>=2.200,<3"]
+SDK_V3 = ["sagemaker>=3"]
+# The launch-side tests under SDK v3 (scripts/test builds .venv-v3 with these). Current aiobotocore
+# and s3fs keep pip from backtracking through old releases of both (sagemaker-mlops needs s3fs).
+TEST_V3_REQUIRES = ["pytest>=7", "moto[server]>=5.0,<6", "wheel", "aiobotocore>=2.15",
+                    "s3fs>=2024.10", *SDK_V3]
 
 setup(
     name="sagemaker-ssh-helper",
@@ -54,13 +65,15 @@ setup(
                             "ssh_config_template.txt"])],
     scripts=[str(Path(s).relative_to(HERE)) for s in SCRIPTS],
     install_requires=[
-        "sagemaker>=2.200,<3",
         "boto3>=1.28.57",  # first release honouring AWS_ENDPOINT_URL_<SERVICE>
         "botocore>=1.31.57",
         "psutil",
     ],
     extras_require={
-        "test": TEST_REQUIRES,
+        "test": TEST_REQUIRES + SDK_V2,  # the main test environment is the SDK v2 one
+        "test-v3": TEST_V3_REQUIRES,
+        "v2": SDK_V2,
+        "v3": SDK_V3,
         "sandbox": ["moto[server]>=5.0,<6"],
         "cdk": ["aws-cdk-lib>=2.170,<3", "constructs>=10"],
     },

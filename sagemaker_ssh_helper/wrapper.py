@@ -49,9 +49,11 @@ try:
     from sagemaker.multidatamodel import MultiDataModel
     from sagemaker.processing import ProcessingInput
 except ImportError as _e:  # pragma: no cover - depends on the installed SDK
-    raise ImportError(
-        "sagemaker_ssh_helper.wrapper needs the SageMaker Python SDK v2: "
-        "pip install 'sagemaker>=2.200,<3'") from _e
+    # SDK v3 (or none): the v2 names below are withdrawn at the end of the module, and importing
+    # one says what to use instead; the v3 wrappers need no v2.
+    _SDK_V2_MISSING: Optional[ImportError] = _e
+else:
+    _SDK_V2_MISSING = None
 
 __all__ = ["SSHEnvironmentWrapper", "SSHEstimatorWrapper", "SSHIDEWrapper", "SSHModelWrapper",
            "SSHMultiModelWrapper", "SSHNotebookInstanceWrapper", "SSHProcessorWrapper",
@@ -566,3 +568,26 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
 
     def stop_transform_job(self) -> None:
         self.sagemaker_session.stop_transform_job(self.transform_job_name())
+
+
+# -- SDK v3 ---------------------------------------------------------------------------------------
+# SSHModelTrainerWrapper and SSHModelBuilderWrapper live in wrapper_v3 (no SDK import there) and are
+# loaded on first use; without SDK v2 the names above are withdrawn and say what to use instead.
+if _SDK_V2_MISSING is not None:  # pragma: no cover - depends on the installed SDK
+    from sagemaker_ssh_helper import sdk_versions as _sdk_versions
+
+    for _name in _sdk_versions.V2_ONLY:
+        globals().pop(_name, None)
+    __all__ = [_name for _name in __all__ if _name in globals()]
+__all__ += [_name for _name in ("SSHModelTrainerWrapper", "SSHModelBuilderWrapper",
+                                "SSHProcessorWrapper") if _name not in __all__]
+
+
+def __getattr__(name: str) -> Any:
+    from sagemaker_ssh_helper import sdk_versions, wrapper_v3
+
+    if name in wrapper_v3.__all__:
+        return getattr(wrapper_v3, name)
+    if _SDK_V2_MISSING is not None and name in sdk_versions.V2_ONLY:
+        raise ImportError(sdk_versions.v2_only_message(name, _SDK_V2_MISSING), name=name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

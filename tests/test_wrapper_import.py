@@ -42,19 +42,28 @@ def test_package_import_loads_neither_boto3_nor_sagemaker() -> None:
     "sagemaker_ssh_helper.wrapper_ide", "sagemaker_ssh_helper.sm_ssh",
     "sagemaker_ssh_helper.proxy", "sagemaker_ssh_helper.cdk.iam_ssm.advanced_tier_lambda",
     "sagemaker_ssh_helper.cdk.low_gpu.low_gpu_lambda",
+    "sagemaker_ssh_helper.sdk_versions", "sagemaker_ssh_helper.code_shipping",
 ])
 def test_light_modules_stay_light(module: str) -> None:
     assert imported_heavy(module) == []
 
 
 def test_the_wrapper_module_is_where_the_sdk_comes_in() -> None:
+    from sagemaker_ssh_helper import sdk_versions
+
     loaded = imported_heavy("sagemaker_ssh_helper.wrapper")
-    assert "sagemaker" in loaded and "boto3" in loaded
+    assert "sagemaker" in loaded
+    # SDK v2 brings boto3; under v3 the wrapper module only finds out that v2 is missing
+    assert ("boto3" in loaded) == (sdk_versions.installed_major() == 2)
 
 
 def test_detached_classes_are_built_on_first_use() -> None:
     """``DetachedEstimator`` subclasses the SDK's EstimatorBase: the SDK loads only when the
     name is first used, not when the module is imported."""
+    from sagemaker_ssh_helper import sdk_versions
+
+    if sdk_versions.installed_major() != 2:
+        pytest.skip("DetachedEstimator subclasses SDK v2 classes")
     assert imported_heavy("sagemaker_ssh_helper.detached_sagemaker") == []
     code = ("import sys; from sagemaker_ssh_helper.detached_sagemaker import DetachedEstimator;"
             " from sagemaker.estimator import EstimatorBase;"
@@ -64,3 +73,57 @@ def test_detached_classes_are_built_on_first_use() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_v3_wrappers_import_no_sdk() -> None:
+    """SSHModelTrainerWrapper/SSHModelBuilderWrapper recognise SDK objects by their class and
+    call the SageMaker API through boto3: importing them loads no SDK, whichever is installed."""
+    assert imported_heavy("sagemaker_ssh_helper.wrapper_v3") == []
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1", PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_each_sdk_major_gets_its_wrappers_and_a_one_line_pointer_to_the_others() -> None:
+    from sagemaker_ssh_helper import sdk_versions
+
+    major = sdk_versions.installed_major()
+    if major not in (2, 3):
+        pytest.skip("no SageMaker SDK in this environment")
+    code = """
+import sagemaker_ssh_helper.wrapper as w
+from sagemaker_ssh_helper.wrapper import SSHModelBuilderWrapper, SSHModelTrainerWrapper
+try:
+    from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+    print("v2:", SSHEstimatorWrapper.__name__)
+except ImportError as e:
+    print("v2:", e)
+for cls in (SSHModelTrainerWrapper, SSHModelBuilderWrapper):
+    try:
+        cls.create(object())
+    except ValueError as e:
+        print("v3:", e)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("v2:", "v3:"))]
+    version = sdk_versions.installed_version()
+    if major == 2:
+        assert lines[0] == "v2: SSHEstimatorWrapper"
+        assert lines[1] == ("v3: SSHModelTrainerWrapper.create() takes a ModelTrainer of SageMaker "
+                            f"Python SDK v3, but sagemaker {version} is installed and got 'object'"
+                            ": with SDK v2 use SSHEstimatorWrapper.create(estimator)")
+        assert lines[2].endswith("with SDK v2 use SSHModelWrapper.create(model)")
+    else:
+        assert lines[0] == ("v2: SSHEstimatorWrapper wraps SageMaker Python SDK v2 objects, but "
+                            f"sagemaker {version} is installed: with SDK v3 use "
+                            "SSHModelTrainerWrapper.create(model_trainer) for a ModelTrainer "
+                            "(sagemaker_ssh_helper.wrapper)")
+        assert lines[1] == ("v3: SSHModelTrainerWrapper.create() takes a sagemaker ModelTrainer "
+                            "(SDK v3), not 'object'")
+        assert lines[2] == ("v3: SSHModelBuilderWrapper.create() takes a sagemaker ModelBuilder "
+                            "(SDK v3), not 'object'")

@@ -7,6 +7,8 @@ Requests are forwarded verbatim (method, path, headers including Host, body) to 
 * the operations of the APIs in ``Gateway.apis`` (Studio domains, user profiles, spaces and apps:
   :mod:`~sagemaker_ssh_helper.sandbox.studio`; notebook instances:
   :mod:`~sagemaker_ssh_helper.sandbox.notebooks`);
+* ``iam:SimulatePrincipalPolicy``, which moto lacks, and empty structures in moto's SageMaker
+  answers (both in :mod:`~sagemaker_ssh_helper.sandbox.moto_gaps`);
 * ``/_sandbox/...`` control routes: ``GET /_sandbox/health``, ``GET /_sandbox/status``,
   ``POST /_sandbox/rule-status`` ({"job", "rule", "status"[, "details"]}).
 """
@@ -19,6 +21,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from sagemaker_ssh_helper.sandbox import moto_gaps
 from sagemaker_ssh_helper.sandbox.jobs import ApiError, JobsAPI
 from sagemaker_ssh_helper.sandbox.sigv4 import credential_scope
 
@@ -116,7 +119,32 @@ class GatewayHandler(BaseHTTPRequestHandler):
             if api is not None and isinstance(request, dict):
                 self._serve_job_api(api, operation, request)
                 return
+            self._forward(body, lambda data: moto_gaps.drop_empty_structures(operation, data))
+            return
+        form = moto_gaps.query_form(self.headers.get("Content-Type", ""), body) \
+            if self.command == "POST" else None
+        if form is not None and form.get("Action") == moto_gaps.SIMULATE:
+            self._simulate_principal_policy(form)
+            return
         self._forward(body)
+
+    def _simulate_principal_policy(self, form: Dict[str, str]) -> None:
+        import boto3
+
+        from sagemaker_ssh_helper.sandbox import control
+
+        host, port = self.server.upstream
+        iam = boto3.client("iam", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                           aws_access_key_id=control.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=control.CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        status, xml = moto_gaps.simulate_principal_policy(
+            form, lambda arn: moto_gaps.principal_exists(iam, arn))
+        data = xml.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
 
@@ -160,7 +188,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         except (KeyError, ValueError) as e:
             self._send_json(400, {"message": f"bad request: {e}"})
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, fix: Optional[Callable[[bytes], bytes]] = None) -> None:
         conn = http.client.HTTPConnection(*self.server.upstream, timeout=120)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -177,6 +205,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
             return
         finally:
             conn.close()
+        if fix is not None and response.status == 200:
+            data = fix(data)
         self.send_response_only(response.status, response.reason)
         upstream_length = None
         for key, value in response.getheaders():

@@ -68,9 +68,17 @@ def named_argv(name: str, args: List[str]) -> List[str]:
     """argv running this module under the program name ``name`` (argv[0]).
 
     argv[0] keeps the interpreter's directory: Python derives its prefix from it, and a bare
-    name run from ``/`` would make it pick up another installation's standard library.
+    name run from ``/`` would make it pick up another installation's standard library. The
+    module is run with this package's parent first on ``sys.path`` (``-m`` would look in the
+    working directory first, where a job may have its own copy of the package, without the
+    sandbox).
     """
-    return [str(Path(python_executable()).parent / name), "-m", AGENT_MODULE, *args]
+    parent = str(Path(__file__).resolve().parents[2])
+    return [str(Path(python_executable()).parent / name), "-c", RUN_MODULE, parent, *args]
+
+
+RUN_MODULE = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+              f"runpy.run_module({AGENT_MODULE!r}, run_name='__main__', alter_sys=True)")
 
 
 def spawn_session_worker(endpoint: str, instance_id: str, message: Dict[str, Any]

@@ -1,10 +1,11 @@
 """Sandbox start-up hook: `sm-ssh sandbox env` puts this directory on PYTHONPATH.
 
-The SageMaker Python SDK v2 builds its STS clients with an explicit regional ``endpoint_url``
-(``sagemaker.utils.sts_regional_endpoint``), which would bypass ``AWS_ENDPOINT_URL``. When the
+The SageMaker Python SDK builds its STS clients with an explicit regional ``endpoint_url``
+(``sts_regional_endpoint``: ``sagemaker.utils`` in v2; ``sagemaker.core.helper.session_helper``
+and ``sagemaker.core.common_utils`` in v3), which would bypass ``AWS_ENDPOINT_URL``. When the
 sandbox is active (``SM_SSH_SANDBOX_DIR`` set), that function returns the sandbox endpoint
 instead, so unchanged launch scripts work offline. The SDK is not imported here: an import hook
-patches ``sagemaker.utils`` right after it loads. Any other ``sitecustomize`` further down
+patches those modules right after they load. Any other ``sitecustomize`` further down
 ``sys.path`` still runs.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
-_TARGET = "sagemaker.utils"
+_TARGET = "sagemaker.utils"  # SDK v2
+_TARGETS = (_TARGET, "sagemaker.core.helper.session_helper", "sagemaker.core.common_utils")
 _MARK = "_sm_ssh_sandbox_patched"
 
 
@@ -85,7 +87,7 @@ class _PatchingLoader(importlib.abc.Loader):
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Optional[Sequence[str]],
                   target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
-        if fullname != _TARGET:
+        if fullname not in _TARGETS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -101,10 +103,11 @@ class _Finder(importlib.abc.MetaPathFinder):
 def install() -> None:
     if not os.environ.get("SM_SSH_SANDBOX_DIR"):
         return
-    module = sys.modules.get(_TARGET)
-    if module is not None:
-        patch_sagemaker_utils(module)
-    elif not any(isinstance(f, _Finder) for f in sys.meta_path):
+    for name in _TARGETS:
+        module = sys.modules.get(name)
+        if module is not None:
+            patch_sagemaker_utils(module)
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 
 

@@ -1,0 +1,184 @@
+"""End to end in the offline sandbox with SageMaker Python SDK v3 (runs in ``.venv-v3``).
+
+Training: a user script builds a ``ModelTrainer``, adds ``SSHModelTrainerWrapper.create()`` and
+calls ``train(wait=False)``; the SDK's own launcher (``sm_train.sh`` and its script driver) runs
+the entry script from the ``code`` channel, which imports the package shipped next to it.
+``sm-ssh connect <job>.training.sagemaker -- ...`` runs in the job, ``sm-wait stop`` releases it
+and the job is Completed within seconds. Endpoint: ``ModelBuilder`` +
+``SSHModelBuilderWrapper``, ``build()`` then ``deploy(endpoint_name=...)``, and
+``sm-ssh connect <endpoint>.inference.sagemaker`` reaches the container that loaded the model.
+Needs root on Linux.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import pytest
+from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
+
+pytest.importorskip("sagemaker.train", reason="SageMaker Python SDK v3 is not installed "
+                    "(scripts/test runs this module in .venv-v3)")
+
+from sagemaker_ssh_helper.sandbox import Sandbox  # noqa: E402
+from sagemaker_ssh_helper.wrapper import (  # noqa: E402
+    SSHModelBuilderWrapper,
+    SSHModelTrainerWrapper,
+)
+
+pytestmark = SANDBOX_E2E
+
+ENTRY_POINT = """\
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("released by the user", flush=True)
+"""
+
+TRAIN = """\
+import json, os, sys
+
+from sagemaker.core.training.configs import Compute, SourceCode
+from sagemaker.train import ModelTrainer
+from sagemaker_ssh_helper.wrapper import SSHModelTrainerWrapper
+
+trainer = ModelTrainer(training_image="any:latest", role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"],
+                       source_code=SourceCode(source_dir=sys.argv[1], entry_script="train.py"),
+                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=1),
+                       base_job_name="ssh-v3-e2e")
+wrapper = SSHModelTrainerWrapper.create(trainer, connection_wait_time_seconds=900,
+                                        local_user_id="e2e-owner")
+trainer.train(wait=False)
+ids = wrapper.get_instance_ids(timeout_in_sec=180)
+print("RESULT " + json.dumps({"job": wrapper.training_job_name(), "ids": ids,
+                              "held": wrapper.is_job_in_progress()}), flush=True)
+"""
+
+INFERENCE = """\
+import os
+
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+
+
+def model_fn(model_dir):
+    with open("/tmp/model-loaded", "w") as f:
+        f.write(",".join(sorted(os.listdir(model_dir))))
+    return "model"
+"""
+
+DEPLOY = """\
+import io, json, os, sys, tarfile, time
+
+import boto3
+from sagemaker.core.training.configs import SourceCode
+from sagemaker.serve import ModelBuilder
+from sagemaker.serve.mode.function_pointers import Mode
+from sagemaker_ssh_helper.wrapper import SSHModelBuilderWrapper
+
+bucket = "sagemaker-%s-123456789012" % os.environ["AWS_REGION"]
+archive = io.BytesIO()
+with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+    info = tarfile.TarInfo("weights.txt")
+    info.size = 2
+    tar.addfile(info, io.BytesIO(b"42"))
+boto3.client("s3").put_object(Bucket=bucket, Key="v3-e2e/model.tar.gz", Body=archive.getvalue())
+
+builder = ModelBuilder(source_code=SourceCode(source_dir=sys.argv[1], entry_script="inference.py"),
+                       s3_model_data_url="s3://%s/v3-e2e/model.tar.gz" % bucket,
+                       image_uri="any:latest", role_arn=os.environ["SM_SSH_SANDBOX_ROLE_ARN"],
+                       instance_type="ml.m5.xlarge", mode=Mode.SAGEMAKER_ENDPOINT)
+wrapper = SSHModelBuilderWrapper.create(builder, local_user_id="e2e-owner")
+builder.build()
+builder.deploy(endpoint_name=sys.argv[2], initial_instance_count=1, wait=False)
+deadline = time.monotonic() + 180
+while wrapper.describe()["EndpointStatus"] == "Creating" and time.monotonic() < deadline:
+    time.sleep(0.5)
+print("RESULT " + json.dumps({"endpoint": wrapper.endpoint_name(),
+                              "status": wrapper.describe()["EndpointStatus"]}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), stop_grace=3.0) as sb:
+        allow_team_owner(sb, "e2e-owner")
+        yield sb
+
+
+@pytest.fixture
+def user_env(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> Dict[str, str]:
+    """The sandbox's variables, for the user's scripts and for this test process."""
+    home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
+    home.mkdir()
+    env = dict(os.environ, **sandbox.env, HOME=str(home))
+    for name, value in sandbox.env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def launch(script: str, env: Dict[str, str], tmp_path: Path, sources: Dict[str, str],
+           *args: str) -> Dict[str, Any]:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name, text in sources.items():
+        (source / name).write_text(text)
+    (tmp_path / "launch.py").write_text(script)
+    done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source), *args],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return dict(json.loads(lines[-1][len("RESULT "):]))
+
+
+def test_model_trainer_journey(sandbox: Sandbox, user_env: Dict[str, str], tmp_path: Path
+                               ) -> None:
+    result = launch(TRAIN, user_env, tmp_path, {"train.py": ENTRY_POINT})
+    job = result["job"]
+    assert len(result["ids"]) == 1 and result["ids"][0].startswith("mi-")
+    assert result["held"] is True
+
+    inside = run(sm_ssh("connect", f"{job}.training.sagemaker", "--",
+                        "hostname; ls /opt/ml/input/data/code; cat /etc/environment"), user_env)
+    assert inside.returncode == 0, inside.stderr
+    lines = inside.stdout.splitlines()
+    assert lines[0] == "algo-1"
+    assert {"train.py", "sagemaker_ssh_helper"} <= set(lines)
+    for name, value in (("SSH_OWNER_TAG", "e2e-owner"), ("SSH_WAIT_TIME_SECONDS", "900"),
+                        ("SSH_INSTANCE_COUNT", "1"), ("SSH_SSM_ROLE", "SageMakerRole")):
+        assert re.search(rf"^(export )?{name}=['\"]?{value}['\"]?$", inside.stdout, re.M), name
+
+    released = run(sm_ssh("connect", f"{job}.training.sagemaker", "--", "sm-wait", "stop"),
+                   user_env)
+    assert released.returncode == 0, released.stderr
+    attached = SSHModelTrainerWrapper.attach(job)
+    assert attached.env["SSH_OWNER_TAG"] == "e2e-owner" and attached.ssh_instance_count == 1
+    # within seconds: the SSH setup lets go of the entry point's output once it has exited
+    assert attached.wait_with_status(poll_seconds=0.5, timeout_in_sec=60) == "Completed"
+    log = sandbox.container_log(job)
+    assert "released by the user" in log
+    assert "Training Container Execution Completed" in log  # SDK v3's own launcher ran it
+
+
+def test_model_builder_endpoint_is_reachable(sandbox: Sandbox, user_env: Dict[str, str],
+                                             tmp_path: Path) -> None:
+    result = launch(DEPLOY, user_env, tmp_path, {"inference.py": INFERENCE}, "ssh-v3-endpoint")
+    assert result == {"endpoint": "ssh-v3-endpoint", "status": "InService"}
+
+    inside = run(sm_ssh("connect", "ssh-v3-endpoint.inference.sagemaker", "--",
+                        "cat /tmp/model-loaded; echo; cat /etc/environment"), user_env)
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.splitlines()[0] == "code,weights.txt", inside  # it loaded the model
+    assert re.search(r"^(export )?SAGEMAKER_ENDPOINT_NAME=['\"]?ssh-v3-endpoint['\"]?$",
+                     inside.stdout, re.M)
+    assert re.search(r"^(export )?SSH_OWNER_TAG=['\"]?e2e-owner['\"]?$", inside.stdout, re.M)
+    assert SSHModelBuilderWrapper.attach("ssh-v3-endpoint").get_instance_ids(timeout_in_sec=10)
