@@ -2,6 +2,7 @@
 and the authorized_keys merge script (run for real with sh on temporary files)."""
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import types
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,24 +203,95 @@ def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatc
     assert session.main(["mi-0123456789abcdef0"]) == 127
 
 
-def test_local_forward_ports_parsed() -> None:
-    assert connect.local_ports(["-L", "8080:localhost:80", "-L9000:h:1", "-D", "1080",
-                               "-L", "0.0.0.0:81:h:80", "-L", "[::1]:82:h:80", "-R", "5:h:6",
-                               "-L", "/tmp/sock:/r/sock"]) == [
-        ("127.0.0.1", 8080), ("127.0.0.1", 9000), ("127.0.0.1", 1080), ("0.0.0.0", 81),
-        ("::1", 82)]
+needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
 
 
-def test_busy_local_port_is_refused_before_anything_else(
+@needs_ssh
+def test_every_forward_spelling_is_a_local_listener() -> None:
+    """ssh -G reads the options as ssh will: grouped flags, -o Local/DynamicForward, brackets;
+    remote forwards and unix sockets open no local port."""
+    plan = connect.plan_ssh(["-F", "/dev/null", "-NL", "8888:localhost:80",
+                             "-o", "LocalForward=9999 h:1", "-oDynamicForward=1080",
+                             "-D", "[::1]:1081", "-L", "*:7000:h:1", "-L", "0.0.0.0:7001:h:2",
+                             "-L127.0.0.1:7003:h:1", "-L", "/tmp/s:h:3", "-R", "5:h:6",
+                             "-o", "RemoteForward 6 h:7", "-p", "2222"], "x.training.sagemaker")
+    assert plan.port == 2222
+    assert sorted(plan.listeners) == sorted([
+        ("localhost", 8888), ("localhost", 9999), ("localhost", 1080), ("::1", 1081),
+        ("*", 7000), ("0.0.0.0", 7001), ("127.0.0.1", 7003)])
+    gateway = connect.plan_ssh(["-F", "/dev/null", "-g", "-L", "8888:h:1"], "x")
+    assert gateway.listeners == (("*", 8888),)
+
+
+@needs_ssh
+@pytest.mark.parametrize("options, needle", [
+    (["-p", "99999"], "Bad port '99999'"),
+    (["-L", "99999:h:1"], "Bad local forwarding specification '99999:h:1'"),
+    (["-o", "LocalForward=8888:h:1"], "Missing target argument"),
+])
+def test_options_ssh_rejects_fail_before_any_aws_call(
+        options: List[str], needle: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("PATH", f"{PLUGIN_DIR}:{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    assert sm_ssh.main(["connect", "j.training.sagemaker", *options, "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sm-ssh: ssh rejects the options " in err and needle in err
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@needs_ssh
+@pytest.mark.parametrize("family, address", [
+    (socket.AF_INET, "127.0.0.1"),
+    pytest.param(socket.AF_INET6, "::1", marks=pytest.mark.skipif(
+        not _ipv6_loopback(), reason="no IPv6 loopback")),
+])
+@pytest.mark.parametrize("spelling", [["-NL", "{port}:localhost:80"],
+                                      ["-o", "LocalForward={port} localhost:80"],
+                                      ["-D", "localhost:{port}"]])
+def test_busy_local_port_is_refused_before_anything_else(
+        family: int, address: str, spelling: List[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Either loopback family taken is refused: ssh would listen on the other one only and
+    localhost:<port> would reach the squatter."""
+    monkeypatch.setenv("PATH", f"{PLUGIN_DIR}:{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    with socket.socket(family) as busy:
+        if family == socket.AF_INET6:
+            busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        busy.bind((address, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert sm_ssh.main(["connect", "j.training.sagemaker", "-N",
-                            "-L", f"{port}:localhost:80"]) == 2
+        options = [arg.format(port=port) for arg in spelling]
+        assert sm_ssh.main(["connect", "j.training.sagemaker", "-F", "/dev/null", *options]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"local port {port} (127.0.0.1) is not available" in err
+    assert err.count("\n") == 1 and f"local port {port} ({address}) is not available" in err
+
+
+def test_log_echo_shows_lines_while_ssh_runs_and_holds_the_last_ones(tmp_path: Path) -> None:
+    log = tmp_path / "ssh.log"
+    log.write_text("")
+    out = io.StringIO()
+    echo = connect.LogEcho(log, out=out, hold=0.2, interval=0.05)
+    with open(log, "a") as f:
+        f.write("channel 2: open failed: connect failed: Connection refused\n")
+        f.flush()
+        deadline = time.monotonic() + 10
+        while "open failed" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.getvalue() == "channel 2: open failed: connect failed: Connection refused\n"
+        f.write("root@x: Permission denied (publickey).\npartial")
+    assert echo.stop() == "root@x: Permission denied (publickey).\npartial\n"
+    assert "Permission denied" not in out.getvalue()
 
 
 # -- picking one instance --------------------------------------------------------------------------
