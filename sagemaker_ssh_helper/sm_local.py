@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import connect, fqdn, keys, proxy, sm_ssh
+from sagemaker_ssh_helper import connect, fqdn, keyfile, keys, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -265,8 +265,9 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
              "key": str(prepared.auth.key_path), "known_hosts": str(prepared.auth.known_hosts),
              "alias": prepared.auth.host_key_alias, "instance_id": prepared.instance_id}
     path = tunnel_state_path(port)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(json.dumps(state))
+    keyfile.ensure_dir(path.parent)
+    with keyfile.file_errors("write", path):
+        path.write_text(json.dumps(state))
     _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}); "
             f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
     return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command,
@@ -311,7 +312,9 @@ def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool])
     ctx = Context(args.profile, args.region)
     if args.command in ("set-domain-id", "set-user-profile-name"):
         field = args.command[len("set-"):].replace("-", "_")
-        (Path.home() / STUDIO_FILES[field]).write_text(args.value.strip() + "\n")
+        saved = Path.home() / STUDIO_FILES[field]
+        with keyfile.file_errors("write", saved, "make HOME writable"):
+            saved.write_text(args.value.strip() + "\n")
         _stderr(f"{prog}: saved {args.value} into ~/{STUDIO_FILES[field]}")
         return 0
     if args.command in ("connect", "connect-app"):
