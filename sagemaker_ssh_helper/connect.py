@@ -238,12 +238,9 @@ def release_targets(ctx: Context, target_text: str, choice: Choice) -> List[Any]
                                  Choice(index=0, wait=choice.wait))
     if picked or not several:
         return [first]
-    found, nodes = ctx.manager().find(target), []  # type: Any, List[Any]
-    while True:
-        try:
-            nodes.append(choose(found, target.fqdn, len(nodes), None))
-        except UsageError:  # past the last node
-            return nodes
+    found: List[Any] = ctx.manager().find(target)
+    count = len({i.computer_name or i.instance_id for i in found if i.online})
+    return [choose(found, target.fqdn, index, None) for index in range(count)]
 
 
 def is_instance_id(text: str) -> bool:
