@@ -317,6 +317,17 @@ def test_each_node_of_a_two_node_job(world: World) -> None:
         assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
     done = run(script("sm-local-start-ssh", "--index", "1", fqdn, "hostname"), world.env)
     assert (done.returncode, done.stdout) == (0, "algo-2\n"), done.stderr
+    # Plain ssh through start-proxy pins every node under the one name: another instance's
+    # keys replace the pinned ones without a warning (pinning is per instance, not per name).
+    env = world.home("proxy-nodes")
+    ssh_dir = Path(env["HOME"]) / ".ssh"
+    for node in ("algo-1", "algo-2", "algo-1"):
+        proxy = shlex.join(sm_ssh("start-proxy", "%n", "--port", "%p", "--node", node))
+        done = run(["ssh", "-F", "none", "-o", f"IdentityFile={ssh_dir}/%h",
+                    "-o", f"UserKnownHostsFile={ssh_dir}/sm-ssh-known_hosts",
+                    "-o", "StrictHostKeyChecking=yes", "-l", "root",
+                    "-o", f"ProxyCommand={proxy}", fqdn, "hostname"], env)
+        assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
 
 
 def instance_of(world: World, job: str) -> str:

@@ -144,6 +144,17 @@ def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
     (["list", "x.bogus.sagemaker"], "unknown kind"),
     (["start-proxy", "a.training.sagemaker", "--", "ls"], "only apply to connect"),
     (["frobnicate"], "invalid choice"),
+    (["connect", "--wait", "-5", "a.training.sagemaker"],
+     "argument --wait: expected a number of seconds >= 0, got '-5'"),
+    (["connect", "a.training.sagemaker", "--wait", "nan"],
+     "--wait: expected a number of seconds >= 0, got 'nan'"),
+    (["connect", "a.training.sagemaker", "--wait=inf", "--", "true"],
+     "--wait: expected a number of seconds >= 0, got 'inf'"),
+    (["stop-waiting", "a.training.sagemaker", "--wait", "-1"], "expected a number of seconds"),
+    (["list", "--days", "-1"], "argument --days: expected a whole number of days (>= 0), "
+                               "got '-1'"),
+    (["start-proxy", "a.training.sagemaker", "--port", "70000"],
+     "argument -p/--port: expected a port number (1..65535), got '70000'"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: List[str], needle: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
