@@ -46,6 +46,7 @@ KNOWN_HOSTS_NAME = "sm-ssh-known_hosts"
 MARKER_PREFIX = "sm-ssh:"
 CLIENT_ID_NAME = "client-id"
 SSHD_PID_FILE = "/run/sshd.pid"
+CONFIGURED_MARKER = "/opt/sagemaker-ssh-helper/.ssh-configured"  # written by sm-setup-ssh
 SSHD_STARTED = "--- sm-ssh started sshd ---"
 _PENDING = {"Pending", "InProgress", "Delayed"}
 NOT_YET_ONLINE_GRACE = 20.0
@@ -141,11 +142,12 @@ def client_marker(path: Path, key_line: str = "") -> str:
 
 def authorized_keys_script(key_line: str, marker: str, path: str = AUTHORIZED_KEYS,
                            host_keys_glob: str = HOST_KEYS_GLOB,
-                           sshd_pid_file: str = SSHD_PID_FILE) -> str:
+                           sshd_pid_file: str = SSHD_PID_FILE,
+                           configured: str = CONFIGURED_MARKER) -> str:
     """POSIX sh run in the container: put ``key_line`` into ``path`` replacing our previous
     line (same marker or same key), keep the rest; start sshd if it is not running (with
-    ``sm-setup-ssh start-sshd``, where SSH Helper set the container up); then print the host
-    public keys."""
+    ``sm-setup-ssh start-sshd``, and only where ``sm-setup-ssh configure`` set sshd up, i.e.
+    ``configured`` exists: never a machine's own sshd); then print the host public keys."""
     key_type, blob = key_line.split()[:2]
     q = shlex.quote
     return "\n".join([
@@ -172,7 +174,7 @@ def authorized_keys_script(key_line: str, marker: str, path: str = AUTHORIZED_KE
         'chmod 0644 "$tmp"',
         'mv -f "$tmp" "$f"',
         f"pid=$(cat {q(sshd_pid_file)} 2>/dev/null || true)",
-        'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then',
+        f'if [ -f {q(configured)} ] && {{ [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; }}; then',
         "  if command -v sm-setup-ssh >/dev/null 2>&1 && sm-setup-ssh start-sshd >&2; then",
         f"    echo {q(SSHD_STARTED)}",
         "  fi",

@@ -141,12 +141,27 @@ def test_a_read_only_home_is_one_line(tmp_path: Path) -> None:
 
 
 # -- the client marker (item: key eviction between clients) ---------------------------------------
-def _push(tmp_path: Path, key: str, marker: str) -> None:
+def _push(tmp_path: Path, key: str, marker: str, configured: str = "not-configured") -> str:
     script = keys.authorized_keys_script(key, marker, path=str(tmp_path / "etc" / "ak"),
                                          host_keys_glob=f"{tmp_path}/none*",
-                                         sshd_pid_file=f"{tmp_path}/none.pid")
-    subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
-                   env=dict(os.environ, PATH="/usr/bin:/bin"))
+                                         sshd_pid_file=f"{tmp_path}/none.pid",
+                                         configured=str(tmp_path / configured))
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin"))
+    return done.stdout
+
+
+def test_the_key_push_starts_sshd_only_where_ssh_helper_set_it_up(tmp_path: Path) -> None:
+    """Never a machine's own sshd: without configure's marker, sm-setup-ssh is not run."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "sm-setup-ssh"
+    fake.write_text(f'#!/bin/sh\necho "$@" >>{tmp_path / "calls"}\n')
+    fake.chmod(0o755)
+    out = _push(tmp_path, "ssh-ed25519 AAAA1", "sm-ssh:a")
+    assert keys.SSHD_STARTED not in out and not (tmp_path / "calls").exists()
+    (tmp_path / "configured").touch()
+    out = _push(tmp_path, "ssh-ed25519 AAAA1", "sm-ssh:a", configured="configured")
+    assert keys.SSHD_STARTED in out and (tmp_path / "calls").read_text() == "start-sshd\n"
 
 
 def test_clients_sharing_user_host_and_key_path_keep_their_own_lines(

@@ -412,7 +412,9 @@ def test_client_marker_is_stable_per_key_path(tmp_path: Path) -> None:
 # -- the authorized_keys script, run with sh on a temporary file --------------------------------
 def _push(tmp_path: Path, key: str, marker: str) -> str:
     script = keys.authorized_keys_script(key, marker, path=str(tmp_path / "etc" / "ak"),
-                                         host_keys_glob=f"{tmp_path}/host_*_key.pub")
+                                         host_keys_glob=f"{tmp_path}/host_*_key.pub",
+                                         sshd_pid_file=f"{tmp_path}/none.pid",
+                                         configured=f"{tmp_path}/not-configured")
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     return done.stdout
 
@@ -440,7 +442,8 @@ def test_authorized_keys_concurrent_pushes_lose_nobody(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     procs = [subprocess.Popen(["sh", "-c", keys.authorized_keys_script(
         f"ssh-ed25519 AAAA{i}", f"sm-ssh:c{i}", path=str(tmp_path / "etc" / "ak"),
-        host_keys_glob=f"{tmp_path}/none*")], stdout=subprocess.DEVNULL) for i in range(8)]
+        host_keys_glob=f"{tmp_path}/none*", sshd_pid_file=f"{tmp_path}/none.pid",
+        configured=f"{tmp_path}/not-configured")], stdout=subprocess.DEVNULL) for i in range(8)]
     assert [p.wait() for p in procs] == [0] * 8
     lines = (tmp_path / "etc" / "ak").read_text().splitlines()
     assert sorted(lines) == sorted(f"ssh-ed25519 AAAA{i} sm-ssh:c{i}" for i in range(8))
