@@ -93,12 +93,13 @@ def one_run(env: Dict[str, str], job: str, results: Dict[str, List[float]]) -> N
         ctx, target, connect.Choice(), defer=True))
     path = keys.key_path(target.fqdn)
     line = timed(results, "key", lambda: keys.ensure_key(path))
-    script = keys.authorized_keys_script(str(line), keys.client_marker(path))
+    script = keys.authorized_keys_script(str(line), keys.client_marker(path, str(line)))
     ssm = ctx.manager().ssm
     output = timed(results, "key push + host keys",
                    lambda: keys.run_shell_command(ssm, inst.instance_id, script))
     timed(results, "pin host keys",
-          lambda: keys.pin_host_keys(target.fqdn, keys.parse_host_keys(str(output))))
+          lambda: keys.pin_host_keys(target.fqdn, keys.parse_host_keys(str(output)),
+                                     instance_id=inst.instance_id))
     timed(results, "resource checks", ctx.finish_checks)
     started = timed(results, "session start",
                     lambda: session.open_session(ssm, inst.instance_id, 22))

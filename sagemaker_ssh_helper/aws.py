@@ -172,17 +172,29 @@ def session_region(session: boto3.Session) -> str:
     return region
 
 
-def client_config(max_attempts: int = 10) -> Any:
+# Attempts per call: botocore's "standard" mode backs off with jitter (at most 1, 2, 4 s), so
+# a failure that does not go away (an unreachable endpoint, a persistent 5xx) is reported in
+# seconds; throttling and a passing 5xx are retried. Connecting gets its own short timeout
+# (AWS endpoints answer in milliseconds), reading a generous one.
+MAX_ATTEMPTS = 4
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 20
+
+
+def client_config(max_attempts: int = MAX_ATTEMPTS) -> Any:
     from botocore.config import Config
 
-    # "standard" retry mode backs off with jitter on throttling and transient errors;
     # total_max_attempts counts the first call too (max_attempts would count retries only).
-    return Config(retries={"mode": "standard", "total_max_attempts": max_attempts})
+    return Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                  retries={"mode": "standard", "total_max_attempts": max_attempts})
 
 
 def client(session: boto3.Session, service: str, region: Optional[str] = None) -> Any:
-    return session.client(service, region_name=region or session.region_name,
-                          config=client_config())
+    try:
+        return session.client(service, region_name=region or session.region_name,
+                              config=client_config())
+    except Exception as e:  # a malformed region or endpoint URL
+        raise explain(e, f"{service} client") from e
 
 
 def sts_client(session: boto3.Session, region: Optional[str] = None) -> Any:
@@ -194,8 +206,11 @@ def sts_client(session: boto3.Session, region: Optional[str] = None) -> Any:
     endpoint_url = None
     if not (os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")):
         endpoint_url = sts_endpoint(region)
-    return session.client("sts", region_name=region, endpoint_url=endpoint_url,
-                          config=client_config())
+    try:
+        return session.client("sts", region_name=region, endpoint_url=endpoint_url,
+                              config=client_config())
+    except Exception as e:  # a malformed region or endpoint URL
+        raise explain(e, "sts client") from e
 
 
 def caller_user_id(session: boto3.Session) -> str:
@@ -220,6 +235,20 @@ def error_code(e: BaseException) -> str:
     return ""
 
 
+def _region_hint(e: BaseException) -> str:
+    """" (is the region right?)" when the failed URL names a region botocore does not know."""
+    import boto3
+
+    url = str(getattr(e, "kwargs", {}).get("endpoint_url", ""))
+    match = re.match(r"^https?://[^./]+\.([a-z0-9-]+)\.amazonaws\.com", url)
+    if not match:
+        return ""
+    known = {r for p in ("aws", "aws-cn", "aws-us-gov")
+             for r in boto3.session.Session().get_available_regions("ssm", p)}
+    return "" if match.group(1) in known or not known else \
+        f" ({match.group(1)} is not a region this installation knows: check --region)"
+
+
 def explain(e: BaseException, action: str) -> Exception:
     """Turn a boto3/botocore exception into an ``AwsError`` with a hint; pass others through.
 
@@ -227,7 +256,10 @@ def explain(e: BaseException, action: str) -> Exception:
     """
     from botocore.exceptions import (
         ClientError,
+        ConnectionError,
         EndpointConnectionError,
+        HTTPClientError,
+        InvalidRegionError,
         NoCredentialsError,
         NoRegionError,
         TokenRetrievalError,
@@ -238,8 +270,14 @@ def explain(e: BaseException, action: str) -> Exception:
                         "or set AWS_PROFILE / AWS_ACCESS_KEY_ID")
     if isinstance(e, NoRegionError):
         return AwsError("no AWS region configured: pass --region or set AWS_REGION")
-    if isinstance(e, EndpointConnectionError):
-        return AwsError(f"cannot reach the AWS endpoint for {action}: {e}")
+    if isinstance(e, InvalidRegionError):
+        return AwsError(f"{getattr(e, 'kwargs', {}).get('region_name', 'the region')!r} is not "
+                        "an AWS region name: pass one like us-east-1 with --region or AWS_REGION")
+    if isinstance(e, ValueError) and str(e).startswith("Invalid endpoint"):
+        return AwsError(f"{e}: check AWS_ENDPOINT_URL and the AWS_ENDPOINT_URL_* variables "
+                        "(a URL such as https://ssm.us-east-1.amazonaws.com)")
+    if isinstance(e, (EndpointConnectionError, ConnectionError, HTTPClientError)):
+        return AwsError(f"cannot reach the AWS endpoint for {action}: {e}" + _region_hint(e))
     if isinstance(e, ClientError):
         code = error_code(e)
         message = e.response.get("Error", {}).get("Message", "")

@@ -6,9 +6,13 @@ It reads the environment the launch-side wrappers set (``START_SSH``, ``SSH_INST
 the background and blocks in ``sm-wait`` for up to ``SSH_WAIT_TIME_SECONDS``, so the user can
 connect before the job's own code runs.
 
-At interpreter exit the process that started the setup deregisters the container's managed
-instance (best effort), so stale registrations do not pile up in the account. A container killed
-outright skips this; ``sm-ssh`` and the admin tools also clean up instances that went offline.
+When it ends the process that started the setup deregisters the container's managed instance
+(best effort), so stale registrations do not pile up in the account: at interpreter exit, and on
+SIGTERM (what StopTrainingJob and friends send, and Python skips ``atexit`` for), after which
+the signal takes its course (the previous handler, or death by SIGTERM). The setup's own agent
+loop also deregisters when it is stopped, or when this process has ended in any other way
+(e.g. killed). A container killed outright skips all of this; the admin tool
+``sm-ssh-deregister-instances`` cleans up instances that went offline.
 
 Setup failures are logged and the job continues without SSH rather than failing.
 """
@@ -17,10 +21,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from sagemaker_ssh_helper.env import (
     MI_ID_FILE,
@@ -127,7 +133,29 @@ def _register_exit_hook() -> None:
     global _registered_exit_hook
     if not _registered_exit_hook:
         atexit.register(deregister_at_exit)
+        _install_sigterm_hook()
         _registered_exit_hook = True
+
+
+def _install_sigterm_hook() -> None:
+    """Deregister on SIGTERM, then let the signal do what it did before: call the previous
+    handler, or (the default) end the process by SIGTERM. An ignored SIGTERM stays ignored;
+    only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        deregister_at_exit()
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = MI_ID_FILE,

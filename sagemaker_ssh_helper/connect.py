@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,13 +26,21 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
+from sagemaker_ssh_helper.sshrun import (  # noqa: F401 (used by sm_ssh and sm_local)
+    SSH_FAILED,
+    SSH_FLAGS_WITH_VALUE,
+    LogEcho,
+    SshPlan,
+    check_local_ports,
+    plan_ssh,
+    run_ssh,
+    ssh_port,
+    wants_own_log,
+)
 
 logger = logging.getLogger(__name__)
 
-# ssh(1) flags that take a value (OpenSSH's getopt string); every other flag stands alone.
-SSH_FLAGS_WITH_VALUE = frozenset("BDEFIJLOPQRSWbceilmopw")
 OUR_OPTIONS = ("--index", "--node", "--wait", "--instance")
-SSH_FAILED = 255  # ssh's own exit code for connection failures
 DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
 
 
@@ -142,12 +149,26 @@ def _number(key: str, value: str) -> int:
         raise UsageError(f"{key} needs a number, got {value!r}") from None
 
 
+def seconds(value: str) -> float:
+    """A number of seconds >= 0 (not nan, not inf), or a one-line usage error."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise UsageError(f"expected a number of seconds >= 0, got {value!r}")
+    return number
+
+
 def set_choice(choice: Choice, key: str, value: str) -> None:
     try:
         if key == "--index":
             choice.index = int(value)
         elif key == "--wait":
-            choice.wait = float(value)
+            try:
+                choice.wait = seconds(value)
+            except UsageError as e:
+                raise UsageError(f"{key}: {e}") from None
         elif key == "--instance":
             check_instance_id(value)
             choice.instance = value
@@ -232,6 +253,24 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
     or, with ``defer``, by ``ctx.finish_checks()`` (``prepare`` calls it after the key push, so
     that loading the SageMaker client overlaps it; no session is started before it passed).
     """
+    found, target, verifier = _lookup(ctx, target, choice)
+    inst, several = _pick(found, target, choice, verifier)
+    if verifier is not None:
+        checked = verifier
+        checked.describe_later()
+        if choice.instance is not None:  # the user vouched for the instance, not for the job
+            ctx.pending.append(lambda: checked.check_running(ctx.region_source))
+        else:
+            ctx.pending.append(lambda: checked.confirm(inst, ctx.region_source))
+    if not defer:
+        ctx.finish_checks()
+    return inst, several
+
+
+def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
+            ) -> Tuple[List[Any], fqdn.Target, Any]:
+    """Wait for the instances ``choice`` needs: (all found, the target as the resource spells
+    it, the verifier or None)."""
     from sagemaker_ssh_helper import resources, verify
 
     manager = ctx.manager()
@@ -268,17 +307,24 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
         raise ResolutionError(
             f"no SSM instance registered for {target.fqdn} in {ctx.region_name} after "
             f"{choice.wait:.0f} s: " + resources.logs_hint(ctx.session, ctx.region_name, target))
-    inst, several = _pick(found, target, choice, verifier)
+    return found, target, verifier
+
+
+def release_targets(ctx: Context, target_text: str, choice: Choice) -> List[Any]:
+    """The instances ``stop-waiting`` releases: the one ``choice`` picks, else every online
+    node of the resource whose log names it (each node waits in its own ``sm-wait``)."""
+    if is_instance_id(target_text):
+        return [describe_instance(ctx, target_text)]
+    target = fqdn.parse_resource(target_text)
+    if choice.index is not None or choice.node is not None or choice.instance is not None:
+        return [resolve_one(ctx, target, choice)[0]]
+    found, target, verifier = _lookup(ctx, target, choice)
+    candidates = verifier.keep_verified(found) if verifier is not None else found
+    count = len({i.computer_name or i.instance_id for i in candidates if i.online})
+    picked = [choose(candidates, target.fqdn, index, None) for index in range(max(count, 1))]
     if verifier is not None:
-        checked = verifier
-        checked.describe_later()
-        if choice.instance is not None:  # the user vouched for the instance, not for the job
-            ctx.pending.append(lambda: checked.check_running(ctx.region_source))
-        else:
-            ctx.pending.append(lambda: checked.confirm(inst, ctx.region_source))
-    if not defer:
-        ctx.finish_checks()
-    return inst, several
+        verifier.check_running(ctx.region_source)
+    return picked
 
 
 def is_instance_id(text: str) -> bool:
@@ -303,6 +349,23 @@ def describe_instance(ctx: Context, instance_id: str) -> Any:
                               f"({ctx.region_source}): check the ID, or pass --region")
     inst = ManagedInstance.from_info(infos[0])
     return choose([inst], instance_id, None, None)
+
+
+def check_tools() -> None:
+    """The session-manager-plugin and ssh are on PATH (one line naming the missing one)."""
+    from sagemaker_ssh_helper import proxy, session
+
+    session.find_plugin()
+    proxy.find_ssh()
+
+
+def destination(target_text: str) -> str:
+    """The name ssh connects to for ``target_text`` (``Prepared.destination``), known before
+    anything is resolved: the FQDN in lower case (as ssh's ``%h``), or the instance ID."""
+    if is_instance_id(target_text):
+        check_instance_id(target_text)
+        return target_text
+    return fqdn.parse_resource(target_text).fqdn.lower()
 
 
 def user_for(target: fqdn.Target) -> str:
@@ -370,111 +433,51 @@ def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
     return argv + (["--", *command] if command else [])
 
 
-def ssh_port(user_options: Sequence[str], destination: str) -> int:
-    """The port ssh will use (``-p``, ``-o Port``, ssh_config), as ``ssh -G`` resolves it."""
-    from sagemaker_ssh_helper import proxy
-
-    done = subprocess.run([proxy.find_ssh(), "-G", *user_options, destination],
-                          capture_output=True, text=True, check=False, timeout=30,
-                          stdin=subprocess.DEVNULL)
-    for line in done.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "port" and value.strip().isdigit():
-            return int(value)
-    return 22  # bad options: ssh itself will say what is wrong
-
-
-def wants_own_log(user_options: Sequence[str]) -> bool:
-    """True when the user asked ssh for its log (-v, -E, -q): then ssh's stderr is left alone."""
-    for opt in user_options:
-        if opt.startswith("-") and not opt.startswith("--"):
-            flags = opt[1:]
-            for flag in flags:
-                if flag in "vqE":
-                    return True
-                if flag in SSH_FLAGS_WITH_VALUE:
-                    break
-    return False
-
-
-def local_ports(ssh_args: Sequence[str]) -> List[Tuple[str, int]]:
-    """(bind address, port) of every ``-L``/``-D`` listener in ssh arguments."""
-    ports = []
-    for i, arg in enumerate(ssh_args):
-        spec = None
-        if arg in ("-L", "-D") and i + 1 < len(ssh_args):
-            spec = ssh_args[i + 1]
-        elif arg[:2] in ("-L", "-D") and len(arg) > 2 and not arg.startswith("--"):
-            spec = arg[2:]
-        if spec is None:
-            continue
-        bind = ""
-        if spec.startswith("[") and "]:" in spec:  # [ipv6]:port:...
-            bind, spec = spec[1:].split("]:", 1)
-        fields = spec.split(":")
-        if not bind and len(fields) > 1 and not fields[0].isdigit():
-            bind, fields = fields[0], fields[1:]
-        if fields[0].isdigit():
-            ports.append(("127.0.0.1" if bind in ("localhost", "") else bind, int(fields[0])))
-    return ports
-
-
-def check_local_ports(ssh_args: Sequence[str], hint: str = "choose another port for -L/-D"
-                      ) -> None:
-    """Fail early, in one line, when a local forwarding port is taken."""
-    for host, port in local_ports(ssh_args):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh's listeners do
-            try:
-                s.bind(("" if host == "*" else host, port))
-            except OSError as e:
-                raise UsageError(f"local port {port} ({host}) is not available: "
-                                 f"{e.strerror or e}; {hint}") from None
-
-
-# -- running ssh ---------------------------------------------------------------------------------
-def run_ssh(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
-    """Run ssh in the foreground; Ctrl-C belongs to it, SIGTERM/SIGHUP are passed on."""
-    from sagemaker_ssh_helper import session
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with session.user_signals_left_to_child(("SIGINT", "SIGQUIT")):
-        child = subprocess.Popen(list(argv), env=env)
-        with session.forwarded_termination(child):
-            returncode = child.wait()
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str],
-                    command: Sequence[str]) -> int:
+                    command: Sequence[str], plan: Optional[SshPlan] = None) -> int:
     """Run ssh for ``prepared``; return the remote command's exit code, or raise one
     explained error when ssh itself failed.
 
     The SSM session is started here, before ssh runs (its errors are ours to explain, and the
     ProxyCommand is then just the plugin: no second Python process importing boto3); the
-    response reaches the plugin through ssh's environment, never its command line.
+    response reaches the plugin through ssh's environment, never its command line. ssh's own
+    messages are shown while it runs (``LogEcho``); a failure is explained in one line.
     """
     from sagemaker_ssh_helper import proxy, session
 
     ssm = ctx.manager().ssm
-    port = ssh_port(user_options, prepared.destination)
+    port = (plan or plan_ssh(user_options, prepared.destination)).port
     started = session.open_session(ssm, prepared.instance_id, port, ctx.profile)
     env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
-    returncode = SSH_FAILED
+    returncode, text, unshown = SSH_FAILED, "", ""
     try:
         with tempfile.TemporaryDirectory(prefix="sm-ssh-") as tmp:
             log = None if wants_own_log(user_options) else Path(tmp) / "ssh.log"
             argv = ssh_argv(ctx, prepared, user_options, command, log,
                             proxy.shell_command(started.plugin_argv))
             logger.debug("running %s", argv)
-            returncode = run_ssh(argv, env)
+            echo = LogEcho(log) if log is not None else None
+            try:
+                returncode = run_ssh(argv, env)
+            finally:
+                unshown = echo.stop() if echo is not None else ""
             text = log.read_text(errors="replace") if log is not None and log.exists() else ""
     finally:
         if returncode == SSH_FAILED:  # the session may never have been used: free the agent
             session.terminate_session(ssm, started.session_id)
     if returncode == SSH_FAILED and text.strip():
-        raise proxy.ssh_error(text, f"ssh to {prepared.destination}", SSH_FAILED)
-    sys.stderr.write(text)  # ssh's own notices, shown as ssh would have
+        raise explain_failure(text, prepared)
+    sys.stderr.write(unshown)  # ssh's last notices, shown as ssh would have
     return returncode
+
+
+def explain_failure(ssh_log: str, prepared: Prepared) -> SSHHelperError:
+    """One line for a failed ssh run; a refused key is checked for local causes first."""
+    from sagemaker_ssh_helper import keyfile, proxy
+
+    what = f"ssh to {prepared.destination}"
+    if "Permission denied" in ssh_log or "UNPROTECTED PRIVATE KEY" in ssh_log:
+        hint = keyfile.refusal_hint(prepared.auth.key_path, ssh_log)
+        if hint:
+            return SSHHelperError(f"{what} failed: {hint}", SSH_FAILED)
+    return proxy.ssh_error(ssh_log, what, SSH_FAILED)

@@ -294,6 +294,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as e:  # a malformed region or endpoint, and the unexpected
+        if debug:
+            logger.exception("failed")
+        explained = aws.explain(e, "ssm:DescribeInstanceInformation")
+        print(f"{PROG}: {' '.join(str(explained).split())}", file=sys.stderr, flush=True)
+        return explained.exit_code if isinstance(explained, SSHHelperError) else 1
 
 
 if __name__ == "__main__":

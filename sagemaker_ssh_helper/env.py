@@ -45,6 +45,7 @@ DEFAULT_BASE_DIR = "/opt/ml"
 STATE_DIR = Path("/opt/sagemaker-ssh-helper")
 MI_ID_FILE = STATE_DIR / "mi-id"
 SETUP_OWNER_FILE = STATE_DIR / "setup-owner-pid"
+SETUP_FAILED_FILE = STATE_DIR / "setup-failed"  # why the SSH setup failed (sm-setup-ssh)
 AGENT_PROCESS_NAME = "amazon-ssm-agent"
 
 

@@ -9,8 +9,8 @@
 3. Stop any running agent and run ``amazon-ssm-agent -register -code … -id … -region … -y``.
    The agent only takes the code on its command line, so the exposure is kept short: the code is
    masked in everything logged, and the activation is deleted as soon as the registration went
-   through (that does not deregister the instance; it only makes the code useless). A
-   registration SSM throttled is retried like ``CreateActivation``.
+   through or failed (that does not deregister an instance; it only makes the code useless).
+   A registration SSM throttled is retried like ``CreateActivation``.
 4. Print the ``mi-…`` id from the agent's registration line on stdout (logs go to stderr).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -236,7 +237,7 @@ def init(environ: Optional[Mapping[str, str]] = None) -> str:
     region_name = region(environ, resource)
     if not region_name:
         raise AwsError("no AWS region: set AWS_REGION (SageMaker sets it in jobs)")
-    owner = environ.get("SSH_OWNER_TAG", "")
+    owner = check_tag_value("SSH_OWNER_TAG", environ.get("SSH_OWNER_TAG", ""))
     if not owner:
         logger.warning("SSH_OWNER_TAG is not set: the instance gets an empty SSHOwner tag")
     session = aws.boto_session(region=region_name)
@@ -251,9 +252,29 @@ def init(environ: Optional[Mapping[str, str]] = None) -> str:
     activation = create_activation(ssm, role, tags,
                                    f"sagemaker-ssh-helper {resource.kind} {resource.name}",
                                    arn)
-    instance_id = register_agent(activation, region_name)
-    delete_activation(ssm, activation.activation_id)
+    try:
+        instance_id = register_agent(activation, region_name)
+    finally:  # registered or not, the activation is of no further use: its code must not stay
+        delete_activation(ssm, activation.activation_id)
     return instance_id
+
+
+# What SSM accepts in a tag value: letters, numbers, white space (but not control characters
+# such as a newline), and _ . : / = + - @; at most 256 characters.
+_TAG_PUNCTUATION = frozenset("_.:/=+-@")
+
+
+def check_tag_value(name: str, value: str) -> str:
+    """``value`` if SSM accepts it as a tag value, else a one-line error naming ``name``."""
+    bad = sorted({c for c in value if not (c.isalnum() or c in _TAG_PUNCTUATION or
+                                           unicodedata.category(c).startswith("Z"))})
+    if bad:
+        raise UsageError(f"{name} holds characters an SSM tag cannot: "
+                         f"{', '.join(repr(c) for c in bad)} in {value!r}; set it to your AWS "
+                         "user ID (e.g. the wrapper's local_user_id)")
+    if len(value) > 256:
+        raise UsageError(f"{name} is {len(value)} characters long; SSM tags take at most 256")
+    return value
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -272,14 +293,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         if verbose:
             logger.exception("failed")
         print(f"sm-init-ssm: {e}", file=sys.stderr)
+        _record_failure(str(e))
         return e.exit_code
     except Exception as e:  # unexpected: still one line unless debugging
         if verbose:
             logger.exception("failed")
         print(f"sm-init-ssm: {type(e).__name__}: {e} (set SM_SSH_DEBUG=true for details)",
               file=sys.stderr)
+        _record_failure(f"{type(e).__name__}: {e}")
         return 1
     return 0
+
+
+def _record_failure(reason: str) -> None:
+    """Tell ``sm-wait`` why (``SM_SSH_FAILURE_FILE``, set by ``sm-setup-ssh start-ssh``)."""
+    path = os.environ.get("SM_SSH_FAILURE_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(" ".join(reason.split())[:500] + "\n")
+    except OSError as e:
+        logger.warning("cannot write %s: %s", path, e)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Per-target SSH keys, key push over SSM, and host-key pinning.
 
 - The client key for ``<fqdn>`` is ``~/.ssh/<fqdn>`` (lowercased like ssh's ``%h``; ``SSH_KEY``
-  overrides the path): ED25519, created once with mode 0600, never regenerated.
+  overrides the path): ED25519, created once with mode 0600, never regenerated. Its public key
+  is derived from the private key and checked as ssh would (``keyfile``).
 - The public key is pushed with SendCommand (``AWS-RunShellScript``) into the container's
-  ``/etc/ssh/authorized_keys``. Each line we write ends with a marker naming this client
-  (user, host and key path); a push replaces the line with the same marker or key and keeps
-  every other line, so several users can connect at the same time. The file is rewritten
-  atomically (temp file + ``mv``) under a lock.
+  ``/etc/ssh/authorized_keys``. Each line we write ends with a marker naming this client (a
+  random ID kept in ``~/.ssh/sm-ssh/client-id``, user, host and key path); a push replaces the
+  line with the same marker or key and keeps every other line, so several users can connect
+  at the same time, even when they share user@host:path. The file is rewritten atomically
+  (temp file + ``mv``) under a lock. The same command starts sshd if it is not running.
 - The same command prints the container's SSH host keys; they are pinned in
-  ``~/.ssh/sm-ssh-known_hosts`` under the FQDN (used as ``HostKeyAlias``), so ``ssh`` runs with
-  ``StrictHostKeyChecking=yes``.
+  ``~/.ssh/sm-ssh-known_hosts`` under the FQDN (used as ``HostKeyAlias``), per managed
+  instance (``hostkeys``), so ``ssh`` runs with ``StrictHostKeyChecking=yes``.
 """
 from __future__ import annotations
 
@@ -17,19 +19,24 @@ import getpass
 import hashlib
 import logging
 import os
+import secrets
 import shlex
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
-from sagemaker_ssh_helper import aws, portable
+from sagemaker_ssh_helper import aws, keyfile
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
+from sagemaker_ssh_helper.hostkeys import (  # noqa: F401 (part of this module's API)
+    HOST_KEYS_BEGIN,
+    HostKeyChanged,
+    parse_host_keys,
+    pin_host_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,10 @@ AUTHORIZED_KEYS = "/etc/ssh/authorized_keys"
 HOST_KEYS_GLOB = "/etc/ssh/ssh_host_*_key.pub"
 KNOWN_HOSTS_NAME = "sm-ssh-known_hosts"
 MARKER_PREFIX = "sm-ssh:"
-HOST_KEYS_BEGIN = "--- sm-ssh host keys ---"
+CLIENT_ID_NAME = "client-id"
+SSHD_PID_FILE = "/run/sshd.pid"
+CONFIGURED_MARKER = "/opt/sagemaker-ssh-helper/.ssh-configured"  # written by sm-setup-ssh
+SSHD_STARTED = "--- sm-ssh started sshd ---"
 _PENDING = {"Pending", "InProgress", "Delayed"}
 NOT_YET_ONLINE_GRACE = 20.0
 
@@ -58,24 +68,18 @@ def known_hosts_path() -> Path:
     return ssh_dir() / KNOWN_HOSTS_NAME
 
 
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        raise SSHHelperError(f"{tool} not found on PATH: install the OpenSSH client "
-                             "(e.g. `apt-get install openssh-client`)", 127)
-    return path
-
-
 def ensure_key(path: Path, comment: str = "sm-ssh") -> str:
     """Create the ED25519 key at ``path`` unless it exists; return its public key line.
 
     Concurrent callers race safely: the key is generated aside and hard-linked into place,
-    so exactly one key wins and nobody overwrites it.
+    so exactly one key wins and nobody overwrites it. An existing key is checked as ssh would
+    (``keyfile.read_key``), and its public key is derived from it.
     """
-    keygen = _require("ssh-keygen")
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".sm-ssh-key-") as tmp:
+    if not path.exists() and not path.is_symlink():
+        keygen = keyfile.require_tool("ssh-keygen")
+        keyfile.ensure_dir(path.parent)
+        with keyfile.file_errors("create the SSH key", path), \
+                tempfile.TemporaryDirectory(dir=path.parent, prefix=".sm-ssh-key-") as tmp:
             fresh = Path(tmp) / "key"
             subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment,
                             "-f", str(fresh)], check=True, stdin=subprocess.DEVNULL,
@@ -93,49 +97,57 @@ def ensure_key(path: Path, comment: str = "sm-ssh") -> str:
 
 
 def public_key(path: Path) -> str:
-    """The public key line (``<type> <base64>``): from ``<path>.pub`` if present, else derived
-    from the private key (and ``<path>.pub`` written for next time)."""
-    pub = Path(f"{path}.pub")
-    if pub.exists():
-        fields = pub.read_text().split()
-        if len(fields) >= 2:
-            return f"{fields[0]} {fields[1]}"
-    done = subprocess.run([_require("ssh-keygen"), "-y", "-f", str(path)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, check=False)
-    if done.returncode != 0 or len(done.stdout.split()) < 2:
-        raise SSHHelperError(f"cannot read SSH key {path}: {done.stderr.strip() or 'no key'} "
-                             "(remove it to create a new one, or set SSH_KEY)")
-    key_type, blob = done.stdout.split()[:2]
-    with _open_new(pub, 0o644) as f:
-        f.write(f"{key_type} {blob} {path.name}\n")
-    return f"{key_type} {blob}"
+    """The public key line (``<type> <base64>``), derived from the private key at ``path``
+    (``<path>.pub`` is rewritten when it is missing or does not match)."""
+    return keyfile.read_key(path).public
 
 
-@contextmanager
-def _open_new(path: Path, mode: int) -> Iterator[Any]:
-    """Write ``path`` atomically with ``mode`` set at open time (never world-readable first)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def client_id() -> str:
+    """A random ID of this client (its home directory), created once in ``~/.ssh/sm-ssh``;
+    "" when it cannot be stored (a read-only HOME)."""
+    path = ssh_dir() / "sm-ssh" / CLIENT_ID_NAME
     try:
-        portable.set_mode(fd, tmp, mode)
-        with os.fdopen(fd, "w") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+        value = path.read_text().strip()
+        if value:
+            return value
+    except OSError:
+        pass
+    try:
+        keyfile.ensure_dir(path.parent)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".client-id.",
+                                         delete=False) as f:
+            f.write(secrets.token_hex(16) + "\n")
+        try:
+            os.link(f.name, path)  # the first writer wins; others read its ID
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(f.name)
+        return path.read_text().strip()
+    except (OSError, SSHHelperError) as e:
+        logger.debug("no client ID in %s: %s", path, e)
+        return ""
 
 
-def client_marker(path: Path) -> str:
-    """A stable tag for this client's line in authorized_keys: user, host and key path."""
-    who = f"{getpass.getuser()}@{socket.gethostname()}:{path.resolve()}"
+def client_marker(path: Path, key_line: str = "") -> str:
+    """The tag of this client's line in authorized_keys: a hash of this client's random ID,
+    user, host and key path. Two clients that share user@host:path (Studio users, whose
+    homes differ) get different markers, so neither evicts the other; a client whose key was
+    recreated keeps its marker, so its old key is replaced instead of piling up. Without a
+    stored ID the key itself makes the marker unique."""
+    ident = client_id() or "key:" + (key_line.split()[1] if len(key_line.split()) > 1 else "")
+    who = f"{ident}:{getpass.getuser()}@{socket.gethostname()}:{path.resolve()}"
     return MARKER_PREFIX + hashlib.sha256(who.encode()).hexdigest()[:16]
 
 
 def authorized_keys_script(key_line: str, marker: str, path: str = AUTHORIZED_KEYS,
-                           host_keys_glob: str = HOST_KEYS_GLOB) -> str:
+                           host_keys_glob: str = HOST_KEYS_GLOB,
+                           sshd_pid_file: str = SSHD_PID_FILE,
+                           configured: str = CONFIGURED_MARKER) -> str:
     """POSIX sh run in the container: put ``key_line`` into ``path`` replacing our previous
-    line (same marker or same key), keep the rest, then print the host public keys."""
+    line (same marker or same key), keep the rest; start sshd if it is not running (with
+    ``sm-setup-ssh start-sshd``, and only where ``sm-setup-ssh configure`` set sshd up, i.e.
+    ``configured`` exists: never a machine's own sshd); then print the host public keys."""
     key_type, blob = key_line.split()[:2]
     q = shlex.quote
     return "\n".join([
@@ -161,42 +173,15 @@ def authorized_keys_script(key_line: str, marker: str, path: str = AUTHORIZED_KE
         # sshd (StrictModes) refuses group/world-writable key files.
         'chmod 0644 "$tmp"',
         'mv -f "$tmp" "$f"',
+        f"pid=$(cat {q(sshd_pid_file)} 2>/dev/null || true)",
+        f'if [ -f {q(configured)} ] && {{ [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; }}; then',
+        "  if command -v sm-setup-ssh >/dev/null 2>&1 && sm-setup-ssh start-sshd >&2; then",
+        f"    echo {q(SSHD_STARTED)}",
+        "  fi",
+        "fi",
         f"echo {q(HOST_KEYS_BEGIN)}",
         f"cat {host_keys_glob} 2>/dev/null || true",
     ]) + "\n"
-
-
-def parse_host_keys(output: str) -> List[Tuple[str, str]]:
-    """``(type, base64)`` pairs printed after the host-keys marker."""
-    _, _, tail = output.partition(HOST_KEYS_BEGIN)
-    keys = []
-    for line in tail.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and (fields[0].startswith(("ssh-", "ecdsa-", "sk-"))):
-            keys.append((fields[0], fields[1]))
-    return keys
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock, portable.exclusive(lock):
-        yield
-
-
-def pin_host_keys(alias: str, host_keys: List[Tuple[str, str]],
-                  path: Optional[Path] = None) -> Path:
-    """Make ``alias``'s entries in our known_hosts file exactly ``host_keys``."""
-    path = path or known_hosts_path()
-    with _locked(path):
-        kept = []
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.split(" ", 1)[0] != alias]
-        with _open_new(path, 0o600) as f:
-            for line in kept + [f"{alias} {t} {b}" for t, b in host_keys]:
-                f.write(line + "\n")
-    return path
 
 
 def _send_command(ssm: Any, instance_id: str, script: str, timeout: float, comment: str,
@@ -285,14 +270,19 @@ def authorize(ssm: Any, session: Any, instance_id: str, fqdn: str,
     """Ensure the key, push it into the container and pin the container's host keys."""
     path = key_path(fqdn)
     line = ensure_key(path, comment=f"sm-ssh {fqdn}")
-    marker = client_marker(path)
+    marker = client_marker(path, line)
+    known_hosts = known_hosts_path()
+    keyfile.ensure_dir(known_hosts.parent)  # fail before the push, not after it
+    keyfile.refuse_directory(known_hosts)
     upload_public_key(session, line, marker)
     output = run_shell_command(ssm, instance_id, authorized_keys_script(line, marker),
                                comment=f"sm-ssh: authorize a key for {fqdn}"[:100],
                                clock=clock, sleep=sleep)
+    if SSHD_STARTED in output:
+        logger.warning("sshd was not running in %s: the key push started it", instance_id)
     host_keys = parse_host_keys(output)
     if not host_keys:
         raise ResolutionError(f"{instance_id} reported no SSH host keys ({HOST_KEYS_GLOB}): "
                               "is sshd set up in the container (sm-setup-ssh)?")
     alias = (host_key_alias or fqdn).lower()
-    return Authorized(path, pin_host_keys(alias, host_keys), alias)
+    return Authorized(path, pin_host_keys(alias, host_keys, known_hosts, instance_id), alias)

@@ -87,6 +87,8 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
 
 # Known ssh / session messages (from ssh's stderr) -> what the user should do.
 _SSH_ERRORS = (
+    ("UNPROTECTED PRIVATE KEY FILE", "ssh ignores the SSH key because other users can read it: "
+                                     "chmod 600 the key file"),
     ("Permission denied", "the container refused the key: the key push may have been "
                           "overwritten; retry, or check /etc/ssh/authorized_keys in the container"),
     ("REMOTE HOST IDENTIFICATION HAS CHANGED", "the container's host key changed: reconnect "

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn
-from sagemaker_ssh_helper.errors import ResolutionError
+from sagemaker_ssh_helper.errors import ResolutionError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,59 @@ def _not_found(e: BaseException) -> bool:
         "not found" in message or "could not find" in message or "does not exist" in message)
 
 
+def _studio_apps(session: Any, region: str, domain: Optional[str], name: str) -> List[Any]:
+    """Studio apps named ``name`` (in ``domain`` if given), every page of ListApps."""
+    sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
+    kwargs = {"DomainIdEquals": domain} if domain else {}
+    return [app for page in sm.get_paginator("list_apps").paginate(**kwargs)
+            for app in page.get("Apps", []) if str(app.get("AppName", "")).lower() ==
+            name.lower()]
+
+
+def _owner(app: Any) -> str:
+    return str(app.get("UserProfileName") or app.get("SpaceName") or "")
+
+
+def _studio_status(session: Any, region: str, target: fqdn.Target) -> Optional[str]:
+    """The status of the Studio app ``target`` names: the best of its app types."""
+    try:
+        apps = _studio_apps(session, region, target.domain, target.name or "")
+    except Exception as e:
+        logger.debug("ListApps: %s", e)
+        return None
+    if target.user_or_space:
+        apps = [a for a in apps if _owner(a).lower() == target.user_or_space.lower()]
+    statuses = [str(a.get("Status", "")) for a in apps]
+    for status in ("InService", "Pending"):
+        if status in statuses:
+            return status
+    return statuses[0] if statuses else "NotFound"
+
+
+def studio_owner(session: Any, region: str, domain: str, app: str) -> str:
+    """The user profile or space that runs ``app`` in ``domain``: exactly one, or a
+    one-line error (no such app there, or several owners to choose from)."""
+    try:
+        apps = _studio_apps(session, region, domain, app)
+    except Exception as e:
+        raise aws.explain(e, "sagemaker:ListApps") from e
+    owners = sorted({_owner(a) for a in apps if a.get("Status") not in FINISHED})
+    if len(owners) == 1:
+        return owners[0]
+    if not owners:
+        raise ResolutionError(
+            f"no running Studio app {app} in domain {domain} ({region}): check the name "
+            f"(`sm-ssh list studio.{fqdn.SUFFIX}`), or give the user profile or space "
+            "(--user-profile-name / --space-name, or `sm-local-ssh-ide set-user-profile-name`)")
+    raise UsageError(f"Studio app {app} runs for several users or spaces in domain {domain} "
+                     f"({', '.join(owners)}): pass --user-profile-name or --space-name")
+
+
 def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[str]:
-    """The resource's status, ``"NotFound"``, or None when it cannot be told (Studio apps,
-    missing permissions)."""
+    """The resource's status, ``"NotFound"``, or None when it cannot be told (missing
+    permissions)."""
+    if target.kind.kind == "studio" and target.name is not None:
+        return _studio_status(session, region, target)
     api = APIS.get(target.kind.kind)
     if api is None or target.name is None:
         return None
@@ -78,10 +128,14 @@ def check_running(session: Any, region: str, target: fqdn.Target,
     """Fail at once for a resource that does not exist (here) or has finished."""
     status = resource_status(session, region, target)
     what = f"{target.kind.description} {target.name}"
+    if target.kind.kind == "studio" and target.domain:
+        what += f" of {target.user_or_space} in domain {target.domain}"
     if status == "NotFound":
+        listing = target.kind.kind if not target.domain else \
+            f"{target.user_or_space}.{target.domain}.studio"
         raise ResolutionError(
             f"no {what} in {region} ({region_source}): check the name "
-            f"(`sm-ssh list {target.kind.kind}.{fqdn.SUFFIX}`), or pass the region it runs "
+            f"(`sm-ssh list {listing}.{fqdn.SUFFIX}`), or pass the region it runs "
             "in with --region (or AWS_REGION)")
     if status in FINISHED:
         raise ResolutionError(f"{what} is {status}: SSH is available only while it runs")

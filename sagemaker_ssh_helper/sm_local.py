@@ -6,7 +6,7 @@ sagemaker_ssh_helper.sm_local <script name> "$@"``.
     sm-local-ssh-<kind> connect|connect-job <name> [--local-port N] [--ssh-only] [ssh args]
                         [[--] command]
     sm-local-ssh-<kind> proxy-host <fqdn|name> [port]               (a ProxyCommand)
-    sm-local-ssh-<kind> stop-waiting [<name>] [--local-port N]
+    sm-local-ssh-<kind> stop-waiting [<name>] [--local-port N]      (<name>: through SSM)
     sm-local-ssh-<kind> run-command [--local-port N] <command> [args ...]
     sm-local-ssh-ide [--domain-id D] [--user-profile-name U | --space-name S] [connect-app] <app>
     sm-local-ssh-ide set-domain-id D | set-user-profile-name U | set-jb-license-server H[:PORT]
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import connect, fqdn, keys, legacy, proxy, sm_ssh
+from sagemaker_ssh_helper import connect, fqdn, keyfile, keys, legacy, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -130,11 +130,14 @@ def start_ssh(argv: Sequence[str], flags: Dict[str, bool]) -> int:
             raise UsageError("--proxy-setup-only takes no ssh arguments")
         connect.prepare(ctx, target, choice, for_proxy=True)
         return 0
-    connect.check_local_ports(options)
+    dest = connect.destination(target)
+    connect.check_tools()
+    plan = connect.plan_ssh(options, dest)
+    connect.check_local_ports(plan.listeners)
     prepared = connect.prepare(ctx, target, choice)
     legacy.authorize(ctx.manager().ssm, prepared.instance_id, prepared.destination,
                      legacy.sshd_ports(options))
-    return connect.run_and_explain(ctx, prepared, options, command)
+    return connect.run_and_explain(ctx, prepared, options, command, plan)
 
 
 def connect_proxy(argv: Sequence[str], flags: Dict[str, bool]) -> int:
@@ -197,7 +200,8 @@ def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("port", nargs="?", default="22", help="sshd port in the container (%%p)")
     p = sub.add_parser("stop-waiting", help="run `sm-wait stop` in the container")
     p.add_argument("target", nargs="?", metavar=noun,
-                   help="go through SSM to this resource instead of the local port")
+                   help="release every node of this resource through SSM (SendCommand, no "
+                        "ssh needed) instead of through the local port")
     p.add_argument("--local-port", type=int, default=rk.default_port)
     p = sub.add_parser("run-command", help="run a command through the local port")
     p.add_argument("--local-port", type=int, default=rk.default_port)
@@ -220,8 +224,10 @@ def _studio_default(args: argparse.Namespace, field: str) -> Optional[str]:
     return saved or None
 
 
-def target_for(name: str, args: argparse.Namespace, text: str) -> str:
-    """``text`` as an FQDN of this script's kind (a bare name gets the suffix)."""
+def target_for(name: str, args: argparse.Namespace, text: str,
+               ctx: Optional[Context] = None) -> str:
+    """``text`` as an FQDN of this script's kind (a bare name gets the suffix). A Studio app
+    with a domain but no user profile or space is looked up in that domain (with ``ctx``)."""
     kind = SCRIPTS[name].kind
     if text.lower().endswith(f".{fqdn.SUFFIX}"):
         target = fqdn.parse_resource(text)
@@ -234,6 +240,10 @@ def target_for(name: str, args: argparse.Namespace, text: str) -> str:
     else:
         owner = getattr(args, "space_name", None) or _studio_default(args, "user_profile_name")
         domain = _studio_default(args, "domain_id")
+        if domain and not owner and ctx is not None:
+            from sagemaker_ssh_helper import resources
+
+            owner = resources.studio_owner(ctx.session, ctx.region_name, domain, text)
         result = fqdn.format_fqdn("studio", text, owner if domain else None, domain)
     fqdn.parse_resource(result)  # a name with dots or blanks is refused here, in one line
     return result
@@ -245,7 +255,7 @@ def tunnel_state_path(port: int) -> Path:
 
 def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
                  command: List[str]) -> int:
-    target = target_for(name, args, args.target)
+    target = target_for(name, args, args.target, ctx)
     choice = Choice()
     ours: Dict[str, Any] = {"--local-port": fqdn.kind(SCRIPTS[name].kind).default_port,
                             "--ssh-only": False}
@@ -261,7 +271,10 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
         forwards += ["-R", f"127.0.0.1:443:{host}:{license_port}"]
         if not any(o.startswith("-l") for o in options):
             forwards += ["-l", "root"]
-    connect.check_local_ports([*options, *forwards],
+    dest = connect.destination(target)
+    connect.check_tools()
+    plan = connect.plan_ssh([*options, *forwards], dest)
+    connect.check_local_ports(plan.listeners,
                               hint="pass --local-port N (or --ssh-only to skip the extra "
                                    "ports), or stop what listens there")
     prepared = connect.prepare(ctx, target, choice)
@@ -270,12 +283,14 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
              "key": str(prepared.auth.key_path), "known_hosts": str(prepared.auth.known_hosts),
              "alias": prepared.auth.host_key_alias, "instance_id": prepared.instance_id}
     path = tunnel_state_path(port)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(json.dumps(state))
+    keyfile.ensure_dir(path.parent)
+    with keyfile.file_errors("write", path):
+        path.write_text(json.dumps(state))
     _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}), "
             f"for keys {prepared.auth.key_path} and ~/.ssh/{legacy.GATEWAY_KEY}; "
             f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
-    return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command)
+    return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command,
+                                   plan)
 
 
 def through_tunnel(port: int, command: Sequence[str], prog: str) -> int:
@@ -336,7 +351,9 @@ def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool])
     ctx = Context(args.profile, args.region)
     if args.command in ("set-domain-id", "set-user-profile-name", "set-jb-license-server"):
         field = args.command[len("set-"):].replace("-", "_")
-        (Path.home() / STUDIO_FILES[field]).write_text(args.value.strip() + "\n")
+        saved = Path.home() / STUDIO_FILES[field]
+        with keyfile.file_errors("write", saved, "make HOME writable"):
+            saved.write_text(args.value.strip() + "\n")
         _stderr(f"{prog}: saved {args.value} into ~/{STUDIO_FILES[field]}")
         return 0
     if args.command in ("connect", "connect-app", "connect-job"):
@@ -346,14 +363,14 @@ def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool])
     if command:
         raise UsageError("'--' and a remote command only apply to connect and run-command")
     if args.command == "proxy-host":
-        prepared = connect.prepare(ctx, target_for(name, args, args.target), Choice(),
+        port = _port(args.port)  # before anything is pushed
+        prepared = connect.prepare(ctx, target_for(name, args, args.target, ctx), Choice(),
                                    for_proxy=True)
-        return session.start_ssh_session(prepared.instance_id, _port(args.port),
+        return session.start_ssh_session(prepared.instance_id, port,
                                          session=ctx.session, region=ctx.region_name,
                                          profile=ctx.profile)
-    if args.target:  # stop-waiting through SSM
-        prepared = connect.prepare(ctx, target_for(name, args, args.target), Choice())
-        return connect.run_and_explain(ctx, prepared, [], [proxy.STOP_WAITING])
+    if args.target:  # stop-waiting through SSM (SendCommand): needs no sshd, no key
+        return sm_ssh.stop_waiting(ctx, target_for(name, args, args.target, ctx), Choice())
     return through_tunnel(args.local_port, [proxy.STOP_WAITING], prog)
 
 

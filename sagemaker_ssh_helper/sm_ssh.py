@@ -4,6 +4,7 @@
     sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID
            [--index N | --node algo-2 | --instance mi-ID] [ssh options ...] [[--] command ...]
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
+    sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -53,6 +54,32 @@ def add_general_options(parser: argparse.ArgumentParser, top_level: bool) -> Non
     parser.add_argument("--region", default=default, help="AWS region (default: AWS_REGION)")
 
 
+def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from a converter raising ``UsageError`` (one message, no echo)."""
+    def parse(value: str) -> Any:
+        try:
+            return convert(value)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _seconds(value: str) -> float:
+    from sagemaker_ssh_helper.connect import seconds
+
+    return seconds(value)
+
+
+def _whole(minimum: int, maximum: Optional[int], what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.strip().isdigit() or int(value) < minimum or \
+                (maximum is not None and int(value) > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise UsageError(f"expected {what} ({bound}), got {value!r}")
+        return int(value)
+    return parse
+
+
 def _add_target_choice(parser: argparse.ArgumentParser) -> None:
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--index", type=int, help="pick instance N (0-based) of a multi-node "
@@ -62,9 +89,9 @@ def _add_target_choice(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--instance", metavar="MI_ID",
                         help="connect to this managed instance of the resource even if its log "
                              "cannot confirm it (after you checked it, e.g. in the job's log)")
-    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
-                        help=f"wait this long for the instance to come online "
-                             f"(default {DEFAULT_WAIT})")
+    parser.add_argument("--wait", type=_checked(_seconds), default=DEFAULT_WAIT,
+                        metavar="SECONDS", help=f"wait this long for the instance to come "
+                                                f"online (default {DEFAULT_WAIT})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true",
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
-        dest="command", metavar="{list,connect,start-proxy,config,stage-wheel,sandbox}")
+        dest="command",
+        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -83,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to list: sagemaker (default), training.sagemaker, "
                         "<user>.<domain>.studio.sagemaker, ...")
     p.add_argument("--output", choices=("table", "json"), default="table")
-    p.add_argument("--days", type=int, default=30, help="jobs created in the last N days")
+    p.add_argument("--days", type=_checked(_whole(0, None, "a whole number of days")),
+                   default=30, help="jobs created in the last N days")
     p = sub.add_parser("connect", help="ssh to <name>.<kind>.sagemaker",
                        usage="sm-ssh connect [--index N | --node NAME | --instance MI_ID] "
                              "[--wait S] FQDN "
@@ -98,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_general_options(p, top_level=False)
     _add_target_choice(p)
     p.add_argument("fqdn")
-    p.add_argument("-p", "--port", type=int, default=22, help="sshd port in the container")
+    p.add_argument("-p", "--port", type=_checked(_whole(1, 65535, "a port number")), default=22,
+                   help="sshd port in the container")
+    p = sub.add_parser("stop-waiting", help="release the container's `sm-wait` (every node, "
+                                            "or the one chosen) through SSM, without ssh")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("fqdn", metavar="FQDN|mi-ID")
     p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     add_general_options(p, top_level=False)
     p.add_argument("--inline", action="store_true",
@@ -144,24 +179,47 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
     if not args.fqdn:
         raise UsageError("connect needs a target: sm-ssh connect <name>.<kind>.sagemaker "
                          "[ssh options] [-- command]")
+    choice = _choice(args)
+    options, positional = connect.split_connect_args(args.ssh_args, choice)
+    dest = connect.destination(args.fqdn)
+    connect.check_tools()
+    plan = connect.plan_ssh(options, dest)
+    connect.check_local_ports(plan.listeners)
+    prepared = connect.prepare(ctx, args.fqdn, choice)
+    return connect.run_and_explain(ctx, prepared, options, positional + command, plan)
+
+
+def _choice(args: argparse.Namespace) -> Any:
+    """The instance choice of ``--index/--node/--instance/--wait``."""
+    from sagemaker_ssh_helper import connect
+
     choice = connect.Choice(args.index, args.node, args.wait)
     if args.instance:
         connect.set_choice(choice, "--instance", args.instance)
-    options, positional = connect.split_connect_args(args.ssh_args, choice)
-    connect.check_local_ports(options)
-    prepared = connect.prepare(ctx, args.fqdn, choice)
-    return connect.run_and_explain(ctx, prepared, options, positional + command)
+    return choice
 
 
 def cmd_start_proxy(ctx: Context, args: argparse.Namespace) -> int:
     from sagemaker_ssh_helper import connect, session
 
-    choice = connect.Choice(args.index, args.node, args.wait)
-    if args.instance:
-        connect.set_choice(choice, "--instance", args.instance)
-    prepared = connect.prepare(ctx, args.fqdn, choice, for_proxy=True)
+    prepared = connect.prepare(ctx, args.fqdn, _choice(args), for_proxy=True)
     return session.start_ssh_session(prepared.instance_id, args.port, session=ctx.session,
                                      region=ctx.region_name, profile=ctx.profile)
+
+
+def stop_waiting(ctx: Context, target_text: str, choice: Any) -> int:
+    """Run ``sm-wait stop`` through SendCommand on every online node of the target (or the
+    one ``choice`` picks): it needs neither sshd nor a key, so it releases a job whose sshd
+    is gone. Prints one line per node released."""
+    from sagemaker_ssh_helper import connect, keys, proxy
+
+    ssm = ctx.manager().ssm
+    for inst in connect.release_targets(ctx, target_text, choice):
+        output = keys.run_shell_command(ssm, inst.instance_id, proxy.STOP_WAITING, timeout=60,
+                                        comment="sm-ssh: sm-wait stop")
+        said = " ".join(output.split()) or "done"
+        print(f"{inst.computer_name or '?'} ({inst.instance_id}): {said}", flush=True)
+    return 0
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -253,6 +311,7 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
+        "stop-waiting": lambda: stop_waiting(ctx, args.fqdn, _choice(args)),
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
     }

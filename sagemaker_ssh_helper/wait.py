@@ -5,6 +5,10 @@ progress line every 10 seconds that says how far the SSM agent has got. ``sm-wai
 the file (locally, or remotely over SSH / SSM), which releases every waiting ``sm-wait`` in the
 container. ``sm-wait list`` shows the waiting ``sm-wait`` processes and their time left; it finds
 them by their command line, so there is no state to clean up.
+
+When the SSH setup failed (``sm-setup-ssh`` wrote the reason to ``setup-failed`` in the state
+directory), nobody can connect: ``sm-wait N`` says "SSH setup failed: <reason>" and returns
+after ``FAILED_GRACE`` seconds instead of holding the job for the whole wait.
 """
 from __future__ import annotations
 
@@ -17,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from sagemaker_ssh_helper.env import agent_running, iter_processes, registered_instance_id
+from sagemaker_ssh_helper.env import (
+    SETUP_FAILED_FILE,
+    agent_running,
+    iter_processes,
+    registered_instance_id,
+)
 
 STOP_FILE = Path("/tmp/sm-wait-stopped")
+FAILED_GRACE = 30.0  # seconds the job still waits after the setup failed (to read the log)
 PROGRESS_INTERVAL = 10.0
 POLL_INTERVAL = 1.0
 USAGE = "usage: sm-wait <seconds>|stop|list"
@@ -39,25 +49,50 @@ def agent_status() -> str:
     return "SSM agent not started yet"
 
 
+def setup_failure(path: Path = SETUP_FAILED_FILE) -> Optional[str]:
+    """Why the SSH setup failed, if it did."""
+    try:
+        reason = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return " ".join(reason.split()) or None
+
+
 def wait(seconds: float, stop_file: Path = STOP_FILE,
          clock: Callable[[], float] = time.monotonic,
          sleep: Callable[[float], None] = time.sleep,
          status: Callable[[], str] = agent_status,
-         out: Callable[[str], None] = print) -> str:
-    """Block until ``seconds`` pass or ``stop_file`` exists; return "timeout" or "stopped"."""
+         out: Callable[[str], None] = print,
+         failure: Callable[[], Optional[str]] = setup_failure) -> str:
+    """Block until ``seconds`` pass or ``stop_file`` exists; return "timeout" or "stopped",
+    or "failed" when the setup failed (after ``FAILED_GRACE`` seconds)."""
     if seconds <= 0:
         return "timeout"
     deadline = clock() + seconds
     next_progress = clock()
+    failed = False
     while True:
         if requested(stop_file):
             out(f"sm-wait: {stop_file} exists, continuing")
             return "stopped"
         now = clock()
+        if not failed:
+            reason = failure()
+            if reason is not None:
+                failed = True
+                deadline = min(deadline, now + FAILED_GRACE)
+                out(f"sm-wait: SSH setup failed: {reason}; nobody can connect, so the job "
+                    f"continues in {deadline - now:.0f} s")
         remaining = deadline - now
         if remaining <= 0:
+            if failed:
+                out("sm-wait: SSH setup failed, continuing")
+                return "failed"
             out(f"sm-wait: waited {seconds:g} s, continuing")
             return "timeout"
+        if failed:
+            sleep(min(POLL_INTERVAL, remaining))
+            continue
         if now >= next_progress:
             out(f"sm-wait: {remaining:.0f} s left; {status()}; run `sm-wait stop` to continue now")
             next_progress = now + PROGRESS_INTERVAL

@@ -296,6 +296,21 @@ def test_aws_setup_errors_are_one_line(ssm: Any) -> None:
     assert "no-such-profile" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("argv, env, needle", [
+    (["--region", "us east"], {}, "'us east' is not an AWS region name: pass one like "
+                                  "us-east-1 with --region or AWS_REGION"),
+    ([], {"AWS_ENDPOINT_URL_SSM": "not a url"}, "Invalid endpoint: not a url: check "
+                                                "AWS_ENDPOINT_URL"),
+    ([], {"AWS_ENDPOINT_URL_SSM": "http://127.0.0.1:9"}, "cannot reach the AWS endpoint for "
+                                                         "ssm:DescribeInstanceInformation"),
+])
+def test_a_bad_region_or_endpoint_is_one_line(argv: List[str], env: Dict[str, str],
+                                              needle: str) -> None:
+    done = run_cli(["--dry-run", *argv], env=dict(os.environ, **env))
+    assert (done.returncode, done.stdout, done.stderr.count("\n")) == (4, "", 1), done.stderr
+    assert done.stderr.startswith("sm-ssh-deregister-instances: ") and needle in done.stderr
+
+
 def test_days_parser_accepts_fractions() -> None:
     assert dereg._days("0.5") == 0.5
     assert math.isclose(dereg._days("2"), 2.0)

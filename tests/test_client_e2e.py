@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -219,8 +220,10 @@ def test_connect_runs_the_command_and_returns_its_exit_code(
     assert container.authorized_keys == [
         f"{keys.public_key(key)} {marker}"]
     host_pub = (container.work / "etc-ssh" / "ssh_host_ed25519_key.pub").read_text().split()
-    assert (home / "sm-ssh-known_hosts").read_text() == (
-        f"job-e2e.training.sagemaker {host_pub[0]} {host_pub[1]}\n")
+    # pinned with the instance the keys came from and when they were first seen
+    assert re.fullmatch(rf"job-e2e\.training\.sagemaker {host_pub[0]} {re.escape(host_pub[1])} "
+                        r"sm-ssh:mi-[0-9a-f]{17}@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n",
+                        (home / "sm-ssh-known_hosts").read_text())
     again = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
                     "true"], env)
     assert again.returncode == 0, again.stderr

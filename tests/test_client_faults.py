@@ -90,3 +90,48 @@ def test_throttled_session_start_backs_off_then_explains(aws: Any) -> None:
                                                            "max_attempts": 2}))
     with pytest.raises(AwsError, match="AWS throttled ssm:StartSession after retries: wait"):
         session.open_session(impatient, mi, 22)
+
+
+def test_a_persistent_5xx_is_retried_a_bounded_number_of_times(
+        aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from sagemaker_ssh_helper import aws as aws_module
+
+    aws.backend.inject_fault("DescribeInstanceInformation", "InternalServerError", 100)
+    assert sm_ssh.main(["connect", "job.training.sagemaker", "--wait", "0"]) == 4
+    assert "DescribeInstanceInformation failed: InternalServerError" in \
+        error_line(capsys, "sm-ssh")
+    calls = aws.backend.stats()["CallCounts"]["DescribeInstanceInformation"]
+    assert calls == aws_module.MAX_ATTEMPTS == 4  # with backoff of at most 1 + 2 + 4 s
+
+
+def test_an_unreachable_endpoint_is_tried_a_bounded_number_of_times(
+        aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An endpoint that takes connections and drops them (a broken proxy, a wrong port)."""
+    import socket
+    import threading
+
+    from sagemaker_ssh_helper import aws as aws_module
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: List[int] = []
+
+    def drop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        assert sm_ssh.main(["list", "training.sagemaker"]) == 4
+    finally:
+        listener.close()
+    assert "cannot reach the AWS endpoint for ssm:DescribeInstanceInformation" in \
+        error_line(capsys, "sm-ssh")
+    assert len(accepted) == aws_module.MAX_ATTEMPTS

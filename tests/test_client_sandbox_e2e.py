@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_unt
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.sandbox import Sandbox
+from sagemaker_ssh_helper.sandbox.studio import exec_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
@@ -283,13 +285,27 @@ def test_two_users_connect_at_the_same_time(world: World) -> None:
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert [out for out, _ in results] == ["hello-0\n", "hello-1\n"]
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "cat /etc/ssh/authorized_keys"),
-               world.env)
-    assert done.returncode == 0, done.stderr
-    markers = [keys.client_marker(Path(env["HOME"]) / ".ssh" / world.fqdn("one"))
-               for env in (*envs, world.env)]
-    lines = done.stdout.splitlines()
-    assert [sum(line.endswith(m) for line in lines) for m in markers] == [1, 1, 1]
+    lines = authorized_keys(world, "one")
+    blobs = [public_blob(Path(env["HOME"]) / ".ssh" / world.fqdn("one"))
+             for env in (*envs, world.env)]
+    assert [sum(line.split()[1] == b for line in lines) for b in blobs] == [1, 1, 1]
+
+
+def test_users_sharing_user_host_and_key_path_do_not_evict_each_other(world: World) -> None:
+    """Studio users: the same user name, host name and key path, in homes of their own."""
+    shared_key = world.tmp / "shared" / "id_studio"  # the path both users' key has
+    shared_key.parent.mkdir()
+    blobs = []
+    for user in ("studio-ann", "studio-ben"):
+        env = dict(world.home(user), SSH_KEY=str(shared_key))
+        for old in shared_key.parent.iterdir():  # this user's own file at that path
+            old.unlink()
+        done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), env)
+        assert done.returncode == 0, done.stderr
+        blobs.append(public_blob(shared_key))
+    assert blobs[0] != blobs[1]
+    lines = authorized_keys(world, "one")
+    assert [sum(line.split()[1] == b for line in lines) for b in blobs] == [1, 1]
 
 
 def test_each_node_of_a_two_node_job(world: World) -> None:
@@ -302,6 +318,142 @@ def test_each_node_of_a_two_node_job(world: World) -> None:
         assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
     done = run(script("sm-local-start-ssh", "--index", "1", fqdn, "hostname"), world.env)
     assert (done.returncode, done.stdout) == (0, "algo-2\n"), done.stderr
+    # Plain ssh through start-proxy pins every node under the one name: another instance's
+    # keys replace the pinned ones without a warning (pinning is per instance, not per name).
+    env = world.home("proxy-nodes")
+    ssh_dir = Path(env["HOME"]) / ".ssh"
+    for node in ("algo-1", "algo-2", "algo-1"):
+        proxy = shlex.join(sm_ssh("start-proxy", "%n", "--port", "%p", "--node", node))
+        done = run(["ssh", "-F", "none", "-o", f"IdentityFile={ssh_dir}/%h",
+                    "-o", f"UserKnownHostsFile={ssh_dir}/sm-ssh-known_hosts",
+                    "-o", "StrictHostKeyChecking=yes", "-l", "root",
+                    "-o", f"ProxyCommand={proxy}", fqdn, "hostname"], env)
+        assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
+
+
+def instance_of(world: World, job: str) -> str:
+    listed = json.loads(run(sm_ssh("list", world.fqdn(job), "--output", "json"),
+                            world.env).stdout)
+    return str(listed[0]["instances"][0]["instance_id"])
+
+
+def in_container(world: World, job: str, script: str) -> str:
+    """Run ``script`` in the job's (first) container through SendCommand, as root."""
+    return keys.run_shell_command(world.sandbox.client("ssm"), instance_of(world, job), script)
+
+
+def authorized_keys(world: World, job: str) -> List[str]:
+    return in_container(world, job, "cat /etc/ssh/authorized_keys").splitlines()
+
+
+def public_blob(key: Path) -> str:
+    done = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()[1]
+
+
+# -- host keys, sshd, ssh's messages, local keys ------------------------------------------------
+def test_each_container_has_host_keys_of_its_own(world: World) -> None:
+    """Not the machine's (the sandbox hides them), not shared between containers or jobs."""
+    seen = []
+    for fqdn, node in ((world.fqdn("one"), []), (world.fqdn("two"), ["--node", "algo-1"]),
+                       (world.fqdn("two"), ["--node", "algo-2"])):
+        done = run(sm_ssh("connect", fqdn, *node, "--", "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+                   world.env)
+        assert done.returncode == 0, done.stderr
+        seen.append(done.stdout.split()[1])
+    host = Path("/etc/ssh/ssh_host_ed25519_key.pub")
+    machine = [host.read_text().split()[1]] if host.exists() else []
+    assert len(set(seen + machine)) == len(seen) + len(machine)
+    never_set_up = exec_argv(world.sandbox.container_dir(world.jobs["nossh"]),
+                             ["sh", "-c", "ls /etc/ssh | grep -c ssh_host_ || true"])
+    assert subprocess.run(never_set_up, capture_output=True, text=True,
+                          check=True).stdout.strip() == "0"
+
+
+def test_a_host_key_changed_on_the_same_instance_is_refused(world: World) -> None:
+    env = world.home("pinning-user")
+    fqdn = world.fqdn("one")
+    assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
+    pinned = (Path(env["HOME"]) / ".ssh" / "sm-ssh-known_hosts").read_text()
+    assert re.search(rf"^{re.escape(fqdn.lower())} ssh-ed25519 \S+ "
+                     r"sm-ssh:mi-[0-9a-f]+@\d{4}-\d\d-\d\dT", pinned, re.M), pinned
+    pub = "/etc/ssh/ssh_host_ed25519_key.pub"
+    in_container(world, "one", f"cp {pub} /tmp/host.pub && ssh-keygen -q -t ed25519 -N '' "
+                               f"-f /tmp/other && cp /tmp/other.pub {pub}")
+    try:
+        one_line_error(run(sm_ssh("connect", fqdn, "--", "true"), env), 1,
+                       f"host key for {fqdn.lower()} changed since ", "on the same instance mi-",
+                       "ssh-keygen -R")
+    finally:
+        in_container(world, "one", f"cp /tmp/host.pub {pub}")
+    assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
+    assert (Path(env["HOME"]) / ".ssh" / "sm-ssh-known_hosts").read_text() == pinned
+
+
+def test_a_dead_sshd_is_started_again(world: World) -> None:
+    """By the key push at once (connect works), and by the container's watchdog."""
+    in_container(world, "one", "kill $(cat /run/sshd.pid)")
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "alive"), world.env)
+    assert (done.returncode, done.stdout) == (0, "alive\n"), done.stderr
+    before = in_container(world, "one", "cat /run/sshd.pid; kill $(cat /run/sshd.pid)").strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = in_container(world, "one", "p=$(cat /run/sshd.pid 2>/dev/null) && kill -0 $p "
+                                          "&& echo $p || true").strip()
+        if now and now != before:
+            break
+        time.sleep(0.5)
+    assert now and now != before, "the watchdog did not restart sshd"
+
+
+def test_ssh_warnings_show_while_the_session_runs(world: World) -> None:
+    """A forwarded connection the container refuses: ssh says so at once, not at exit."""
+    local, lines = free_port(), []
+    proc = subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "-L", f"{local}:localhost:9",
+                                   "--", "sleep 30"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    try:
+        def refused() -> None:
+            with socket.create_connection(("127.0.0.1", local), timeout=5) as conn:
+                conn.recv(1)
+            assert any("open failed" in line for line in lines), lines
+
+        wait_until(refused, proc, "ssh's warning while the session runs")
+    finally:
+        stop(proc)
+
+
+def test_local_key_problems_are_named(world: World) -> None:
+    env = world.home("key-user")
+    fqdn = world.fqdn("one")
+    key = Path(env["HOME"]) / ".ssh" / fqdn
+    assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
+    key.chmod(0o644)
+    one_line_error(run(sm_ssh("connect", fqdn, "--", "true"), env), 1,
+                   f"SSH key {key} is accessible by other users (mode 0644)",
+                   f"run `chmod 600 {key}`")
+    key.chmod(0o600)
+    # a stale .pub (the key was replaced, not its .pub): the real public key is pushed
+    other = world.tmp / "other-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    Path(f"{key}.pub").write_text(Path(f"{other}.pub").read_text())
+    done = run(sm_ssh("connect", fqdn, "--", "echo", "fine"), env)
+    assert (done.returncode, done.stdout) == (0, "fine\n"), done.stderr
+    # a key with a passphrase, and no terminal for ssh to ask it on
+    locked = world.tmp / "locked-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f",
+                    str(locked)], check=True)
+    done = subprocess.run(sm_ssh("connect", fqdn, "--", "true"),
+                          env=dict(env, SSH_KEY=str(locked), SSH_AUTH_SOCK=""),
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+                          start_new_session=True)  # no controlling terminal
+    one_line_error(done, 255, f"SSH key {locked} is protected by a passphrase and ssh could "
+                              "not use it", f"ssh-add {locked}")
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -574,11 +726,22 @@ def test_sm_local_ssh_training_connect_run_command_and_stop_waiting(world: World
                    "SSH is available only while it runs")
 
 
-def test_sm_wait_stop_and_pkill_sm_wait_release_each_node_and_the_job_completes(
+def test_stop_waiting_and_pkill_sm_wait_release_the_nodes_and_the_job_completes(
         world: World) -> None:
-    for node, release in (("algo-1", ["sm-wait", "stop"]), ("algo-2", ["pkill", "sm-wait"])):
-        done = run(sm_ssh("connect", world.fqdn("two"), "--node", node, "--", *release),
-                   world.env)
-        assert done.returncode == 0, done.stderr
+    """algo-2 is released by `sm-ssh stop-waiting`, which runs `sm-wait stop` through
+    SendCommand: it needs no sshd (here just killed on algo-2) and no key (this client has
+    none); algo-1 the way earlier documents say, `pkill sm-wait` over ssh."""
+    fqdn = world.fqdn("two")
+    env = world.home("releaser")
+    listed = json.loads(run(sm_ssh("list", fqdn, "--output", "json"), env).stdout)
+    algo2 = [i["instance_id"] for i in listed[0]["instances"] if i["computer_name"] == "algo-2"]
+    keys.run_shell_command(world.sandbox.client("ssm"), algo2[0], "pkill -x sshd || true")
+    done = run(sm_ssh("stop-waiting", fqdn, "--node", "algo-2"), env)
+    assert done.returncode == 0, done.stderr
+    assert not (Path(env["HOME"]) / ".ssh").exists()  # no key made, no host key pinned
+    assert [line.split(":")[0].split()[0] for line in done.stdout.splitlines()] == ["algo-2"]
+    assert "sm-wait: created /tmp/sm-wait-stopped" in done.stdout, done.stdout
+    done = run(sm_ssh("connect", fqdn, "--node", "algo-1", "--", "pkill", "sm-wait"), world.env)
+    assert done.returncode == 0, done.stderr
     described = world.sandbox.wait_for_job(world.jobs["two"], timeout=120)
     assert described["TrainingJobStatus"] == "Completed"

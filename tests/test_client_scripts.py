@@ -96,6 +96,13 @@ def test_proxy_scripts_explain_themselves(env: Dict[str, str]) -> None:
     (["sm-local-ssh-training", "proxy-host", "a.training.sagemaker", "--", "ls"], 2,
      "only apply to connect"),
     (["sm-local-ssh-notebook", "frobnicate"], 2, "invalid choice"),
+    # checked before anything is resolved or pushed (no AWS endpoint answers here)
+    (["sm-local-ssh-training", "proxy-host", "a.training.sagemaker", "99999"], 2,
+     "not a port number: '99999'"),
+    (["sm-local-start-ssh", "--wait", "-5", "mi-0123456789abcdef0"], 2,
+     "--wait: expected a number of seconds >= 0, got '-5'"),
+    (["sm-local-ssh-training", "connect", "job", "--wait", "inf"], 2,
+     "--wait: expected a number of seconds >= 0, got 'inf'"),
 ])
 def test_bad_input_is_one_line(argv: List[str], code: int, needle: str,
                                env: Dict[str, str]) -> None:

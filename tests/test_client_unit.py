@@ -2,6 +2,7 @@
 and the authorized_keys merge script (run for real with sh on temporary files)."""
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import types
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +144,17 @@ def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
     (["list", "x.bogus.sagemaker"], "unknown kind"),
     (["start-proxy", "a.training.sagemaker", "--", "ls"], "only apply to connect"),
     (["frobnicate"], "invalid choice"),
+    (["connect", "--wait", "-5", "a.training.sagemaker"],
+     "argument --wait: expected a number of seconds >= 0, got '-5'"),
+    (["connect", "a.training.sagemaker", "--wait", "nan"],
+     "--wait: expected a number of seconds >= 0, got 'nan'"),
+    (["connect", "a.training.sagemaker", "--wait=inf", "--", "true"],
+     "--wait: expected a number of seconds >= 0, got 'inf'"),
+    (["stop-waiting", "a.training.sagemaker", "--wait", "-1"], "expected a number of seconds"),
+    (["list", "--days", "-1"], "argument --days: expected a whole number of days (>= 0), "
+                               "got '-1'"),
+    (["start-proxy", "a.training.sagemaker", "--port", "70000"],
+     "argument -p/--port: expected a port number (1..65535), got '70000'"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: List[str], needle: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,24 +214,95 @@ def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatc
     assert session.main(["mi-0123456789abcdef0"]) == 127
 
 
-def test_local_forward_ports_parsed() -> None:
-    assert connect.local_ports(["-L", "8080:localhost:80", "-L9000:h:1", "-D", "1080",
-                               "-L", "0.0.0.0:81:h:80", "-L", "[::1]:82:h:80", "-R", "5:h:6",
-                               "-L", "/tmp/sock:/r/sock"]) == [
-        ("127.0.0.1", 8080), ("127.0.0.1", 9000), ("127.0.0.1", 1080), ("0.0.0.0", 81),
-        ("::1", 82)]
+needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
 
 
-def test_busy_local_port_is_refused_before_anything_else(
+@needs_ssh
+def test_every_forward_spelling_is_a_local_listener() -> None:
+    """ssh -G reads the options as ssh will: grouped flags, -o Local/DynamicForward, brackets;
+    remote forwards and unix sockets open no local port."""
+    plan = connect.plan_ssh(["-F", "/dev/null", "-NL", "8888:localhost:80",
+                             "-o", "LocalForward=9999 h:1", "-oDynamicForward=1080",
+                             "-D", "[::1]:1081", "-L", "*:7000:h:1", "-L", "0.0.0.0:7001:h:2",
+                             "-L127.0.0.1:7003:h:1", "-L", "/tmp/s:h:3", "-R", "5:h:6",
+                             "-o", "RemoteForward 6 h:7", "-p", "2222"], "x.training.sagemaker")
+    assert plan.port == 2222
+    assert sorted(plan.listeners) == sorted([
+        ("localhost", 8888), ("localhost", 9999), ("localhost", 1080), ("::1", 1081),
+        ("*", 7000), ("0.0.0.0", 7001), ("127.0.0.1", 7003)])
+    gateway = connect.plan_ssh(["-F", "/dev/null", "-g", "-L", "8888:h:1"], "x")
+    assert gateway.listeners == (("*", 8888),)
+
+
+@needs_ssh
+@pytest.mark.parametrize("options, needle", [
+    (["-p", "99999"], "Bad port '99999'"),
+    (["-L", "99999:h:1"], "Bad local forwarding specification '99999:h:1'"),
+    (["-o", "LocalForward=8888:h:1"], "Missing target argument"),
+])
+def test_options_ssh_rejects_fail_before_any_aws_call(
+        options: List[str], needle: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("PATH", f"{PLUGIN_DIR}:{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    assert sm_ssh.main(["connect", "j.training.sagemaker", *options, "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sm-ssh: ssh rejects the options " in err and needle in err
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@needs_ssh
+@pytest.mark.parametrize("family, address", [
+    (socket.AF_INET, "127.0.0.1"),
+    pytest.param(socket.AF_INET6, "::1", marks=pytest.mark.skipif(
+        not _ipv6_loopback(), reason="no IPv6 loopback")),
+])
+@pytest.mark.parametrize("spelling", [["-NL", "{port}:localhost:80"],
+                                      ["-o", "LocalForward={port} localhost:80"],
+                                      ["-D", "localhost:{port}"]])
+def test_busy_local_port_is_refused_before_anything_else(
+        family: int, address: str, spelling: List[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Either loopback family taken is refused: ssh would listen on the other one only and
+    localhost:<port> would reach the squatter."""
+    monkeypatch.setenv("PATH", f"{PLUGIN_DIR}:{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    with socket.socket(family) as busy:
+        if family == socket.AF_INET6:
+            busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        busy.bind((address, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert sm_ssh.main(["connect", "j.training.sagemaker", "-N",
-                            "-L", f"{port}:localhost:80"]) == 2
+        options = [arg.format(port=port) for arg in spelling]
+        assert sm_ssh.main(["connect", "j.training.sagemaker", "-F", "/dev/null", *options]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"local port {port} (127.0.0.1) is not available" in err
+    assert err.count("\n") == 1 and f"local port {port} ({address}) is not available" in err
+
+
+def test_log_echo_shows_lines_while_ssh_runs_and_holds_the_last_ones(tmp_path: Path) -> None:
+    log = tmp_path / "ssh.log"
+    log.write_text("")
+    out = io.StringIO()
+    echo = connect.LogEcho(log, out=out, hold=0.2, interval=0.05)
+    with open(log, "a") as f:
+        f.write("channel 2: open failed: connect failed: Connection refused\n")
+        f.flush()
+        deadline = time.monotonic() + 10
+        while "open failed" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.getvalue() == "channel 2: open failed: connect failed: Connection refused\n"
+        f.write("root@x: Permission denied (publickey).\npartial")
+    assert echo.stop() == "root@x: Permission denied (publickey).\npartial\n"
+    assert "Permission denied" not in out.getvalue()
 
 
 # -- picking one instance --------------------------------------------------------------------------
@@ -328,7 +412,9 @@ def test_client_marker_is_stable_per_key_path(tmp_path: Path) -> None:
 # -- the authorized_keys script, run with sh on a temporary file --------------------------------
 def _push(tmp_path: Path, key: str, marker: str) -> str:
     script = keys.authorized_keys_script(key, marker, path=str(tmp_path / "etc" / "ak"),
-                                         host_keys_glob=f"{tmp_path}/host_*_key.pub")
+                                         host_keys_glob=f"{tmp_path}/host_*_key.pub",
+                                         sshd_pid_file=f"{tmp_path}/none.pid",
+                                         configured=f"{tmp_path}/not-configured")
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     return done.stdout
 
@@ -356,7 +442,8 @@ def test_authorized_keys_concurrent_pushes_lose_nobody(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     procs = [subprocess.Popen(["sh", "-c", keys.authorized_keys_script(
         f"ssh-ed25519 AAAA{i}", f"sm-ssh:c{i}", path=str(tmp_path / "etc" / "ak"),
-        host_keys_glob=f"{tmp_path}/none*")], stdout=subprocess.DEVNULL) for i in range(8)]
+        host_keys_glob=f"{tmp_path}/none*", sshd_pid_file=f"{tmp_path}/none.pid",
+        configured=f"{tmp_path}/not-configured")], stdout=subprocess.DEVNULL) for i in range(8)]
     assert [p.wait() for p in procs] == [0] * 8
     lines = (tmp_path / "etc" / "ak").read_text().splitlines()
     assert sorted(lines) == sorted(f"ssh-ed25519 AAAA{i} sm-ssh:c{i}" for i in range(8))

@@ -197,14 +197,23 @@ bash "$PKG/sm-init-ssm" >"$R/out" 2>"$R/err"
 def test_registration_failures_are_one_line(container: Container) -> None:
     proc = container.run(r'''
 start_aws
-AWS_REGION=eu-west-1 bash "$PKG/sm-init-ssm" >"$R/out" 2>"$R/err" || echo "rc=$?"
+AWS_REGION=eu-west-1 SM_SSH_FAILURE_FILE="$R/failed" \
+  bash "$PKG/sm-init-ssm" >"$R/out" 2>"$R/err" || echo "rc=$?"
 PATH=/usr/bin:/bin bash "$PKG/sm-init-ssm" 2>"$R/err-no-agent" || echo "rc=$?"
+SSH_OWNER_TAG=$'AIDAOWNER:alice\nmallory' bash "$PKG/sm-init-ssm" 2>"$R/err-owner" || echo "rc=$?"
 ''', env=processing_env(container))
-    assert proc.stdout.splitlines() == ["rc=1", "rc=1"], container.report(proc)
+    assert proc.stdout.splitlines() == ["rc=1", "rc=1", "rc=2"], container.report(proc)
     last = (container.root / "err").read_text().strip().splitlines()[-1]
     assert last.startswith("sm-init-ssm: amazon-ssm-agent -register failed (exit 1): "
                            "Registration failed")
     assert (container.root / "out").read_text() == ""
+    # the reason is kept for sm-wait; no activation is left usable
+    assert (container.root / "failed").read_text() == last[len("sm-init-ssm: "):] + "\n"
+    assert container.ssm_state()["activations"] == []
+    assert (container.root / "err-owner").read_text() == (
+        "sm-init-ssm: SSH_OWNER_TAG holds characters an SSM tag cannot: '\\n' in "
+        "'AIDAOWNER:alice\\nmallory'; set it to your AWS user ID (e.g. the wrapper's "
+        "local_user_id)\n")
     assert (container.root / "err-no-agent").read_text().strip().splitlines()[-1] == (
         "sm-init-ssm: amazon-ssm-agent not found on PATH: run `sm-setup-ssh configure` first "
         "(or install the SSM agent in the image)")

@@ -70,22 +70,28 @@ def test_usage(container: Container) -> None:
 bash "$PKG/sm-setup-ssh" --help
 bash "$PKG/sm-setup-ssh" frobnicate || echo "rc=$?"
 ''')
-    assert proc.stdout.splitlines()[0] == \
-        "sm-setup-ssh [configure|start-ssh]: start sshd and the SSM agent in a SageMaker container."
+    assert proc.stdout.splitlines()[0] == ("sm-setup-ssh [configure|start-ssh|start-sshd]: start "
+                                           "sshd and the SSM agent in a SageMaker container.")
     assert proc.stdout.splitlines()[-1] == "rc=2"
-    assert proc.stderr == \
-        "sm-setup-ssh: unknown argument 'frobnicate'; usage: sm-setup-ssh [configure|start-ssh]\n"
+    assert proc.stderr == ("sm-setup-ssh: unknown argument 'frobnicate'; usage: sm-setup-ssh "
+                           "[configure|start-ssh|start-sshd]\n")
 
 
 def test_configure_writes_a_config_sshd_accepts_once(container: Container,
                                                      host_untouched: None) -> None:
+    """configure (e.g. in a Dockerfile) leaves no host keys behind, not even the image's: every
+    container makes its own when SSH starts."""
     proc = container.run(r'''
+rm -f /etc/ssh/ssh_host_ed25519_key*  # (the overlay's, not the host's)
+mkdir -p /etc/ssh && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key  # "baked"
 bash "$PKG/sm-setup-ssh" configure 2>"$R/first"
 bash "$PKG/sm-setup-ssh" configure 2>"$R/second"
-/usr/sbin/sshd -t -f /etc/ssh/sshd_config && echo "sshd accepts it"
+echo "host keys: $(find /etc/ssh -name 'ssh_host_*' | wc -l)"
+ssh-keygen -q -t ed25519 -N '' -f /tmp/k
+/usr/sbin/sshd -t -f /etc/ssh/sshd_config -h /tmp/k && echo "sshd accepts it"
 test -f /opt/sagemaker-ssh-helper/.ssh-configured && echo "marker written"
 ''')
-    assert proc.stdout.splitlines() == ["sshd accepts it", "marker written"], \
+    assert proc.stdout.splitlines() == ["host keys: 0", "sshd accepts it", "marker written"], \
         container.report(proc)
     config = container.host_path("/etc/ssh/sshd_config").read_text()
     for line in ("PermitRootLogin prohibit-password", "PasswordAuthentication no",
@@ -281,8 +287,84 @@ bash "$PKG/sm-setup-ssh" start-ssh || echo "rc=$?"
     assert proc.stdout.splitlines() == ["agent daemon exiting"] * 3 + ["rc=1"], \
         container.report(proc)
     log = [line for line in proc.stderr.splitlines() if line.startswith("sm-setup-ssh: ")]
-    assert log[-3:] == [
+    [instance] = container.ssm_state()["instances"]
+    assert log[-4:] == [
         "sm-setup-ssh: amazon-ssm-agent exited with code 3; restarting in 1 s (1 of 2)",
         "sm-setup-ssh: amazon-ssm-agent exited with code 3; restarting in 2 s (2 of 2)",
         "sm-setup-ssh: ERROR: amazon-ssm-agent exited 2 times in a row (last code 3); giving up",
+        f"sm-setup-ssh: deregistered {instance['instance_id']} from SSM",
     ]
+    assert instance["deregistered"]  # an instance nobody can reach is not left registered
+    # sm-wait lets the job go on (after a short grace) instead of holding it
+    assert container.host_path("/opt/sagemaker-ssh-helper/setup-failed").read_text() == \
+        "amazon-ssm-agent exited 2 times in a row (last code 3)\n"
+
+
+def test_stopped_or_killed_jobs_deregister_and_sshd_is_kept_running(container: Container) -> None:
+    """SIGTERM (StopTrainingJob) skips Python's atexit: the setup's owner deregisters on the
+    signal. A killed owner is noticed by the setup's watchdog, which also restarts sshd."""
+    env = training_env(container)
+    proc = container.run(r'''
+start_aws
+state=/opt/sagemaker-ssh-helper
+boot='import sagemaker_ssh_helper as s; s.setup_and_start_ssh(); print("released", flush=True)'
+sshd_pid() { cat /run/sshd.pid 2>/dev/null; }
+"$PY" -c "$boot" >"$R/setup1" 2>&1 & p1=$!
+wait_for 90 test -s "$state/mi-id"
+cp "$state/mi-id" "$R/mi1"
+wait_for 30 test -s /run/sshd.pid
+old="$(sshd_pid)"; kill "$old"
+wait_for 20 bash -c 'p="$(cat /run/sshd.pid 2>/dev/null)"; [[ -n "$p" && "$p" != '"$old"' ]] &&
+                     kill -0 "$p"'
+echo "sshd restarted"
+kill -TERM "$p1"
+wait "$p1" || echo "owner ended by signal $(($? - 128))"
+wait_for 30 bash -c '! pgrep -f "sm-setup-ssh start-ss[h]" >/dev/null'  # the watchdog ends it
+"$PY" -c "$boot" >"$R/setup2" 2>&1 & p2=$!
+wait_for 90 bash -c 'test -s '"$state"'/mi-id && ! cmp -s '"$state"'/mi-id "$R/mi1"'
+cp "$state/mi-id" "$R/mi2"
+kill -KILL "$p2"
+wait "$p2" || echo "owner ended by signal $(($? - 128))"
+wait_for 30 bash -c '! test -e '"$state"'/mi-id'
+echo "mi-id removed"
+''', env=env, timeout=240)
+    assert proc.stdout.splitlines() == ["sshd restarted", "owner ended by signal 15",
+                                        "owner ended by signal 9", "mi-id removed"], \
+        container.report(proc)
+    first, second = ((container.root / name).read_text().strip() for name in ("mi1", "mi2"))
+    instances = {i["instance_id"]: i for i in container.ssm_state()["instances"]}
+    assert instances[first]["deregistered"] and instances[second]["deregistered"]
+    setup1, setup2 = ((container.root / name).read_text() for name in ("setup1", "setup2"))
+    assert f"deregistered {first} from SSM" in setup1 and "released" not in setup1
+    assert "sm-setup-ssh: sshd started" in setup1  # by the watchdog, after the kill
+    assert "the process that started the SSH setup" in setup2
+    assert f"sm-setup-ssh: deregistered {second} from SSM" in setup2
+
+
+def test_the_key_push_starts_sshd_with_keys_of_its_own(container: Container) -> None:
+    """With sshd not running, the key push (SendCommand) starts it through `sm-setup-ssh
+    start-sshd`, which makes host keys first; ssh then meets exactly the keys reported."""
+    from sagemaker_ssh_helper import keys
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(container.root / "key")], check=True)
+    line = (container.root / "key.pub").read_text().strip()
+    (container.root / "push.sh").write_text(keys.authorized_keys_script(line, "sm-ssh:test"))
+    proc = container.run(r'''
+bash "$PKG/sm-setup-ssh" configure 2>/dev/null
+ln -s "$PKG/sm-setup-ssh" /usr/local/bin/sm-setup-ssh  # as `sm-setup-ssh` installs itself
+export PATH="/usr/local/bin:$PATH"
+sh "$R/push.sh" >"$R/push1" 2>"$R/push1.err"
+sh "$R/push.sh" >"$R/push2" 2>"$R/push2.err"
+sed -n '/host keys/,$p' "$R/push1" | grep -v -- --- | sed 's/^/127.0.0.1 /' >"$R/known"
+ssh -i "$R/key" -o UserKnownHostsFile="$R/known" -o StrictHostKeyChecking=yes \
+  -o BatchMode=yes -o LogLevel=ERROR root@127.0.0.1 'echo logged in'
+''', env=container.env(), timeout=120)
+    assert proc.stdout.splitlines() == ["logged in"], container.report(proc)
+    first, second = ((container.root / name).read_text() for name in ("push1", "push2"))
+    assert keys.SSHD_STARTED in first and keys.SSHD_STARTED not in second
+    reported = keys.parse_host_keys(first)
+    assert reported == keys.parse_host_keys(second)
+    assert sorted(t for t, _ in reported) == ["ecdsa-sha2-nistp256", "ssh-ed25519"]
+    host = {tuple(p.read_text().split()[:2]) for p in Path("/etc/ssh").glob("ssh_host_*.pub")}
+    assert not host & set(reported)  # not the machine's keys

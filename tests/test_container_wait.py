@@ -57,6 +57,28 @@ def test_stops_when_the_file_appears(tmp_path: Path) -> None:
     assert len(lines) == 3  # progress at 0 s and 10 s
 
 
+def test_a_failed_setup_releases_the_job_after_a_short_grace(tmp_path: Path) -> None:
+    clock, failed = FakeClock(1000.0), tmp_path / "setup-failed"
+    lines: List[str] = []
+
+    def sleep(s: float) -> None:
+        clock.sleep(s)
+        if clock.now >= 1012:
+            failed.write_text("sm-init-ssm: access denied for ssm:CreateActivation\n")
+
+    result = wait.wait(600, tmp_path / "stopped", clock=clock, sleep=sleep,
+                       status=lambda: "SSM agent not started yet", out=lines.append,
+                       failure=lambda: wait.setup_failure(failed))
+    assert result == "failed"
+    assert clock.now == 1012.0 + wait.FAILED_GRACE
+    assert lines[-2:] == [
+        "sm-wait: SSH setup failed: sm-init-ssm: access denied for ssm:CreateActivation; "
+        f"nobody can connect, so the job continues in {wait.FAILED_GRACE:.0f} s",
+        "sm-wait: SSH setup failed, continuing"]
+    assert len(lines) == 4  # progress at 0 s and 10 s, then the failure
+    assert max(clock.sleeps) <= wait.POLL_INTERVAL and min(clock.sleeps) > 0
+
+
 def test_zero_returns_at_once(tmp_path: Path) -> None:
     clock = FakeClock(1000.0)
     assert run_wait(0, tmp_path / "stopped", clock) == ("timeout", [])

@@ -44,7 +44,8 @@ NODES = E2E + "test_each_node_of_a_two_node_job"
 CONFIG = E2E + "test_plain_ssh_through_the_generated_config"
 IDE = E2E + "test_proxy_commands_for_ides"
 KIND_SCRIPT = E2E + "test_sm_local_ssh_training_connect_run_command_and_stop_waiting"
-RELEASE = E2E + "test_sm_wait_stop_and_pkill_sm_wait_release_each_node_and_the_job_completes"
+RELEASE = "test_sandbox_journey_e2e.py::test_two_node_job_registers_one_instance_per_node"
+STOP_WAITING = E2E + "test_stop_waiting_and_pkill_sm_wait_release_the_nodes_and_the_job_completes"
 SANDBOX_DOWN = "test_sandbox_infra_e2e.py::test_down_leaves_no_processes_mounts_or_host_files"
 DEREGISTER = "test_admin_deregister.py::test_preapproved_removes_only_stale_ssh_helper_instances"
 CONFIGURE = "test_client_configure.py::"
@@ -80,6 +81,7 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
         "test_transform_job_is_held_for_ssh_then_released_and_completes",),
     "sm-ssh start-proxy [training] --port": (
         CONFIG, "test_client_e2e.py::test_ssh_through_the_generated_config"),
+    "sm-ssh stop-waiting": (STOP_WAITING,),
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
@@ -195,7 +197,8 @@ def subcommands(program: str) -> Set[str]:
         return set(_choices(sm_local.build_kind_parser(program, program[len("sm-local-ssh-"):])))
     if program == "sm-ssh-ide":
         return ide_subcommands()
-    return {"sm-wait": {"stop", "list"}, "sm-setup-ssh": {"configure", "start-ssh"}}.get(
+    return {"sm-wait": {"stop", "list"},
+            "sm-setup-ssh": {"configure", "start-ssh", "start-sshd"}}.get(
         program, set())
 
 

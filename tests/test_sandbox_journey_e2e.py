@@ -2,18 +2,22 @@
 
 - ``sm-ssh sandbox demo`` succeeds and prints every phase with its time;
 - a 2-node training job registers one managed instance per node, each tagged for the job;
-- a job whose entry point fails after SSH setup ends Failed and its instance is deregistered.
+- a job whose entry point fails after SSH setup ends Failed and its instance is deregistered;
+- a job stopped with StopTrainingJob (SIGTERM) deregisters its instance too;
+- a job whose registration fails says why and goes on instead of waiting the whole time.
 
 Jobs are launched by unchanged user launch scripts through the SageMaker SDK v2 and
 ``SSHEstimatorWrapper``; the test talks to them only through ``sm-ssh`` and the AWS APIs.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -145,6 +149,49 @@ def test_two_node_job_registers_one_instance_per_node(sandbox: Sandbox, client_e
     release(client_env, job, "--node", "algo-1")
     release(client_env, job, "--node", "algo-2")
     assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
+
+
+def deregistered(sandbox: Sandbox, instance_id: str, timeout: float = 60) -> bool:
+    ssm = sandbox.client("ssm")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not ssm.describe_instance_information(
+                Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
+        )["InstanceInformationList"]:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_stopped_job_deregisters_its_instance(sandbox: Sandbox, client_env: Dict[str, str],
+                                                tmp_path: Path) -> None:
+    """StopTrainingJob sends SIGTERM, and Python skips atexit on it."""
+    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "stopped", 1)
+    (instance_id,) = online_instances(sandbox, job, 1)
+    sandbox.client("sagemaker").stop_training_job(TrainingJobName=job)
+    assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Stopped"
+    assert deregistered(sandbox, instance_id), f"{instance_id} is still registered"
+    assert f"deregistered {instance_id} from SSM" in sandbox.container_log(job)
+
+
+def test_a_failed_registration_says_why_and_the_job_goes_on(
+        sandbox: Sandbox, client_env: Dict[str, str], tmp_path: Path) -> None:
+    ssm = sandbox.client("ssm")
+    activations_before = len(ssm.describe_activations()["ActivationList"])
+    request = urllib.request.Request(
+        f"{client_env['AWS_ENDPOINT_URL_SSM']}/_sandbox/faults", method="POST",
+        data=json.dumps({"operation": "RegisterManagedInstance",
+                         "error_code": "AccessDeniedException", "count": 1}).encode())
+    urllib.request.urlopen(request, timeout=10).close()
+    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "no-ssm", 1)  # waits up to 600 s
+    described = sandbox.wait_for_job(job, timeout=180)
+    assert described["TrainingJobStatus"] == "Completed"
+    log = sandbox.container_log(job)
+    assert re.search(r"sm-wait: SSH setup failed: amazon-ssm-agent -register failed \(exit 1\)"
+                     r".*; nobody can connect, so the job continues in \d+ s", log), log
+    assert "released" in log
+    # the activation whose code was handed to the agent is not left valid for 24 hours
+    assert len(ssm.describe_activations()["ActivationList"]) == activations_before
 
 
 def test_failing_job_ends_failed_and_deregisters_its_instance(

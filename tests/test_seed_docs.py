@@ -23,7 +23,8 @@ CONNECT = E2E + "test_connect_returns_the_commands_output_and_exit_code"
 FORWARD = E2E + "test_local_and_remote_forwarding_carry_data_both_ways"
 CONFIG = E2E + "test_plain_ssh_through_the_generated_config"
 TEMPLATE = "test_client_scripts.py::test_sm_ssh_config_is_the_template"
-RELEASE = E2E + "test_sm_wait_stop_and_pkill_sm_wait_release_each_node_and_the_job_completes"
+RELEASE = "test_sandbox_journey_e2e.py::test_two_node_job_registers_one_instance_per_node"
+PKILL = E2E + "test_stop_waiting_and_pkill_sm_wait_release_the_nodes_and_the_job_completes"
 KIND_SCRIPT = E2E + "test_sm_local_ssh_training_connect_run_command_and_stop_waiting"
 METHOD_A = (E2E + "test_aws_ssm_start_session_gives_a_shell_in_the_job",
             "test_sandbox_ssm_session.py::test_aws_cli_start_session_shell_and_ssh_document")
@@ -86,7 +87,7 @@ RULES: List[Tuple[str, object]] = [
      "faq:`AWS_REGION=eu-west-2 AWS_DEFAULT_REGION=eu-west-2 sm-ssh"),
     (r"^export SSH_AUTHORIZED_KEYS_PATH=", "faq:`export SSH_AUTHORIZED_KEYS_PATH="),
     # -- in the container
-    (r"^sm-wait stop$|^pkill sm-wait$", (RELEASE,)),
+    (r"^sm-wait stop$|^pkill sm-wait$", (RELEASE, PKILL)),
     (r"^ps xfa \| grep sshd$|^tail /var/log/amazon/ssm/\*\.log && date$|^find / -name",
      "faq:`ps xfa \\| grep sshd`"),
     (r"^setfacl |^su sagemaker-user$|^cd \$HOME$|^git clone (\.\.\.|git@)",
@@ -206,7 +207,7 @@ def test_rules_cover_the_documented_flows_by_kind() -> None:
     """The issue's named flows each map to their test (a guard against loosened rules)."""
     by_line: Dict[str, object] = {
         "aws ssm start-session --target mi-1234567890abcdef0": METHOD_A,
-        "pkill sm-wait": (RELEASE,),
+        "pkill sm-wait": (RELEASE, PKILL),
         "Host sagemaker-training": (QUICK,),
         "sm-local-ssh-ide <<kernel_gateway_app_name>>": (JB,),
         "pip install sagemaker-ssh-helper": "faq:`pip install sagemaker-ssh-helper`",

@@ -277,6 +277,29 @@ def test_connect_by_app_name_only(configured: Studio) -> None:
     assert done.stdout.strip().splitlines()[-1] == "sagemaker-user"
 
 
+def test_what_cannot_come_fails_in_seconds(configured: Studio, tmp_path: Path) -> None:
+    """A mistyped app, in any FQDN form or through a saved domain without a user profile,
+    fails at once with the hint (the wait would be 900 s); the saved domain finds the app's
+    space by itself."""
+    domain = configured.domain
+    for fqdn, needle in ((f"defualt.sp1.{domain}.studio.sagemaker",
+                          f"no SageMaker Studio app defualt of sp1 in domain {domain} in "),
+                         ("defualt.studio.sagemaker", "no SageMaker Studio app defualt in ")):
+        done = run(sm_ssh("connect", fqdn, "--wait", "900", "--", "true"), configured.env,
+                   timeout=60)
+        assert (done.returncode, done.stdout) == (3, ""), done.stderr
+        assert done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
+    (tmp_path / ".sm-studio-domain-id").write_text(f"{domain}\n")  # and no user profile
+    env = dict(configured.env, HOME=str(tmp_path))
+    ide = ["bash", str(PACKAGE / "sm-local-ssh-ide")]
+    done = run([*ide, "connect", "defualt", "--wait", "900"], env, timeout=60)
+    assert (done.returncode, done.stderr.count("\n")) == (3, 1), done.stderr
+    assert f"no running Studio app defualt in domain {domain} " in done.stderr
+    done = run([*ide, "connect", "default", "--ssh-only", "--local-port", str(free_port()),
+                "--", "id", "-un"], env)
+    assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, [APP_USER]), done.stderr
+
+
 def test_list_one_space_of_a_domain(configured: Studio) -> None:
     done = run(sm_ssh("list", f"sp1.{configured.domain}.studio.sagemaker"), configured.env)
     assert done.returncode == 0, done.stderr[-3000:]

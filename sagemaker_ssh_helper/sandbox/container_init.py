@@ -5,7 +5,9 @@ Given a JSON spec written by :mod:`sagemaker_ssh_helper.sandbox.container`, it
 1. sets the UTS hostname (``algo-N``) and brings up ``lo`` in the fresh network namespace;
 2. gives the container a private filesystem view: an overlay over each of /etc, /opt,
    /usr/local, /var, /home, /run (lower = the host directory, upper/work in the container's
-   directory) so writes never reach the host; fresh, empty /tmp and /root (bind mounts of
+   directory) so writes never reach the host, and without the host's SSH host keys (a
+   container never sees or reuses the machine's: its sshd makes keys of its own); fresh,
+   empty /tmp and /root (bind mounts of
    directories of the container); /opt/ml; a fresh tmpfs on /dev/shm; and, inside the fresh
    directories, overlays of the host directories the job needs there (the Python interpreter,
    e.g. pyenv under /root or a virtualenv under /tmp);
@@ -148,6 +150,16 @@ def _bind_mounts(spec: Dict[str, Any], paths: Paths) -> None:
     os.chmod("/tmp", 0o1777)
 
 
+def _hide_host_keys() -> None:
+    """Remove the host's SSH host keys from the container's /etc (whiteouts in its overlay;
+    the host's files stay as they are)."""
+    if not os.path.isdir("/etc/ssh"):
+        return
+    for name in os.listdir("/etc/ssh"):
+        if name.startswith("ssh_host_") and "_key" in name:
+            os.unlink(os.path.join("/etc/ssh", name))
+
+
 def _identity(hostname: str) -> None:
     socket.sethostname(hostname)
     _set_loopback_up()
@@ -176,6 +188,8 @@ def setup(spec: Dict[str, Any]) -> List[TcpToUnix]:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _identity(spec["hostname"])
     scratch = _mount_overlays(spec, paths)
+    if "/etc" in [o["target"] for o in spec.get("overlays", [])]:
+        _hide_host_keys()
     _bind_mounts(spec, paths)
     # Host directories needed inside fresh ones (the interpreter under /root or /tmp), each as
     # an overlay of the host directory so writes stay in the container.
