@@ -168,6 +168,8 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
 def admin_policy(t: Target) -> Policy:
     return _policy(
         _statement("ListManagedInstances", ["ssm:DescribeInstanceInformation"], ["*"]),
+        # activations left by registrations that failed (they expire after 24 hours)
+        _statement("ListActivations", ["ssm:DescribeActivations"], ["*"]),
         # the two tags the command selects instances by (statements are OR-ed)
         _statement("DeregisterSSHInstances", ["ssm:DeregisterManagedInstance"],
                    [t.managed_instances],
