@@ -204,7 +204,7 @@ def cmd_sandbox(rest: List[str]) -> int:
     import importlib
 
     try:
-        cli = importlib.import_module("sagemaker_ssh_helper.sandbox.cli")
+        cli = importlib.import_module("sagemaker_ssh_sandbox.cli")
     except ImportError as e:
         raise SSHHelperError("the offline sandbox is not available in this installation: "
                              f"{e} (install sagemaker-ssh-helper[sandbox])") from e

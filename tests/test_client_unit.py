@@ -176,16 +176,16 @@ def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) 
         seen.append(list(argv))
         return 7
 
-    fake = types.ModuleType("sagemaker_ssh_helper.sandbox.cli")
+    fake = types.ModuleType("sagemaker_ssh_sandbox.cli")
     fake.main = fake_main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", fake)
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_sandbox.cli", fake)
     assert sm_ssh.main(["-v", "sandbox", "up", "--state-dir", "/x", "-h", "--", "y"]) == 7
     assert seen == [["up", "--state-dir", "/x", "-h", "--", "y"]]
 
 
 def test_sandbox_missing_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", None)
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_sandbox.cli", None)
     assert sm_ssh.main(["sandbox", "status"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sandbox is not available" in err

@@ -14,7 +14,7 @@ import pytest
 
 from sagemaker_ssh_helper import redact, sm_ssh
 from sagemaker_ssh_helper.cdk import policies
-from sagemaker_ssh_helper.sandbox.iam_policy import (
+from sagemaker_ssh_sandbox.iam.policy import (
     ALLOW,
     EXPLICIT_DENY,
     IMPLICIT_DENY,
@@ -222,7 +222,7 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
 def test_log_shipper_delivers_every_line(moto_url: str) -> None:
     """Debug output has blank lines, and stdout/stderr lines reach the queue out of order:
     either made PutLogEvents refuse the whole batch, so the registration line never arrived."""
-    from sagemaker_ssh_helper.sandbox.cwlogs import LogShipper
+    from sagemaker_ssh_sandbox.sagemaker.cwlogs import LogShipper
 
     logs = boto3.client("logs", endpoint_url=moto_url)
     shipper = LogShipper(logs, interval=60)
@@ -244,7 +244,7 @@ def test_log_shipper_delivers_every_line(moto_url: str) -> None:
 
 # -- regions -------------------------------------------------------------------------------------
 def test_ssm_stand_in_keeps_regions_apart() -> None:
-    from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+    from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
     with start_ssm_server(region="us-east-1") as server:
         server.backend.add_fake_instances(1, tags={"SSHResourceName": "job"})
