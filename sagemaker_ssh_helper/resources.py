@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError
 
 logger = logging.getLogger(__name__)
@@ -187,7 +186,7 @@ def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
         except Exception as e:  # one kind failing (permissions) must not hide the others
             op = "ListApps" if rk.kind == "studio" else _camel(APIS[rk.kind].list_op)
             why = " ".join(str(aws.explain(e, f"sagemaker:{op}")).split())
-            print(f"sm-ssh: skipping {rk.description}s: {why[:200]}", file=sys.stderr)
+            cli.progress(f"sm-ssh: skipping {rk.description}s: {why[:200]}")
     for key, instances in by_arn.items():  # SSH instances of resources not listed above
         rk_ = fqdn.kind_for_arn_type(key.split("/", 1)[0])
         name = instances[0].resource_name or key.rsplit("/", 1)[-1]

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError
 
 logger = logging.getLogger(__name__)
@@ -225,8 +224,8 @@ class Verifier:
         one-line error says how to go on when none is left."""
         verified, rejected = split([i for i in found if i.online], self.evidence, self.target)
         for inst, why in rejected:
-            print(f"sm-ssh: ignoring {inst.label}: it claims to be {self.target.fqdn}, but {why}",
-                  file=sys.stderr, flush=True)
+            cli.progress(f"sm-ssh: ignoring {inst.label}: it claims to be {self.target.fqdn}, "
+                         f"but {why}")
         if not verified and rejected:
             inst, why = rejected[0]
             raise ResolutionError(

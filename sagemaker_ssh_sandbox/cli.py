@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_sandbox import control
 
@@ -22,11 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="sm-ssh sandbox",
         description="Offline sandbox: emulated AWS (moto + SSM stand-in) and SageMaker jobs "
                     "running in Linux-namespace containers. Linux and root only.")
-    common = argparse.ArgumentParser(add_help=False)
+    common = cli.OneLineParser(add_help=False)
     common.add_argument("--state-dir", type=Path, default=None,
                         help="state directory (default: $SM_SSH_SANDBOX_DIR or ~/.sm-ssh-sandbox)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
@@ -163,19 +163,15 @@ COMMANDS = {"up": cmd_up, "env": cmd_env, "status": cmd_status, "down": cmd_down
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    debug = args.verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return COMMANDS[args.command](args)
-    except SSHHelperError as e:
-        if debug:
-            logger.exception("sandbox %s failed", args.command)
-        print(f"sm-ssh sandbox {args.command}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+    args = cli.argv_or_sys(argv)
+    named = next((a for a in args if not a.startswith("-")), None)
+    prog = "sm-ssh sandbox" + (f" {named}" if named in COMMANDS else "")
+    return cli.guarded_main(prog, lambda frame: _run(frame.parse(_parser(), args)),
+                            debug_log=False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

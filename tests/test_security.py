@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 import boto3
 import pytest
 
-from sagemaker_ssh_helper import redact, sm_ssh
+from sagemaker_ssh_helper import cli, redact
 from sagemaker_ssh_helper.cdk import policies
 from sagemaker_ssh_sandbox.iam.policy import (
     ALLOW,
@@ -187,7 +187,7 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("SM_SSH_DEBUG", "true")
-    monkeypatch.setattr(sm_ssh, "DEBUG_LOG_MAX_BYTES", 20_000)
+    monkeypatch.setattr(cli, "DEBUG_LOG_MAX_BYTES", 20_000)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     root.handlers = []
@@ -195,12 +195,12 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
         chatty = logging.getLogger("sagemaker_ssh_helper.test_security")
         chatty.setLevel(logging.NOTSET)  # whatever earlier tests set: the root level decides
 
-        def body(flags: Dict[str, bool]) -> int:
+        def body(frame: cli.Command) -> int:
             for i in range(300):
                 chatty.debug("line %d %s", i, BOTOCORE_DEBUG[1])
             return 0
 
-        assert sm_ssh.guarded("sm-ssh", body) == 0
+        assert cli.guarded_main("sm-ssh", body) == 0
     finally:
         for handler in root.handlers:
             handler.close()
