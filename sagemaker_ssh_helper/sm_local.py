@@ -40,16 +40,17 @@ class Script:
 
 
 DEBUGGER = ("-R", "127.0.0.1:12345:127.0.0.1:12345")  # PyCharm's Debug Server, reverse
-SCRIPTS: Dict[str, Script] = {
-    "training": Script("training", DEBUGGER, "and remote port 12345 to your debug server"),
-    "processing": Script("processing", DEBUGGER, "and remote port 12345 to your debug server"),
-    "transform": Script("transform", DEBUGGER, "and remote port 12345 to your debug server"),
-    "inference": Script("inference", DEBUGGER, "and remote port 12345 to your debug server"),
-    "notebook": Script("notebook", (), ""),
-    "ide": Script("studio", ("-L", "127.0.0.1:5901:localhost:5901",
-                             "-L", "127.0.0.1:8889:localhost:8889"), "plus VNC 5901 and "
-                                                                     "Jupyter 8889"),
+# What `connect` forwards besides sshd, per kind: the debug server for jobs and endpoints.
+EXTRA_FORWARDS: Dict[str, Tuple[Tuple[str, ...], str]] = {
+    "notebook": ((), ""),
+    "studio": (("-L", "127.0.0.1:5901:localhost:5901", "-L", "127.0.0.1:8889:localhost:8889"),
+               "plus VNC 5901 and Jupyter 8889"),
 }
+# sm-local-ssh-<script> for every kind of the table (sm-local-ssh-ide: Studio apps)
+SCRIPTS: Dict[str, Script] = {
+    rk.script: Script(rk.kind, *EXTRA_FORWARDS.get(
+        rk.kind, (DEBUGGER, "and remote port 12345 to your debug server")))
+    for rk in fqdn.RESOURCE_KINDS}
 STUDIO_FILES = {"domain_id": ".sm-studio-domain-id",
                 "user_profile_name": ".sm-studio-user-profile-name",
                 "jb_license_server": ".sm-jb-license-server"}
@@ -222,8 +223,8 @@ def target_for(name: str, args: argparse.Namespace, text: str) -> str:
     if text.lower().endswith(f".{fqdn.SUFFIX}"):
         target = fqdn.parse_resource(text)
         if target.kind.kind != kind:
-            script = "ide" if target.kind.kind == "studio" else target.kind.kind
-            raise UsageError(f"{text} is a {target.kind.description}: use sm-local-ssh-{script}")
+            raise UsageError(f"{text} is a {target.kind.description}: use "
+                             f"sm-local-ssh-{target.kind.script}")
         return text
     if kind != "studio":
         result = fqdn.format_fqdn(kind, text)

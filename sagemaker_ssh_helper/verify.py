@@ -35,20 +35,14 @@ logger = logging.getLogger(__name__)
 
 REGISTRATION_TEXT = "Successfully registered the instance with AWS SSM using Managed instance-id"
 REGISTRATION_RE = re.compile(re.escape(REGISTRATION_TEXT) + r": (mi-[0-9a-fA-F]+)")
-# kind -> (log group, stream name prefix); endpoints have a log group of their own
-LOG_SOURCES: Dict[str, Tuple[str, str]] = {
-    "training": ("/aws/sagemaker/TrainingJobs", "{name}/"),
-    "processing": ("/aws/sagemaker/ProcessingJobs", "{name}/"),
-    "transform": ("/aws/sagemaker/TransformJobs", "{name}/"),
-    "inference": ("/aws/sagemaker/Endpoints/{name}", ""),
-}
 MAX_PAGES = 5          # FilterLogEvents pages read at most per check
 CLOCK_SLACK = 120.0    # seconds: SSM's and SageMaker's clocks, and log timestamps
 
 
 def verifiable(target: fqdn.Target) -> bool:
     """Whether instances of ``target``'s kind can be checked against the resource's log."""
-    return target.kind.kind in LOG_SOURCES and target.name is not None
+    logs = target.kind.logs
+    return logs is not None and logs.container_output and target.name is not None
 
 
 @dataclass
@@ -75,9 +69,11 @@ class Evidence:
 
 
 def log_source(target: fqdn.Target) -> Tuple[str, str]:
-    group, prefix = LOG_SOURCES[target.kind.kind]
-    name = target.name or ""
-    return group.format(name=name), prefix.format(name=name)
+    """(log group, stream name prefix) holding ``target``'s container output."""
+    logs, name = target.kind.logs, target.name or ""
+    if logs is None or not logs.container_output:
+        raise ValueError(f"the output of a {target.kind.description} is not in CloudWatch Logs")
+    return logs.log_group(name), logs.streams(name)
 
 
 def registrations(logs: Any, target: fqdn.Target) -> Dict[str, float]:
@@ -113,7 +109,7 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
     (no permission: the log check still applies)."""
     from sagemaker_ssh_helper import resources
 
-    api = resources.APIS.get(target.kind.kind)
+    api = target.kind.api
     if api is None:
         return None, None
     try:
