@@ -56,7 +56,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "examples")),
     package_data={
-        "sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt", "sandbox/bin/*", "sandbox/pyhook/*"],
+        "sagemaker_ssh_helper": ["VERSION", "sm-*", "*.txt"],
+        "sagemaker_ssh_sandbox": ["ssm/bin/*", "sagemaker/pyhook/*"],
     },
     include_package_data=True,
     # <prefix>/sm_ssh/: where users copy the notebook from (`cp $PREFIX/sm_ssh/...ipynb`).

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session  # noqa: E402
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem  # noqa: E402
+from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = """\

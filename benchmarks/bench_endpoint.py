@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sagemaker_ssh_helper import aws  # noqa: E402
 from sagemaker_ssh_helper.manager import SSMManager  # noqa: E402
-from sagemaker_ssh_helper.sandbox import Sandbox, requirements_problem  # noqa: E402
+from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = """\

@@ -79,7 +79,7 @@ def refused() -> Tuple[float, int, str]:
 
 
 def persistent_5xx() -> Tuple[float, int, str]:
-    from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+    from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
     server = start_ssm_server(port=0)
     try:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from sagemaker_ssh_helper.manager import SSMManager  # noqa: E402
-from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server  # noqa: E402
+from sagemaker_ssh_sandbox.ssm.service import start_ssm_server  # noqa: E402
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/{}"
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from sagemaker_ssh_helper import signing
+from sagemaker_ssh_helper import cli, signing
 from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def ensure_awscli(out: Callable[[str], None]) -> None:
 
 
 def _out(message: str) -> None:
-    print(f"sm-local-configure: {message}", file=sys.stderr, flush=True)
+    cli.progress(f"sm-local-configure: {message}")
 
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
@@ -255,16 +255,17 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from sagemaker_ssh_helper import sm_ssh
-
-    parser = sm_ssh.OneLineParser(
+    parser = cli.OneLineParser(
         prog="sm-local-configure",
         description="Find session-manager-plugin and ssh; install the plugin (and the AWS "
                     "CLI v2) if missing, after verifying AWS's signatures.")
     parser.add_argument("--check", action="store_true", help="detect only; install nothing")
     parser.add_argument("--no-awscli", action="store_true",
                         help="do not install the AWS CLI v2 (sm-ssh does not need it)")
-    return sm_ssh.guarded("sm-local-configure", lambda flags: run(parser.parse_args(argv)))
+    cli.add_general_options(parser, aws=False)
+    args = cli.argv_or_sys(argv)
+    return cli.guarded_main("sm-local-configure",
+                            lambda frame: run(frame.parse(parser, args)))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence
+from typing import IO, Any, Callable, List, Optional, Sequence
 
-from sagemaker_ssh_helper import aws, redact
-from sagemaker_ssh_helper.errors import AwsError, SSHHelperError, UsageError
+from sagemaker_ssh_helper import aws, cli
+from sagemaker_ssh_helper.errors import AwsError, UsageError
 from sagemaker_ssh_helper.init_ssm import RETRY_CODES, backoff_delay
 from sagemaker_ssh_helper.manager import TAG_ARN, TAG_TIMESTAMP, ManagedInstance, SSMManager
 
@@ -197,11 +196,6 @@ def deregister(ssh_helper_instances: Sequence[str], ssm: Any = None,
     return outcome
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `{self.prog} -h`)")
-
-
 def _days(value: str) -> float:
     try:
         days = float(value)
@@ -213,7 +207,7 @@ def _days(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=(
+    parser = cli.OneLineParser(prog=PROG, description=(
         "Deregister offline SSM managed instances that SSH Helper containers registered and "
         "that have not been seen for more than N days. Instances without SSH Helper tags are "
         "never touched."))
@@ -224,10 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not ask for confirmation (for scripts and schedules)")
     parser.add_argument("--dry-run", action="store_true",
                         help="only list what would be deregistered")
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / the profile's)")
-    parser.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging and tracebacks (also SM_SSH_DEBUG=true)")
+    cli.add_general_options(parser)
     return parser
 
 
@@ -276,30 +267,13 @@ def run(args: argparse.Namespace, stdin: IO[str], out: IO[str], err: IO[str],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args_list = sys.argv[1:] if argv is None else argv
-    debug = os.environ.get("SM_SSH_DEBUG", "").lower() == "true" or \
-        any(a in ("-v", "--verbose") for a in args_list)
-    redact.basic_config(level=logging.DEBUG if debug else logging.WARNING,
-                        format=f"{PROG}: %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
-    try:
-        args = build_parser().parse_args(args_list)
+    def body(frame: cli.Command) -> int:
+        args = frame.parse(build_parser(), cli.argv_or_sys(argv))
+        for noisy in ("botocore", "boto3", "urllib3"):  # the scan's pages would bury the rest
+            logging.getLogger(noisy).setLevel(logging.INFO if frame.debug else logging.WARNING)
         return run(args, sys.stdin, sys.stdout, sys.stderr)
-    except SSHHelperError as e:
-        if debug:
-            logger.exception("failed")
-        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        return 130
-    except Exception as e:  # a malformed region or endpoint, and the unexpected
-        if debug:
-            logger.exception("failed")
-        explained = aws.explain(e, "ssm:DescribeInstanceInformation")
-        print(f"{PROG}: {' '.join(str(explained).split())}", file=sys.stderr, flush=True)
-        return explained.exit_code if isinstance(explained, SSHHelperError) else 1
+
+    return cli.guarded_main(PROG, body)
 
 
 if __name__ == "__main__":

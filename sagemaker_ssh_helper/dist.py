@@ -15,6 +15,7 @@ the notebooks and lifecycle configurations installed under ``<prefix>/sm_ssh/``.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import sys
@@ -23,6 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
 NAME = "sagemaker-ssh-helper"
@@ -156,16 +158,24 @@ def check() -> str:
     return f"{NAME} {version()}"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineParser(prog="python -m sagemaker_ssh_helper.dist",
+                               description="This package's version check and its wheel.")
+    cli.add_general_options(parser, aws=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="print the package and version; fail unless it is 3.x")
+    sub.add_parser("wheel", help="build this version's wheel into DIR").add_argument(
+        "dir", type=Path, metavar="DIR")
+    return parser
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["check"]:
-        print(check())
+    def body(frame: cli.Command) -> int:
+        args = frame.parse(build_parser(), cli.argv_or_sys(argv))
+        print(check() if args.command == "check" else build_wheel(args.dir))
         return 0
-    if len(args) == 2 and args[0] == "wheel":
-        print(build_wheel(Path(args[1])))
-        return 0
-    print("usage: python -m sagemaker_ssh_helper.dist check | wheel DIR", file=sys.stderr)
-    return 2
+
+    return cli.guarded_main("sagemaker_ssh_helper.dist", body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Domain errors: each carries a one-line, actionable message and the exit code a CLI returns."""
+"""Domain errors: each carries a one-line, actionable message and the exit code a CLI returns
+(:func:`sagemaker_ssh_helper.cli.guarded_main` prints the one and returns the other)."""
 from __future__ import annotations
 
 
@@ -29,3 +30,9 @@ class AwsError(SSHHelperError):
     """An AWS API call failed in a way the user must fix (credentials, permissions, limits)."""
 
     exit_code = 4
+
+
+class ToolMissing(SSHHelperError):
+    """A program the command runs is not installed (exit 127, as a shell reports it)."""
+
+    exit_code = 127

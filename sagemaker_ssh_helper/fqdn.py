@@ -1,7 +1,10 @@
 """The one table of SageMaker resource kinds, and the ``<name>.<kind>.sagemaker`` grammar.
 
-Everything that maps a kind to its FQDN suffix, ARN resource type or default local SSH port
-reads it from ``RESOURCE_KINDS``; nothing else repeats the mapping.
+``RESOURCE_KINDS`` is the only mapping of a kind to its FQDN label, ARN resource type, default
+local SSH port and ``sm-local-ssh-<script>``; to the SageMaker API calls that list and describe
+it and the key of its status (:class:`SageMakerApi`); and to its SageMaker console page and
+CloudWatch log group (:class:`Logs`). Everything else (``sm-ssh list``, the wrappers, the log
+lookups, the trust check, ``sm-local-ssh-*``, SSH Helper v2's interactive API) reads it here.
 
 Grammar (case of the suffixes is ignored; the resource name keeps its case):
 
@@ -22,20 +25,86 @@ from sagemaker_ssh_helper.errors import UsageError
 
 
 @dataclass(frozen=True)
+class SageMakerApi:
+    """How boto3's SageMaker client lists and describes one kind of resource."""
+
+    list_op: str       # paginated: "list_training_jobs"
+    list_key: str      # the page's list: "TrainingJobSummaries"
+    name_key: str      # the name, in the list and as Describe*'s argument: "TrainingJobName"
+    arn_key: str       # "TrainingJobArn"
+    status_key: str    # the status, in the list and in Describe*'s answer: "TrainingJobStatus"
+    describe_op: str   # "describe_training_job"
+    recent_only: bool  # jobs: list those created in the last N days only
+
+    @property
+    def list_action(self) -> str:
+        """The IAM action of ``list_op``: ``sagemaker:ListTrainingJobs``."""
+        return "sagemaker:" + "".join(word.title() for word in self.list_op.split("_"))
+
+
+@dataclass(frozen=True)
+class Logs:
+    """Where the SageMaker console and CloudWatch Logs show one kind of resource."""
+
+    console: str        # fragment of its SageMaker console page: "jobs" -> #/jobs/<name>
+    group: str          # its log group; "{name}" stands for the resource's name
+    stream_prefix: str  # its streams in the group start with this ("" = the whole group)
+    container_output: bool  # the containers' output (the SSM agent's registration line) is there
+
+    def log_group(self, name: str) -> str:
+        return self.group.format(name=name)
+
+    def streams(self, name: str) -> str:
+        return self.stream_prefix.format(name=name)
+
+
+@dataclass(frozen=True)
 class ResourceKind:
     kind: str          # FQDN label: "training"
     arn_type: str      # ARN resource type: "training-job"
-    default_port: int  # local port used by the sm-local-ssh-<kind> scripts
+    default_port: int  # local port used by the sm-local-ssh-<script> commands
     description: str
+    script: str        # sm-local-ssh-<script>; also SSH Helper v2's name of the kind
+    api: Optional[SageMakerApi] = None  # None: Studio apps (listed with ListApps per domain)
+    logs: Optional[Logs] = None         # None: Studio apps (their logs are per domain)
 
 
 RESOURCE_KINDS: tuple[ResourceKind, ...] = (
-    ResourceKind("training", "training-job", 11022, "training job"),
-    ResourceKind("processing", "processing-job", 14022, "processing job"),
-    ResourceKind("transform", "transform-job", 16022, "batch transform job"),
-    ResourceKind("inference", "endpoint", 12022, "endpoint"),
-    ResourceKind("notebook", "notebook-instance", 17022, "notebook instance"),
-    ResourceKind("studio", "app", 10022, "SageMaker Studio app"),
+    ResourceKind(
+        "training", "training-job", 11022, "training job", "training",
+        SageMakerApi("list_training_jobs", "TrainingJobSummaries", "TrainingJobName",
+                     "TrainingJobArn", "TrainingJobStatus", "describe_training_job",
+                     recent_only=True),
+        Logs("jobs", "/aws/sagemaker/TrainingJobs", "{name}/", container_output=True)),
+    ResourceKind(
+        "processing", "processing-job", 14022, "processing job", "processing",
+        SageMakerApi("list_processing_jobs", "ProcessingJobSummaries", "ProcessingJobName",
+                     "ProcessingJobArn", "ProcessingJobStatus", "describe_processing_job",
+                     recent_only=True),
+        Logs("processing-jobs", "/aws/sagemaker/ProcessingJobs", "{name}/",
+             container_output=True)),
+    ResourceKind(
+        "transform", "transform-job", 16022, "batch transform job", "transform",
+        SageMakerApi("list_transform_jobs", "TransformJobSummaries", "TransformJobName",
+                     "TransformJobArn", "TransformJobStatus", "describe_transform_job",
+                     recent_only=True),
+        Logs("transform-jobs", "/aws/sagemaker/TransformJobs", "{name}/",
+             container_output=True)),
+    ResourceKind(
+        "inference", "endpoint", 12022, "endpoint", "inference",
+        SageMakerApi("list_endpoints", "Endpoints", "EndpointName", "EndpointArn",
+                     "EndpointStatus", "describe_endpoint", recent_only=False),
+        # one log group per endpoint; its streams are "<variant>/<instance>"
+        Logs("endpoints", "/aws/sagemaker/Endpoints/{name}", "", container_output=True)),
+    ResourceKind(
+        "notebook", "notebook-instance", 17022, "notebook instance", "notebook",
+        SageMakerApi("list_notebook_instances", "NotebookInstances", "NotebookInstanceName",
+                     "NotebookInstanceArn", "NotebookInstanceStatus",
+                     "describe_notebook_instance", recent_only=False),
+        # the lifecycle configurations' output only
+        Logs("notebook-instances", "/aws/sagemaker/NotebookInstances", "{name}/",
+             container_output=False)),
+    ResourceKind("studio", "app", 10022, "SageMaker Studio app", "ide"),
 )
 SUFFIX = "sagemaker"
 _BY_KIND = {k.kind: k for k in RESOURCE_KINDS}
@@ -54,6 +123,12 @@ def kind(name: str) -> ResourceKind:
 
 def kind_for_arn_type(arn_type: str) -> Optional[ResourceKind]:
     return _BY_ARN_TYPE.get(arn_type)
+
+
+def arn_key(arn: str) -> str:
+    """The resource part of an ARN, lowercased as SageMaker writes names in ARNs
+    (``training-job/my-job``): what SSH instances and resources are matched on."""
+    return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
 
 
 @dataclass(frozen=True)

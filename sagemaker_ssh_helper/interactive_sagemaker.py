@@ -16,17 +16,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.ide import IDEAppStatus
 from sagemaker_ssh_helper.manager import TAG_ARN, TAG_OWNER, TAG_TIMESTAMP, SSMManager
 
 JOB_DAYS = 30
 Instances = Dict[str, Dict[str, str]]
-
-
-def _arn_key(arn: str) -> str:
-    """The resource part of an ARN, lowercased (SageMaker lowercases names in ARNs)."""
-    return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
 
 
 class SageMakerCoreApp:
@@ -93,8 +88,7 @@ class SageMakerStudioApp(SageMakerCoreApp):
 
 
 class _NamedResource(SageMakerCoreApp):
-    arn_type = ""
-    kind = ""
+    kind = ""  # the fqdn kind: its ARN type and list call come from the kinds' table
 
     def __init__(self, name: str, status: str) -> None:
         super().__init__()
@@ -103,17 +97,17 @@ class _NamedResource(SageMakerCoreApp):
         self.resource_type = self.kind
 
     def arn_key(self) -> str:
-        return f"{self.arn_type}/{self._name}".lower()
+        return f"{fqdn.kind(self.kind).arn_type}/{self._name}".lower()
 
     def status(self) -> str:
         return self._status
 
     def fqdn(self) -> str:
-        return f"{self._name}.{self.kind}.sagemaker"
+        return fqdn.format_fqdn(self.kind, self._name)
 
 
 class SageMakerEndpoint(_NamedResource):
-    label, arn_type, kind = "InferenceEndpoint", "endpoint", "inference"
+    label, kind = "InferenceEndpoint", "inference"
 
     def __init__(self, name: str, endpoint_status: str) -> None:
         super().__init__(name, endpoint_status)
@@ -122,7 +116,7 @@ class SageMakerEndpoint(_NamedResource):
 
 
 class SageMakerTrainingJob(_NamedResource):
-    label, arn_type, kind = "TrainingJob", "training-job", "training"
+    label, kind = "TrainingJob", "training"
 
     def __init__(self, training_job_name: str, training_job_status: str) -> None:
         super().__init__(training_job_name, training_job_status)
@@ -131,7 +125,7 @@ class SageMakerTrainingJob(_NamedResource):
 
 
 class SageMakerProcessingJob(_NamedResource):
-    label, arn_type, kind = "ProcessingJob", "processing-job", "processing"
+    label, kind = "ProcessingJob", "processing"
 
     def __init__(self, processing_job_name: str, processing_job_status: str) -> None:
         super().__init__(processing_job_name, processing_job_status)
@@ -140,7 +134,7 @@ class SageMakerProcessingJob(_NamedResource):
 
 
 class SageMakerNotebookInstance(_NamedResource):
-    label, arn_type, kind = "NotebookInstance", "notebook-instance", "notebook"
+    label, kind = "NotebookInstance", "notebook"
 
     def __init__(self, name: str, status: str) -> None:
         super().__init__(name, status)
@@ -148,7 +142,7 @@ class SageMakerNotebookInstance(_NamedResource):
 
 
 class SageMakerTransformJob(_NamedResource):
-    label, arn_type, kind = "TransformJob", "transform-job", "transform"
+    label, kind = "TransformJob", "transform"
 
     def __init__(self, transform_job_name: str, transform_job_status: str) -> None:
         super().__init__(transform_job_name, transform_job_status)
@@ -164,51 +158,58 @@ class SageMaker:
         self.region = region or aws.session_region(self.session)
         self.sagemaker_client = aws.client(self.session, "sagemaker", self.region)
 
-    def _pages(self, operation: str, key: str, recent: bool = False) -> Iterator[Dict[str, Any]]:
+    def _pages(self, api: fqdn.SageMakerApi) -> Iterator[Dict[str, Any]]:
         kwargs: Dict[str, Any] = {}
-        if recent:
+        if api.recent_only:
             kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=JOB_DAYS)
-        paginator = self.sagemaker_client.get_paginator(operation)
+        paginator = self.sagemaker_client.get_paginator(api.list_op)
         try:
             for page in paginator.paginate(**kwargs):
-                yield from page.get(key, [])
+                yield from page.get(api.list_key, [])
         except Exception as e:
-            raise aws.explain(e, "sagemaker:" + "".join(
-                w.title() for w in operation.split("_"))) from e
+            raise aws.explain(e, api.list_action) from e
+
+    def _list(self, record: Any) -> List[Any]:
+        """Every resource of ``record``'s kind as a ``record`` (name and status)."""
+        api = fqdn.kind(record.kind).api
+        assert api is not None
+        return [record(item[api.name_key], item[api.status_key]) for item in self._pages(api)]
 
     def list_ide_apps(self) -> List[SageMakerStudioApp]:
         """Studio apps of every user profile and space (their status comes with the list)."""
         return [SageMakerStudioApp(app["DomainId"], app.get("UserProfileName"), app["AppName"],
                                    app["AppType"], IDEAppStatus(str(app.get("Status", ""))),
                                    space_name=app.get("SpaceName"))
-                for app in self._pages("list_apps", "Apps")]
+                for app in self._apps()]
+
+    def _apps(self) -> Iterator[Dict[str, Any]]:
+        try:
+            for page in self.sagemaker_client.get_paginator("list_apps").paginate():
+                yield from page.get("Apps", [])
+        except Exception as e:
+            raise aws.explain(e, "sagemaker:ListApps") from e
 
     def list_endpoints(self) -> List[SageMakerEndpoint]:
-        return [SageMakerEndpoint(e["EndpointName"], e["EndpointStatus"])
-                for e in self._pages("list_endpoints", "Endpoints")]
+        return self._list(SageMakerEndpoint)
 
     def list_training_jobs(self) -> List[SageMakerTrainingJob]:
-        return [SageMakerTrainingJob(j["TrainingJobName"], j["TrainingJobStatus"])
-                for j in self._pages("list_training_jobs", "TrainingJobSummaries", True)]
+        return self._list(SageMakerTrainingJob)
 
     def list_processing_jobs(self) -> List[SageMakerProcessingJob]:
-        return [SageMakerProcessingJob(j["ProcessingJobName"], j["ProcessingJobStatus"])
-                for j in self._pages("list_processing_jobs", "ProcessingJobSummaries", True)]
+        return self._list(SageMakerProcessingJob)
 
     def list_transform_jobs(self) -> List[SageMakerTransformJob]:
-        return [SageMakerTransformJob(j["TransformJobName"], j["TransformJobStatus"])
-                for j in self._pages("list_transform_jobs", "TransformJobSummaries", True)]
+        return self._list(SageMakerTransformJob)
 
     def list_notebook_instances(self) -> List[SageMakerNotebookInstance]:
-        return [SageMakerNotebookInstance(n["NotebookInstanceName"], n["NotebookInstanceStatus"])
-                for n in self._pages("list_notebook_instances", "NotebookInstances")]
+        return self._list(SageMakerNotebookInstance)
 
 
 def _latest_by_resource(managed_instances: Instances) -> Dict[str, Tuple[str, Dict[str, str]]]:
     """ARN key -> (instance ID, tags) of the newest instance registered for it."""
     best: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
     for instance_id, tags in managed_instances.items():
-        key = _arn_key(tags.get(TAG_ARN, ""))
+        key = fqdn.arn_key(tags.get(TAG_ARN, ""))
         if not key:
             continue
         try:

@@ -20,10 +20,10 @@ import logging
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 from urllib.parse import quote
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.errors import AwsError
 from sagemaker_ssh_helper.manager_base import SSMManagerBase
 
@@ -37,15 +37,6 @@ STUDIO_LOG_GROUP = "/aws/sagemaker/studio"
 # seconds per attempt of the deprecated ``retry`` parameters (as in SSH Helper v2)
 SECONDS_PER_RETRY = 10
 
-# kind -> (console fragment of the resource page, log group, log stream prefix per resource).
-# Endpoint logs have one group per endpoint and streams named "<variant>/<instance>".
-_CONSOLE: Dict[str, tuple] = {
-    "training": ("jobs", "/aws/sagemaker/TrainingJobs", True),
-    "processing": ("processing-jobs", "/aws/sagemaker/ProcessingJobs", True),
-    "transform": ("transform-jobs", "/aws/sagemaker/TransformJobs", True),
-    "inference": ("endpoints", "/aws/sagemaker/Endpoints/{name}", False),
-    "notebook": ("notebook-instances", "/aws/sagemaker/NotebookInstances", True),
-}
 _QUERY = (
     "fields @timestamp, @message, @logStream"
     " | filter @message like /{text}/"
@@ -72,27 +63,28 @@ class SSHLog(SSMManagerBase):
                          clock=clock, sleep=sleep, progress=progress)
 
     # -- console URLs -----------------------------------------------------------------------
-    def _kind(self, kind: str) -> tuple:
-        try:
-            return _CONSOLE[kind]
-        except KeyError:
+    @staticmethod
+    def _logs(kind: str) -> fqdn.Logs:
+        """The table's console page and logs of ``kind`` (ValueError for kinds without)."""
+        logs = next((k.logs for k in fqdn.RESOURCE_KINDS if k.kind == kind), None)
+        if logs is None:
             raise ValueError(f"no console page for {kind!r}: use one of "
-                             f"{', '.join(_CONSOLE)}") from None
+                             f"{', '.join(k.kind for k in fqdn.RESOURCE_KINDS if k.logs)}")
+        return logs
 
     def get_console_url(self, kind: str, name: str) -> str:
         """The SageMaker console page of a resource (``kind`` as in ``fqdn``)."""
-        fragment = self._kind(kind)[0]
+        fragment = self._logs(kind).console
         return aws.console_url(self.region_name, f"sagemaker/home?region={self.region_name}"
                                                  f"#/{fragment}/{quote(name, safe='')}")
 
     def log_group(self, kind: str, name: str) -> str:
-        return str(self._kind(kind)[1]).format(name=name)
+        return self._logs(kind).log_group(name)
 
     def get_cloudwatch_url(self, kind: str, name: str) -> str:
         """The CloudWatch console view of a resource's log streams."""
-        _, group, per_resource_streams = self._kind(kind)
-        return self._log_group_url(str(group).format(name=name),
-                                   f"{name}/" if per_resource_streams else "")
+        logs = self._logs(kind)
+        return self._log_group_url(logs.log_group(name), logs.streams(name))
 
     def _sagemaker_page(self, fragment: str) -> str:
         return aws.console_url(self.region_name,

@@ -17,20 +17,18 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from abc import ABC, abstractmethod
 from typing import Any, Callable, List, Optional, TypeVar
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, cli
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+stderr_progress = cli.progress  # the default progress callback: one line on stderr
 
 
 def _seconds(name: str, value: Any, minimum: float = 0.0) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 from sagemaker_ssh_helper import aws, keys
-from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ STOP_WAITING = ("if command -v sm-wait >/dev/null 2>&1; then sm-wait stop; "
 def find_ssh() -> str:
     path = shutil.which("ssh")
     if not path:
-        raise SSHHelperError(SSH_HELP, 127)
+        raise ToolMissing(SSH_HELP)
     return path
 
 

@@ -8,44 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Api:
-    """How to list and describe one kind of SageMaker resource."""
-
-    list_op: str
-    list_key: str
-    name_key: str
-    arn_key: str
-    status_key: str
-    describe_op: str
-    recent_only: bool  # jobs: list the last N days only
-
-
-APIS: Dict[str, Api] = {
-    "training": Api("list_training_jobs", "TrainingJobSummaries", "TrainingJobName",
-                    "TrainingJobArn", "TrainingJobStatus", "describe_training_job", True),
-    "processing": Api("list_processing_jobs", "ProcessingJobSummaries", "ProcessingJobName",
-                      "ProcessingJobArn", "ProcessingJobStatus", "describe_processing_job",
-                      True),
-    "transform": Api("list_transform_jobs", "TransformJobSummaries", "TransformJobName",
-                     "TransformJobArn", "TransformJobStatus", "describe_transform_job", True),
-    "inference": Api("list_endpoints", "Endpoints", "EndpointName", "EndpointArn",
-                     "EndpointStatus", "describe_endpoint", False),
-    "notebook": Api("list_notebook_instances", "NotebookInstances", "NotebookInstanceName",
-                    "NotebookInstanceArn", "NotebookInstanceStatus",
-                    "describe_notebook_instance", False),
-}
 FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
             "OutOfService"}
 
@@ -109,7 +81,7 @@ def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[
     permissions)."""
     if target.kind.kind == "studio" and target.name is not None:
         return _studio_status(session, region, target)
-    api = APIS.get(target.kind.kind)
+    api = target.kind.api
     if api is None or target.name is None:
         return None
     sm = aws.client(session, "sagemaker", region)
@@ -143,7 +115,7 @@ def check_running(session: Any, region: str, target: fqdn.Target,
 
 def logs_hint(session: Any, region: str, target: fqdn.Target) -> str:
     """Where to look when no instance registered."""
-    if target.kind.kind not in APIS or target.name is None:
+    if target.kind.logs is None or target.name is None:
         return ("check that the app calls setup_and_start_ssh() and look at its logs in the "
                 "SageMaker Studio console")
     try:
@@ -184,20 +156,13 @@ class Row:
         }
 
 
-def _camel(snake: str) -> str:
-    return "".join(part.title() for part in snake.split("_"))
-
-
-def _arn_key(arn: str) -> str:
-    """The resource part of an ARN, lowercased: ``training-job/my-job``."""
-    return arn.split(":", 5)[-1].lower() if arn.count(":") >= 5 else ""
-
-
-def _list(session: Any, region: str, kind: str, days: int) -> Iterator[Tuple[str, str, str, Any]]:
+def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
+          ) -> Iterator[Tuple[str, str, str, Any]]:
     """(name, ARN key, status, created) of one kind, all pages."""
     # Few retries: an API this account or endpoint does not offer must not stall the listing.
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
-    if kind == "studio":
+    api = rk.api
+    if api is None:  # Studio apps
         for page in sm.get_paginator("list_apps").paginate():
             for app in page.get("Apps", []):
                 owner = app.get("UserProfileName") or app.get("SpaceName") or ""
@@ -205,13 +170,12 @@ def _list(session: Any, region: str, kind: str, days: int) -> Iterator[Tuple[str
                 yield (f"{app['AppName']}.{owner}.{app['DomainId']}", key.lower(),
                        str(app.get("Status", "")), app.get("CreationTime"))
         return
-    api = APIS[kind]
     kwargs: Dict[str, Any] = {}
     if api.recent_only:
         kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=days)
     for page in sm.get_paginator(api.list_op).paginate(**kwargs):
         for item in page.get(api.list_key, []):
-            yield (str(item[api.name_key]), _arn_key(str(item.get(api.arn_key, ""))),
+            yield (str(item[api.name_key]), fqdn.arn_key(str(item.get(api.arn_key, ""))),
                    str(item.get(api.status_key, "")), item.get("CreationTime"))
 
 
@@ -230,18 +194,18 @@ def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
               days: int = 30) -> List[Row]:
     by_arn: Dict[str, List[Any]] = {}
     for inst in manager.list_ssh_instances():
-        by_arn.setdefault(_arn_key(inst.resource_arn), []).append(inst)
+        by_arn.setdefault(fqdn.arn_key(inst.resource_arn), []).append(inst)
     rows: List[Row] = []
     for rk in target.kinds:
         try:
-            for name, key, status, created in _list(session, region, rk.kind, days):
+            for name, key, status, created in _list(session, region, rk, days):
                 if _wanted(target, rk.kind, name):
                     rows.append(Row(f"{name}.{rk.kind}.{fqdn.SUFFIX}", rk.kind, name, status,
                                     created, by_arn.pop(key, [])))
         except Exception as e:  # one kind failing (permissions) must not hide the others
-            op = "ListApps" if rk.kind == "studio" else _camel(APIS[rk.kind].list_op)
-            why = " ".join(str(aws.explain(e, f"sagemaker:{op}")).split())
-            print(f"sm-ssh: skipping {rk.description}s: {why[:200]}", file=sys.stderr)
+            action = rk.api.list_action if rk.api else "sagemaker:ListApps"
+            why = " ".join(str(aws.explain(e, action)).split())
+            cli.progress(f"sm-ssh: skipping {rk.description}s: {why[:200]}")
     for key, instances in by_arn.items():  # SSH instances of resources not listed above
         rk_ = fqdn.kind_for_arn_type(key.split("/", 1)[0])
         name = instances[0].resource_name or key.rsplit("/", 1)[-1]

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from sagemaker_ssh_helper import aws, redact
-from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper import aws, cli
+from sagemaker_ssh_helper.errors import AwsError, ResolutionError, ToolMissing
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ PLUGIN_HELP = ("session-manager-plugin not found on PATH: install it (run sm-loc
                "session-manager-working-with-install-plugin.html)")
 
 
-class PluginMissing(SSHHelperError):
-    exit_code = 127
+class PluginMissing(ToolMissing):
+    """session-manager-plugin is not installed."""
 
 
 def find_plugin() -> str:
@@ -95,13 +95,13 @@ def _start_error(e: Exception, instance_id: str) -> Exception:
     """StartSession's errors, with what to do about them."""
     code = aws.error_code(e)
     if code == "TargetNotConnected":
-        return SSHHelperError(f"{instance_id} is not connected to SSM (ConnectionLost): the "
-                              "container stopped or its agent died", 3)
+        return ResolutionError(f"{instance_id} is not connected to SSM (ConnectionLost): the "
+                               "container stopped or its agent died")
     message = str(getattr(e, "response", {}).get("Error", {}).get("Message", ""))
     if code == "BadRequest" and "advanced" in message.lower():
-        return SSHHelperError(f"Session Manager refused {instance_id}: {message.rstrip('.')}; "
-                              "sessions to SageMaker containers need the advanced-instances "
-                              "tier, see IAM_SSM_Setup.md", 4)
+        return AwsError(f"Session Manager refused {instance_id}: {message.rstrip('.')}; "
+                        "sessions to SageMaker containers need the advanced-instances "
+                        "tier, see IAM_SSM_Setup.md")
     return aws.explain(e, "ssm:StartSession")
 
 
@@ -163,34 +163,24 @@ def terminate_session(ssm: Any, session_id: str) -> None:
         logger.debug("TerminateSession %s: %s", session_id, e)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineParser(
         prog="python -m sagemaker_ssh_helper.session",
         description="Relay an SSM SSH session on stdin/stdout (for ssh's ProxyCommand).")
     parser.add_argument("instance_id", help="managed instance ID (mi-...)")
     parser.add_argument("--port", type=int, default=22, help="remote port (ssh's %%p)")
-    parser.add_argument("--region")
-    parser.add_argument("--profile")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    debug = args.verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    redact.basic_config(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
-                        format="%(name)s: %(message)s")
-    try:
+    cli.add_general_options(parser)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ProxyCommand ``sm-ssh config`` writes: stdout carries the session stream only."""
+    def body(frame: cli.Command) -> int:
+        args = frame.parse(build_parser(), cli.argv_or_sys(argv))
         return start_ssh_session(args.instance_id, args.port, region=args.region,
                                  profile=args.profile)
-    except SSHHelperError as e:
-        if debug:
-            logger.exception("failed")
-        print(f"sm-ssh session: {' '.join(str(e).split())}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # one line for the user; the traceback only when debugging
-        if debug:
-            logger.exception("failed")
-        print(f"sm-ssh session: unexpected error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+
+    return cli.guarded_main("sm-ssh session", body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import connect, fqdn, keyfile, keys, legacy, proxy, sm_ssh
+from sagemaker_ssh_helper import cli, connect, fqdn, keyfile, keys, legacy, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -40,24 +40,21 @@ class Script:
 
 
 DEBUGGER = ("-R", "127.0.0.1:12345:127.0.0.1:12345")  # PyCharm's Debug Server, reverse
-SCRIPTS: Dict[str, Script] = {
-    "training": Script("training", DEBUGGER, "and remote port 12345 to your debug server"),
-    "processing": Script("processing", DEBUGGER, "and remote port 12345 to your debug server"),
-    "transform": Script("transform", DEBUGGER, "and remote port 12345 to your debug server"),
-    "inference": Script("inference", DEBUGGER, "and remote port 12345 to your debug server"),
-    "notebook": Script("notebook", (), ""),
-    "ide": Script("studio", ("-L", "127.0.0.1:5901:localhost:5901",
-                             "-L", "127.0.0.1:8889:localhost:8889"), "plus VNC 5901 and "
-                                                                     "Jupyter 8889"),
+# What `connect` forwards besides sshd, per kind: the debug server for jobs and endpoints.
+EXTRA_FORWARDS: Dict[str, Tuple[Tuple[str, ...], str]] = {
+    "notebook": ((), ""),
+    "studio": (("-L", "127.0.0.1:5901:localhost:5901", "-L", "127.0.0.1:8889:localhost:8889"),
+               "plus VNC 5901 and Jupyter 8889"),
 }
+# sm-local-ssh-<script> for every kind of the table (sm-local-ssh-ide: Studio apps)
+SCRIPTS: Dict[str, Script] = {
+    rk.script: Script(rk.kind, *EXTRA_FORWARDS.get(
+        rk.kind, (DEBUGGER, "and remote port 12345 to your debug server")))
+    for rk in fqdn.RESOURCE_KINDS}
 STUDIO_FILES = {"domain_id": ".sm-studio-domain-id",
                 "user_profile_name": ".sm-studio-user-profile-name",
                 "jb_license_server": ".sm-jb-license-server"}
 CONNECT_COMMANDS = {"ide": ("connect", "connect-app")}  # other kinds: connect, connect-job
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- sm-local-start-ssh and sm-connect-ssh-proxy ---------------------------------------------------
@@ -111,13 +108,13 @@ def _help(prog: str, argv: Sequence[str]) -> bool:
     return False
 
 
-def start_ssh(argv: Sequence[str], flags: Dict[str, bool]) -> int:
+def start_ssh(argv: Sequence[str], frame: cli.Command) -> int:
     """``sm-local-start-ssh``: like ``sm-ssh connect``, for an instance ID or an FQDN."""
     if _help("sm-local-start-ssh", argv):
         return 0
     opts, rest = _leading(argv, ("--proxy-setup-only", "-v", "--verbose"),
                           GENERAL + connect.OUR_OPTIONS)
-    sm_ssh.set_verbose(flags, "-v" in opts or "--verbose" in opts)
+    frame.verbose("-v" in opts or "--verbose" in opts)
     ctx = Context(opts.get("--profile"), opts.get("--region"))
     choice = Choice()
     for key in connect.OUR_OPTIONS:
@@ -140,14 +137,14 @@ def start_ssh(argv: Sequence[str], flags: Dict[str, bool]) -> int:
     return connect.run_and_explain(ctx, prepared, options, command, plan)
 
 
-def connect_proxy(argv: Sequence[str], flags: Dict[str, bool]) -> int:
+def connect_proxy(argv: Sequence[str], frame: cli.Command) -> int:
     """``sm-connect-ssh-proxy <mi-id|fqdn> [port]``: push the key, then relay the session."""
     from sagemaker_ssh_helper import session
 
     if _help("sm-connect-ssh-proxy", argv):
         return 0
     opts, rest = _leading(argv, ("--no-setup", "-v", "--verbose"), GENERAL + ("--port",))
-    sm_ssh.set_verbose(flags, "-v" in opts or "--verbose" in opts)
+    frame.verbose("-v" in opts or "--verbose" in opts)
     if len(rest) > 2:
         raise UsageError("expected <mi-id|fqdn> [port], got: " + " ".join(rest))
     port = _port(rest[1] if len(rest) > 1 else opts.get("--port", "22"))
@@ -173,10 +170,10 @@ def _port(text: str) -> int:
 def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
     script = SCRIPTS[name]
     rk = fqdn.kind(script.kind)
-    parser = sm_ssh.OneLineParser(
+    parser = cli.OneLineParser(
         prog=prog, description=f"SSH to a SageMaker {rk.description} through "
                                f"localhost:{rk.default_port}.")
-    sm_ssh.add_general_options(parser, top_level=True)
+    cli.add_general_options(parser, top_level=True)
     if name == "ide":
         parser.add_argument("--domain-id", help="Studio domain (default: ~/.sm-studio-domain-id)")
         owner = parser.add_mutually_exclusive_group()
@@ -232,8 +229,8 @@ def target_for(name: str, args: argparse.Namespace, text: str,
     if text.lower().endswith(f".{fqdn.SUFFIX}"):
         target = fqdn.parse_resource(text)
         if target.kind.kind != kind:
-            script = "ide" if target.kind.kind == "studio" else target.kind.kind
-            raise UsageError(f"{text} is a {target.kind.description}: use sm-local-ssh-{script}")
+            raise UsageError(f"{text} is a {target.kind.description}: use "
+                             f"sm-local-ssh-{target.kind.script}")
         return text
     if kind != "studio":
         result = fqdn.format_fqdn(kind, text)
@@ -286,9 +283,9 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
     keyfile.ensure_dir(path.parent)
     with keyfile.file_errors("write", path):
         path.write_text(json.dumps(state))
-    _stderr(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}), "
-            f"for keys {prepared.auth.key_path} and ~/.ssh/{legacy.GATEWAY_KEY}; "
-            f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
+    cli.progress(f"{prog}: localhost:{port} leads to sshd in {target} ({prepared.instance_id}), "
+                 f"for keys {prepared.auth.key_path} and ~/.ssh/{legacy.GATEWAY_KEY}; "
+                 f"`{prog} run-command <cmd>` and `{prog} stop-waiting` use it while this runs")
     return connect.run_and_explain(ctx, prepared, [*options, *forwards], positional + command,
                                    plan)
 
@@ -339,22 +336,21 @@ def _bare_app(parser: argparse.ArgumentParser, head: List[str]) -> List[str]:
     return head
 
 
-def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool]) -> int:
+def kind_main(prog: str, name: str, argv: Sequence[str], frame: cli.Command) -> int:
     from sagemaker_ssh_helper import session
 
     head, command = sm_ssh.split_command(list(argv))
     parser = build_kind_parser(prog, name)
     if name == "ide":
         head = _bare_app(parser, head)
-    args = parser.parse_args(head)
-    sm_ssh.set_verbose(flags, args.verbose)
+    args = frame.parse(parser, head)
     ctx = Context(args.profile, args.region)
     if args.command in ("set-domain-id", "set-user-profile-name", "set-jb-license-server"):
         field = args.command[len("set-"):].replace("-", "_")
         saved = Path.home() / STUDIO_FILES[field]
         with keyfile.file_errors("write", saved, "make HOME writable"):
             saved.write_text(args.value.strip() + "\n")
-        _stderr(f"{prog}: saved {args.value} into ~/{STUDIO_FILES[field]}")
+        frame.say(f"saved {args.value} into ~/{STUDIO_FILES[field]}")
         return 0
     if args.command in ("connect", "connect-app", "connect-job"):
         return kind_connect(ctx, name, args, prog, command)
@@ -376,19 +372,22 @@ def kind_main(prog: str, name: str, argv: Sequence[str], flags: Dict[str, bool])
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m sagemaker_ssh_helper.sm_local <script name> [args]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = cli.argv_or_sys(argv)
     prog = Path(argv[0]).name if argv else "sm-local"
     rest = argv[1:]
     if prog == "sm-local-start-ssh":
-        return sm_ssh.guarded(prog, lambda flags: start_ssh(rest, flags))
+        return cli.guarded_main(prog, lambda frame: start_ssh(rest, frame))
     if prog == "sm-connect-ssh-proxy":
-        return sm_ssh.guarded(prog, lambda flags: connect_proxy(rest, flags))
+        return cli.guarded_main(prog, lambda frame: connect_proxy(rest, frame))
     kind = prog[len("sm-local-ssh-"):]
     if prog.startswith("sm-local-ssh-") and kind in SCRIPTS:
-        return sm_ssh.guarded(prog, lambda flags: kind_main(prog, kind, rest, flags))
-    print(f"sm-local: unknown command {prog!r}: use sm-local-start-ssh, sm-connect-ssh-proxy "
-          f"or sm-local-ssh-{{{','.join(SCRIPTS)}}}", file=sys.stderr)
-    return 2
+        return cli.guarded_main(prog, lambda frame: kind_main(prog, kind, rest, frame))
+
+    def unknown(frame: cli.Command) -> int:
+        raise UsageError(f"unknown command {prog!r}: use sm-local-start-ssh, "
+                         f"sm-connect-ssh-proxy or sm-local-ssh-{{{','.join(SCRIPTS)}}}")
+
+    return cli.guarded_main("sm-local", unknown)
 
 
 def console_main() -> int:

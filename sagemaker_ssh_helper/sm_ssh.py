@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
-import os
 import sys
-from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn, redact
+from sagemaker_ssh_helper import cli, fqdn
+from sagemaker_ssh_helper.cli import OneLineParser, add_general_options
 from sagemaker_ssh_helper.connect import Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 names
@@ -35,23 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 180  # the same as connect.DEFAULT_WAIT, without importing it for -h
 _OPTION_VALUES = ("--profile", "--region")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (raised, so main() maps them to exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `{self.prog} -h`)")
-
-
-def add_general_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
-    """``-v``, ``--profile`` and ``--region``: accepted before or after the subcommand."""
-    default = None if top_level else argparse.SUPPRESS
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        default=False if top_level else argparse.SUPPRESS,
-                        help="debug logging and tracebacks (also SM_SSH_DEBUG=true)")
-    parser.add_argument("--profile", default=default, help="AWS profile (default: AWS_PROFILE)")
-    parser.add_argument("--region", default=default, help="AWS region (default: AWS_REGION)")
 
 
 def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -262,21 +243,11 @@ def cmd_sandbox(rest: List[str]) -> int:
     import importlib
 
     try:
-        cli = importlib.import_module("sagemaker_ssh_helper.sandbox.cli")
+        sandbox_cli = importlib.import_module("sagemaker_ssh_sandbox.cli")
     except ImportError as e:
         raise SSHHelperError("the offline sandbox is not available in this installation: "
                              f"{e} (install sagemaker-ssh-helper[sandbox])") from e
-    return int(cli.main(rest) or 0)
-
-
-def _line(error: BaseException, limit: int = 800) -> str:
-    """An error as one line (service messages can hold newlines or HTML)."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _debug(verbose: bool) -> bool:
-    return verbose or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
+    return int(sandbox_cli.main(rest) or 0)
 
 
 def wants_version(argv: Sequence[str]) -> bool:
@@ -294,7 +265,7 @@ def wants_version(argv: Sequence[str]) -> bool:
     return False
 
 
-def run(argv: List[str], flags: Dict[str, bool]) -> int:
+def run(argv: List[str], frame: cli.Command) -> int:
     if wants_version(argv):
         print(f"sm-ssh v{read_version()}")
         return 0
@@ -302,8 +273,7 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
     if sandbox is not None:
         return cmd_sandbox(sandbox[1])
     head, command = split_command(argv)
-    args = build_parser().parse_args(head)
-    set_verbose(flags, args.verbose)
+    args = frame.parse(build_parser(), head)
     if args.command != "connect" and command:
         raise UsageError(f"'--' and a remote command only apply to connect, not {args.command}")
     ctx = Context(args.profile, args.region)
@@ -318,76 +288,10 @@ def run(argv: List[str], flags: Dict[str, bool]) -> int:
     return handlers[args.command]()
 
 
-def debug_log_path() -> Path:
-    """Where ``SM_SSH_DEBUG=true`` appends debug logs: useful when ssh runs ``start-proxy``
-    for an IDE and nobody sees stderr."""
-    return Path.home() / ".sm-ssh" / "debug.log"
-
-
-DEBUG_LOG_MAX_BYTES = 1024 * 1024  # then debug.log becomes debug.log.1 (one old file kept)
-
-
-class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """A size-capped log file that is created, and re-created after rotation, with mode 0600."""
-
-    def _open(self) -> Any:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)  # a file an older version left readable
-        return os.fdopen(fd, "a", encoding=self.encoding)
-
-
-def _open_debug_log(prog: str) -> None:
-    path = debug_log_path()
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handler = _PrivateRotatingFileHandler(path, maxBytes=DEBUG_LOG_MAX_BYTES,
-                                              backupCount=1, encoding="utf-8")
-    except OSError as e:
-        logger.warning("cannot write the debug log %s: %s", path, e)
-        return
-    print(f"{prog}: debug log: {path} (secrets masked, rotated at "
-          f"{DEBUG_LOG_MAX_BYTES // 1024 // 1024} MiB)", file=sys.stderr, flush=True)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {prog}[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(redact.protect(handler))
-
-
-def guarded(prog: str, body: Callable[[Dict[str, bool]], int]) -> int:
-    """Run a command's ``body`` and map every failure to one stderr line and an exit code
-    (a traceback only in debug mode). Shared by the sm-* command-line tools."""
-    flags = {"verbose": _debug(False)}
-    redact.basic_config(level=logging.DEBUG if flags["verbose"] else logging.WARNING,
-                        stream=sys.stderr, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
-    if flags["verbose"]:
-        _open_debug_log(prog)
-    try:
-        return body(flags)
-    except SSHHelperError as e:
-        if flags["verbose"]:
-            logger.exception("failed")
-        print(f"{prog}: {_line(e)}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # botocore errors that escaped a call site, and the unexpected
-        if flags["verbose"]:
-            logger.exception("failed")
-        explained = aws.explain(e, "an AWS call")
-        print(f"{prog}: {_line(explained)}", file=sys.stderr)
-        return explained.exit_code if isinstance(explained, SSHHelperError) else 1
-
-
-def set_verbose(flags: Dict[str, bool], verbose: bool) -> None:
-    flags["verbose"] = _debug(verbose)
-    if flags["verbose"]:
-        logging.getLogger().setLevel(logging.DEBUG)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``sm-ssh`` console entry point; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return guarded("sm-ssh", lambda flags: run(args, flags))
+    args = cli.argv_or_sys(argv)
+    return cli.guarded_main("sm-ssh", lambda frame: run(args, frame))
 
 
 if __name__ == "__main__":

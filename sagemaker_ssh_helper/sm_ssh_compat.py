@@ -14,8 +14,8 @@ from typing import List, Sequence
 from sagemaker_ssh_helper import fqdn as fqdn_table
 from sagemaker_ssh_helper.errors import SSHHelperError
 
-# v2's resource types: "ide" is a Studio app of a user profile, "ide-space" of a space.
-_TYPE_OF_KIND = {"studio": "ide"}
+# v2's resource types are the kinds' scripts ("ide": a Studio app of a user profile), and
+# "ide-space" for a Studio app of a space.
 _SPACE_SUFFIX = "space.sagemaker"
 
 
@@ -45,16 +45,16 @@ class SageMakerSecureShellHelper:
         if text == _SPACE_SUFFIX or text.endswith("." + _SPACE_SUFFIX):
             return "ide-space"
         labels = text.split(".")
-        kinds = {rk.kind for rk in fqdn_table.RESOURCE_KINDS}
-        if len(labels) >= 2 and labels[-1] == fqdn_table.SUFFIX and labels[-2] in kinds:
-            return _TYPE_OF_KIND.get(labels[-2], labels[-2])
+        scripts = {rk.kind: rk.script for rk in fqdn_table.RESOURCE_KINDS}
+        if len(labels) >= 2 and labels[-1] == fqdn_table.SUFFIX and labels[-2] in scripts:
+            return scripts[labels[-2]]
         return "all"
 
     @classmethod
     def type_to_fqdn(cls, resource_type: str) -> str:
         if resource_type == "ide-space":
             return _SPACE_SUFFIX
-        kinds = {_TYPE_OF_KIND.get(k.kind, k.kind): k.kind for k in fqdn_table.RESOURCE_KINDS}
+        kinds = {k.script: k.kind for k in fqdn_table.RESOURCE_KINDS}
         if resource_type not in kinds:
             raise ValueError(f"unknown resource type {resource_type!r}: use one of "
                              f"{', '.join([*kinds, 'ide-space'])}")

@@ -22,34 +22,27 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError
 
 logger = logging.getLogger(__name__)
 
 REGISTRATION_TEXT = "Successfully registered the instance with AWS SSM using Managed instance-id"
 REGISTRATION_RE = re.compile(re.escape(REGISTRATION_TEXT) + r": (mi-[0-9a-fA-F]+)")
-# kind -> (log group, stream name prefix); endpoints have a log group of their own
-LOG_SOURCES: Dict[str, Tuple[str, str]] = {
-    "training": ("/aws/sagemaker/TrainingJobs", "{name}/"),
-    "processing": ("/aws/sagemaker/ProcessingJobs", "{name}/"),
-    "transform": ("/aws/sagemaker/TransformJobs", "{name}/"),
-    "inference": ("/aws/sagemaker/Endpoints/{name}", ""),
-}
 MAX_PAGES = 5          # FilterLogEvents pages read at most per check
 CLOCK_SLACK = 120.0    # seconds: SSM's and SageMaker's clocks, and log timestamps
 
 
 def verifiable(target: fqdn.Target) -> bool:
     """Whether instances of ``target``'s kind can be checked against the resource's log."""
-    return target.kind.kind in LOG_SOURCES and target.name is not None
+    logs = target.kind.logs
+    return logs is not None and logs.container_output and target.name is not None
 
 
 @dataclass
@@ -76,9 +69,11 @@ class Evidence:
 
 
 def log_source(target: fqdn.Target) -> Tuple[str, str]:
-    group, prefix = LOG_SOURCES[target.kind.kind]
-    name = target.name or ""
-    return group.format(name=name), prefix.format(name=name)
+    """(log group, stream name prefix) holding ``target``'s container output."""
+    logs, name = target.kind.logs, target.name or ""
+    if logs is None or not logs.container_output:
+        raise ValueError(f"the output of a {target.kind.description} is not in CloudWatch Logs")
+    return logs.log_group(name), logs.streams(name)
 
 
 def registrations(logs: Any, target: fqdn.Target) -> Dict[str, float]:
@@ -114,7 +109,7 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
     (no permission: the log check still applies)."""
     from sagemaker_ssh_helper import resources
 
-    api = resources.APIS.get(target.kind.kind)
+    api = target.kind.api
     if api is None:
         return None, None
     try:
@@ -225,8 +220,8 @@ class Verifier:
         one-line error says how to go on when none is left."""
         verified, rejected = split([i for i in found if i.online], self.evidence, self.target)
         for inst, why in rejected:
-            print(f"sm-ssh: ignoring {inst.label}: it claims to be {self.target.fqdn}, but {why}",
-                  file=sys.stderr, flush=True)
+            cli.progress(f"sm-ssh: ignoring {inst.label}: it claims to be {self.target.fqdn}, "
+                         f"but {why}")
         if not verified and rejected:
             inst, why = rejected[0]
             raise ResolutionError(

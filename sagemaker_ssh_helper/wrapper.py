@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, detached_sagemaker, wrapper_hooks
+from sagemaker_ssh_helper import aws, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.wrapper_base import (
     LOOKUP_900,
@@ -110,7 +110,6 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
     """SSH into the nodes of a training job."""
 
     kind = "training"
-    status_key = "TrainingJobStatus"
 
     def __init__(self, estimator: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, ssh_instance_count: int = 2,
@@ -169,7 +168,8 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
     @classmethod
     def attach_arn(cls, training_job_arn: str, sagemaker_session: Any = None
                    ) -> SSHEstimatorWrapper:
-        name, session = _session_for_arn(training_job_arn, "training-job", sagemaker_session)
+        name, session = _session_for_arn(training_job_arn, fqdn.kind(cls.kind).arn_type,
+                                         sagemaker_session)
         return cls.attach(name, session)
 
     @property
@@ -334,12 +334,12 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
                 EndpointName=name), self.endpoint_name(), "endpoint")
 
     def endpoint_is_online(self) -> bool:
-        return self._describe_endpoint().get("EndpointStatus") == "InService"
+        return self._describe_endpoint().get(self.status_key) == "InService"
 
     def wait_for_endpoint(self, poll_seconds: float = 30.0,
                           timeout_in_sec: Optional[float] = None) -> None:
         """Wait until the endpoint is InService; raise ``WrapperStateError`` if it failed."""
-        status = wait_for_status(self._describe_endpoint, "EndpointStatus",
+        status = wait_for_status(self._describe_endpoint, self.status_key,
                                  ("InService", "Failed", "OutOfService", "Deleting"),
                                  poll_seconds, timeout_in_sec)
         if status != "InService":
@@ -399,7 +399,6 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
     """SSH into the nodes of a processing job (framework or script processors)."""
 
     kind = "processing"
-    status_key = "ProcessingJobStatus"
 
     def __init__(self, processor: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, *, ssh_instance_count: int = 2,
@@ -497,7 +496,6 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
     """SSH into the instances of a batch transform job; its model needs SSHModelWrapper too."""
 
     kind = "transform"
-    status_key = "TransformJobStatus"
 
     def __init__(self, transformer: Any, model_wrapper: Optional[SSHModelWrapper], *,
                  transform_job_name: Optional[str] = None, sagemaker_session: Any = None

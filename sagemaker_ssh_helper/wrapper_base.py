@@ -134,6 +134,15 @@ class SSHEnvironmentWrapper:
     def fqdn(self) -> str:
         return fqdn.format_fqdn(self.kind, self.resource_name())
 
+    @property
+    def status_key(self) -> str:
+        """The key of the resource's status in its Describe* answer (``TrainingJobStatus``),
+        from the kinds' table."""
+        api = fqdn.kind(self.kind).api
+        if api is None:
+            raise AttributeError(f"a {fqdn.kind(self.kind).description} has no status key")
+        return api.status_key
+
     def what(self) -> str:
         return f"{fqdn.kind(self.kind).description} {self.resource_name()}"
 
@@ -312,8 +321,6 @@ class SSHEnvironmentWrapper:
 
 class SSHJobWrapperBase(SSHEnvironmentWrapper):
     """A wrapper around a job (training, processing, transform) with status helpers."""
-
-    status_key = "TrainingJobStatus"
 
     def describe(self) -> Dict[str, Any]:
         raise NotImplementedError

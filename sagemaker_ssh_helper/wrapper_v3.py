@@ -23,7 +23,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, code_shipping, sdk_versions, wrapper_hooks
+from sagemaker_ssh_helper import aws, code_shipping, fqdn, sdk_versions, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.wrapper_base import (
     DEFAULT_LOOKUP_TIMEOUT,
@@ -123,7 +123,6 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     """SSH into the nodes of a training job started by ``ModelTrainer.train()`` (SDK v3)."""
 
     kind = "training"
-    status_key = "TrainingJobStatus"
 
     def __init__(self, model_trainer: Any = None, env: Optional[Dict[str, str]] = None,
                  ssh_instance_count: int = 1, training_job_name: Optional[str] = None,
@@ -177,7 +176,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     @classmethod
     def attach_arn(cls, arn: str, boto_session: Any = None) -> SSHModelTrainerWrapper:
-        name, region = _name_from_arn(arn, "training-job")
+        name, region = _name_from_arn(arn, fqdn.kind(cls.kind).arn_type)
         if boto_session is None:
             boto_session = aws.boto_session(region=region)
         return cls.attach(name, boto_session)
@@ -230,7 +229,6 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
     """
 
     kind = "processing"
-    status_key = "ProcessingJobStatus"
 
     def __init__(self, processor: Any = None, env: Optional[Dict[str, str]] = None,
                  ssh_instance_count: int = 1, processing_job_name: Optional[str] = None,

@@ -123,7 +123,7 @@ def free_port() -> int:
 
 
 def _sandbox_e2e_marks() -> list:
-    from sagemaker_ssh_helper.sandbox import requirements_problem
+    from sagemaker_ssh_sandbox import requirements_problem
 
     problem = requirements_problem()
     return [pytest.mark.e2e,
@@ -153,7 +153,7 @@ def allow_team_owner(sandbox: Any, owner: str) -> None:
     import json as _json
 
     from sagemaker_ssh_helper.cdk import policies
-    from sagemaker_ssh_helper.sandbox.iam_setup import USER_NAME
+    from sagemaker_ssh_sandbox.iam.account import USER_NAME
 
     iam = sandbox.client("iam")
     document = policies.client_policy(policies.Target(account=sandbox.state["account"]), owner)

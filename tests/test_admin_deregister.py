@@ -16,7 +16,7 @@ import pytest
 
 from sagemaker_ssh_helper import deregister_old_instances_from_ssm as dereg
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 
 ACCOUNT = "123456789012"
 DAY = 86400.0

@@ -284,6 +284,44 @@ def test_resource_kind_table() -> None:
         fqdn.kind("batch")
 
 
+@pytest.mark.parametrize("rk", [k for k in fqdn.RESOURCE_KINDS if k.api], ids=lambda k: k.kind)
+def test_kind_table_names_real_sagemaker_calls(rk: fqdn.ResourceKind) -> None:
+    """Each kind's list/describe operations and keys exist in botocore's SageMaker model, as
+    the table says: the list's page member, the name, ARN and status of its items, the name as
+    Describe*'s argument and the status in its answer; the IAM action is the operation's."""
+    client = boto3.session.Session().client("sagemaker", region_name="us-east-1")
+    model, api = client.meta.service_model, rk.api
+    assert api is not None
+    listing = model.operation_model(api.list_action.split(":", 1)[1])  # e.g. ListTrainingJobs
+    assert client.can_paginate(api.list_op)
+    items = listing.output_shape.members[api.list_key].member
+    assert {api.name_key, api.arn_key, api.status_key} <= set(items.members)
+    if api.recent_only:
+        assert "CreationTimeAfter" in listing.input_shape.members
+    describe = model.operation_model("".join(w.title() for w in api.describe_op.split("_")))
+    assert callable(getattr(client, api.describe_op))
+    assert api.name_key in describe.input_shape.required_members
+    assert {api.arn_key, api.status_key} <= set(describe.output_shape.members)
+
+
+def test_kind_table_logs_and_scripts() -> None:
+    """Console pages and log groups of the table (the containers' output is what the trust
+    check reads), and one sm-local-ssh-<script> per kind."""
+    training, endpoint = fqdn.kind("training"), fqdn.kind("inference")
+    assert training.logs and endpoint.logs
+    assert (training.logs.log_group("j"), training.logs.streams("j")) == \
+        ("/aws/sagemaker/TrainingJobs", "j/")
+    assert (endpoint.logs.log_group("e"), endpoint.logs.streams("e")) == \
+        ("/aws/sagemaker/Endpoints/e", "")
+    assert [k.kind for k in fqdn.RESOURCE_KINDS if k.logs and k.logs.container_output] == \
+        ["training", "processing", "transform", "inference"]
+    assert [k.script for k in fqdn.RESOURCE_KINDS] == \
+        ["training", "processing", "transform", "inference", "notebook", "ide"]
+    assert fqdn.arn_key("arn:aws:sagemaker:eu-west-1:1:training-job/My-Job") == \
+        "training-job/my-job"
+    assert fqdn.arn_key("not an arn") == ""
+
+
 def test_format_fqdn() -> None:
     assert fqdn.format_fqdn("training", "job") == "job.training.sagemaker"
     assert fqdn.format_fqdn("studio", "app") == "app.studio.sagemaker"

@@ -24,11 +24,11 @@ from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.proxy import SSMProxy
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 moto_server = pytest.importorskip("moto.server")
 
 REPO = Path(__file__).resolve().parents[1]
-SANDBOX_BIN = REPO / "sagemaker_ssh_helper" / "sandbox" / "bin"
+SANDBOX_BIN = REPO / "sagemaker_ssh_sandbox" / "ssm" / "bin"
 ACCOUNT = "123456789012"
 REGISTERED = "Successfully registered the instance with AWS SSM using Managed instance-id"
 pytestmark = [

@@ -11,10 +11,10 @@ import pytest
 
 from sagemaker_ssh_helper import sm_local, sm_ssh
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 moto_server = pytest.importorskip("moto.server")
 
-SANDBOX_BIN = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
+SANDBOX_BIN = Path(__file__).resolve().parents[1] / "sagemaker_ssh_sandbox" / "ssm" / "bin"
 
 
 @pytest.fixture

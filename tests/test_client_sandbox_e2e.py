@@ -28,8 +28,8 @@ import pytest
 from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_until
 
 from sagemaker_ssh_helper import keys
-from sagemaker_ssh_helper.sandbox import Sandbox
-from sagemaker_ssh_helper.sandbox.studio import exec_argv
+from sagemaker_ssh_sandbox import Sandbox
+from sagemaker_ssh_sandbox.sagemaker.studio import exec_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
@@ -666,7 +666,7 @@ PLUGIN_SHIM = """#!{python}
 # the sandbox's session-manager-plugin stand-in, started without bash (as the real Go binary)
 import sys
 
-from sagemaker_ssh_helper.sandbox.plugin import main
+from sagemaker_ssh_sandbox.ssm.plugin import main
 
 sys.exit(main())
 """

@@ -15,7 +15,7 @@ import pytest
 from sagemaker_ssh_helper import session
 from sagemaker_ssh_helper.errors import SSHHelperError
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 
 RECORDING_PLUGIN = """#!/usr/bin/env bash
 set -euo pipefail

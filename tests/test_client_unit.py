@@ -189,16 +189,16 @@ def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) 
         seen.append(list(argv))
         return 7
 
-    fake = types.ModuleType("sagemaker_ssh_helper.sandbox.cli")
+    fake = types.ModuleType("sagemaker_ssh_sandbox.cli")
     fake.main = fake_main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", fake)
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_sandbox.cli", fake)
     assert sm_ssh.main(["-v", "sandbox", "up", "--state-dir", "/x", "-h", "--", "y"]) == 7
     assert seen == [["up", "--state-dir", "/x", "-h", "--", "y"]]
 
 
 def test_sandbox_missing_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "sagemaker_ssh_helper.sandbox.cli", None)
+    monkeypatch.setitem(sys.modules, "sagemaker_ssh_sandbox.cli", None)
     assert sm_ssh.main(["sandbox", "status"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sandbox is not available" in err
@@ -479,6 +479,33 @@ def test_no_stdout_from_session_module_on_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 127 and done.stdout == ""
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("module, argv, prog, needle", [
+    ("sagemaker_ssh_helper.session", [], "sm-ssh session",
+     "the following arguments are required: instance_id"),
+    ("sagemaker_ssh_helper.session", ["mi-1", "--port", "x"], "sm-ssh session",
+     "argument --port: invalid int value: 'x'"),
+    ("sagemaker_ssh_helper.dist", ["frobnicate"], "sagemaker_ssh_helper.dist",
+     "invalid choice: 'frobnicate'"),
+    ("sagemaker_ssh_helper.cdk.policies", [], "policies",
+     "name a policy or pass --update-doc FILE"),
+    ("sagemaker_ssh_helper.cdk.policies", ["nope"], "policies", "invalid choice: 'nope'"),
+    ("sagemaker_ssh_sandbox.cli", ["up", "--port", "x"], "sm-ssh sandbox up",
+     "argument --port: invalid int value: 'x'"),
+    ("sagemaker_ssh_sandbox.cli", ["frobnicate"], "sm-ssh sandbox",
+     "invalid choice: 'frobnicate'"),
+])
+def test_every_command_says_bad_usage_in_one_line(module: str, argv: List[str], prog: str,
+                                                  needle: str) -> None:
+    """Each entry point runs in the one frame (sagemaker_ssh_helper.cli): usage errors are one
+    line on stderr naming the command, exit 2, nothing on stdout."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
+                          text=True, env=env, check=False, timeout=60)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"{prog}: "), done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr
 
 
 def test_config_is_idempotent_and_keeps_the_users_file(tmp_path: Path,

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from sagemaker_ssh_helper import bootstrap
-from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from test_container_support import Container, namespaces_available
 
 from sagemaker_ssh_helper import init_ssm
 from sagemaker_ssh_helper.errors import AwsError, UsageError
-from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
 needs_namespaces = pytest.mark.skipif(not namespaces_available(),
                                       reason="needs root and Linux namespaces")

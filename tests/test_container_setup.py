@@ -275,7 +275,7 @@ import sys
 if "-register" not in sys.argv:
     print("agent daemon exiting")
     sys.exit(3)
-from sagemaker_ssh_helper.sandbox.agent import main
+from sagemaker_ssh_sandbox.ssm.agent import main
 sys.exit(main())
 """)
     env = training_env(container, SSH_LOG_TO_STDOUT="true", SM_SSH_AGENT_MAX_RESTARTS="2")

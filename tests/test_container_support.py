@@ -78,7 +78,7 @@ u.urlopen(u.Request(sys.argv[4] + "/_sandbox/faults", body.encode(), method="POS
 _AGENT_LAUNCHER = """#!{python}
 # amazon-ssm-agent for the tests: the sandbox's stand-in under the real agent's name.
 import sys
-from sagemaker_ssh_helper.sandbox.agent import main
+from sagemaker_ssh_sandbox.ssm.agent import main
 sys.exit(main())
 """
 
@@ -176,7 +176,7 @@ def serve(ready_file: Path) -> None:
     """Run STS (moto) and SSM (stand-in) on fixed loopback ports until killed."""
     from moto.server import ThreadedMotoServer
 
-    from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+    from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=STS_PORT, verbose=False)
     moto.start()

@@ -23,7 +23,7 @@ from conftest import SANDBOX_E2E
 
 from sagemaker_ssh_helper.aws import role_name_from_arn
 from sagemaker_ssh_helper.cdk.handlers import low_gpu
-from sagemaker_ssh_helper.sandbox import Sandbox
+from sagemaker_ssh_sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"

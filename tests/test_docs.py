@@ -320,7 +320,7 @@ def _check_sm_ssh(argv: List[str]) -> None:
         return
     sandbox = sm_ssh.split_sandbox(args)
     if sandbox is not None:
-        from sagemaker_ssh_helper.sandbox import cli
+        from sagemaker_ssh_sandbox import cli
 
         cli._parser().parse_args(sandbox[1])
         return

@@ -148,10 +148,10 @@ def test_wheel_of_the_installed_version(tmp_path: Path) -> None:
         names = set(zf.namelist())
         info = f"sagemaker_ssh_helper-{version}.dist-info"
         assert {"sagemaker_ssh_helper/sm-ssh-ide", "sagemaker_ssh_helper/ide_container.py",
-                "sagemaker_ssh_helper/sandbox/bin/amazon-ssm-agent",
                 f"sagemaker_ssh_helper-{version}.data/scripts/sm-ssh-ide",
                 f"sagemaker_ssh_helper-{version}.data/data/sm_ssh/SageMaker_SSH_IDE.ipynb"} <= names
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert not [n for n in names if n.startswith("sagemaker_ssh_sandbox/")]
         assert sorted(n.rsplit("/", 1)[1] for n in names if "/data/sm_ssh/" in n) == \
             sorted(dist.DATA_FILES) == sorted(ide_support.setup_arguments(REPO)["data_files"][0][1])
         assert zf.getinfo("sagemaker_ssh_helper/sm-ssh-ide").external_attr >> 16 & 0o111

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from sagemaker_ssh_helper.sandbox.container import Container, ContainerConfig
-from sagemaker_ssh_helper.sandbox.notebooks import NotebookAPI
-from sagemaker_ssh_helper.sandbox.studio import StudioAPI
+from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig
+from sagemaker_ssh_sandbox.sagemaker.notebooks import NotebookAPI
+from sagemaker_ssh_sandbox.sagemaker.studio import StudioAPI
 
 RUNNER_KEYS = {"name", "hostname", "state", "unshare_pid", "init_pid", "log", "job", "kind"}
 

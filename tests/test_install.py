@@ -37,6 +37,8 @@ def build_wheel(tmp_path: Path) -> Path:
             shutil.copy2(path, source / path.name)
     shutil.copytree(REPO / "sagemaker_ssh_helper", source / "sagemaker_ssh_helper",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(REPO / "sagemaker_ssh_sandbox", source / "sagemaker_ssh_sandbox",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (source / "sagemaker_ssh_helper" / "VERSION").write_text(WHEEL_VERSION + "\n")
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",

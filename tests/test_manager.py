@@ -14,7 +14,7 @@ from sagemaker_ssh_helper import fqdn, sm_ssh
 from sagemaker_ssh_helper.errors import AwsError, SSHHelperError
 from sagemaker_ssh_helper.manager import SSMManager
 
-ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 moto_server = pytest.importorskip("moto.server")
 
 ACCOUNT = "123456789012"

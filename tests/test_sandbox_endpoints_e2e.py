@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, free_port, run, sm_ssh, wait_until
 
-from sagemaker_ssh_helper.sandbox import Sandbox
+from sagemaker_ssh_sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"

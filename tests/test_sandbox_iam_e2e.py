@@ -30,8 +30,8 @@ import pytest
 from conftest import SANDBOX_E2E
 
 from sagemaker_ssh_helper.aws import role_name_from_arn
-from sagemaker_ssh_helper.sandbox import Sandbox
-from sagemaker_ssh_helper.sandbox.iam_setup import STUDIO_ROLE_NAME
+from sagemaker_ssh_sandbox import Sandbox
+from sagemaker_ssh_sandbox.iam.account import STUDIO_ROLE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"

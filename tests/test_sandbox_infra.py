@@ -19,13 +19,14 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from sagemaker_ssh_helper.sandbox import control, layout
-from sagemaker_ssh_helper.sandbox.bridge import TcpToUnix, UnixToTcp
-from sagemaker_ssh_helper.sandbox.gateway import Gateway
-from sagemaker_ssh_helper.sandbox.jobs import Job, JobsAPI
+from sagemaker_ssh_sandbox import control
+from sagemaker_ssh_sandbox.gateway import Gateway
+from sagemaker_ssh_sandbox.sagemaker import layout
+from sagemaker_ssh_sandbox.sagemaker.bridge import TcpToUnix, UnixToTcp
+from sagemaker_ssh_sandbox.sagemaker.jobs import Job, JobsAPI
 
 REPO = Path(__file__).resolve().parents[1]
-PYHOOK = REPO / "sagemaker_ssh_helper" / "sandbox" / "pyhook"
+PYHOOK = REPO / "sagemaker_ssh_sandbox" / "sagemaker" / "pyhook"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
@@ -305,7 +306,7 @@ def test_training_entry_point_runs_like_the_toolkit() -> None:
 
 def _cli(*argv: str, user: bool = False, env: Dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", *argv]
+    cmd = [sys.executable, "-m", "sagemaker_ssh_sandbox.cli", *argv]
     if user:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     run_env = dict(env or os.environ, PYTHONPATH=str(REPO))
@@ -350,6 +351,6 @@ def test_export_lines_round_trip_through_a_shell() -> None:
     assert "AWS_PROFILE" not in seen
     for name, value in env.items():
         assert seen[name] == value
-    assert env["PATH"].split(":")[0].endswith("sandbox/bin")
+    assert env["PATH"].split(":")[0].endswith("sagemaker_ssh_sandbox/ssm/bin")
     assert env["PYTHONPATH"].split(":")[0] == str(PYHOOK)
     assert json.loads(json.dumps(env))["SM_SSH_SANDBOX_DIR"] == "/s dir/with 'quote'"

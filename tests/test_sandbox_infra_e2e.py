@@ -24,8 +24,8 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 from conftest import SANDBOX_E2E
 
-from sagemaker_ssh_helper.sandbox import Sandbox
-from sagemaker_ssh_helper.sandbox.container import pid_namespace_members
+from sagemaker_ssh_sandbox import Sandbox
+from sagemaker_ssh_sandbox.sagemaker.container import pid_namespace_members
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -315,14 +315,14 @@ def test_container_sees_sagemaker_layout_and_env(sandbox: Sandbox,
     assert env["SM_NUM_GPUS"] == "0"
     assert env["AWS_ENDPOINT_URL"] == sandbox.env["AWS_ENDPOINT_URL"]
     assert env["AWS_ENDPOINT_URL_SSM"] == sandbox.env["AWS_ENDPOINT_URL_SSM"]
-    assert env["PATH"].split(":")[0].endswith("sagemaker_ssh_helper/sandbox/bin")
+    assert env["PATH"].split(":")[0].endswith("sagemaker_ssh_sandbox/ssm/bin")
     assert report["account"] == "123456789012"  # STS through the unix-socket bridge
     assert report["interfaces"] == ["lo"]
     assert report["resolv_conf"] == Path("/etc/resolv.conf").read_text()
     # /root is fresh: nothing of the host's /root but the interpreter (pyenv) shows through
     leaked = set(report["home"]) & (set(os.listdir("/root")) - {".pyenv"} - set(SKEL))
     assert leaked == set()
-    assert report["pid1"][2] == "sagemaker_ssh_helper.sandbox.container_init"
+    assert report["pid1"][2] == "sagemaker_ssh_sandbox.sagemaker.container_init"
 
 
 def test_container_writes_never_reach_the_host(sandbox: Sandbox,
@@ -471,7 +471,7 @@ def test_status_lists_services_jobs_and_containers(sandbox: Sandbox,
                                                    launched: Dict[str, Any]) -> None:
     sandbox.wait_for_job(launched["jobs"]["ok"])
     env = dict(os.environ, PYTHONPATH=str(REPO), SM_SSH_SANDBOX_DIR=str(sandbox.state_dir.root))
-    done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", "status"],
+    done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_sandbox.cli", "status"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sandbox.env["AWS_ENDPOINT_URL"] in done.stdout
@@ -514,7 +514,7 @@ def test_down_leaves_no_processes_mounts_or_host_files(tmp_path: Path) -> None:
     processes = _processes(record["pidns"])
     assert len(processes) >= 3  # init, bash, sleep
 
-    done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", "down",
+    done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_sandbox.cli", "down",
                            "--state-dir", str(state_dir)], capture_output=True, text=True,
                           env=dict(env, PYTHONPATH=str(REPO)), timeout=120)
     assert done.returncode == 0, done.stderr
@@ -541,7 +541,7 @@ def test_down_after_the_daemon_crashed(tmp_path: Path) -> None:
 
     state_dir = tmp_path / "crash-state"
     sandbox = Sandbox(state_dir, stop_grace=2.0)
-    up = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.cli", "up",
+    up = subprocess.run([sys.executable, "-m", "sagemaker_ssh_sandbox.cli", "up",
                          "--state-dir", str(state_dir), "--stop-grace", "2", "--no-iam"],
                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
                         timeout=120)

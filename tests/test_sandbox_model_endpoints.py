@@ -15,12 +15,12 @@ from typing import Any, Callable, Dict, Iterator
 import boto3
 import pytest
 
-from sagemaker_ssh_helper.sandbox import serving
-from sagemaker_ssh_helper.sandbox.container import PACKAGE_PARENT
-from sagemaker_ssh_helper.sandbox.endpoints import Endpoint, EndpointsAPI, Instance
-from sagemaker_ssh_helper.sandbox.jobs import ApiError, JobsAPI
-from sagemaker_ssh_helper.sandbox.layout import JobSetupError, Platform
-from sagemaker_ssh_helper.sandbox.runner import JobRunner
+from sagemaker_ssh_sandbox.sagemaker import serving
+from sagemaker_ssh_sandbox.sagemaker.container import PACKAGE_PARENT
+from sagemaker_ssh_sandbox.sagemaker.endpoints import Endpoint, EndpointsAPI, Instance
+from sagemaker_ssh_sandbox.sagemaker.jobs import ApiError, JobsAPI
+from sagemaker_ssh_sandbox.sagemaker.layout import JobSetupError, Platform
+from sagemaker_ssh_sandbox.sagemaker.runner import JobRunner
 
 REGION, ACCOUNT, BUCKET = "us-east-1", "123456789012", "models"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole"
@@ -271,7 +271,7 @@ def test_transform_layout_shares_inputs_and_stacks_the_environment(
     assert sorted(p.relative_to(root / "transform" / "input").as_posix()
                   for p in (root / "transform" / "input").rglob("*") if p.is_file()) \
         == ["a.csv", "deep/c.csv"]
-    assert argv[:4] == ["/usr/bin/python3", "-m", "sagemaker_ssh_helper.sandbox.model_server",
+    assert argv[:4] == ["/usr/bin/python3", "-m", "sagemaker_ssh_sandbox.sagemaker.model_server",
                         "transform"]
     options = dict(zip(argv[4::2], argv[5::2]))
     assert options == {"--input-dir": f"{serving.TRANSFORM_DIR}/input",
@@ -340,8 +340,8 @@ def test_transform_jobs_without_their_model_or_inputs_fail_with_a_client_error(
 def test_status_gathers_and_prints_endpoints_and_every_kind_of_container(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from sagemaker_ssh_helper.sandbox.cli import _format_status
-    from sagemaker_ssh_helper.sandbox.server import Daemon
+    from sagemaker_ssh_sandbox.cli import _format_status
+    from sagemaker_ssh_sandbox.server import Daemon
 
     def entry(name: str, kind: str, job: str) -> Dict[str, Any]:
         return {"name": name, "hostname": "h", "state": "Running", "init_pid": 7,

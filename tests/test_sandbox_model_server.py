@@ -1,5 +1,5 @@
 """The sandbox's model server: handler resolution and defaults in process, and the real process
-(``python -m sagemaker_ssh_helper.sandbox.model_server``) serving, transforming, failing and
+(``python -m sagemaker_ssh_sandbox.sagemaker.model_server``) serving, transforming, failing and
 being terminated, on a model laid out as the SDK repacks it (``code/``, ``code/lib/``)."""
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Dict, List, Optional
 import pytest
 from conftest import REPO_ROOT, free_port
 
-from sagemaker_ssh_helper.sandbox import model_server
-from sagemaker_ssh_helper.sandbox.model_server import (
+from sagemaker_ssh_sandbox.sagemaker import model_server
+from sagemaker_ssh_sandbox.sagemaker.model_server import (
     READY_LINE,
     Handlers,
     assemble,

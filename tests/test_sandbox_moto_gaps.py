@@ -14,10 +14,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from sagemaker_ssh_helper.sandbox.gateway import Gateway
+from sagemaker_ssh_sandbox.gateway import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
-PYHOOK = REPO / "sagemaker_ssh_helper" / "sandbox" / "pyhook"
+PYHOOK = REPO / "sagemaker_ssh_sandbox" / "sagemaker" / "pyhook"
 ROLE = "arn:aws:iam::123456789012:role/GapsRole"
 TRUST = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": '
          '{"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}')

@@ -22,7 +22,7 @@ from test_sandbox_ssm_support import (
     wait_for,
 )
 
-from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
 RUN = "AWS-RunShellScript"
 

@@ -12,9 +12,9 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 from test_sandbox_ssm_support import ssm_client
 
-from sagemaker_ssh_helper.sandbox.ssm_backend import SSMBackend
-from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
-from sagemaker_ssh_helper.sandbox.ssm_state import SSMError
+from sagemaker_ssh_sandbox.ssm.backend import SSMBackend
+from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.state import SSMError
 
 
 @pytest.fixture
@@ -242,7 +242,7 @@ def test_unknown_operation_and_cli_module_runs(tmp_path: Path) -> None:
     with pytest.raises(SSMError) as e:
         backend.handle("CreateDocument", {})
     assert e.value.code == "UnknownOperationException"
-    proc = subprocess.Popen([sys.executable, "-m", "sagemaker_ssh_helper.sandbox.ssm_service",
+    proc = subprocess.Popen([sys.executable, "-m", "sagemaker_ssh_sandbox.ssm.service",
                              "--port", "0", "--state-dir", str(tmp_path)],
                             cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -24,8 +24,8 @@ from test_sandbox_ssm_support import (
     wait_for,
 )
 
-from sagemaker_ssh_helper.sandbox.ssm_channel import StreamEnd, relay
-from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.channel import StreamEnd, relay
+from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
 pytestmark = pytest.mark.skipif(
     not (os.name == "posix" and os.geteuid() == 0 and shutil.which("unshare")
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 # agent in the foreground.
 _INSIDE = r"""
 import socket, subprocess, sys, threading
-from sagemaker_ssh_helper.sandbox.ssm_channel import StreamEnd, relay
+from sagemaker_ssh_sandbox.ssm.channel import StreamEnd, relay
 port, path, echo_port, agent = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 socket.sethostname("algo-1")

@@ -18,10 +18,10 @@ import boto3
 from botocore.config import Config
 from conftest import free_port
 
-from sagemaker_ssh_helper.sandbox.ssm_service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
 T = TypeVar("T")
-BIN = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
+BIN = Path(__file__).resolve().parents[1] / "sagemaker_ssh_sandbox" / "ssm" / "bin"
 AGENT = BIN / "amazon-ssm-agent"
 PLUGIN = BIN / "session-manager-plugin"
 REGISTERED = "Successfully registered the instance with AWS SSM using Managed instance-id: "

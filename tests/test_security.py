@@ -12,9 +12,9 @@ from typing import Any, Dict, List
 import boto3
 import pytest
 
-from sagemaker_ssh_helper import redact, sm_ssh
+from sagemaker_ssh_helper import cli, redact
 from sagemaker_ssh_helper.cdk import policies
-from sagemaker_ssh_helper.sandbox.iam_policy import (
+from sagemaker_ssh_sandbox.iam.policy import (
     ALLOW,
     EXPLICIT_DENY,
     IMPLICIT_DENY,
@@ -187,7 +187,7 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("SM_SSH_DEBUG", "true")
-    monkeypatch.setattr(sm_ssh, "DEBUG_LOG_MAX_BYTES", 20_000)
+    monkeypatch.setattr(cli, "DEBUG_LOG_MAX_BYTES", 20_000)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     root.handlers = []
@@ -195,12 +195,12 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
         chatty = logging.getLogger("sagemaker_ssh_helper.test_security")
         chatty.setLevel(logging.NOTSET)  # whatever earlier tests set: the root level decides
 
-        def body(flags: Dict[str, bool]) -> int:
+        def body(frame: cli.Command) -> int:
             for i in range(300):
                 chatty.debug("line %d %s", i, BOTOCORE_DEBUG[1])
             return 0
 
-        assert sm_ssh.guarded("sm-ssh", body) == 0
+        assert cli.guarded_main("sm-ssh", body) == 0
     finally:
         for handler in root.handlers:
             handler.close()
@@ -222,7 +222,7 @@ def test_debug_log_is_private_capped_and_masked(tmp_path: Path, monkeypatch: pyt
 def test_log_shipper_delivers_every_line(moto_url: str) -> None:
     """Debug output has blank lines, and stdout/stderr lines reach the queue out of order:
     either made PutLogEvents refuse the whole batch, so the registration line never arrived."""
-    from sagemaker_ssh_helper.sandbox.cwlogs import LogShipper
+    from sagemaker_ssh_sandbox.sagemaker.cwlogs import LogShipper
 
     logs = boto3.client("logs", endpoint_url=moto_url)
     shipper = LogShipper(logs, interval=60)
@@ -244,7 +244,7 @@ def test_log_shipper_delivers_every_line(moto_url: str) -> None:
 
 # -- regions -------------------------------------------------------------------------------------
 def test_ssm_stand_in_keeps_regions_apart() -> None:
-    from sagemaker_ssh_helper.sandbox.ssm_service import start_ssm_server
+    from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
     with start_ssm_server(region="us-east-1") as server:
         server.backend.add_fake_instances(1, tags={"SSHResourceName": "job"})

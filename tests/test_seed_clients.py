@@ -27,7 +27,7 @@ from sagemaker_ssh_helper.interactive_sagemaker import (
 from sagemaker_ssh_helper.manager import SSMManager, SSMManagerBase
 from sagemaker_ssh_helper.sm_ssh import SageMakerSecureShellHelper, read_version
 
-pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

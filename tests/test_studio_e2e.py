@@ -28,8 +28,8 @@ import ide_support
 import pytest
 from conftest import SANDBOX_E2E, free_port, run, sm_ssh
 
-from sagemaker_ssh_helper.sandbox import Sandbox
-from sagemaker_ssh_helper.sandbox.studio import exec_argv
+from sagemaker_ssh_sandbox import Sandbox
+from sagemaker_ssh_sandbox.sagemaker.studio import exec_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sagemaker_ssh_helper"
@@ -479,7 +479,7 @@ def test_ide_notebook_executed_by_sagemaker_user_then_connect(ide_notebook: Stud
 
 def test_running_the_agent_again_leaves_the_running_one_alone(ide_notebook: Studio) -> None:
     def agents() -> List[str]:
-        listed = ide_notebook.in_app("pgrep", "-f", "sagemaker_ssh_helper.sandbox.agent")
+        listed = ide_notebook.in_app("pgrep", "-f", "sagemaker_ssh_sandbox.ssm.agent")
         return listed.stdout.split()
 
     before = agents()

@@ -402,7 +402,7 @@ def test_console_urls(sdk: SDK) -> None:
 @pytest.fixture
 def ssm_stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The sandbox's SSM service on loopback; SSM clients reach it via AWS_ENDPOINT_URL_SSM."""
-    ssm_service = pytest.importorskip("sagemaker_ssh_helper.sandbox.ssm_service")
+    ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
     server = ssm_service.start_ssm_server()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
     yield server

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner
 
-from sagemaker_ssh_helper.sandbox import Sandbox
+from sagemaker_ssh_sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,11 +25,11 @@ from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
 pytest.importorskip("sagemaker.train", reason="SageMaker Python SDK v3 is not installed "
                     "(scripts/test runs this module in .venv-v3)")
 
-from sagemaker_ssh_helper.sandbox import Sandbox  # noqa: E402
 from sagemaker_ssh_helper.wrapper import (  # noqa: E402
     SSHModelBuilderWrapper,
     SSHModelTrainerWrapper,
 )
+from sagemaker_ssh_sandbox import Sandbox  # noqa: E402
 
 pytestmark = SANDBOX_E2E
 

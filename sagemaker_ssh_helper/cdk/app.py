@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import aws_cdk as cdk
 
+from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.cdk.advanced_tier_stack import SSMAdvancedTierStack
 from sagemaker_ssh_helper.cdk.iam_ssm_stack import SSHIAMSSMStack
 from sagemaker_ssh_helper.cdk.low_gpu_stack import LowGPUNotificationStack
+from sagemaker_ssh_helper.errors import UsageError
+
+PROG = "sagemaker_ssh_helper.cdk.app"
 
 IAM_STACK = "SSH-IAM-SSM-Stack"
 ADVANCED_TIER_STACK = "SSH-IAM-SSM-Advanced-Tier-Stack"
@@ -42,7 +46,7 @@ def _names(value: Optional[str]) -> List[str]:
 
 
 def _note(message: str) -> None:
-    print(f"sagemaker_ssh_helper.cdk.app: {message}", file=sys.stderr)
+    cli.progress(f"{PROG}: {message}")
 
 
 def _environment() -> Any:
@@ -80,23 +84,22 @@ def build_single(stack_class: Any, stack_name: str, app: Optional[cdk.App] = Non
     return app
 
 
+def _synth(build: Callable[[], cdk.App]) -> int:
+    try:
+        build().synth()
+    except ValueError as e:  # bad or missing context values
+        raise UsageError(str(e)) from e
+    return 0
+
+
 def run_single(stack_class: Any, stack_name: str, prog: str) -> int:
     """Synthesize ``build_single``'s app; bad or missing context is one line, exit 2."""
-    try:
-        build_single(stack_class, stack_name).synth()
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.guarded_main(prog, lambda frame: _synth(
+        lambda: build_single(stack_class, stack_name)))
 
 
 def main() -> int:
-    try:
-        build_app().synth()
-    except ValueError as e:  # bad context values
-        _note(str(e))
-        return 2
-    return 0
+    return cli.guarded_main(PROG, lambda frame: _synth(build_app))
 
 
 if __name__ == "__main__":

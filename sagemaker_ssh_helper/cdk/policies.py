@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from sagemaker_ssh_helper import cli
+from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+
 Policy = Dict[str, Any]
 Statement = Dict[str, Any]
 
@@ -229,26 +232,34 @@ def update_document(text: str) -> str:
     return BLOCK_RE.sub(replace, text)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineParser(
         prog="python -m sagemaker_ssh_helper.cdk.policies",
         description="Print an SSH Helper IAM policy, or refresh the policy blocks of a document.")
     parser.add_argument("name", nargs="?", choices=sorted(DOCUMENTED), help="policy to print")
     parser.add_argument("--update-doc", type=Path, metavar="FILE",
                         help="rewrite the <!-- policy:NAME --> JSON blocks of FILE")
-    args = parser.parse_args(argv)
+    cli.add_general_options(parser, aws=False)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
     if args.update_doc:
         try:
             text = args.update_doc.read_text()
             args.update_doc.write_text(update_document(text))
         except (OSError, KeyError) as e:
-            print(f"policies: {e}", file=sys.stderr)
-            return 1
+            raise SSHHelperError(str(e)) from e
         return 0
     if not args.name:
-        parser.error("name a policy or pass --update-doc FILE")
+        raise UsageError("name a policy or pass --update-doc FILE")
     print(render(args.name))
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return cli.guarded_main("policies", lambda frame: run(
+        frame.parse(build_parser(), cli.argv_or_sys(argv))))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""Two places where moto answers differently from AWS and the SageMaker Python SDK v3 notices.
+
+* **iam:SimulatePrincipalPolicy** is not implemented in moto; SDK v3 calls it to check a role
+  before ``ModelTrainer`` or ``ModelBuilder`` launch anything. The sandbox checks identity
+  policies only on the SSM calls it serves (``ssm.iam``); what SDK v3 asks about (SageMaker,
+  S3, ECR, Logs) goes unchecked there, so here every action is ``allowed`` for a principal that
+  exists, and an unknown principal gets ``NoSuchEntity`` as from IAM.
+* **Empty structures.** moto's SageMaker Describe* answers carry ``"VpcConfig": {}``,
+  ``"DataCaptureConfig": {}`` and the like where AWS leaves the member out; SDK v3's models reject
+  them (their required members are missing). :func:`drop_empty_structures` removes every empty
+  structure that has required members, using botocore's model of the operation's output.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from functools import lru_cache
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs
+from xml.sax.saxutils import escape
+
+logger = logging.getLogger(__name__)
+
+IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+SIMULATE = "SimulatePrincipalPolicy"
+
+
+# -- iam:SimulatePrincipalPolicy ------------------------------------------------------------
+def query_form(content_type: str, body: bytes) -> Optional[Dict[str, str]]:
+    """The parameters of an AWS Query-protocol request (IAM, STS), or None."""
+    if not content_type.startswith("application/x-www-form-urlencoded"):
+        return None
+    try:
+        parsed = parse_qs(body.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return None
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def _members(form: Dict[str, str], prefix: str) -> List[str]:
+    keys = sorted((k for k in form if k.startswith(prefix + ".member.")),
+                  key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [form[k] for k in keys]
+
+
+def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[str], bool]
+                              ) -> Tuple[int, str]:
+    """(HTTP status, XML body) of SimulatePrincipalPolicy for ``form``."""
+    request_id = str(uuid.uuid4())
+    source = form.get("PolicySourceArn", "")
+    if not principal_exists(source):
+        return 404, (f'<ErrorResponse xmlns="{IAM_NS}"><Error><Type>Sender</Type>'
+                     f"<Code>NoSuchEntity</Code><Message>{escape(source)} not found</Message>"
+                     f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+    resources = _members(form, "ResourceArns") or ["*"]
+    results = "".join(
+        f"<member><EvalActionName>{escape(action)}</EvalActionName>"
+        f"<EvalResourceName>{escape(resource)}</EvalResourceName>"
+        "<EvalDecision>allowed</EvalDecision><MatchedStatements/><MissingContextValues/>"
+        "<OrganizationsDecisionDetail><AllowedByOrganizations>true</AllowedByOrganizations>"
+        "</OrganizationsDecisionDetail></member>"
+        for action in _members(form, "ActionNames") for resource in resources)
+    return 200, (f'<{SIMULATE}Response xmlns="{IAM_NS}"><{SIMULATE}Result>'
+                 f"<IsTruncated>false</IsTruncated><EvaluationResults>{results}"
+                 f"</EvaluationResults></{SIMULATE}Result><ResponseMetadata><RequestId>"
+                 f"{request_id}</RequestId></ResponseMetadata></{SIMULATE}Response>")
+
+
+def principal_exists(iam: Any, arn: str) -> bool:
+    """Whether the role or user ``arn`` exists in moto's IAM (other principals: assumed)."""
+    kind, _, path = arn.partition(":")[2].rpartition(":")[2].partition("/")
+    name = path.rsplit("/", 1)[-1]
+    try:
+        if kind == "role":
+            iam.get_role(RoleName=name)
+        elif kind == "user":
+            iam.get_user(UserName=name)
+        return True
+    except Exception as e:
+        if getattr(e, "response", {}).get("Error", {}).get("Code") == "NoSuchEntity":
+            return False
+        raise
+
+
+# -- empty structures -----------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _sagemaker_model() -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("sagemaker")
+
+
+def _prune(value: Any, shape: Any) -> Any:
+    kind = getattr(shape, "type_name", None)
+    if kind == "structure" and isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            member = shape.members.get(key)
+            if member is None:
+                out[key] = item
+                continue
+            if item == {} and member.type_name == "structure" and member.required_members:
+                continue
+            out[key] = _prune(item, member)
+        return out
+    if kind == "list" and isinstance(value, list):
+        return [_prune(item, shape.member) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        return {k: _prune(v, shape.value) for k, v in value.items()}
+    return value
+
+
+def drop_empty_structures(operation: str, body: bytes) -> bytes:
+    """``body`` (a SageMaker JSON answer to ``operation``) without empty structures that have
+    required members; unchanged when nothing is dropped or the operation is unknown."""
+    try:
+        output = _sagemaker_model().operation_model(operation).output_shape
+        data = json.loads(body or b"{}")
+    except Exception:  # an unknown operation or a non-JSON body: pass it on as it is
+        return body
+    if output is None or not isinstance(data, dict):
+        return body
+    pruned = _prune(data, output)
+    return body if pruned == data else json.dumps(pruned).encode()
