@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
-from sagemaker_ssh_helper import redact
+from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,6 @@ def _explained(error: Exception) -> Exception:
     are (botocore is not imported for that: an error of it means it is loaded)."""
     if "botocore" not in sys.modules:
         return error
-    from sagemaker_ssh_helper import aws
-
     return aws.explain(error, "an AWS call")
 
 
