@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sagemaker_ssh_helper import aws  # noqa: E402
+from sagemaker_ssh_helper import aws, code_shipping  # noqa: E402
 from sagemaker_ssh_helper.manager import SSMManager  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
@@ -54,8 +53,7 @@ def model_tarball(work: Path) -> Path:
     code = work / "model" / "code"
     (code / "lib").mkdir(parents=True)
     (code / "inference.py").write_text(INFERENCE)
-    shutil.copytree(REPO / "sagemaker_ssh_helper", code / "lib" / "sagemaker_ssh_helper",
-                    ignore=shutil.ignore_patterns("__pycache__", "sandbox", "cdk"))
+    code_shipping.copy_package(code / "lib" / "sagemaker_ssh_helper")  # as dependency_dir()
     archive = work / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(work / "model" / "code", arcname="code")

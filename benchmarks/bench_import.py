@@ -4,7 +4,9 @@ Runs each measurement in fresh interpreters and prints the figures:
 
 - wall time of ``python -c "import sagemaker_ssh_helper"`` minus a bare ``python -c "pass"``
   (median and min over N runs),
-- the package's cumulative time from ``python -X importtime``,
+- the package's cumulative time from ``python -X importtime``, also with ``-S`` (no
+  site-packages, the package a plain folder: as in a job's container, where nothing has
+  imported ``pathlib`` and the like before),
 - whether boto3, botocore or the SageMaker SDK ended up in ``sys.modules`` (they must not),
 - with ``--compare``: the same wall time for ``import boto3`` and ``import sagemaker``.
 
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "sagemaker_ssh_helper"
@@ -47,11 +49,11 @@ def wall_times(statement: str, runs: int) -> List[float]:
     return times
 
 
-def importtime_us(module: str, runs: int) -> List[int]:
+def importtime_us(module: str, runs: int, flags: Sequence[str] = ()) -> List[int]:
     """Cumulative microseconds ``-X importtime`` reports for ``module`` itself."""
     results = []
     for _ in range(runs):
-        stderr = _run(["-X", "importtime", "-c", f"import {module}"]).stderr
+        stderr = _run([*flags, "-X", "importtime", "-c", f"import {module}"]).stderr
         for line in stderr.splitlines():
             parts = [p.strip() for p in line.split("|")]
             if len(parts) == 3 and parts[2] == module:
@@ -95,6 +97,10 @@ def main(argv: List[str] | None = None) -> int:
     if cumulative:
         _line("  -X importtime cumulative",
               f"median {statistics.median(cumulative):.0f} us, min {min(cumulative)} us")
+    bare_folder = importtime_us(PACKAGE, args.runs, ["-S"])
+    if bare_folder:
+        _line("  the same with -S (as in a container)",
+              f"median {statistics.median(bare_folder):.0f} us, min {min(bare_folder)} us")
     if args.compare:
         for module in ("boto3", "sagemaker"):
             _line(f"python -c 'import {module}'",

@@ -5,10 +5,16 @@ stay light: no SageMaker SDK and no boto3 at import time. The container API is r
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
 
-__version__ = (Path(__file__).with_name("VERSION")).read_text().strip()
+# Nothing but os here: in a container nothing has imported pathlib or typing yet, and either
+# would be most of the cost of importing this package (hence open() for VERSION).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+with open(os.path.join(os.path.dirname(__file__), "VERSION"), encoding="utf-8") as _file:
+    __version__ = _file.read().strip()
 
 __all__ = [
     "__version__",
@@ -28,7 +34,7 @@ def setup_and_start_ssh() -> None:
     _impl()
 
 
-def is_last_session_timeout(time_delta: Any) -> bool:
+def is_last_session_timeout(time_delta: timedelta) -> bool:
     """True once no SSM session and no SSH session has been open for ``time_delta``."""
     from sagemaker_ssh_helper.idle import is_last_session_timeout as _impl
 

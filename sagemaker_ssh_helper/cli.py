@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
-from sagemaker_ssh_helper import redact
+from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -146,22 +146,22 @@ class Command:
         progress(f"{self.prog}: {message}")
 
 
-def _explained(error: Exception) -> Exception:
+def _explained(error: Exception, action: str) -> Exception:
     """A botocore error as the :class:`~.errors.AwsError` that says what to do; others as they
     are (botocore is not imported for that: an error of it means it is loaded)."""
     if "botocore" not in sys.modules:
         return error
-    from sagemaker_ssh_helper import aws
-
-    return aws.explain(error, "an AWS call")
+    return aws.explain(error, action)
 
 
 def guarded_main(prog: str, body: Callable[[Command], int], *, level: int = logging.WARNING,
-                 debug_log: bool = True, fmt: Optional[str] = None) -> int:
+                 debug_log: bool = True, fmt: Optional[str] = None,
+                 aws_action: str = "an AWS call") -> int:
     """Run ``body`` in the frame (see the module's docstring); return the exit code.
 
     ``level`` is the stderr level outside debug mode (container commands log INFO to the job's
-    log); ``debug_log`` is for laptop commands.
+    log); ``debug_log`` is for laptop commands; ``aws_action`` names the call an AWS error that
+    reaches the frame most likely came from (``ssm:DescribeInstanceInformation``).
     """
     command = Command(prog, debug_requested())
     setup_logging(prog, command.debug, level=level, debug_log=debug_log, fmt=fmt)
@@ -178,7 +178,7 @@ def guarded_main(prog: str, body: Callable[[Command], int], *, level: int = logg
     except Exception as e:  # AWS errors that escaped a call site, and the unexpected
         if command.debug:
             logger.exception("%s failed", prog)
-        explained = _explained(e)
+        explained = _explained(e, aws_action)
         print(f"{prog}: {one_line(explained)}", file=sys.stderr, flush=True)
         return explained.exit_code if isinstance(explained, SSHHelperError) else 1
 

@@ -1,8 +1,19 @@
-"""Ship this package with a job's source code (SageMaker Python SDK v3 launches).
+"""Ship what containers use of this package with a job (both SDK majors).
 
-``ModelTrainer`` and ``ModelBuilder`` take the user's code as a ``SourceCode``: a source folder
-and an entry script. The v3 wrappers swap the folder for a copy that has the package next to the
-entry script, so ``import sagemaker_ssh_helper`` works in the container as with SDK v2's
+**What ships** (:func:`container_files`): ``VERSION``, the bash commands that run in containers
+(every ``sm-*`` but the laptop's ``sm-local-*`` and ``sm-connect-ssh-proxy``), and the modules
+that ``import sagemaker_ssh_helper`` and those commands reach, directly or through each other
+(imports, and ``python -m sagemaker_ssh_helper.<module>`` command lines). They are found by
+reading the sources, so a module that containers start to use is shipped from then on; the
+launch side (wrappers, SDK glue), the laptop's commands and ``cdk/`` stay home. The offline
+sandbox is a separate package (``sagemaker_ssh_sandbox``) and never ships.
+
+SDK v2: ``dependency_dir()`` of the wrappers is a copy of just that (:func:`package_copy`), for
+``dependencies=[...]`` of framework estimators and models, and a script processor's input.
+
+SDK v3: ``ModelTrainer`` and ``ModelBuilder`` take the user's code as a ``SourceCode``: a source
+folder and an entry script. The v3 wrappers swap the folder for a copy that has the package next
+to the entry script, so ``import sagemaker_ssh_helper`` works in the container as with SDK v2's
 ``dependencies=[...]``: ``ModelTrainer`` uploads the folder as the ``code`` channel (mounted at
 ``/opt/ml/input/data/code``, where the entry script runs) and ``ModelBuilder`` packs it into
 ``model.tar.gz`` under ``code/`` (the serving container's code directory).
@@ -13,22 +24,83 @@ The copy is made when ``create()`` runs, in a temporary folder that goes away wi
 """
 from __future__ import annotations
 
+import ast
 import atexit
+import fnmatch
 import logging
+import re
 import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Set
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Launch-side parts that containers never use (DESIGN: nothing of the sandbox is uploaded).
-PACKAGE_IGNORE = ("__pycache__", "*.pyc", "sandbox", "cdk")
+PACKAGE = PACKAGE_DIR.name
+# The laptop's commands: console scripts, and bash launchers for the package folder.
+LAPTOP_SCRIPTS = ("sm-local-*", "sm-connect-ssh-proxy")
+_MODULE_RE = re.compile(rf"\b{PACKAGE}\.(\w+)")
 HINT = ("the entry script must be able to `import sagemaker_ssh_helper`: use a local source "
         "folder (the wrapper ships the package in it) or list sagemaker-ssh-helper in its "
         "requirements file")
+
+
+def _imported(path: Path) -> Set[str]:
+    """Names of this package's modules that the source ``path`` imports (also inside
+    functions) or runs as ``"sagemaker_ssh_helper.<module>"`` (``python -m`` argv)."""
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == PACKAGE:
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith(PACKAGE + "."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names
+                         if a.name.startswith(PACKAGE + "."))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = re.fullmatch(rf"{PACKAGE}\.(\w+)(\.\w+)*", node.value)
+            if match:
+                found.add(match.group(1))
+    return found
+
+
+def container_files() -> List[str]:
+    """The package's files that containers use, relative to the package (see the module's
+    docstring), sorted."""
+    scripts = sorted(p.name for p in PACKAGE_DIR.glob("sm-*") if p.is_file()
+                     and not any(fnmatch.fnmatch(p.name, pattern) for pattern in LAPTOP_SCRIPTS))
+    todo = {"__init__"}
+    for script in scripts:
+        todo.update(_MODULE_RE.findall((PACKAGE_DIR / script).read_text()))
+    files = {"VERSION", *scripts}
+    seen: Set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        module, package = PACKAGE_DIR / f"{name}.py", PACKAGE_DIR / name
+        if module.is_file():
+            files.add(module.name)
+            todo.update(_imported(module))
+        elif (package / "__init__.py").is_file():  # a subpackage: all of it
+            for path in package.rglob("*.py"):
+                files.add(path.relative_to(PACKAGE_DIR).as_posix())
+                todo.update(_imported(path))
+        # else: a name imported from the package (``from sagemaker_ssh_helper import x``)
+    return sorted(files)
+
+
+def copy_package(target: Path) -> Path:
+    """Write the files containers use into the new folder ``target``; return it."""
+    for name in container_files():
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PACKAGE_DIR / name, dest)
+    return target
 
 
 def is_local_dir(source_dir: Any) -> bool:
@@ -53,7 +125,7 @@ def stage(source_dir: str, owner: Any, ignore_patterns: Optional[Sequence[str]] 
         if shipped.exists():
             logger.info("%s has its own %s/: shipping that copy", source_dir, PACKAGE_DIR.name)
         else:
-            shutil.copytree(PACKAGE_DIR, shipped, ignore=shutil.ignore_patterns(*PACKAGE_IGNORE))
+            copy_package(shipped)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -78,13 +150,18 @@ _package_copy: Optional[str] = None
 
 
 def package_copy() -> str:
-    """A folder holding only the package (what containers use), for SDK inputs that upload a
-    local folder; made once per process and removed at exit."""
+    """A folder named like the package holding what containers use of it, for SDK inputs that
+    upload a local folder; made once per process and removed at exit."""
     global _package_copy
     if _package_copy is None or not Path(_package_copy).is_dir():
         root = tempfile.mkdtemp(prefix="sm-ssh-package-")
         atexit.register(shutil.rmtree, root, True)
-        target = Path(root) / PACKAGE_DIR.name
-        shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns(*PACKAGE_IGNORE))
-        _package_copy = str(target)
+        _package_copy = str(copy_package(Path(root) / PACKAGE))
     return _package_copy
+
+
+def is_package_copy(path: Any) -> bool:
+    """Whether ``path`` is the package or a copy :func:`package_copy` made."""
+    resolved = Path(str(path)).resolve()
+    return resolved == PACKAGE_DIR or (
+        _package_copy is not None and resolved == Path(_package_copy).resolve())

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -52,7 +53,6 @@ class Package:
 
     url: str
     install: List[str]  # argv, with {file} for the downloaded file ({dir}: it unpacked)
-    needs_root: bool = True
     key: signing.SigningKey = signing.SESSION_MANAGER_PLUGIN  # PGP key of ``<url>.sig``
 
 
@@ -173,8 +173,6 @@ def verified_download(package: Package, folder: Path, out: Callable[[str], None]
 
 def _unpack(file: Path, folder: Path) -> None:
     """Unzip ``file`` into ``folder``, keeping the files' modes (the installers' x bits)."""
-    import zipfile
-
     with zipfile.ZipFile(file) as zf:
         for info in zf.infolist():
             path = Path(zf.extract(info, folder))

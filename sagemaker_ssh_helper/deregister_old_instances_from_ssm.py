@@ -273,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             logging.getLogger(noisy).setLevel(logging.INFO if frame.debug else logging.WARNING)
         return run(args, sys.stdin, sys.stdout, sys.stderr)
 
-    return cli.guarded_main(PROG, body)
+    return cli.guarded_main(PROG, body, aws_action="ssm:DescribeInstanceInformation")
 
 
 if __name__ == "__main__":

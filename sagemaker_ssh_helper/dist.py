@@ -21,10 +21,11 @@ import hashlib
 import sys
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import cli
+from sagemaker_ssh_helper import __version__, aws, cli
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
 NAME = "sagemaker-ssh-helper"
@@ -37,7 +38,7 @@ STAGE_PREFIX = "sagemaker-ssh-helper"
 
 
 def version() -> str:
-    return (PACKAGE_DIR / "VERSION").read_text().strip()
+    return __version__
 
 
 def wheel_name() -> str:
@@ -45,8 +46,6 @@ def wheel_name() -> str:
 
 
 def _metadata() -> Any:
-    from importlib import metadata
-
     try:
         return metadata.distribution(NAME)
     except metadata.PackageNotFoundError:
@@ -120,8 +119,6 @@ def build_wheel(out_dir: Path) -> Path:
 
 def default_prefix(session: Any, region: str) -> str:
     """``s3://sagemaker-<region>-<account>/sagemaker-ssh-helper/``, SageMaker's default bucket."""
-    from sagemaker_ssh_helper import aws
-
     try:
         account = aws.client(session, "sts").get_caller_identity()["Account"]
     except Exception as e:
@@ -131,8 +128,6 @@ def default_prefix(session: Any, region: str) -> str:
 
 def stage(session: Any, region: str, prefix: Optional[str] = None) -> str:
     """Upload this version's wheel under ``prefix`` (an s3:// URL); return its URL."""
-    from sagemaker_ssh_helper import aws
-
     prefix = prefix or default_prefix(session, region)
     if not prefix.startswith("s3://") or "/" not in prefix[len("s3://"):].strip("/") + "/":
         raise UsageError(f"--s3 needs an s3://bucket/prefix/ URL, got {prefix!r}")

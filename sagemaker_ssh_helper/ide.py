@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper.log import SSHLog
+from sagemaker_ssh_helper.manager import SSMManager
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ class SSHIDE:
                 "AppName": app_name}
 
     def _ssh_log(self) -> Any:
-        from sagemaker_ssh_helper.log import SSHLog
-
         return SSHLog(region_name=self.region_name, session=self.session)
 
     # -- apps -------------------------------------------------------------------------------
@@ -254,8 +254,6 @@ class SSHIDE:
     def get_instance_ids(self, app_name: str, timeout_in_sec: float = 0,
                          not_earlier_than_timestamp: int = 0) -> List[str]:
         """Online instances of the app, newest first (waits up to ``timeout_in_sec``)."""
-        from sagemaker_ssh_helper.manager import SSMManager
-
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_studio_user_kgw_instance_ids(
             self.domain_id, self.owner, app_name, timeout_in_sec=timeout_in_sec,
@@ -345,14 +343,10 @@ class NotebookInstance:
 
     def get_instance_ids(self, timeout_in_sec: float = 0) -> List[str]:
         """Online instances the notebook instance registered, newest first."""
-        from sagemaker_ssh_helper.manager import SSMManager
-
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_notebook_instance_ids(self.name, timeout_in_sec=timeout_in_sec)
 
     def _ssh_log(self) -> Any:
-        from sagemaker_ssh_helper.log import SSHLog
-
         return SSHLog(region_name=self.region_name, session=self.session)
 
     def get_cloudwatch_url(self) -> str:

@@ -17,6 +17,7 @@ import time
 from datetime import timedelta
 from typing import Callable, Iterable, Mapping, Optional
 
+from sagemaker_ssh_helper.aws import parse_arn
 from sagemaker_ssh_helper.env import ProcessInfo, iter_processes
 
 SESSION_WORKER = "ssm-session-worker"
@@ -78,8 +79,6 @@ def is_profiler_issues_found(environ: Optional[Mapping[str, str]] = None,
 
     Raises ``ValueError`` outside a SageMaker training job (no ``TRAINING_JOB_ARN``).
     """
-    from sagemaker_ssh_helper.aws import parse_arn
-
     environ = os.environ if environ is None else environ
     arn_text = environ.get("TRAINING_JOB_ARN")
     if not arn_text:

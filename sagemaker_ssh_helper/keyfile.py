@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from sagemaker_ssh_helper import portable
-from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def _pub_file(path: Path) -> Optional[str]:
 def require_tool(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
-        raise SSHHelperError(f"{tool} not found on PATH: install the OpenSSH client "
-                             "(e.g. `apt-get install openssh-client`)", 127)
+        raise ToolMissing(f"{tool} not found on PATH: install the OpenSSH client "
+                          "(e.g. `apt-get install openssh-client`)")
     return path
 
 

@@ -99,7 +99,7 @@ class ManagedInstance:
 
 
 def matches(instance: ManagedInstance, target: fqdn.Target, ignore_case: bool = False) -> bool:
-    """The DESIGN.md rule: same SSHResourceName and ``:<arn_type>/`` in SSHResourceArn."""
+    """docs/DESIGN.md's rule (2.3): same SSHResourceName and ``:<arn_type>/`` in SSHResourceArn."""
     name, arn = instance.resource_name, instance.resource_arn
     if not name or not arn or target.name is None:
         return False

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
+from sagemaker_ssh_helper.log import SSHLog
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def logs_hint(session: Any, region: str, target: fqdn.Target) -> str:
         return ("check that the app calls setup_and_start_ssh() and look at its logs in the "
                 "SageMaker Studio console")
     try:
-        from sagemaker_ssh_helper.log import SSHLog
-
         url = SSHLog(region_name=region, session=session).get_cloudwatch_url(
             target.kind.kind, target.name)
         return f"check that the entry point calls setup_and_start_ssh(), and its logs: {url}"

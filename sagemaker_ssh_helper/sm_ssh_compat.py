@@ -8,9 +8,9 @@ instead of v2's shell scripts, and raise ``SSHHelperError`` when they fail.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Sequence
 
+from sagemaker_ssh_helper import __version__
 from sagemaker_ssh_helper import fqdn as fqdn_table
 from sagemaker_ssh_helper.errors import SSHHelperError
 
@@ -21,7 +21,7 @@ _SPACE_SUFFIX = "space.sagemaker"
 
 def read_version() -> str:
     """This package's version (the ``VERSION`` file next to it)."""
-    return Path(__file__).with_name("VERSION").read_text().strip()
+    return __version__
 
 
 def _run(argv: List[str], what: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, cli, fqdn
+from sagemaker_ssh_helper import aws, cli, fqdn, resources
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,6 @@ def registrations(logs: Any, target: fqdn.Target) -> Dict[str, float]:
 def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[float]]:
     """(status or "NotFound", creation time) of ``target``; (None, None) when it cannot be told
     (no permission: the log check still applies)."""
-    from sagemaker_ssh_helper import resources
-
     api = target.kind.api
     if api is None:
         return None, None
@@ -178,8 +176,6 @@ class Verifier:
 
     def check_running(self, region_source: str) -> None:
         """Fail for a resource that does not exist (here) or has finished."""
-        from sagemaker_ssh_helper import resources
-
         what = f"{self.target.kind.description} {self.target.name}"
         status = self.described().status
         if status == "NotFound":

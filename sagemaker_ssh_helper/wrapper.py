@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, detached_sagemaker, fqdn, wrapper_hooks
+from sagemaker_ssh_helper import aws, code_shipping, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
 from sagemaker_ssh_helper.wrapper_base import (
     LOOKUP_900,
@@ -91,7 +90,7 @@ def _raise_unless_ok(name: str, status: str) -> None:
 def _hint_dependencies(sdk_object: Any) -> None:
     deps = getattr(sdk_object, "dependencies", None)
     if getattr(sdk_object, "entry_point", None) and not any(
-            Path(str(d)).resolve() == PACKAGE_DIR for d in deps or []):
+            code_shipping.is_package_copy(d) for d in deps or []):
         logger.info("the entry point must be able to `import sagemaker_ssh_helper`: pass "
                     "dependencies=[SSHEstimatorWrapper.dependency_dir()] or list "
                     "sagemaker-ssh-helper in the source dir's requirements.txt")

@@ -21,10 +21,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, code_shipping, fqdn, resources
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
+from sagemaker_ssh_helper.log import SSHLog
+from sagemaker_ssh_helper.manager import SSMManager
+from sagemaker_ssh_helper.proxy import SSMProxy
 from sagemaker_ssh_helper.wrapper_settings import (  # noqa: F401 - re-exported names
     DEFAULT_LOOKUP_TIMEOUT,
     TERMINAL_JOB_STATUSES,
@@ -46,11 +49,6 @@ from sagemaker_ssh_helper.wrapper_settings import (  # noqa: F401 - re-exported 
     resolve_wait_seconds,
     wait_for_status,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sagemaker_ssh_helper.log import SSHLog
-    from sagemaker_ssh_helper.manager import SSMManager
-    from sagemaker_ssh_helper.proxy import SSMProxy
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +113,10 @@ class SSHEnvironmentWrapper:
 
     @classmethod
     def dependency_dir(cls) -> str:
-        """The package folder, for ``dependencies=[...]`` of framework estimators/processors."""
-        return str(PACKAGE_DIR)
+        """A folder named ``sagemaker_ssh_helper`` holding what containers use of the package
+        (not its launch side, laptop commands or CDK code), for ``dependencies=[...]`` of
+        framework estimators, processors and models (see :mod:`.code_shipping`)."""
+        return code_shipping.package_copy()
 
     @classmethod
     def ssm_role_from_iam_arn(cls, iam_arn: str) -> str:
@@ -147,13 +147,9 @@ class SSHEnvironmentWrapper:
         return f"{fqdn.kind(self.kind).description} {self.resource_name()}"
 
     def ssm_manager(self) -> SSMManager:
-        from sagemaker_ssh_helper.manager import SSMManager
-
         return SSMManager(region_name=self.region(), session=self.boto_session)
 
     def ssh_log(self) -> SSHLog:
-        from sagemaker_ssh_helper.log import SSHLog
-
         return SSHLog(region_name=self.region(), session=self.boto_session)
 
     # -- the environment --------------------------------------------------------------------
@@ -171,8 +167,6 @@ class SSHEnvironmentWrapper:
 
     def _check_state(self) -> None:
         """Fail at once when the resource does not exist (here) or has ended."""
-        from sagemaker_ssh_helper import resources
-
         target = fqdn.Target(kinds=(fqdn.kind(self.kind),), name=self.resource_name())
         self._raise_for_status(resources.resource_status(self.boto_session, self.region(),
                                                          target))
@@ -240,8 +234,6 @@ class SSHEnvironmentWrapper:
         ``extra_args`` such as ``-R 12345:localhost:12345``). The job stays held: call
         ``terminate_waiting_loop()`` on the proxy, or use ``start_ssm_connection_and_continue``.
         """
-        from sagemaker_ssh_helper.proxy import SSMProxy
-
         seconds = self._connection_timeout(retry, timeout_in_sec, timeout)
         instance_id = self.get_instance_id(timeout_in_sec=seconds, index=index)
         proxy = SSMProxy(ssh_listen_port, extra_args, self.region(), self.get_cloudwatch_url(),

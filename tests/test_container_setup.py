@@ -167,7 +167,7 @@ def test_an_installed_package_is_not_put_on_pythonpath(container: Container) -> 
     """Whatever the setup exports reaches the SSM agent, SSH sessions and /etc/environment."""
     for name in ("site", "shipped"):
         shutil.copytree(PACKAGE_DIR, container.root / name / "sagemaker_ssh_helper",
-                        ignore=shutil.ignore_patterns("__pycache__", "sandbox"))
+                        ignore=shutil.ignore_patterns("__pycache__"))
     # Pythons that record the PYTHONPATH they are run with; "site-python" also imports from
     # $R/site, as a Python with the package in its site-packages does.
     for name, run in (("site-python", 'PYTHONPATH="$R/site${PYTHONPATH:+:$PYTHONPATH}" exec'),

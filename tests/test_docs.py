@@ -151,7 +151,7 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
 
 # Names that look like commands but are files or directories the documents mention.
 NOT_COMMANDS = {"sm-ssh-known_hosts", "sm-wait-stopped", "sm-ssh-sandbox"}
-# Contract variables (DESIGN.md section 2) and the other settings the documents may name.
+# Contract variables (docs/DESIGN.md section 2) and the other settings the documents may name.
 ENV_VAR_RE = re.compile(r"\b(START_SSH|SSH_[A-Z][A-Z_]*[A-Z]|SM_SSH_[A-Z_]*[A-Z])\b")
 COMMAND_RE = re.compile(r"(?<![\w/.~-])(sm-[a-z0-9][a-z0-9_-]*[a-z0-9])(?![\w.]*/)")
 GENERAL_OPTIONS = ("-v", "--verbose", "--profile", "--region")
@@ -532,3 +532,31 @@ def test_readme_starts_with_the_two_newcomer_commands() -> None:
     assert [line.split("#")[0].strip() for line in first_block] == [
         "bash scripts/demo", "bash scripts/test"]
     assert text.index("bash scripts/demo") < text.index("## ")
+
+
+def _table_names(text: str, heading: str) -> Set[str]:
+    """The backquoted names in the table that follows ``heading`` in docs/DESIGN.md."""
+    section = text[text.index(heading):]
+    rows = re.search(r"^\|.*?(?=^[^|\n])", section, re.M | re.S)
+    assert rows, f"no table after {heading!r}"
+    return set(re.findall(r"`([\w./-]+)`", rows.group(0)))
+
+
+def test_design_maps_every_module_of_both_packages() -> None:
+    """docs/DESIGN.md describes the house as it is: each module of the product is placed in a
+    layer (section 1), each module of the sandbox in a part (section 6)."""
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    product = _table_names(text, "## 1. Three sides and a core")
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {"cdk/"}
+    assert modules - product == set()
+    sandbox_dir = ROOT / "sagemaker_ssh_sandbox"
+    sandbox = _table_names(text, "## 6. The offline sandbox")
+    parts = {p.name + "/" for p in sandbox_dir.iterdir() if (p / "__init__.py").is_file()}
+    for part in sorted(parts - {"sagemaker/pyhook/"}):
+        assert part in sandbox, part
+    for path in sandbox_dir.rglob("*.py"):
+        if path.stem != "__init__" and path.parent.name != "pyhook":
+            assert path.stem in sandbox, path.relative_to(ROOT)
+    # its links resolve from docs/
+    for target in re.findall(r"\]\(([^)\s#]+)", text):
+        assert (ROOT / "docs" / target).resolve().exists(), target

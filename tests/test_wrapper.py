@@ -178,14 +178,39 @@ def test_framework_estimator_ships_the_package_as_a_dependency(sdk: SDK, tmp_pat
         names = set(tar.getnames())
     assert {"train.py", "sagemaker_ssh_helper/__init__.py", "sagemaker_ssh_helper/VERSION"} \
         <= names
+    # what containers use, not the launch side, the laptop's commands or the CDK code
+    shipped = {n.split("/", 1)[1] for n in names if n.startswith("sagemaker_ssh_helper/")
+               and not n.endswith("/__pycache__") and "/__pycache__/" not in n}
+    assert {"bootstrap.py", "init_ssm.py", "sm-setup-ssh", "sm-wait"} <= shipped
+    assert not shipped & {"wrapper.py", "sm_ssh.py", "connect.py", "sm-local-ssh-training",
+                          "cdk", "cdk/policies.py"}
+    assert not [n for n in names if "sandbox" in n]
 
 
-def test_dependency_dir_is_the_package() -> None:
+def test_dependency_dir_holds_what_containers_use(tmp_path: Path) -> None:
+    """dependency_dir() is a folder named like the package with the container side only; a
+    Python without site-packages imports every module of it from there (so nothing a container
+    imports is left behind)."""
     import sagemaker_ssh_helper
 
-    assert PACKAGE_DIR == Path(sagemaker_ssh_helper.__file__).resolve().parent
+    package = Path(sagemaker_ssh_helper.__file__).resolve().parent
+    assert PACKAGE_DIR.name == "sagemaker_ssh_helper" and PACKAGE_DIR != package
     assert SSHProcessorWrapper.dependency_dir() == str(PACKAGE_DIR)
-    assert (PACKAGE_DIR / "VERSION").is_file()
+    files = sorted(p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts)
+    assert {"VERSION", "__init__.py", "bootstrap.py", "init_ssm.py", "wait.py", "save_env.py",
+            "ide_container.py", "idle.py", "sm-setup-ssh", "sm-init-ssm", "sm-wait",
+            "sm-save-env", "sm-ssh-ide"} <= set(files)
+    assert not [f for f in files if f.startswith(("wrapper", "cdk/", "sm-local-", "sm_ssh"))]
+    assert (PACKAGE_DIR / "VERSION").read_text() == (package / "VERSION").read_text()
+    modules = [f[:-3] for f in files if f.endswith(".py") and f != "__init__.py"]
+    code = ("import importlib, sagemaker_ssh_helper as p; print(p.__file__); "
+            f"[importlib.import_module('sagemaker_ssh_helper.' + m) for m in {modules!r}]")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, text=True,
+                          capture_output=True, env={"PYTHONPATH": str(PACKAGE_DIR.parent),
+                                                         "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(PACKAGE_DIR / "__init__.py")
 
 
 def test_create_after_fit_is_refused(sdk: SDK) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,22 @@ def imported_heavy(*modules: str) -> List[str]:
 
 def test_package_import_loads_neither_boto3_nor_sagemaker() -> None:
     assert imported_heavy("sagemaker_ssh_helper") == []
+
+
+def test_package_import_in_a_bare_interpreter_needs_nothing_but_os(tmp_path: Path) -> None:
+    """As in a job's container (the package a plain folder, nothing imported before it): the
+    import adds neither pathlib nor typing, and __version__ is the VERSION file's."""
+    code = ("import sys; before = set(sys.modules); import sagemaker_ssh_helper as p; "
+            "print(sorted(m.split('.')[0] for m in set(sys.modules) - before), p.__version__)")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, text=True,
+                          capture_output=True, check=True, env={"PYTHONPATH": str(REPO)})
+    version = (REPO / "sagemaker_ssh_helper" / "VERSION").read_text().strip()
+    added, printed_version = done.stdout.rsplit(" ", 1)
+    assert printed_version.strip() == version
+    assert "'pathlib'" not in added and "'typing'" not in added, added
+    assert set(re.findall(r"'(\w+)'", added)) <= {
+        "sagemaker_ssh_helper", "__future__", "os", "posixpath", "genericpath", "stat", "_stat",
+        "_collections_abc", "abc", "io", "codecs"}, added
 
 
 @pytest.mark.parametrize("module", [

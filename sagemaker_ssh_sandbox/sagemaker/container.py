@@ -123,7 +123,6 @@ class Container:
         self.init_pid: Optional[int] = None
         self._init_create_time: Optional[float] = None
         self.pidns: Optional[str] = None
-        self.started_at: Optional[float] = None
         self.ended_at: Optional[float] = None
 
     @property
@@ -189,7 +188,6 @@ class Container:
                "PYTHONPATH": str(PACKAGE_PARENT), "PYTHONDONTWRITEBYTECODE": "1",
                "LANG": "C.UTF-8"}
         self._log = open(self.log_path, "ab")
-        self.started_at = time.time()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=env, cwd="/",
                                       start_new_session=True)
