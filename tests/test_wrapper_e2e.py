@@ -16,11 +16,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
-from conftest import SANDBOX_E2E, allow_team_owner
+from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
 
 from sagemaker_ssh_sandbox import Sandbox
 
@@ -132,11 +133,66 @@ print("RESULT " + json.dumps({"job": wrapper.processing_job_name(), "ids": ids,
 """
 
 
+CRASHING_ENTRY_POINT = """\
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+with open("/tmp/evidence.txt", "w") as f:
+    f.write("state of the failed run\\n")
+raise RuntimeError("loss is NaN at step 42")
+"""
+
+CRASHING_USER_SCRIPT = """\
+import json, os, sys
+
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+
+estimator = PyTorch(entry_point="crash.py", source_dir=sys.argv[1],
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    base_job_name="ssh-wrapper-crash")
+SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=0, local_user_id="e2e-owner",
+                           keep_alive_on_failure_seconds=900)
+estimator.fit(wait=False)
+print("RESULT " + json.dumps({"job": estimator.latest_training_job.name}), flush=True)
+"""
+
+
+FAILING_COMMAND_USER_SCRIPT = """\
+import json, os, sys
+
+from sagemaker.processing import ScriptProcessor
+from sagemaker_ssh_helper.wrapper import SSHProcessorWrapper
+
+# our entry point runs the user's shell script: a non-zero exit holds the container too
+processor = ScriptProcessor(
+    command=["python3", "-m", "sagemaker_ssh_helper.postmortem", "--", "bash"],
+    image_uri="any:latest", role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], instance_count=1,
+    instance_type="ml.m5.xlarge", base_job_name="ssh-wrapper-exit3",
+    env={"PYTHONPATH": "/opt/ml/processing/input"})
+SSHProcessorWrapper.create(processor, connection_wait_time_seconds=0, local_user_id="e2e-owner",
+                           keep_alive_on_failure_seconds=900)
+processor.run(code=os.path.join(sys.argv[1], "step.sh"),
+              inputs=[SSHProcessorWrapper.augmented_input()], wait=False, logs=False)
+print("RESULT " + json.dumps({"job": processor.latest_job.job_name}), flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     with Sandbox(tmp_path_factory.mktemp("sandbox"), stop_grace=3.0) as sb:
         allow_team_owner(sb, "e2e-owner")
         yield sb
+
+
+def user_env(sandbox: Sandbox, tmp_path: Path) -> Dict[str, str]:
+    home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    return env
 
 
 def run_user_script(sandbox: Sandbox, tmp_path: Path, script: str,
@@ -146,10 +202,7 @@ def run_user_script(sandbox: Sandbox, tmp_path: Path, script: str,
     for name, text in sources.items():
         (source / name).write_text(text)
     (tmp_path / "launch.py").write_text(script)
-    home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
-    home.mkdir()
-    env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    env = user_env(sandbox, tmp_path)
     done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -184,3 +237,60 @@ def test_processor_wrapper_journey(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result["status"] == "Completed"
     log = sandbox.container_log(result["job"], kind="processing")
     assert "processing released by the user" in log
+
+
+def test_crashed_job_is_held_for_a_post_mortem(sandbox: Sandbox, tmp_path: Path) -> None:
+    """keep_alive_on_failure_seconds: the script's uncaught exception keeps the container
+    connectable until `sm-wait stop`, then the job fails with the script's own error."""
+    job = run_user_script(sandbox, tmp_path, CRASHING_USER_SCRIPT,
+                          {"crash.py": CRASHING_ENTRY_POINT})["job"]
+    deadline = time.monotonic() + 180
+    while "post-mortem hold" not in sandbox.container_log(job) and time.monotonic() < deadline:
+        assert sandbox.wait_for_job(job, timeout=0)["TrainingJobStatus"] == "InProgress", \
+            sandbox.container_log(job)
+        time.sleep(0.5)
+    log = sandbox.container_log(job)
+    assert "RuntimeError: loss is NaN at step 42" in log and "post-mortem hold" in log, log
+    fqdn = f"{job}.training.sagemaker"
+    assert f"connect with: sm-ssh connect {fqdn}" in log, log
+
+    env = user_env(sandbox, tmp_path)
+    done = run(sm_ssh("connect", fqdn, "--", "cat /tmp/evidence.txt; pgrep -f crash.py"), env)
+    assert done.returncode == 0, done.stderr
+    evidence, *crashed_script = done.stdout.splitlines()
+    assert evidence == "state of the failed run" and crashed_script, done.stdout  # still there
+    assert sandbox.wait_for_job(job, timeout=0)["TrainingJobStatus"] == "InProgress"
+
+    done = run(sm_ssh("connect", fqdn, "--", "sm-wait stop"), env)
+    assert done.returncode == 0, done.stderr
+    described = sandbox.wait_for_job(job, timeout=120)
+    assert described["TrainingJobStatus"] == "Failed", described
+    reason = described["FailureReason"]
+    assert "RuntimeError: loss is NaN at step 42" in reason, reason
+    assert "post-mortem" not in reason and "sm-wait" not in reason, reason
+    assert "post-mortem hold over" in sandbox.container_log(job)
+
+
+def test_failing_command_under_our_entry_point_is_held(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``python -m sagemaker_ssh_helper.postmortem -- CMD``: CMD's non-zero exit holds the
+    container until `sm-ssh stop-waiting`, then the job fails."""
+    job = run_user_script(sandbox, tmp_path, FAILING_COMMAND_USER_SCRIPT,
+                          {"step.sh": "echo step output > /tmp/evidence.txt\nexit 3\n"})["job"]
+    deadline = time.monotonic() + 180
+    while "post-mortem hold" not in sandbox.container_log(job, kind="processing") \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = sandbox.container_log(job, kind="processing")
+    assert "bash exited with code 3: post-mortem hold" in log, log
+    fqdn = f"{job}.processing.sagemaker"
+    env = user_env(sandbox, tmp_path)
+    done = run(sm_ssh("connect", fqdn, "--", "cat /tmp/evidence.txt"), env)
+    assert (done.returncode, done.stdout) == (0, "step output\n"), done.stderr
+    assert sandbox.wait_for_job(job, kind="processing", timeout=0)[
+        "ProcessingJobStatus"] == "InProgress"
+
+    done = run(sm_ssh("stop-waiting", fqdn), env)
+    assert done.returncode == 0, done.stderr
+    described = sandbox.wait_for_job(job, kind="processing", timeout=120)
+    assert described["ProcessingJobStatus"] == "Failed", described
+    assert "post-mortem hold over" in sandbox.container_log(job, kind="processing")
