@@ -11,6 +11,7 @@ The scripts use SSH Helper v2's calls as its README and tests wrote them: ``prin
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -261,6 +262,8 @@ def test_crashed_job_is_held_for_a_post_mortem(sandbox: Sandbox, tmp_path: Path)
     assert evidence == "state of the failed run" and crashed_script, done.stdout  # still there
     assert sandbox.wait_for_job(job, timeout=0)["TrainingJobStatus"] == "InProgress"
 
+    copies_through_s3_and_scp(sandbox, env, fqdn, tmp_path)  # e.g. the failed run's files
+
     done = run(sm_ssh("connect", fqdn, "--", "sm-wait stop"), env)
     assert done.returncode == 0, done.stderr
     described = sandbox.wait_for_job(job, timeout=120)
@@ -294,3 +297,50 @@ def test_failing_command_under_our_entry_point_is_held(sandbox: Sandbox, tmp_pat
     described = sandbox.wait_for_job(job, kind="processing", timeout=120)
     assert described["ProcessingJobStatus"] == "Failed", described
     assert "post-mortem hold over" in sandbox.container_log(job, kind="processing")
+
+
+def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
+                              tmp_path: Path) -> None:
+    """``sm-ssh cp``: big files both ways through S3 (checksummed, temporary objects deleted),
+    small ones over scp; a corrupted download never replaces the destination."""
+    s3 = sandbox.client("s3")
+    bucket = f"sagemaker-{sandbox.region}-123456789012"
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024 + 12345))
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    done = run(sm_ssh("cp", str(big), f"{fqdn}:/tmp/", "--s3-threshold", "2M"), env)
+    assert done.returncode == 0, done.stderr
+    assert "upload to S3" in done.stderr and "verified" in done.stderr, done.stderr
+    done = run(sm_ssh("connect", fqdn, "--", "sha256sum /tmp/big.bin"), env)
+    assert done.stdout.split()[0] == digest, done.stderr
+
+    back = tmp_path / "back"
+    back.mkdir()
+    done = run(sm_ssh("cp", "--s3-threshold", "2M", f"{fqdn}:/tmp/big.bin", str(back)), env)
+    assert done.returncode == 0, done.stderr
+    assert "download from S3" in done.stderr and "verified" in done.stderr, done.stderr
+    assert (back / "big.bin").read_bytes() == big.read_bytes()
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket,
+                                                Prefix="sagemaker-ssh-helper/transfers/")
+
+    done = run(sm_ssh("cp", f"{fqdn}:/tmp/evidence.txt", str(back / "evidence.txt")), env)
+    assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    assert (back / "evidence.txt").read_text() == "state of the failed run\n"
+    small = tmp_path / "small.txt"
+    small.write_text("small file\n")
+    done = run(sm_ssh("cp", str(small), f"{fqdn}:/tmp/small.txt"), env)
+    assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    done = run(sm_ssh("connect", fqdn, "--", "cat /tmp/small.txt"), env)
+    assert done.stdout == "small file\n", done.stderr
+
+    # the container's half refuses a download whose checksum differs, and keeps the old file
+    s3.put_object(Bucket=bucket, Key="corrupt/big.bin", Body=b"not what was sent")
+    remote = REPO / "sagemaker_ssh_helper" / "transfer_remote.py"
+    with open(remote, "rb") as script:
+        done = subprocess.run(sm_ssh("connect", fqdn, "--", "python3", "-", "fetch", bucket,
+                                     "corrupt/big.bin", "/tmp/big.bin", digest),
+                              env=env, stdin=script, capture_output=True, text=True,
+                              timeout=180, check=False)
+    assert done.returncode == 1 and "checksum mismatch" in done.stderr, done.stderr
+    done = run(sm_ssh("connect", fqdn, "--", "sha256sum /tmp/big.bin; ls /tmp"), env)
+    assert done.stdout.split()[0] == digest and "sm-ssh-part" not in done.stdout, done.stdout
