@@ -9,6 +9,7 @@
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
     sm-ssh [-v] [--profile P] [--region R] cp [--via auto|s3|scp] [--s3 S3_PREFIX] SOURCE DEST
+    sm-ssh [-v] [--profile P] [--region R] sync [--s3 S3_PREFIX] SOURCE_DIR DEST_DIR
     sm-ssh --version        (also ``sm-ssh -v`` alone; with a subcommand ``-v`` is verbose)
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp}")
+        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp,sync}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -159,6 +160,23 @@ def add_cp_parser(sub: Any) -> None:
                         "<account>/sagemaker-ssh-helper/transfers/); deleted after the copy")
     p.add_argument("--s3-threshold", type=_checked(_size), default=1024 * 1024, metavar="SIZE",
                    help="files from this size go through S3 (default 1M)")
+
+
+    p = sub.add_parser("sync", help="copy a folder's new and changed files to or from a "
+                                     "container, through S3",
+                       usage="sm-ssh sync [--s3 S3_PREFIX] [--index N | --node NAME | "
+                             "--instance MI_ID] SOURCE_DIR DESTINATION_DIR")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("source", help="a local folder, or <name>.<kind>.sagemaker:/folder")
+    p.add_argument("destination", help="<name>.<kind>.sagemaker:/folder, or a local folder")
+    p.add_argument("--s3", metavar="S3_PREFIX", help="where the temporary archive goes (as cp)")
+
+
+def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import transfer
+
+    return transfer.sync(ctx, args.source, args.destination, _choice(args), args.s3)
 
 
 def cmd_cp(ctx: Context, args: argparse.Namespace) -> int:
@@ -323,6 +341,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
         "cp": lambda: cmd_cp(ctx, args),
+        "sync": lambda: cmd_sync(ctx, args),
     }
     return handlers[args.command]()
 

@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -270,10 +271,13 @@ class Copier:
         return dict(result, path=str(local))
 
 
-def _delete(s3: Any, bucket: str, key: str) -> None:
+def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False) -> None:
+    """Delete a temporary object (S3 answers success for a missing key too)."""
     try:
         s3.delete_object(Bucket=bucket, Key=key)
     except Exception as e:  # the copy's outcome stands; say what is left behind
+        if quiet_missing and aws.error_code(e) in ("NoSuchKey", "NoSuchBucket"):
+            return
         print(f"sm-ssh cp: warning: could not delete s3://{bucket}/{key}: "
               f"{' '.join(str(e).split())}", file=sys.stderr, flush=True)
 
@@ -323,4 +327,93 @@ def copy(ctx: Any, source: str, destination: str, choice: Any, via: str = "auto"
     seconds = time.monotonic() - started
     print(f"sm-ssh cp: {result['path']}: {int(result['bytes']) / 1e6:.1f} MB through S3 in "
           f"{seconds:.1f} s, SHA-256 {result['sha256'][:16]}… verified", file=out, flush=True)
+    return 0
+
+
+
+def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, bucket: str,
+             run: str, tar: Path) -> Tuple[int, dict]:
+    from sagemaker_ssh_helper import transfer_remote as remote_side
+
+    theirs = copier.remote(["manifest", remote_root])["files"]
+    files = remote_side.changed(local_root, theirs)
+    if not files:
+        return 0, {}
+    remote_side.pack(local_root, files, str(tar))
+    digest, size = sha256_of(tar), tar.stat().st_size
+    progress = Progress("upload to S3", size, copier.out)
+    try:
+        client.upload_file(str(tar), bucket, f"{run}sync.tar", Config=_transfer_config(),
+                           Callback=progress)
+    except Exception as e:
+        raise _s3_error(e, bucket, "s3:PutObject") from e
+    progress.finish()
+    return len(files), copier.remote(["sync-in", bucket, f"{run}sync.tar", digest, remote_root])
+
+
+def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, bucket: str,
+               run: str, tar: Path) -> Tuple[int, dict]:
+    from sagemaker_ssh_helper import transfer_remote as remote_side
+
+    ours = remote_side.manifest(local_root)
+    try:
+        client.put_object(Bucket=bucket, Key=f"{run}manifest.json",
+                          Body=json.dumps(ours).encode())
+    except Exception as e:
+        raise _s3_error(e, bucket, "s3:PutObject") from e
+    result = copier.remote(["sync-out", remote_root, bucket, f"{run}sync.tar",
+                            f"{run}manifest.json"])
+    if not result["files"]:
+        return 0, result
+    progress = Progress("download from S3", int(result["bytes"]), copier.out)
+    try:
+        client.download_file(bucket, f"{run}sync.tar", str(tar), Config=_transfer_config(),
+                             Callback=progress)
+    except Exception as e:
+        raise aws.explain(e, "s3:GetObject") from e
+    progress.finish()
+    if sha256_of(tar) != result["sha256"]:
+        raise SSHHelperError("checksum mismatch on the archive from the container; nothing "
+                             f"was written to {local_root}")
+    remote_side.unpack(str(tar), local_root)
+    return int(result["files"]), result
+
+
+def sync(ctx: Any, source: str, destination: str, choice: Any, s3: Optional[str] = None,
+         out: Optional[TextIO] = None) -> int:
+    """``sm-ssh sync SOURCE_DIR DEST_DIR``: the new and changed files of a folder (one side is
+    ``<fqdn>:<dir>``), as one checked archive through S3; nothing is deleted."""
+    src, dst = parse_location(source), parse_location(destination)
+    if (src.target is None) == (dst.target is None):
+        raise UsageError("sync copies a folder between this machine and a container: give one "
+                         "side as <name>.<kind>.sagemaker:/folder (or mi-…:/folder)")
+    out = out or sys.stderr
+    upward = src.target is None
+    if upward and not Path(src.path).is_dir():
+        raise UsageError(f"{src.path}: no such folder")
+    if not upward and not Path(dst.path).resolve().parent.is_dir():
+        raise UsageError(f"{Path(dst.path).resolve().parent}: no such folder")
+    bucket, prefix = s3_prefix(ctx, s3)
+    remote = src if src.target is not None else dst
+    assert remote.target is not None
+    copier = Copier(ctx, connect.prepare(ctx, remote.target, choice), out)
+    client = aws.client(ctx.session, "s3")
+    run = f"{prefix}{uuid.uuid4().hex}/"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sm-ssh-sync-") as tmp:
+        tar = Path(tmp) / "sync.tar"
+        try:
+            if upward:
+                count, result = _sync_up(copier, client, src.path, dst.path, bucket, run, tar)
+            else:
+                count, result = _sync_down(copier, client, src.path, dst.path, bucket, run, tar)
+        finally:
+            for name in ("sync.tar", "manifest.json"):
+                _delete(client, bucket, f"{run}{name}", quiet_missing=True)
+    if not count:
+        print(f"sm-ssh sync: {dst.path} is up to date", file=out, flush=True)
+        return 0
+    print(f"sm-ssh sync: {count} new or changed file(s), {int(result['bytes']) / 1e6:.1f} MB "
+          f"through S3 in {time.monotonic() - started:.1f} s, SHA-256 verified", file=out,
+          flush=True)
     return 0

@@ -39,3 +39,36 @@ def test_bad_invocations_are_one_line_usage_errors(tmp_path: Path, args: list,
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_archives_are_extracted_only_below_the_destination(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from sagemaker_ssh_helper import transfer_remote
+
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "f.txt").write_text("f\n")
+    (source / "g.txt").write_text("g\n")
+    assert transfer_remote.changed(str(source), {"g.txt": [2, transfer_remote.sha256_of(
+        str(source / "g.txt"))]}) == ["sub/f.txt"]
+    archive = tmp_path / "ok.tar"
+    transfer_remote.pack(str(source), ["sub/f.txt", "g.txt"], str(archive))
+    assert transfer_remote.unpack(str(archive), str(tmp_path / "dest")) == 2
+    assert transfer_remote.manifest(str(tmp_path / "dest")) == transfer_remote.manifest(
+        str(source))
+
+    for name, kind in (("../escape.txt", tarfile.REGTYPE), ("/abs.txt", tarfile.REGTYPE),
+                       ("link", tarfile.SYMTYPE)):
+        bad = tmp_path / "bad.tar"
+        with tarfile.open(bad, "w") as tar:
+            tar.addfile(tarfile.TarInfo("fine.txt"), io.BytesIO(b""))
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b""))
+        with pytest.raises(RuntimeError, match="refusing"):
+            transfer_remote.unpack(str(bad), str(tmp_path / "victim"))
+        assert not (tmp_path / "victim" / "fine.txt").exists()  # nothing written first
+    assert not (tmp_path / "escape.txt").exists()

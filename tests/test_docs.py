@@ -128,6 +128,7 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh cp": ("test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
     "sm-ssh cp --s3-threshold": (
         "test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
+    "sm-ssh sync": ("test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
     "sm-local-ssh-ide <app>": (JB,),
     "sm-local-ssh-ide connect": (JB,),
     "sm-local-ssh-training connect-job": (

@@ -302,7 +302,8 @@ def test_failing_command_under_our_entry_point_is_held(sandbox: Sandbox, tmp_pat
 def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
                               tmp_path: Path) -> None:
     """``sm-ssh cp``: big files both ways through S3 (checksummed, temporary objects deleted),
-    small ones over scp; a corrupted download never replaces the destination."""
+    small ones over scp; ``sm-ssh sync`` of a folder both ways; a corrupted download never
+    replaces the destination."""
     s3 = sandbox.client("s3")
     bucket = f"sagemaker-{sandbox.region}-123456789012"
     big = tmp_path / "big.bin"
@@ -311,8 +312,6 @@ def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
     done = run(sm_ssh("cp", str(big), f"{fqdn}:/tmp/", "--s3-threshold", "2M"), env)
     assert done.returncode == 0, done.stderr
     assert "upload to S3" in done.stderr and "verified" in done.stderr, done.stderr
-    done = run(sm_ssh("connect", fqdn, "--", "sha256sum /tmp/big.bin"), env)
-    assert done.stdout.split()[0] == digest, done.stderr
 
     back = tmp_path / "back"
     back.mkdir()
@@ -330,8 +329,30 @@ def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
     small.write_text("small file\n")
     done = run(sm_ssh("cp", str(small), f"{fqdn}:/tmp/small.txt"), env)
     assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
-    done = run(sm_ssh("connect", fqdn, "--", "cat /tmp/small.txt"), env)
-    assert done.stdout == "small file\n", done.stderr
+
+    # sync: a folder's new and changed files, both ways; nothing when up to date
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a\n")
+    (tree / "sub" / "b.bin").write_bytes(os.urandom(200_000))
+    remote_tree = f"{fqdn}:/tmp/tree"
+    done = run(sm_ssh("sync", str(tree), remote_tree), env)
+    assert done.returncode == 0 and "2 new or changed file(s)" in done.stderr, done.stderr
+    done = run(sm_ssh("sync", str(tree), remote_tree), env)
+    assert done.returncode == 0 and "/tmp/tree is up to date" in done.stderr, done.stderr
+    (tree / "a.txt").write_text("changed\n")
+    (tree / "c.txt").write_text("new\n")
+    done = run(sm_ssh("sync", str(tree), remote_tree), env)
+    assert done.returncode == 0 and "2 new or changed file(s)" in done.stderr, done.stderr
+    mirror = tmp_path / "mirror"
+    done = run(sm_ssh("sync", remote_tree, str(mirror)), env)
+    assert done.returncode == 0 and "3 new or changed file(s)" in done.stderr, done.stderr
+    assert sorted(str(p.relative_to(mirror)) for p in mirror.rglob("*") if p.is_file()) == \
+        ["a.txt", "c.txt", "sub/b.bin"]
+    assert all((mirror / p).read_bytes() == (tree / p).read_bytes()
+               for p in ("a.txt", "c.txt", "sub/b.bin"))
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket,
+                                                Prefix="sagemaker-ssh-helper/transfers/")
 
     # the container's half refuses a download whose checksum differs, and keeps the old file
     s3.put_object(Bucket=bucket, Key="corrupt/big.bin", Body=b"not what was sent")
@@ -342,5 +363,8 @@ def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
                               env=env, stdin=script, capture_output=True, text=True,
                               timeout=180, check=False)
     assert done.returncode == 1 and "checksum mismatch" in done.stderr, done.stderr
-    done = run(sm_ssh("connect", fqdn, "--", "sha256sum /tmp/big.bin; ls /tmp"), env)
-    assert done.stdout.split()[0] == digest and "sm-ssh-part" not in done.stdout, done.stdout
+    done = run(sm_ssh("connect", fqdn, "--", "sha256sum /tmp/big.bin; cat /tmp/small.txt; "
+                                              "ls -a /tmp /tmp/tree"), env)
+    assert done.stdout.split()[0] == digest, done.stdout  # the copy up, kept intact
+    assert "small file\n" in done.stdout, done.stdout
+    assert "sm-ssh-part" not in done.stdout and ".sm-ssh-sync" not in done.stdout, done.stdout
