@@ -192,6 +192,8 @@ def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # paths as a shell would take them (`sm-ssh cp f job…:~/data/` quotes the arguments)
+    args = [os.path.expanduser(a) if a.startswith("~") else a for a in args]
     try:
         if args[:1] == ["fetch"] and len(args) == 5:
             result = fetch(*args[1:])
