@@ -154,8 +154,8 @@ estimator = PyTorch(entry_point="crash.py", source_dir=sys.argv[1],
                     role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
                     py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
                     base_job_name="ssh-wrapper-crash")
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=0, local_user_id="e2e-owner",
-                           keep_alive_on_failure_seconds=900)
+SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600,
+                           local_user_id="e2e-owner", keep_alive_on_failure_seconds=900)
 estimator.fit(wait=False)
 print("RESULT " + json.dumps({"job": estimator.latest_training_job.name}), flush=True)
 """
@@ -245,6 +245,12 @@ def test_crashed_job_is_held_for_a_post_mortem(sandbox: Sandbox, tmp_path: Path)
     connectable until `sm-wait stop`, then the job fails with the script's own error."""
     job = run_user_script(sandbox, tmp_path, CRASHING_USER_SCRIPT,
                           {"crash.py": CRASHING_ENTRY_POINT})["job"]
+    fqdn = f"{job}.training.sagemaker"
+    env = user_env(sandbox, tmp_path)
+    # the hold before the script (connection_wait_time_seconds) is released as usual ...
+    done = run(sm_ssh("stop-waiting", fqdn), env)
+    assert done.returncode == 0, done.stderr
+    # ... and its stop file does not cut the post-mortem hold short
     deadline = time.monotonic() + 180
     while "post-mortem hold" not in sandbox.container_log(job) and time.monotonic() < deadline:
         assert sandbox.wait_for_job(job, timeout=0)["TrainingJobStatus"] == "InProgress", \
@@ -252,10 +258,7 @@ def test_crashed_job_is_held_for_a_post_mortem(sandbox: Sandbox, tmp_path: Path)
         time.sleep(0.5)
     log = sandbox.container_log(job)
     assert "RuntimeError: loss is NaN at step 42" in log and "post-mortem hold" in log, log
-    fqdn = f"{job}.training.sagemaker"
     assert f"connect with: sm-ssh connect {fqdn}" in log, log
-
-    env = user_env(sandbox, tmp_path)
     done = run(sm_ssh("connect", fqdn, "--", "cat /tmp/evidence.txt; pgrep -f crash.py"), env)
     assert done.returncode == 0, done.stderr
     evidence, *crashed_script = done.stdout.splitlines()
