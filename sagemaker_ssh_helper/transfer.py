@@ -116,17 +116,27 @@ class Progress:
 
 
 def s3_prefix(ctx: Any, given: Optional[str]) -> Tuple[str, str]:
-    """(bucket, key prefix ending in /) for temporary objects."""
+    """(bucket, key prefix ending in /) for temporary objects; the bucket must exist."""
     if given:
         if not given.startswith("s3://") or not given[len("s3://"):].split("/")[0]:
             raise UsageError(f"--s3 needs an s3://bucket/prefix/ URL, got {given!r}")
         bucket, _, prefix = given[len("s3://"):].partition("/")
-        return bucket, (prefix.rstrip("/") + "/" if prefix.strip("/") else "")
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    else:
+        try:
+            account = aws.client(ctx.session, "sts").get_caller_identity()["Account"]
+        except Exception as e:
+            raise aws.explain(e, "sts:GetCallerIdentity") from e
+        bucket, prefix = f"sagemaker-{ctx.region_name}-{account}", TRANSFER_PREFIX
     try:
-        account = aws.client(ctx.session, "sts").get_caller_identity()["Account"]
+        aws.client(ctx.session, "s3").head_bucket(Bucket=bucket)
     except Exception as e:
-        raise aws.explain(e, "sts:GetCallerIdentity") from e
-    return f"sagemaker-{ctx.region_name}-{account}", TRANSFER_PREFIX
+        if aws.error_code(e) in ("404", "NoSuchBucket", "NotFound"):
+            raise SSHHelperError(f"bucket {bucket} does not exist: create it, or pass "
+                                 "--s3 s3://<your-bucket>/<prefix>/ (cp also has --via scp)"
+                                 ) from e
+        raise aws.explain(e, "s3:ListBucket") from e
+    return bucket, prefix
 
 
 def _transfer_config() -> Any:

@@ -357,6 +357,12 @@ def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket,
                                                 Prefix="sagemaker-ssh-helper/transfers/")
 
+    done = run(sm_ssh("cp", "--s3", "s3://no-such-bucket/tmp/", str(big), f"{fqdn}:/tmp/"), env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == ["sm-ssh: bucket no-such-bucket does not exist: create "
+                                        "it, or pass --s3 s3://<your-bucket>/<prefix>/ (cp "
+                                        "also has --via scp)"], done.stderr
+
     # the container's half refuses a download whose checksum differs, and keeps the old file
     s3.put_object(Bucket=bucket, Key="corrupt/big.bin", Body=b"not what was sent")
     remote = REPO / "sagemaker_ssh_helper" / "transfer_remote.py"
