@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_INSTANCE_COUNT = 2
 _registered_exit_hook = False
+_started = False  # this process ran the SSH setup successfully
 
 
 def _say(level: int, message: str) -> None:
@@ -115,8 +116,20 @@ def setup_command(environ: Mapping[str, str]) -> Tuple[List[str], Dict[str, str]
     return ["bash", str(PACKAGE_DIR / "sm-setup-ssh")], env
 
 
+def sm_wait_command(seconds: int, environ: Mapping[str, str]
+                    ) -> Tuple[List[str], Dict[str, str]]:
+    """argv and environment for ``bash <package>/sm-wait <seconds>``."""
+    _, env = _python_command([], environ)
+    return ["bash", str(PACKAGE_DIR / "sm-wait"), str(int(seconds))], env
+
+
 def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
-                        run: Callable[..., int] = subprocess.call) -> None:
+                        run: Callable[..., int] = subprocess.call,
+                        hold_on_failure: bool = True) -> None:
+    """Start SSH if the environment asks for it; with ``hold_on_failure`` and
+    ``SSH_KEEP_ALIVE_ON_FAILURE_SECONDS`` set, an uncaught exception later holds the container
+    (``postmortem``)."""
+    global _started
     environ = os.environ if environ is None else environ
     if not should_start(environ):
         return
@@ -127,6 +140,17 @@ def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
     if rc != 0:
         _say(logging.ERROR, f"sm-setup-ssh exited with code {rc}; the job continues without "
              "SSH (see the messages above)")
+        return
+    _started = True
+    if hold_on_failure:
+        from sagemaker_ssh_helper import postmortem
+
+        postmortem.install(environ)
+
+
+def started_here() -> bool:
+    """Whether this process ran the SSH setup successfully."""
+    return _started
 
 
 def _register_exit_hook() -> None:

@@ -8,6 +8,8 @@
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
+    sm-ssh [-v] [--profile P] [--region R] cp [--via auto|s3|scp] [--s3 S3_PREFIX] SOURCE DEST
+    sm-ssh [-v] [--profile P] [--region R] sync [--s3 S3_PREFIX] SOURCE_DIR DEST_DIR
     sm-ssh --version        (also ``sm-ssh -v`` alone; with a subcommand ``-v`` is verbose)
 
 Errors are one line on stderr with a non-zero exit code; tracebacks appear only with ``-v`` or
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox}")
+        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp,sync}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -127,7 +129,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to put it (default: s3://sagemaker-<region>-<account>/"
                         "sagemaker-ssh-helper/)")
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
+    add_cp_parser(sub)
     return parser
+
+
+def _size(value: str) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    text = value.strip().upper().rstrip("B").rstrip("I")
+    scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit():
+        raise UsageError(f"expected a size in bytes (e.g. 1048576 or 1M), got {value!r}")
+    return int(number) * scale
+
+
+def add_cp_parser(sub: Any) -> None:
+    p = sub.add_parser("cp", help="copy a file to or from a container (big files through S3)",
+                       usage="sm-ssh cp [--via auto|s3|scp] [--s3 S3_PREFIX] "
+                             "[--s3-threshold SIZE] [--index N | --node NAME | --instance MI_ID] "
+                             "SOURCE DESTINATION")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("source", help="a local file, or <name>.<kind>.sagemaker:/path")
+    p.add_argument("destination", help="<name>.<kind>.sagemaker:/path (a file or folder), "
+                                       "or a local path")
+    p.add_argument("--via", choices=("auto", "s3", "scp"), default="auto",
+                   help="auto (default): S3 from --s3-threshold up, scp below")
+    p.add_argument("--s3", metavar="S3_PREFIX",
+                   help="where temporary objects go (default: s3://sagemaker-<region>-"
+                        "<account>/sagemaker-ssh-helper/transfers/); deleted after the copy")
+    p.add_argument("--s3-threshold", type=_checked(_size), default=1024 * 1024, metavar="SIZE",
+                   help="files from this size go through S3 (default 1M)")
+
+
+    p = sub.add_parser("sync", help="copy a folder's new and changed files to or from a "
+                                     "container, through S3",
+                       usage="sm-ssh sync [--s3 S3_PREFIX] [--index N | --node NAME | "
+                             "--instance MI_ID] SOURCE_DIR DESTINATION_DIR")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("source", help="a local folder, or <name>.<kind>.sagemaker:/folder")
+    p.add_argument("destination", help="<name>.<kind>.sagemaker:/folder, or a local folder")
+    p.add_argument("--s3", metavar="S3_PREFIX", help="where the temporary archive goes (as cp)")
+
+
+def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import transfer
+
+    return transfer.sync(ctx, args.source, args.destination, _choice(args), args.s3)
+
+
+def cmd_cp(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import transfer
+
+    return transfer.copy(ctx, args.source, args.destination, _choice(args), args.via,
+                         args.s3_threshold, args.s3)
 
 
 def split_sandbox(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
@@ -284,6 +340,8 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "stop-waiting": lambda: stop_waiting(ctx, args.fqdn, _choice(args)),
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
+        "cp": lambda: cmd_cp(ctx, args),
+        "sync": lambda: cmd_sync(ctx, args),
     }
     return handlers[args.command]()
 

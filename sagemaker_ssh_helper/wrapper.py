@@ -33,6 +33,7 @@ from sagemaker_ssh_helper.wrapper_base import (
     SSHJobWrapperBase,
     WrapperStateError,
     build_settings,
+    check_keep_alive,
     describe_existing,
     merged,
     resolve_ssh_instance_count,
@@ -131,8 +132,12 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
                connection_wait_time: timedelta = WAIT_10_MINUTES, ssh_instance_count: int = 2,
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                ssm_iam_role: Optional[str] = None,
-               bootstrap_on_start: bool = True) -> SSHEstimatorWrapper:
-        """Enable SSH for ``estimator``; call before ``fit()``."""
+               bootstrap_on_start: bool = True,
+               keep_alive_on_failure_seconds: int = 0) -> SSHEstimatorWrapper:
+        """Enable SSH for ``estimator``; call before ``fit()``. With
+        ``keep_alive_on_failure_seconds=N`` a script that dies of an uncaught exception keeps
+        its container for up to N seconds (or until ``sm-wait stop``) before the job fails."""
+        check_keep_alive(keep_alive_on_failure_seconds)
         if getattr(estimator, "latest_training_job", None) is not None:
             raise ValueError(
                 f"the estimator already started training job "
@@ -141,6 +146,7 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
         wrapper = cls(estimator, ssm_iam_role or "", bootstrap_on_start,
                       connection_wait_time_seconds, ssh_instance_count, local_user_id,
                       log_to_stdout, connection_wait_time=connection_wait_time)
+        wrapper.keep_alive_on_failure_seconds = keep_alive_on_failure_seconds
         wrapper._augment()
         return wrapper
 
@@ -149,7 +155,8 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
         settings = build_settings(estimator, estimator.role, "estimator",
                                   self.connection_wait_time_seconds, self._connection_wait_time,
                                   self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
-                                  self.ssh_instance_count, self.bootstrap_on_start)
+                                  self.ssh_instance_count, self.bootstrap_on_start,
+                                  self.keep_alive_on_failure_seconds)
         self.env = settings.environment()
         estimator.environment = merged(estimator.environment, self.env)
         _hint_dependencies(estimator)
@@ -423,8 +430,11 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
                ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
                log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
                ssm_iam_role: Optional[str] = None,
-               bootstrap_on_start: bool = True) -> SSHProcessorWrapper:
-        """Enable SSH for ``processor``; call before ``run()``."""
+               bootstrap_on_start: bool = True,
+               keep_alive_on_failure_seconds: int = 0) -> SSHProcessorWrapper:
+        """Enable SSH for ``processor``; call before ``run()`` (``keep_alive_on_failure_seconds``
+        as for ``SSHEstimatorWrapper.create``)."""
+        check_keep_alive(keep_alive_on_failure_seconds)
         if getattr(processor, "latest_job", None) is not None:
             raise ValueError(f"the processor already started processing job "
                              f"{processor.latest_job.job_name}: call "
@@ -433,6 +443,7 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
                       connection_wait_time_seconds, ssh_instance_count=ssh_instance_count,
                       local_user_id=local_user_id, log_to_stdout=log_to_stdout,
                       connection_wait_time=connection_wait_time)
+        wrapper.keep_alive_on_failure_seconds = keep_alive_on_failure_seconds
         wrapper._augment()
         return wrapper
 
@@ -441,7 +452,8 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
         settings = build_settings(processor, processor.role, "processor",
                                   self.connection_wait_time_seconds, self._connection_wait_time,
                                   self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
-                                  self.ssh_instance_count, self.bootstrap_on_start)
+                                  self.ssh_instance_count, self.bootstrap_on_start,
+                                  self.keep_alive_on_failure_seconds)
         self.env = settings.environment()
         processor.env = merged(processor.env, self.env)
 

@@ -38,6 +38,7 @@ from sagemaker_ssh_helper.wrapper_settings import (  # noqa: F401 - re-exported 
     DefaultSeconds,
     SSHSettings,
     build_settings,
+    check_keep_alive,
     check_owner,
     check_role_name,
     check_seconds,
@@ -313,6 +314,8 @@ class SSHEnvironmentWrapper:
 
 class SSHJobWrapperBase(SSHEnvironmentWrapper):
     """A wrapper around a job (training, processing, transform) with status helpers."""
+
+    keep_alive_on_failure_seconds = 0  # create(keep_alive_on_failure_seconds=N): see postmortem
 
     def describe(self) -> Dict[str, Any]:
         raise NotImplementedError

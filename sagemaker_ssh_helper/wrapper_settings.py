@@ -84,6 +84,14 @@ def resolve_wait_seconds(seconds: Any, delta: Optional[timedelta]) -> int:
     return int(seconds)
 
 
+def check_keep_alive(value: Any) -> int:
+    """``keep_alive_on_failure_seconds``: whole seconds in [0, 28 days] (a timedelta too)."""
+    seconds = check_seconds("keep_alive_on_failure_seconds", value)
+    if seconds != int(seconds):
+        raise ValueError(f"keep_alive_on_failure_seconds must be whole seconds, got {value!r}")
+    return int(seconds)
+
+
 def check_role_name(value: Any, what: str = "ssm_iam_role") -> str:
     """An IAM role name, optionally with its path (``service-role/Name``); not an ARN."""
     if not isinstance(value, str) or not value.strip():
@@ -163,6 +171,7 @@ class SSHSettings:
     log_to_stdout: bool = False
     instance_count: Optional[int] = None  # only where a node rank exists (training/processing)
     start_ssh: bool = True  # bootstrap_on_start: setup_and_start_ssh() starts SSH
+    keep_alive_on_failure_seconds: int = 0  # post-mortem hold of a crashed script (postmortem)
 
     def environment(self) -> Dict[str, str]:
         env = {
@@ -174,6 +183,8 @@ class SSHSettings:
         }
         if self.instance_count is not None:
             env["SSH_INSTANCE_COUNT"] = str(self.instance_count)
+        if self.keep_alive_on_failure_seconds:
+            env["SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"] = str(self.keep_alive_on_failure_seconds)
         return env
 
 
@@ -193,16 +204,19 @@ def build_settings(sdk_object: Any, role: Any, what: str, connection_wait_time_s
                    connection_wait_time: Optional[timedelta], local_user_id: Optional[str],
                    log_to_stdout: bool, ssm_iam_role: Optional[str],
                    instance_count: Optional[int] = None,
-                   bootstrap_on_start: bool = True) -> SSHSettings:
+                   bootstrap_on_start: bool = True,
+                   keep_alive_on_failure_seconds: Any = 0) -> SSHSettings:
     """Validate every argument first, then ask STS for the owner (unless given)."""
     wait_seconds = resolve_wait_seconds(connection_wait_time_seconds, connection_wait_time)
+    keep_alive = check_keep_alive(keep_alive_on_failure_seconds)
     ssm_role = resolve_ssm_role(ssm_iam_role, role, what)
     if local_user_id:
         check_owner(local_user_id)
     owner = resolve_owner(local_user_id, launch_boto_session(sdk_object))
     return SSHSettings(wait_seconds=wait_seconds, ssm_role=ssm_role, owner=owner,
                        log_to_stdout=bool(log_to_stdout), instance_count=instance_count,
-                       start_ssh=bool(bootstrap_on_start))
+                       start_ssh=bool(bootstrap_on_start),
+                       keep_alive_on_failure_seconds=keep_alive)
 
 
 def describe_existing(describe: Any, name: str, what: str) -> Dict[str, Any]:

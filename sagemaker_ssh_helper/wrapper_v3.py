@@ -135,7 +135,8 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     def create(cls, model_trainer: Any, connection_wait_time_seconds: int = WAIT_600,
                ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
                log_to_stdout: bool = False, *, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHModelTrainerWrapper:
+               ssm_iam_role: Optional[str] = None,
+               keep_alive_on_failure_seconds: int = 0) -> SSHModelTrainerWrapper:
         """Enable SSH for ``model_trainer``; call before ``train()``."""
         if not sdk_class(model_trainer, "ModelTrainer", "sagemaker.train"):
             raise ValueError(sdk_versions.v3_only_message(cls.__name__, model_trainer))
@@ -154,7 +155,8 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
         settings = build_settings(model_trainer, model_trainer.role, "model trainer",
                                   connection_wait_time_seconds, connection_wait_time,
                                   local_user_id, log_to_stdout, ssm_iam_role,
-                                  instance_count=count)
+                                  instance_count=count,
+                                  keep_alive_on_failure_seconds=keep_alive_on_failure_seconds)
         env = settings.environment()
         source_code = code_shipping.with_package(model_trainer.source_code, model_trainer)
         model_trainer.environment = merged(model_trainer.environment, env)
@@ -241,7 +243,8 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
     def create(cls, processor: Any, connection_wait_time_seconds: int = WAIT_600,
                ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
                log_to_stdout: bool = False, *, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHProcessorWrapper:
+               ssm_iam_role: Optional[str] = None,
+               keep_alive_on_failure_seconds: int = 0) -> SSHProcessorWrapper:
         """Enable SSH for ``processor``; call before ``run()``."""
         if not sdk_class(processor, "Processor", "sagemaker.core"):
             raise ValueError(sdk_versions.v3_only_message(cls.__name__, processor))
@@ -252,7 +255,8 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
         settings = build_settings(processor, processor.role, "processor",
                                   connection_wait_time_seconds, connection_wait_time,
                                   local_user_id, log_to_stdout, ssm_iam_role,
-                                  instance_count=count)
+                                  instance_count=count,
+                                  keep_alive_on_failure_seconds=keep_alive_on_failure_seconds)
         env = settings.environment()
         processor.env = merged(processor.env, env)
         return cls(processor, env, ssh_instance_count=count)

@@ -124,6 +124,11 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
                                "test_inline_blocks_for_paramiko_and_back_to_include"),
     "sm-ssh stage-wheel": ("test_studio_e2e.py::"
                            "test_lifecycle_config_installs_the_staged_wheel_and_refuses_upstream",),
+    # sm-ssh cp both ways, through S3 and over scp, against a job held after its crash.
+    "sm-ssh cp": ("test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
+    "sm-ssh cp --s3-threshold": (
+        "test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
+    "sm-ssh sync": ("test_wrapper_e2e.py::test_crashed_job_is_held_for_a_post_mortem",),
     "sm-local-ssh-ide <app>": (JB,),
     "sm-local-ssh-ide connect": (JB,),
     "sm-local-ssh-training connect-job": (
@@ -485,6 +490,7 @@ def _sources() -> str:
     files = [p for p in PACKAGE.rglob("*.py") if not p.name.startswith("wrapper")]
     files += [p for p in PACKAGE.glob("sm-*") if p.is_file()]
     files += list((ROOT / "examples").glob("*.py")) + list(ROOT.glob("*.sh"))
+    files += list((ROOT / "sagemaker_ssh_sandbox").rglob("*.py"))  # the sandbox's settings
     return "\n".join(p.read_text() for p in files)
 
 

@@ -197,3 +197,33 @@ def test_aws_cli_start_session_shell_and_ssh_document(tmp_path: Path) -> None:
             {"key": "Target", "value": mi}])["Sessions"]
         assert {s["DocumentName"] for s in history} == {"SSM-SessionManagerRunShell",
                                                        "AWS-StartSSHSession"}
+
+
+def test_session_streams_keep_the_services_throughput_ceiling() -> None:
+    """After the burst, bytes pass at the configured rate (a fake clock: no timing here)."""
+    from sagemaker_ssh_sandbox.ssm.channel import RateLimit, pump
+    from sagemaker_ssh_sandbox.ssm.service import DEFAULT_SESSION_RATE, session_ceiling
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limit = RateLimit(rate=1_000_000, burst=1_000_000, clock=lambda: now[0], sleep=sleep)
+    chunks = [b"x" * 50_000] * 200  # 10 MB
+    received: List[bytes] = []
+    assert pump(lambda size: chunks.pop() if chunks else b"", received.append, limit)
+    assert sum(map(len, received)) == 10_000_000
+    assert now[0] == pytest.approx(9.0)  # (10 MB - 1 MB of burst) at 1 MB/s
+    small = RateLimit(rate=1_000_000, burst=1_000_000, clock=lambda: now[0], sleep=sleep)
+    before = now[0]
+    small.take(64_000)  # interactive traffic never waits
+    assert now[0] == before
+
+    assert session_ceiling({}) == (DEFAULT_SESSION_RATE, 4 * 1024 * 1024)
+    assert DEFAULT_SESSION_RATE == 700_000
+    assert session_ceiling({"SM_SSH_SANDBOX_SESSION_RATE": "off"})[0] == 0
+    assert session_ceiling({"SM_SSH_SANDBOX_SESSION_RATE": "2e6",
+                            "SM_SSH_SANDBOX_SESSION_BURST": "0"}) == (2e6, 0)
+    with pytest.raises(ValueError, match="SM_SSH_SANDBOX_SESSION_RATE"):
+        session_ceiling({"SM_SSH_SANDBOX_SESSION_RATE": "fast"})

@@ -153,6 +153,26 @@ def test_estimator_env_is_sent_with_create_training_job(sdk: SDK) -> None:
     assert wrapper.fqdn() == f"{sent['TrainingJobName']}.training.sagemaker"
 
 
+def test_keep_alive_on_failure_is_sent_in_the_env_contract(sdk: SDK) -> None:
+    estimator = sdk.estimator()
+    SSHEstimatorWrapper.create(estimator, keep_alive_on_failure_seconds=1800)
+    estimator.fit(wait=False)
+    assert sdk.last("CreateTrainingJob")["Environment"]["SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"] \
+        == "1800"
+
+    processor = ScriptProcessor(image_uri=IMAGE, command=["python3"], role=ROLE,
+                                instance_count=1, instance_type="ml.m5.xlarge",
+                                sagemaker_session=sdk.session)
+    SSHProcessorWrapper.create(processor, keep_alive_on_failure_seconds=timedelta(minutes=5))
+    processor.run(code="s3://bucket/script.py", wait=False, logs=False)
+    assert sdk.last("CreateProcessingJob")["Environment"][
+        "SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"] == "300"
+
+    for bad in (-1, 1.5, "600", float("inf"), 29 * 24 * 3600):
+        with pytest.raises(ValueError, match="keep_alive_on_failure_seconds"):
+            SSHEstimatorWrapper.create(sdk.estimator(), keep_alive_on_failure_seconds=bad)
+
+
 def test_framework_estimator_ships_the_package_as_a_dependency(sdk: SDK, tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()

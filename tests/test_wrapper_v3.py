@@ -178,6 +178,14 @@ def test_model_trainer_env_is_sent_with_create_training_job(sdk: SDK) -> None:
     assert wrapper.model_trainer is trainer
 
 
+def test_model_trainer_keep_alive_on_failure_is_in_the_env_contract(sdk: SDK) -> None:
+    trainer = sdk.trainer()
+    SSHModelTrainerWrapper.create(trainer, keep_alive_on_failure_seconds=1200)
+    trainer.train(wait=False)
+    assert sdk.last("CreateTrainingJob")["Environment"][
+        "SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"] == "1200"
+
+
 def test_code_channel_holds_the_entry_script_and_the_package(sdk: SDK) -> None:
     trainer = sdk.trainer()
     user_files = sorted(p.name for p in Path(trainer.source_code.source_dir).iterdir())

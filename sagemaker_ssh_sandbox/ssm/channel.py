@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -109,8 +110,34 @@ class StreamEnd:
             pass
 
 
-def pump(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> bool:
-    """Copy until EOF. True on a clean EOF, False when either side failed."""
+class RateLimit:
+    """A token bucket: ``take(n)`` sleeps so that the bytes passed average at most ``rate``
+    bytes/s, after a first ``burst`` bytes that pass at once (what a session's set-up and
+    interactive use need never waits)."""
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.sleep = sleep
+        self.last = clock()
+
+    def take(self, count: int) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= count
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.rate)
+
+
+def pump(read: Callable[[int], bytes], write: Callable[[bytes], None],
+         limit: Optional[RateLimit] = None) -> bool:
+    """Copy until EOF (at ``limit``'s pace, if any). True on a clean EOF, False when either
+    side failed."""
     while True:
         try:
             data = read(BUFFER_SIZE)
@@ -118,20 +145,24 @@ def pump(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> bool:
             return False
         if not data:
             return True
+        if limit is not None:
+            limit.take(len(data))
         try:
             write(data)
         except (OSError, ValueError):
             return False
 
 
-def relay(a: StreamEnd, b: StreamEnd) -> None:
+def relay(a: StreamEnd, b: StreamEnd,
+          limits: Optional[Callable[[], Optional[RateLimit]]] = None) -> None:
     """Copy a<->b concurrently until both directions end; EOF becomes a half-close.
+    ``limits`` makes each direction's rate limit (none by default).
 
     A failure in one direction aborts both, so no thread waits forever on a dead peer.
     """
 
     def one_way(src: StreamEnd, dst: StreamEnd) -> None:
-        if pump(src.recv, dst.sendall):
+        if pump(src.recv, dst.sendall, limits() if limits is not None else None):
             dst.shutdown_write()
         else:
             src.abort()

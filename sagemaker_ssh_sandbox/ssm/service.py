@@ -14,6 +14,13 @@ Endpoints on one port:
   GET  /_sandbox/health
 The service never looks at peer addresses, so agents may reach it through port-preserving
 relays (e.g. a unix-socket bridge out of a network namespace).
+
+Session throughput: Session Manager tops out around 0.6-0.8 MB/s per session whatever the
+instance (amazon-ssm-agent #664, session-manager-plugin #145), and the stand-in relays each
+session stream at the same ceiling: ``SM_SSH_SANDBOX_SESSION_RATE`` bytes/s per direction
+(default 700000; ``0`` or ``off`` for no ceiling), after a first
+``SM_SSH_SANDBOX_SESSION_BURST`` bytes (default 4 MiB) that pass at once, so logins, commands
+and interactive use never wait; bulk data does. Both are read when the service starts.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from sagemaker_ssh_sandbox.iam.sigv4 import credential_scope
@@ -38,6 +45,7 @@ from sagemaker_ssh_sandbox.ssm.channel import (
     DATA_CHANNEL_PATH,
     TOKEN_HEADER,
     UPGRADE_PROTOCOL,
+    RateLimit,
     StreamEnd,
     relay,
 )
@@ -50,11 +58,48 @@ _JSON_TYPE = "application/x-amz-json-1.1"
 _MAX_BODY = 16 * 1024 * 1024
 
 
+RATE_ENV = "SM_SSH_SANDBOX_SESSION_RATE"
+BURST_ENV = "SM_SSH_SANDBOX_SESSION_BURST"
+DEFAULT_SESSION_RATE = 700_000.0  # bytes/s per direction, as the real service
+DEFAULT_SESSION_BURST = 4 * 1024 * 1024
+
+
+def session_ceiling(environ: Optional[Dict[str, str]] = None) -> Tuple[float, float]:
+    """(rate in bytes/s, or 0 for none; burst in bytes) from the environment."""
+    import os
+
+    environ = dict(os.environ) if environ is None else environ
+
+    def number(name: str, default: float) -> float:
+        text = environ.get(name, "").strip().lower()
+        if not text:
+            return default
+        if text in ("off", "none"):
+            return 0.0
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is not a number of bytes") from None
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {text!r}")
+        return value
+
+    return number(RATE_ENV, DEFAULT_SESSION_RATE), number(BURST_ENV, DEFAULT_SESSION_BURST)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
     backend: SSMBackend
+    session_rate: float = 0.0
+    session_burst: float = DEFAULT_SESSION_BURST
+
+    def stream_limit(self) -> Optional[RateLimit]:
+        """One direction's ceiling for a new session stream (None: no ceiling)."""
+        if self.session_rate <= 0:
+            return None
+        return RateLimit(self.session_rate, self.session_burst)
     others: Dict[str, SSMBackend]
     others_lock: threading.Lock
 
@@ -204,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(e, close=True)
             return
         try:
-            relay(self._switch(), agent_end)
+            relay(self._switch(), agent_end, self.server.stream_limit)
         except OSError:  # the plugin went away before the stream started
             agent_end.abort()
         finally:
@@ -277,6 +322,7 @@ def start_ssm_server(host: str = "127.0.0.1", port: int = 0, state_dir: Optional
     httpd = _HTTPServer((host, port), _Handler)
     httpd.backend = backend
     httpd.others, httpd.others_lock = {}, threading.Lock()
+    httpd.session_rate, httpd.session_burst = session_ceiling()
     public_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
     return SSMServer(httpd, public_host).start()
 
