@@ -1,0 +1,84 @@
+"""``sm-ssh tunnel`` and ``connect -N --keep-alive`` without AWS: what ssh is told, the
+backoff, and the usage errors (all before anything is resolved). The tunnel coming back after
+drops is tested end to end in test_client_sandbox_e2e.py."""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from sagemaker_ssh_helper import connect, sm_ssh, tunnel
+
+needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
+
+
+@pytest.fixture
+def tools(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ssh and a session-manager-plugin on PATH, nothing reachable (no call may be made)."""
+    plugin = tmp_path / "bin" / "session-manager-plugin"
+    plugin.parent.mkdir()
+    plugin.write_text("#!/bin/sh\nexit 1\n")
+    plugin.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{plugin.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@needs_ssh
+def test_ssh_says_which_forwards_and_whether_a_command_runs() -> None:
+    plan = connect.plan_ssh(["-F", "/dev/null", "-NL", "8888:localhost:80", "-R",
+                             "9999:localhost:22", "-D", "1080"], "x")
+    assert plan.forwards == 3
+    assert tunnel.no_session(plan, ["-NL", "8888:localhost:80"])
+    plain = connect.plan_ssh(["-F", "/dev/null"], "x")
+    assert plain.forwards == 0 and not tunnel.no_session(plain, [])
+    # An ssh too old to print "sessiontype": the flags tell.
+    old = connect.SshPlan(22, (), 1)
+    assert tunnel.no_session(old, ["-o", "ServerAliveInterval=1", "-gN"])
+    assert not tunnel.no_session(old, ["-L", "1:h:N"])  # N here is -L's value
+
+
+def test_backoff_grows_to_a_cap_with_jitter() -> None:
+    low = list(itertools.islice(tunnel.backoff_delays(lambda: 0.0), 9))
+    assert low == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    high = list(itertools.islice(tunnel.backoff_delays(lambda: 1.0), 3))
+    assert high == pytest.approx([0.6, 1.2, 2.4])
+
+
+def test_keep_alive_options_come_after_the_users_and_notice_a_dead_session_in_seconds() -> None:
+    options = dict(zip(tunnel.KEEP_ALIVE_OPTIONS[1::2], tunnel.KEEP_ALIVE_OPTIONS[::2]))
+    assert set(options.values()) == {"-o"}
+    values = dict(o.split("=") for o in tunnel.KEEP_ALIVE_OPTIONS[1::2])
+    assert int(values["ServerAliveInterval"]) * int(values["ServerAliveCountMax"]) <= 20
+    assert values["ExitOnForwardFailure"] == "yes"
+
+
+@needs_ssh
+@pytest.mark.parametrize("argv, needle", [
+    (["tunnel"], "tunnel needs a target"),
+    (["tunnel", "job.training.sagemaker"], "a tunnel needs a forward: add -L"),
+    (["tunnel", "job.training.sagemaker", "-L", "8080:localhost:8080", "hostname"],
+     "a tunnel runs no remote command, got 'hostname'"),
+    (["tunnel", "job.training.sagemaker", "-L", "8080:localhost:8080", "--", "hostname"],
+     "'--' and a remote command only apply to connect, not tunnel"),
+    (["connect", "job.training.sagemaker", "--keep-alive", "-L", "8080:localhost:8080"],
+     "--keep-alive re-establishes forwards, not commands: use it with -N"),
+    (["connect", "--keep-alive", "job.training.sagemaker", "-N", "-L", "8080:localhost:8080",
+      "--", "hostname"], "--keep-alive re-establishes forwards, not commands"),
+    (["tunnel", "job.training.sagemaker", "-L", "99999:localhost:8080"], "ssh rejects"),
+])
+def test_usage_errors_are_one_line_before_any_call(tools: None, argv: List[str], needle: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert sm_ssh.main(argv) == 2
+    assert needle in one_line(capsys)
