@@ -197,8 +197,12 @@ def run_once(ctx: Context, prepared: Prepared, user_options: Sequence[str], port
 
 
 def reason(attempt: Attempt) -> str:
+    """Why ssh ended, in its own last words."""
     lines = [line.strip() for line in attempt.log_text.splitlines() if line.strip()]
-    return lines[-1] if lines else f"ssh exited with {attempt.returncode}"
+    if lines:
+        return lines[-1]
+    return "the session closed" if attempt.returncode == SSH_FAILED else \
+        f"ssh exited with {attempt.returncode}"
 
 
 class Tunnel:

@@ -501,8 +501,9 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
         wait_until(lambda: said("dropped", drops), proc, "the drop noticed", timeout=bound)
         assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc,
                           "the page again", timeout=bound) == page
-        said("is back after", drops)
-        return time.monotonic() - began
+        took = time.monotonic() - began
+        wait_until(lambda: said("is back after", drops), proc, "back", timeout=5)
+        return took
 
     frozen: List[int] = []
 
@@ -512,7 +513,7 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
 
     try:
         assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "tunnel") == page
-        said("is up; Ctrl-C closes it", 1)
+        wait_until(lambda: said("is up; Ctrl-C closes it", 1), proc, "up", timeout=5)
         took = [comes_back(1, lambda sid: ssm.terminate_session(SessionId=sid), 30),
                 comes_back(2, lambda _sid: os.kill(plugin(), 9), 30),
                 comes_back(3, freeze, 45)]
@@ -541,6 +542,20 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", local), timeout=5).close()
     assert proc.stdout is not None and proc.stdout.read() == ""
+    # An IDE stops it with SIGTERM to this process alone: ssh and the plugin end with it.
+    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "again") == page
+        running = descendants(proc.pid)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == 143 and err.splitlines()[-1].endswith(" closed"), err
+    assert len(running) >= 2 and not [pid for pid in running if alive(pid)], running
+    assert set(active_sessions(world, mi)) <= before, "a session was left open"
 
 
 def test_a_tunnel_that_cannot_come_back_gives_up_after_wait(world: World) -> None:
