@@ -174,7 +174,12 @@ def run_once(ctx: Context, prepared: Prepared, user_options: Sequence[str], port
                 with stopper.installed():
                     child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
                     stopper.child = child
+                    if stopper.stopped:  # the signal came before the child was known
+                        child.send_signal(signal.SIGTERM)
                     while child.poll() is None:
+                        if stopper.stopped:
+                            _end(child)
+                            break
                         stopper.event.wait(POLL)
                         now = time.monotonic()
                         if up_at is None and (marker.exists() or now - began >= UP_AFTER):
@@ -194,6 +199,14 @@ def run_once(ctx: Context, prepared: Prepared, user_options: Sequence[str], port
     returncode = 128 - returncode if returncode < 0 else returncode
     return Attempt(returncode, up_at is not None,
                    time.monotonic() - up_at if up_at is not None else 0.0, text)
+
+
+def _end(child: subprocess.Popen, grace: float = 10.0) -> None:
+    """ssh was told to stop: give it ``grace`` seconds to close its session, then kill it."""
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 def reason(attempt: Attempt) -> str:
