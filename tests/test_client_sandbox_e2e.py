@@ -468,14 +468,19 @@ def active_sessions(world: World, mi: str) -> List[str]:
 
 
 def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World) -> None:
-    """``sm-ssh tunnel -L``: the service drops the session, the plugin is killed, the plugin
+    """``sm-ssh tunnel -L -R``: the service drops the session, the plugin is killed, the plugin
     hangs (a silent network: only ssh's keep-alive can tell): each time the tunnel says so and
-    the forwarded port answers again; Ctrl-C (SIGINT to the process group, as a terminal sends
-    it) then ends ssh and the plugin and leaves no session open."""
-    ssm, mi, local = world.sandbox.client("ssm"), instance_of(world, "one"), free_port()
+    the forwarded port answers again, and the container reaches the laptop through -R; Ctrl-C
+    (SIGINT to the process group, as a terminal sends it) then ends ssh and the plugin and
+    leaves no session open."""
+    ssm, mi, local, remote = (world.sandbox.client("ssm"), instance_of(world, "one"),
+                              free_port(), free_port())
     before = set(active_sessions(world, mi))
     lines: List[str] = []
-    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080"),
+    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=laptop.serve_forever, daemon=True).start()
+    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080",
+                                   "-R", f"{remote}:127.0.0.1:{laptop.server_address[1]}"),
                             env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True).start()
@@ -520,12 +525,22 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
         print(f"time to recover: session dropped {took[0]:.1f} s, plugin killed "
               f"{took[1]:.1f} s, plugin hung {took[2]:.1f} s")
         assert re.search(r"dropped \(Timeout, server \S+ not responding", "".join(lines)), lines
+        fetch = ("import urllib.request; print(urllib.request.urlopen("
+                 f"'http://127.0.0.1:{remote}/', timeout=5).read().decode(), end='')")
+
+        def from_the_container() -> None:
+            out = keys.run_shell_command(ssm, mi, shlex.join(["python3", "-c", fetch])
+                                         + " 2>&1 || true")
+            assert out == "page from the laptop\n", out
+
+        wait_until(from_the_container, proc, "-R after the drops", timeout=30)
         running = descendants(proc.pid)
         assert any(" -N " in f" {cmd} " and cmd.startswith(("ssh", "/usr/bin/ssh"))
                    for cmd in running.values()), running
         os.killpg(proc.pid, 2)  # Ctrl-C
         assert proc.wait(timeout=30) == 130
     finally:
+        laptop.shutdown()
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
