@@ -56,7 +56,7 @@ KEEP_ALIVE_OPTIONS = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=
                       "-o", "ExitOnForwardFailure=yes")
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before attempt 2, 3, ... (then 30)
 JITTER = 0.2  # each delay is stretched by up to this fraction, so clients do not stampede
-STABLE_AFTER = 60.0  # a tunnel up this long starts the backoff afresh after its next drop
+STABLE_AFTER = 10.0  # a tunnel up this long starts the backoff afresh after its next drop
 UP_AFTER = 10.0  # without our LocalCommand marker: ssh still running this long counts as up
 POLL = 0.1
 
