@@ -219,6 +219,7 @@ def keep_tunnel(ctx: Context, target_text: str, choice: Any, options: List[str],
     again after every drop until Ctrl-C."""
     from sagemaker_ssh_helper import connect, tunnel
 
+    tunnel.not_in_background(plan, options)
     connect.check_local_ports(plan.listeners)
     return tunnel.keep_alive(ctx, target_text, choice, options, plan.port,
                              lambda message: cli.progress(f"sm-ssh: {message}"))

@@ -68,18 +68,29 @@ def needs_forward(plan: Any) -> None:
                          "e.g. -L 8080:localhost:8080")
 
 
-def no_session(plan: Any, options: Sequence[str]) -> bool:
-    """ssh runs no remote command or shell (``-N``), as ``ssh -G`` or the flags say."""
-    if plan.session_type is not None:
-        return bool(plan.session_type == "none")
+def not_in_background(plan: Any, options: Sequence[str]) -> None:
+    """ssh -f would leave the loop at once with its tunnel running on its own, never watched."""
+    if plan.background or _has_flag(options, "f"):
+        raise UsageError("ssh -f cannot be watched: leave it out and run the tunnel itself in "
+                         "the background (e.g. `sm-ssh tunnel ... &`)")
+
+
+def _has_flag(options: Sequence[str], letter: str) -> bool:
     for opt in options:
         if opt.startswith("-") and not opt.startswith("--"):
             for flag in opt[1:]:
-                if flag == "N":
+                if flag == letter:
                     return True
                 if flag in SSH_FLAGS_WITH_VALUE:
                     break
     return False
+
+
+def no_session(plan: Any, options: Sequence[str]) -> bool:
+    """ssh runs no remote command or shell (``-N``), as ``ssh -G`` or the flags say."""
+    if plan.session_type is not None:
+        return bool(plan.session_type == "none")
+    return _has_flag(options, "N")
 
 
 def backoff_delays(rng: Callable[[], float] = random.random) -> Iterator[float]:

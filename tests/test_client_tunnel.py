@@ -12,6 +12,7 @@ from typing import List
 import pytest
 
 from sagemaker_ssh_helper import connect, sm_ssh, tunnel
+from sagemaker_ssh_helper.errors import UsageError
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
 
@@ -47,6 +48,9 @@ def test_ssh_says_which_forwards_and_whether_a_command_runs() -> None:
     old = connect.SshPlan(22, (), 1)
     assert tunnel.no_session(old, ["-o", "ServerAliveInterval=1", "-gN"])
     assert not tunnel.no_session(old, ["-L", "1:h:N"])  # N here is -L's value
+    with pytest.raises(UsageError, match="ssh -f cannot be watched"):
+        tunnel.not_in_background(old, ["-NfL", "1:h:2"])
+    tunnel.not_in_background(old, ["-L", "1:f:2", "-N"])
 
 
 def test_backoff_grows_to_a_cap_with_jitter() -> None:
@@ -77,6 +81,9 @@ def test_keep_alive_options_come_after_the_users_and_notice_a_dead_session_in_se
     (["connect", "--keep-alive", "job.training.sagemaker", "-N", "-L", "8080:localhost:8080",
       "--", "hostname"], "--keep-alive re-establishes forwards, not commands"),
     (["tunnel", "job.training.sagemaker", "-L", "99999:localhost:8080"], "ssh rejects"),
+    (["tunnel", "job.training.sagemaker", "-fNL", "8080:localhost:8080"], "ssh -f cannot be"),
+    (["connect", "job.training.sagemaker", "--keep-alive", "-N", "-o",
+      "ForkAfterAuthentication=yes", "-L", "8080:localhost:8080"], "ssh -f cannot be watched"),
 ])
 def test_usage_errors_are_one_line_before_any_call(tools: None, argv: List[str], needle: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
