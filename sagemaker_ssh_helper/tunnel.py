@@ -52,8 +52,10 @@ logger = logging.getLogger(__name__)
 
 # Passed after the user's options (theirs win) and before ours: a silent session is declared
 # dead after 3 unanswered keep-alives 5 s apart (SSM relays them like any data), 15-20 s.
+# A ControlMaster from ssh_config would run the forwards in a master this loop cannot watch
+# (or one left by another command): no multiplexing, unless asked for on the command line.
 KEEP_ALIVE_OPTIONS = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-                      "-o", "ExitOnForwardFailure=yes")
+                      "-o", "ExitOnForwardFailure=yes", "-o", "ControlPath=none")
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before attempt 2, 3, ... (then 30)
 JITTER = 0.2  # each delay is stretched by up to this fraction, so clients do not stampede
 STABLE_AFTER = 10.0  # a tunnel up this long starts the backoff afresh after its next drop

@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -60,12 +61,26 @@ def test_backoff_grows_to_a_cap_with_jitter() -> None:
     assert high == pytest.approx([0.6, 1.2, 2.4])
 
 
-def test_keep_alive_options_come_after_the_users_and_notice_a_dead_session_in_seconds() -> None:
-    options = dict(zip(tunnel.KEEP_ALIVE_OPTIONS[1::2], tunnel.KEEP_ALIVE_OPTIONS[::2]))
-    assert set(options.values()) == {"-o"}
-    values = dict(o.split("=") for o in tunnel.KEEP_ALIVE_OPTIONS[1::2])
-    assert int(values["ServerAliveInterval"]) * int(values["ServerAliveCountMax"]) <= 20
-    assert values["ExitOnForwardFailure"] == "yes"
+@needs_ssh
+def test_keep_alive_options_win_over_ssh_config_but_not_over_the_user(tmp_path: Path) -> None:
+    """ssh -G with an ssh_config that multiplexes and keeps idle sessions for minutes: ours
+    win over the file (a dead session noticed in 15-20 s, no ControlMaster the loop cannot
+    watch); the user's own -o options win over ours."""
+    config = tmp_path / "config"
+    config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n"
+                      "  ControlPersist 10m\n  ServerAliveInterval 60\n")
+
+    def resolved(*options: str) -> Dict[str, str]:
+        done = subprocess.run(["ssh", "-G", "-F", str(config), *options, "x"],
+                              capture_output=True, text=True, check=True)
+        return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+
+    assert "controlpath" in resolved() and resolved()["serveraliveinterval"] == "60"
+    ours = resolved(*tunnel.KEEP_ALIVE_OPTIONS)
+    assert int(ours["serveraliveinterval"]) * int(ours["serveralivecountmax"]) <= 20
+    assert ours["exitonforwardfailure"] == "yes" and "controlpath" not in ours
+    users = resolved("-o", "ServerAliveInterval=30", *tunnel.KEEP_ALIVE_OPTIONS)
+    assert users["serveraliveinterval"] == "30"
 
 
 @needs_ssh
