@@ -603,6 +603,32 @@ def test_a_tunnel_that_cannot_come_back_gives_up_after_wait(world: World) -> Non
     assert set(active_sessions(world, mi)) <= before
 
 
+def test_a_tunnel_coming_back_to_another_instance_pushes_the_key_there(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a reconnection does: the name is resolved again; the instance it had is reused as
+    it is (no key push), another one (a restarted container) gets the key pushed."""
+    import dataclasses
+
+    from sagemaker_ssh_helper import connect
+
+    def pushes() -> int:
+        with urllib.request.urlopen(f"{world.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
+                                    timeout=10) as answer:
+            return int(json.loads(answer.read())["CallCounts"].get("SendCommand", 0))
+
+    with world.sandbox.activated():
+        monkeypatch.setenv("HOME", world.home("reconnecting")["HOME"])
+        ctx = connect.Context(None, None)
+        first = connect.prepare(ctx, world.fqdn("one"), connect.Choice())
+        count = pushes()
+        assert connect.prepare(ctx, world.fqdn("one"), connect.Choice(), reuse=first) is first
+        assert pushes() == count
+        before = dataclasses.replace(first, instance_id="mi-0123456789abcdef0")
+        moved = connect.prepare(ctx, world.fqdn("one"), connect.Choice(), reuse=before)
+        assert moved.instance_id == first.instance_id != before.instance_id
+        assert pushes() == count + 1
+
+
 def test_local_key_problems_are_named(world: World) -> None:
     env = world.home("key-user")
     fqdn = world.fqdn("one")
