@@ -385,9 +385,10 @@ class Prepared:
 
 
 def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = False,
-            check_ssh: bool = True) -> Prepared:
+            check_ssh: bool = True, reuse: Optional[Prepared] = None) -> Prepared:
     """Resolve ``target_text`` (FQDN or ``mi-...``), check the tools, push the key and pin the
-    host keys."""
+    host keys. ``reuse`` (a tunnel coming back) is returned as it is when the target still
+    resolves to its instance: the key is there already."""
     from sagemaker_ssh_helper import keys, proxy, session
 
     target = None if is_instance_id(target_text) else fqdn.parse_resource(target_text)
@@ -405,6 +406,9 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         name = target.fqdn
         alias = f"{inst.instance_id}.{name}" if several and not for_proxy else name
         user = user_for(target)
+    if reuse is not None and reuse.instance_id == inst.instance_id:
+        ctx.finish_checks()
+        return reuse
     try:
         auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
     except SSHHelperError:

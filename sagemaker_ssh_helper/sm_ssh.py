@@ -3,6 +3,9 @@
     sm-ssh [-v] [--profile P] [--region R] list [FQDN] [--output json]
     sm-ssh [-v] [--profile P] [--region R] connect FQDN|mi-ID
            [--index N | --node algo-2 | --instance mi-ID] [ssh options ...] [[--] command ...]
+    sm-ssh [-v] [--profile P] [--region R] tunnel FQDN|mi-ID [--index N | --node algo-2]
+           -L LOCAL:HOST:PORT ... [ssh options ...]   (comes back after drops; connect -N
+           --keep-alive is the same)
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
     sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
     sm-ssh [--profile P] [--region R] config [--inline]
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp,sync}")
+        metavar="{list,connect,tunnel,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp,sync}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -106,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ssh_args", nargs=argparse.REMAINDER,
                    help="ssh options, passed to ssh before ours so they win (-L, -R, -A, -N, "
                         "-o, -l, ...), then the remote command")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="with -N: re-establish the session and the forwards after a drop")
+    p = sub.add_parser("tunnel", help="forward ports (-L/-R/-D) and re-establish them after "
+                                      "a drop",
+                       usage="sm-ssh tunnel [--index N | --node NAME | --instance MI_ID] "
+                             "[--wait S] FQDN -L LOCAL:HOST:PORT ... [ssh options ...]")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("fqdn", nargs="?", help="<name>.training.sagemaker, <app>.studio.sagemaker, ...")
+    p.add_argument("ssh_args", nargs=argparse.REMAINDER,
+                   help="-L, -R, -D and other ssh options; --wait also bounds how long a "
+                        "dropped tunnel is tried again")
     p = sub.add_parser("start-proxy", help="ProxyCommand for ~/.ssh/config (stdout = stream)")
     add_general_options(p, top_level=False)
     _add_target_choice(p)
@@ -217,13 +232,53 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
         raise UsageError("connect needs a target: sm-ssh connect <name>.<kind>.sagemaker "
                          "[ssh options] [-- command]")
     choice = _choice(args)
+    ours: Dict[str, Any] = {"--keep-alive": bool(args.keep_alive)}
+    options, positional = connect.split_connect_args(args.ssh_args, choice, ours)
+    dest = connect.destination(args.fqdn)
+    connect.check_tools()
+    plan = connect.plan_ssh(options, dest)
+    if ours["--keep-alive"]:
+        from sagemaker_ssh_helper import tunnel
+
+        if positional or command or not tunnel.no_session(plan, options):
+            raise UsageError("--keep-alive re-establishes forwards, not commands: use it with "
+                             "-N and no remote command (or sm-ssh tunnel)")
+        return keep_tunnel(ctx, args.fqdn, choice, options, plan)
+    connect.check_local_ports(plan.listeners)
+    prepared = connect.prepare(ctx, args.fqdn, choice)
+    return connect.run_and_explain(ctx, prepared, options, positional + command, plan)
+
+
+def cmd_tunnel(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import connect, tunnel
+
+    if not args.fqdn:
+        raise UsageError("tunnel needs a target: sm-ssh tunnel <name>.<kind>.sagemaker "
+                         "-L LOCAL_PORT:HOST:PORT")
+    choice = _choice(args)
     options, positional = connect.split_connect_args(args.ssh_args, choice)
     dest = connect.destination(args.fqdn)
     connect.check_tools()
     plan = connect.plan_ssh(options, dest)
+    tunnel.needs_forward(plan)
+    if positional:
+        raise UsageError(f"a tunnel runs no remote command, got {' '.join(positional)!r}: "
+                         "use sm-ssh connect for commands")
+    if not tunnel.no_session(plan, options):
+        options = ["-N", *options]
+    return keep_tunnel(ctx, args.fqdn, choice, options, plan)
+
+
+def keep_tunnel(ctx: Context, target_text: str, choice: Any, options: List[str],
+                plan: Any) -> int:
+    """``sm-ssh tunnel`` and ``connect -N --keep-alive``: ssh without a remote command, run
+    again after every drop until Ctrl-C."""
+    from sagemaker_ssh_helper import connect, tunnel
+
+    tunnel.not_in_background(plan, options)
     connect.check_local_ports(plan.listeners)
-    prepared = connect.prepare(ctx, args.fqdn, choice)
-    return connect.run_and_explain(ctx, prepared, options, positional + command, plan)
+    return tunnel.keep_alive(ctx, target_text, choice, options, plan.port,
+                             lambda message: cli.progress(f"sm-ssh: {message}"))
 
 
 def _choice(args: argparse.Namespace) -> Any:
@@ -336,6 +391,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
     handlers: Dict[str, Callable[[], int]] = {
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
+        "tunnel": lambda: cmd_tunnel(ctx, args),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
         "stop-waiting": lambda: stop_waiting(ctx, args.fqdn, _choice(args)),
         "config": lambda: cmd_config(ctx, args.inline),

@@ -40,6 +40,9 @@ class SshPlan:
 
     port: int
     listeners: Tuple[Tuple[str, int], ...]  # (bind address: "localhost", "*" or an address, port)
+    forwards: int = 0  # -L, -R and -D forwards in all
+    session_type: Optional[str] = None  # "none" with -N (OpenSSH >= 8.7 says; else None)
+    background: bool = False  # -f (ForkAfterAuthentication, as OpenSSH >= 8.7 says)
 
 
 def plan_ssh(user_options: Sequence[str], destination: str) -> SshPlan:
@@ -59,10 +62,16 @@ def plan_ssh(user_options: Sequence[str], destination: str) -> SshPlan:
 
 def parse_ssh_config(text: str) -> SshPlan:
     """The port and local listeners in ``ssh -G`` output."""
-    port, gateway, listens = 22, False, []
+    port, gateway, listens, remote, session_type, background = 22, False, [], 0, None, False
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
-        if key == "port" and value.strip().isdigit():
+        if key == "remoteforward":
+            remote += 1
+        elif key == "sessiontype":
+            session_type = value.strip()
+        elif key == "forkafterauthentication":
+            background = value.strip() == "yes"
+        elif key == "port" and value.strip().isdigit():
             port = int(value)
         elif key == "gatewayports":
             gateway = value.strip() == "yes"
@@ -79,7 +88,7 @@ def parse_ssh_config(text: str) -> SshPlan:
             host, number = listen.rsplit(":", 1)
             listeners.append((host or "*", int(number)))
         # else a unix socket path: nothing to check
-    return SshPlan(port, tuple(listeners))
+    return SshPlan(port, tuple(listeners), len(listens) + remote, session_type, background)
 
 
 def ssh_port(user_options: Sequence[str], destination: str) -> int:

@@ -428,6 +428,207 @@ def test_ssh_warnings_show_while_the_session_runs(world: World) -> None:
         stop(proc)
 
 
+# -- tunnels that come back ----------------------------------------------------------------------
+def descendants(pid: int) -> Dict[int, str]:
+    """The processes below ``pid`` (pid -> command line), from /proc."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: Dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(
+                b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        todo.extend(children.get(child, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def active_sessions(world: World, mi: str) -> List[str]:
+    answer = world.sandbox.client("ssm").describe_sessions(
+        State="Active", Filters=[{"key": "Target", "value": mi}])
+    return [s["SessionId"] for s in answer["Sessions"]]
+
+
+def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World) -> None:
+    """``sm-ssh tunnel -L -R``: the service drops the session, the plugin is killed, the plugin
+    hangs (a silent network: only ssh's keep-alive can tell): each time the tunnel says so and
+    the forwarded port answers again, and the container reaches the laptop through -R; Ctrl-C
+    (SIGINT to the process group, as a terminal sends it) then ends ssh and the plugin and
+    leaves no session open."""
+    ssm, mi, local, remote = (world.sandbox.client("ssm"), instance_of(world, "one"),
+                              free_port(), free_port())
+    before = set(active_sessions(world, mi))
+    lines: List[str] = []
+    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=laptop.serve_forever, daemon=True).start()
+    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080",
+                                   "-R", f"{remote}:127.0.0.1:{laptop.server_address[1]}"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True).start()
+    page = "page from algo-1\n"
+    seen: List[str] = []
+
+    def said(needle: str, count: int) -> None:
+        assert sum(needle in line for line in lines) >= count, lines
+
+    def plugin() -> int:
+        pids = [p for p, cmd in descendants(proc.pid).items()
+                if "sagemaker_ssh_sandbox.ssm.plugin" in cmd and "runpy" in cmd]
+        assert len(pids) == 1, descendants(proc.pid)
+        return pids[0]
+
+    def comes_back(drops: int, fault: Any, bound: float) -> float:
+        """Inject ``fault``; the tunnel says it dropped and serves the page again."""
+        new = set(active_sessions(world, mi)) - before
+        assert len(new) == 1, new  # the tunnel's one session
+        seen.extend(new)
+        began = time.monotonic()
+        fault(new.pop())
+        wait_until(lambda: said("dropped", drops), proc, "the drop noticed", timeout=bound)
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc,
+                          "the page again", timeout=bound) == page
+        took = time.monotonic() - began
+        wait_until(lambda: said("is back after", drops), proc, "back", timeout=5)
+        return took
+
+    frozen: List[int] = []
+
+    def freeze(_session: str) -> None:
+        frozen.append(plugin())
+        os.kill(frozen[-1], 19)  # SIGSTOP: the stream hangs, nothing is closed
+
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "tunnel") == page
+        wait_until(lambda: said("is up; Ctrl-C closes it", 1), proc, "up", timeout=5)
+        took = [comes_back(1, lambda sid: ssm.terminate_session(SessionId=sid), 30),
+                comes_back(2, lambda _sid: os.kill(plugin(), 9), 30),
+                comes_back(3, freeze, 45)]
+        print(f"time to recover: session dropped {took[0]:.1f} s, plugin killed "
+              f"{took[1]:.1f} s, plugin hung {took[2]:.1f} s")
+        assert re.search(r"dropped \(Timeout, server \S+ not responding", "".join(lines)), lines
+        fetch = ("import urllib.request; print(urllib.request.urlopen("
+                 f"'http://127.0.0.1:{remote}/', timeout=5).read().decode(), end='')")
+
+        def from_the_container() -> None:
+            out = keys.run_shell_command(ssm, mi, shlex.join(["python3", "-c", fetch])
+                                         + " 2>&1 || true")
+            assert out == "page from the laptop\n", out
+
+        wait_until(from_the_container, proc, "-R after the drops", timeout=30)
+        running = descendants(proc.pid)
+        assert any(" -N " in f" {cmd} " and cmd.startswith(("ssh", "/usr/bin/ssh"))
+                   for cmd in running.values()), running
+        os.killpg(proc.pid, 2)  # Ctrl-C
+        assert proc.wait(timeout=30) == 130
+    finally:
+        laptop.shutdown()
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        for pid in frozen:  # a hung plugin gets ssh's SIGHUP once it runs again
+            if alive(pid):
+                os.kill(pid, 18)
+    assert lines[-1].startswith("sm-ssh: tunnel to ") and "closed" in lines[-1], lines
+    assert not [pid for pid in running if alive(pid) and pid not in frozen], running
+    deadline = time.monotonic() + 10
+    while frozen and any(alive(pid) for pid in frozen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in frozen)
+    assert set(active_sessions(world, mi)) <= before, "a session was left open"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", local), timeout=5).close()
+    assert proc.stdout is not None and proc.stdout.read() == ""
+    # An IDE stops it with SIGTERM to this process alone: ssh and the plugin end with it.
+    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "again") == page
+        running = descendants(proc.pid)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == 143 and err.splitlines()[-1].endswith(" closed"), err
+    assert len(running) >= 2 and not [pid for pid in running if alive(pid)], running
+    assert set(active_sessions(world, mi)) <= before, "a session was left open"
+
+
+def test_a_tunnel_that_cannot_come_back_gives_up_after_wait(world: World) -> None:
+    """``connect -N --keep-alive``; after a drop, StartSession keeps failing: the tunnel
+    retries for --wait seconds, saying why, then ends with one line naming the last error,
+    leaving no session open."""
+    mi, local = instance_of(world, "one"), free_port()
+    before = set(active_sessions(world, mi))
+    proc = subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "-N", "--keep-alive",
+                                   "--wait", "4", "-L", f"{local}:localhost:8080"),
+                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "tunnel")
+        inject(world, "StartSession", "AccessDeniedException", 100)
+        (session,) = set(active_sessions(world, mi)) - before
+        world.sandbox.client("ssm").terminate_session(SessionId=session)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        urllib.request.urlopen(urllib.request.Request(
+            f"{world.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/faults", method="DELETE"),
+            timeout=10).close()
+        stop(proc)
+    assert proc.returncode == 1, err
+    *said, last = err.splitlines()
+    assert any(" dropped (" in line for line in said), err
+    assert any(line.startswith("sm-ssh: cannot reconnect yet: access denied for ssm:StartSession")
+               for line in said), err
+    assert "could not be re-established within 4 s: " in last and "StartSession" in last, err
+    assert set(active_sessions(world, mi)) <= before
+
+
+def test_a_tunnel_coming_back_to_another_instance_pushes_the_key_there(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a reconnection does: the name is resolved again; the instance it had is reused as
+    it is (no key push), another one (a restarted container) gets the key pushed."""
+    import dataclasses
+
+    from sagemaker_ssh_helper import connect
+
+    def pushes() -> int:
+        with urllib.request.urlopen(f"{world.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
+                                    timeout=10) as answer:
+            return int(json.loads(answer.read())["CallCounts"].get("SendCommand", 0))
+
+    with world.sandbox.activated():
+        monkeypatch.setenv("HOME", world.home("reconnecting")["HOME"])
+        ctx = connect.Context(None, None)
+        first = connect.prepare(ctx, world.fqdn("one"), connect.Choice())
+        count = pushes()
+        assert connect.prepare(ctx, world.fqdn("one"), connect.Choice(), reuse=first) is first
+        assert pushes() == count
+        before = dataclasses.replace(first, instance_id="mi-0123456789abcdef0")
+        moved = connect.prepare(ctx, world.fqdn("one"), connect.Choice(), reuse=before)
+        assert moved.instance_id == first.instance_id != before.instance_id
+        assert pushes() == count + 1
+
+
 def test_local_key_problems_are_named(world: World) -> None:
     env = world.home("key-user")
     fqdn = world.fqdn("one")

@@ -60,6 +60,10 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh connect [training] --": (CONNECT, RELEASE),
     "sm-ssh connect [training] -L": (FORWARD,),
     "sm-ssh connect [training] -N -L": (FORWARD,),
+    "sm-ssh tunnel -L -L": (
+        E2E + "test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing",),
+    "sm-ssh connect [training] -N --keep-alive -L": (
+        E2E + "test_a_tunnel_that_cannot_come_back_gives_up_after_wait",),
     "sm-ssh connect [training] -R": (FORWARD,),
     "sm-ssh connect [training] -R --": (FORWARD,),
     # -A is passed to ssh untouched (agent forwarding itself needs an agent on the laptop).
@@ -331,8 +335,9 @@ def _check_sm_ssh(argv: List[str]) -> None:
         return
     head, command = sm_ssh.split_command(args)
     parsed = sm_ssh.build_parser().parse_args(head)
-    if parsed.command == "connect":
-        assert parsed.fqdn, "connect needs a target"
+    if parsed.command in ("connect", "tunnel"):
+        assert parsed.fqdn, f"{parsed.command} needs a target"
+        assert parsed.command == "connect" or not command, "'--' only goes with connect"
         check_ssh_options(parsed.ssh_args)
     else:
         assert not command, "'--' only goes with connect"
@@ -343,7 +348,7 @@ SSH_FLAGS = set("46AaCfGgKkMNnqsTtVvXxYy") | connect.SSH_FLAGS_WITH_VALUE
 
 def check_ssh_options(args: List[str]) -> None:
     """What follows the target must be options ssh(1) knows (then a command)."""
-    options, _ = connect.split_connect_args(args, connect.Choice())
+    options, _ = connect.split_connect_args(args, connect.Choice(), {"--keep-alive": False})
     values = {after for before, after in zip(options, options[1:])
               if before[-1:] in connect.SSH_FLAGS_WITH_VALUE and before.startswith("-")}
     for item in options:
