@@ -399,6 +399,10 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
     if target is None:
         inst = describe_instance(ctx, target_text)
         name, alias, user = inst.instance_id, inst.instance_id, "root"
+    elif (job := _native_job(ctx, target)) is not None:
+        from sagemaker_ssh_helper import native  # SageMaker's own SSM targets
+
+        return native.prepare(ctx, target, job, choice, for_proxy)
     else:
         inst, several = resolve_one(ctx, target, choice, defer=True)
         # ssh config lookups use the FQDN (%h); a pick among several nodes gets its own alias.
@@ -412,6 +416,15 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         raise
     ctx.finish_checks()  # before any session is started
     return Prepared(inst.instance_id, name.lower(), user, auth)
+
+
+def _native_job(ctx: Context, target: fqdn.Target) -> Any:
+    """The training job if it uses the native transport (see ``native``), else None."""
+    if target.kind.kind != "training":
+        return None
+    from sagemaker_ssh_helper import native
+
+    return native.native_job(ctx, target)
 
 
 # -- the ssh command line --------------------------------------------------------------------------
