@@ -39,12 +39,15 @@ from sagemaker.pytorch import PyTorch
 from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
 
 source_dir, base_name, count, transport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-estimator = PyTorch(entry_point="train.py", source_dir=source_dir,
+plain = transport == "plain"  # remote debugging without SSH Helper
+estimator = PyTorch(entry_point="plain.py" if plain else "train.py", source_dir=source_dir,
                     dependencies=[SSHEstimatorWrapper.dependency_dir()],
                     role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
                     py_version="py310", instance_count=count,
-                    instance_type="ml.m5.xlarge", base_job_name=base_name)
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600, transport=transport)
+                    instance_type="ml.m5.xlarge", base_job_name=base_name,
+                    enable_remote_debug=True if plain else None)
+if not plain:
+    SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600, transport=transport)
 estimator.fit(wait=False)
 print(estimator.latest_training_job.name)
 """
@@ -66,6 +69,15 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Page)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 sagemaker_ssh_helper.setup_and_start_ssh()
 print("released", flush=True)
+"""
+
+
+PLAIN = """\
+import os, time
+
+deadline = time.time() + 300
+while not os.path.exists("/tmp/done") and time.time() < deadline:
+    time.sleep(0.2)
 """
 
 
@@ -100,6 +112,7 @@ def launch(env: Dict[str, str], tmp_path: Path, base_name: str, count: int,
     work = tmp_path / base_name
     (work / "src").mkdir(parents=True)
     (work / "src" / "train.py").write_text(TRAIN)
+    (work / "src" / "plain.py").write_text(PLAIN)
     (work / "launch.py").write_text(LAUNCH)
     done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"), base_name,
                            str(count), transport], env=env, cwd=work, capture_output=True,
@@ -235,3 +248,21 @@ def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
     done = run([sys.executable, "-c", code], env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
+
+
+def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
+        sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
+    job = launch(env, tmp_path, "plain", 1, "plain")
+    fqdn = f"{job}.training.sagemaker"
+    assert sandbox.client("sagemaker").describe_training_job(TrainingJobName=job)[
+        "RemoteDebugConfig"] == {"EnableRemoteDebug": True}
+    done = run(sm_ssh("connect", fqdn, "--", "true"), env)
+    assert (done.returncode, done.stderr.strip()) == (3, (
+        f"sm-ssh: no SSH server runs in training job {job} (it was not started with SSH "
+        f"Helper): open a shell in it with `sm-ssh shell {fqdn}`"))
+    shell = subprocess.run(sm_ssh("shell", fqdn), env=env, capture_output=True, text=True,
+                           timeout=120, input="echo on-$(hostname)\ntouch /tmp/done\nexit\n",
+                           check=False)
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    assert "on-algo-1" in shell.stdout
+    assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
