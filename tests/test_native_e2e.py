@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
+import boto3
 import pytest
 from conftest import SANDBOX_E2E, free_port, sm_ssh, wait_until
 
@@ -199,12 +200,27 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
 
     # SendCommand is refused for SageMaker's targets, as by the real service
     with sandbox.activated():
-        import boto3
-
         with pytest.raises(Exception, match="ValidationException"):
             boto3.client("ssm").send_command(
                 InstanceIds=[f"sagemaker-training-job:{job}_algo-1"],
                 DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]})
+
+        # remote debugging turned off while Training: SageMaker's agent takes no session
+        # (TargetNotConnected), sm-ssh says how to turn it on; on again, SSH works again
+        sm, ssm = boto3.client("sagemaker"), boto3.client("ssm")
+        sm.update_training_job(TrainingJobName=job,
+                               RemoteDebugConfig={"EnableRemoteDebug": False})
+        with pytest.raises(Exception, match="TargetNotConnected"):
+            ssm.start_session(Target=f"sagemaker-training-job:{job}_algo-1",
+                              DocumentName="AWS-StartSSHSession",
+                              Parameters={"portNumber": ["22"]})
+    done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "true"), env)
+    assert done.returncode == 3 and "has remote debugging off: turn it on with" in done.stderr
+    with sandbox.activated():
+        sm.update_training_job(TrainingJobName=job,
+                               RemoteDebugConfig={"EnableRemoteDebug": True})
+    done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "hostname"), env)
+    assert (done.returncode, done.stdout.strip()) == (0, "algo-1"), done.stderr[-2000:]
 
     # a hybrid job next to it; `sm-ssh list` tells the transports apart
     hybrid = launch(env, tmp_path, "hybrid", 1, "hybrid")
@@ -233,6 +249,8 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "true"), env)
     assert done.returncode == 3 and done.stderr.strip() == (
         f"sm-ssh: training job {job} is Completed: SSH is available only while it runs")
+    with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
+        boto3.client("ssm").start_session(Target=f"sagemaker-training-job:{job}_algo-1")
 
 
 def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
