@@ -7,9 +7,10 @@ remote debugging is on, the secondary status (SageMaker opens sessions only whil
 ``Training``), the nodes (``ResourceConfig.InstanceCount``, the first ``SSH_INSTANCE_COUNT`` of
 them run sshd), the owner and the S3 prefix of the keys. No managed instance is looked up.
 
-Connecting: pick the node, put this client's public key under the job's owner folder in S3
-(sshd reads it at login through ``AuthorizedKeysCommand``, with the job's own credentials), pin
-the host keys the container published next to it, and start ``AWS-StartSSHSession`` to
+Connecting: pick the node, put this client's public key in the job's folder under its owner's,
+``<prefix><owner>/<job>/`` in S3, where only the owner may write (sshd reads it at login
+through ``AuthorizedKeysCommand``, with the job's own credentials), pin the host keys the
+container published next to it, and start ``AWS-StartSSHSession`` to
 ``sagemaker-training-job:<job>_algo-<n>`` on port 22 through the plugin: from there on the
 connection is the hybrid one (``connect.run_and_explain``, ``start-proxy``, ``SSMProxy``).
 

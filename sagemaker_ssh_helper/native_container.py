@@ -135,7 +135,8 @@ def _cached(blob: str, now: float) -> List[str]:
 
 
 def read_keys(config: Dict[str, Any], s3: Any = None) -> List[str]:
-    """Every plain public key line under the owner's folder."""
+    """Every plain public key line of the job's folder (``<prefix><owner>/<job>/``, not its
+    subfolders)."""
     os.environ.update({str(k): str(v) for k, v in dict(config.get("env") or {}).items()})
     client = s3 or _s3(os.environ)
     lines: List[str] = []

@@ -172,6 +172,7 @@ class Daemon:
         debug = RemoteDebug(self._ssm.backend, lambda name: jobs.get("training", name))
         self._runner.remote_debug = debug
         self._ssm.backend.sagemaker_gate = debug.refusal
+        jobs.remote_debug_on = debug.turned_on
         self._studio = StudioAPI(self.region, self.account, self.sd.root, app_container_factory(
             platform, bridges, [(str(self.sd.pybin), CONTAINER_PYBIN)]))
         self._notebooks = NotebookAPI(self.region, self.account, self.sd.root,

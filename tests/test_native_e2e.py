@@ -45,8 +45,7 @@ estimator = PyTorch(entry_point="plain.py" if plain else "train.py", source_dir=
                     dependencies=[SSHEstimatorWrapper.dependency_dir()],
                     role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
                     py_version="py310", instance_count=count,
-                    instance_type="ml.m5.xlarge", base_job_name=base_name,
-                    enable_remote_debug=True if plain else None)
+                    instance_type="ml.m5.xlarge", base_job_name=base_name)
 if not plain:
     SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600, transport=transport)
 estimator.fit(wait=False)
@@ -270,10 +269,21 @@ def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
 
 def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
         sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
-    job = launch(env, tmp_path, "plain", 1, "plain")
+    job = launch(env, tmp_path, "plain", 1, "plain")  # no SSH Helper, remote debugging off
     fqdn = f"{job}.training.sagemaker"
-    assert sandbox.client("sagemaker").describe_training_job(TrainingJobName=job)[
-        "RemoteDebugConfig"] == {"EnableRemoteDebug": True}
+    done = run(sm_ssh("shell", fqdn, "--wait", "60"), env)
+    assert done.returncode == 3 and f"training job {job} has remote debugging off: turn it " \
+        "on with `aws sagemaker update-training-job" in done.stderr, done.stderr
+
+    # turned on while Training: SageMaker starts its agent in the container then
+    with sandbox.activated():
+        sm = boto3.client("sagemaker")
+        deadline = time.monotonic() + 120
+        while sm.describe_training_job(TrainingJobName=job)["SecondaryStatus"] != "Training":
+            assert time.monotonic() < deadline, "the job never reached Training"
+            time.sleep(0.2)
+        sm.update_training_job(
+            TrainingJobName=job, RemoteDebugConfig={"EnableRemoteDebug": True})
     done = run(sm_ssh("connect", fqdn, "--", "true"), env)
     assert (done.returncode, done.stderr.strip()) == (3, (
         f"sm-ssh: no SSH server runs in training job {job} (it was not started with SSH "

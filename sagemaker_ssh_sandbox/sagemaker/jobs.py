@@ -175,6 +175,8 @@ class JobsAPI:
         self._state_dir = state_dir
         self._jobs: Dict[Tuple[str, str], Job] = {}
         self._lock = threading.Lock()
+        # called when UpdateTrainingJob turns remote debugging on (remote_debug.RemoteDebug)
+        self.remote_debug_on: Optional[Callable[[Job], None]] = None
 
     # -- registry ---------------------------------------------------------------------------
     def jobs(self) -> List[Job]:
@@ -305,6 +307,7 @@ class JobsAPI:
         except remote_debug.ConfigError as e:
             raise ApiError("ValidationException", str(e)) from None
         with job.lock:
+            was_on = remote_debug.enabled(job.request)
             if config is not None:
                 if job.status != "InProgress" or job.secondary not in remote_debug.UPDATABLE_IN:
                     raise ApiError("ValidationException", (
@@ -312,6 +315,8 @@ class JobsAPI:
                         f"SecondaryStatus is Downloading or Training; it is {job.secondary}."))
                 job.request["RemoteDebugConfig"] = dict(config)
                 job.modified = time.time()
+            if not was_on and remote_debug.enabled(job.request) and self.remote_debug_on:
+                self.remote_debug_on(job)  # SageMaker starts its agent in the containers
         self.save(job)
         return {"TrainingJobArn": job.arn}
 

@@ -96,8 +96,10 @@ class JobRunner:
                                      hosts, self.platform)
             container.config.argv, container.config.cwd, container.config.env = argv, cwd, env
             if job.kind.key == "training" and self.remote_debug is not None:
-                container.config.sidecars.append(self.remote_debug.sidecar(
-                    job, host, self.platform.region, self.platform.env()))
+                sidecar, bind = self.remote_debug.sidecar(
+                    job, host, self.platform.region, self.platform.env(), container.root)
+                container.config.sidecars.append(sidecar)
+                container.config.binds.append(bind)
             containers.append(container)
         return containers
 
