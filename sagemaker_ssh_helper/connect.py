@@ -54,6 +54,8 @@ class Context:
     _manager: Any = None
     # checks of the chosen instance still running in the background (see resolve_one)
     pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+    # descriptions already read (resource name, lowercased -> Describe* answer), for the checks
+    described: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def finish_checks(self) -> None:
         while self.pending:
@@ -280,7 +282,8 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
         creds = ctx.session.get_credentials()
         frozen = creds.get_frozen_credentials() if creds is not None else None
         return verify.Verifier(ctx.session, ctx.region_name, t,
-                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen))
+                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen),
+                               described=ctx.described.get((t.name or "").lower()))
 
     verifier = verifier_for(target) if verify.verifiable(target) else None
 
@@ -419,12 +422,19 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
 
 
 def _native_job(ctx: Context, target: fqdn.Target) -> Any:
-    """The training job if it uses the native transport (see ``native``), else None."""
-    if target.kind.kind != "training":
+    """The training job if it uses the native transport (see ``native``), else None (its
+    description then serves the hybrid path's checks: no second DescribeTrainingJob)."""
+    if target.kind.kind != "training" or target.name is None:
         return None
     from sagemaker_ssh_helper import native
 
-    return native.native_job(ctx, target)
+    job = native.describe(ctx, target)
+    if job is None:
+        return None
+    if job.native:
+        return job
+    ctx.described[target.name.lower()] = job.described
+    return None
 
 
 # -- the ssh command line --------------------------------------------------------------------------
