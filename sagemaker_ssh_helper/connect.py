@@ -54,6 +54,8 @@ class Context:
     _manager: Any = None
     # checks of the chosen instance still running in the background (see resolve_one)
     pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+    # descriptions already read (resource name, lowercased -> Describe* answer), for the checks
+    described: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def finish_checks(self) -> None:
         while self.pending:
@@ -280,7 +282,8 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
         creds = ctx.session.get_credentials()
         frozen = creds.get_frozen_credentials() if creds is not None else None
         return verify.Verifier(ctx.session, ctx.region_name, t,
-                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen))
+                               lambda: aws.boto_session(ctx.profile, ctx.region_name, frozen),
+                               described=ctx.described.get((t.name or "").lower()))
 
     verifier = verifier_for(target) if verify.verifiable(target) else None
 
@@ -400,6 +403,10 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
     if target is None:
         inst = describe_instance(ctx, target_text)
         name, alias, user = inst.instance_id, inst.instance_id, "root"
+    elif (job := _native_job(ctx, target)) is not None:
+        from sagemaker_ssh_helper import native  # SageMaker's own SSM targets
+
+        return native.prepare(ctx, target, job, choice, for_proxy)
     else:
         inst, several = resolve_one(ctx, target, choice, defer=True)
         # ssh config lookups use the FQDN (%h); a pick among several nodes gets its own alias.
@@ -416,6 +423,22 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         raise
     ctx.finish_checks()  # before any session is started
     return Prepared(inst.instance_id, name.lower(), user, auth)
+
+
+def _native_job(ctx: Context, target: fqdn.Target) -> Any:
+    """The training job if it uses the native transport (see ``native``), else None (its
+    description then serves the hybrid path's checks: no second DescribeTrainingJob)."""
+    if target.kind.kind != "training" or target.name is None:
+        return None
+    from sagemaker_ssh_helper import native
+
+    job = native.describe(ctx, target)
+    if job is None:
+        return None
+    if job.native:
+        return job
+    ctx.described[target.name.lower()] = job.described
+    return None
 
 
 # -- the ssh command line --------------------------------------------------------------------------

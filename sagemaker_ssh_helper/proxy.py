@@ -176,7 +176,13 @@ class SSMProxy:
             raise SSHHelperError("SSMProxy is already connected: call disconnect() first")
         ssh = find_ssh()
         ssm = aws.client(self.session, "ssm", self.region_name)
-        auth = keys.authorize(ssm, self.session, instance_id, self.name or instance_id)
+        if instance_id.startswith("sagemaker-"):  # SageMaker's own target (native transport)
+            from sagemaker_ssh_helper import native
+
+            auth = native.authorize_target(self.session, self.region_name, instance_id,
+                                           self.name, self.connect_timeout)
+        else:
+            auth = keys.authorize(ssm, self.session, instance_id, self.name or instance_id)
         self.instance_id, self._alias = instance_id, auth.host_key_alias
         profile = self.session.profile_name if self.session.profile_name != "default" else None
         self._options = ssh_options(

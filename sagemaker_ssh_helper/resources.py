@@ -136,9 +136,14 @@ class Row:
     status: str
     created: Optional[datetime] = None
     instances: List[Any] = field(default_factory=list)
+    # "hybrid" (managed instances found), "native" (SageMaker's remote debugging), "" unknown
+    transport: str = ""
+    native_ssh: str = ""  # native: "Online", or why no session opens now
 
     @property
     def ssh(self) -> str:
+        if self.native_ssh and not self.instances:
+            return self.native_ssh
         if not self.instances:
             return "ssh:NotFound"
         if any(i.online for i in self.instances):
@@ -148,7 +153,8 @@ class Row:
     def as_dict(self) -> Dict[str, Any]:
         return {
             "fqdn": self.fqdn, "kind": self.kind, "name": self.name, "status": self.status,
-            "ssh": self.ssh, "created": self.created.isoformat() if self.created else None,
+            "ssh": self.ssh, "transport": self.transport or ("hybrid" if self.instances else ""),
+            "created": self.created.isoformat() if self.created else None,
             "instances": [{"instance_id": i.instance_id, "ping_status": i.ping_status,
                            "computer_name": i.computer_name, "resource_arn": i.resource_arn}
                           for i in self.instances],
@@ -214,17 +220,20 @@ def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
         if rk_ is not None and _wanted(target, rk_.kind, name):
             rows.append(Row(f"{name}.{rk_.kind}.{fqdn.SUFFIX}", rk_.kind, name, "-", None,
                             instances))
+    from sagemaker_ssh_helper import native
+
+    native.annotate(session, region, rows)
     return rows
 
 
 def render(rows: List[Row], output: str = "table") -> str:
     if output == "json":
         return json.dumps([r.as_dict() for r in rows], indent=2)
-    table = [("FQDN", "STATUS", "SSH", "INSTANCES")]
+    table = [("FQDN", "STATUS", "SSH", "TRANSPORT", "INSTANCES")]
     for r in rows:
         shown = [i for i in r.instances if i.online] or r.instances[:1]
-        table.append((r.fqdn, r.status, r.ssh,
+        table.append((r.fqdn, r.status, r.ssh, r.transport or ("hybrid" if r.instances else "-"),
                       ", ".join(f"{i.computer_name or '?'}={i.instance_id}" for i in shown)))
-    widths = [max(len(row[c]) for row in table) for c in range(3)]
-    return "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths))
-                      + "  " + row[3]).rstrip() for row in table)
+    widths = [max(len(row[c]) for row in table) for c in range(4)]
+    return "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths))
+                      + "  " + row[4]).rstrip() for row in table)

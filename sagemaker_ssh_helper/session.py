@@ -94,6 +94,9 @@ def forwarded_termination(child: subprocess.Popen) -> Iterator[None]:
 def _start_error(e: Exception, instance_id: str) -> Exception:
     """StartSession's errors, with what to do about them."""
     code = aws.error_code(e)
+    if code == "TargetNotConnected" and instance_id.startswith("sagemaker-"):
+        return ResolutionError(f"{instance_id} is not connected: SageMaker opens remote-debugging "
+                               "sessions only while the job is Training")
     if code == "TargetNotConnected":
         return ResolutionError(f"{instance_id} is not connected to SSM (ConnectionLost): the "
                                "container stopped or its agent died")
@@ -118,17 +121,26 @@ def open_session(ssm: Any, instance_id: str, port: int, profile: Optional[str] =
                  ) -> Started:
     """StartSession (``AWS-StartSSHSession`` to ``port``); the plugin is run by the caller,
     with ``response_env`` in its environment so the token never shows in ``ps``."""
+    return start(ssm, instance_id, SSH_DOCUMENT, {"portNumber": [str(port)]}, profile)
+
+
+def start(ssm: Any, target: str, document: Optional[str], parameters: Optional[Dict[str, Any]],
+          profile: Optional[str] = None) -> Started:
+    """StartSession to ``target`` with ``document`` (None: a shell) and its parameters."""
     plugin = find_plugin()
-    parameters = {"Target": instance_id, "DocumentName": SSH_DOCUMENT,
-                  "Parameters": {"portNumber": [str(port)]}}
+    request: Dict[str, Any] = {"Target": target}
+    if document:
+        request["DocumentName"] = document
+    if parameters:
+        request["Parameters"] = parameters
     try:
-        response = ssm.start_session(**parameters)
+        response = ssm.start_session(**request)
     except Exception as e:
-        raise _start_error(e, instance_id) from e
-    logger.debug("session %s to %s:%s", response["SessionId"], instance_id, port)
+        raise _start_error(e, target) from e
+    logger.debug("session %s to %s (%s)", response["SessionId"], target, document or "shell")
     return Started(response["SessionId"],
                    json.dumps({k: response[k] for k in ("SessionId", "TokenValue", "StreamUrl")}),
-                   plugin_argv(plugin, ssm.meta.region_name, profile, parameters,
+                   plugin_argv(plugin, ssm.meta.region_name, profile, request,
                                ssm.meta.endpoint_url))
 
 
@@ -139,7 +151,14 @@ def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
     find_plugin()
     session = session or aws.boto_session(profile or None, region)
     ssm = aws.client(session, "ssm", region or aws.session_region(session))
-    started = open_session(ssm, instance_id, port, profile)
+    return run_session(ssm, instance_id, SSH_DOCUMENT, {"portNumber": [str(port)]}, profile)
+
+
+def run_session(ssm: Any, target: str, document: Optional[str],
+                parameters: Optional[Dict[str, Any]], profile: Optional[str] = None) -> int:
+    """Start a session and run the plugin in the foreground (the terminal's signals go to
+    it); the session is terminated if the plugin fails. Returns the plugin's exit code."""
+    started = start(ssm, target, document, parameters, profile)
     env = dict(os.environ, **{RESPONSE_ENV: started.response_env})
     returncode = 1
     try:

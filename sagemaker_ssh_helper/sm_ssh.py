@@ -8,6 +8,7 @@
            --keep-alive is the same)
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
     sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
+    sm-ssh [-v] [--profile P] [--region R] shell FQDN [--index N | --node algo-2]
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,tunnel,start-proxy,stop-waiting,config,stage-wheel,sandbox,cp,sync}")
+        metavar="{list,connect,tunnel,start-proxy,stop-waiting,shell,config,stage-wheel,sandbox,cp,sync}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_general_options(p, top_level=False)
     _add_target_choice(p)
     p.add_argument("fqdn", metavar="FQDN|mi-ID")
+    p = sub.add_parser("shell", help="a plain shell in a training job with SageMaker's remote "
+                                     "debugging on (no SSH server needed)")
+    add_general_options(p, top_level=False)
+    _add_target_choice(p)
+    p.add_argument("fqdn", metavar="FQDN", help="<name>.training.sagemaker")
     p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     add_general_options(p, top_level=False)
     p.add_argument("--inline", action="store_true",
@@ -305,6 +311,13 @@ def stop_waiting(ctx: Context, target_text: str, choice: Any) -> int:
     is gone. Prints one line per node released."""
     from sagemaker_ssh_helper import connect, keys, proxy
 
+    if not connect.is_instance_id(target_text):
+        target = fqdn.parse_resource(target_text)
+        job = connect._native_job(ctx, target)
+        if job is not None:  # SageMaker's targets take no SendCommand: over ssh
+            from sagemaker_ssh_helper import native
+
+            return native.stop_waiting(ctx, target, job, choice)
     ssm = ctx.manager().ssm
     for inst in connect.release_targets(ctx, target_text, choice):
         output = keys.run_shell_command(ssm, inst.instance_id, proxy.STOP_WAITING, timeout=60,
@@ -312,6 +325,17 @@ def stop_waiting(ctx: Context, target_text: str, choice: Any) -> int:
         said = " ".join(output.split()) or "done"
         print(f"{inst.computer_name or '?'} ({inst.instance_id}): {said}", flush=True)
     return 0
+
+
+def cmd_shell(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import native, session
+
+    target = fqdn.parse_resource(args.fqdn)
+    if target.kind.kind != "training":
+        raise UsageError(f"sm-ssh shell opens SageMaker's remote-debugging shell of training "
+                         f"jobs only, not of {target.kind.description}s: use sm-ssh connect")
+    session.find_plugin()
+    return native.shell(ctx, target, _choice(args))
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -394,6 +418,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "tunnel": lambda: cmd_tunnel(ctx, args),
         "start-proxy": lambda: cmd_start_proxy(ctx, args),
         "stop-waiting": lambda: stop_waiting(ctx, args.fqdn, _choice(args)),
+        "shell": lambda: cmd_shell(ctx, args),
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
         "cp": lambda: cmd_cp(ctx, args),

@@ -37,6 +37,7 @@ REGISTRATION_TEXT = "Successfully registered the instance with AWS SSM using Man
 REGISTRATION_RE = re.compile(re.escape(REGISTRATION_TEXT) + r": (mi-[0-9a-fA-F]+)")
 MAX_PAGES = 5          # FilterLogEvents pages read at most per check
 CLOCK_SLACK = 120.0    # seconds: SSM's and SageMaker's clocks, and log timestamps
+FRESH_SECONDS = 5.0    # a description the caller just read stands for a new one this long
 
 
 def verifiable(target: fqdn.Target) -> bool:
@@ -117,8 +118,14 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
             return "NotFound", None
         logger.debug("%s %s: %s", api.describe_op, target.name, e)
         return None, None
+    return status_and_creation(described, target)
+
+
+def status_and_creation(described: Dict[str, Any], target: fqdn.Target
+                        ) -> Tuple[Optional[str], Optional[float]]:
+    api = target.kind.api
     created = described.get("CreationTime")
-    return (str(described.get(api.status_key, "")) or None,
+    return (str(described.get(api.status_key, "")) or None if api is not None else None,
             created.timestamp() if isinstance(created, datetime) else None)
 
 
@@ -132,8 +139,11 @@ class Verifier:
 
     def __init__(self, session: Any, region: str, target: fqdn.Target,
                  describe_session: Optional[Callable[[], Any]] = None,
-                 interval: float = 2.0) -> None:
+                 interval: float = 2.0, described: Optional[Dict[str, Any]] = None) -> None:
+        """``described``: the resource's description if the caller just read it (used instead
+        of a second call when the description is needed within ``FRESH_SECONDS``)."""
         self.session, self.region, self.target, self.interval = session, region, target, interval
+        self._given = (time.monotonic(), described) if described is not None else None
         logs = aws.client(session, "logs", region)  # made here: sessions are not thread-safe
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._logged = self._pool.submit(registrations, logs, target)
@@ -145,6 +155,11 @@ class Verifier:
     def describe_later(self) -> None:
         """Start the description in the background (a session and client of its own: loading
         the SageMaker client costs more than the call; it overlaps what comes next)."""
+        if self._described is None and self._given is not None \
+                and time.monotonic() - self._given[0] <= FRESH_SECONDS:
+            done: Future[Tuple[Optional[str], Optional[float]]] = Future()
+            done.set_result(status_and_creation(self._given[1], self.target))
+            self._described = done
         if self._described is None:
             make = self._describe_session
             self._described = self._pool.submit(

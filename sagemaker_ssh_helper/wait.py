@@ -38,6 +38,8 @@ _MODULE = "sagemaker_ssh_helper.wait"
 
 def agent_status() -> str:
     """One phrase on how far the SSM agent has got in this container."""
+    if os.environ.get("SSH_TRANSPORT") == "native":
+        return "native transport: SageMaker's SSM agent (remote debugging) carries SSH"
     instance_id = registered_instance_id()
     running = agent_running()
     if running and instance_id:

@@ -41,6 +41,7 @@ from sagemaker_ssh_helper.wrapper_base import (
     wait_for_status,
 )
 from sagemaker_ssh_helper.wrapper_ide import SSHIDEWrapper, SSHNotebookInstanceWrapper
+from sagemaker_ssh_helper.wrapper_settings import resolve_transport
 
 try:
     import sagemaker
@@ -106,10 +107,25 @@ def _node_count(job: Dict[str, Any], cluster: Optional[int]) -> int:
     return max(1, min(count, cluster)) if isinstance(cluster, int) and cluster > 0 else count
 
 
+def _native_unsupported(estimator: Any) -> Optional[str]:
+    """Why SageMaker's remote debugging cannot serve the estimator's job (None: it can)."""
+    if not hasattr(estimator, "get_remote_debug_config"):
+        return "this SageMaker SDK has no remote debugging (enable_remote_debug): upgrade it"
+    if getattr(estimator, "algorithm_arn", None):
+        return "AWS offers no remote debugging for built-in or AWS Marketplace algorithms"
+    isolation = getattr(estimator, "enable_network_isolation", None)
+    if callable(isolation) and isolation() is True:
+        return "AWS offers no remote debugging with network isolation"
+    if getattr(estimator, "_enable_remote_debug", None) is False:
+        return "the estimator turns remote debugging off (enable_remote_debug=False)"
+    return None
+
+
 class SSHEstimatorWrapper(SSHJobWrapperBase):
     """SSH into the nodes of a training job."""
 
     kind = "training"
+    transport = "hybrid"  # the one create() chose; "native": SageMaker's remote debugging
 
     def __init__(self, estimator: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, ssh_instance_count: int = 2,
@@ -133,10 +149,15 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                ssm_iam_role: Optional[str] = None,
                bootstrap_on_start: bool = True,
-               keep_alive_on_failure_seconds: int = 0) -> SSHEstimatorWrapper:
+               keep_alive_on_failure_seconds: int = 0, *,
+               transport: str = "hybrid") -> SSHEstimatorWrapper:
         """Enable SSH for ``estimator``; call before ``fit()``. With
         ``keep_alive_on_failure_seconds=N`` a script that dies of an uncaught exception keeps
-        its container for up to N seconds (or until ``sm-wait stop``) before the job fails."""
+        its container for up to N seconds (or until ``sm-wait stop``) before the job fails.
+
+        ``transport``: ``"hybrid"`` (an SSM hybrid activation from the container, as SSH
+        Helper v2), ``"native"`` (SageMaker's remote debugging carries the sessions: no
+        activation, no advanced tier) or ``"auto"`` (native where the job supports it)."""
         check_keep_alive(keep_alive_on_failure_seconds)
         if getattr(estimator, "latest_training_job", None) is not None:
             raise ValueError(
@@ -147,6 +168,7 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
                       connection_wait_time_seconds, ssh_instance_count, local_user_id,
                       log_to_stdout, connection_wait_time=connection_wait_time)
         wrapper.keep_alive_on_failure_seconds = keep_alive_on_failure_seconds
+        wrapper.transport = resolve_transport(transport, _native_unsupported(estimator))
         wrapper._augment()
         return wrapper
 
@@ -156,7 +178,10 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
                                   self.connection_wait_time_seconds, self._connection_wait_time,
                                   self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
                                   self.ssh_instance_count, self.bootstrap_on_start,
-                                  self.keep_alive_on_failure_seconds)
+                                  self.keep_alive_on_failure_seconds,
+                                  transport=self.transport)
+        if self.transport == "native":  # SageMaker starts its SSM agent in the containers
+            estimator._enable_remote_debug = True
         self.env = settings.environment()
         estimator.environment = merged(estimator.environment, self.env)
         _hint_dependencies(estimator)
@@ -192,6 +217,11 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
     resource_name = training_job_name
 
     def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+        from sagemaker_ssh_helper import native
+
+        targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
+        if targets is not None:  # SageMaker's own targets (native transport)
+            return targets
         return list(manager.get_training_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 

@@ -172,6 +172,8 @@ class SSHSettings:
     instance_count: Optional[int] = None  # only where a node rank exists (training/processing)
     start_ssh: bool = True  # bootstrap_on_start: setup_and_start_ssh() starts SSH
     keep_alive_on_failure_seconds: int = 0  # post-mortem hold of a crashed script (postmortem)
+    transport: str = "hybrid"  # "native": SageMaker's remote debugging carries the sessions
+    keys_path: str = ""  # native: the S3 prefix of the keys (SSH_AUTHORIZED_KEYS_PATH)
 
     def environment(self) -> Dict[str, str]:
         env = {
@@ -185,6 +187,9 @@ class SSHSettings:
             env["SSH_INSTANCE_COUNT"] = str(self.instance_count)
         if self.keep_alive_on_failure_seconds:
             env["SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"] = str(self.keep_alive_on_failure_seconds)
+        if self.transport == "native":  # absent means hybrid, as for SSH Helper v2's jobs
+            env["SSH_TRANSPORT"] = "native"
+            env["SSH_AUTHORIZED_KEYS_PATH"] = self.keys_path
         return env
 
 
@@ -205,18 +210,63 @@ def build_settings(sdk_object: Any, role: Any, what: str, connection_wait_time_s
                    log_to_stdout: bool, ssm_iam_role: Optional[str],
                    instance_count: Optional[int] = None,
                    bootstrap_on_start: bool = True,
-                   keep_alive_on_failure_seconds: Any = 0) -> SSHSettings:
-    """Validate every argument first, then ask STS for the owner (unless given)."""
+                   keep_alive_on_failure_seconds: Any = 0,
+                   transport: str = "hybrid") -> SSHSettings:
+    """Validate every argument first, then ask STS for the owner (unless given).
+    ``transport`` is ``hybrid`` or ``native`` (``auto`` is resolved by the wrapper)."""
     wait_seconds = resolve_wait_seconds(connection_wait_time_seconds, connection_wait_time)
     keep_alive = check_keep_alive(keep_alive_on_failure_seconds)
     ssm_role = resolve_ssm_role(ssm_iam_role, role, what)
     if local_user_id:
         check_owner(local_user_id)
-    owner = resolve_owner(local_user_id, launch_boto_session(sdk_object))
+    session = launch_boto_session(sdk_object)
+    keys_path = native_keys_path(session) if transport == "native" else ""
+    owner = resolve_owner(local_user_id, session)
     return SSHSettings(wait_seconds=wait_seconds, ssm_role=ssm_role, owner=owner,
                        log_to_stdout=bool(log_to_stdout), instance_count=instance_count,
                        start_ssh=bool(bootstrap_on_start),
-                       keep_alive_on_failure_seconds=keep_alive)
+                       keep_alive_on_failure_seconds=keep_alive, transport=transport,
+                       keys_path=keys_path)
+
+
+def native_keys_path(boto_session: Any) -> str:
+    """``SSH_NATIVE_KEYS_PATH`` of the launching environment, else our folder in the
+    SageMaker default bucket (``s3://sagemaker-<region>-<account>/ssh-native-keys/``). Not
+    ``SSH_AUTHORIZED_KEYS_PATH``: that is the hybrid transport's copy of the keys, where every
+    user may write; the native one is written per owner only."""
+    import os
+
+    from sagemaker_ssh_helper import transport
+
+    given = os.environ.get(transport.LAUNCH_KEYS_PATH_ENV, "")
+    if given:
+        try:
+            transport.split_s3(given)
+        except ValueError:
+            raise ValueError(f"{transport.LAUNCH_KEYS_PATH_ENV} must be an s3://bucket/prefix/ "
+                             f"URL, got {given!r}") from None
+        return given if given.endswith("/") else given + "/"
+    try:
+        account = str(aws.sts_client(boto_session).get_caller_identity()["Account"])
+    except Exception as e:
+        raise aws.explain(e, "sts:GetCallerIdentity") from e
+    return transport.default_keys_path(aws.session_region(boto_session), account)
+
+
+def resolve_transport(requested: Any, unsupported: Optional[str]) -> str:
+    """``hybrid`` or ``native`` for ``requested``: ``auto`` is native unless ``unsupported``
+    says why remote debugging cannot serve the job; ``native`` then is a ValueError."""
+    from sagemaker_ssh_helper import transport
+
+    chosen = transport.check_transport(requested)
+    if chosen == transport.AUTO:
+        chosen = transport.HYBRID if unsupported else transport.NATIVE
+        logger.info("transport='auto': %s%s", chosen,
+                    f" ({unsupported})" if unsupported else "")
+    elif chosen == transport.NATIVE and unsupported:
+        raise ValueError(f"transport='native' is not possible: {unsupported}; use "
+                         "transport='hybrid'")
+    return chosen
 
 
 def describe_existing(describe: Any, name: str, what: str) -> Dict[str, Any]:

@@ -36,6 +36,7 @@ from sagemaker_ssh_helper.wrapper_base import (
     merged,
     resolve_ssh_instance_count,
 )
+from sagemaker_ssh_helper.wrapper_settings import resolve_transport
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,21 @@ class _V3Wrapper(SSHEnvironmentWrapper):
         return aws.client(self.boto_session, "sagemaker")
 
 
+def _native_unsupported(model_trainer: Any) -> Optional[str]:
+    """Why SageMaker's remote debugging cannot serve the trainer's job (None: it can)."""
+    if not hasattr(model_trainer, "with_remote_debug_config"):
+        return "this SageMaker SDK has no remote debugging (with_remote_debug_config): upgrade it"
+    if getattr(model_trainer, "algorithm_name", None):
+        return "AWS offers no remote debugging for built-in or AWS Marketplace algorithms"
+    networking = getattr(model_trainer, "networking", None)
+    if getattr(networking, "enable_network_isolation", None) is True:
+        return "AWS offers no remote debugging with network isolation"
+    config = getattr(model_trainer, "_remote_debug_config", None)
+    if config is not None and getattr(config, "enable_remote_debug", None) is False:
+        return "the model trainer turns remote debugging off (RemoteDebugConfig)"
+    return None
+
+
 class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     """SSH into the nodes of a training job started by ``ModelTrainer.train()`` (SDK v3)."""
 
@@ -136,8 +152,11 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
                ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
                log_to_stdout: bool = False, *, connection_wait_time: Optional[timedelta] = None,
                ssm_iam_role: Optional[str] = None,
-               keep_alive_on_failure_seconds: int = 0) -> SSHModelTrainerWrapper:
-        """Enable SSH for ``model_trainer``; call before ``train()``."""
+               keep_alive_on_failure_seconds: int = 0,
+               transport: str = "hybrid") -> SSHModelTrainerWrapper:
+        """Enable SSH for ``model_trainer``; call before ``train()``. ``transport`` as for
+        SDK v2's ``SSHEstimatorWrapper.create``: ``"hybrid"``, ``"native"`` (SageMaker's
+        remote debugging, ``with_remote_debug_config()``) or ``"auto"``."""
         if not sdk_class(model_trainer, "ModelTrainer", "sagemaker.train"):
             raise ValueError(sdk_versions.v3_only_message(cls.__name__, model_trainer))
         started = getattr(model_trainer, "_latest_training_job", None)
@@ -152,11 +171,15 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
         count = resolve_ssh_instance_count(ssh_instance_count, getattr(compute, "instance_count",
                                                                        None),
                                            bool(getattr(compute, "instance_groups", None)))
+        chosen = resolve_transport(transport, _native_unsupported(model_trainer))
         settings = build_settings(model_trainer, model_trainer.role, "model trainer",
                                   connection_wait_time_seconds, connection_wait_time,
                                   local_user_id, log_to_stdout, ssm_iam_role,
                                   instance_count=count,
-                                  keep_alive_on_failure_seconds=keep_alive_on_failure_seconds)
+                                  keep_alive_on_failure_seconds=keep_alive_on_failure_seconds,
+                                  transport=chosen)
+        if chosen == "native":  # SageMaker starts its SSM agent in the containers
+            model_trainer.with_remote_debug_config(None)
         env = settings.environment()
         source_code = code_shipping.with_package(model_trainer.source_code, model_trainer)
         model_trainer.environment = merged(model_trainer.environment, env)
@@ -199,6 +222,11 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     resource_name = training_job_name
 
     def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+        from sagemaker_ssh_helper import native
+
+        targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
+        if targets is not None:  # SageMaker's own targets (native transport)
+            return targets
         return list(manager.get_training_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 

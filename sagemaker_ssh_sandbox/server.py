@@ -35,6 +35,7 @@ from sagemaker_ssh_sandbox.sagemaker.endpoints import EndpointsAPI
 from sagemaker_ssh_sandbox.sagemaker.jobs import JobsAPI
 from sagemaker_ssh_sandbox.sagemaker.layout import Platform
 from sagemaker_ssh_sandbox.sagemaker.notebooks import NOTEBOOK_USER, NotebookAPI
+from sagemaker_ssh_sandbox.sagemaker.remote_debug import RemoteDebug
 from sagemaker_ssh_sandbox.sagemaker.runner import JobRunner
 from sagemaker_ssh_sandbox.sagemaker.studio import StudioAPI, app_container_factory
 
@@ -168,6 +169,10 @@ class Daemon:
         jobs = JobsAPI(self.region, self.account, self._runner, self.sd.root)
         self._runner.save = jobs.save
         gateway.jobs = jobs
+        debug = RemoteDebug(self._ssm.backend, lambda name: jobs.get("training", name))
+        self._runner.remote_debug = debug
+        self._ssm.backend.sagemaker_gate = debug.refusal
+        jobs.remote_debug_on = debug.turned_on
         self._studio = StudioAPI(self.region, self.account, self.sd.root, app_container_factory(
             platform, bridges, [(str(self.sd.pybin), CONTAINER_PYBIN)]))
         self._notebooks = NotebookAPI(self.region, self.account, self.sd.root,

@@ -75,7 +75,7 @@ def test_v2_app_module_synthesizes_its_stack(tmp_path: Path, module: str, stack:
         policies = {p["ManagedPolicyName"]: p for p in
                     resources(template, "AWS::IAM::ManagedPolicy")}
         assert set(policies) == {"SSHSageMakerServerPolicy", "SSHSageMakerClientPolicy",
-                                 "SSHSageMakerAdminPolicy"}
+                                 "SSHSageMakerAdminPolicy", "SSHSageMakerNoRemoteDebugPolicy"}
         assert policies["SSHSageMakerServerPolicy"]["Roles"] == ["SMExecution"]
         assert policies["SSHSageMakerClientPolicy"]["Roles"] == ["DataScientist"]
     if module == "low_gpu_lambda_app":
@@ -108,7 +108,8 @@ def test_policy_name_suffix_for_a_second_copy(tmp_path: Path) -> None:
     template = app.synth().get_stack_by_name("SSH-IAM-SSM-Stack").template
     assert sorted(p["ManagedPolicyName"] for p in
                   resources(template, "AWS::IAM::ManagedPolicy")) == [
-        "SSHSageMakerAdminPolicy-eu", "SSHSageMakerClientPolicy-eu", "SSHSageMakerServerPolicy-eu"]
+        "SSHSageMakerAdminPolicy-eu", "SSHSageMakerClientPolicy-eu",
+        "SSHSageMakerNoRemoteDebugPolicy-eu", "SSHSageMakerServerPolicy-eu"]
     with pytest.raises(ValueError, match="policy_name_suffix must be"):
         build_single(IamSsmStack, "X", cdk.App(context={
             "sagemaker_role": "SMExecution", "policy_name_suffix": "bad name"},

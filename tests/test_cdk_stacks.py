@@ -132,7 +132,7 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
     assert client["PolicyDocument"] == policies.client_policy(EXPECTED_TARGET)
     for action, document in (("ssm:SendCommand", "AWS-RunShellScript"),
                              ("ssm:StartSession", "AWS-StartSSHSession")):
-        grants = granting(client, action)
+        grants = [s for s in granting(client, action) if not native_targets_only(s)]
         by_resource = {r: s for s in grants for r in as_list(s["Resource"])}
         assert sorted(by_resource) == sorted([MI, f"arn:aws:ssm:*::document/{document}"])
         condition = by_resource[MI]["Condition"]
@@ -145,17 +145,32 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
     assert f"arn:aws:ssm:*:{ACCOUNT}:session/${{aws:userid}}-*" in terminate["Resource"]
     [query] = granting(client, "logs:StartQuery")
     assert query["Resource"] == f"arn:aws:logs:*:{ACCOUNT}:log-group:/aws/sagemaker/*"
-    [keys] = granting(client, "s3:PutObject")
+    keys, native_keys = granting(client, "s3:PutObject")
     assert keys["Resource"] == f"arn:aws:s3:::sagemaker-*-{ACCOUNT}/ssh-authorized-keys/*"
+    # native transport: each user writes keys under their own folder only
+    assert native_keys["Resource"] == \
+        f"arn:aws:s3:::sagemaker-*-{ACCOUNT}/ssh-native-keys/${{aws:userid}}/*"
+    [native] = [s for s in granting(client, "ssm:StartSession") if native_targets_only(s)]
+    assert native["Action"] == "ssm:StartSession"
     for action in ("ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation",
                    "sagemaker:ListTrainingJobs", "sagemaker:DescribeTrainingJob"):
         assert granting(client, action), action
+
+
+def native_targets_only(statement: Dict[str, Any]) -> bool:
+    """A statement that reaches SageMaker's remote-debugging targets of training jobs only (AWS
+    names no resource ARN for them: ``*`` with the target-id condition, as AWS documents)."""
+    like = statement.get("Condition", {}).get("StringLike", {})
+    return like == {"ssm:resourceTag/aws:ssmmessages:target-id": "sagemaker-training-job:*"}
 
 
 def test_no_statement_grants_commands_or_sessions_everywhere(templates: Dict[str, Any]) -> None:
     for policy in resources(templates[cdk_app.IAM_STACK], "AWS::IAM::ManagedPolicy"):
         for statement in statements(policy["Properties"]):
             risky = {"ssm:SendCommand", "ssm:StartSession", "ssm:*", "*"}
+            if native_targets_only(statement):
+                assert as_list(statement["Action"]) == ["ssm:StartSession"], statement
+                continue
             if risky & set(as_list(statement["Action"])):
                 assert "*" not in as_list(statement["Resource"]), statement
 
@@ -237,8 +252,9 @@ def test_role_arn_with_path_and_custom_keys_path(tmp_path: Path) -> None:
     assert server["Roles"] == ["SM"]
     [passrole] = granting(server, "iam:PassRole")
     assert passrole["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/team/SM"
-    [keys] = granting(managed_policy(template, "your own"), "s3:PutObject")
+    keys, native_keys = granting(managed_policy(template, "your own"), "s3:PutObject")
     assert keys["Resource"] == "arn:aws:s3:::keys-bucket/team/ssh/*"
+    assert native_keys["Resource"] == "arn:aws:s3:::keys-bucket/ssh-native-keys/${aws:userid}/*"
     [trust] = resources(template, "Custom::SSHHelperSSMTrust")
     assert trust["Properties"]["RoleName"] == "SM"
 

@@ -86,6 +86,8 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh start-proxy [training] --port": (
         CONFIG, "test_client_e2e.py::test_ssh_through_the_generated_config"),
     "sm-ssh stop-waiting": (STOP_WAITING,),
+    "sm-ssh shell": (
+        "test_native_e2e.py::test_remote_debugging_without_ssh_helper_gets_the_plain_shell",),
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),

@@ -202,8 +202,9 @@ def test_list_joins_jobs_with_one_scan(ssm: Any, moto_url: str,
                                        "ListTagsForResource": 2}
     assert sm_ssh.main(["list", "listed-a.training.sagemaker"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["FQDN", "STATUS", "SSH", "INSTANCES"]
-    assert table[1].split()[0::2] == ["listed-a.training.sagemaker", "Online"]
+    assert table[0].split() == ["FQDN", "STATUS", "SSH", "TRANSPORT", "INSTANCES"]
+    assert table[1].split()[0:4:2] == ["listed-a.training.sagemaker", "Online"]
+    assert table[1].split()[3] == "hybrid"
     assert len(table) == 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -774,3 +775,61 @@ def test_job_status_helpers(sdk: SDK, tmp_path: Path, kind: str, noun: str) -> N
         lambda **_: (SimpleNamespace(status_code=200), {"ResponseMetadata": {}}))
     getattr(wrapper, f"stop_{kind}_job")()
     assert sdk.last(f"Stop{noun}Job") == {f"{noun}JobName": name}
+
+
+# -- the native transport (SageMaker's remote debugging) --------------------------------------
+def test_native_transport_turns_remote_debugging_on_and_creates_no_activation(
+        sdk: SDK, monkeypatch: pytest.MonkeyPatch) -> None:
+    estimator = sdk.estimator(instance_count=2)
+    wrapper = SSHEstimatorWrapper.create(estimator, transport="native")
+    estimator.fit(wait=False)
+    sent = sdk.last("CreateTrainingJob")
+    assert sent["RemoteDebugConfig"] == {"EnableRemoteDebug": True}
+    env = sent["Environment"]
+    assert env["SSH_TRANSPORT"] == "native" and env["SSH_OWNER_TAG"] == caller_user_id()
+    account = boto3.client("sts", region_name=REGION).get_caller_identity()["Account"]
+    assert env["SSH_AUTHORIZED_KEYS_PATH"] == \
+        f"s3://sagemaker-{REGION}-{account}/ssh-native-keys/"
+    assert wrapper.transport == "native"
+    # the hybrid transport's key copy (every user may write there) is not the native folder
+    monkeypatch.setenv("SSH_AUTHORIZED_KEYS_PATH", "s3://shared/keys/")
+    monkeypatch.setenv("SSH_NATIVE_KEYS_PATH", "s3://team-keys/native")
+    estimator = sdk.estimator()
+    SSHEstimatorWrapper.create(estimator, transport="native")
+    estimator.fit(wait=False)
+    assert sdk.last("CreateTrainingJob")["Environment"]["SSH_AUTHORIZED_KEYS_PATH"] == \
+        "s3://team-keys/native/"
+
+
+def test_hybrid_stays_the_default_and_auto_picks_what_the_job_supports(sdk: SDK) -> None:
+    estimator = sdk.estimator()
+    SSHEstimatorWrapper.create(estimator)
+    estimator.fit(wait=False)
+    sent = sdk.last("CreateTrainingJob")
+    assert "RemoteDebugConfig" not in sent and "SSH_TRANSPORT" not in sent["Environment"]
+
+    estimator = sdk.estimator(enable_remote_debug=True)  # already on: auto goes native
+    SSHEstimatorWrapper.create(estimator, transport="auto")
+    estimator.fit(wait=False)
+    assert sdk.last("CreateTrainingJob")["Environment"]["SSH_TRANSPORT"] == "native"
+
+    estimator = sdk.estimator(enable_network_isolation=True)  # AWS: no remote debugging
+    assert SSHEstimatorWrapper.create(estimator, transport="auto").transport == "hybrid"
+    estimator.fit(wait=False)
+    sent = sdk.last("CreateTrainingJob")
+    assert "RemoteDebugConfig" not in sent and "SSH_TRANSPORT" not in sent["Environment"]
+
+
+@pytest.mark.parametrize("kwargs, transport, message", [
+    ({"enable_network_isolation": True}, "native",
+     "transport='native' is not possible: AWS offers no remote debugging with network "
+     "isolation; use transport='hybrid'"),
+    ({"enable_remote_debug": False}, "native", "turns remote debugging off"),
+    ({}, "ssm", "transport must be one of 'hybrid', 'native', 'auto', got 'ssm'"),
+])
+def test_impossible_transports_are_refused(sdk: SDK, kwargs: Dict[str, Any], transport: str,
+                                           message: str) -> None:
+    estimator = sdk.estimator(**kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SSHEstimatorWrapper.create(estimator, transport=transport)
+    assert not (estimator.environment or {})

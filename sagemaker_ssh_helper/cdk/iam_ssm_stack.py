@@ -5,6 +5,9 @@
 * ``SSHSageMakerClientPolicy`` (:func:`policies.client_policy`) attached to the users' roles;
 * ``SSHSageMakerAdminPolicy`` (:func:`policies.admin_policy`), attached to nothing, for
   administrators who run ``sm-ssh-deregister-instances``;
+* ``SSHSageMakerNoRemoteDebugPolicy`` (:func:`policies.remote_debug_deny_policy`), attached to
+  nothing, for principals who must not turn on SageMaker's remote debugging (and so cannot
+  launch jobs with the native transport);
 * a custom resource that adds ``ssm.amazonaws.com`` to the SageMaker role's trust policy while
   keeping every statement it has (handler: :mod:`handlers.trust_policy`).
 
@@ -32,6 +35,7 @@ LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
 SERVER_POLICY_NAME = "SSHSageMakerServerPolicy"
 CLIENT_POLICY_NAME = "SSHSageMakerClientPolicy"
 ADMIN_POLICY_NAME = "SSHSageMakerAdminPolicy"
+NO_REMOTE_DEBUG_POLICY_NAME = "SSHSageMakerNoRemoteDebugPolicy"
 
 
 def handlers_code() -> lambda_.Code:
@@ -77,6 +81,11 @@ class SSHIAMSSMStack(Stack):
             self, "SSHAdminPolicy", managed_policy_name=ADMIN_POLICY_NAME + suffix,
             description="SageMaker SSH Helper: deregister stale SSH Helper managed instances",
             document=iam.PolicyDocument.from_json(policies.admin_policy(target)))
+        self.no_remote_debug_policy = iam.ManagedPolicy(
+            self, "SSHNoRemoteDebugPolicy",
+            managed_policy_name=NO_REMOTE_DEBUG_POLICY_NAME + suffix,
+            description="SageMaker SSH Helper: deny turning on remote debugging of training jobs",
+            document=iam.PolicyDocument.from_json(policies.remote_debug_deny_policy(target)))
         self.trust = self._trust_ssm(target, bare_role_name(sagemaker_role))
 
     def _trust_ssm(self, target: policies.Target, role_name: str) -> CustomResource:

@@ -14,6 +14,9 @@ values, the documentation passes placeholders such as ``<account-id>``.
   SSH sessions only to managed instances whose ``SSHOwner`` tag is their own ``aws:userid`` (what
   the launch side writes into ``SSH_OWNER_TAG``), and only with the two documents SSH Helper uses.
 * :func:`admin_policy`: for ``sm-ssh-deregister-instances``.
+* :func:`native_server_policy`: the job role's policy for the native transport alone (SageMaker's
+  remote debugging: no activation); :func:`server_policy` includes it.
+* :func:`remote_debug_deny_policy`: for principals who must not turn remote debugging on.
 * :func:`ssm_trust_statement`: the statement that lets SSM assume the SageMaker role.
 
 IAM is global, so ARNs use ``*`` for the region: one policy serves every region.
@@ -38,6 +41,7 @@ SSH_TAG_KEYS = ["SSHOwner", "SSHCreator", "SSHTimestamp", "SSHResourceName", "SS
 RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
 SSH_SESSION_DOCUMENT = "AWS-StartSSHSession"
 DEFAULT_KEYS_PREFIX = "ssh-authorized-keys/"
+NATIVE_KEYS_PREFIX = "ssh-native-keys/"  # transport.DEFAULT_KEYS_FOLDER
 ADVANCED_TIER_SETTING = "/ssm/managed-instance/activation-tier"
 
 
@@ -50,6 +54,7 @@ class Target:
     sagemaker_role: str = "<sagemaker-role-name>"  # may include a path: service-role/Name
     keys_bucket: str = ""                          # default: the SageMaker default buckets
     keys_prefix: str = DEFAULT_KEYS_PREFIX
+    native_prefix: str = NATIVE_KEYS_PREFIX      # native transport: <prefix><owner>/<job>/
 
     def arn(self, service: str, resource: str, region: str = "*", account: Optional[str] = None
             ) -> str:
@@ -68,9 +73,21 @@ class Target:
         return self.arn("ssm", f"document/{name}", account="")
 
     @property
+    def keys_bucket_arns(self) -> str:
+        return f"arn:{self.partition}:s3:::{self.keys_bucket or f'sagemaker-*-{self.account}'}"
+
+    @property
     def keys_objects(self) -> str:
-        bucket = self.keys_bucket or f"sagemaker-*-{self.account}"
-        return f"arn:{self.partition}:s3:::{bucket}/{self.keys_prefix}*"
+        return f"{self.keys_bucket_arns}/{self.keys_prefix}*"
+
+    def native_objects(self, owner: str = "*") -> str:
+        """Native transport: the keys of ``owner``'s jobs, ``<prefix><owner>/<job>/...``."""
+        return f"{self.keys_bucket_arns}/{self.native_prefix}{owner}/*"
+
+    @property
+    def host_keys_objects(self) -> str:
+        """Where native jobs publish their host keys: ``<prefix><owner>/<job>/host-keys/<host>``."""
+        return f"{self.keys_bucket_arns}/{self.native_prefix}*/host-keys/*"
 
 
 def _statement(sid: str, actions: List[str], resources: List[str],
@@ -127,7 +144,48 @@ def server_policy(t: Target) -> Policy:
                    ["ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
                     "ec2messages:FailMessage", "ec2messages:GetEndpoint",
                     "ec2messages:GetMessages", "ec2messages:SendReply"], ["*"]),
+        # the native transport too (its agent channels are AgentSessionChannels above)
+        *native_server_statements(t)[1:],
     )
+
+
+TRAINING_TARGETS = "sagemaker-training-job:*"
+TARGET_ID_KEY = "ssm:resourceTag/aws:ssmmessages:target-id"
+
+
+def native_server_statements(t: Target) -> List[Statement]:
+    """What the job role needs for the native transport (SageMaker's remote debugging): its
+    SSM agent's channels, and S3 for the keys: read the owner's public keys at login
+    (``AuthorizedKeysCommand``), publish the host keys."""
+    return [
+        _statement("RemoteDebugAgentChannels",
+                   ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], ["*"]),
+        _statement("ListNativeKeys", ["s3:ListBucket"], [t.keys_bucket_arns],
+                   {"StringLike": {"s3:prefix": f"{t.native_prefix}*"}}),
+        _statement("ReadNativeKeys", ["s3:GetObject"], [t.native_objects()]),
+        _statement("PublishHostKeys", ["s3:PutObject"], [t.host_keys_objects]),
+    ]
+
+
+def native_server_policy(t: Target) -> Policy:
+    """The job role's policy when only the native transport is used: no activation, no
+    PassRole, no advanced tier."""
+    return _policy(*native_server_statements(t))
+
+
+def remote_debug_deny_policy(t: Target) -> Policy:
+    """For principals who must not turn SageMaker's remote debugging on (and so cannot launch
+    native jobs): the condition key SageMaker sets on CreateTrainingJob/UpdateTrainingJob."""
+    return _policy(_deny_if("NoRemoteDebugging",
+                            ["sagemaker:CreateTrainingJob", "sagemaker:UpdateTrainingJob"],
+                            [t.arn("sagemaker", "training-job/*")],
+                            {"Bool": {"sagemaker:EnableRemoteDebug": "true"}}))
+
+
+def _deny_if(sid: str, actions: List[str], resources: List[str],
+             condition: Dict[str, Any]) -> Statement:
+    return {**_statement(sid, actions, resources, condition), "Effect": "Deny"}
 
 
 def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
@@ -165,6 +223,14 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
                    [t.arn("sagemaker", "*")]),
         _statement("PublishOwnPublicKeys", ["s3:PutObject", "s3:GetObject"],
                    [t.keys_objects]),
+        # Native transport: sessions to SageMaker's remote-debugging targets of training
+        # jobs (named by SageMaker after the job and node, not tagged: who gets in is decided
+        # by sshd, which takes the keys of the job owner's folder only, writable by that
+        # owner alone).
+        _statement("SessionsToRemoteDebugTrainingJobs", ["ssm:StartSession"], ["*"],
+                   {"StringLike": {TARGET_ID_KEY: TRAINING_TARGETS}}),
+        _statement("PublishOwnNativeKeys", ["s3:PutObject", "s3:GetObject"],
+                   [t.native_objects(owner)]),
     )
 
 
@@ -207,6 +273,8 @@ DOCUMENTED: Dict[str, Callable[[], Any]] = {
     "client": lambda: client_policy(DOC_TARGET),
     "admin": lambda: admin_policy(DOC_TARGET),
     "trust-statement": lambda: ssm_trust_statement(DOC_TARGET),
+    "native-server": lambda: native_server_policy(DOC_TARGET),
+    "remote-debug-deny": lambda: remote_debug_deny_policy(DOC_TARGET),
 }
 BLOCK_RE = re.compile(r"(<!-- policy:(?P<name>[a-z-]+) -->\n```json\n)(?P<body>.*?)(\n```)",
                       re.S)

@@ -76,6 +76,9 @@ class ContainerConfig:
     cwd: str = "/"
     bridges: Dict[int, Path] = field(default_factory=dict)
     binds: List[Tuple[str, str]] = field(default_factory=list)
+    # processes the platform runs next to the entry point ({"argv", "env", "log"}), e.g.
+    # SageMaker's own SSM agent of remote debugging
+    sidecars: List[Dict[str, object]] = field(default_factory=list)
 
 
 def pid_namespace_members(pidns: str) -> List[int]:
@@ -165,6 +168,7 @@ class Container:
             "argv": cfg.argv,
             "cwd": cfg.cwd,
             "env": cfg.env,
+            "sidecars": cfg.sidecars,
         }
 
     def _prepare(self) -> Path:

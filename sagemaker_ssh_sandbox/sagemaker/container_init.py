@@ -207,7 +207,24 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def start_sidecars(spec: Dict[str, Any]) -> None:
+    """The platform's own processes (not the job's): output to their log file, never to the
+    job's log; they die with the container's PID namespace."""
+    for sidecar in spec.get("sidecars") or []:
+        log = str(sidecar["log"])
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        try:
+            with open(log, "ab") as out:
+                subprocess.Popen(sidecar["argv"], env=sidecar["env"], cwd="/",
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True)
+        except OSError as e:
+            print(f"sandbox-init: cannot start {sidecar['argv'][0]!r}: {e}", file=sys.stderr,
+                  flush=True)
+
+
 def run(spec: Dict[str, Any]) -> int:
+    start_sidecars(spec)
     try:
         child = subprocess.Popen(spec["argv"], cwd=spec.get("cwd") or "/", env=spec["env"],
                                  stdin=subprocess.DEVNULL)

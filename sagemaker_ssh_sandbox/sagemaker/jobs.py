@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from sagemaker_ssh_sandbox.sagemaker import remote_debug
+
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -59,6 +61,7 @@ OPERATIONS: Dict[str, Tuple[str, str]] = {
     f"{verb}{kind.noun}{'s' if verb == 'List' else ''}": (kind.key, verb.lower())
     for kind in KINDS.values() for verb in ("Create", "Describe", "Stop", "List")
 }
+OPERATIONS["UpdateTrainingJob"] = ("training", "update")
 TAG_OPERATIONS = ("AddTags", "ListTags", "DeleteTags")
 
 
@@ -172,6 +175,8 @@ class JobsAPI:
         self._state_dir = state_dir
         self._jobs: Dict[Tuple[str, str], Job] = {}
         self._lock = threading.Lock()
+        # called when UpdateTrainingJob turns remote debugging on (remote_debug.RemoteDebug)
+        self.remote_debug_on: Optional[Callable[[Job], None]] = None
 
     # -- registry ---------------------------------------------------------------------------
     def jobs(self) -> List[Job]:
@@ -225,6 +230,11 @@ class JobsAPI:
         if missing:
             raise ApiError("ValidationException",
                            f"missing required field(s): {', '.join(missing)}")
+        if kind.key == "training":
+            try:
+                remote_debug.check_config(body.get("RemoteDebugConfig"))
+            except remote_debug.ConfigError as e:
+                raise ApiError("ValidationException", str(e)) from None
         arn = f"arn:aws:sagemaker:{self.region}:{self.account}:{kind.arn_type}/{name.lower()}"
         job = Job(kind=kind, name=name, arn=arn, request=json.loads(json.dumps(body)))
         job.tags = {t["Key"]: t.get("Value", "") for t in body.get("Tags") or []}
@@ -278,6 +288,37 @@ class JobsAPI:
         job.events.put(("stop", None))
         self.save(job)
         return {}
+
+    def _update(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+        """UpdateTrainingJob: RemoteDebugConfig only while Downloading or Training (the other
+        updatable settings, profiler and resource config, are not emulated)."""
+        name = body.get("TrainingJobName", "")
+        try:
+            job = self.get(kind.key, name)
+        except ApiError:
+            raise ApiError("ResourceNotFound", f"Training job {name} does not exist.") from None
+        config = body.get("RemoteDebugConfig")
+        others = set(body) - {"TrainingJobName", "RemoteDebugConfig"}
+        if others:
+            raise ApiError("ValidationException", "the sandbox updates RemoteDebugConfig only, "
+                           f"not {', '.join(sorted(others))}")
+        try:
+            remote_debug.check_config(config)
+        except remote_debug.ConfigError as e:
+            raise ApiError("ValidationException", str(e)) from None
+        with job.lock:
+            was_on = remote_debug.enabled(job.request)
+            if config is not None:
+                if job.status != "InProgress" or job.secondary not in remote_debug.UPDATABLE_IN:
+                    raise ApiError("ValidationException", (
+                        "RemoteDebugConfig can be updated only when the training job's "
+                        f"SecondaryStatus is Downloading or Training; it is {job.secondary}."))
+                job.request["RemoteDebugConfig"] = dict(config)
+                job.modified = time.time()
+            if not was_on and remote_debug.enabled(job.request) and self.remote_debug_on:
+                self.remote_debug_on(job)  # SageMaker starts its agent in the containers
+        self.save(job)
+        return {"TrainingJobArn": job.arn}
 
     def _list(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
         jobs = [j for j in self.jobs() if j.kind is kind]

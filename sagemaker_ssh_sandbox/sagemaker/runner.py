@@ -43,6 +43,9 @@ class JobRunner:
         self.stop_grace = stop_grace
         self.binds = list(binds or [])
         self.save: Callable[[Job], None] = lambda job: None
+        # SageMaker's remote debugging (remote_debug.RemoteDebug): its agent in each training
+        # container; None: no agent
+        self.remote_debug: Any = None
         self._threads: Dict[str, threading.Thread] = {}
         self._jobs: List[Job] = []
         self._lock = threading.Lock()
@@ -92,6 +95,11 @@ class JobRunner:
             argv, cwd, env = prepare(self.s3, container.opt_ml, job.request, job.arn, host,
                                      hosts, self.platform)
             container.config.argv, container.config.cwd, container.config.env = argv, cwd, env
+            if job.kind.key == "training" and self.remote_debug is not None:
+                sidecar, bind = self.remote_debug.sidecar(
+                    job, host, self.platform.region, self.platform.env(), container.root)
+                container.config.sidecars.append(sidecar)
+                container.config.binds.append(bind)
             containers.append(container)
         return containers
 

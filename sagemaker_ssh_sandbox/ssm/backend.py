@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from sagemaker_ssh_sandbox.ssm.commands import CommandOps
+from sagemaker_ssh_sandbox.ssm.commands import CommandOps, check_instance_ids
 from sagemaker_ssh_sandbox.ssm.instances import activation_json, instance_json, matcher
 from sagemaker_ssh_sandbox.ssm.sessions import SessionOps
 from sagemaker_ssh_sandbox.ssm.state import (
@@ -73,6 +73,8 @@ class SSMBackend(CommandOps, SessionOps):
         self.faults: List[Dict[str, Any]] = []
         # IAM enforcement (the sandbox daemon sets one; None lets every call through)
         self.authorizer: Optional[Any] = None
+        # SageMaker's own targets: target -> why no session opens now (None: it does)
+        self.sagemaker_gate: Optional[Callable[[str], Optional[str]]] = None
         self.state_file = Path(state_dir) / "ssm-state.json" if state_dir else None
         self._load()
 
@@ -84,6 +86,8 @@ class SSMBackend(CommandOps, SessionOps):
         if operation not in PUBLIC_OPERATIONS:
             raise SSMError("UnknownOperationException", f"Unknown operation {operation}")
         self._maybe_fault(operation)
+        if operation == "SendCommand":
+            check_instance_ids(body)
         self.caller.user = caller
         if self.authorizer is not None:  # sessions are named after the caller, as in AWS
             self.caller.user = self.authorizer.check(self, operation, body, caller).name
@@ -211,7 +215,8 @@ class SSMBackend(CommandOps, SessionOps):
         limit = max_results(body, 5, 50, 10)
         with self.lock:
             match = matcher(body, self.ping_status)
-            rows = [i for i in self.instances.values() if not i.deregistered and match(i)]
+            rows = [i for i in self.instances.values()
+                    if not i.deregistered and not i.sagemaker and match(i)]
             page, token = paginate(rows, lambda i: i.seq, limit, body.get("NextToken"),
                                    fingerprint("DescribeInstanceInformation",
                                                body.get("Filters"),
@@ -288,6 +293,22 @@ class SSMBackend(CommandOps, SessionOps):
                 ids.append(inst.instance_id)
             self.save()
         return ids
+
+    def register_sagemaker_target(self, target: str, hostname: str) -> None:
+        """A target that SageMaker's own agent serves (remote debugging): the agent in the
+        container heartbeats under this ID; it is never listed as a managed instance."""
+        with self.lock:
+            inst = Instance(target, "", "", "", self.clock(), hostname, "", "", "",
+                            AGENT_VERSION, {}, self.next_seq(), sagemaker=True)
+            self.instances[target] = inst
+
+    def sagemaker_refusal(self, target: Any) -> Optional[str]:
+        """Why SageMaker's target ``target`` takes no session now (None: it does)."""
+        inst = self.live_instance(target)
+        if inst is None or not inst.sagemaker:
+            return None
+        gate = self.sagemaker_gate
+        return gate(inst.instance_id) if gate is not None else None
 
     def expire_heartbeat(self, instance_id: str) -> None:
         """Make an instance look offline now (as if its agent stopped long ago)."""

@@ -31,6 +31,7 @@ STDOUT_LIMIT = 24000
 STDERR_LIMIT = 8000
 PLUGIN_OUTPUT_LIMIT = 2500
 DEFAULT_EXECUTION_TIMEOUT = 3600
+_INSTANCE_ID = re.compile(r"^(i-(\w{8}|\w{17})|mi-\w{17})$")
 _PARAMETERS = ("commands", "workingDirectory", "executionTimeout")
 _STATUS_DETAILS = {"Pending": "Pending", "InProgress": "InProgress", "Success": "Success",
                    "Failed": "Failed", "Cancelled": "Cancelled"}
@@ -54,6 +55,22 @@ def _parameters(value: Any) -> Dict[str, List[str]]:
         raise SSMError("InvalidParameters",
                        "Parameter \"executionTimeout\" must be a number from 1 to 172800.")
     return out
+
+
+def check_instance_ids(body: Dict[str, Any]) -> None:
+    """SendCommand's InstanceIds must look like EC2 or managed instance IDs: AWS validates the
+    request (before authorizing it), so SageMaker's remote-debugging targets are refused."""
+    ids = body.get("InstanceIds")
+    if not isinstance(ids, list):
+        return
+    wrong = [i for i in ids if not isinstance(i, str) or not _INSTANCE_ID.match(i)]
+    if wrong:  # e.g. SageMaker's remote-debugging targets: sessions only, no commands
+        raise SSMError("ValidationException", (
+            f"1 validation error detected: Value '[{', '.join(map(str, wrong))}]' at "
+            "'instanceIds' failed to satisfy constraint: Member must satisfy constraint: "
+            "[Member must have length less than or equal to 20, Member must have length "
+            "greater than or equal to 10, Member must satisfy regular expression pattern: "
+            "(^i-(\\w{8}|\\w{17})$)|(^mi-\\w{17}$)]"))
 
 
 class CommandOps(BackendBase):

@@ -29,6 +29,7 @@ from sagemaker_ssh_sandbox.iam.policy import (
 from sagemaker_ssh_sandbox.ssm.state import SSMError, tags_from
 
 SSM_SERVICE = "ssm.amazonaws.com"
+TARGET_ID_KEY = "ssm:resourceTag/aws:ssmmessages:target-id"
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,9 @@ def requests_for(backend: Any, operation: str, body: Mapping[str, Any]) -> List[
         return ([_with(_instance(backend, i), action) for i in body.get("InstanceIds") or []]
                 + [Request(action, document)])
     if operation == "StartSession":
-        requests = [_with(_instance(backend, body.get("Target")), action)]
+        to = body.get("Target")  # Session Manager policies may scope targets by their ID
+        requests = [_with(_instance(backend, to), action,
+                          {TARGET_ID_KEY: str(to)} if isinstance(to, str) else {})]
         if body.get("DocumentName"):
             requests.append(Request(action, _arn(
                 backend, f"document/{body['DocumentName']}", account="")))

@@ -6,6 +6,7 @@ StreamUrl becomes one stream that the agent relays to ``Host:PortNumber`` on the
 """
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import threading
@@ -36,6 +37,7 @@ _DOCUMENTS = {  # document -> (default portNumber, allowed parameters)
     REMOTE_PORT_DOCUMENT: ("80", ("host", "portNumber", "localPortNumber")),
 }
 ENDED = ("Terminated", "Failed")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,7 +127,10 @@ class SessionOps(BackendBase):
             raise validation(reason, "reason", "have length less than or equal to 256")
         with self.lock:
             inst = self.live_instance(target)
-            if inst is None or self.ping_status(inst) != PING_ONLINE:
+            refusal = self.sagemaker_refusal(target)
+            if inst is None or self.ping_status(inst) != PING_ONLINE or refusal:
+                if refusal:
+                    logger.info("StartSession %s refused: %s", target, refusal)
                 raise SSMError("TargetNotConnected", f"{target} is not connected.")
             user = re.sub(r"[^A-Za-z0-9._@-]", "", getattr(self.caller, "user", "") or "")
             session = Session(f"{user[:64] or 'sandbox'}-{hex17()}", inst.instance_id, document,
@@ -133,6 +138,9 @@ class SessionOps(BackendBase):
                               self.clock(), self.next_seq())
             self.sessions[session.session_id] = session
             return self._session_response(session)
+
+    def sagemaker_refusal(self, target: Any) -> Optional[str]:  # see SSMBackend
+        return None
 
     def _owner(self, user: str) -> str:
         return f"arn:aws:iam::{self.account_id}:user/{user or 'sandbox'}"

@@ -178,6 +178,9 @@ class Instance:
     last_ping: Optional[float] = None
     static_ping: Optional[str] = None  # fake instances: fixed PingStatus, never times out
     deregistered: bool = False
+    # a target SageMaker's own agent serves (sagemaker-training-job:<job>_algo-<n>): no managed
+    # instance, not listed, sessions only (see sagemaker_targets)
+    sagemaker: bool = False
 
 
 @dataclass

@@ -1,0 +1,151 @@
+"""Connect-to-first-command for both transports side by side, in one offline sandbox: a hybrid
+training job (SSM activation, SendCommand key push) and a native one (SageMaker's remote
+debugging, keys through S3), each timed with the same `sm-ssh connect <job> -- echo ready`,
+alternately, then the AWS API calls one connect makes before ssh runs, by operation.
+
+    python benchmarks/bench_transports.py [--runs 5] [--json]
+
+Needs root on Linux (the sandbox runs jobs in namespaces).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_connect import first_output  # noqa: E402
+
+from sagemaker_ssh_helper import aws, connect, session  # noqa: E402
+from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSPORTS = ("hybrid", "native")
+LAUNCH = """\
+import os, sys
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
+                    base_job_name="bench-" + sys.argv[2])
+SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900, transport=sys.argv[2])
+estimator.fit(wait=False)
+print(estimator.latest_training_job.name)
+"""
+ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
+
+
+def launch(env: Dict[str, str], work: Path, transport: str) -> str:
+    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"),
+                           transport], env=env, capture_output=True, text=True, timeout=300,
+                          check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def api_calls(job: str) -> Dict[str, int]:
+    """AWS API calls of one connect up to a started session, by service and operation."""
+    counts: Dict[str, int] = {}
+
+    def count(model: Any, **_: Any) -> None:
+        name = f"{model.service_model.service_name}:{model.name}"
+        counts[name] = counts.get(name, 0) + 1
+
+    ctx = connect.Context(None, None)
+    ctx.session.events.register("before-call.*.*", count)
+    make_session = aws.boto_session
+
+    def counted_session(*args: Any, **kwargs: Any) -> Any:
+        made = make_session(*args, **kwargs)
+        made.events.register("before-call.*.*", count)
+        return made
+
+    aws.boto_session = counted_session  # type: ignore[assignment]
+    try:
+        prepared = connect.prepare(ctx, f"{job}.training.sagemaker", connect.Choice(),
+                                   check_ssh=False)
+    finally:
+        aws.boto_session = make_session  # type: ignore[assignment]
+    started = session.open_session(ctx.manager().ssm, prepared.instance_id, 22)
+    session.terminate_session(ctx.manager().ssm, started.session_id)
+    counts.pop("ssm:TerminateSession", None)
+    return dict(sorted(counts.items()))
+
+
+def wait_ready(env: Dict[str, str], fqdn: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
+                               fqdn, "--", "true"], env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{fqdn} never became reachable: {done.stderr[-500:]}")
+        time.sleep(1)
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    args = parser.parse_args(argv)
+    problem = requirements_problem()
+    if problem:
+        print(f"bench_transports: {problem}", file=sys.stderr)
+        return 2
+    results: Dict[str, List[float]] = {t: [] for t in TRANSPORTS}
+    calls: Dict[str, Dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp:
+        work = Path(tmp)
+        (work / "src").mkdir()
+        (work / "src" / "train.py").write_text(ENTRY_POINT)
+        (work / "launch.py").write_text(LAUNCH)
+        (work / "home").mkdir()
+        with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:
+            env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
+                       SAGEMAKER_SUPPRESS_V2_WARNING="1")
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+            jobs = {t: launch(env, work, t) for t in TRANSPORTS}
+            for job in jobs.values():  # both online before any timing; keys exist from here
+                wait_ready(env, f"{job}.training.sagemaker")
+            for _ in range(args.runs):
+                for transport, job in jobs.items():
+                    cli = [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
+                           f"{job}.training.sagemaker", "--", "echo", "ready"]
+                    results[transport].append(first_output(cli, env, b"ready"))
+            saved = dict(os.environ)
+            os.environ.update(env)
+            try:
+                calls = {t: api_calls(job) for t, job in jobs.items()}
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+    if args.json:
+        print(json.dumps({"seconds": results, "api_calls": calls}, indent=2))
+        return 0
+    print(f"sm-ssh connect -- echo ready, to first output, {args.runs} runs each (ms)")
+    print(f"{'transport':<10} {'median':>8} {'min':>8} {'max':>8}  API calls before ssh")
+    for transport, values in results.items():
+        ms = [v * 1000 for v in values]
+        per_op = calls[transport]
+        print(f"{transport:<10} {statistics.median(ms):>8.1f} {min(ms):>8.1f} {max(ms):>8.1f}  "
+              f"{sum(per_op.values())} (" + ", ".join(f"{k} {n}" for k, n in per_op.items())
+              + ")")
+    ratio = statistics.median(results["native"]) / statistics.median(results["hybrid"])
+    print(f"native / hybrid (median): {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,391 @@
+"""The native transport on the client: SSH into training jobs through SageMaker's own SSM
+targets (remote debugging), with the same experience as the hybrid transport.
+
+A training job is native when its environment says ``SSH_TRANSPORT=native`` (the wrappers'
+``transport="native"``). For such a job ``DescribeTrainingJob`` tells everything: whether
+remote debugging is on, the secondary status (SageMaker opens sessions only while it is
+``Training``), the nodes (``ResourceConfig.InstanceCount``, the first ``SSH_INSTANCE_COUNT`` of
+them run sshd), the owner and the S3 prefix of the keys. No managed instance is looked up.
+
+Connecting: pick the node, put this client's public key in the job's folder under its owner's,
+``<prefix><owner>/<job>/`` in S3, where only the owner may write (sshd reads it at login
+through ``AuthorizedKeysCommand``, with the job's own credentials), pin the host keys the
+container published next to it, and start ``AWS-StartSSHSession`` to
+``sagemaker-training-job:<job>_algo-<n>`` on port 22 through the plugin: from there on the
+connection is the hybrid one (``connect.run_and_explain``, ``start-proxy``, ``SSMProxy``).
+
+Trust: the session target is named by SageMaker after the job and node, so a session to it
+reaches that job's container and no other (no tag that another job could copy is involved); the
+host keys read from S3 are then checked by ssh against that container's sshd.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from sagemaker_ssh_helper import aws, fqdn, transport
+from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
+
+logger = logging.getLogger(__name__)
+
+FINISHED = ("Completed", "Failed", "Stopped", "Stopping")
+READY = "Training"
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+class Job:
+    """One training job as DescribeTrainingJob reports it."""
+
+    def __init__(self, described: Dict[str, Any]) -> None:
+        self.described = described
+        self.name = str(described.get("TrainingJobName", ""))
+        self.env: Dict[str, str] = {str(k): str(v) for k, v in
+                                    dict(described.get("Environment") or {}).items()}
+
+    @property
+    def status(self) -> str:
+        return str(self.described.get("TrainingJobStatus", ""))
+
+    @property
+    def secondary(self) -> str:
+        return str(self.described.get("SecondaryStatus", ""))
+
+    @property
+    def remote_debug(self) -> bool:
+        config = dict(self.described.get("RemoteDebugConfig") or {})
+        return bool(config.get("EnableRemoteDebug"))
+
+    @property
+    def transport(self) -> str:
+        """``native``/``hybrid`` as the wrapper set it; "" for jobs launched without it."""
+        return self.env.get(transport.TRANSPORT_ENV, "")
+
+    @property
+    def runs_ssh(self) -> bool:
+        return self.env.get("START_SSH", "").strip().lower() == "true"
+
+    @property
+    def native(self) -> bool:
+        """Reached over SageMaker's target: launched native, or remote debugging on a job that
+        SSH Helper did not set up (only a shell there)."""
+        return self.transport == transport.NATIVE or (self.remote_debug and not self.runs_ssh)
+
+    @property
+    def hosts(self) -> List[str]:
+        count = int(dict(self.described.get("ResourceConfig") or {}).get("InstanceCount") or 1)
+        return [f"algo-{i}" for i in range(1, max(count, 1) + 1)]
+
+    @property
+    def ssh_hosts(self) -> List[str]:
+        try:
+            count = int(self.env.get("SSH_INSTANCE_COUNT", "1"))
+        except ValueError:
+            count = 1
+        return self.hosts[:max(1, count)]
+
+    def since(self, now: float) -> Optional[float]:
+        """Seconds in the current secondary status, if SageMaker said when it began."""
+        transitions = list(self.described.get("SecondaryStatusTransitions") or [])
+        start: Any = transitions[-1].get("StartTime") if transitions else None
+        if start is not None and hasattr(start, "timestamp"):
+            start = start.timestamp()
+        return max(0.0, now - float(start)) if isinstance(start, (int, float)) else None
+
+
+def describe(ctx: Any, target: fqdn.Target) -> Optional[Job]:
+    """The job ``target`` names, or None when it cannot be described (not found, no
+    permission: the hybrid path then explains)."""
+    sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
+    try:
+        return Job(sm.describe_training_job(TrainingJobName=target.name))
+    except Exception as e:
+        logger.debug("DescribeTrainingJob %s: %s", target.name, e)
+        return None
+
+
+def check_reachable(job: Job, target: fqdn.Target, shell: bool = False) -> None:
+    """One line for each state in which SageMaker opens no session (or no sshd runs)."""
+    what = f"training job {job.name}"
+    if job.status in FINISHED:
+        raise ResolutionError(f"{what} is {job.status}: SSH is available only while it runs")
+    spec = dict(job.described.get("AlgorithmSpecification") or {})
+    if spec.get("AlgorithmName"):
+        raise ResolutionError(
+            f"{what} runs the algorithm {spec['AlgorithmName']}: AWS offers no remote debugging "
+            "for SageMaker built-in or AWS Marketplace algorithms")
+    if job.described.get("EnableNetworkIsolation"):
+        raise ResolutionError(
+            f"{what} runs with network isolation: AWS offers no remote debugging then (the "
+            "container cannot reach SSM); relaunch it without EnableNetworkIsolation")
+    if not job.remote_debug:
+        raise ResolutionError(
+            f"{what} has remote debugging off: turn it on with `aws sagemaker "
+            f"update-training-job --training-job-name {job.name} --remote-debug-config "
+            "EnableRemoteDebug=true` (while it is Downloading or Training), or relaunch it "
+            "with transport='native'")
+    if not shell and not job.runs_ssh:
+        raise ResolutionError(
+            f"no SSH server runs in {what} (it was not started with SSH Helper): open a shell "
+            f"in it with `sm-ssh shell {target.fqdn}`")
+
+
+def wait_training(ctx: Any, target: fqdn.Target, job: Job, wait: float,
+                  clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+                  shell: bool = False) -> Job:
+    """Wait (up to ``wait`` seconds) until the job is Training; recheck every state."""
+    deadline, delay = clock() + wait, 1.0
+    while True:
+        check_reachable(job, target, shell)
+        if job.secondary == READY:
+            return job
+        if clock() >= deadline:
+            since = job.since(time.time())
+            held = f" (for {since:.0f} s)" if since is not None else ""
+            raise ResolutionError(
+                f"training job {job.name} is {job.secondary or job.status}{held}: SageMaker "
+                "opens remote-debugging sessions once it is Training; retry, or wait longer "
+                "with --wait SECONDS")
+        cli_progress(f"sm-ssh: training job {job.name} is {job.secondary}: waiting for Training")
+        sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 1.5, 10.0)
+        job = describe(ctx, target) or job
+
+
+def cli_progress(line: str) -> None:
+    from sagemaker_ssh_helper import cli
+
+    cli.progress(line)
+
+
+def pick_host(hosts: List[str], target: fqdn.Target, choice: Any) -> Tuple[str, bool]:
+    """(host, picked among several) by ``--node``/``--index``, as for hybrid instances."""
+    if getattr(choice, "instance", None) is not None:
+        raise UsageError(f"{target.fqdn} is reached through SageMaker's remote debugging, not "
+                         "a managed instance: choose its node with --node algo-N or --index N")
+    several = len(hosts) > 1
+    if choice.node is not None:
+        if choice.node not in hosts:
+            raise UsageError(f"{target.fqdn} has no node {choice.node!r} with SSH: choose one "
+                             f"of {', '.join(hosts)}")
+        return choice.node, several
+    if choice.index is not None:
+        if not 0 <= choice.index < len(hosts):
+            raise UsageError(f"--index {choice.index} is out of range: {target.fqdn} has "
+                             f"{len(hosts)} node(s) with SSH")
+        return hosts[choice.index], several
+    if several:
+        raise UsageError(f"{target.fqdn} has {len(hosts)} nodes with SSH: {', '.join(hosts)}; "
+                         "choose one with --node NAME or --index N")
+    return hosts[0], False
+
+
+def layout_of(job: Job) -> transport.KeyLayout:
+    layout = transport.KeyLayout.from_environment(job.env, job.name)
+    if layout is None:
+        raise ResolutionError(f"training job {job.name} has no {transport.KEYS_PATH_ENV} or "
+                              "SSH_OWNER_TAG in its environment: relaunch it with SSH Helper's "
+                              "transport='native'")
+    return layout
+
+
+def push_key(s3: Any, layout: transport.KeyLayout, key_line: str, marker: str) -> str:
+    """Put this client's public key in the job's folder (replacing its previous one)."""
+    from sagemaker_ssh_helper.keys import MARKER_PREFIX
+
+    key = layout.client_key(marker[len(MARKER_PREFIX):])
+    try:
+        s3.put_object(Bucket=layout.bucket, Key=key, Body=f"{key_line} {marker}\n".encode())
+    except Exception as e:
+        raise aws.explain(e, "s3:PutObject") from e
+    return key
+
+
+def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: str,
+                    wait: float, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
+                    ) -> List[Tuple[str, str]]:
+    """The host keys ``host`` published; waits (sshd starts shortly after Training begins)."""
+    from sagemaker_ssh_helper.hostkeys import parse_host_keys
+
+    key = layout.host_keys(host)
+    deadline, delay = clock() + wait, 0.2
+    while True:
+        try:
+            body = s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read().decode()
+            keys = parse_host_keys(f"--- sm-ssh host keys ---\n{body}")
+            if keys:
+                return keys
+        except Exception as e:
+            if aws.error_code(e) not in ("NoSuchKey", "404", "NotFound"):
+                raise aws.explain(e, "s3:GetObject") from e
+        if clock() >= deadline:
+            raise ResolutionError(
+                f"{target_id} has published no SSH host keys at {layout.url(key)}: sshd has not "
+                "started there yet (does the entry point call setup_and_start_ssh()? see the "
+                "job's logs), or wait longer with --wait SECONDS")
+        sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 1.5, 2.0)
+
+
+def authorize(ctx: Any, job: Job, target: fqdn.Target, host: str, alias: str,
+              wait: float) -> Any:
+    """The native counterpart of ``keys.authorize``: key to S3, host keys from S3, pinned."""
+    from sagemaker_ssh_helper import keyfile, keys
+
+    layout = layout_of(job)
+    path = keys.key_path(target.fqdn)
+    line = keys.ensure_key(path, comment=f"sm-ssh {target.fqdn}")
+    marker = keys.client_marker(path, line)
+    known_hosts = keys.known_hosts_path()
+    keyfile.ensure_dir(known_hosts.parent)
+    keyfile.refuse_directory(known_hosts)
+    s3 = aws.client(ctx.session, "s3", ctx.region_name)
+    push_key(s3, layout, line, marker)
+    target_id = transport.training_target(job.name, host)
+    host_keys = fetch_host_keys(s3, layout, host, target_id, wait)
+    alias = alias.lower()
+    return keys.Authorized(path, keys.pin_host_keys(alias, host_keys, known_hosts, target_id),
+                           alias)
+
+
+def prepare(ctx: Any, target: fqdn.Target, job: Job, choice: Any, for_proxy: bool) -> Any:
+    """``connect.prepare`` for a native job: a ``connect.Prepared`` whose instance is
+    SageMaker's target."""
+    from sagemaker_ssh_helper.connect import Prepared, user_for
+
+    job = wait_training(ctx, target, job, choice.wait)
+    host, several = pick_host(job.ssh_hosts, target, choice)
+    name = format_name(target, job)
+    alias = f"{host}.{name}" if several and not for_proxy else name
+    auth = authorize(ctx, job, target, host, alias, max(choice.wait, 30.0))
+    return Prepared(transport.training_target(job.name, host), name.lower(), user_for(target),
+                    auth)
+
+
+def format_name(target: fqdn.Target, job: Job) -> str:
+    """The FQDN spelled as the job is (ssh's ``%h`` lowercases it)."""
+    return fqdn.format_fqdn("training", job.name or target.name or "")
+
+
+def native_job(ctx: Any, target: fqdn.Target) -> Optional[Job]:
+    """The job if ``target`` is a native training job, else None (the hybrid path)."""
+    if target.kind.kind != "training" or target.name is None:
+        return None
+    job = describe(ctx, target)
+    return job if job is not None and job.native else None
+
+
+def stop_waiting(ctx: Any, target: fqdn.Target, job: Job, choice: Any) -> int:
+    """``sm-wait stop`` over ssh on every SSH node (or the chosen one): SageMaker's targets
+    take no SendCommand, so this needs the container's sshd."""
+    from sagemaker_ssh_helper import connect, proxy
+
+    job = wait_training(ctx, target, job, choice.wait)
+    if choice.node is None and choice.index is None:
+        hosts = job.ssh_hosts
+    else:
+        hosts = [pick_host(job.ssh_hosts, target, choice)[0]]
+    failed = 0
+    for host in hosts:
+        node_choice = connect.Choice(node=host, wait=choice.wait)
+        prepared = prepare(ctx, target, job, node_choice, for_proxy=False)
+        code = connect.run_and_explain(ctx, prepared, ["-T"], [proxy.STOP_WAITING])
+        print(f"{host} ({prepared.instance_id}): " + ("released" if code == 0 else
+                                                       f"failed with exit code {code}"),
+              flush=True)
+        failed += code != 0
+    return 1 if failed else 0
+
+
+def shell(ctx: Any, target: fqdn.Target, choice: Any) -> int:
+    """A plain shell session on a node of a job with remote debugging (no sshd needed)."""
+    from sagemaker_ssh_helper import session
+
+    job = describe(ctx, target)
+    if job is None:
+        from sagemaker_ssh_helper import resources
+
+        resources.check_running(ctx.session, ctx.region_name, target, ctx.region_source)
+        raise SSHHelperError(f"cannot describe training job {target.name} (DescribeTrainingJob "
+                             "failed): check your permissions")
+    job = wait_training(ctx, target, job, choice.wait, shell=True)
+    host, _ = pick_host(job.hosts, target, choice)
+    ssm = aws.client(ctx.session, "ssm", ctx.region_name)
+    return session.run_session(ssm, transport.training_target(job.name, host), None, None,
+                               ctx.profile)
+
+
+# -- the Python API: SSMProxy and the wrappers' instance IDs ---------------------------------
+def _context(session: Any, region: str) -> Any:
+    from sagemaker_ssh_helper.connect import Context
+
+    return Context(None, region, _session=session)
+
+
+def parse_target(target_id: str) -> Tuple[str, str]:
+    """``sagemaker-training-job:<job>_<host>`` -> (job, host); job names have no ``_``."""
+    job, _, host = target_id[len(transport.TRAINING_TARGET_PREFIX):].rpartition("_")
+    if not transport.is_native_target(target_id) or not job or not host:
+        raise UsageError(f"{target_id!r} is not a SageMaker training job target "
+                         "(sagemaker-training-job:<job>_algo-<n>)")
+    return job, host
+
+
+def authorize_target(session: Any, region: str, target_id: str, name: Optional[str] = None,
+                     wait: float = 60.0) -> Any:
+    """``keys.authorize`` for a native target ID (as ``SSMProxy.connect_to_ssm_instance``
+    takes it): the job is described, its key pushed and its host keys pinned."""
+    job_name, host = parse_target(target_id)
+    ctx = _context(session, region)
+    target = fqdn.parse_resource(f"{job_name}.training.{fqdn.SUFFIX}")
+    job = describe(ctx, target)
+    if job is None:
+        raise ResolutionError(f"cannot describe training job {job_name} in {region}")
+    job = wait_training(ctx, target, job, wait)
+    if host not in job.ssh_hosts:
+        raise UsageError(f"{target.fqdn} has no node {host!r} with SSH: choose one of "
+                         + ", ".join(job.ssh_hosts))
+    return authorize(ctx, job, target, host, name or target.fqdn, wait)
+
+
+def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> Optional[List[str]]:
+    """The targets of a native job's SSH nodes once it is Training (the wrappers'
+    ``get_instance_ids``); None when the job is not native."""
+    ctx = _context(session, region)
+    target = fqdn.parse_resource(f"{job_name}.training.{fqdn.SUFFIX}")
+    job = native_job(ctx, target)
+    if job is None:
+        return None
+    job = wait_training(ctx, target, job, timeout)
+    return [transport.training_target(job.name, host) for host in job.ssh_hosts]
+
+
+# -- sm-ssh list --------------------------------------------------------------------------------
+def annotate(session: Any, region: str, rows: List[Any]) -> None:
+    """Mark each row's transport: hybrid where managed instances were found; for running
+    training jobs without any, one DescribeTrainingJob tells whether they are native (and
+    whether SageMaker opens sessions now)."""
+    sm = None
+    for row in rows:
+        if row.instances:
+            row.transport = transport.HYBRID
+            continue
+        if row.kind != "training" or row.status != "InProgress":
+            continue
+        sm = sm or aws.client(session, "sagemaker", region)
+        try:
+            job = Job(sm.describe_training_job(TrainingJobName=row.name))
+        except Exception as e:  # the listing goes on without it
+            logger.debug("DescribeTrainingJob %s: %s", row.name, e)
+            continue
+        if not job.native:
+            continue
+        row.transport = transport.NATIVE
+        if not job.remote_debug:
+            row.native_ssh = "RemoteDebugOff"
+        elif not job.runs_ssh:
+            row.native_ssh = "ShellOnly" if job.secondary == READY else job.secondary
+        else:
+            row.native_ssh = "Online" if job.secondary == READY else job.secondary
+        row.instances = []

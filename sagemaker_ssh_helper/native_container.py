@@ -1,0 +1,203 @@
+"""The native transport in the container: keys through S3 instead of SendCommand.
+
+SageMaker's own SSM agent (remote debugging) carries the sessions and accepts no commands, so
+nothing can write ``authorized_keys`` from outside. Instead:
+
+``prepare`` (run by ``sm-setup-ssh start-ssh`` before sshd starts)
+    writes the command sshd runs at each login (``AuthorizedKeysCommand``) and its settings
+    (the job's credentials variables, mode 0600, root only);
+
+``publish`` (once sshd runs)
+    puts this node's SSH host public keys at ``<prefix><owner>/<job>/host-keys/<host>`` so that
+    clients can pin them (and know that sshd is up).
+
+``authorized-keys USER TYPE KEY`` (run by sshd as root, with an empty environment)
+    prints the public keys in ``<prefix><owner>/<job>/``, the job owner's folder, read with
+    the job's own credentials. Nothing is polled and nothing piles up in the container: keys
+    are read when someone logs in. sshd asks twice per login (the key's query, then its
+    signature): the keys read the first time are kept for ``CACHE_SECONDS`` in a root-only
+    file, so the second answer needs no S3 call; a key not found there is always looked up.
+
+Only plain public key lines are accepted from S3 (no ``command=``/``from=`` options).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from sagemaker_ssh_helper import transport
+from sagemaker_ssh_helper.env import STATE_DIR, detect_resource, resource_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = STATE_DIR / "native.json"
+COMMAND_FILE = STATE_DIR / "authorized-keys-command"
+CACHE_FILE = Path("/run/sagemaker-ssh-helper/authorized-keys.cache")
+CACHE_SECONDS = 60.0
+HOST_KEYS_GLOB = "ssh_host_*_key.pub"
+# What the keys command needs from the job's environment: the credentials (variables or the
+# container credentials endpoint), the region and endpoints, and how to import this package.
+_KEPT_PREFIXES = ("AWS_",)
+_KEPT_NAMES = ("PYTHONPATH", "SM_SSH_PYTHON")
+
+
+def host_name(environ: Mapping[str, str]) -> str:
+    config = resource_config(environ) or {}
+    return str(config.get("current_host") or socket.gethostname())
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def command_script(python: str, pythonpath: str) -> str:
+    """The AuthorizedKeysCommand: this interpreter and package, whatever sshd's environment."""
+    import shlex
+
+    path = f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else ""
+    return ("#!/bin/sh\n# Written by sagemaker-ssh-helper: sshd's AuthorizedKeysCommand "
+            "(native transport).\n"
+            f"exec env -i {path}{shlex.quote(python)} -m sagemaker_ssh_helper.native_container "
+            'authorized-keys "$@"\n')
+
+
+def _settings(environ: Mapping[str, str]) -> transport.KeyLayout:
+    resource = detect_resource(environ)
+    layout = transport.KeyLayout.from_environment(environ, resource.name)
+    if layout is None or not environ.get("SSH_OWNER_TAG"):
+        raise ValueError(f"the native transport needs {transport.KEYS_PATH_ENV} and "
+                         "SSH_OWNER_TAG (set by the wrapper's create(transport='native'))")
+    return layout
+
+
+def prepare(environ: Optional[Mapping[str, str]] = None) -> None:
+    """Write the keys command and its settings (before sshd starts)."""
+    environ = os.environ if environ is None else environ
+    layout = _settings(environ)
+    kept = {k: v for k, v in environ.items()
+            if k.startswith(_KEPT_PREFIXES) or k in _KEPT_NAMES}
+    config = {"bucket": layout.bucket, "prefix": layout.job_prefix, "env": kept}
+    _write(CONFIG_FILE, json.dumps(config), 0o600)
+    _write(COMMAND_FILE, command_script(environ.get("SM_SSH_PYTHON") or sys.executable,
+                                        environ.get("PYTHONPATH", "")), 0o755)
+
+
+def publish(environ: Optional[Mapping[str, str]] = None, etc_ssh: Path = Path("/etc/ssh"),
+            s3: Any = None) -> str:
+    """Put this node's host public keys where clients pin them from (once sshd runs)."""
+    environ = os.environ if environ is None else environ
+    layout = _settings(environ)
+    keys = "".join(p.read_text() for p in sorted(etc_ssh.glob(HOST_KEYS_GLOB)))
+    if not keys.strip():
+        raise ValueError(f"no SSH host keys in {etc_ssh}")
+    key = layout.host_keys(host_name(environ))
+    client = s3 or _s3(environ)
+    client.put_object(Bucket=layout.bucket, Key=key, Body=keys.encode())
+    return layout.url(key)
+
+
+def _s3(environ: Mapping[str, str]) -> Any:
+    import boto3
+
+    from sagemaker_ssh_helper.env import region
+
+    return boto3.client("s3", region_name=region(environ))
+
+
+def _cached(blob: str, now: float) -> List[str]:
+    try:
+        st = CACHE_FILE.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or now - st.st_mtime > CACHE_SECONDS:
+            return []
+        lines = CACHE_FILE.read_text().splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if blob and blob in line.split()[1:2]]
+
+
+def read_keys(config: Dict[str, Any], s3: Any = None) -> List[str]:
+    """Every plain public key line of the job's folder (``<prefix><owner>/<job>/``, not its
+    subfolders)."""
+    os.environ.update({str(k): str(v) for k, v in dict(config.get("env") or {}).items()})
+    client = s3 or _s3(os.environ)
+    lines: List[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(  # the folder itself only
+            Bucket=config["bucket"], Prefix=config["prefix"], Delimiter="/"):
+        for item in page.get("Contents", []):
+            if not str(item["Key"]).endswith(".pub") or int(item.get("Size", 0)) > 16384:
+                continue
+            body = client.get_object(Bucket=config["bucket"], Key=item["Key"])["Body"].read()
+            lines += transport.public_key_lines(body.decode("utf-8", "replace"))
+    return lines
+
+
+def authorized_keys(user: str, blob: str = "", now: Optional[float] = None) -> List[str]:
+    """What sshd gets for a login of ``user`` offering the key ``blob``."""
+    now = time.time() if now is None else now
+    if user != "root":  # SageMaker training containers run as root; nobody else logs in
+        return []
+    hit = _cached(blob, now)
+    if hit:
+        return hit
+    config = json.loads(CONFIG_FILE.read_text())
+    lines = read_keys(config)
+    try:
+        _write(CACHE_FILE, "".join(line + "\n" for line in lines), 0o600)
+    except OSError as e:
+        logger.debug("no cache: %s", e)
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["prepare"]:
+        try:
+            prepare()
+        except Exception as e:
+            print(f"cannot set up the native transport: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args == ["publish"]:
+        try:
+            url = publish()
+        except Exception as e:  # one line for sm-setup-ssh's log
+            print(f"cannot publish the SSH host keys: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        print(f"published the SSH host keys to {url}", file=sys.stderr)
+        return 0
+    if args[:1] == ["authorized-keys"] and 2 <= len(args) <= 4:
+        blob = args[3] if len(args) == 4 else ""
+        try:
+            lines = authorized_keys(args[1], blob)
+        except Exception as e:  # sshd logs stderr; never the keys or credentials
+            print(f"sm-ssh authorized-keys: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return 0
+    print("usage: python -m sagemaker_ssh_helper.native_container prepare | publish | "
+          "authorized-keys USER [TYPE KEY]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

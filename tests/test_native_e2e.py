@@ -1,0 +1,296 @@
+"""The native transport end to end: SSH into training jobs over SageMaker's own remote-debugging
+SSM targets, in one sandbox.
+
+A 2-node job launched with ``SSHEstimatorWrapper.create(..., transport="native")`` (SDK v2,
+unchanged user launch script) creates no activation; ``sm-ssh connect --node`` runs commands on
+each node, ``-L`` and ``-R`` carry data both ways, the generated ssh config and ``SSMProxy``
+work too, ``sm-ssh stop-waiting`` releases both nodes over ssh and the job completes. Next to
+it a hybrid job, and ``sm-ssh list`` tells their transports apart. Then every state in which
+SageMaker opens no session gets its one-line error, and a job started without SSH Helper gets
+the plain shell.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import boto3
+import pytest
+from conftest import SANDBOX_E2E, free_port, sm_ssh, wait_until
+
+from sagemaker_ssh_sandbox import Sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = SANDBOX_E2E
+
+LAUNCH = """\
+import os, sys
+
+from sagemaker.pytorch import PyTorch
+from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
+
+source_dir, base_name, count, transport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+plain = transport == "plain"  # remote debugging without SSH Helper
+estimator = PyTorch(entry_point="plain.py" if plain else "train.py", source_dir=source_dir,
+                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
+                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                    py_version="py310", instance_count=count,
+                    instance_type="ml.m5.xlarge", base_job_name=base_name)
+if not plain:
+    SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=600, transport=transport)
+estimator.fit(wait=False)
+print(estimator.latest_training_job.name)
+"""
+
+TRAIN = """\
+import http.server, socket, threading
+
+import sagemaker_ssh_helper
+
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"page from {socket.gethostname()}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Page)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+sagemaker_ssh_helper.setup_and_start_ssh()
+print("released", flush=True)
+"""
+
+
+PLAIN = """\
+import os, time
+
+deadline = time.time() + 300
+while not os.path.exists("/tmp/done") and time.time() < deadline:
+    time.sleep(0.2)
+"""
+
+
+class _Laptop(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        body = b"page from the laptop\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("native"), stop_grace=3.0) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
+    out = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (out.get("PYTHONPATH", ""), str(REPO)) if p)
+    return out
+
+
+def launch(env: Dict[str, str], tmp_path: Path, base_name: str, count: int,
+           transport: str) -> str:
+    work = tmp_path / base_name
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "train.py").write_text(TRAIN)
+    (work / "src" / "plain.py").write_text(PLAIN)
+    (work / "launch.py").write_text(LAUNCH)
+    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"), base_name,
+                           str(count), transport], env=env, cwd=work, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run(argv: Any, env: Dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def ssm_calls(env: Dict[str, str]) -> Dict[str, int]:
+    with urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
+                                timeout=10) as response:
+        return dict(json.loads(response.read())["CallCounts"])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_native_journey_two_nodes_forwarding_release_and_list(
+        sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
+    before = ssm_calls(env).get("CreateActivation", 0)
+    job = launch(env, tmp_path, "native", 2, "native")
+    described = sandbox.client("sagemaker").describe_training_job(TrainingJobName=job)
+    assert described["RemoteDebugConfig"] == {"EnableRemoteDebug": True}
+    assert described["Environment"]["SSH_TRANSPORT"] == "native"
+    fqdn = f"{job}.training.sagemaker"
+
+    # both nodes, chosen by name or index; a choice is needed (one line otherwise)
+    done = run(sm_ssh("connect", fqdn, "--", "hostname"), env)
+    assert done.returncode == 2 and "has 2 nodes with SSH: algo-1, algo-2; choose one with " \
+        "--node NAME or --index N" in done.stderr, done.stderr
+    for choice, host in ((["--node", "algo-1"], "algo-1"), (["--index", "1"], "algo-2")):
+        done = run(sm_ssh("connect", *choice, fqdn, "--", "hostname"), env)
+        assert (done.returncode, done.stdout.strip()) == (0, host), done.stderr[-2000:]
+    assert ssm_calls(env).get("CreateActivation", 0) == before  # no activation, no agent of ours
+    assert "SSH is served over SageMaker's remote debugging" in sandbox.container_log(job)
+
+    # -L: a page served in the container; -R: a page served on the laptop
+    local = free_port()
+    proc = subprocess.Popen(sm_ssh("connect", "--node", "algo-2", fqdn, "-N",
+                                   "-L", f"{local}:localhost:8080"),
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        page = wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "-L")
+    finally:
+        stop(proc)
+    assert page == "page from algo-2\n"
+    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Laptop)
+    threading.Thread(target=laptop.serve_forever, daemon=True).start()
+    remote = free_port()
+    fetch = ("import urllib.request; print(urllib.request.urlopen("
+             f"'http://127.0.0.1:{remote}/').read().decode(), end='')")
+    try:
+        done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "-R",
+                          f"{remote}:127.0.0.1:{laptop.server_address[1]}", "--",
+                          shlex.join(["python3", "-c", fetch])), env)
+    finally:
+        laptop.shutdown()
+    assert (done.returncode, done.stdout) == (0, "page from the laptop\n"), done.stderr
+
+    # plain ssh through `sm-ssh config` (start-proxy), and SSMProxy from Python
+    assert run(sm_ssh("config"), env).returncode == 0
+    done = run(["ssh", "-F", str(Path(env["HOME"]) / ".ssh" / "config"), "-o",
+                "ProxyCommand=" + shlex.join(sm_ssh("start-proxy", "--node", "algo-2", "%h")),
+                fqdn, "hostname"], env)
+    assert (done.returncode, done.stdout.strip()) == (0, "algo-2"), done.stderr[-2000:]
+    assert _ssm_proxy_hostname(env, job) == "algo-1"
+
+    # SendCommand is refused for SageMaker's targets, as by the real service
+    with sandbox.activated():
+        with pytest.raises(Exception, match="ValidationException"):
+            boto3.client("ssm").send_command(
+                InstanceIds=[f"sagemaker-training-job:{job}_algo-1"],
+                DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]})
+
+        # remote debugging turned off while Training: SageMaker's agent takes no session
+        # (TargetNotConnected), sm-ssh says how to turn it on; on again, SSH works again
+        sm, ssm = boto3.client("sagemaker"), boto3.client("ssm")
+        sm.update_training_job(TrainingJobName=job,
+                               RemoteDebugConfig={"EnableRemoteDebug": False})
+        with pytest.raises(Exception, match="TargetNotConnected"):
+            ssm.start_session(Target=f"sagemaker-training-job:{job}_algo-1",
+                              DocumentName="AWS-StartSSHSession",
+                              Parameters={"portNumber": ["22"]})
+    done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "true"), env)
+    assert done.returncode == 3 and "has remote debugging off: turn it on with" in done.stderr
+    with sandbox.activated():
+        sm.update_training_job(TrainingJobName=job,
+                               RemoteDebugConfig={"EnableRemoteDebug": True})
+    done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "hostname"), env)
+    assert (done.returncode, done.stdout.strip()) == (0, "algo-1"), done.stderr[-2000:]
+
+    # a hybrid job next to it; `sm-ssh list` tells the transports apart
+    hybrid = launch(env, tmp_path, "hybrid", 1, "hybrid")
+    done = run(sm_ssh("list", "training.sagemaker", "--output", "json"), env)
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    assert rows[job]["transport"] == "native" and rows[job]["ssh"] == "Online"
+    deadline = time.monotonic() + 120
+    while rows[hybrid]["ssh"] != "Online" and time.monotonic() < deadline:
+        time.sleep(1)
+        rows = {r["name"]: r for r in json.loads(run(sm_ssh(
+            "list", "training.sagemaker", "--output", "json"), env).stdout)}
+    assert rows[hybrid]["transport"] == "hybrid" and rows[hybrid]["ssh"] == "Online"
+    table = run(sm_ssh("list", "training.sagemaker"), env).stdout
+    assert "TRANSPORT" in table.splitlines()[0]
+
+    # release both nodes over ssh (no SendCommand): the job completes
+    done = run(sm_ssh("stop-waiting", fqdn), env)
+    assert done.returncode == 0, done.stderr
+    assert "algo-1 (sagemaker-training-job:" in done.stdout and "algo-2 (" in done.stdout
+    assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
+    assert run(sm_ssh("stop-waiting", f"{hybrid}.training.sagemaker"), env).returncode == 0
+    assert sandbox.wait_for_job(hybrid, timeout=120)["TrainingJobStatus"] == "Completed"
+
+    # a finished job: one line
+    done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "--", "true"), env)
+    assert done.returncode == 3 and done.stderr.strip() == (
+        f"sm-ssh: training job {job} is Completed: SSH is available only while it runs")
+    with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
+        boto3.client("ssm").start_session(Target=f"sagemaker-training-job:{job}_algo-1")
+
+
+def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
+    code = (
+        "import sys\n"
+        "from sagemaker_ssh_helper.proxy import SSMProxy\n"
+        "from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper\n"
+        f"ids = SSHEstimatorWrapper.attach({job!r}).get_instance_ids(timeout_in_sec=60)\n"
+        "assert len(ids) == 2 and ids[0].endswith('_algo-1'), ids\n"
+        f"with SSMProxy({free_port()}, name={job + '.training.sagemaker'!r}) as proxy:\n"
+        "    proxy.connect_to_ssm_instance(ids[0])\n"
+        "    print(proxy.run_command_with_output('hostname').decode().strip())\n")
+    done = run([sys.executable, "-c", code], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
+        sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
+    job = launch(env, tmp_path, "plain", 1, "plain")  # no SSH Helper, remote debugging off
+    fqdn = f"{job}.training.sagemaker"
+    done = run(sm_ssh("shell", fqdn, "--wait", "60"), env)
+    assert done.returncode == 3 and f"training job {job} has remote debugging off: turn it " \
+        "on with `aws sagemaker update-training-job" in done.stderr, done.stderr
+
+    # turned on while Training: SageMaker starts its agent in the container then
+    with sandbox.activated():
+        sm = boto3.client("sagemaker")
+        deadline = time.monotonic() + 120
+        while sm.describe_training_job(TrainingJobName=job)["SecondaryStatus"] != "Training":
+            assert time.monotonic() < deadline, "the job never reached Training"
+            time.sleep(0.2)
+        sm.update_training_job(
+            TrainingJobName=job, RemoteDebugConfig={"EnableRemoteDebug": True})
+    done = run(sm_ssh("connect", fqdn, "--", "true"), env)
+    assert (done.returncode, done.stderr.strip()) == (3, (
+        f"sm-ssh: no SSH server runs in training job {job} (it was not started with SSH "
+        f"Helper): open a shell in it with `sm-ssh shell {fqdn}`"))
+    shell = subprocess.run(sm_ssh("shell", fqdn), env=env, capture_output=True, text=True,
+                           timeout=120, input="echo on-$(hostname)\ntouch /tmp/done\nexit\n",
+                           check=False)
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    assert "on-algo-1" in shell.stdout
+    assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
