@@ -215,7 +215,7 @@ def test_missing_plugin_fails_before_any_aws_call(monkeypatch: pytest.MonkeyPatc
 
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "sagemaker_ssh_helper" / "sandbox" / "bin"
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "sagemaker_ssh_sandbox" / "ssm" / "bin"
 
 
 @needs_ssh
