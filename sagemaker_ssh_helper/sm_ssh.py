@@ -166,8 +166,9 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
     connect.check_tools()
     plan = connect.plan_ssh(options, dest)
     connect.check_local_ports(plan.listeners)
-    prepared = connect.prepare(ctx, args.fqdn, choice)
-    return connect.run_and_explain(ctx, prepared, options, positional + command, plan)
+    from sagemaker_ssh_helper import reuse  # a shared connection per target (SM_SSH_REUSE)
+
+    return reuse.run(ctx, args.fqdn, choice, options, positional + command, plan)
 
 
 def _choice(args: argparse.Namespace) -> Any:
