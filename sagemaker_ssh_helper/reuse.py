@@ -131,8 +131,11 @@ class Route:
 def spec_key(ctx: Context, target_text: str, choice: Choice, plan: SshPlan) -> str:
     """What the connection is for, except the instance (see the module docstring)."""
     env = os.environ
+    dest = destination(target_text)
     parts = [
-        destination(target_text), repr((choice.index, choice.node, choice.instance)),
+        dest, repr((choice.index, choice.node, choice.instance)),
+        # our key and known hosts (ssh -G sees the user's options only): per home, too
+        str(keys.key_path(dest)), str(keys.known_hosts_path()),
         ctx.profile or env.get("AWS_PROFILE", ""),
         ctx.region or env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", ""),
         env.get("AWS_ENDPOINT_URL", ""), env.get("AWS_ENDPOINT_URL_SSM", ""),

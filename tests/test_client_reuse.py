@@ -10,7 +10,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -138,3 +138,25 @@ def test_a_master_gets_the_connections_options_not_the_sessions() -> None:
     assert reuse.master_options(["-t", "-o", "LogLevel=ERROR", "-p", "2222",
                                  "-o", "ServerAliveInterval=5", "-A"]) == \
         ["-p", "2222", "-o", "ServerAliveInterval=5"]
+
+
+def test_another_home_key_user_or_account_never_shares_a_master(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sagemaker_ssh_helper.connect import Choice, Context
+    from sagemaker_ssh_helper.sshrun import SshPlan
+
+    def key(home: str = "a", user: str = "root", choice: Optional[Choice] = None,
+            **env: str) -> str:
+        monkeypatch.setenv("HOME", str(tmp_path / home))
+        for name in ("SSH_KEY", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return reuse.spec_key(Context(None, "eu-west-1"), "job.training.sagemaker",
+                              choice or Choice(), SshPlan(22, (), (("user", user),)))
+
+    first = key()
+    assert key() == first
+    assert len({first, key("b"), key(SSH_KEY=str(tmp_path / "k")),
+                key(AWS_PROFILE="other"), key(AWS_ACCESS_KEY_ID="AKIAOTHER"),
+                key(user="ubuntu"), key(choice=Choice(node="algo-2"))}) == 7

@@ -392,19 +392,20 @@ def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
         assert done.returncode == 0, done.stderr
         return str(done.stdout)
 
+    others = set(masters(home, env))  # other homes' (the directory may be a shared one)
     before = sessions_and_pushes(world, "one")
     assert connect("--", "hostname") == "algo-1\n"
     first = sessions_and_pushes(world, "one")
     assert (first[0] - before[0], first[1] - before[1]) == (1, 1)
     assert connect("--", "echo two; exit 0") == "two\n"
     assert sessions_and_pushes(world, "one") == first  # no StartSession, no key push
-    [master] = masters(home, env)
+    [master] = set(masters(home, env)) - others
 
     # Another key never rides on this master: a connection (and a push) of its own.
     other_key = world.tmp / "reuse-other-key"
     assert connect("--", "echo other", extra={"SSH_KEY": str(other_key)}) == "other\n"
-    assert len(masters(home, env)) == 2
-    mux.terminate([m for m in masters(home, env) if m != master][0])
+    [other] = set(masters(home, env)) - others - {master}
+    mux.terminate(other)
 
     # A killed master leaves its socket behind: the next command connects afresh, without a
     # key push (this key went to this instance before and its host keys are pinned).
@@ -436,7 +437,7 @@ def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
     assert connect("--", "echo pushed-again", extra={"SM_SSH_REUSE": "off"}) == \
         "pushed-again\n"
     assert sessions_and_pushes(world, "one")[1] == pushed + 1
-    for path in masters(home, env):
+    for path in set(masters(home, env)) - others:
         mux.terminate(path)
 
 
@@ -616,15 +617,18 @@ def inject(world: World, operation: str, error_code: str, count: int = 1,
 def test_aws_faults_are_one_line_with_the_fix(world: World, operation: str, error_code: str,
                                               message: str, exit_code: int,
                                               needles: List[str]) -> None:
+    # A fresh home, one connection per command: every call of a first connect is made.
+    env = dict(world.home(f"faults-{operation}-{error_code}"), SM_SSH_REUSE="off")
     inject(world, operation, error_code, message=message)
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), world.env)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), env)
     one_line_error(done, exit_code, *needles)
 
 
 def test_throttling_is_retried_with_backoff(world: World) -> None:
     inject(world, "DescribeInstanceInformation", "ThrottlingException", count=2)
     inject(world, "StartSession", "ThrottlingException", count=1)
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "after-throttling"), world.env)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "after-throttling"),
+               dict(world.home("throttled-user"), SM_SSH_REUSE="off"))
     assert (done.returncode, done.stdout) == (0, "after-throttling\n"), done.stderr
 
 
