@@ -118,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (tmp / "alice").mkdir()
         env = dict(os.environ, **sandbox.env, HOME=str(tmp / "alice"),
                    SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
                                             if p)
         done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
@@ -383,8 +384,7 @@ def sessions_and_pushes(world: World, job: str) -> Tuple[int, int]:
 
 
 def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
-    env = world.home("reuse-user")
-    env.pop("SM_SSH_REUSE", None)  # the default: on
+    env = world.home("reuse-user")  # with the default: shared connections
     home, fqdn = Path(env["HOME"]), world.fqdn("one")
 
     def connect(*argv: str, extra: Optional[Dict[str, str]] = None) -> str:
@@ -455,7 +455,6 @@ def test_plain_ssh_shares_a_connection_through_the_generated_config(world: World
     """`sm-ssh config` writes ControlMaster: the second ssh needs no start-proxy at all."""
     home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # socket paths must be short
     env = dict(world.env, HOME=str(home))
-    env.pop("SM_SSH_REUSE", None)
     config = home / ".ssh" / "config"
     try:
         assert run(sm_ssh("config"), env).returncode == 0

@@ -176,6 +176,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (tmp / "home").mkdir()
         env = dict(os.environ, **sandbox.env, HOME=str(tmp / "home"),
                    SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
                                             if p)
         done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
