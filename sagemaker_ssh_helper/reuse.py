@@ -208,7 +208,7 @@ class _Gone(Exception):
 
 def run(ctx: Context, target_text: str, choice: Choice, user_options: Sequence[str],
         command: Sequence[str], plan: SshPlan) -> int:
-    """Run ssh to ``target_text`` (``sm-ssh connect``, ``sm-local-start-ssh``); returns the
+    """Run ssh to ``target_text`` (``sm-ssh connect``); returns the
     remote command's exit code, or raises one explained error."""
     persist = mux.persist_seconds()
     solo = "reuse is off" if persist is None else solo_reason(user_options, plan)
