@@ -388,10 +388,14 @@ class Prepared:
 
 
 def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = False,
-            check_ssh: bool = True, reuse: Optional[Prepared] = None) -> Prepared:
+            check_ssh: bool = True, reuse: Optional[Prepared] = None,
+            optimistic: bool = False) -> Prepared:
     """Resolve ``target_text`` (FQDN or ``mi-...``), check the tools, push the key and pin the
     host keys. ``reuse`` (a tunnel coming back) is returned as it is when the target still
-    resolves to its instance: the key is there already."""
+    resolves to its instance: the key is there already. With ``optimistic``, the push is
+    skipped when this key was pushed to the chosen instance before and its host keys are
+    pinned (``auth.pushed`` is then False: the caller pushes with ``authorize`` if the
+    container refuses the key)."""
     from sagemaker_ssh_helper import keys, proxy, session
 
     target = None if is_instance_id(target_text) else fqdn.parse_resource(target_text)
@@ -417,7 +421,9 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
         ctx.finish_checks()
         return reuse
     try:
-        auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
+        auth = keys.authorized_before(inst.instance_id, name, alias) if optimistic else None
+        if auth is None:
+            auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, name, alias)
     except SSHHelperError:
         ctx.finish_checks()  # e.g. "the job is Completed" explains a failed key push best
         raise
@@ -441,12 +447,22 @@ def _native_job(ctx: Context, target: fqdn.Target) -> Any:
     return None
 
 
+def authorize(ctx: Context, prepared: Prepared) -> Prepared:
+    """``prepared`` after pushing the key to its instance (and pinning its host keys)."""
+    from sagemaker_ssh_helper import keys
+
+    auth = keys.authorize(ctx.manager().ssm, ctx.session, prepared.instance_id,
+                          prepared.destination, prepared.auth.host_key_alias)
+    return dataclasses.replace(prepared, auth=auth)
+
+
 # -- the ssh command line --------------------------------------------------------------------------
 def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
              command: Sequence[str], log_file: Optional[Path] = None,
-             proxy_cmd: Optional[str] = None) -> List[str]:
+             proxy_cmd: Optional[str] = None, control: Sequence[str] = ()) -> List[str]:
     """The complete ssh command line: the user's options first (they win), ours, the
-    destination, then the remote command. The ProxyCommand defaults to our session module."""
+    destination, then the remote command. The ProxyCommand defaults to our session module;
+    ``control`` is the connection sharing (``proxy.control_options``)."""
     from sagemaker_ssh_helper import proxy
 
     auth = prepared.auth
@@ -454,7 +470,7 @@ def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
         identity_file=auth.key_path, known_hosts=auth.known_hosts,
         host_key_alias=auth.host_key_alias, user=prepared.user,
         proxy_cmd=proxy_cmd or proxy.proxy_command(prepared.instance_id, ctx.region_name,
-                                                   ctx.profile))
+                                                   ctx.profile), control=control)
     log = ["-E", str(log_file)] if log_file is not None else []
     argv = [proxy.find_ssh(), *user_options, *log, *options, prepared.destination]
     return argv + (["--", *command] if command else [])
@@ -478,17 +494,10 @@ def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str
     env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
     returncode, text, unshown = SSH_FAILED, "", ""
     try:
-        with tempfile.TemporaryDirectory(prefix="sm-ssh-") as tmp:
-            log = None if wants_own_log(user_options) else Path(tmp) / "ssh.log"
-            argv = ssh_argv(ctx, prepared, user_options, command, log,
-                            proxy.shell_command(started.plugin_argv))
-            logger.debug("running %s", argv)
-            echo = LogEcho(log) if log is not None else None
-            try:
-                returncode = run_ssh(argv, env)
-            finally:
-                unshown = echo.stop() if echo is not None else ""
-            text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+        returncode, text, unshown = run_logged(
+            ctx, prepared, user_options, command, env,
+            proxy_cmd=proxy.shell_command(started.plugin_argv),
+            control=proxy.control_options("none"))
     finally:
         if returncode == SSH_FAILED:  # the session may never have been used: free the agent
             session.terminate_session(ssm, started.session_id)
@@ -496,6 +505,27 @@ def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str
         raise explain_failure(text, prepared)
     sys.stderr.write(unshown)  # ssh's last notices, shown as ssh would have
     return returncode
+
+
+def run_logged(ctx: Context, prepared: Prepared, user_options: Sequence[str],
+               command: Sequence[str], env: Optional[Dict[str, str]] = None, *,
+               proxy_cmd: Optional[str] = None, control: Sequence[str] = (),
+               also_show: Optional[Path] = None) -> Tuple[int, str, str]:
+    """Run ssh in the foreground with its messages shown while it runs (``LogEcho``);
+    ``also_show``: another log to show from its end on (a shared connection's). Returns
+    (exit code, ssh's log, the part of it not shown yet)."""
+    with tempfile.TemporaryDirectory(prefix="sm-ssh-") as tmp:
+        log = None if wants_own_log(user_options) else Path(tmp) / "ssh.log"
+        argv = ssh_argv(ctx, prepared, user_options, command, log, proxy_cmd, control)
+        logger.debug("running %s", argv)
+        echoes = [LogEcho(path, from_end=path == also_show)
+                  for path in (log, also_show) if path is not None]
+        try:
+            returncode = run_ssh(argv, env)
+        finally:
+            unshown = "".join(echo.stop() for echo in echoes)
+        text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+    return returncode, text, unshown
 
 
 def explain_failure(ssh_log: str, prepared: Prepared) -> SSHHelperError:

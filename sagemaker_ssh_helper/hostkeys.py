@@ -75,6 +75,21 @@ def _parse(line: str) -> Optional[Tuple[str, Pinned]]:
     return fields[0], Pinned((fields[1], fields[2]), instance_id, since)
 
 
+def pinned_instance(alias: str, path: Optional[Path] = None) -> str:
+    """The managed instance whose host keys are pinned under ``alias`` ("" when none are, or
+    when the lines under it name no instance or several)."""
+    from sagemaker_ssh_helper.keys import known_hosts_path
+
+    path = path or known_hosts_path()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return ""
+    owners = {parsed[1].instance_id for parsed in map(_parse, lines)
+              if parsed is not None and parsed[0] == alias}
+    return owners.pop() if len(owners) == 1 else ""
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     keyfile.ensure_dir(path.parent)

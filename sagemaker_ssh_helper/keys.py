@@ -12,6 +12,10 @@
 - The same command prints the container's SSH host keys; they are pinned in
   ``~/.ssh/sm-ssh-known_hosts`` under the FQDN (used as ``HostKeyAlias``), per managed
   instance (``hostkeys``), so ``ssh`` runs with ``StrictHostKeyChecking=yes``.
+- Each successful push is recorded in ``~/.ssh/sm-ssh/pushed/`` (a hash of the instance, the
+  key and this client's marker). ``authorized_before`` lets a connection skip the push when
+  this key went to this instance before and its host keys are pinned for it: the caller
+  tries ssh first and pushes only if the container refuses the key (see ``reuse``).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from sagemaker_ssh_helper.hostkeys import (  # noqa: F401 (part of this module's
     HostKeyChanged,
     parse_host_keys,
     pin_host_keys,
+    pinned_instance,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ HOST_KEYS_GLOB = "/etc/ssh/ssh_host_*_key.pub"
 KNOWN_HOSTS_NAME = "sm-ssh-known_hosts"
 MARKER_PREFIX = "sm-ssh:"
 CLIENT_ID_NAME = "client-id"
+PUSHED_DIR_NAME = "pushed"
+PUSH_RECORD_DAYS = 30  # records older than this are removed (containers live for days at most)
 SSHD_PID_FILE = "/run/sshd.pid"
 CONFIGURED_MARKER = "/opt/sagemaker-ssh-helper/.ssh-configured"  # written by sm-setup-ssh
 SSHD_STARTED = "--- sm-ssh started sshd ---"
@@ -261,6 +268,52 @@ class Authorized:
     key_path: Path
     known_hosts: Path
     host_key_alias: str
+    pushed: bool = True  # False: the key was pushed by an earlier connection (not checked now)
+
+
+def _push_record(instance_id: str, key_line: str, marker: str) -> Path:
+    blob = key_line.split()[1] if len(key_line.split()) > 1 else key_line
+    digest = hashlib.sha256(f"{instance_id}\0{blob}\0{marker}".encode()).hexdigest()[:32]
+    return ssh_dir() / "sm-ssh" / PUSHED_DIR_NAME / digest
+
+
+def record_push(instance_id: str, key_line: str, marker: str,
+                now: Optional[float] = None) -> None:
+    """Remember that ``key_line`` went to ``instance_id`` (best effort; old records go)."""
+    record = _push_record(instance_id, key_line, marker)
+    now = time.time() if now is None else now
+    try:
+        keyfile.ensure_dir(record.parent)
+        record.touch(mode=0o600)
+        os.utime(record, (now, now))
+        for old in record.parent.iterdir():
+            if old.stat().st_mtime < now - PUSH_RECORD_DAYS * 86400:
+                old.unlink()
+    except (OSError, SSHHelperError) as e:
+        logger.debug("cannot record the key push in %s: %s", record.parent, e)
+
+
+def forget_push(instance_id: str, key_line: str, marker: str) -> None:
+    try:
+        _push_record(instance_id, key_line, marker).unlink()
+    except OSError:
+        pass
+
+
+def authorized_before(instance_id: str, fqdn: str, host_key_alias: Optional[str] = None
+                      ) -> Optional[Authorized]:
+    """The key and pinned host keys for ``instance_id`` when this client's key was pushed
+    there before and the host keys pinned under the alias are that instance's; else None.
+    The key is checked (and created) as for a push: a local problem is named before ssh."""
+    path = key_path(fqdn)
+    line = ensure_key(path, comment=f"sm-ssh {fqdn}")
+    alias = (host_key_alias or fqdn).lower()
+    known_hosts = known_hosts_path()
+    if not _push_record(instance_id, line, client_marker(path, line)).exists():
+        return None
+    if pinned_instance(alias, known_hosts) != instance_id:
+        return None
+    return Authorized(path, known_hosts, alias, pushed=False)
 
 
 def authorize(ssm: Any, session: Any, instance_id: str, fqdn: str,
@@ -285,4 +338,6 @@ def authorize(ssm: Any, session: Any, instance_id: str, fqdn: str,
         raise ResolutionError(f"{instance_id} reported no SSH host keys ({HOST_KEYS_GLOB}): "
                               "is sshd set up in the container (sm-setup-ssh)?")
     alias = (host_key_alias or fqdn).lower()
-    return Authorized(path, pin_host_keys(alias, host_keys, known_hosts, instance_id), alias)
+    pinned = pin_host_keys(alias, host_keys, known_hosts, instance_id)
+    record_push(instance_id, line, marker)
+    return Authorized(path, pinned, alias)

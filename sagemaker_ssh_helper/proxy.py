@@ -58,9 +58,10 @@ def proxy_command(instance_id: str, region: str, profile: Optional[str] = None,
 
 
 def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, user: str,
-                proxy_cmd: Optional[str]) -> List[str]:
+                proxy_cmd: Optional[str], control: Sequence[str] = ()) -> List[str]:
     """Every ``-o`` option we pass to ssh, in one place (no ProxyCommand if ``proxy_cmd`` is
-    None: for a tunnel that already leads to the container's sshd)."""
+    None: for a tunnel that already leads to the container's sshd). ``control``: the
+    connection-sharing options (``control_options``), if any."""
     options = [
         # Offer only the per-target key: an agent holding many keys would trip MaxAuthTries.
         "-o", f"IdentityFile={_escape(str(identity_file))}",
@@ -82,7 +83,25 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
     if proxy_cmd is not None:
         # The transport: an SSM AWS-StartSSHSession session to the container's sshd.
         options += ["-o", f"ProxyCommand={proxy_cmd}"]
-    return options
+    return options + list(control)
+
+
+def control_options(mode: str, path: Optional[Path] = None, persist: int = 0) -> List[str]:
+    """Connection sharing (OpenSSH ControlMaster), always explicit so that a ControlMaster in
+    the user's ssh_config never applies by accident:
+
+    - ``"master"``: this ssh becomes the shared connection at ``path`` and stays ``persist``
+      seconds after its last session;
+    - ``"client"``: use the master at ``path``; if it is gone, connect on its own (the
+      ProxyCommand still leads to the same instance), never becoming a master;
+    - ``"none"``: a connection of its own, shared with nobody.
+    """
+    if mode == "none" or path is None:
+        return ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    where = ["-o", f"ControlPath={_escape(str(path))}"]
+    if mode == "master":
+        return ["-o", "ControlMaster=yes", *where, "-o", f"ControlPersist={persist}"]
+    return ["-o", "ControlMaster=no", *where]
 
 
 # Known ssh / session messages (from ssh's stderr) -> what the user should do.

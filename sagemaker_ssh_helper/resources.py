@@ -1,8 +1,9 @@
 """SageMaker resources as the client sees them: their status, and ``sm-ssh list``'s table.
 
-``list_rows`` joins the SageMaker list APIs (paginated; jobs of the last N days) with ONE
-tag-filtered scan of the SSH Helper managed instances, so the number of calls does not grow
-with the number of jobs.
+``list_rows`` joins the SageMaker list APIs (jobs of the last N days, ``PAGE_SIZE`` per page:
+the APIs' maximum, where their default is 10) with ONE tag-filtered scan of the SSH Helper
+managed instances (50 per page, DescribeInstanceInformation's maximum), in memory: tags are
+read only for instances whose Name is not their resource's ARN (registered by SSH Helper v2).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sagemaker_ssh_helper.log import SSHLog
 logger = logging.getLogger(__name__)
 
 
+PAGE_SIZE = 100  # MaxResults of ListTrainingJobs, ListEndpoints, ListApps, ... at most 100
 FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
             "OutOfService"}
 
@@ -33,7 +35,8 @@ def _studio_apps(session: Any, region: str, domain: Optional[str], name: str) ->
     """Studio apps named ``name`` (in ``domain`` if given), every page of ListApps."""
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
     kwargs = {"DomainIdEquals": domain} if domain else {}
-    return [app for page in sm.get_paginator("list_apps").paginate(**kwargs)
+    return [app for page in sm.get_paginator("list_apps").paginate(
+                **kwargs, PaginationConfig={"PageSize": PAGE_SIZE})
             for app in page.get("Apps", []) if str(app.get("AppName", "")).lower() ==
             name.lower()]
 
@@ -168,7 +171,8 @@ def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
     api = rk.api
     if api is None:  # Studio apps
-        for page in sm.get_paginator("list_apps").paginate():
+        for page in sm.get_paginator("list_apps").paginate(
+                PaginationConfig={"PageSize": PAGE_SIZE}):
             for app in page.get("Apps", []):
                 owner = app.get("UserProfileName") or app.get("SpaceName") or ""
                 key = f"app/{app['DomainId']}/{owner}/{app['AppType']}/{app['AppName']}"
@@ -178,7 +182,8 @@ def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
     kwargs: Dict[str, Any] = {}
     if api.recent_only:
         kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=days)
-    for page in sm.get_paginator(api.list_op).paginate(**kwargs):
+    for page in sm.get_paginator(api.list_op).paginate(
+            **kwargs, PaginationConfig={"PageSize": PAGE_SIZE}):
         for item in page.get(api.list_key, []):
             yield (str(item[api.name_key]), fqdn.arn_key(str(item.get(api.arn_key, ""))),
                    str(item.get(api.status_key, "")), item.get("CreationTime"))

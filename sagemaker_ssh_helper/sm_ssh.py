@@ -251,8 +251,9 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
                              "-N and no remote command (or sm-ssh tunnel)")
         return keep_tunnel(ctx, args.fqdn, choice, options, plan)
     connect.check_local_ports(plan.listeners)
-    prepared = connect.prepare(ctx, args.fqdn, choice)
-    return connect.run_and_explain(ctx, prepared, options, positional + command, plan)
+    from sagemaker_ssh_helper import reuse  # a shared connection per target (SM_SSH_REUSE)
+
+    return reuse.run(ctx, args.fqdn, choice, options, positional + command, plan)
 
 
 def cmd_tunnel(ctx: Context, args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import keys, portable
 from sagemaker_ssh_helper.errors import UsageError
@@ -87,6 +87,7 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
         else _literal(ssh_dir, "/%h"),
         "UserKnownHostsFile": _literal(str(keys.known_hosts_path())),
         "ProxyCommand": " ".join(_quote(p) for p in parts) + " start-proxy %h --port %p",
+        **_control_settings(),
     }
     lines = [HEADER]
     body = template_text().split("\n\n", 1)[1]  # drop the template's own header comment
@@ -96,6 +97,20 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
             line = f"{line[:len(line) - len(line.lstrip())]}{key} {exact[key]}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _control_settings() -> Dict[str, str]:
+    """ControlMaster, ControlPath and ControlPersist as ``SM_SSH_REUSE`` says, with the
+    socket directory made exact: off when reuse is off or no private directory's sockets
+    would fit a Unix socket path (ssh refuses to run with a ControlPath too long)."""
+    from sagemaker_ssh_helper import mux
+
+    persist = mux.persist_seconds()
+    directory = None if persist is None else mux.control_dir(keys.ssh_dir(), for_config=True)
+    if persist is None or directory is None:
+        return {"ControlMaster": "no", "ControlPath": "none", "ControlPersist": "no"}
+    return {"ControlPath": _literal(str(directory), "/%C"),
+            "ControlPersist": str(persist)}
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -33,24 +33,39 @@ SSH_FLAGS_WITH_VALUE = frozenset("BDEFIJLOPQRSWbceilmopw")
 SSH_FAILED = 255  # ssh's own exit code for connection failures
 
 
+# ``ssh -G`` settings kept in a plan besides the port and listeners: who ssh logs in as and
+# with which keys and host keys (what a shared connection must match), and what makes a
+# connection more than a session (forwarding, no session, going to the background).
+PLAN_SETTINGS = ("user", "identityfile", "userknownhostsfile", "stricthostkeychecking",
+                 "remoteforward", "sessiontype", "forkafterauthentication", "tunnel",
+                 "proxyjump")
+
+
 @dataclass(frozen=True)
 class SshPlan:
     """What ssh will do with the user's options, as ``ssh -G`` resolves them (command line,
-    ``-o`` options and ssh_config alike): the port, and the local listeners it will open."""
+    ``-o`` options and ssh_config alike): the port, the local listeners it will open, and the
+    ``PLAN_SETTINGS``."""
 
     port: int
     listeners: Tuple[Tuple[str, int], ...]  # (bind address: "localhost", "*" or an address, port)
     forwards: int = 0  # -L, -R and -D forwards in all
     session_type: Optional[str] = None  # "none" with -N (OpenSSH >= 8.7 says; else None)
     background: bool = False  # -f (ForkAfterAuthentication, as OpenSSH >= 8.7 says)
+    settings: Tuple[Tuple[str, str], ...] = ()
+
+    def values(self, key: str) -> List[str]:
+        return [value for k, value in self.settings if k == key]
 
 
-def plan_ssh(user_options: Sequence[str], destination: str) -> SshPlan:
+def plan_ssh(user_options: Sequence[str], destination: str,
+             defaults: Sequence[str] = ()) -> SshPlan:
     """Run ``ssh -G``: options ssh rejects (a bad port, a malformed -L) fail here in one line,
-    before anything is pushed to the container."""
+    before anything is pushed to the container. ``defaults`` (our options) come after the
+    user's, as on the command line we run, so the settings are the ones ssh will use."""
     from sagemaker_ssh_helper.proxy import find_ssh
 
-    done = subprocess.run([find_ssh(), "-G", *user_options, destination],
+    done = subprocess.run([find_ssh(), "-G", *user_options, *defaults, destination],
                           capture_output=True, text=True, check=False, timeout=30,
                           stdin=subprocess.DEVNULL)
     if done.returncode != 0:
@@ -61,10 +76,15 @@ def plan_ssh(user_options: Sequence[str], destination: str) -> SshPlan:
 
 
 def parse_ssh_config(text: str) -> SshPlan:
-    """The port and local listeners in ``ssh -G`` output."""
+    """The port, local listeners, forwards, session type and ``PLAN_SETTINGS`` in ``ssh -G``
+    output."""
     port, gateway, listens, remote, session_type, background = 22, False, [], 0, None, False
+    settings = []
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
+        key = key.lower()
+        if key in PLAN_SETTINGS:
+            settings.append((key, value.strip()))
         if key == "remoteforward":
             remote += 1
         elif key == "sessiontype":
@@ -77,18 +97,23 @@ def parse_ssh_config(text: str) -> SshPlan:
             gateway = value.strip() == "yes"
         elif key in ("localforward", "dynamicforward"):
             listens.append(value.split()[0] if value.split() else "")
-    listeners = []
-    for listen in listens:
-        bracketed = re.match(r"^\[(.*)\]:(\d+)$", listen)
-        if bracketed:
-            listeners.append((bracketed.group(1) or "*", int(bracketed.group(2))))
-        elif listen.isdigit():  # no bind address: loopback, or every address with GatewayPorts
-            listeners.append(("*" if gateway else "localhost", int(listen)))
-        elif ":" in listen and listen.rsplit(":", 1)[1].isdigit():
-            host, number = listen.rsplit(":", 1)
-            listeners.append((host or "*", int(number)))
-        # else a unix socket path: nothing to check
-    return SshPlan(port, tuple(listeners), len(listens) + remote, session_type, background)
+    listeners = [bound for bound in (_listener(listen, gateway) for listen in listens) if bound]
+    return SshPlan(port, tuple(listeners), len(listens) + remote, session_type, background,
+                   tuple(settings))
+
+
+def _listener(listen: str, gateway: bool) -> Optional[Tuple[str, int]]:
+    """(bind address, port) of a LocalForward/DynamicForward listen spec; None for a unix
+    socket path (nothing to check)."""
+    bracketed = re.match(r"^\[(.*)\]:(\d+)$", listen)
+    if bracketed:
+        return bracketed.group(1) or "*", int(bracketed.group(2))
+    if listen.isdigit():  # no bind address: loopback, or every address with GatewayPorts
+        return "*" if gateway else "localhost", int(listen)
+    if ":" in listen and listen.rsplit(":", 1)[1].isdigit():
+        host, number = listen.rsplit(":", 1)
+        return host or "*", int(number)
+    return None
 
 
 def ssh_port(user_options: Sequence[str], destination: str) -> int:
@@ -170,12 +195,17 @@ class LogEcho:
     """
 
     def __init__(self, path: Path, out: Optional[TextIO] = None, hold: float = 1.0,
-                 interval: float = 0.2) -> None:
+                 interval: float = 0.2, from_end: bool = False) -> None:
         self.path = path
         self.out = out
         self.hold = hold
         self.interval = interval
         self._offset = 0
+        if from_end:  # only what is written from now on (a shared connection's log)
+            try:
+                self._offset = path.stat().st_size
+            except OSError:
+                pass
         self._partial = ""
         self._pending: List[Tuple[float, str]] = []
         self._stopped = threading.Event()

@@ -14,6 +14,9 @@ _AWS_VARS = (
     "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_STS",
 )
+# One connection per command unless a test's environment drops this (shared connections, the
+# default for users): a master kept from one test would skip the calls the next one checks.
+os.environ["SM_SSH_REUSE"] = "off"
 
 
 @pytest.fixture(autouse=True)

@@ -14,20 +14,22 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_until
 
-from sagemaker_ssh_helper import keys
+from sagemaker_ssh_helper import keys, mux
 from sagemaker_ssh_sandbox import Sandbox
 from sagemaker_ssh_sandbox.sagemaker.studio import exec_argv
 
@@ -116,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (tmp / "alice").mkdir()
         env = dict(os.environ, **sandbox.env, HOME=str(tmp / "alice"),
                    SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
                                             if p)
         done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
@@ -129,7 +132,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             manager = SSMManager(progress=None)
             assert len(manager.get_training_instance_ids(jobs["one"], 120)) == 1
             assert len(manager.get_training_instance_ids(jobs["two"], 120, 2)) == 2
-        yield World(sandbox, env, jobs, tmp)
+        try:
+            yield World(sandbox, env, jobs, tmp)
+        finally:
+            close_masters(tmp, env)
+
+
+def masters(home: Path, env: Dict[str, str]) -> List[Path]:
+    """The sockets of the shared connections `sm-ssh connect` keeps for ``home``."""
+    directory = mux.control_dir(home / ".ssh", create=False, environ=env)
+    return sorted(p for p in directory.iterdir() if p.is_socket()) if directory else []
+
+
+def close_masters(tmp: Path, env: Dict[str, str]) -> None:
+    for home in [tmp / "alice", *tmp.iterdir()]:
+        for path in masters(home, env):
+            mux.terminate(path)
 
 
 def script(name: str, *args: str) -> List[str]:
@@ -352,6 +370,107 @@ def public_blob(key: Path) -> str:
     return done.stdout.split()[1]
 
 
+# -- reused connections, optimistic key pushes ------------------------------------------------
+def sessions_and_pushes(world: World, job: str) -> Tuple[int, int]:
+    """SSM sessions started to the job's instance, and commands sent to it (key pushes)."""
+    ssm, instance = world.sandbox.client("ssm"), instance_of(world, job)
+    sessions = sum(len(page["Sessions"]) for state in ("Active", "History")
+                   for page in ssm.get_paginator("describe_sessions").paginate(
+                       State=state, Filters=[{"key": "Target", "value": instance}]))
+    pushes = sum(1 for page in ssm.get_paginator("list_commands").paginate(InstanceId=instance)
+                 for c in page["Commands"] if c.get("Comment", "").startswith(
+                     "sm-ssh: authorize"))
+    return sessions, pushes
+
+
+def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
+    env = world.home("reuse-user")  # with the default: shared connections
+    home, fqdn = Path(env["HOME"]), world.fqdn("one")
+
+    def connect(*argv: str, extra: Optional[Dict[str, str]] = None) -> str:
+        done = run(sm_ssh("connect", fqdn, *argv), dict(env, **(extra or {})))
+        assert done.returncode == 0, done.stderr
+        return str(done.stdout)
+
+    others = set(masters(home, env))  # other homes' (the directory may be a shared one)
+    before = sessions_and_pushes(world, "one")
+    assert connect("--", "hostname") == "algo-1\n"
+    first = sessions_and_pushes(world, "one")
+    assert (first[0] - before[0], first[1] - before[1]) == (1, 1)
+    assert connect("--", "echo two; exit 0") == "two\n"
+    assert sessions_and_pushes(world, "one") == first  # no StartSession, no key push
+    [master] = set(masters(home, env)) - others
+
+    # Another key never rides on this master: a connection (and a push) of its own.
+    other_key = world.tmp / "reuse-other-key"
+    assert connect("--", "echo other", extra={"SSH_KEY": str(other_key)}) == "other\n"
+    [other] = set(masters(home, env)) - others - {master}
+    mux.terminate(other)
+
+    # A killed master leaves its socket behind: the next command connects afresh, without a
+    # key push (this key went to this instance before and its host keys are pinned).
+    pid = mux.probe(master)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _refused(master) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert master.is_socket()
+    pushed = sessions_and_pushes(world, "one")[1]
+    assert connect("--", "echo after-kill") == "after-kill\n"
+    assert sessions_and_pushes(world, "one")[1] == pushed
+    # A master that does not answer (stopped) is set aside, never waited for.
+    stopped = mux.probe(master)
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        assert connect("--", "echo past-stopped") == "past-stopped\n"
+    finally:
+        os.kill(stopped, signal.SIGKILL)
+        os.kill(stopped, signal.SIGCONT)
+
+    # The container lost our key (a restarted sshd, a new container): ssh is refused once,
+    # then the key is pushed and the command runs.
+    blob = public_blob(home / ".ssh" / fqdn)
+    in_container(world, "one", f"sed -i '/{blob.replace('/', chr(92) + '/')}/d' "
+                               "/etc/ssh/authorized_keys")
+    assert connect("--", "echo pushed-again", extra={"SM_SSH_REUSE": "off"}) == \
+        "pushed-again\n"
+    assert sessions_and_pushes(world, "one")[1] == pushed + 1
+    for path in set(masters(home, env)) - others:
+        mux.terminate(path)
+
+
+def _refused(path: Path) -> bool:
+    """Nobody listens on the socket at ``path`` any more (its file is still there)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+def test_plain_ssh_shares_a_connection_through_the_generated_config(world: World) -> None:
+    """`sm-ssh config` writes ControlMaster: the second ssh needs no start-proxy at all."""
+    home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # socket paths must be short
+    env = dict(world.env, HOME=str(home))
+    config = home / ".ssh" / "config"
+    try:
+        assert run(sm_ssh("config"), env).returncode == 0
+        before = sessions_and_pushes(world, "one")
+        for word in ("first", "second", "third"):
+            done = run(["ssh", "-F", str(config), world.fqdn("one"), "echo", word], env)
+            assert (done.returncode, done.stdout) == (0, f"{word}\n"), done.stderr
+        after = sessions_and_pushes(world, "one")
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+        check = run(["ssh", "-F", str(config), "-O", "check", world.fqdn("one")], env)
+        assert check.returncode == 0 and "Master running" in check.stderr, check.stderr
+    finally:
+        run(["ssh", "-F", str(config), "-O", "exit", world.fqdn("one")], env)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 # -- host keys, sshd, ssh's messages, local keys ------------------------------------------------
 def test_each_container_has_host_keys_of_its_own(world: World) -> None:
     """Not the machine's (the sandbox hides them), not shared between containers or jobs."""
@@ -372,29 +491,36 @@ def test_each_container_has_host_keys_of_its_own(world: World) -> None:
 
 
 def test_a_host_key_changed_on_the_same_instance_is_refused(world: World) -> None:
-    env = world.home("pinning-user")
+    env = dict(world.home("pinning-user"), SM_SSH_REUSE="off")  # each connect checks it
     fqdn = world.fqdn("one")
     assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
     pinned = (Path(env["HOME"]) / ".ssh" / "sm-ssh-known_hosts").read_text()
     assert re.search(rf"^{re.escape(fqdn.lower())} ssh-ed25519 \S+ "
                      r"sm-ssh:mi-[0-9a-f]+@\d{4}-\d\d-\d\dT", pinned, re.M), pinned
-    pub = "/etc/ssh/ssh_host_ed25519_key.pub"
-    in_container(world, "one", f"cp {pub} /tmp/host.pub && ssh-keygen -q -t ed25519 -N '' "
-                               f"-f /tmp/other && cp /tmp/other.pub {pub}")
+    # sshd itself changes its key (reloaded with SIGHUP): ssh, tried first because the key
+    # went there before, refuses it; the key push that follows names the change.
+    key = "/etc/ssh/ssh_host_ed25519_key"
+    in_container(world, "one", f"cp -p {key} /tmp/host && cp -p {key}.pub /tmp/host.pub && "
+                               f"rm -f /tmp/other* && ssh-keygen -q -t ed25519 -N '' "
+                               f"-f /tmp/other && cp /tmp/other {key} && cp /tmp/other.pub "
+                               f"{key}.pub && kill -HUP $(cat /run/sshd.pid)")
     try:
         one_line_error(run(sm_ssh("connect", fqdn, "--", "true"), env), 1,
                        f"host key for {fqdn.lower()} changed since ", "on the same instance mi-",
                        "ssh-keygen -R")
     finally:
-        in_container(world, "one", f"cp /tmp/host.pub {pub}")
+        in_container(world, "one", f"cp -p /tmp/host {key} && cp -p /tmp/host.pub {key}.pub && "
+                                   "kill -HUP $(cat /run/sshd.pid)")
     assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
     assert (Path(env["HOME"]) / ".ssh" / "sm-ssh-known_hosts").read_text() == pinned
 
 
 def test_a_dead_sshd_is_started_again(world: World) -> None:
-    """By the key push at once (connect works), and by the container's watchdog."""
+    """By the key push at once (connect works), and by the container's watchdog. The key
+    went there before: ssh is tried first, and its failure brings the push."""
     in_container(world, "one", "kill $(cat /run/sshd.pid)")
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "alive"), world.env)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "alive"),
+               dict(world.env, SM_SSH_REUSE="off"))
     assert (done.returncode, done.stdout) == (0, "alive\n"), done.stderr
     before = in_container(world, "one", "cat /run/sshd.pid; kill $(cat /run/sshd.pid)").strip()
     deadline = time.monotonic() + 30
@@ -630,7 +756,7 @@ def test_a_tunnel_coming_back_to_another_instance_pushes_the_key_there(
 
 
 def test_local_key_problems_are_named(world: World) -> None:
-    env = world.home("key-user")
+    env = dict(world.home("key-user"), SM_SSH_REUSE="off")  # checked when a connection starts
     fqdn = world.fqdn("one")
     key = Path(env["HOME"]) / ".ssh" / fqdn
     assert run(sm_ssh("connect", fqdn, "--", "true"), env).returncode == 0
@@ -691,15 +817,18 @@ def inject(world: World, operation: str, error_code: str, count: int = 1,
 def test_aws_faults_are_one_line_with_the_fix(world: World, operation: str, error_code: str,
                                               message: str, exit_code: int,
                                               needles: List[str]) -> None:
+    # A fresh home, one connection per command: every call of a first connect is made.
+    env = dict(world.home(f"faults-{operation}-{error_code}"), SM_SSH_REUSE="off")
     inject(world, operation, error_code, message=message)
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), world.env)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "true"), env)
     one_line_error(done, exit_code, *needles)
 
 
 def test_throttling_is_retried_with_backoff(world: World) -> None:
     inject(world, "DescribeInstanceInformation", "ThrottlingException", count=2)
     inject(world, "StartSession", "ThrottlingException", count=1)
-    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "after-throttling"), world.env)
+    done = run(sm_ssh("connect", world.fqdn("one"), "--", "echo", "after-throttling"),
+               dict(world.home("throttled-user"), SM_SSH_REUSE="off"))
     assert (done.returncode, done.stdout) == (0, "after-throttling\n"), done.stderr
 
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -264,8 +265,10 @@ def test_no_package_where_there_is_none(tmp_path: Path, monkeypatch: pytest.Monk
 # -- the ssh config template -------------------------------------------------------------------
 def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One source of truth: `sm-ssh config` writes the template with exact paths and command."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # ssh's sockets fit under it
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_KEY", raising=False)
+    monkeypatch.delenv("SM_SSH_REUSE", raising=False)
     template = sshconfig.template_text()
     for line in ("Host *.studio.sagemaker\n    User sagemaker-user\n",
                  "Host *.*.sagemaker\n    User root\n", "    IdentityFile ~/.ssh/%h\n",
@@ -281,6 +284,15 @@ def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.Monke
     header, body = back.split("\n\n", 1)
     assert header.startswith("# Managed by `sm-ssh config`")
     assert body == template.split("\n\n", 1)[1]
+    shutil.rmtree(tmp_path)
+    # Reuse off, or a home whose socket paths would be too long for ssh: no sharing at all.
+    monkeypatch.setenv("SM_SSH_REUSE", "off")
+    assert "    ControlMaster no\n    ControlPath none\n    ControlPersist no\n" in \
+        sshconfig.render(python=sys.executable)
+    monkeypatch.setenv("SM_SSH_REUSE", "60")
+    monkeypatch.setenv("HOME", f"/tmp/{'x' * 60}")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert "    ControlMaster no\n" in sshconfig.render(python=sys.executable)
 
 
 @pytest.mark.parametrize("prog, argv, command, target", [

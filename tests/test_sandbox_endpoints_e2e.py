@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, free_port, run, sm_ssh, wait_until
 
+from sagemaker_ssh_helper import mux
 from sagemaker_ssh_sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,6 +176,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (tmp / "home").mkdir()
         env = dict(os.environ, **sandbox.env, HOME=str(tmp / "home"),
                    SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
                                             if p)
         done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
@@ -330,6 +332,7 @@ def test_transform_job_is_held_for_ssh_then_released_and_completes(world: World)
 def test_delete_endpoint_stops_its_container_and_the_instance_goes_away(world: World) -> None:
     name, instance_id = world.result["endpoint"], world.result["ids"][0]
     sagemaker = world.sandbox.client("sagemaker")
+    config = sagemaker.describe_endpoint(EndpointName=name)["EndpointConfigName"]
     sagemaker.delete_endpoint(EndpointName=name)
     assert world.sandbox.wait_for_endpoint(name, timeout=60, until=())["EndpointStatus"] \
         == "NotFound"
@@ -343,8 +346,26 @@ def test_delete_endpoint_stops_its_container_and_the_instance_goes_away(world: W
     listed = ssm.describe_instance_information(
         Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"]
     assert listed == []
+    # The shared connection of the earlier tests went with the container: no stale master.
     done = run(sm_ssh("connect", world.endpoint_fqdn, "--", "true"), world.env)
     assert done.returncode == 3 and f"no endpoint {name}" in done.stderr, done.stderr
+
+    # A new endpoint under the same name: a new instance, to which the key goes afresh.
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert world.sandbox.wait_for_endpoint(name, timeout=120)["EndpointStatus"] == "InService"
+    done = run(sm_ssh("connect", world.endpoint_fqdn, "--wait", "120", "--",
+                      "cat /etc/ssh/authorized_keys"), world.env)
+    assert done.returncode == 0, done.stderr
+    key = Path(world.env["HOME"]) / ".ssh" / world.endpoint_fqdn.lower()
+    public = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True,
+                            text=True, check=True).stdout.split()[1]
+    assert public in done.stdout
+    home = Path(world.env["HOME"])
+    directory = mux.control_dir(home / ".ssh", create=False, environ=world.env)
+    for socket_path in directory.iterdir() if directory else []:
+        if socket_path.is_socket():
+            mux.terminate(socket_path)
+    sagemaker.delete_endpoint(EndpointName=name)
 
 
 # -- sandbox shutdown (last: the sandbox goes down here) ------------------------------------------

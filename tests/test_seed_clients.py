@@ -6,6 +6,7 @@ counted), ``SageMakerSecureShellHelper`` parsing, ``sm-ssh --version``, and the 
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -172,6 +173,38 @@ def test_interactive_listing_is_one_scan_whatever_the_account_holds(ssm: Any) ->
     assert large == {"ListTrainingJobs": 1, "DescribeInstanceInformation": 1}  # 100 per page
     print(f"interactive listing API calls: {small} (5 jobs) / {large} (65 jobs, "
           f"306 instances)")
+
+
+def test_sm_ssh_list_pages_at_the_apis_maximum_and_reads_tags_only_where_needed(
+        ssm: Any) -> None:
+    """150 jobs are 2 ListTrainingJobs pages (their default page is 10); instances named by
+    their resource ARN need no tag reads, one registered by SSH Helper v2 needs one."""
+    from sagemaker_ssh_helper import fqdn, resources
+
+    names = [f"paged-{i:03d}" for i in range(150)]
+    create_training_jobs(names)
+    b = ssm.backend
+    for i, name in enumerate(names[:3]):
+        ids = b.add_fake_instances(1, tags=tags(name, f"training-job/{name}", 1000 + i))
+        if i:  # the first as SSH Helper v2 registered it: no ARN as its name
+            with b.lock:
+                b.instances[ids[0]].name = arn(f"training-job/{name}")
+    b.add_fake_instances(100)  # other tools' instances: not scanned
+    session = boto3.Session(region_name=REGION)
+    calls: Counter = Counter()
+    session.events.register("before-call", lambda model, **_: calls.update([model.name]))
+    rows = resources.list_rows(session, REGION, fqdn.parse("training.sagemaker"),
+                               SSMManager(REGION, session=session, progress=None))
+    mine = [r for r in rows if r.name in names]
+    assert len(mine) == 150 and sum(r.ssh == "Online" for r in mine) == 3
+    with b.lock:  # SSH instances of this module's other tests, too
+        ssh = [i for i in b.instances.values() if "SSHResourceArn" in i.tags
+               and not i.deregistered]
+    assert dict(calls) == {"ListTrainingJobs": math.ceil(len(rows) / 100),
+                           "DescribeInstanceInformation": math.ceil(len(ssh) / 50),
+                           "ListTagsForResource": sum(not i.name.startswith("arn:")
+                                                      for i in ssh)}
+    assert calls["ListTrainingJobs"] < 5 and calls["ListTagsForResource"] < 5
 
 
 def test_interactive_records_print_like_sm_ssh_list(ssm: Any,
