@@ -5,6 +5,8 @@
            [--index N | --node algo-2 | --instance mi-ID] [ssh options ...] [[--] command ...]
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
     sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
+    sm-ssh [-v] [--profile P] [--region R] exec FQDN|mi-ID [--node algo-1,algo-2 ...]
+           [--output text|json] [--parallel N] [--rate R] [--wait S] -- command ...
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,start-proxy,stop-waiting,config,stage-wheel,sandbox}")
+        metavar="{list,connect,exec,start-proxy,stop-waiting,config,stage-wheel,sandbox}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -126,8 +128,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3", metavar="S3_PREFIX",
                    help="where to put it (default: s3://sagemaker-<region>-<account>/"
                         "sagemaker-ssh-helper/)")
+    _add_exec_parser(sub)
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     return parser
+
+
+def _add_exec_parser(sub: Any) -> None:
+    from sagemaker_ssh_helper.fanout import DEFAULT_PARALLEL, DEFAULT_RATE
+
+    p = sub.add_parser("exec", help="run a command on every node of a resource at once",
+                       usage="sm-ssh exec [--node NAME[,NAME...]] [--output text|json] "
+                             "[--parallel N] [--rate R] [--wait S] FQDN -- command ...")
+    add_general_options(p, top_level=False)
+    p.add_argument("fqdn", metavar="FQDN|mi-ID")
+    p.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--node", action="append", metavar="NAME[,NAME...]",
+                   help="only these nodes (host name such as algo-2, or mi-ID); repeat or "
+                        "separate with commas (default: every online node)")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="text: each line prefixed with its node (default); json: one document "
+                        "with each node's exit code, stdout, stderr and seconds")
+    p.add_argument("--parallel", type=_checked(_whole(1, 256, "a number of nodes")),
+                   default=DEFAULT_PARALLEL,
+                   help=f"nodes worked on at the same time (default {DEFAULT_PARALLEL})")
+    p.add_argument("--rate", type=_checked(_rate), default=DEFAULT_RATE,
+                   help="SSM calls per second that open nodes (SendCommand, StartSession), "
+                        f"to stay under the account's request rates (default {DEFAULT_RATE:g})")
+    p.add_argument("--wait", type=_checked(_seconds), default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"wait this long for the resource to come online (default "
+                        f"{DEFAULT_WAIT})")
+
+
+def _rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise UsageError(f"expected a number of calls per second > 0, got {value!r}")
+    return number
+
+
+def cmd_exec(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
+    from sagemaker_ssh_helper import fanout
+
+    the_plan = fanout.plan(ctx, args.fqdn, fanout.parse_nodes(args.node),
+                           list(args.words) + command, args.wait)
+    results = fanout.run(ctx, the_plan, parallel=args.parallel, rate=args.rate,
+                         as_json=args.output == "json")
+    if args.output == "json":
+        print(fanout.render_json(results), flush=True)
+    failed = fanout.summary(results)
+    if failed:
+        print(f"sm-ssh: {failed}", file=sys.stderr, flush=True)
+    return fanout.exit_code(results)
 
 
 def split_sandbox(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
@@ -274,8 +328,9 @@ def run(argv: List[str], frame: cli.Command) -> int:
         return cmd_sandbox(sandbox[1])
     head, command = split_command(argv)
     args = frame.parse(build_parser(), head)
-    if args.command != "connect" and command:
-        raise UsageError(f"'--' and a remote command only apply to connect, not {args.command}")
+    if args.command not in ("connect", "exec") and command:
+        raise UsageError(f"'--' and a remote command only apply to connect and exec, "
+                         f"not {args.command}")
     ctx = Context(args.profile, args.region)
     handlers: Dict[str, Callable[[], int]] = {
         "list": lambda: cmd_list(ctx, args),
@@ -284,6 +339,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "stop-waiting": lambda: stop_waiting(ctx, args.fqdn, _choice(args)),
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
+        "exec": lambda: cmd_exec(ctx, args, command),
     }
     return handlers[args.command]()
 

@@ -331,6 +331,66 @@ def test_each_node_of_a_two_node_job(world: World) -> None:
         assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
 
 
+# -- sm-ssh exec: every node at once ------------------------------------------------------------
+def test_exec_runs_on_every_node_with_prefixed_lines_and_json(world: World) -> None:
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("exec", fqdn, "--", "hostname; echo to-stderr >&2"), world.env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["algo-1 | algo-1", "algo-2 | algo-2"]
+    assert sorted(line for line in done.stderr.splitlines() if "to-stderr" in line) == \
+        ["algo-1 | to-stderr", "algo-2 | to-stderr"]
+    # A subset, and JSON with a failing node: the exit code is the failing node's.
+    failing = 'echo "out $(hostname)"; echo err >&2; [ "$(hostname)" != algo-2 ]; exit $((7 * $?))'
+    done = run(sm_ssh("exec", fqdn, "--output", "json", "--", failing), world.env)
+    assert done.returncode == 7, done.stderr
+    nodes = {r["node"]: r for r in json.loads(done.stdout)}
+    assert [(n, r["exit_code"], r["stdout"], r["stderr"], r["error"]) for n, r in
+            sorted(nodes.items())] == [("algo-1", 0, "out algo-1\n", "err\n", None),
+                                        ("algo-2", 7, "out algo-2\n", "err\n", None)]
+    assert all(r["instance_id"].startswith("mi-") and r["seconds"] > 0 for r in nodes.values())
+    assert done.stderr.strip().splitlines()[-1] == "sm-ssh: 1 of 2 node(s) failed: algo-2 (exit 7)"
+    done = run(sm_ssh("exec", fqdn, "--node", "algo-2", "--", "hostname"), world.env)
+    assert (done.returncode, done.stdout) == (0, "algo-2 | algo-2\n"), done.stderr
+    one_line_error(run(sm_ssh("exec", fqdn, "--node", "algo-1,algo-9", "--", "true"),
+                       world.env), 2, f"{fqdn} has no online node algo-9: its online nodes are "
+                                      "algo-1 (mi-")
+
+
+def test_exec_bounds_its_concurrency(world: World) -> None:
+    """--parallel 1 runs the nodes one after the other; the default runs them together."""
+    timed = "date +%s.%N; sleep 2; date +%s.%N"
+
+    def intervals(*options: str) -> List[List[float]]:
+        done = run(sm_ssh("exec", world.fqdn("two"), "--output", "json", *options, "--",
+                          timed), world.env)
+        assert done.returncode == 0, done.stderr
+        return sorted([float(t) for t in r["stdout"].split()] for r in json.loads(done.stdout))
+
+    first, second = intervals("--parallel", "1")
+    assert first[1] <= second[0]
+    first, second = intervals()
+    assert second[0] < first[1]
+
+
+def test_exec_reports_a_node_it_cannot_reach_and_goes_on(world: World) -> None:
+    """One StartSession refused: that node fails with the explained error (exit 4), the other
+    runs; throttled calls are retried."""
+    inject(world, "StartSession", "ThrottlingException", count=2)
+    done = run(sm_ssh("exec", world.fqdn("two"), "--", "echo", "after-throttling"), world.env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["algo-1 | after-throttling",
+                                                "algo-2 | after-throttling"]
+    inject(world, "StartSession", "AccessDeniedException")
+    done = run(sm_ssh("exec", world.fqdn("two"), "--parallel", "1", "--", "hostname"),
+               world.env)
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == "algo-2 | algo-2\n"
+    assert "algo-1 | sm-ssh: access denied for ssm:StartSession" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == \
+        "sm-ssh: 1 of 2 node(s) failed: algo-1 (unreachable 4)"
+    assert "Traceback" not in done.stderr
+
+
 def instance_of(world: World, job: str) -> str:
     listed = json.loads(run(sm_ssh("list", world.fqdn(job), "--output", "json"),
                             world.env).stdout)

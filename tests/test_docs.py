@@ -82,6 +82,10 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh start-proxy [training] --port": (
         CONFIG, "test_client_e2e.py::test_ssh_through_the_generated_config"),
     "sm-ssh stop-waiting": (STOP_WAITING,),
+    "sm-ssh exec --": (E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
+    "sm-ssh exec --node --": (E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
+    "sm-ssh exec --output --": (
+        E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
@@ -329,6 +333,8 @@ def _check_sm_ssh(argv: List[str]) -> None:
     if parsed.command == "connect":
         assert parsed.fqdn, "connect needs a target"
         check_ssh_options(parsed.ssh_args)
+    elif parsed.command == "exec":
+        assert command, "exec runs the command after '--'"
     else:
         assert not command, "'--' only goes with connect"
 
