@@ -7,6 +7,7 @@
     sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
     sm-ssh [-v] [--profile P] [--region R] exec FQDN|mi-ID [--node algo-1,algo-2 ...]
            [--output text|json] [--parallel N] [--rate R] [--wait S] -- command ...
+    sm-ssh [-v] [--profile P] [--region R] doctor [FQDN] [--output text|json] [--max-stale N]
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,exec,start-proxy,stop-waiting,config,stage-wheel,sandbox}")
+        metavar="{list,connect,exec,doctor,start-proxy,stop-waiting,config,stage-wheel,"
+                "sandbox}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to put it (default: s3://sagemaker-<region>-<account>/"
                         "sagemaker-ssh-helper/)")
     _add_exec_parser(sub)
+    _add_doctor_parser(sub)
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     return parser
 
@@ -157,6 +160,27 @@ def _add_exec_parser(sub: Any) -> None:
     p.add_argument("--wait", type=_checked(_seconds), default=DEFAULT_WAIT, metavar="SECONDS",
                    help=f"wait this long for the resource to come online (default "
                         f"{DEFAULT_WAIT})")
+
+
+def _add_doctor_parser(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="check the set-up (tools, credentials, region, IAM, SSM "
+                                      "tier, stale registrations) and why FQDN is or is not "
+                                      "connectable")
+    add_general_options(p, top_level=False)
+    p.add_argument("fqdn", nargs="?", metavar="FQDN",
+                   help="also explain why <name>.<kind>.sagemaker is or is not connectable now")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument("--max-stale", type=_checked(_whole(1, None, "a number of instances")),
+                   default=50, help="fail when this many SSH Helper managed instances are "
+                                    "offline (default 50)")
+
+
+def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import doctor
+
+    checks = doctor.run_checks(ctx, args.fqdn, max_stale=args.max_stale)
+    print(doctor.render(checks, args.output), flush=True)
+    return doctor.failures(checks)
 
 
 def _rate(value: str) -> float:
@@ -340,6 +364,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "config": lambda: cmd_config(ctx, args.inline),
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
         "exec": lambda: cmd_exec(ctx, args, command),
+        "doctor": lambda: cmd_doctor(ctx, args),
     }
     return handlers[args.command]()
 

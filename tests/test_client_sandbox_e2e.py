@@ -391,6 +391,88 @@ def test_exec_reports_a_node_it_cannot_reach_and_goes_on(world: World) -> None:
     assert "Traceback" not in done.stderr
 
 
+# -- sm-ssh doctor: a resource, IAM by policy simulation, the role's trust policy ---------------
+def doctor_lines(done: subprocess.CompletedProcess) -> Dict[str, str]:
+    assert "Traceback" not in done.stderr, done.stderr
+    return {line[2:].split(":", 1)[0]: line for line in done.stdout.splitlines()}
+
+
+def test_doctor_explains_why_a_job_is_or_is_not_connectable(world: World) -> None:
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("doctor", fqdn), world.env)
+    lines = doctor_lines(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(line.startswith("✓ ") for line in lines.values()), done.stdout
+    assert "actions the client needs are allowed (policy simulation)" in lines["iam"]
+    assert re.fullmatch(
+        rf"✓ {re.escape(fqdn)}: training job {world.jobs['two']} is InProgress, 2 node\(s\), "
+        r"2 with SSH; managed instances: algo-\d mi-\w+ Online, algo-\d mi-\w+ Online; "
+        r"transport: SSM AWS-StartSSHSession over a hybrid activation", lines[fqdn]), lines[fqdn]
+    assert lines["ssm trust"] == "✓ ssm trust: role SageMakerRole trusts ssm.amazonaws.com"
+    fqdn = world.fqdn("nossh")
+    done = run(sm_ssh("doctor", fqdn, "--output", "json"), world.env)
+    answer = json.loads(done.stdout)
+    assert (done.returncode, answer["failures"]) == (1, 1), done.stdout
+    resource = next(c for c in answer["checks"] if c["name"] == fqdn)
+    assert resource["ok"] is False
+    assert resource["detail"].endswith("is InProgress, 1 node(s), 1 with SSH; managed "
+                                       "instances: none")
+    assert resource["fix"].startswith("its containers have not registered yet or lost SSM: "
+                                      "the entry point must call "
+                                      "sagemaker_ssh_helper.setup_and_start_ssh()")
+    done = run(sm_ssh("doctor", "gone.training.sagemaker"), world.env)
+    assert done.returncode == 1
+    assert doctor_lines(done)["gone.training.sagemaker"] == (
+        "✗ gone.training.sagemaker: no training job gone in us-east-1 (the default region) — "
+        "fix: check the name (sm-ssh list training.sagemaker) or pass --region")
+
+
+def test_doctor_finds_a_missing_action_by_policy_simulation(world: World) -> None:
+    """A user whose policy lacks SendCommand: the simulation evaluates the sandbox's real
+    policies (as the SSM stand-in enforces them)."""
+    from sagemaker_ssh_helper.cdk import policies
+
+    iam = world.sandbox.client("iam")
+    document = policies.client_policy(policies.Target(account="123456789012"))
+    document["Statement"] = [st for st in document["Statement"]
+                             if st["Sid"] not in ("CommandsToOwnInstances", "CommandDocument")]
+    iam.create_user(UserName="doctor-limited")
+    iam.put_user_policy(UserName="doctor-limited", PolicyName="NoCommands",
+                        PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName="doctor-limited")["AccessKey"]
+    env = dict(world.home("doctor-limited"), AWS_ACCESS_KEY_ID=key["AccessKeyId"],
+               AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    done = run(sm_ssh("doctor"), env)
+    lines = doctor_lines(done)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert lines["iam"] == (
+        "✗ iam: arn:aws:iam::123456789012:user/doctor-limited may not call ssm:SendCommand "
+        "(policy simulation) — fix: attach the SSH client policy to it (the SSH-IAM-SSM "
+        "stack, or the policy in IAM_SSM_Setup.md)")
+
+
+def test_doctor_names_a_role_that_does_not_trust_ssm(world: World) -> None:
+    iam = world.sandbox.client("iam")
+    before = iam.get_role(RoleName="SageMakerRole")["Role"]["AssumeRolePolicyDocument"]
+    sagemaker_only = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]}
+    iam.update_assume_role_policy(RoleName="SageMakerRole",
+                                  PolicyDocument=json.dumps(sagemaker_only))
+    try:
+        done = run(sm_ssh("doctor", world.fqdn("one")), world.env)
+    finally:
+        iam.update_assume_role_policy(RoleName="SageMakerRole", PolicyDocument=before
+                                      if isinstance(before, str) else json.dumps(before))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert doctor_lines(done)["ssm trust"] == (
+        "✗ ssm trust: role SageMakerRole's trust policy does not name ssm.amazonaws.com: SSM "
+        "cannot register the containers' managed instances with it — fix: add the "
+        "ssm.amazonaws.com statement of IAM_SSM_Setup.md to role SageMakerRole's trust policy")
+
+
 def instance_of(world: World, job: str) -> str:
     listed = json.loads(run(sm_ssh("list", world.fqdn(job), "--output", "json"),
                             world.env).stdout)

@@ -165,6 +165,9 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
                    [t.arn("sagemaker", "*")]),
         _statement("PublishOwnPublicKeys", ["s3:PutObject", "s3:GetObject"],
                    [t.keys_objects]),
+        # `sm-ssh doctor` reads the activation tier (sessions need the advanced tier).
+        _statement("ReadActivationTier", ["ssm:GetServiceSetting"],
+                   [t.arn("ssm", f"servicesetting{ADVANCED_TIER_SETTING}")]),
     )
 
 

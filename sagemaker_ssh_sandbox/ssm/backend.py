@@ -41,7 +41,12 @@ PUBLIC_OPERATIONS = frozenset({
     "AddTagsToResource", "RemoveTagsFromResource", "ListTagsForResource",
     "SendCommand", "GetCommandInvocation", "ListCommands", "ListCommandInvocations",
     "StartSession", "TerminateSession", "ResumeSession", "DescribeSessions",
+    "GetServiceSetting", "UpdateServiceSetting",
 })
+# Service settings as the sandbox account has them: the advanced-instances tier is on (the
+# CDK's advanced-tier stack sets it; a fresh AWS account starts with "standard").
+ACTIVATION_TIER = "/ssm/managed-instance/activation-tier"
+SERVICE_SETTINGS = {ACTIVATION_TIER: ("advanced", ("standard", "advanced"))}
 # internal agent endpoint -> operation name (as the real agent's own API calls are named)
 AGENT_OPERATIONS = {
     "register": "RegisterManagedInstance",
@@ -71,6 +76,7 @@ class SSMBackend(CommandOps, SessionOps):
         self.call_counts: Dict[str, int] = collections.Counter()
         self.agent_call_counts: Dict[str, int] = collections.Counter()
         self.faults: List[Dict[str, Any]] = []
+        self.service_settings = {k: v for k, (v, _) in SERVICE_SETTINGS.items()}
         # IAM enforcement (the sandbox daemon sets one; None lets every call through)
         self.authorizer: Optional[Any] = None
         self.state_file = Path(state_dir) / "ssm-state.json" if state_dir else None
@@ -265,6 +271,37 @@ class SSMBackend(CommandOps, SessionOps):
     def op_ListTagsForResource(self, body: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock:
             return {"TagList": tag_list(self._tagged(body).tags)}
+
+    # ---- service settings (the activation tier) ----------------------------------------------
+    def _setting_id(self, body: Dict[str, Any]) -> str:
+        setting = str(body.get("SettingId", ""))
+        if setting.startswith("arn:"):
+            setting = setting.split(":servicesetting", 1)[-1]
+        if setting not in SERVICE_SETTINGS:
+            raise SSMError("ServiceSettingNotFound",
+                           f"ServiceSetting {body.get('SettingId', '')} not found")
+        return setting
+
+    def op_GetServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        setting = self._setting_id(body)
+        with self.lock:
+            value = self.service_settings[setting]
+        default = SERVICE_SETTINGS[setting][0]
+        return {"ServiceSetting": {
+            "SettingId": setting, "SettingValue": value,
+            "ARN": f"arn:aws:ssm:{self.region}:{self.account_id}:servicesetting{setting}",
+            "Status": "Default" if value == default else "Customized",
+            "LastModifiedUser": "System"}}
+
+    def op_UpdateServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        setting = self._setting_id(body)
+        value = str(body.get("SettingValue", ""))
+        if value not in SERVICE_SETTINGS[setting][1]:
+            raise validation(value, "settingValue",
+                             "be one of " + ", ".join(SERVICE_SETTINGS[setting][1]))
+        with self.lock:
+            self.service_settings[setting] = value
+        return {}
 
     def add_fake_instances(self, n: int, tags: TagSpec = None, ping_status: str = "Online",
                            iam_role: str = "SageMakerRole") -> List[str]:

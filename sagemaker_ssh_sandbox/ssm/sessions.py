@@ -127,6 +127,11 @@ class SessionOps(BackendBase):
             inst = self.live_instance(target)
             if inst is None or self.ping_status(inst) != PING_ONLINE:
                 raise SSMError("TargetNotConnected", f"{target} is not connected.")
+            tier = getattr(self, "service_settings", {}).get(
+                "/ssm/managed-instance/activation-tier", "advanced")
+            if str(target).startswith("mi-") and tier != "advanced":
+                raise SSMError("BadRequest", "Enable advanced-instances tier to use Session "
+                                             "Manager with your on-premises instances")
             user = re.sub(r"[^A-Za-z0-9._@-]", "", getattr(self.caller, "user", "") or "")
             session = Session(f"{user[:64] or 'sandbox'}-{hex17()}", inst.instance_id, document,
                               params, self._owner(user), reason, secrets.token_urlsafe(48),
