@@ -324,8 +324,6 @@ def check_stale(ctx: Context, max_stale: int) -> Check:
 # -- one resource ---------------------------------------------------------------------------------
 def _environment(described: Dict[str, Any]) -> Dict[str, str]:
     env = described.get("Environment") or {}
-    if not env and isinstance(described.get("AppSpecification"), dict):
-        env = described.get("Environment", {})
     return {str(k): str(v) for k, v in env.items()}
 
 
@@ -382,7 +380,8 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
     if not running:
         checks.append(Check(name, False, detail,
                             f"SSH works only while it runs: start a new {target.kind.description}"))
-    elif described and env.get("START_SSH", "").lower() != "true" and not instances:
+    elif "Environment" in described and env.get("START_SSH", "").lower() != "true" \
+            and not instances:  # jobs carry the contract; endpoints' models do
         checks.append(Check(name, False, detail + "; it was not launched with SSH "
                                                   "(no START_SSH in its environment)",
                             "wrap the estimator/processor/model with the SSH wrapper's "

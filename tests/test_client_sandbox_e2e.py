@@ -887,3 +887,14 @@ def test_stop_waiting_and_pkill_sm_wait_release_the_nodes_and_the_job_completes(
     assert done.returncode == 0, done.stderr
     described = world.sandbox.wait_for_job(world.jobs["two"], timeout=120)
     assert described["TrainingJobStatus"] == "Completed"
+
+
+def test_doctor_says_a_finished_job_is_not_connectable(world: World) -> None:
+    """After the release above, job two has Completed: doctor names the status and the fix."""
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("doctor", fqdn), world.env)
+    line = doctor_lines(done)[fqdn]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert line.startswith(f"✗ {fqdn}: training job {world.jobs['two']} is Completed, "
+                           "2 node(s), 2 with SSH; managed instances: ")
+    assert line.endswith("— fix: SSH works only while it runs: start a new training job")
