@@ -7,7 +7,8 @@ One training job with ``--nodes`` nodes, all with SSH. Each run times, side by s
   one by one     `sm-ssh connect <job> --node algo-i -- <cmd>` for i = 1..N, in sequence (what a
                  user's shell loop does today)
   exec           `sm-ssh exec <job> -- <cmd>`: the same resolve, key push, session and ssh per
-                 node, ``--parallel`` nodes at a time, SSM calls paced at ``--rate`` per second
+                 node, ``--parallel`` nodes at a time, SendCommand and StartSession each
+                 paced at ``--rate`` calls per second
 The command is ``hostname`` (plus ``sleep S`` with ``--sleep``, a command that takes time, as
 `nvidia-smi` does on a GPU node). Prints wall seconds (median of the runs) and the speed-up,
 and checks every node answered. Needs root on Linux (the sandbox runs jobs in namespaces).

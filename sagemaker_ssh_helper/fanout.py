@@ -4,8 +4,9 @@ Each node goes through the same steps as ``sm-ssh connect`` (``connect.py``): th
 nodes are looked up once and only those its log names are taken (``verify``); then, per node,
 the key push (``SendCommand``), the session (``StartSession``) and ``ssh`` with the command,
 its stdout and stderr captured line by line. At most ``parallel`` nodes are worked on at the
-same time, and the calls that open a node (``SendCommand``, ``StartSession``) are paced by one
-shared :class:`Pacer`, so a 64-node job does not trip SSM's per-account request rates;
+same time, and the calls that open a node (``SendCommand``, ``StartSession``) are paced, each
+operation by its own shared :class:`Pacer`, so a 64-node job does not trip SSM's per-account
+request rates;
 throttling that still happens is retried by botocore's standard mode (``aws.client_config``).
 
 Output: each line prefixed with its node (``algo-2 | ...``, stdout to stdout, stderr to
@@ -27,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 from sagemaker_ssh_helper import connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
@@ -35,8 +36,8 @@ from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 8  # nodes worked on at the same time
-# Calls per second that open a node (SendCommand, StartSession) across all threads; SSM's
-# per-account request rates for these are a few per second in a fresh account.
+# Calls per second of each operation that opens a node (SendCommand, StartSession), across
+# all threads: SSM throttles each operation per account and region.
 DEFAULT_RATE = 3.0
 NOT_REACHED = 255  # the exit code of a node that could not be reached, as ssh reports it
 
@@ -186,7 +187,7 @@ class Cancelled(SSHHelperError):
     """The command was interrupted before this node was reached."""
 
 
-def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacer: Pacer,
+def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, Pacer],
              printer: Printer, several: bool, stop: threading.Event) -> NodeResult:
     """Key push, session and ssh for one node; every failure is kept in the result."""
     from sagemaker_ssh_helper import keys, session
@@ -195,18 +196,18 @@ def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacer: Pacer,
     result = NodeResult(node, inst.instance_id)
     began = time.monotonic()
 
-    def paced() -> None:
-        pacer.wait()
+    def paced(operation: str) -> None:
+        pacers[operation].wait()
         if stop.is_set():
             raise Cancelled("interrupted before this node was reached", 130)
 
     try:
         alias = f"{inst.instance_id}.{the_plan.name}" if several else the_plan.name
-        paced()
+        paced("SendCommand")
         auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, the_plan.name,
                               alias)
         prepared = connect.Prepared(inst.instance_id, the_plan.name, the_plan.user, auth)
-        paced()
+        paced("StartSession")
         ssm = ctx.manager().ssm
         started = session.open_session(ssm, inst.instance_id, 22, ctx.profile)
         _run_ssh(ctx, the_plan, prepared, started, result, printer)
@@ -280,13 +281,14 @@ def run(ctx: connect.Context, the_plan: Plan, parallel: int = DEFAULT_PARALLEL,
     instances = the_plan.instances
     width = max(len(_label(i)) for i in instances)
     printer = Printer(width, quiet=as_json)
-    pacer = Pacer(rate, burst=min(parallel, 2))
+    # SSM throttles each operation on its own: one bucket per operation that opens a node
+    pacers = {op: Pacer(rate, burst=min(parallel, 2)) for op in ("SendCommand", "StartSession")}
     several = len(instances) > 1
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(instances))),
                               thread_name_prefix="sm-ssh-exec")
     try:
-        futures = [pool.submit(run_node, ctx, the_plan, inst, pacer, printer, several, stop)
+        futures = [pool.submit(run_node, ctx, the_plan, inst, pacers, printer, several, stop)
                    for inst in instances]
         return [f.result() for f in futures]
     except BaseException:  # Ctrl-C reached ssh (same process group); start no other node

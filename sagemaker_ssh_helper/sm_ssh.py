@@ -155,8 +155,8 @@ def _add_exec_parser(sub: Any) -> None:
                    default=DEFAULT_PARALLEL,
                    help=f"nodes worked on at the same time (default {DEFAULT_PARALLEL})")
     p.add_argument("--rate", type=_checked(_rate), default=DEFAULT_RATE,
-                   help="SSM calls per second that open nodes (SendCommand, StartSession), "
-                        f"to stay under the account's request rates (default {DEFAULT_RATE:g})")
+                   help="calls per second of each of SendCommand and StartSession, to stay "
+                        f"under the account's request rates (default {DEFAULT_RATE:g})")
     p.add_argument("--wait", type=_checked(_seconds), default=DEFAULT_WAIT, metavar="SECONDS",
                    help=f"wait this long for the resource to come online (default "
                         f"{DEFAULT_WAIT})")
