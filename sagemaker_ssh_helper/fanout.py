@@ -282,7 +282,8 @@ def run(ctx: connect.Context, the_plan: Plan, parallel: int = DEFAULT_PARALLEL,
     width = max(len(_label(i)) for i in instances)
     printer = Printer(width, quiet=as_json)
     # SSM throttles each operation on its own: one bucket per operation that opens a node
-    pacers = {op: Pacer(rate, burst=min(parallel, 2)) for op in ("SendCommand", "StartSession")}
+    # (no burst: the calls are spaced by 1/rate from the first, whatever bucket SSM keeps)
+    pacers = {op: Pacer(rate) for op in ("SendCommand", "StartSession")}
     several = len(instances) > 1
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(instances))),

@@ -372,6 +372,34 @@ def test_exec_bounds_its_concurrency(world: World) -> None:
     assert second[0] < first[1]
 
 
+def sandbox_ssm(world: World, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{world.env['AWS_ENDPOINT_URL_SSM']}{path}", data=data,
+                                     method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
+def test_exec_stays_under_the_startsession_rate(world: World) -> None:
+    """The sandbox throttles StartSession above one call per 2 s: paced under that rate
+    (one call per 2.5 s), exec is never throttled; unpaced, the same two nodes are."""
+    fqdn = world.fqdn("two")
+    sandbox_ssm(world, "/_sandbox/rates", {"operation": "StartSession", "per_second": 0.5})
+    try:
+        sandbox_ssm(world, "/_sandbox/stats/reset", {})
+        done = run(sm_ssh("exec", fqdn, "--rate", "0.4", "--", "hostname"), world.env)
+        assert done.returncode == 0, done.stderr
+        assert sorted(done.stdout.splitlines()) == ["algo-1 | algo-1", "algo-2 | algo-2"]
+        stats = sandbox_ssm(world, "/_sandbox/stats")
+        assert stats["CallCounts"]["StartSession"] == 2 and stats["Throttled"] == {}, stats
+        sandbox_ssm(world, "/_sandbox/stats/reset", {})
+        run(sm_ssh("exec", fqdn, "--rate", "1000", "--", "hostname"), world.env)
+        assert sandbox_ssm(world, "/_sandbox/stats")["Throttled"].get("StartSession", 0) >= 1
+    finally:
+        sandbox_ssm(world, "/_sandbox/rates", {"operation": "StartSession", "per_second": 0})
+
+
 def test_exec_reports_a_node_it_cannot_reach_and_goes_on(world: World) -> None:
     """One StartSession refused: that node fails with the explained error (exit 4), the other
     runs; throttled calls are retried."""

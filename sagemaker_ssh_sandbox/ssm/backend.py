@@ -76,6 +76,11 @@ class SSMBackend(CommandOps, SessionOps):
         self.call_counts: Dict[str, int] = collections.Counter()
         self.agent_call_counts: Dict[str, int] = collections.Counter()
         self.faults: List[Dict[str, Any]] = []
+        # per-operation request rates (calls per second; none by default), enforced as SSM
+        # does: a call sooner than 1/rate after the last accepted one is throttled
+        self.rate_limits: Dict[str, float] = {}
+        self._last_accepted: Dict[str, float] = {}
+        self.throttled: Dict[str, int] = collections.Counter()
         self.service_settings = {k: v for k, (v, _) in SERVICE_SETTINGS.items()}
         # IAM enforcement (the sandbox daemon sets one; None lets every call through)
         self.authorizer: Optional[Any] = None
@@ -90,6 +95,7 @@ class SSMBackend(CommandOps, SessionOps):
         if operation not in PUBLIC_OPERATIONS:
             raise SSMError("UnknownOperationException", f"Unknown operation {operation}")
         self._maybe_fault(operation)
+        self._maybe_throttle(operation)
         self.caller.user = caller
         if self.authorizer is not None:  # sessions are named after the caller, as in AWS
             self.caller.user = self.authorizer.check(self, operation, body, caller).name
@@ -130,9 +136,31 @@ class SSMBackend(CommandOps, SessionOps):
                     text = fault["message"] or _MESSAGES.get(code, f"Injected {code}")
                     raise SSMError(code, text.format(op=operation), _STATUS.get(code, 400))
 
+    def set_rate_limit(self, operation: str, per_second: float) -> None:
+        """Throttle ``operation`` above ``per_second`` calls (0 removes the limit)."""
+        with self.lock:
+            if per_second > 0:
+                self.rate_limits[operation] = float(per_second)
+            else:
+                self.rate_limits.pop(operation, None)
+            self._last_accepted.pop(operation, None)
+
+    def _maybe_throttle(self, operation: str) -> None:
+        rate = self.rate_limits.get(operation)
+        if rate is None:
+            return
+        with self.lock:
+            now = time.monotonic()
+            last = self._last_accepted.get(operation)
+            if last is not None and now - last < 1.0 / rate:
+                self.throttled[operation] += 1
+                raise SSMError("ThrottlingException", _MESSAGES["ThrottlingException"])
+            self._last_accepted[operation] = now
+
     def reset_call_counts(self) -> None:
         with self.lock:
             self.call_counts.clear()
+            self.throttled.clear()
             self.agent_call_counts.clear()
 
     def stats(self) -> Dict[str, Any]:
@@ -142,7 +170,8 @@ class SSMBackend(CommandOps, SessionOps):
                     "Instances": sum(not i.deregistered for i in self.instances.values()),
                     "Activations": len(self.activations), "Commands": len(self.commands),
                     "Sessions": len(self.sessions),
-                    "Faults": [dict(f) for f in self.faults]}
+                    "Faults": [dict(f) for f in self.faults],
+                    "Throttled": dict(self.throttled), "RateLimits": dict(self.rate_limits)}
 
     # ---- activations -------------------------------------------------------------------
     def op_CreateActivation(self, body: Dict[str, Any]) -> Dict[str, Any]:
