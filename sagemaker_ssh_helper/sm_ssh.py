@@ -9,6 +9,9 @@
     sm-ssh [-v] [--profile P] [--region R] start-proxy FQDN [--port N] [--instance mi-ID]
     sm-ssh [-v] [--profile P] [--region R] stop-waiting FQDN|mi-ID [--index N | --node algo-2]
     sm-ssh [-v] [--profile P] [--region R] shell FQDN [--index N | --node algo-2]
+    sm-ssh [-v] [--profile P] [--region R] exec FQDN|mi-ID [--node algo-1,algo-2 ...]
+           [--output text|json] [--parallel N] [--rate R] [--wait S] -- command ...
+    sm-ssh [-v] [--profile P] [--region R] doctor [FQDN] [--output text|json] [--max-stale N]
     sm-ssh [--profile P] [--region R] config [--inline]
     sm-ssh [--profile P] [--region R] stage-wheel [--s3 s3://bucket/prefix/]
     sm-ssh sandbox ...
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit (so does -v alone)")
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{list,connect,tunnel,start-proxy,stop-waiting,shell,config,stage-wheel,sandbox,cp,sync}")
+        metavar="{list,connect,tunnel,exec,doctor,start-proxy,stop-waiting,shell,config,"
+                "stage-wheel,sandbox,cp,sync}")
     sub.required = True
     p = sub.add_parser("list", help="resources and their SSH status")
     add_general_options(p, top_level=False)
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3", metavar="S3_PREFIX",
                    help="where to put it (default: s3://sagemaker-<region>-<account>/"
                         "sagemaker-ssh-helper/)")
+    _add_exec_parser(sub)
+    _add_doctor_parser(sub)
     sub.add_parser("sandbox", help="the offline sandbox (sm-ssh sandbox -h)", add_help=False)
     add_cp_parser(sub)
     return parser
@@ -205,6 +211,76 @@ def cmd_cp(ctx: Context, args: argparse.Namespace) -> int:
 
     return transfer.copy(ctx, args.source, args.destination, _choice(args), args.via,
                          args.s3_threshold, args.s3)
+def _add_exec_parser(sub: Any) -> None:
+    from sagemaker_ssh_helper.fanout import DEFAULT_PARALLEL, DEFAULT_RATE
+
+    p = sub.add_parser("exec", help="run a command on every node of a resource at once",
+                       usage="sm-ssh exec [--node NAME[,NAME...]] [--output text|json] "
+                             "[--parallel N] [--rate R] [--wait S] FQDN -- command ...")
+    add_general_options(p, top_level=False)
+    p.add_argument("fqdn", metavar="FQDN|mi-ID")
+    p.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--node", action="append", metavar="NAME[,NAME...]",
+                   help="only these nodes (host name such as algo-2, or mi-ID); repeat or "
+                        "separate with commas (default: every online node)")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="text: each line prefixed with its node (default); json: one document "
+                        "with each node's exit code, stdout, stderr and seconds")
+    p.add_argument("--parallel", type=_checked(_whole(1, 256, "a number of nodes")),
+                   default=DEFAULT_PARALLEL,
+                   help=f"nodes worked on at the same time (default {DEFAULT_PARALLEL})")
+    p.add_argument("--rate", type=_checked(_rate), default=DEFAULT_RATE,
+                   help="calls per second of each of SendCommand and StartSession, to stay "
+                        f"under the account's request rates (default {DEFAULT_RATE:g})")
+    p.add_argument("--wait", type=_checked(_seconds), default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"wait this long for the resource to come online (default "
+                        f"{DEFAULT_WAIT})")
+
+
+def _add_doctor_parser(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="check the set-up (tools, credentials, region, IAM, SSM "
+                                      "tier, stale registrations) and why FQDN is or is not "
+                                      "connectable")
+    add_general_options(p, top_level=False)
+    p.add_argument("fqdn", nargs="?", metavar="FQDN",
+                   help="also explain why <name>.<kind>.sagemaker is or is not connectable now")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument("--max-stale", type=_checked(_whole(1, None, "a number of instances")),
+                   default=50, help="fail when this many SSH Helper managed instances are "
+                                    "offline (default 50)")
+
+
+def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
+    from sagemaker_ssh_helper import doctor
+
+    checks = doctor.run_checks(ctx, args.fqdn, max_stale=args.max_stale)
+    print(doctor.render(checks, args.output), flush=True)
+    return doctor.failures(checks)
+
+
+def _rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise UsageError(f"expected a number of calls per second > 0, got {value!r}")
+    return number
+
+
+def cmd_exec(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
+    from sagemaker_ssh_helper import fanout
+
+    the_plan = fanout.plan(ctx, args.fqdn, fanout.parse_nodes(args.node),
+                           list(args.words) + command, args.wait)
+    results = fanout.run(ctx, the_plan, parallel=args.parallel, rate=args.rate,
+                         as_json=args.output == "json")
+    if args.output == "json":
+        print(fanout.render_json(results), flush=True)
+    failed = fanout.summary(results)
+    if failed:
+        print(f"sm-ssh: {failed}", file=sys.stderr, flush=True)
+    return fanout.exit_code(results)
 
 
 def split_sandbox(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
@@ -410,8 +486,9 @@ def run(argv: List[str], frame: cli.Command) -> int:
         return cmd_sandbox(sandbox[1])
     head, command = split_command(argv)
     args = frame.parse(build_parser(), head)
-    if args.command != "connect" and command:
-        raise UsageError(f"'--' and a remote command only apply to connect, not {args.command}")
+    if args.command not in ("connect", "exec") and command:
+        raise UsageError(f"'--' and a remote command only apply to connect and exec, "
+                         f"not {args.command}")
     ctx = Context(args.profile, args.region)
     handlers: Dict[str, Callable[[], int]] = {
         "list": lambda: cmd_list(ctx, args),
@@ -424,6 +501,8 @@ def run(argv: List[str], frame: cli.Command) -> int:
         "stage-wheel": lambda: cmd_stage_wheel(ctx, args.s3),
         "cp": lambda: cmd_cp(ctx, args),
         "sync": lambda: cmd_sync(ctx, args),
+        "exec": lambda: cmd_exec(ctx, args, command),
+        "doctor": lambda: cmd_doctor(ctx, args),
     }
     return handlers[args.command]()
 

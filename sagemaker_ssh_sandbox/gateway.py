@@ -138,7 +138,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
                            aws_access_key_id=control.CREDENTIALS["AWS_ACCESS_KEY_ID"],
                            aws_secret_access_key=control.CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
         status, xml = moto_gaps.simulate_principal_policy(
-            form, lambda arn: moto_gaps.principal_exists(iam, arn))
+            form, lambda arn: moto_gaps.principal_exists(iam, arn),
+            moto_gaps.decide_in_process)
         data = xml.encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/xml")

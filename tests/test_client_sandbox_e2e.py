@@ -349,6 +349,176 @@ def test_each_node_of_a_two_node_job(world: World) -> None:
         assert (done.returncode, done.stdout) == (0, f"{node}\n"), done.stderr
 
 
+# -- sm-ssh exec: every node at once ------------------------------------------------------------
+def test_exec_runs_on_every_node_with_prefixed_lines_and_json(world: World) -> None:
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("exec", fqdn, "--", "hostname; echo to-stderr >&2"), world.env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["algo-1 | algo-1", "algo-2 | algo-2"]
+    assert sorted(line for line in done.stderr.splitlines() if "to-stderr" in line) == \
+        ["algo-1 | to-stderr", "algo-2 | to-stderr"]
+    # A subset, and JSON with a failing node: the exit code is the failing node's.
+    failing = 'echo "out $(hostname)"; echo err >&2; [ "$(hostname)" != algo-2 ]; exit $((7 * $?))'
+    done = run(sm_ssh("exec", fqdn, "--output", "json", "--", failing), world.env)
+    assert done.returncode == 7, done.stderr
+    nodes = {r["node"]: r for r in json.loads(done.stdout)}
+    assert [(n, r["exit_code"], r["stdout"], r["stderr"], r["error"]) for n, r in
+            sorted(nodes.items())] == [("algo-1", 0, "out algo-1\n", "err\n", None),
+                                        ("algo-2", 7, "out algo-2\n", "err\n", None)]
+    assert all(r["instance_id"].startswith("mi-") and r["seconds"] > 0 for r in nodes.values())
+    assert done.stderr.strip().splitlines()[-1] == "sm-ssh: 1 of 2 node(s) failed: algo-2 (exit 7)"
+    done = run(sm_ssh("exec", fqdn, "--node", "algo-2", "--", "hostname"), world.env)
+    assert (done.returncode, done.stdout) == (0, "algo-2 | algo-2\n"), done.stderr
+    one_line_error(run(sm_ssh("exec", fqdn, "--node", "algo-1,algo-9", "--", "true"),
+                       world.env), 2, f"{fqdn} has no online node algo-9: its online nodes are "
+                                      "algo-1 (mi-")
+
+
+def test_exec_bounds_its_concurrency(world: World) -> None:
+    """--parallel 1 runs the nodes one after the other; the default runs them together."""
+    timed = "date +%s.%N; sleep 2; date +%s.%N"
+
+    def intervals(*options: str) -> List[List[float]]:
+        done = run(sm_ssh("exec", world.fqdn("two"), "--output", "json", *options, "--",
+                          timed), world.env)
+        assert done.returncode == 0, done.stderr
+        return sorted([float(t) for t in r["stdout"].split()] for r in json.loads(done.stdout))
+
+    first, second = intervals("--parallel", "1")
+    assert first[1] <= second[0]
+    first, second = intervals()
+    assert second[0] < first[1]
+
+
+def sandbox_ssm(world: World, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{world.env['AWS_ENDPOINT_URL_SSM']}{path}", data=data,
+                                     method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
+def test_exec_stays_under_the_startsession_rate(world: World) -> None:
+    """The sandbox throttles StartSession above one call per 2 s: paced under that rate
+    (one call per 2.5 s), exec is never throttled; unpaced, the same two nodes are."""
+    fqdn = world.fqdn("two")
+    sandbox_ssm(world, "/_sandbox/rates", {"operation": "StartSession", "per_second": 0.5})
+    try:
+        sandbox_ssm(world, "/_sandbox/stats/reset", {})
+        done = run(sm_ssh("exec", fqdn, "--rate", "0.4", "--", "hostname"), world.env)
+        assert done.returncode == 0, done.stderr
+        assert sorted(done.stdout.splitlines()) == ["algo-1 | algo-1", "algo-2 | algo-2"]
+        stats = sandbox_ssm(world, "/_sandbox/stats")
+        assert stats["CallCounts"]["StartSession"] == 2 and stats["Throttled"] == {}, stats
+        sandbox_ssm(world, "/_sandbox/stats/reset", {})
+        run(sm_ssh("exec", fqdn, "--rate", "1000", "--", "hostname"), world.env)
+        assert sandbox_ssm(world, "/_sandbox/stats")["Throttled"].get("StartSession", 0) >= 1
+    finally:
+        sandbox_ssm(world, "/_sandbox/rates", {"operation": "StartSession", "per_second": 0})
+
+
+def test_exec_reports_a_node_it_cannot_reach_and_goes_on(world: World) -> None:
+    """One StartSession refused: that node fails with the explained error (exit 4), the other
+    runs; throttled calls are retried."""
+    inject(world, "StartSession", "ThrottlingException", count=2)
+    done = run(sm_ssh("exec", world.fqdn("two"), "--", "echo", "after-throttling"), world.env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["algo-1 | after-throttling",
+                                                "algo-2 | after-throttling"]
+    inject(world, "StartSession", "AccessDeniedException")
+    done = run(sm_ssh("exec", world.fqdn("two"), "--parallel", "1", "--", "hostname"),
+               world.env)
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == "algo-2 | algo-2\n"
+    assert "algo-1 | sm-ssh: access denied for ssm:StartSession" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == \
+        "sm-ssh: 1 of 2 node(s) failed: algo-1 (unreachable 4)"
+    assert "Traceback" not in done.stderr
+
+
+# -- sm-ssh doctor: a resource, IAM by policy simulation, the role's trust policy ---------------
+def doctor_lines(done: subprocess.CompletedProcess) -> Dict[str, str]:
+    assert "Traceback" not in done.stderr, done.stderr
+    return {line[2:].split(":", 1)[0]: line for line in done.stdout.splitlines()}
+
+
+def test_doctor_explains_why_a_job_is_or_is_not_connectable(world: World) -> None:
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("doctor", fqdn), world.env)
+    lines = doctor_lines(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(line.startswith("✓ ") for line in lines.values()), done.stdout
+    assert "actions the client needs are allowed (policy simulation)" in lines["iam"]
+    assert re.fullmatch(
+        rf"✓ {re.escape(fqdn)}: training job {world.jobs['two']} is InProgress, 2 node\(s\), "
+        r"2 with SSH; managed instances: algo-\d mi-\w+ Online, algo-\d mi-\w+ Online; "
+        r"transport: SSM AWS-StartSSHSession over a hybrid activation", lines[fqdn]), lines[fqdn]
+    assert lines["ssm trust"] == "✓ ssm trust: role SageMakerRole trusts ssm.amazonaws.com"
+    fqdn = world.fqdn("nossh")
+    done = run(sm_ssh("doctor", fqdn, "--output", "json"), world.env)
+    answer = json.loads(done.stdout)
+    assert (done.returncode, answer["failures"]) == (1, 1), done.stdout
+    resource = next(c for c in answer["checks"] if c["name"] == fqdn)
+    assert resource["ok"] is False
+    assert resource["detail"].endswith("is InProgress, 1 node(s), 1 with SSH; managed "
+                                       "instances: none")
+    assert resource["fix"].startswith("its containers have not registered yet or lost SSM: "
+                                      "the entry point must call "
+                                      "sagemaker_ssh_helper.setup_and_start_ssh()")
+    done = run(sm_ssh("doctor", "gone.training.sagemaker"), world.env)
+    assert done.returncode == 1
+    assert doctor_lines(done)["gone.training.sagemaker"] == (
+        "✗ gone.training.sagemaker: no training job gone in us-east-1 (the default region) — "
+        "fix: check the name (sm-ssh list training.sagemaker) or pass --region")
+
+
+def test_doctor_finds_a_missing_action_by_policy_simulation(world: World) -> None:
+    """A user whose policy lacks SendCommand: the simulation evaluates the sandbox's real
+    policies (as the SSM stand-in enforces them)."""
+    from sagemaker_ssh_helper.cdk import policies
+
+    iam = world.sandbox.client("iam")
+    document = policies.client_policy(policies.Target(account="123456789012"))
+    document["Statement"] = [st for st in document["Statement"]
+                             if st["Sid"] not in ("CommandsToOwnInstances", "CommandDocument")]
+    iam.create_user(UserName="doctor-limited")
+    iam.put_user_policy(UserName="doctor-limited", PolicyName="NoCommands",
+                        PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName="doctor-limited")["AccessKey"]
+    env = dict(world.home("doctor-limited"), AWS_ACCESS_KEY_ID=key["AccessKeyId"],
+               AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    done = run(sm_ssh("doctor"), env)
+    lines = doctor_lines(done)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert lines["iam"] == (
+        "✗ iam: arn:aws:iam::123456789012:user/doctor-limited may not call ssm:SendCommand "
+        "(policy simulation) — fix: attach the SSH client policy to it (the SSH-IAM-SSM "
+        "stack, or the policy in IAM_SSM_Setup.md)")
+
+
+def test_doctor_names_a_role_that_does_not_trust_ssm(world: World) -> None:
+    iam = world.sandbox.client("iam")
+    before = iam.get_role(RoleName="SageMakerRole")["Role"]["AssumeRolePolicyDocument"]
+    sagemaker_only = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]}
+    iam.update_assume_role_policy(RoleName="SageMakerRole",
+                                  PolicyDocument=json.dumps(sagemaker_only))
+    try:
+        done = run(sm_ssh("doctor", world.fqdn("one")), world.env)
+    finally:
+        iam.update_assume_role_policy(RoleName="SageMakerRole", PolicyDocument=before
+                                      if isinstance(before, str) else json.dumps(before))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert doctor_lines(done)["ssm trust"] == (
+        "✗ ssm trust: role SageMakerRole's trust policy does not name ssm.amazonaws.com: SSM "
+        "cannot register the containers' managed instances with it — fix: add the "
+        "ssm.amazonaws.com statement of IAM_SSM_Setup.md to role SageMakerRole's trust policy")
+
+
 def instance_of(world: World, job: str) -> str:
     listed = json.loads(run(sm_ssh("list", world.fqdn(job), "--output", "json"),
                             world.env).stdout)
@@ -1075,3 +1245,14 @@ def test_stop_waiting_and_pkill_sm_wait_release_the_nodes_and_the_job_completes(
     assert done.returncode == 0, done.stderr
     described = world.sandbox.wait_for_job(world.jobs["two"], timeout=120)
     assert described["TrainingJobStatus"] == "Completed"
+
+
+def test_doctor_says_a_finished_job_is_not_connectable(world: World) -> None:
+    """After the release above, job two has Completed: doctor names the status and the fix."""
+    fqdn = world.fqdn("two")
+    done = run(sm_ssh("doctor", fqdn), world.env)
+    line = doctor_lines(done)[fqdn]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert line.startswith(f"✗ {fqdn}: training job {world.jobs['two']} is Completed, "
+                           "2 node(s), 2 with SSH; managed instances: ")
+    assert line.endswith("— fix: SSH works only while it runs: start a new training job")

@@ -88,6 +88,14 @@ COVERAGE: Dict[str, Tuple[str, ...]] = {
     "sm-ssh stop-waiting": (STOP_WAITING,),
     "sm-ssh shell": (
         "test_native_e2e.py::test_remote_debugging_without_ssh_helper_gets_the_plain_shell",),
+    "sm-ssh exec --": (E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
+    "sm-ssh exec --node --": (E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
+    "sm-ssh exec --output --": (
+        E2E + "test_exec_runs_on_every_node_with_prefixed_lines_and_json",),
+    "sm-ssh doctor": ("test_client_doctor.py::test_a_good_setup_passes_every_check",),
+    "sm-ssh doctor [training]": (
+        E2E + "test_doctor_explains_why_a_job_is_or_is_not_connectable",),
+    "sm-ssh doctor --output": ("test_client_doctor.py::test_a_good_setup_passes_every_check",),
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
@@ -282,7 +290,9 @@ def form(argv: List[str]) -> str:
                         else words[0])
         if program == "sm-ssh" and words[:1] == ["sandbox"] and len(words) > 1:
             head.append(words[1])
-        if program == "sm-ssh" and words[:1] in (["connect"], ["list"], ["start-proxy"]):
+        if program == "sm-ssh" and words[:1] in (["connect"], ["list"], ["start-proxy"],
+                                                  ["doctor"]) and \
+                (words[:1] != ["doctor"] or len(words) > 1):
             target = words[1] if len(words) > 1 else "sagemaker"
             kind = re.search(r"(?:^|\.)(\w+)\.sagemaker$", target)
             head.append(f"[{kind.group(1) if kind else 'all'}]")
@@ -341,6 +351,8 @@ def _check_sm_ssh(argv: List[str]) -> None:
         assert parsed.fqdn, f"{parsed.command} needs a target"
         assert parsed.command == "connect" or not command, "'--' only goes with connect"
         check_ssh_options(parsed.ssh_args)
+    elif parsed.command == "exec":
+        assert command, "exec runs the command after '--'"
     else:
         assert not command, "'--' only goes with connect"
 

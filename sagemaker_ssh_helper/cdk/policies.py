@@ -231,6 +231,9 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
                    {"StringLike": {TARGET_ID_KEY: TRAINING_TARGETS}}),
         _statement("PublishOwnNativeKeys", ["s3:PutObject", "s3:GetObject"],
                    [t.native_objects(owner)]),
+        # `sm-ssh doctor` reads the activation tier (sessions need the advanced tier).
+        _statement("ReadActivationTier", ["ssm:GetServiceSetting"],
+                   [t.arn("ssm", f"servicesetting{ADVANCED_TIER_SETTING}")]),
     )
 
 

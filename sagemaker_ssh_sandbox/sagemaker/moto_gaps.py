@@ -44,9 +44,29 @@ def _members(form: Dict[str, str], prefix: str) -> List[str]:
     return [form[k] for k in keys]
 
 
-def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[str], bool]
-                              ) -> Tuple[int, str]:
-    """(HTTP status, XML body) of SimulatePrincipalPolicy for ``form``."""
+def context_entries(form: Dict[str, str]) -> Dict[str, List[str]]:
+    """SimulatePrincipalPolicy's ContextEntries: key name -> values."""
+    entries: Dict[str, List[str]] = {}
+    prefix = "ContextEntries.member."
+    numbers = sorted({int(k[len(prefix):].split(".", 1)[0]) for k in form
+                      if k.startswith(prefix) and k.endswith(".ContextKeyName")})
+    for n in numbers:
+        entries[form[f"{prefix}{n}.ContextKeyName"]] = _members(
+            form, f"{prefix}{n}.ContextKeyValues")
+    return entries
+
+
+Decide = Callable[[str, str, str, Dict[str, List[str]]], Optional[str]]
+
+
+def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[str], bool],
+                              decide: Optional[Decide] = None) -> Tuple[int, str]:
+    """(HTTP status, XML body) of SimulatePrincipalPolicy for ``form``.
+
+    ``decide(principal, action, resource, context)`` evaluates what the sandbox enforces (its
+    SSM stand-in checks the caller's policies): "allowed", "explicitDeny" or "implicitDeny",
+    or None for actions the sandbox does not check, which are "allowed" as they are when
+    called."""
     request_id = str(uuid.uuid4())
     source = form.get("PolicySourceArn", "")
     if not principal_exists(source):
@@ -54,10 +74,17 @@ def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[
                      f"<Code>NoSuchEntity</Code><Message>{escape(source)} not found</Message>"
                      f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>")
     resources = _members(form, "ResourceArns") or ["*"]
+    context = context_entries(form)
+
+    def decision(action: str, resource: str) -> str:
+        said = decide(source, action, resource, context) if decide is not None else None
+        return said or "allowed"
+
     results = "".join(
         f"<member><EvalActionName>{escape(action)}</EvalActionName>"
         f"<EvalResourceName>{escape(resource)}</EvalResourceName>"
-        "<EvalDecision>allowed</EvalDecision><MatchedStatements/><MissingContextValues/>"
+        f"<EvalDecision>{decision(action, resource)}</EvalDecision><MatchedStatements/>"
+        "<MissingContextValues/>"
         "<OrganizationsDecisionDetail><AllowedByOrganizations>true</AllowedByOrganizations>"
         "</OrganizationsDecisionDetail></member>"
         for action in _members(form, "ActionNames") for resource in resources)
@@ -65,6 +92,30 @@ def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[
                  f"<IsTruncated>false</IsTruncated><EvaluationResults>{results}"
                  f"</EvaluationResults></{SIMULATE}Result><ResponseMetadata><RequestId>"
                  f"{request_id}</RequestId></ResponseMetadata></{SIMULATE}Response>")
+
+
+def decide_in_process(principal: str, action: str, resource: str,
+                      context: Dict[str, List[str]]) -> Optional[str]:
+    """The decision the SSM stand-in would make for ``principal`` (a role or user of moto's
+    IAM, running in this process), for ``ssm:`` actions; None for the others."""
+    if not action.lower().startswith("ssm:"):
+        return None
+    from moto.iam.models import iam_backends
+
+    from sagemaker_ssh_sandbox.iam.policy import ALLOW, EXPLICIT_DENY, Request, evaluate
+    from sagemaker_ssh_sandbox.ssm.iam import _documents
+
+    parts = principal.split(":")
+    if len(parts) < 6:
+        return None
+    account, partition, name = parts[4], parts[1], parts[5].rsplit("/", 1)[-1]
+    try:
+        iam = iam_backends[account][partition]
+        entity = iam.get_role(name) if parts[5].startswith("role/") else iam.get_user(name)
+    except Exception:
+        return None
+    said = evaluate(_documents(entity), Request(action, resource, dict(context)))
+    return {ALLOW: "allowed", EXPLICIT_DENY: "explicitDeny"}.get(said, "implicitDeny")
 
 
 def principal_exists(iam: Any, arn: str) -> bool:

@@ -41,7 +41,12 @@ PUBLIC_OPERATIONS = frozenset({
     "AddTagsToResource", "RemoveTagsFromResource", "ListTagsForResource",
     "SendCommand", "GetCommandInvocation", "ListCommands", "ListCommandInvocations",
     "StartSession", "TerminateSession", "ResumeSession", "DescribeSessions",
+    "GetServiceSetting", "UpdateServiceSetting",
 })
+# Service settings as the sandbox account has them: the advanced-instances tier is on (the
+# CDK's advanced-tier stack sets it; a fresh AWS account starts with "standard").
+ACTIVATION_TIER = "/ssm/managed-instance/activation-tier"
+SERVICE_SETTINGS = {ACTIVATION_TIER: ("advanced", ("standard", "advanced"))}
 # internal agent endpoint -> operation name (as the real agent's own API calls are named)
 AGENT_OPERATIONS = {
     "register": "RegisterManagedInstance",
@@ -71,6 +76,12 @@ class SSMBackend(CommandOps, SessionOps):
         self.call_counts: Dict[str, int] = collections.Counter()
         self.agent_call_counts: Dict[str, int] = collections.Counter()
         self.faults: List[Dict[str, Any]] = []
+        # per-operation request rates (calls per second; none by default), enforced as SSM
+        # does: a call sooner than 1/rate after the last accepted one is throttled
+        self.rate_limits: Dict[str, float] = {}
+        self._last_accepted: Dict[str, float] = {}
+        self.throttled: Dict[str, int] = collections.Counter()
+        self.service_settings = {k: v for k, (v, _) in SERVICE_SETTINGS.items()}
         # IAM enforcement (the sandbox daemon sets one; None lets every call through)
         self.authorizer: Optional[Any] = None
         # SageMaker's own targets: target -> why no session opens now (None: it does)
@@ -88,6 +99,7 @@ class SSMBackend(CommandOps, SessionOps):
         self._maybe_fault(operation)
         if operation == "SendCommand":
             check_instance_ids(body)
+        self._maybe_throttle(operation)
         self.caller.user = caller
         if self.authorizer is not None:  # sessions are named after the caller, as in AWS
             self.caller.user = self.authorizer.check(self, operation, body, caller).name
@@ -128,9 +140,31 @@ class SSMBackend(CommandOps, SessionOps):
                     text = fault["message"] or _MESSAGES.get(code, f"Injected {code}")
                     raise SSMError(code, text.format(op=operation), _STATUS.get(code, 400))
 
+    def set_rate_limit(self, operation: str, per_second: float) -> None:
+        """Throttle ``operation`` above ``per_second`` calls (0 removes the limit)."""
+        with self.lock:
+            if per_second > 0:
+                self.rate_limits[operation] = float(per_second)
+            else:
+                self.rate_limits.pop(operation, None)
+            self._last_accepted.pop(operation, None)
+
+    def _maybe_throttle(self, operation: str) -> None:
+        rate = self.rate_limits.get(operation)
+        if rate is None:
+            return
+        with self.lock:
+            now = time.monotonic()
+            last = self._last_accepted.get(operation)
+            if last is not None and now - last < 1.0 / rate:
+                self.throttled[operation] += 1
+                raise SSMError("ThrottlingException", _MESSAGES["ThrottlingException"])
+            self._last_accepted[operation] = now
+
     def reset_call_counts(self) -> None:
         with self.lock:
             self.call_counts.clear()
+            self.throttled.clear()
             self.agent_call_counts.clear()
 
     def stats(self) -> Dict[str, Any]:
@@ -140,7 +174,8 @@ class SSMBackend(CommandOps, SessionOps):
                     "Instances": sum(not i.deregistered for i in self.instances.values()),
                     "Activations": len(self.activations), "Commands": len(self.commands),
                     "Sessions": len(self.sessions),
-                    "Faults": [dict(f) for f in self.faults]}
+                    "Faults": [dict(f) for f in self.faults],
+                    "Throttled": dict(self.throttled), "RateLimits": dict(self.rate_limits)}
 
     # ---- activations -------------------------------------------------------------------
     def op_CreateActivation(self, body: Dict[str, Any]) -> Dict[str, Any]:
@@ -270,6 +305,37 @@ class SSMBackend(CommandOps, SessionOps):
     def op_ListTagsForResource(self, body: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock:
             return {"TagList": tag_list(self._tagged(body).tags)}
+
+    # ---- service settings (the activation tier) ----------------------------------------------
+    def _setting_id(self, body: Dict[str, Any]) -> str:
+        setting = str(body.get("SettingId", ""))
+        if setting.startswith("arn:"):
+            setting = setting.split(":servicesetting", 1)[-1]
+        if setting not in SERVICE_SETTINGS:
+            raise SSMError("ServiceSettingNotFound",
+                           f"ServiceSetting {body.get('SettingId', '')} not found")
+        return setting
+
+    def op_GetServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        setting = self._setting_id(body)
+        with self.lock:
+            value = self.service_settings[setting]
+        default = SERVICE_SETTINGS[setting][0]
+        return {"ServiceSetting": {
+            "SettingId": setting, "SettingValue": value,
+            "ARN": f"arn:aws:ssm:{self.region}:{self.account_id}:servicesetting{setting}",
+            "Status": "Default" if value == default else "Customized",
+            "LastModifiedUser": "System"}}
+
+    def op_UpdateServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        setting = self._setting_id(body)
+        value = str(body.get("SettingValue", ""))
+        if value not in SERVICE_SETTINGS[setting][1]:
+            raise validation(value, "settingValue",
+                             "be one of " + ", ".join(SERVICE_SETTINGS[setting][1]))
+        with self.lock:
+            self.service_settings[setting] = value
+        return {}
 
     def add_fake_instances(self, n: int, tags: TagSpec = None, ping_status: str = "Online",
                            iam_role: str = "SageMakerRole") -> List[str]:

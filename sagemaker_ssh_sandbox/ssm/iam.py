@@ -140,6 +140,10 @@ def requests_for(backend: Any, operation: str, body: Mapping[str, Any]) -> List[
             requests.append(Request(action, _arn(
                 backend, f"document/{body['DocumentName']}", account="")))
         return requests
+    if operation in ("GetServiceSetting", "UpdateServiceSetting"):
+        setting = str(body.get("SettingId", ""))
+        return [Request(action, setting if setting.startswith("arn:")
+                        else _arn(backend, f"servicesetting{setting}"))]
     if operation in ("TerminateSession", "ResumeSession"):
         return [Request(action, _arn(backend, f"session/{body.get('SessionId', '')}"))]
     return [Request(action, "*")]

@@ -11,6 +11,8 @@ Endpoints on one port:
   POST /_sandbox/faults          {"operation", "error_code", "count"[, "message"]}; GET lists,
                                  DELETE clears
   GET  /_sandbox/stats           call counts per operation; POST /_sandbox/stats/reset
+  POST /_sandbox/rates           {"operation", "per_second"}: throttle the operation above that
+                                 rate (0 removes the limit; none by default)
   GET  /_sandbox/health
 The service never looks at peer addresses, so agents may reach it through port-preserving
 relays (e.g. a unix-socket bridge out of a network namespace).
@@ -184,6 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
                 backend.inject_fault(str(body["operation"]), str(body["error_code"]),
                                      int(body.get("count", 1)), body.get("message"))
                 result = {"Faults": backend.stats()["Faults"]}
+            elif path == "/_sandbox/rates":
+                backend.set_rate_limit(str(body["operation"]), float(body["per_second"]))
+                result = {"RateLimits": dict(backend.rate_limits)}
             elif path == "/_sandbox/stats/reset":
                 backend.reset_call_counts()
                 result = {}

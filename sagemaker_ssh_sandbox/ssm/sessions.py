@@ -132,6 +132,11 @@ class SessionOps(BackendBase):
                 if refusal:
                     logger.info("StartSession %s refused: %s", target, refusal)
                 raise SSMError("TargetNotConnected", f"{target} is not connected.")
+            tier = getattr(self, "service_settings", {}).get(
+                "/ssm/managed-instance/activation-tier", "advanced")
+            if str(target).startswith("mi-") and tier != "advanced":
+                raise SSMError("BadRequest", "Enable advanced-instances tier to use Session "
+                                             "Manager with your on-premises instances")
             user = re.sub(r"[^A-Za-z0-9._@-]", "", getattr(self.caller, "user", "") or "")
             session = Session(f"{user[:64] or 'sandbox'}-{hex17()}", inst.instance_id, document,
                               params, self._owner(user), reason, secrets.token_urlsafe(48),
