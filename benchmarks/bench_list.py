@@ -1,13 +1,16 @@
 """API calls and wall time of `sm-ssh list` with 1,000 training jobs and 1,000 managed instances,
-side by side: SageMaker lists paged at their default (10) and at their maximum (100), with
-every instance named by its resource ARN (what the container side registers) and with part of
-them registered by SSH Helper v2 (no ARN as Name: their tags must be read).
+side by side: SageMaker lists paged at their default (10) and at their maximum (100), the SSH
+instances scanned with DescribeInstanceInformation (50 per page at most: the fallback for
+policies without ssm:DescribeInstanceProperties) and with DescribeInstanceProperties (1,000 per
+page), with every instance named by its resource ARN (what the container side registers) and
+with part of them registered by SSH Helper v2 (no ARN as Name: their tags must be read).
 
     python benchmarks/bench_list.py [--jobs 1000] [--instances 1000] [--legacy 0 100 500]
 
 The API layer only (moto for SageMaker and STS, the SSM stand-in), no containers. The floor:
 ceil(jobs / 100) ListTrainingJobs + one empty page for each of the 5 other kinds
-+ ceil(instances / 50) DescribeInstanceInformation (its MaxResults is at most 50)
++ ceil(instances / 1000) DescribeInstanceProperties (its MaxResults is at most 1000; with the
+fallback, ceil(instances / 50) DescribeInstanceInformation)
 + one ListTagsForResource per legacy instance.
 """
 from __future__ import annotations
@@ -50,7 +53,8 @@ def create_jobs(session: Any, count: int) -> List[str]:
     return arns
 
 
-def measure(arns: List[str], instances: int, legacy: int, page_size: int) -> Dict[str, Any]:
+def measure(arns: List[str], instances: int, legacy: int, page_size: int,
+            scan: str = "properties") -> Dict[str, Any]:
     server = start_ssm_server()
     os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
     calls: Dict[str, int] = collections.Counter()
@@ -66,6 +70,7 @@ def measure(arns: List[str], instances: int, legacy: int, page_size: int) -> Dic
             for i, instance_id in enumerate(ids[legacy:], start=legacy):
                 backend.instances[instance_id].name = arn_of[i]  # as the container registers
         manager = SSMManager(region_name=REGION, session=session, progress=None)
+        manager._properties_refused = scan == "information"  # as after an AccessDenied
         resources.PAGE_SIZE, saved = page_size, resources.PAGE_SIZE
         calls.clear()
         began = time.perf_counter()
@@ -98,22 +103,27 @@ def main(argv: List[str]) -> int:
     try:
         arns = create_jobs(boto3.Session(region_name=REGION), args.jobs)
         print(f"sm-ssh list: {args.jobs} training jobs, {args.instances} SSH instances")
-        header = (f"{'legacy':>6}  {'page':>4}  {'ListTraining':>12} {'other lists':>11} "
-                  f"{'Describe':>8} {'ListTags':>8} {'total':>5} {'ms':>7}  {'floor':>5}")
+        header = (f"{'legacy':>6}  {'page':>4}  {'scan':<11} {'ListTraining':>12} "
+                  f"{'other lists':>11} {'Describe':>8} {'ListTags':>8} {'total':>5} "
+                  f"{'ms':>7}  {'floor':>5}")
         print(header)
         print("-" * len(header))
         for legacy in args.legacy:
-            for page_size in (10, resources.PAGE_SIZE):
-                r = measure(arns, args.instances, legacy, page_size)
+            for page_size, scan in ((10, "information"), (resources.PAGE_SIZE, "information"),
+                                    (resources.PAGE_SIZE, "properties")):
+                r = measure(arns, args.instances, legacy, page_size, scan)
                 counts: Dict[str, int] = r["counts"]
                 training = counts.get("ListTrainingJobs", 0)
-                describe = counts.get("DescribeInstanceInformation", 0)
+                describe = (counts.get("DescribeInstanceInformation", 0)
+                            + counts.get("DescribeInstanceProperties", 0))
                 tags = counts.get("ListTagsForResource", 0)
                 other = sum(counts.values()) - training - describe - tags
-                floor = (math.ceil(args.jobs / 100) + 5 + math.ceil(args.instances / 50)
+                per_page = 1000 if scan == "properties" else 50
+                floor = (math.ceil(args.jobs / 100) + 5 + math.ceil(args.instances / per_page)
                          + legacy)
-                print(f"{legacy:>6}  {page_size:>4}  {training:>12} {other:>11} {describe:>8} "
-                      f"{tags:>8} {sum(counts.values()):>5} {r['ms']:>7.0f}  {floor:>5}")
+                print(f"{legacy:>6}  {page_size:>4}  {scan:<11} {training:>12} {other:>11} "
+                      f"{describe:>8} {tags:>8} {sum(counts.values()):>5} {r['ms']:>7.0f}  "
+                      f"{floor:>5}")
     finally:
         moto.stop()
     return 0

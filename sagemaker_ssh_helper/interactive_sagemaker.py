@@ -2,7 +2,7 @@
 
 ``SageMaker`` lists resources with the SageMaker list APIs (paginated; jobs of the last 30
 days); ``InteractiveSageMaker`` joins them with the SSH Helper managed instances the way
-``sm-ssh list`` does: ONE tag-filtered ``DescribeInstanceInformation`` scan
+``sm-ssh list`` does: ONE tag-filtered ``DescribeInstanceProperties`` scan
 (``SSMManager.ssh_instances_and_tags``), matched on the resource ARN. Nothing is described or
 tag-read per resource or per instance (v2 read the tags of every managed instance of the
 account and described every Studio app)::

@@ -37,13 +37,19 @@ ONLINE = "Online"
 # Above this many instances sharing one SSHResourceName (Studio's "default" app of every user),
 # narrow the lookup with an exact SSHResourceArn filter instead of reading every instance's tags.
 MAX_TAG_LOOKUPS = 20
+# The listing scan: DescribeInstanceProperties pages 1,000 instances (DescribeInstanceInformation
+# at most 50). Policies written before it was needed lack ssm:DescribeInstanceProperties: those
+# (and a service that refuses its tag filter) fall back to DescribeInstanceInformation.
+PROPERTIES_PAGE_SIZE = 1000
+PROPERTIES_FALLBACK = ("AccessDeniedException", "InvalidFilterKey")
 STUDIO_APP_TYPES = ("KernelGateway", "JupyterServer", "JupyterLab", "CodeEditor",
                     "RStudioServerPro", "RSessionGateway")
 
 
 @dataclass(frozen=True)
 class ManagedInstance:
-    """One managed instance as DescribeInstanceInformation reports it, plus its tags if read."""
+    """One managed instance as DescribeInstanceInformation (or DescribeInstanceProperties)
+    reports it, plus its tags if read."""
 
     instance_id: str
     ping_status: str
@@ -155,6 +161,7 @@ class SSMManager(SSMManagerBase):
         self.clock_timestamp_override = clock_timestamp_override
         self._ssm: Any = ssm_client
         self._account: Optional[str] = None
+        self._properties_refused = False
 
     # -- clients -------------------------------------------------------------------------------
     @property
@@ -177,6 +184,24 @@ class SSMManager(SSMManagerBase):
             return [info for page in pages for info in page.get("InstanceInformationList", [])]
         except Exception as e:
             raise aws.explain(e, "ssm:DescribeInstanceInformation") from e
+
+    def _scan_ssh_instances(self) -> List[Dict[str, Any]]:
+        """Every instance carrying the SSHResourceArn tag: DescribeInstanceProperties, 1,000 per
+        page; DescribeInstanceInformation (50 per page) where that action is not allowed."""
+        tagged: Dict[str, Any] = {"Key": "tag-key", "Values": [TAG_ARN]}
+        if not self._properties_refused:
+            paginator = self.ssm.get_paginator("describe_instance_properties")
+            pages = paginator.paginate(FiltersWithOperator=[{**tagged, "Operator": "Equal"}],
+                                       PaginationConfig={"PageSize": PROPERTIES_PAGE_SIZE})
+            try:
+                return [p for page in pages for p in page.get("InstanceProperties", [])]
+            except Exception as e:
+                if aws.error_code(e) not in PROPERTIES_FALLBACK:
+                    raise aws.explain(e, "ssm:DescribeInstanceProperties") from e
+                logger.debug("ssm:DescribeInstanceProperties refused (%s): listing with "
+                             "ssm:DescribeInstanceInformation", aws.error_code(e))
+                self._properties_refused = True
+        return self.describe([tagged])
 
     def tags(self, instance_id: str) -> Dict[str, str]:
         response = self._call("ssm:ListTagsForResource", self.ssm.list_tags_for_resource,
@@ -386,12 +411,15 @@ class SSMManager(SSMManagerBase):
                            ) -> List[ManagedInstance]:
         """Every instance carrying SSH Helper tags (one filtered scan), with its resource ARN.
 
-        The ARN comes from the instance's ``Name`` when the activation set it to the ARN;
-        otherwise from ListTagsForResource (one call per SSH Helper instance).
+        The scan is DescribeInstanceProperties (1,000 per page), or DescribeInstanceInformation
+        (50 per page) where the caller may not use it. The ARN comes from the instance's
+        ``Name`` when the activation set it to the ARN; otherwise from ListTagsForResource (one
+        call per SSH Helper instance).
         """
-        filters: List[Dict[str, Any]] = [{"Key": "tag-key", "Values": [TAG_ARN]}]
-        if ping_statuses:
-            filters.append({"Key": "PingStatus", "Values": list(ping_statuses)})
+        if not ping_statuses:
+            return newest_first(self._with_tags(self._scan_ssh_instances()))
+        filters: List[Dict[str, Any]] = [{"Key": "tag-key", "Values": [TAG_ARN]},
+                                         {"Key": "PingStatus", "Values": list(ping_statuses)}]
         return newest_first(self._with_tags(self.describe(filters)))
 
     def list_expired_ssh_instances(self, expiration_days: float = 0,

@@ -2,8 +2,10 @@
 
 ``list_rows`` joins the SageMaker list APIs (jobs of the last N days, ``PAGE_SIZE`` per page:
 the APIs' maximum, where their default is 10) with ONE tag-filtered scan of the SSH Helper
-managed instances (50 per page, DescribeInstanceInformation's maximum), in memory: tags are
-read only for instances whose Name is not their resource's ARN (registered by SSH Helper v2).
+managed instances (DescribeInstanceProperties, 1,000 per page; DescribeInstanceInformation, 50
+per page, for policies without ssm:DescribeInstanceProperties), in memory: tags are read only
+for instances whose Name is not their resource's ARN (registered by SSH Helper v2). 1,000 jobs
+and 1,000 instances take 16 calls (``benchmarks/bench_list.py``).
 """
 from __future__ import annotations
 

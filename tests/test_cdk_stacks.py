@@ -152,8 +152,9 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
         f"arn:aws:s3:::sagemaker-*-{ACCOUNT}/ssh-native-keys/${{aws:userid}}/*"
     [native] = [s for s in granting(client, "ssm:StartSession") if native_targets_only(s)]
     assert native["Action"] == "ssm:StartSession"
-    for action in ("ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation",
-                   "sagemaker:ListTrainingJobs", "sagemaker:DescribeTrainingJob"):
+    for action in ("ssm:DescribeInstanceInformation", "ssm:DescribeInstanceProperties",
+                   "ssm:GetCommandInvocation", "sagemaker:ListTrainingJobs",
+                   "sagemaker:DescribeTrainingJob"):
         assert granting(client, action), action
 
 

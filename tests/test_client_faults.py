@@ -132,6 +132,6 @@ def test_an_unreachable_endpoint_is_tried_a_bounded_number_of_times(
         assert sm_ssh.main(["list", "training.sagemaker"]) == 4
     finally:
         listener.close()
-    assert "cannot reach the AWS endpoint for ssm:DescribeInstanceInformation" in \
+    assert "cannot reach the AWS endpoint for ssm:DescribeInstanceProperties" in \
         error_line(capsys, "sm-ssh")
     assert len(accepted) == aws_module.MAX_ATTEMPTS

@@ -198,7 +198,7 @@ def test_list_joins_jobs_with_one_scan(ssm: Any, moto_url: str,
     assert rows["listed-a.training.sagemaker"]["instances"][0]["instance_id"] == online[0]
     assert rows["listed-b.training.sagemaker"]["ssh"] == "ssh:NotFound"
     assert rows["gone-job.training.sagemaker"]["ssh"] == "ConnectionLost"
-    assert b.stats()["CallCounts"] == {"DescribeInstanceInformation": 1,
+    assert b.stats()["CallCounts"] == {"DescribeInstanceProperties": 1,
                                        "ListTagsForResource": 2}
     assert sm_ssh.main(["list", "listed-a.training.sagemaker"]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -168,9 +168,9 @@ def listing_calls(ssm: Any, jobs: int, other_instances: int) -> Dict[str, int]:
 def test_interactive_listing_is_one_scan_whatever_the_account_holds(ssm: Any) -> None:
     small = listing_calls(ssm, 5, 0)
     large = listing_calls(ssm, 60, 300)
-    assert small == {"ListTrainingJobs": 1, "DescribeInstanceInformation": 1}
+    assert small == {"ListTrainingJobs": 1, "DescribeInstanceProperties": 1}
     # more jobs only add list pages; more managed instances add nothing
-    assert large == {"ListTrainingJobs": 1, "DescribeInstanceInformation": 1}  # 100 per page
+    assert large == {"ListTrainingJobs": 1, "DescribeInstanceProperties": 1}  # 100 per page
     print(f"interactive listing API calls: {small} (5 jobs) / {large} (65 jobs, "
           f"306 instances)")
 
@@ -201,10 +201,131 @@ def test_sm_ssh_list_pages_at_the_apis_maximum_and_reads_tags_only_where_needed(
         ssh = [i for i in b.instances.values() if "SSHResourceArn" in i.tags
                and not i.deregistered]
     assert dict(calls) == {"ListTrainingJobs": math.ceil(len(rows) / 100),
-                           "DescribeInstanceInformation": math.ceil(len(ssh) / 50),
+                           "DescribeInstanceProperties": math.ceil(len(ssh) / 1000),
                            "ListTagsForResource": sum(not i.name.startswith("arn:")
                                                       for i in ssh)}
     assert calls["ListTrainingJobs"] < 5 and calls["ListTagsForResource"] < 5
+
+
+def test_describe_instance_properties_stand_in_pages_and_filters_like_ssm(ssm: Any) -> None:
+    """The real boto3 client against the stand-in: 1,000 per page at most (MaxResults 5 to
+    1000, botocore checks the minimum, the service the maximum), tokens bound to their
+    filters, FiltersWithOperator with tag keys and operators, unknown keys refused."""
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    b = ssm.backend
+    ssh = b.add_fake_instances(1203, tags=lambda i: tags(f"p{i}", f"training-job/p{i}"))
+    lost = b.add_fake_instances(2, tags=tags("lost", "training-job/lost"),
+                                ping_status="ConnectionLost")
+    other = b.add_fake_instances(3)
+    client = boto3.client("ssm", region_name=REGION)
+    tagged = [{"Key": "tag-key", "Values": ["SSHResourceArn"], "Operator": "Equal"}]
+    b.reset_call_counts()
+    pages = list(client.get_paginator("describe_instance_properties").paginate(
+        FiltersWithOperator=tagged, PaginationConfig={"PageSize": 1000}))
+    assert [len(p["InstanceProperties"]) for p in pages] == [1000, 205]
+    assert b.stats()["CallCounts"] == {"DescribeInstanceProperties": 2}
+    first = pages[0]["InstanceProperties"][0]
+    assert first["InstanceId"] == ssh[0] and first["PingStatus"] == "Online"
+    assert first["ResourceType"] == "ManagedInstance" and "IsLatestVersion" not in first
+    assert "RegistrationDate" in first and "ComputerName" in first
+    found = {i["InstanceId"] for p in pages for i in p["InstanceProperties"]}
+    assert found == set(ssh + lost) and not found & set(other)
+
+    def ids(**kwargs: Any) -> List[str]:
+        return [i["InstanceId"] for i in client.describe_instance_properties(
+            MaxResults=1000, **kwargs)["InstanceProperties"]]
+
+    assert ids(FiltersWithOperator=[*tagged, {"Key": "PingStatus", "Values": ["Online"],
+                                              "Operator": "NotEqual"}]) == lost
+    assert ids(FiltersWithOperator=[{"Key": "tag:SSHResourceName", "Values": ["lost", "p12"],
+                                     "Operator": "Equal"}]) == [ssh[12]] + lost
+    assert len(ids(FiltersWithOperator=[{"Key": "tag:SSHResourceName", "Values": ["p12"],
+                                         "Operator": "BeginWith"}])) == 1 + 10 + 3  # p12[x[x]]
+    assert ids(InstancePropertyFilterList=[{"key": "InstanceIds",
+                                            "valueSet": other[:2]}]) == other[:2]
+    unchecked = boto3.client("ssm", region_name=REGION,
+                             config=Config(parameter_validation=False))
+    for bad, code in (({"MaxResults": 1001}, "ValidationException"),
+                      ({"MaxResults": 4}, "ValidationException"),
+                      ({"FiltersWithOperator": [{"Key": "Name", "Values": ["x"]}]},
+                       "InvalidFilterKey"),
+                      ({"FiltersWithOperator": [{"Key": "tag-key", "Values": []}]},
+                       "InvalidInstancePropertyFilterValue"),
+                      ({"FiltersWithOperator": tagged, "NextToken": pages[0]["NextToken"]},
+                       None),
+                      ({"NextToken": pages[0]["NextToken"]}, "InvalidNextToken")):
+        if code is None:  # the token replayed with its own filters is fine
+            assert len(unchecked.describe_instance_properties(
+                MaxResults=1000, **bad)["InstanceProperties"]) == 205
+            continue
+        with pytest.raises(ClientError) as info:
+            unchecked.describe_instance_properties(**bad)
+        assert info.value.response["Error"]["Code"] == code, bad
+
+
+def test_sm_ssh_list_falls_back_when_the_policy_lacks_describe_instance_properties(
+        ssm: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """IAM enforced in the stand-in: the documented client policy lists with one
+    DescribeInstanceProperties; a policy written before it (no such action) gets one
+    AccessDeniedException, one debug line, and the DescribeInstanceInformation scan; the same
+    manager does not ask again."""
+    import logging
+
+    from sagemaker_ssh_helper.cdk import policies
+    from sagemaker_ssh_sandbox.ssm.iam import Authorizer, Principal
+
+    full = policies.client_policy(policies.Target(account=ACCOUNT))
+    older = json_copy(full)
+    for statement in older["Statement"]:
+        if isinstance(statement["Action"], list):
+            statement["Action"] = [a for a in statement["Action"]
+                                   if a != "ssm:DescribeInstanceProperties"]
+
+    class Principals:
+        policy: Dict[str, Any] = full
+
+        def principal(self, access_key_id: str) -> Principal:
+            return Principal(f"arn:aws:iam::{ACCOUNT}:user/alice", "AIDAALICE", ACCOUNT,
+                             "alice", "alice", [self.policy])
+
+    b = ssm.backend
+    for name in ("fb-1", "fb-2"):
+        ids = b.add_fake_instances(1, tags=tags(name, f"training-job/{name}"))
+        with b.lock:
+            b.instances[ids[0]].name = arn(f"training-job/{name}")
+    principals = Principals()
+    b.authorizer = Authorizer(principals)
+    try:
+        b.reset_call_counts()
+        listed = SSMManager(REGION, progress=None).list_ssh_instances()
+        assert {"fb-1", "fb-2"} <= {i.resource_name for i in listed}
+        assert b.stats()["CallCounts"] == {"DescribeInstanceProperties": 1}
+        principals.policy = older
+        b.reset_call_counts()
+        manager = SSMManager(REGION, progress=None)
+        with caplog.at_level(logging.DEBUG, logger="sagemaker_ssh_helper.manager"):
+            again = manager.list_ssh_instances()
+        assert [i.instance_id for i in again] == [i.instance_id for i in listed]
+        assert b.stats()["CallCounts"] == {"DescribeInstanceProperties": 1,
+                                           "DescribeInstanceInformation": 1}
+        lines = [r.getMessage() for r in caplog.records
+                 if "DescribeInstanceProperties" in r.getMessage()]
+        assert lines == ["ssm:DescribeInstanceProperties refused (AccessDeniedException): "
+                         "listing with ssm:DescribeInstanceInformation"]
+        assert caplog.records[-1].levelno == logging.DEBUG
+        b.reset_call_counts()
+        manager.list_ssh_instances()
+        assert b.stats()["CallCounts"] == {"DescribeInstanceInformation": 1}
+    finally:
+        b.authorizer = None
+
+
+def json_copy(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 def test_interactive_records_print_like_sm_ssh_list(ssm: Any,

@@ -194,9 +194,10 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
     owned = {"StringEquals": {"ssm:resourceTag/SSHOwner": owner}}
     return _policy(
         _statement("FindInstancesAndCommands",
-                   ["ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation",
-                    "ssm:ListCommandInvocations", "ssm:ListCommands", "ssm:DescribeSessions",
-                    "ssm:GetConnectionStatus"], ["*"]),
+                   ["ssm:DescribeInstanceInformation", "ssm:DescribeInstanceProperties",
+                    "ssm:GetCommandInvocation", "ssm:ListCommandInvocations",
+                    "ssm:ListCommands", "ssm:DescribeSessions", "ssm:GetConnectionStatus"],
+                   ["*"]),
         _statement("ReadInstanceTags", ["ssm:ListTagsForResource"], [t.managed_instances]),
         _statement("CommandsToOwnInstances", ["ssm:SendCommand"], [t.managed_instances],
                    owned),

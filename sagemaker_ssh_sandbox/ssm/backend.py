@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from sagemaker_ssh_sandbox.ssm.commands import CommandOps, check_instance_ids
-from sagemaker_ssh_sandbox.ssm.instances import activation_json, instance_json, matcher
+from sagemaker_ssh_sandbox.ssm.instances import (
+    activation_json,
+    instance_json,
+    matcher,
+    property_json,
+    property_matcher,
+)
 from sagemaker_ssh_sandbox.ssm.sessions import SessionOps
 from sagemaker_ssh_sandbox.ssm.state import (
     AGENT_VERSION,
@@ -37,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_OPERATIONS = frozenset({
     "CreateActivation", "DescribeActivations", "DeleteActivation",
-    "DescribeInstanceInformation", "DeregisterManagedInstance",
+    "DescribeInstanceInformation", "DescribeInstanceProperties", "DeregisterManagedInstance",
     "AddTagsToResource", "RemoveTagsFromResource", "ListTagsForResource",
     "SendCommand", "GetCommandInvocation", "ListCommands", "ListCommandInvocations",
     "StartSession", "TerminateSession", "ResumeSession", "DescribeSessions",
@@ -258,6 +264,23 @@ class SSMBackend(CommandOps, SessionOps):
                                                body.get("InstanceInformationFilterList")))
             out: Dict[str, Any] = {"InstanceInformationList": [
                 instance_json(i, self.ping_status(i)) for i in page]}
+        if token:
+            out["NextToken"] = token
+        return out
+
+    def op_DescribeInstanceProperties(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """The console's view of managed nodes: up to 1,000 per page (MaxResults 5 to 1000)."""
+        limit = max_results(body, 5, 1000, 50)
+        with self.lock:
+            match = property_matcher(body, self.ping_status)
+            rows = [i for i in self.instances.values()
+                    if not i.deregistered and not i.sagemaker and match(i)]
+            page, token = paginate(rows, lambda i: i.seq, limit, body.get("NextToken"),
+                                   fingerprint("DescribeInstanceProperties",
+                                               body.get("FiltersWithOperator"),
+                                               body.get("InstancePropertyFilterList")))
+            out: Dict[str, Any] = {"InstanceProperties": [
+                property_json(i, self.ping_status(i)) for i in page]}
         if token:
             out["NextToken"] = token
         return out

@@ -1,7 +1,8 @@
-"""DescribeInstanceInformation filters and the JSON shapes of instances and activations."""
+"""DescribeInstanceInformation and DescribeInstanceProperties filters, and the JSON shapes of
+instances and activations."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from sagemaker_ssh_sandbox.ssm.state import (
     AGENT_VERSION,
@@ -9,6 +10,7 @@ from sagemaker_ssh_sandbox.ssm.state import (
     Instance,
     SSMError,
     tag_list,
+    validation,
 )
 
 _PING_VALUES = ("Online", "ConnectionLost", "Inactive")
@@ -75,6 +77,94 @@ def matcher(body: Dict[str, Any], ping_status: Callable[[Instance], str]
         return True
 
     return match
+
+
+# DescribeInstanceProperties: InstancePropertyFilterList keys (the model's enum) and the
+# operators of FiltersWithOperator; both lists take 1 to 40 values per filter.
+_PROPERTY_KEYS = ("InstanceIds", "AgentVersion", "PingStatus", "PlatformTypes", "DocumentName",
+                  "ActivationIds", "IamRole", "ResourceType", "AssociationStatus")
+_OPERATORS = ("Equal", "NotEqual", "BeginWith", "LessThan", "GreaterThan")
+
+
+def _property_values(key: str, values: Any) -> List[str]:
+    if not isinstance(values, list) or not 1 <= len(values) <= 40 \
+            or not all(isinstance(v, str) and v for v in values):
+        raise SSMError("InvalidInstancePropertyFilterValue",
+                       f"Filter {key} needs 1 to 40 non-empty string values.")
+    if key == "PingStatus" and any(v not in _PING_VALUES for v in values):
+        raise SSMError("InvalidInstancePropertyFilterValue",
+                       f"PingStatus values must be among {', '.join(_PING_VALUES)}.")
+    return values
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
+
+
+def _property_filters(body: Dict[str, Any]) -> List[tuple]:
+    """(key, operator, values) triples of either filter style, validated like the service."""
+    if body.get("InstancePropertyFilterList") and body.get("FiltersWithOperator"):
+        raise SSMError("ValidationException", "InstancePropertyFilterList and "
+                       "FiltersWithOperator cannot be used in the same request.")
+    filters: List[tuple] = []
+    for flt in body.get("InstancePropertyFilterList") or []:
+        key = flt.get("key")
+        if key not in _PROPERTY_KEYS:
+            raise SSMError("InvalidFilterKey", f"The filter key {key} is not valid.")
+        filters.append((key, "Equal", _property_values(key, flt.get("valueSet"))))
+    for flt in body.get("FiltersWithOperator") or []:
+        key, operator = flt.get("Key"), flt.get("Operator", "Equal")
+        if not (isinstance(key, str) and (key in _PROPERTY_KEYS or key == "tag-key"
+                                          or (key.startswith("tag:") and len(key) > 4))):
+            raise SSMError("InvalidFilterKey", f"The filter key {key} is not valid.")
+        if operator not in _OPERATORS:
+            raise validation(operator, "filtersWithOperator.member.operator",
+                             f"satisfy enum value set: [{', '.join(_OPERATORS)}]")
+        filters.append((key, operator, _property_values(key, flt.get("Values"))))
+    return filters
+
+
+def _compare(actual: Optional[str], operator: str, values: List[str], key: str) -> bool:
+    if actual is None:  # no such tag
+        return operator == "NotEqual"
+    if operator == "Equal":
+        return actual in values
+    if operator == "NotEqual":
+        return actual not in values
+    if operator == "BeginWith":
+        return any(actual.startswith(v) for v in values)
+    order: Callable[[str], Any] = _version if key == "AgentVersion" else str
+    if operator == "LessThan":
+        return any(order(actual) < order(v) for v in values)
+    return any(order(actual) > order(v) for v in values)
+
+
+def property_matcher(body: Dict[str, Any], ping_status: Callable[[Instance], str]
+                     ) -> Callable[[Instance], bool]:
+    """DescribeInstanceProperties' filters: InstancePropertyFilterList (``key``/``valueSet``,
+    equality) or FiltersWithOperator (``Key``/``Values``/``Operator``; also ``tag-key`` and
+    ``tag:<key>``), values OR-ed within a filter (NotEqual: none of them), filters AND-ed."""
+    filters = _property_filters(body)
+
+    def holds(inst: Instance, key: str, operator: str, values: List[str]) -> bool:
+        if key == "tag-key":
+            return any(v in inst.tags for v in values) != (operator == "NotEqual")
+        if key.startswith("tag:"):
+            return _compare(inst.tags.get(key[4:]), operator, values, key)
+        if key == "DocumentName":
+            return operator == "NotEqual"  # no association documents in the stand-in
+        ping = ping_status(inst) if key == "PingStatus" else ""
+        return _compare(_attribute(inst, key, ping), operator, values, key)
+
+    return lambda inst: all(holds(inst, *flt) for flt in filters)
+
+
+def property_json(inst: Instance, ping: str) -> Dict[str, Any]:
+    """One InstanceProperties entry: DescribeInstanceInformation's fields without
+    ``IsLatestVersion`` (the model's InstanceProperty has no such member)."""
+    out = instance_json(inst, ping)
+    out.pop("IsLatestVersion", None)
+    return out
 
 
 def instance_json(inst: Instance, ping: str) -> Dict[str, Any]:
