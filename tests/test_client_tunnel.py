@@ -90,7 +90,7 @@ def test_keep_alive_options_win_over_ssh_config_but_not_over_the_user(tmp_path: 
     (["tunnel", "job.training.sagemaker", "-L", "8080:localhost:8080", "hostname"],
      "a tunnel runs no remote command, got 'hostname'"),
     (["tunnel", "job.training.sagemaker", "-L", "8080:localhost:8080", "--", "hostname"],
-     "'--' and a remote command only apply to connect, not tunnel"),
+     "'--' and a remote command only apply to connect and exec, not tunnel"),
     (["connect", "job.training.sagemaker", "--keep-alive", "-L", "8080:localhost:8080"],
      "--keep-alive re-establishes forwards, not commands: use it with -N"),
     (["connect", "--keep-alive", "job.training.sagemaker", "-N", "-L", "8080:localhost:8080",

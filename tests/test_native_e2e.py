@@ -23,7 +23,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
-import boto3
 import pytest
 from conftest import SANDBOX_E2E, free_port, sm_ssh, wait_until
 
@@ -200,13 +199,13 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     # SendCommand is refused for SageMaker's targets, as by the real service
     with sandbox.activated():
         with pytest.raises(Exception, match="ValidationException"):
-            boto3.client("ssm").send_command(
+            sandbox.client("ssm").send_command(
                 InstanceIds=[f"sagemaker-training-job:{job}_algo-1"],
                 DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]})
 
         # remote debugging turned off while Training: SageMaker's agent takes no session
         # (TargetNotConnected), sm-ssh says how to turn it on; on again, SSH works again
-        sm, ssm = boto3.client("sagemaker"), boto3.client("ssm")
+        sm, ssm = sandbox.client("sagemaker"), sandbox.client("ssm")
         sm.update_training_job(TrainingJobName=job,
                                RemoteDebugConfig={"EnableRemoteDebug": False})
         with pytest.raises(Exception, match="TargetNotConnected"):
@@ -249,7 +248,7 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     assert done.returncode == 3 and done.stderr.strip() == (
         f"sm-ssh: training job {job} is Completed: SSH is available only while it runs")
     with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
-        boto3.client("ssm").start_session(Target=f"sagemaker-training-job:{job}_algo-1")
+        sandbox.client("ssm").start_session(Target=f"sagemaker-training-job:{job}_algo-1")
 
 
 def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
@@ -277,7 +276,7 @@ def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
 
     # turned on while Training: SageMaker starts its agent in the container then
     with sandbox.activated():
-        sm = boto3.client("sagemaker")
+        sm = sandbox.client("sagemaker")
         deadline = time.monotonic() + 120
         while sm.describe_training_job(TrainingJobName=job)["SecondaryStatus"] != "Training":
             assert time.monotonic() < deadline, "the job never reached Training"
