@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.log import SSHLog
 from sagemaker_ssh_helper.manager import SSMManager
 
@@ -69,12 +69,12 @@ def _not_found(e: Exception) -> bool:
 def _poll(check: Callable[[], bool], what: str, timeout: float,
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep) -> None:
-    deadline, delay = clock() + timeout, 1.0
+    poll = retry.Poll(timeout, first=1.0, cap=15.0, factor=2.0, clip=False, clock=clock,
+                      sleep=sleep)
     while not check():
-        if clock() > deadline:
+        if poll.passed():
             raise TimeoutError(f"{what}: not done after {timeout} s")
-        sleep(delay)
-        delay = min(delay * 2, 15.0)
+        poll.wait()
 
 
 class SSHIDE:
