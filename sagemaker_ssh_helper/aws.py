@@ -272,6 +272,22 @@ def deregister_managed_instance(ssm: Any, instance_id: str, **retrying: Any) -> 
         raise explain(e, f"ssm:DeregisterManagedInstance on {instance_id}") from e
 
 
+# How SageMaker's Describe*/Delete* calls say "no such resource" (several answer with a
+# ValidationException).
+NOT_FOUND_CODES = ("ResourceNotFound", "ValidationException")
+
+
+def not_found(e: BaseException, said: bool = False) -> bool:
+    """SageMaker's "no such resource"; with ``said``, the message must say so too (a
+    ValidationException can be about anything else)."""
+    if error_code(e) not in NOT_FOUND_CODES:
+        return False
+    if not said:
+        return True
+    message = str(getattr(e, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return "not found" in message or "could not find" in message or "does not exist" in message
+
+
 def _region_hint(e: BaseException) -> str:
     """" (is the region right?)" when the failed URL names a region botocore does not know."""
     import boto3

@@ -345,7 +345,7 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
             described = getattr(sm, api.describe_op)(**{api.name_key: target.name})
             status = str(described.get(api.status_key, ""))
         except Exception as e:
-            status = "NotFound" if resources._not_found(e) else None
+            status = "NotFound" if aws.not_found(e, said=True) else None
             if status is None:
                 return [Check(name, None, _said(e, api.describe_op))]
     else:
