@@ -51,7 +51,7 @@ def is_throttled_text(text: str) -> bool:
 def backoff_delay(attempt: int, rand: Rand = random.random, base: float = BACKOFF_BASE,
                   cap: float = BACKOFF_CAP) -> float:
     """Equal-jitter exponential backoff: between half and all of ``base * 2**attempt`` (capped)."""
-    ceiling = min(cap, base * 2 ** attempt)
+    ceiling = min(cap, base * 2.0 ** attempt)
     return ceiling / 2 + rand() * ceiling / 2
 
 
