@@ -181,12 +181,24 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 20
 
 
-def client_config(max_attempts: int = MAX_ATTEMPTS) -> Any:
+def client_config(max_attempts: int = MAX_ATTEMPTS,
+                  connect_timeout: Optional[float] = CONNECT_TIMEOUT,
+                  read_timeout: Optional[float] = READ_TIMEOUT) -> Any:
+    """The product's one botocore ``Config``: ``max_attempts`` calls in all (botocore's standard
+    mode); a timeout of ``None`` keeps botocore's default."""
     from botocore.config import Config
 
+    timeouts = {name: value for name, value in (("connect_timeout", connect_timeout),
+                                                ("read_timeout", read_timeout))
+                if value is not None}
     # total_max_attempts counts the first call too (max_attempts would count retries only).
-    return Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                  retries={"mode": "standard", "total_max_attempts": max_attempts})
+    return Config(retries={"mode": "standard", "total_max_attempts": max_attempts}, **timeouts)
+
+
+def no_retry_config() -> Any:
+    """Each call made once (botocore's default timeouts): for clients whose caller retries
+    throttling itself with ``retry.call``, so a throttled call is not retried twice over."""
+    return client_config(1, connect_timeout=None, read_timeout=None)
 
 
 def client(session: boto3.Session, service: str, region: Optional[str] = None) -> Any:
@@ -233,6 +245,47 @@ def error_code(e: BaseException) -> str:
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))
     return ""
+
+
+# DeregisterManagedInstance on an instance that is no longer there.
+INSTANCE_GONE_CODES = frozenset({"InvalidInstanceId", "InvalidInstanceInformationFilterValue"})
+
+
+def deregister_managed_instance(ssm: Any, instance_id: str, **retrying: Any) -> bool:
+    """``DeregisterManagedInstance``: True when it deregistered ``instance_id``, False when the
+    instance was already gone; any other error is raised explained. ``retrying`` goes to
+    ``retry.call`` (max_attempts, sleep, rand, on_retry); without it the call is made once."""
+    from sagemaker_ssh_helper import retry
+
+    def once() -> bool:
+        try:
+            ssm.deregister_managed_instance(InstanceId=instance_id)
+        except Exception as e:
+            if error_code(e) in INSTANCE_GONE_CODES:
+                return False
+            raise
+        return True
+
+    try:
+        return retry.call(once, **{"max_attempts": 1, **retrying})
+    except Exception as e:
+        raise explain(e, f"ssm:DeregisterManagedInstance on {instance_id}") from e
+
+
+# How SageMaker's Describe*/Delete* calls say "no such resource" (several answer with a
+# ValidationException).
+NOT_FOUND_CODES = ("ResourceNotFound", "ValidationException")
+
+
+def not_found(e: BaseException, said: bool = False) -> bool:
+    """SageMaker's "no such resource"; with ``said``, the message must say so too (a
+    ValidationException can be about anything else)."""
+    if error_code(e) not in NOT_FOUND_CODES:
+        return False
+    if not said:
+        return True
+    message = str(getattr(e, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return "not found" in message or "could not find" in message or "does not exist" in message
 
 
 def _region_hint(e: BaseException) -> str:

@@ -218,18 +218,13 @@ def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = M
 def deregister(instance_id: str, environ: Optional[Mapping[str, str]] = None) -> None:
     """``DeregisterManagedInstance``; an instance that is already gone counts as success."""
     import boto3
-    from botocore.config import Config
 
     from sagemaker_ssh_helper import aws
 
     region_name = region(os.environ if environ is None else environ)
-    ssm = boto3.client("ssm", region_name=region_name, config=Config(
-        connect_timeout=5, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}))
-    try:
-        ssm.deregister_managed_instance(InstanceId=instance_id)
-    except Exception as e:
-        if aws.error_code(e) != "InvalidInstanceId":
-            raise aws.explain(e, "ssm:DeregisterManagedInstance") from e
+    ssm = boto3.client("ssm", region_name=region_name,
+                       config=aws.client_config(3, connect_timeout=5, read_timeout=10))
+    aws.deregister_managed_instance(ssm, instance_id)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

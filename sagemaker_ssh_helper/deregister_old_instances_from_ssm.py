@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, List, Optional, Sequence
 
-from sagemaker_ssh_helper import aws, cli
+from sagemaker_ssh_helper import aws, cli, retry
 from sagemaker_ssh_helper.errors import AwsError, UsageError
-from sagemaker_ssh_helper.init_ssm import RETRY_CODES, backoff_delay
 from sagemaker_ssh_helper.manager import TAG_ARN, TAG_TIMESTAMP, ManagedInstance, SSMManager
 
 logger = logging.getLogger(__name__)
@@ -38,8 +37,7 @@ PROG = "sm-ssh-deregister-instances"
 DEFAULT_DAYS = 1.0
 OFFLINE_STATUSES = ("ConnectionLost", "Inactive")
 SSH_HELPER_TAG_KEYS = (TAG_ARN, TAG_TIMESTAMP)
-MAX_ATTEMPTS = 8
-GONE_CODES = frozenset({"InvalidInstanceId", "InvalidInstanceInformationFilterValue"})
+MAX_ATTEMPTS = retry.MAX_ATTEMPTS
 FATAL_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
                          "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
                          "UnrecognizedClientException"})
@@ -118,23 +116,16 @@ def deregister_one(ssm: Any, instance_id: str, outcome: Outcome,
 
     Raises :class:`AwsError` for errors that will not go away by retrying.
     """
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            ssm.deregister_managed_instance(InstanceId=instance_id)
-            outcome.deregistered += 1
-            return
-        except Exception as e:
-            code = aws.error_code(e)
-            if code in GONE_CODES:
-                logger.info("%s is already deregistered", instance_id)
-                outcome.gone += 1
-                return
-            if code not in RETRY_CODES or attempt == MAX_ATTEMPTS - 1:
-                raise aws.explain(e, f"ssm:DeregisterManagedInstance on {instance_id}") from e
-            delay = backoff_delay(attempt, rand)
-            logger.info("%s: %s, retrying in %.1f s", instance_id, code, delay)
-            outcome.retries += 1
-            sleep(delay)
+    def on_retry(e: Exception, attempt: int, delay: float) -> None:
+        logger.info("%s: %s, retrying in %.1f s", instance_id, aws.error_code(e), delay)
+        outcome.retries += 1
+
+    if aws.deregister_managed_instance(ssm, instance_id, max_attempts=MAX_ATTEMPTS, sleep=sleep,
+                                       rand=rand, on_retry=on_retry):
+        outcome.deregistered += 1
+    else:
+        logger.info("%s is already deregistered", instance_id)
+        outcome.gone += 1
 
 
 def deregister_all(ssm: Any, instance_ids: Sequence[str], err: IO[str],
@@ -184,11 +175,9 @@ def deregister(ssh_helper_instances: Sequence[str], ssm: Any = None,
     already-gone handling as the command; prints one summary line and returns the counts."""
     ids = [str(i) for i in ssh_helper_instances]
     if ssm is None:
-        from botocore.config import Config
-
         session = aws.boto_session()
         ssm = session.client("ssm", region_name=aws.session_region(session),
-                             config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+                             config=aws.no_retry_config())
     outcome = deregister_all(ssm, ids, sys.stderr if err is None else err, sleep=sleep)
     print(f"Deregistered {outcome.deregistered}, already gone {outcome.gone}, "
           f"failed {outcome.failed} (of {len(ids)}).", file=sys.stdout if out is None else out,
@@ -223,12 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _no_retry_ssm(manager: SSMManager) -> Any:
-    from botocore.config import Config
-
     # Throttling is retried here with our own backoff, so botocore must not retry it too.
     return manager.session.client("ssm", region_name=manager.region_name,
-                                  config=Config(retries={"mode": "standard",
-                                                         "total_max_attempts": 1}))
+                                  config=aws.no_retry_config())
 
 
 def run(args: argparse.Namespace, stdin: IO[str], out: IO[str], err: IO[str],

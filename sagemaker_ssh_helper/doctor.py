@@ -29,11 +29,6 @@ from sagemaker_ssh_helper.connect import Context
 
 logger = logging.getLogger(__name__)
 
-# The plugin reads the StartSession response from the environment variable sm-ssh names in
-# its first argument (the token never shows in `ps`) since this release.
-MIN_PLUGIN = (1, 2, 553, 0)
-PLUGIN_GUIDE = ("https://docs.aws.amazon.com/systems-manager/latest/userguide/"
-                "session-manager-working-with-install-plugin.html")
 # SSM registers at most this many hybrid (mi-) instances per account and region in the
 # standard tier; stale SSH Helper registrations count towards it.
 REGISTRATION_LIMIT = 1000
@@ -72,11 +67,6 @@ def _said(e: BaseException, action: str) -> str:
 
 
 # -- local tools -------------------------------------------------------------------------------
-def _version_tuple(text: str) -> Optional[Tuple[int, ...]]:
-    found = re.search(r"(\d+(?:\.\d+)+)", text)
-    return tuple(int(p) for p in found.group(1).split(".")) if found else None
-
-
 def check_ssh() -> Check:
     path = shutil.which("ssh")
     if not path:
@@ -89,7 +79,9 @@ def check_ssh() -> Check:
 
 
 def check_plugin() -> Check:
-    from sagemaker_ssh_helper.session import PLUGIN
+    """The plugin is there and reads the StartSession response from the environment variable
+    sm-ssh names in its first argument (the token never shows in ``ps``): ``session``'s rule."""
+    from sagemaker_ssh_helper.session import MIN_PLUGIN, PLUGIN, PLUGIN_GUIDE, too_old
 
     path = shutil.which(PLUGIN)
     if not path:
@@ -102,11 +94,10 @@ def check_plugin() -> Check:
     except OSError as e:
         return Check("session-manager-plugin", False, f"{path} does not run: {e}",
                      f"reinstall it: sm-local-configure, or see {PLUGIN_GUIDE}")
-    version = _version_tuple(text)
-    wanted = ".".join(map(str, MIN_PLUGIN))
-    if version is None or version < MIN_PLUGIN:
-        return Check("session-manager-plugin", False,
-                     f"{path} is version {text or 'unknown'}, older than {wanted}",
+    why = too_old(path, text)
+    if why:
+        wanted = ".".join(map(str, MIN_PLUGIN))
+        return Check("session-manager-plugin", False, why,
                      f"update it to {wanted} or later: sm-local-configure, or see "
                      f"{PLUGIN_GUIDE}")
     return Check("session-manager-plugin", True, f"{path} ({text})")
@@ -354,7 +345,7 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
             described = getattr(sm, api.describe_op)(**{api.name_key: target.name})
             status = str(described.get(api.status_key, ""))
         except Exception as e:
-            status = "NotFound" if resources._not_found(e) else None
+            status = "NotFound" if aws.not_found(e, said=True) else None
             if status is None:
                 return [Check(name, None, _said(e, api.describe_op))]
     else:

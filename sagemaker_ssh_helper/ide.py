@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.log import SSHLog
 from sagemaker_ssh_helper.manager import SSMManager
 
@@ -62,19 +62,15 @@ class Image:
     version_arn: str
 
 
-def _not_found(e: Exception) -> bool:
-    return aws.error_code(e) in ("ResourceNotFound", "ValidationException")
-
-
 def _poll(check: Callable[[], bool], what: str, timeout: float,
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep) -> None:
-    deadline, delay = clock() + timeout, 1.0
+    poll = retry.Poll(timeout, first=1.0, cap=15.0, factor=2.0, clip=False, clock=clock,
+                      sleep=sleep)
     while not check():
-        if clock() > deadline:
+        if poll.passed():
             raise TimeoutError(f"{what}: not done after {timeout} s")
-        sleep(delay)
-        delay = min(delay * 2, 15.0)
+        poll.wait()
 
 
 class SSHIDE:
@@ -110,7 +106,7 @@ class SSHIDE:
         try:
             app = self.client.describe_app(**self._app(app_name, app_type))
         except Exception as e:
-            if _not_found(e):
+            if aws.not_found(e):
                 return IDEAppStatus("Deleted")
             raise
         return IDEAppStatus(str(app["Status"]), app.get("FailureReason"))
@@ -205,7 +201,7 @@ class SSHIDE:
         try:
             return str(self.client.describe_image(ImageName=image_name)["ImageArn"])
         except Exception as e:
-            if not _not_found(e):
+            if not aws.not_found(e):
                 raise
         domain = self.client.describe_domain(DomainId=self.domain_id)
         own = None
@@ -322,7 +318,7 @@ class NotebookInstance:
         try:
             result = self.client.describe_notebook_instance(NotebookInstanceName=self.name)
         except Exception as e:
-            if _not_found(e):
+            if aws.not_found(e):
                 return "Deleted"
             raise
         return str(result["NotebookInstanceStatus"])

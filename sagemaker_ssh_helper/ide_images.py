@@ -29,7 +29,7 @@ def _image_status(client: Any, image_name: str) -> Optional[str]:
     try:
         return str(client.describe_image(ImageName=image_name)["ImageStatus"])
     except Exception as e:
-        if aws.error_code(e) in ("ResourceNotFound", "ValidationException"):
+        if aws.not_found(e):
             return None
         raise
 
@@ -78,7 +78,7 @@ def create_and_attach_image(ide: SSHIDE, image_name: str, ecr_image_name: str, r
     try:
         client.delete_app_image_config(AppImageConfigName=app_image_config_name)
     except Exception as e:
-        if aws.error_code(e) not in ("ResourceNotFound", "ValidationException"):
+        if not aws.not_found(e):
             raise
     client.create_app_image_config(
         AppImageConfigName=app_image_config_name,

@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, redact
+from sagemaker_ssh_helper import aws, redact, retry
 from sagemaker_ssh_helper.env import (
     Resource,
     detect_resource,
@@ -44,14 +44,7 @@ logger = logging.getLogger(__name__)
 AGENT = "amazon-ssm-agent"
 AGENT_PROCESS_NAMES = ("amazon-ssm-agent", "ssm-agent-worker")
 REGISTRATION_RE = re.compile(r"Managed instance-id: (mi-[0-9a-fA-F]+)")
-# How the agent reports a registration SSM throttled (it prints the API's error code/message).
-THROTTLED_RE = re.compile(r"ThrottlingException|Rate exceeded|TooManyRequestsException|"
-                          r"RequestLimitExceeded")
-RETRY_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
-                         "RequestLimitExceeded", "InternalServerError", "ServiceUnavailable"})
-MAX_ATTEMPTS = 8
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 60.0
+MAX_ATTEMPTS = retry.MAX_ATTEMPTS
 REGISTER_TIMEOUT = 180.0
 STOP_TIMEOUT = 10.0
 
@@ -73,31 +66,22 @@ def activation_tags(owner: str, creator: str, timestamp: int, name: str,
     ]
 
 
-def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
-    """Equal-jitter exponential backoff: between half and all of ``base * 2**attempt`` (capped)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
-    return ceiling / 2 + rand() * ceiling / 2
-
-
 def create_activation(ssm: Any, role: str, tags: List[Dict[str, str]], description: str,
                       instance_name: str, sleep: Callable[[float], None] = time.sleep,
                       rand: Callable[[], float] = random.random) -> Activation:
     """``CreateActivation``, retrying throttling and transient errors with jittered backoff."""
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            response = ssm.create_activation(
-                Description=description[:256], DefaultInstanceName=instance_name[:256],
-                IamRole=role, RegistrationLimit=1, Tags=tags)
-            return Activation(response["ActivationId"], response["ActivationCode"])
-        except Exception as e:
-            code = aws.error_code(e)
-            if code not in RETRY_CODES or attempt == MAX_ATTEMPTS - 1:
-                raise aws.explain(e, f"ssm:CreateActivation (with iam:PassRole on {role})") from e
-            delay = backoff_delay(attempt, rand)
-            logger.warning("CreateActivation: %s, retrying in %.1f s (attempt %d of %d)",
-                           code, delay, attempt + 1, MAX_ATTEMPTS)
-            sleep(delay)
-    raise AssertionError("unreachable")
+    def on_retry(e: Exception, attempt: int, delay: float) -> None:
+        logger.warning("CreateActivation: %s, retrying in %.1f s (attempt %d of %d)",
+                       aws.error_code(e), delay, attempt + 1, MAX_ATTEMPTS)
+
+    try:
+        response = retry.call(lambda: ssm.create_activation(
+            Description=description[:256], DefaultInstanceName=instance_name[:256],
+            IamRole=role, RegistrationLimit=1, Tags=tags),
+            max_attempts=MAX_ATTEMPTS, sleep=sleep, rand=rand, on_retry=on_retry)
+    except Exception as e:
+        raise aws.explain(e, f"ssm:CreateActivation (with iam:PassRole on {role})") from e
+    return Activation(response["ActivationId"], response["ActivationCode"])
 
 
 def stop_running_agent(timeout: float = STOP_TIMEOUT,
@@ -109,12 +93,12 @@ def stop_running_agent(timeout: float = STOP_TIMEOUT,
         return
     logger.info("stopping the running SSM agent (PIDs %s)", pids)
     _signal_all(pids, signal.SIGTERM)
-    deadline = clock() + timeout
-    while clock() < deadline:
+    poll = retry.Poll(timeout, first=0.1, cap=0.1, clip=False, clock=clock)
+    while not poll.expired():
         pids = [pid for pid in pids if _alive(pid)]
         if not pids:
             return
-        time.sleep(0.1)
+        poll.wait()
     _signal_all(pids, signal.SIGKILL)
 
 
@@ -177,20 +161,37 @@ def register_agent(activation: Activation, region_name: str,
     """
     agent = find_agent()
     stop_running_agent()
-    for attempt in range(MAX_ATTEMPTS):
+    attempts = 0
+
+    def attempt() -> str:
+        nonlocal attempts
+        attempts += 1
         returncode, output = _run_register(agent, activation, region_name, timeout)
         match = REGISTRATION_RE.search(output)
         if returncode == 0 and match:
             return match.group(1)
-        last = output.strip().splitlines()[-1] if output.strip() else "no output"
-        if not THROTTLED_RE.search(output) or attempt == MAX_ATTEMPTS - 1:
-            tries = f" after {attempt + 1} attempts" if attempt else ""
-            raise SSHHelperError(f"{AGENT} -register failed (exit {returncode}){tries}: {last}")
-        delay = backoff_delay(attempt, rand)
+        raise _RegisterFailed(returncode, output)
+
+    def on_retry(e: Exception, attempt: int, delay: float) -> None:
         logger.warning("%s -register was throttled, retrying in %.1f s (attempt %d of %d)",
                        AGENT, delay, attempt + 1, MAX_ATTEMPTS)
-        sleep(delay)
-    raise AssertionError("unreachable")
+
+    try:
+        return retry.call(attempt, max_attempts=MAX_ATTEMPTS, sleep=sleep, rand=rand,
+                          on_retry=on_retry, retryable=lambda e: isinstance(e, _RegisterFailed)
+                          and retry.is_throttled_text(e.output))
+    except _RegisterFailed as e:
+        last = e.output.strip().splitlines()[-1] if e.output.strip() else "no output"
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        raise SSHHelperError(f"{AGENT} -register failed (exit {e.returncode}){tries}: {last}"
+                             ) from None
+
+
+class _RegisterFailed(Exception):
+    def __init__(self, returncode: int, output: str) -> None:
+        super().__init__(f"exit {returncode}")
+        self.returncode = returncode
+        self.output = output
 
 
 def delete_activation(ssm: Any, activation_id: str) -> None:
@@ -223,11 +224,8 @@ def _resource_arn(resource: Resource, session: Any, region_name: str) -> str:
 
 
 def ssm_client(session: Any, region_name: str) -> Any:
-    from botocore.config import Config
-
     # Retries are ours (create_activation), so a throttled call is not retried twice over.
-    return session.client("ssm", region_name=region_name,
-                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    return session.client("ssm", region_name=region_name, config=aws.no_retry_config())
 
 
 def init(environ: Optional[Mapping[str, str]] = None) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sagemaker_ssh_helper import aws, keyfile
+from sagemaker_ssh_helper import aws, keyfile, retry
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
 from sagemaker_ssh_helper.hostkeys import (  # noqa: F401 (part of this module's API)
     HOST_KEYS_BEGIN,
@@ -195,8 +195,8 @@ def _send_command(ssm: Any, instance_id: str, script: str, timeout: float, comme
                   clock: Callable[[], float], sleep: Callable[[float], None]) -> Any:
     """SendCommand; an instance that registered a moment ago may need a few seconds before
     it accepts commands (InvalidInstanceId), so that error is retried briefly."""
-    deadline = clock() + NOT_YET_ONLINE_GRACE
-    delay = 0.2
+    poll = retry.Poll(NOT_YET_ONLINE_GRACE, first=0.2, cap=2.0, clip=False, clock=clock,
+                      sleep=sleep)
     while True:
         try:
             return ssm.send_command(InstanceIds=[instance_id], DocumentName="AWS-RunShellScript",
@@ -205,11 +205,10 @@ def _send_command(ssm: Any, instance_id: str, script: str, timeout: float, comme
         except Exception as e:
             if aws.error_code(e) != "InvalidInstanceId":
                 raise aws.explain(e, "ssm:SendCommand") from e
-            if clock() >= deadline:
+            if poll.expired():
                 raise ResolutionError(f"{instance_id} cannot run commands (not Online, or not "
                                       "registered in this region)") from e
-        sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        poll.wait()
 
 
 def run_shell_command(ssm: Any, instance_id: str, script: str, *, timeout: float = 90,
@@ -220,8 +219,8 @@ def run_shell_command(ssm: Any, instance_id: str, script: str, *, timeout: float
     stdout. Raises ``SSHHelperError`` when it fails, times out or is cancelled."""
     sent = _send_command(ssm, instance_id, script, timeout, comment, clock, sleep)
     command_id = sent["Command"]["CommandId"]
-    deadline = clock() + timeout
-    delay, status, result = 0.1, "Pending", {}
+    poll = retry.Poll(timeout, first=0.1, cap=1.0, clock=clock, sleep=sleep)
+    status, result = "Pending", {}
     while True:
         try:
             result = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
@@ -231,11 +230,10 @@ def run_shell_command(ssm: Any, instance_id: str, script: str, *, timeout: float
                 raise aws.explain(e, "ssm:GetCommandInvocation") from e
         if status not in _PENDING:
             break
-        if clock() >= deadline:
+        if poll.expired():
             raise SSHHelperError(f"command {command_id} on {instance_id} still {status} after "
                                  f"{timeout:.0f} s: is the SSM agent in the container busy?")
-        sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 1.5, 1.0)
+        poll.wait()
     if status != "Success":
         err = (result.get("StandardErrorContent") or "").strip().splitlines()[-1:]
         raise SSHHelperError(f"command on {instance_id} ended {status}"

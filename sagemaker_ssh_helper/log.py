@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, List, Optional
 from urllib.parse import quote
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.errors import AwsError
 from sagemaker_ssh_helper.manager_base import SSMManagerBase
 
@@ -264,8 +264,8 @@ class SSHLog(SSMManagerBase):
     def _wait_query(self, logs: Any, query_id: str, max_query_seconds: float = 60.0
                     ) -> List[Any]:
         """Poll one query until it completes (at most ``max_query_seconds``)."""
-        query_deadline = self._clock() + max_query_seconds
-        delay = 0.2
+        poll = retry.Poll(max_query_seconds, first=0.2, cap=2.0, factor=2.0, clock=self._clock,
+                          sleep=self._sleep)
         while True:
             try:
                 response = logs.get_query_results(queryId=query_id)
@@ -276,12 +276,10 @@ class SSHLog(SSMManagerBase):
                 return list(response.get("results") or [])
             if status in _FAILED_QUERY_STATUSES:
                 raise AwsError(f"CloudWatch Logs Insights query {query_id} ended {status}")
-            remaining = query_deadline - self._clock()
-            if remaining <= 0:
+            if poll.expired():
                 raise TimeoutError(f"CloudWatch Logs Insights query {query_id} still {status} "
                                    f"after {max_query_seconds:.0f} s")
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, 2.0)
+            poll.wait()
 
 
 def _stream_matches(stream: str, part: str) -> bool:

@@ -448,14 +448,8 @@ class SSMManager(SSMManagerBase):
             return 0
 
     def deregister(self, instance_id: str) -> bool:
-        """Deregister ``instance_id``; an instance already gone counts as success."""
-        try:
-            self.ssm.deregister_managed_instance(InstanceId=instance_id)
-        except Exception as e:
-            if aws.error_code(e) in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
-                return False
-            raise aws.explain(e, "ssm:DeregisterManagedInstance") from e
-        return True
+        """Deregister ``instance_id``; an instance already gone counts as success (False)."""
+        return aws.deregister_managed_instance(self.ssm, instance_id)
 
 
 def _waiting_line(target: fqdn.Target, expected: int, online: int, left: float) -> str:

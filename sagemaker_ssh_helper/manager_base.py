@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from abc import ABC, abstractmethod
 from typing import Any, Callable, List, Optional, TypeVar
 
-from sagemaker_ssh_helper import aws, cli
+from sagemaker_ssh_helper import aws, cli, retry
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +76,17 @@ class SSMManagerBase(ABC):
         """Call ``fetch()`` until ``count(result) >= wanted`` or ``timeout_in_sec`` passed;
         return the last result. ``describe(found, seconds_left)`` is the progress line."""
         timeout = _seconds("timeout_in_sec", timeout_in_sec) if timeout_in_sec else 0.0
-        deadline = self._clock() + timeout
-        delay = self.poll_interval
+        poll = retry.Poll(timeout, first=self.poll_interval, cap=self.max_poll_interval,
+                          jitter=0.2, clock=self._clock, sleep=self._sleep)
         while True:
             result = fetch()
             found = count(result)
-            left = deadline - self._clock()
+            left = poll.remaining()
             if found >= wanted or left <= 0:
                 return result
             if self._progress:
                 self._progress(describe(found, left))
-            self._sleep(min(left, self.max_poll_interval, delay * random.uniform(0.8, 1.2)))
-            delay = min(delay * 1.5, self.max_poll_interval)
+            poll.wait()
 
     def get_instance_ids(self, arn_resource_type: str, arn_resource_name: str,
                          timeout_in_sec: float = 0, expected_count: int = 1,

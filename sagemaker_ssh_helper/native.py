@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn, transport
+from sagemaker_ssh_helper import aws, fqdn, retry, transport
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def wait_training(ctx: Any, target: fqdn.Target, job: Job, wait: float,
                   clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                   shell: bool = False) -> Job:
     """Wait (up to ``wait`` seconds) until the job is Training; recheck every state."""
-    deadline, delay = clock() + wait, 1.0
+    poll = retry.Poll(wait, first=1.0, cap=10.0, clock=clock, sleep=sleep)
     while True:
         check_reachable(job, target, shell)
         if job.secondary == READY:
             return job
-        if clock() >= deadline:
+        if poll.expired():
             since = job.since(time.time())
             held = f" (for {since:.0f} s)" if since is not None else ""
             raise ResolutionError(
@@ -148,8 +148,7 @@ def wait_training(ctx: Any, target: fqdn.Target, job: Job, wait: float,
                 "opens remote-debugging sessions once it is Training; retry, or wait longer "
                 "with --wait SECONDS")
         cli_progress(f"sm-ssh: training job {job.name} is {job.secondary}: waiting for Training")
-        sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 1.5, 10.0)
+        poll.wait()
         job = describe(ctx, target) or job
 
 
@@ -209,7 +208,7 @@ def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: 
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
     key = layout.host_keys(host)
-    deadline, delay = clock() + wait, 0.2
+    poll = retry.Poll(wait, first=0.2, cap=2.0, clock=clock, sleep=sleep)
     while True:
         try:
             body = s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read().decode()
@@ -219,13 +218,12 @@ def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: 
         except Exception as e:
             if aws.error_code(e) not in ("NoSuchKey", "404", "NotFound"):
                 raise aws.explain(e, "s3:GetObject") from e
-        if clock() >= deadline:
+        if poll.expired():
             raise ResolutionError(
                 f"{target_id} has published no SSH host keys at {layout.url(key)}: sshd has not "
                 "started there yet (does the entry point call setup_and_start_ssh()? see the "
                 "job's logs), or wait longer with --wait SECONDS")
-        sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 1.5, 2.0)
+        poll.wait()
 
 
 def authorize(ctx: Any, job: Job, target: fqdn.Target, host: str, alias: str,

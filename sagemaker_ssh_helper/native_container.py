@@ -27,12 +27,11 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from sagemaker_ssh_helper import transport
+from sagemaker_ssh_helper import portable, transport
 from sagemaker_ssh_helper.env import STATE_DIR, detect_resource, resource_config
 
 logger = logging.getLogger(__name__)
@@ -51,22 +50,6 @@ _KEPT_NAMES = ("PYTHONPATH", "SM_SSH_PYTHON")
 def host_name(environ: Mapping[str, str]) -> str:
     config = resource_config(environ) or {}
     return str(config.get("current_host") or socket.gethostname())
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def command_script(python: str, pythonpath: str) -> str:
@@ -96,9 +79,10 @@ def prepare(environ: Optional[Mapping[str, str]] = None) -> None:
     kept = {k: v for k, v in environ.items()
             if k.startswith(_KEPT_PREFIXES) or k in _KEPT_NAMES}
     config = {"bucket": layout.bucket, "prefix": layout.job_prefix, "env": kept}
-    _write(CONFIG_FILE, json.dumps(config), 0o600)
-    _write(COMMAND_FILE, command_script(environ.get("SM_SSH_PYTHON") or sys.executable,
-                                        environ.get("PYTHONPATH", "")), 0o755)
+    portable.write_file(CONFIG_FILE, json.dumps(config), 0o600, parents=True)
+    script = command_script(environ.get("SM_SSH_PYTHON") or sys.executable,
+                            environ.get("PYTHONPATH", ""))
+    portable.write_file(COMMAND_FILE, script, 0o755, parents=True)
 
 
 def publish(environ: Optional[Mapping[str, str]] = None, etc_ssh: Path = Path("/etc/ssh"),
@@ -161,7 +145,8 @@ def authorized_keys(user: str, blob: str = "", now: Optional[float] = None) -> L
     config = json.loads(CONFIG_FILE.read_text())
     lines = read_keys(config)
     try:
-        _write(CACHE_FILE, "".join(line + "\n" for line in lines), 0o600)
+        portable.write_file(CACHE_FILE, "".join(line + "\n" for line in lines), 0o600,
+                            parents=True)
     except OSError as e:
         logger.debug("no cache: %s", e)
     return lines

@@ -11,12 +11,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
-from sagemaker_ssh_helper import aws, keys
+from sagemaker_ssh_helper import aws, keys, retry
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing
 
 logger = logging.getLogger(__name__)
@@ -227,8 +226,7 @@ class SSMProxy:
         return self.master
 
     def _wait_ready(self, log: Path) -> None:
-        deadline = time.monotonic() + self.connect_timeout
-        delay = 0.05
+        poll = retry.Poll(self.connect_timeout, first=0.05, cap=0.5, clip=False)
         while True:
             assert self.master is not None
             if self.master.poll() is not None:
@@ -240,11 +238,10 @@ class SSMProxy:
                 raise error
             if self._control.exists() and self._check():
                 return
-            if time.monotonic() >= deadline:
+            if poll.expired():
                 raise SSHHelperError(f"ssh to {self.instance_id} not ready after "
                                      f"{self.connect_timeout:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            poll.wait()
 
     def _check(self) -> bool:
         done = subprocess.run([find_ssh(), "-S", str(self._control), "-O", "check", self._alias],

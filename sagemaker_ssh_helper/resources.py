@@ -27,12 +27,6 @@ FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
             "OutOfService"}
 
 
-def _not_found(e: BaseException) -> bool:
-    message = str(getattr(e, "response", {}).get("Error", {}).get("Message", "")).lower()
-    return aws.error_code(e) in ("ResourceNotFound", "ValidationException") and (
-        "not found" in message or "could not find" in message or "does not exist" in message)
-
-
 def _studio_apps(session: Any, region: str, domain: Optional[str], name: str) -> List[Any]:
     """Studio apps named ``name`` (in ``domain`` if given), every page of ListApps."""
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
@@ -94,7 +88,7 @@ def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[
     try:
         described = getattr(sm, api.describe_op)(**{api.name_key: target.name})
     except Exception as e:
-        if _not_found(e):
+        if aws.not_found(e, said=True):
             return "NotFound"
         logger.debug("%s %s: %s", api.describe_op, target.name, e)
         return None

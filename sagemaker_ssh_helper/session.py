@@ -14,25 +14,33 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, cli
-from sagemaker_ssh_helper.errors import AwsError, ResolutionError, ToolMissing
+from sagemaker_ssh_helper.errors import AwsError, ResolutionError, SSHHelperError, ToolMissing
 
 logger = logging.getLogger(__name__)
 
 PLUGIN = "session-manager-plugin"
 RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 SSH_DOCUMENT = "AWS-StartSSHSession"
+# The plugin reads the StartSession response from RESPONSE_ENV only in versions newer than this
+# (aws-cli's sessionmanager.py: LAST_PLUGIN_VERSION_WITHOUT_ENV_VAR); 1.2.536.0 is the first
+# release that does (the plugin's release notes). ``sm-ssh doctor`` checks it up front; a session
+# whose plugin fails checks it then, to say why.
+LAST_PLUGIN_WITHOUT_ENV = (1, 2, 497, 0)
+MIN_PLUGIN = (1, 2, 536, 0)
+PLUGIN_GUIDE = ("https://docs.aws.amazon.com/systems-manager/latest/userguide/"
+                "session-manager-working-with-install-plugin.html")
 PLUGIN_HELP = ("session-manager-plugin not found on PATH: install it (run sm-local-configure, or "
-               "see https://docs.aws.amazon.com/systems-manager/latest/userguide/"
-               "session-manager-working-with-install-plugin.html)")
+               f"see {PLUGIN_GUIDE})")
 
 
 class PluginMissing(ToolMissing):
@@ -44,6 +52,42 @@ def find_plugin() -> str:
     if not path:
         raise PluginMissing(PLUGIN_HELP)
     return path
+
+
+def parse_version(text: str) -> Optional[Tuple[int, ...]]:
+    """The first dotted number in ``text`` (``session-manager-plugin --version``'s output)."""
+    found = re.search(r"(\d+(?:\.\d+)+)", text)
+    return tuple(int(p) for p in found.group(1).split(".")) if found else None
+
+
+def reads_response_env(version: Optional[Tuple[int, ...]]) -> bool:
+    """Whether a plugin of ``version`` reads the StartSession response from RESPONSE_ENV (as
+    aws-cli decides: newer than LAST_PLUGIN_WITHOUT_ENV, compared part by part)."""
+    if version is None:
+        return False
+    width = max(len(version), len(LAST_PLUGIN_WITHOUT_ENV))
+    pad = (0,) * width
+    return (version + pad)[:width] > (LAST_PLUGIN_WITHOUT_ENV + pad)[:width]
+
+
+def plugin_version(plugin: str) -> str:
+    """``plugin --version``'s output ("" when it does not run)."""
+    try:
+        done = subprocess.run([plugin, "--version"], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (done.stdout or done.stderr).strip()
+
+
+def too_old(plugin: str, text: Optional[str] = None) -> Optional[str]:
+    """Why ``plugin`` (whose ``--version`` said ``text``: asked when None) cannot take the
+    response in RESPONSE_ENV, or None when it can."""
+    text = plugin_version(plugin) if text is None else text
+    if reads_response_env(parse_version(text)):
+        return None
+    wanted = ".".join(map(str, MIN_PLUGIN))
+    return f"{plugin} is version {text or 'unknown'}, older than {wanted}"
 
 
 def plugin_argv(plugin: str, region: str, profile: Optional[str],
@@ -171,6 +215,13 @@ def run_session(ssm: Any, target: str, document: Optional[str],
     finally:
         if returncode != 0:
             terminate_session(ssm, started.session_id)
+    if returncode != 0:
+        plugin = started.plugin_argv[0]
+        text = plugin_version(plugin)
+        why = too_old(plugin, text) if parse_version(text) is not None else None
+        if why:  # it took the env var's name for the response: say so rather than its error
+            raise SSHHelperError(f"{why}: update it to {'.'.join(map(str, MIN_PLUGIN))} or "
+                                 f"later (sm-local-configure, or see {PLUGIN_GUIDE})")
     return returncode
 
 

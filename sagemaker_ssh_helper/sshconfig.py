@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import keys, portable
 from sagemaker_ssh_helper.errors import UsageError
+from sagemaker_ssh_helper.proxy import shell_command
 
 HEADER = ("# Managed by `sm-ssh config` from ssh_config_template.txt: run it again to update; "
           "edits here are overwritten.\n")
@@ -34,10 +33,6 @@ _PROFILE = re.compile(r"^[A-Za-z0-9_.@+=,:/-]{1,128}$")
 
 def config_path() -> Path:
     return keys.ssh_dir() / "sm-ssh" / "config"
-
-
-def _quote(value: str) -> str:
-    return shlex.quote(value).replace("%", "%%")
 
 
 def _python_prefix(python: str) -> List[str]:
@@ -86,7 +81,7 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
         "IdentityFile": _literal(os.environ["SSH_KEY"]) if os.environ.get("SSH_KEY")
         else _literal(ssh_dir, "/%h"),
         "UserKnownHostsFile": _literal(str(keys.known_hosts_path())),
-        "ProxyCommand": " ".join(_quote(p) for p in parts) + " start-proxy %h --port %p",
+        "ProxyCommand": shell_command(parts) + " start-proxy %h --port %p",
         **_control_settings(),
     }
     lines = [HEADER]
@@ -111,18 +106,6 @@ def _control_settings() -> Dict[str, str]:
         return {"ControlMaster": "no", "ControlPath": "none", "ControlPersist": "no"}
     return {"ControlPath": _literal(str(directory), "/%C"),
             "ControlPersist": str(persist)}
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        portable.set_mode(fd, tmp, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @contextmanager
@@ -192,7 +175,7 @@ def install(profile: Optional[str] = None, region: Optional[str] = None,
     user_config = Path(os.path.realpath(ssh_dir / "config"))
     include = _include_line(ours)
     with _locked(ssh_dir / ".sm-ssh-config.lock"):
-        _write(ours, text, 0o600)
+        portable.write_file(ours, text, 0o600)
         before = user_config.read_text() if user_config.exists() else ""
         rest = _without_ours(before, include)
         if inline:
@@ -203,5 +186,5 @@ def install(profile: Optional[str] = None, region: Optional[str] = None,
         if after == before:
             return (user_config if inline else ours), False
         mode = user_config.stat().st_mode & 0o777 if user_config.exists() else 0o600
-        _write(user_config, after, mode)
+        portable.write_file(user_config, after, mode)
     return (user_config if inline else ours), True

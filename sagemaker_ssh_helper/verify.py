@@ -114,7 +114,7 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
     try:
         described = getattr(sm, api.describe_op)(**{api.name_key: target.name})
     except Exception as e:
-        if resources._not_found(e):
+        if aws.not_found(e, said=True):
             return "NotFound", None
         logger.debug("%s %s: %s", api.describe_op, target.name, e)
         return None, None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from sagemaker_ssh_helper import aws
+from sagemaker_ssh_helper import aws, retry
 from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
@@ -289,17 +289,14 @@ def wait_for_status(describe: Callable[[], Mapping[str, Any]], status_key: str,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> str:
     """Poll ``describe()`` until its ``status_key`` is terminal; return that status."""
-    deadline = None if timeout_in_sec is None else clock() + timeout_in_sec
+    poll = retry.Poll(math.inf if timeout_in_sec is None else timeout_in_sec,
+                      first=poll_seconds, cap=poll_seconds, factor=1.0, clock=clock, sleep=sleep)
     while True:
         status = str(describe()[status_key])
         if status in terminal:
             return status
-        if deadline is not None:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise TimeoutError(f"still {status} after {timeout_in_sec} s")
-            sleep(min(poll_seconds, remaining))
-        else:
-            sleep(poll_seconds)
+        if poll.expired():
+            raise TimeoutError(f"still {status} after {timeout_in_sec} s")
+        poll.wait()
 
 

@@ -90,8 +90,21 @@ def test_a_plugin_too_old(aws: Any, capsys: pytest.CaptureFixture,
     monkeypatch.setenv("PATH", f"{tmp_path / 'old'}{os.pathsep}{os.environ['PATH']}")
     code, lines = run_doctor(capsys)
     assert code == 1, lines
-    assert "is version 1.2.7.0, older than 1.2.553.0 — fix: update it to 1.2.553.0 or later" \
+    assert "is version 1.2.7.0, older than 1.2.536.0 — fix: update it to 1.2.536.0 or later" \
         in lines["session-manager-plugin"]
+
+
+@pytest.mark.parametrize("version, ok", [("1.2.497.0", False), ("1.2.536.0", True),
+                                         ("1.2.553.0", True), ("1.3", True)])
+def test_the_plugin_threshold_is_aws_clis(aws: Any, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          version: str, ok: bool) -> None:
+    """As aws-cli's sessionmanager.py: the response travels in the env var to plugins newer
+    than 1.2.497.0 (1.2.536.0 is the first release that reads it)."""
+    fake_tool(tmp_path / "bin", "session-manager-plugin", version)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    _, lines = run_doctor(capsys)
+    assert lines["session-manager-plugin"].startswith("✓ " if ok else "✗ "), lines
 
 
 def test_no_credentials(aws: Any, capsys: pytest.CaptureFixture,

@@ -64,6 +64,20 @@ def test_failed_plugin_terminates_the_session(ssm: Any, tmp_path: Path,
     assert ssm.backend.stats()["CallCounts"]["TerminateSession"] == 1
 
 
+def test_a_failing_plugin_too_old_for_the_env_var_is_named(ssm: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A plugin older than the env-var protocol fails on the env var's name: the error says
+    why (checked after the failure, so a working plugin costs no extra run)."""
+    mi = ssm.backend.add_fake_instances(1)[0]
+    plugin = tmp_path / "bin" / "session-manager-plugin"
+    plugin.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo 1.2.497.0; exit 0; }\nexit 1\n')
+    with pytest.raises(SSHHelperError, match=r"is version 1\.2\.497\.0, older than 1\.2\.536\.0: "
+                       r"update it to 1\.2\.536\.0 or later"):
+        session.start_ssh_session(mi, region="us-east-1")
+    assert ssm.backend.stats()["CallCounts"]["TerminateSession"] == 1
+
+
 def test_missing_plugin_starts_no_session(ssm: Any, monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
     mi = ssm.backend.add_fake_instances(1)[0]

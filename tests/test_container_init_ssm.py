@@ -17,7 +17,7 @@ import boto3
 import pytest
 from test_container_support import Container, namespaces_available
 
-from sagemaker_ssh_helper import init_ssm
+from sagemaker_ssh_helper import init_ssm, retry
 from sagemaker_ssh_helper.errors import AwsError, UsageError
 from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
@@ -79,9 +79,9 @@ def test_throttling_is_retried_with_jittered_exponential_backoff(ssm: SSMServer)
 
 def test_backoff_stays_within_bounds() -> None:
     for attempt in range(10):
-        ceiling = min(init_ssm.BACKOFF_CAP, 2 ** attempt)
-        assert init_ssm.backoff_delay(attempt, lambda: 0.0) == ceiling / 2
-        assert init_ssm.backoff_delay(attempt, lambda: 1.0) == ceiling
+        ceiling = min(retry.BACKOFF_CAP, 2 ** attempt)
+        assert retry.backoff_delay(attempt, lambda: 0.0) == ceiling / 2
+        assert retry.backoff_delay(attempt, lambda: 1.0) == ceiling
 
 
 def test_endless_throttling_gives_up_with_a_clear_error(ssm: SSMServer) -> None:
@@ -222,7 +222,7 @@ SSH_OWNER_TAG=$'AIDAOWNER:alice\nmallory' bash "$PKG/sm-init-ssm" 2>"$R/err-owne
 REGISTER_CASES = r"""
 import json, sys, urllib.request
 import boto3
-from sagemaker_ssh_helper import init_ssm
+from sagemaker_ssh_helper import init_ssm, retry
 from sagemaker_ssh_helper.errors import SSHHelperError
 
 url = sys.argv[1]
