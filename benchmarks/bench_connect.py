@@ -36,24 +36,10 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sandbox_job import launch_job, workspace  # noqa: E402
+
 from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = """\
-import os, sys
-from sagemaker.pytorch import PyTorch
-from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
-estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
-                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
-                    base_job_name="bench-connect")
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900)
-estimator.fit(wait=False)
-print(estimator.latest_training_job.name)
-"""
-ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
 
 
 def first_output(argv: List[str], env: Dict[str, str], until: bytes = b"") -> float:
@@ -151,16 +137,8 @@ def api_calls(job: str) -> Dict[str, int]:
 
 
 def launch(sandbox: Sandbox, work: Path) -> Dict[str, str]:
-    (work / "src").mkdir()
-    (work / "src" / "train.py").write_text(ENTRY_POINT)
-    (work / "launch.py").write_text(LAUNCH)
-    (work / "home").mkdir()
-    env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
-               SAGEMAKER_SUPPRESS_V2_WARNING="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src")], env=env,
-                          capture_output=True, text=True, timeout=300, check=True)
-    env["BENCH_JOB"] = done.stdout.strip().splitlines()[-1]
+    env = workspace(sandbox, work)
+    env["BENCH_JOB"] = launch_job(env, work, "bench-connect", 900)
     subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "config"], env=env,
                    capture_output=True, timeout=60, check=True)
     return env

@@ -27,27 +27,9 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sandbox_job import launch_job, sm_ssh, workspace  # noqa: E402
+
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = """\
-import os, sys
-from sagemaker.pytorch import PyTorch
-from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
-estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
-                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
-                    base_job_name="bench-cp")
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=3600)
-estimator.fit(wait=False)
-print(estimator.latest_training_job.name)
-"""
-ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
 def timed(argv: List[str], env: Dict[str, str]) -> Tuple[float, str]:
@@ -67,16 +49,8 @@ def remote_sha(fqdn: str, path: str, env: Dict[str, str]) -> str:
 
 
 def launch(sandbox: Sandbox, work: Path) -> Tuple[Dict[str, str], str]:
-    (work / "src").mkdir()
-    (work / "src" / "train.py").write_text(ENTRY_POINT)
-    (work / "launch.py").write_text(LAUNCH)
-    (work / "home").mkdir()
-    env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
-               SAGEMAKER_SUPPRESS_V2_WARNING="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src")], env=env,
-                          capture_output=True, text=True, timeout=300, check=True)
-    job = done.stdout.strip().splitlines()[-1]
+    env = workspace(sandbox, work)
+    job = launch_job(env, work, "bench-cp", 3600)
     fqdn = f"{job}.training.sagemaker"
     # wait for the instance: `connect` waits for it to come online
     subprocess.run(sm_ssh("connect", fqdn, "--", "true"), env=env, capture_output=True,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,29 +27,9 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sandbox_job import launch_job, sm_ssh, workspace  # noqa: E402
+
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = """\
-import os, sys
-from sagemaker.pytorch import PyTorch
-from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
-nodes = int(sys.argv[2])
-estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
-                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=nodes, instance_type="ml.m5.xlarge",
-                    base_job_name="bench-exec")
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=1800,
-                           ssh_instance_count=nodes)
-estimator.fit(wait=False)
-print(estimator.latest_training_job.name)
-"""
-ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
-
-
-def sm_ssh(*args: str) -> List[str]:
-    return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
 def wall(argv: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
@@ -100,18 +79,8 @@ def main(argv: List[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-exec-") as tmp:
         work = Path(tmp)
         with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:
-            (work / "src").mkdir()
-            (work / "src" / "train.py").write_text(ENTRY_POINT)
-            (work / "launch.py").write_text(LAUNCH)
-            (work / "home").mkdir()
-            env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
-                       SAGEMAKER_SUPPRESS_V2_WARNING="1")
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-            done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"),
-                                   str(args.nodes)], env=env, capture_output=True, text=True,
-                                  timeout=300, check=True)
-            job = done.stdout.strip().splitlines()[-1]
+            env = workspace(sandbox, work)
+            job = launch_job(env, work, "bench-exec", 1800, nodes=args.nodes)
             fqdn = f"{job}.training.sagemaker"
             with sandbox.activated():
                 from sagemaker_ssh_helper.manager import SSMManager

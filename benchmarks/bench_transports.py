@@ -23,33 +23,12 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_connect import first_output  # noqa: E402
+from sandbox_job import launch_job, workspace  # noqa: E402
 
 from sagemaker_ssh_helper import aws, connect, session  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TRANSPORTS = ("hybrid", "native")
-LAUNCH = """\
-import os, sys
-from sagemaker.pytorch import PyTorch
-from sagemaker_ssh_helper.wrapper import SSHEstimatorWrapper
-estimator = PyTorch(entry_point="train.py", source_dir=sys.argv[1],
-                    dependencies=[SSHEstimatorWrapper.dependency_dir()],
-                    role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
-                    py_version="py310", instance_count=1, instance_type="ml.m5.xlarge",
-                    base_job_name="bench-" + sys.argv[2])
-SSHEstimatorWrapper.create(estimator, connection_wait_time_seconds=900, transport=sys.argv[2])
-estimator.fit(wait=False)
-print(estimator.latest_training_job.name)
-"""
-ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
-
-
-def launch(env: Dict[str, str], work: Path, transport: str) -> str:
-    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"),
-                           transport], env=env, capture_output=True, text=True, timeout=300,
-                          check=True)
-    return done.stdout.strip().splitlines()[-1]
 
 
 def api_calls(job: str) -> Dict[str, int]:
@@ -107,16 +86,9 @@ def main(argv: List[str]) -> int:
     calls: Dict[str, Dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp:
         work = Path(tmp)
-        (work / "src").mkdir()
-        (work / "src" / "train.py").write_text(ENTRY_POINT)
-        (work / "launch.py").write_text(LAUNCH)
-        (work / "home").mkdir()
         with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:
-            env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
-                       SAGEMAKER_SUPPRESS_V2_WARNING="1")
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-            jobs = {t: launch(env, work, t) for t in TRANSPORTS}
+            env = workspace(sandbox, work)
+            jobs = {t: launch_job(env, work, f"bench-{t}", 900, transport=t) for t in TRANSPORTS}
             for job in jobs.values():  # both online before any timing; keys exist from here
                 wait_ready(env, f"{job}.training.sagemaker")
             for _ in range(args.runs):
