@@ -204,7 +204,7 @@ def read(environ: Mapping[str, str], warn: Callable[[int, str], None] = say) -> 
 
 
 def setup_args(settings: Contract) -> List[str]:
-    """``sm-setup-ssh``'s options for ``settings`` (before its subcommand, if any)."""
+    """``sm-setup-ssh``'s options for ``settings`` (after its argument, if any)."""
     return ["--wait-seconds", str(settings.wait_seconds), "--transport", settings.transport,
             "--log-to-stdout", "true" if settings.log_to_stdout else "false"]
 

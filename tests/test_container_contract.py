@@ -120,17 +120,19 @@ def test_without_logging_the_warning_is_one_line_on_stderr() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--wait-seconds", "10m", "start-sshd"], "--wait-seconds takes whole seconds, not '10m'"),
-    (["--transport", "ssm", "configure"], "bad value for --transport: 'ssm'"),
+    (["start-sshd", "--wait-seconds", "10m"], "--wait-seconds takes whole seconds, not '10m'"),
+    (["--transport", "ssm"], "bad value for --transport: 'ssm'"),
+    (["configure", "--transport", "hybrid", "--transport", "ssm"],
+     "bad value for --transport: 'ssm'"),
     (["--log-to-stdout"], "--log-to-stdout needs a value"),
 ])
 def test_sm_setup_ssh_refuses_bad_options_in_one_line(args: List[str], message: str) -> None:
     proc = subprocess.run(["bash", str(SETUP), *args], capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2
-    assert proc.stderr == (f"sm-setup-ssh: {message}; usage: sm-setup-ssh [--wait-seconds N] "
-                           "[--transport hybrid|native] [--log-to-stdout true|false] "
-                           "[configure|start-ssh|start-sshd]\n")
+    assert proc.stderr == (f"sm-setup-ssh: {message}; usage: sm-setup-ssh "
+                           "[configure|start-ssh|start-sshd] [--wait-seconds N] "
+                           "[--transport hybrid|native] [--log-to-stdout true|false]\n")
 
 
 def test_bootstrap_hands_the_setup_its_settings_once(tmp_path: Path) -> None:
