@@ -1,10 +1,11 @@
 """``setup_and_start_ssh()``: what a training/processing/inference entry point calls first.
 
 It reads the environment the launch-side wrappers set (``START_SSH``, ``SSH_INSTANCE_COUNT``,
-``SSH_WAIT_TIME_SECONDS`` ...), decides whether this node starts SSH, and if so runs the
-``sm-setup-ssh`` script shipped next to this module. That script starts sshd and the SSM agent in
-the background and blocks in ``sm-wait`` for up to ``SSH_WAIT_TIME_SECONDS``, so the user can
-connect before the job's own code runs.
+``SSH_WAIT_TIME_SECONDS`` ...) once, through ``contract.read``, decides whether this node starts
+SSH, and if so runs the ``sm-setup-ssh`` script shipped next to this module with the settings as
+arguments (and the contract's variables normalised in its environment). That script starts sshd
+and the SSM agent in the background and blocks in ``sm-wait`` for up to
+``SSH_WAIT_TIME_SECONDS``, so the user can connect before the job's own code runs.
 
 When it ends the process that started the setup deregisters the container's managed instance
 (best effort), so stale registrations do not pile up in the account: at interpreter exit, and on
@@ -28,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
+from sagemaker_ssh_helper import contract
 from sagemaker_ssh_helper.env import (
     MI_ID_FILE,
     SETUP_OWNER_FILE,
@@ -40,41 +42,25 @@ from sagemaker_ssh_helper.errors import SSHHelperError
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_INSTANCE_COUNT = 2
+DEFAULT_INSTANCE_COUNT = contract.DEFAULT_INSTANCE_COUNT
 _registered_exit_hook = False
 _started = False  # this process ran the SSH setup successfully
 
 
 def _say(level: int, message: str) -> None:
-    """Log; when the application configured no logging, still show it on stderr."""
-    if logger.hasHandlers():
-        logger.log(level, message)
-    else:
-        print(f"[sagemaker-ssh-helper] {logging.getLevelName(level)}: {message}",
-              file=sys.stderr, flush=True)
+    contract.say(level, message, logger)
 
 
-def _int_setting(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = environ.get(name, "")
-    try:
-        return int(value)
-    except ValueError:
-        if value:
-            _say(logging.WARNING, f"{name}={value!r} is not a number; using {default}")
-        return default
-
-
-def should_start(environ: Mapping[str, str]) -> bool:
+def should_start(settings: contract.Contract, environ: Mapping[str, str]) -> bool:
     """Whether this node starts SSH; logs the reason when it does not."""
-    start = environ.get("START_SSH")
-    if start is None:
+    if settings.start_ssh is None:
         _say(logging.WARNING, "START_SSH is not set, so SSH is not started: was the wrapper's "
              "create() called before fit() / run() / deploy() / transform()?")
         return False
-    if start.strip().lower() != "true":
-        _say(logging.INFO, f"START_SSH={start}: not starting SSH")
+    if not settings.start_ssh:
+        _say(logging.INFO, f"START_SSH={environ.get(contract.START_SSH)}: not starting SSH")
         return False
-    count = _int_setting(environ, "SSH_INSTANCE_COUNT", DEFAULT_INSTANCE_COUNT)
+    count = settings.ssh_instance_count
     rank = node_rank(environ)
     if rank >= count:
         _say(logging.INFO, f"node rank {rank} >= SSH_INSTANCE_COUNT={count}: "
@@ -109,11 +95,14 @@ def _python_command(args: List[str], environ: Mapping[str, str]
     return [sys.executable] + args, env
 
 
-def setup_command(environ: Mapping[str, str]) -> Tuple[List[str], Dict[str, str]]:
-    """argv and environment for ``bash <package>/sm-setup-ssh``."""
-    _, env = _python_command([], environ)
+def setup_command(environ: Mapping[str, str], settings: Optional[contract.Contract] = None
+                  ) -> Tuple[List[str], Dict[str, str]]:
+    """argv and environment for ``bash <package>/sm-setup-ssh <settings>``: the contract's
+    variables normalised in the environment, the ones the script uses as arguments."""
+    settings = contract.read(environ) if settings is None else settings
+    _, env = _python_command([], settings.normalised(environ))
     env["SM_SSH_CALLER_PID"] = str(os.getpid())
-    return ["bash", str(PACKAGE_DIR / "sm-setup-ssh")], env
+    return ["bash", str(PACKAGE_DIR / "sm-setup-ssh"), *contract.setup_args(settings)], env
 
 
 def sm_wait_command(seconds: int, environ: Mapping[str, str]
@@ -125,15 +114,17 @@ def sm_wait_command(seconds: int, environ: Mapping[str, str]
 
 def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
                         run: Callable[..., int] = subprocess.call,
-                        hold_on_failure: bool = True) -> None:
+                        hold_on_failure: bool = True,
+                        settings: Optional[contract.Contract] = None) -> None:
     """Start SSH if the environment asks for it; with ``hold_on_failure`` and
     ``SSH_KEEP_ALIVE_ON_FAILURE_SECONDS`` set, an uncaught exception later holds the container
-    (``postmortem``)."""
+    (``postmortem``). ``settings``: the contract already read from ``environ``."""
     global _started
     environ = os.environ if environ is None else environ
-    if not should_start(environ):
+    settings = contract.read(environ, warn=_say) if settings is None else settings
+    if not should_start(settings, environ):
         return
-    argv, env = setup_command(environ)
+    argv, env = setup_command(environ, settings)
     _register_exit_hook()
     _say(logging.INFO, "starting SSH setup: " + " ".join(argv))
     rc = run(argv, env=env)
@@ -145,7 +136,7 @@ def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
     if hold_on_failure:
         from sagemaker_ssh_helper import postmortem
 
-        postmortem.install(environ)
+        postmortem.install(seconds=settings.keep_alive_on_failure_seconds)
 
 
 def started_here() -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from sagemaker_ssh_helper import fqdn, redact
 from sagemaker_ssh_helper.aws import mask, role_name_from_arn
+from sagemaker_ssh_helper.contract import Contract
 from sagemaker_ssh_helper.env import STATE_DIR, agent_running, base_dir, registered_instance_id
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -121,10 +122,9 @@ def init_ssm(meta: Dict[str, Any]) -> int:
     from sagemaker_ssh_helper import init_ssm as init
 
     role = execution_role(meta)
-    os.environ["SSH_SSM_ROLE"] = role_name_from_arn(role)
-    os.environ["SSH_OWNER_TAG"] = local_user_id()
-    os.environ.setdefault("AWS_REGION", _region(meta))
-    instance_id = init.init()
+    settings = Contract(ssm_role=role_name_from_arn(role), owner=local_user_id())
+    instance_id = init.init(settings=settings,
+                            region_name=os.environ.get("AWS_REGION") or _region(meta))
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     (STATE_DIR / "mi-id").write_text(instance_id + "\n")
     print(instance_id)

@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, redact, retry
+from sagemaker_ssh_helper import aws, contract, redact, retry
 from sagemaker_ssh_helper.env import (
     Resource,
     detect_resource,
@@ -203,13 +203,12 @@ def delete_activation(ssm: Any, activation_id: str) -> None:
                        activation_id, aws.error_code(e) or e)
 
 
-def _role(environ: Mapping[str, str]) -> str:
-    role = environ.get("SSH_SSM_ROLE", "").strip()
-    if not role:
+def _role(settings: contract.Contract) -> str:
+    if not settings.ssm_role:
         raise UsageError("SSH_SSM_ROLE is not set: start the job through the wrapper's create() "
                          "(argument ssm_iam_role=, default: the job's role) or set SSH_SSM_ROLE "
                          "to the name of a role SSM may assume")
-    return aws.role_name_from_arn(role)
+    return settings.ssm_role
 
 
 def _resource_arn(resource: Resource, session: Any, region_name: str) -> str:
@@ -228,14 +227,18 @@ def ssm_client(session: Any, region_name: str) -> Any:
     return session.client("ssm", region_name=region_name, config=aws.no_retry_config())
 
 
-def init(environ: Optional[Mapping[str, str]] = None) -> str:
+def init(environ: Optional[Mapping[str, str]] = None,
+         settings: Optional[contract.Contract] = None, region_name: Optional[str] = None) -> str:
+    """Register; ``settings`` (the role and owner) default to the contract in ``environ``,
+    ``region_name`` to the container's region."""
     environ = os.environ if environ is None else environ
-    role = _role(environ)
+    settings = contract.read(environ) if settings is None else settings
+    role = _role(settings)
     resource = detect_resource(environ)
-    region_name = region(environ, resource)
+    region_name = region_name or region(environ, resource)
     if not region_name:
         raise AwsError("no AWS region: set AWS_REGION (SageMaker sets it in jobs)")
-    owner = check_tag_value("SSH_OWNER_TAG", environ.get("SSH_OWNER_TAG", ""))
+    owner = check_tag_value(contract.OWNER_TAG, settings.owner)
     if not owner:
         logger.warning("SSH_OWNER_TAG is not set: the instance gets an empty SSHOwner tag")
     session = aws.boto_session(region=region_name)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from sagemaker_ssh_helper import portable, transport
+from sagemaker_ssh_helper import contract, portable, transport
 from sagemaker_ssh_helper.env import STATE_DIR, detect_resource, resource_config
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,12 @@ def command_script(python: str, pythonpath: str) -> str:
 
 
 def _settings(environ: Mapping[str, str]) -> transport.KeyLayout:
-    resource = detect_resource(environ)
-    layout = transport.KeyLayout.from_environment(environ, resource.name)
-    if layout is None or not environ.get("SSH_OWNER_TAG"):
-        raise ValueError(f"the native transport needs {transport.KEYS_PATH_ENV} and "
-                         "SSH_OWNER_TAG (set by the wrapper's create(transport='native'))")
-    return layout
+    settings = contract.read(environ)
+    if not settings.keys_path or not settings.owner:
+        raise ValueError(f"the native transport needs {contract.AUTHORIZED_KEYS_PATH} and "
+                         f"{contract.OWNER_TAG} (set by the wrapper's create(transport='native'))")
+    return transport.KeyLayout.for_job(settings.keys_path, settings.owner,
+                                       detect_resource(environ).name)
 
 
 def prepare(environ: Optional[Mapping[str, str]] = None) -> None:

@@ -34,27 +34,24 @@ import sys
 from types import TracebackType
 from typing import Callable, List, Mapping, Optional, TextIO, Type
 
-ENV = "SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"
+from sagemaker_ssh_helper import contract
+
+ENV = contract.KEEP_ALIVE_ON_FAILURE_SECONDS
 _installed = False
 
 
 def hold_seconds(environ: Mapping[str, str]) -> int:
     """The hold in seconds that ``environ`` asks for; 0 (no hold) when unset or not a number."""
-    value = environ.get(ENV, "").strip()
-    if not value:
-        return 0
-    if not value.isdigit():
-        print(f"[sagemaker-ssh-helper] WARNING: {ENV}={value!r} is not a whole number of "
-              "seconds: no post-mortem hold", file=sys.stderr, flush=True)
-        return 0
-    return int(value)
+    return contract.read(environ).keep_alive_on_failure_seconds
 
 
-def install(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """Hold the container when the script dies of an uncaught exception (see the module's
-    docstring); True if the hook is (already) installed."""
+def install(environ: Optional[Mapping[str, str]] = None, seconds: Optional[int] = None) -> bool:
+    """Hold the container for ``seconds`` (else what ``environ`` asks for) when the script dies
+    of an uncaught exception (see the module's docstring); True if the hook is (already)
+    installed."""
     global _installed
-    seconds = hold_seconds(os.environ if environ is None else environ)
+    if seconds is None:
+        seconds = hold_seconds(os.environ if environ is None else environ)
     if seconds <= 0:
         return False
     if _installed:
@@ -145,14 +142,15 @@ def run_command(command: List[str], environ: Optional[Mapping[str, str]] = None)
     from sagemaker_ssh_helper import bootstrap
 
     environ = os.environ if environ is None else environ
-    bootstrap.setup_and_start_ssh(environ, hold_on_failure=False)
+    settings = contract.read(environ)
+    seconds = settings.keep_alive_on_failure_seconds
+    bootstrap.setup_and_start_ssh(environ, hold_on_failure=False, settings=settings)
     try:
         code = subprocess.call(command)
     except OSError as e:
         print(f"[sagemaker-ssh-helper] ERROR: cannot run {command[0]}: {e}", file=sys.stderr,
               flush=True)
         code = 127
-    seconds = hold_seconds(environ)
     if code != 0 and seconds > 0 and bootstrap.started_here():
         hold(seconds, f"{os.path.basename(command[0])} exited with code {code}")
     return code if code >= 0 else 128 - code

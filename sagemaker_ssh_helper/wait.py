@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from sagemaker_ssh_helper import contract
 from sagemaker_ssh_helper.env import (
     SETUP_FAILED_FILE,
     agent_running,
@@ -36,9 +37,12 @@ USAGE = "usage: sm-wait <seconds>|stop|list"
 _MODULE = "sagemaker_ssh_helper.wait"
 
 
-def agent_status() -> str:
-    """One phrase on how far the SSM agent has got in this container."""
-    if os.environ.get("SSH_TRANSPORT") == "native":
+def agent_status(native: Optional[bool] = None) -> str:
+    """One phrase on how far the SSM agent has got in this container (``native``: the
+    transport, else read from the environment)."""
+    if native is None:
+        native = contract.read(os.environ).native
+    if native:
         return "native transport: SageMaker's SSM agent (remote debugging) carries SSH"
     instance_id = registered_instance_id()
     running = agent_running()
@@ -197,7 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _name_process("sm-wait")
     signal.signal(signal.SIGTERM, _released_by_signal)
     try:
-        wait(int(arg), out=_say)
+        native = contract.read(os.environ).native
+        wait(int(arg), out=_say, status=lambda: agent_status(native))
     except KeyboardInterrupt:
         return 130
     except _Released:

@@ -90,7 +90,8 @@ def test_lower_ranks_run_the_setup_script(tmp_path: Path, host: str) -> None:
     bootstrap.setup_and_start_ssh(environ, run=run)
     assert len(run.calls) == 1
     argv, env = run.calls[0]["argv"], run.calls[0]["env"]
-    assert argv == ["bash", str(REPO / "sagemaker_ssh_helper" / "sm-setup-ssh")]
+    assert argv == ["bash", str(REPO / "sagemaker_ssh_helper" / "sm-setup-ssh"),
+                    "--wait-seconds", "600", "--transport", "hybrid", "--log-to-stdout", "false"]
     assert env["SM_SSH_PYTHON"] == sys.executable
     assert env["PYTHONPATH"] == f"{REPO}{os.pathsep}/somewhere"
     assert env["SM_SSH_CALLER_PID"] == str(os.getpid())
@@ -109,7 +110,7 @@ def test_an_installed_package_is_not_put_on_pythonpath(
     without = {k: v for k, v in job_env(tmp_path).items() if k != "PYTHONPATH"}
     bootstrap.setup_and_start_ssh(without, run=run)
     assert [call["env"].get("PYTHONPATH") for call in run.calls] == ["/somewhere", None]
-    assert run.calls[0]["argv"] == ["bash", f"{site_dir}/sagemaker_ssh_helper/sm-setup-ssh"]
+    assert run.calls[0]["argv"][:2] == ["bash", f"{site_dir}/sagemaker_ssh_helper/sm-setup-ssh"]
 
 
 def test_bad_instance_count_falls_back_to_two(

@@ -17,7 +17,7 @@ import boto3
 import pytest
 from test_container_support import Container, namespaces_available
 
-from sagemaker_ssh_helper import init_ssm, retry
+from sagemaker_ssh_helper import contract, init_ssm, retry
 from sagemaker_ssh_helper.errors import AwsError, UsageError
 from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
 
@@ -104,11 +104,11 @@ def test_access_denied_is_not_retried_and_names_pass_role(ssm: SSMServer) -> Non
 
 
 def test_role_comes_from_ssh_ssm_role() -> None:
-    assert init_ssm._role({"SSH_SSM_ROLE": "SSMRole"}) == "SSMRole"
-    assert init_ssm._role({"SSH_SSM_ROLE": "arn:aws:iam::1:role/service-role/R"}) == \
-        "service-role/R"
+    assert init_ssm._role(contract.read({"SSH_SSM_ROLE": "SSMRole"})) == "SSMRole"
+    assert init_ssm._role(contract.read({"SSH_SSM_ROLE": "arn:aws:iam::1:role/service-role/R"})) \
+        == "service-role/R"
     with pytest.raises(UsageError, match="ssm_iam_role="):
-        init_ssm._role({})
+        init_ssm._role(contract.read({}))
 
 
 def test_missing_role_is_one_line_and_exit_2() -> None:
@@ -125,6 +125,14 @@ def test_bad_argument_is_usage() -> None:
     proc = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.init_ssm", "--what"],
                           capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (2, "usage: sm-init-ssm [-v]\n")
+
+
+STUDIO_METADATA = {
+    "AppType": "JupyterLab", "DomainId": "d-abc123", "SpaceName": "team-space",
+    "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:app/d-abc123/team-space/"
+                   "jupyterlab/default",
+    "ResourceName": "default",
+    "ExecutionRoleArn": "arn:aws:iam::123456789012:role/service-role/StudioRole"}
 
 
 @pytest.fixture
@@ -152,7 +160,18 @@ ssm_fault RegisterManagedInstance ThrottlingException 1
 bash "$PKG/sm-init-ssm" >"$R/out1" 2>"$R/err1"
 SAGEMAKER_BASE_DIR=/nonexistent SAGEMAKER_ENDPOINT_NAME=My-Endpoint \
   bash "$PKG/sm-init-ssm" >"$R/out2" 2>"$R/err2"
-''', env=processing_env(container))
+# sm-ssh-ide's init-ssm: the app's role and owner, passed to init_ssm (not through os.environ)
+mkdir -p "$R/studio/metadata" && printf '%s' "$STUDIO" >"$R/studio/metadata/resource-metadata.json"
+"$PY" -m sagemaker_ssh_helper.ide_container set-local-user-id AIDAOWNER:bob
+SAGEMAKER_BASE_DIR="$R/studio" "$PY" -c '
+import json, os, sys
+from sagemaker_ssh_helper import ide_container
+before = dict(os.environ)
+ide_container.init_ssm(ide_container.load_metadata())
+print(json.dumps(sorted(k for k in set(before) | set(os.environ)
+                        if before.get(k) != os.environ.get(k))), file=sys.stderr)
+' >"$R/out3" 2>"$R/err3"
+''', env=processing_env(container, STUDIO=json.dumps(STUDIO_METADATA)))
     assert proc.returncode == 0, container.report(proc)
     after = int(time.time())
 
@@ -176,6 +195,10 @@ SAGEMAKER_BASE_DIR=/nonexistent SAGEMAKER_ENDPOINT_NAME=My-Endpoint \
                         "SSHResourceName": name, "SSHResourceArn": arn}
         assert instances[instance_id]["iam_role"] == "SSMRole"
     assert "sm-init-ssm: amazon-ssm-agent -register was throttled, retrying in " in read("err1")
+    studio = instances[read("out3").strip()]
+    assert (studio["iam_role"], studio["tags"]["SSHOwner"], studio["tags"]["SSHResourceArn"]) \
+        == ("service-role/StudioRole", "AIDAOWNER:bob", STUDIO_METADATA["ResourceArn"])
+    assert read("err3").strip().splitlines()[-1] == "[]"  # os.environ left as it was
 
 
 @needs_namespaces

@@ -184,9 +184,11 @@ rm /opt/sagemaker-ssh-helper/.ssh-configured
 SM_SSH_PYTHON="$R/plain-python" bash "$R/shipped/sagemaker_ssh_helper/sm-setup-ssh" configure
 """, env=env)
     assert proc.returncode == 0, container.report(proc)
-    assert (container.root / "site-python.seen").read_text().splitlines() == ["unset"] * 2
+    # run by hand, configure asks Python whether it is importable, for the settings
+    # (contract setup-args) and for boto3
+    assert (container.root / "site-python.seen").read_text().splitlines() == ["unset"] * 3
     assert (container.root / "plain-python.seen").read_text().splitlines() == \
-        ["unset", str(container.root / "shipped")]
+        ["unset"] + [str(container.root / "shipped")] * 2
 
 
 SSH = ("ssh -i /tmp/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
