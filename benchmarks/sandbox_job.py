@@ -35,13 +35,14 @@ def sm_ssh(*args: str) -> List[str]:
 
 def workspace(sandbox: Any, work: Path) -> Dict[str, str]:
     """The job's source folder and launch script under ``work``, and the environment of a user
-    of ``sandbox`` whose HOME is ``work/home``."""
+    of ``sandbox`` whose HOME is ``work/home``. Connections are not shared (``SM_SSH_REUSE=off``):
+    each run measures a whole connect; bench_reuse.py measures sharing."""
     (work / "src").mkdir()
     (work / "src" / "train.py").write_text(ENTRY_POINT)
     (work / "launch.py").write_text(LAUNCH)
     (work / "home").mkdir()
     env = dict(os.environ, **sandbox.env, HOME=str(work / "home"),
-               SAGEMAKER_SUPPRESS_V2_WARNING="1")
+               SAGEMAKER_SUPPRESS_V2_WARNING="1", SM_SSH_REUSE="off")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
     return env
 
