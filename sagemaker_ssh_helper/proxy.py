@@ -60,7 +60,9 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
                 proxy_cmd: Optional[str], control: Sequence[str] = ()) -> List[str]:
     """Every ``-o`` option we pass to ssh, in one place (no ProxyCommand if ``proxy_cmd`` is
     None: for a tunnel that already leads to the container's sshd). ``control``: the
-    connection-sharing options (``control_options``), if any."""
+    connection-sharing options (``control_options``); by default none, whatever the user's
+    ssh_config says (``sm-ssh config`` writes ``ControlMaster auto`` with a ``%C`` path, the
+    same for every node of a job: a command meant for algo-2 would ride algo-1's master)."""
     options = [
         # Offer only the per-target key: an agent holding many keys would trip MaxAuthTries.
         "-o", f"IdentityFile={_escape(str(identity_file))}",
@@ -82,7 +84,7 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
     if proxy_cmd is not None:
         # The transport: an SSM AWS-StartSSHSession session to the container's sshd.
         options += ["-o", f"ProxyCommand={proxy_cmd}"]
-    return options + list(control)
+    return options + (list(control) or control_options("none"))
 
 
 def control_options(mode: str, path: Optional[Path] = None, persist: int = 0) -> List[str]:

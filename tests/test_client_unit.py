@@ -556,3 +556,27 @@ def test_sm_ssh_debug_appends_to_a_private_log_file(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect", "x"],
                    env=without, capture_output=True, timeout=60, check=False)
     assert not (tmp_path / "quiet" / ".sm-ssh").exists()
+
+
+@needs_ssh
+def test_our_ssh_runs_share_no_connection_the_users_config_asks_for(tmp_path: Path) -> None:
+    """`sm-ssh config` writes ControlMaster auto with a %C path, which is the same for every node
+    of a job (same name, port and user): an ssh of ours (exec, cp, SSMProxy, sm-local-*) that
+    inherited it would run algo-2's command on algo-1's master. Ours say none, unless given."""
+    config = tmp_path / "config"
+    config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n"
+                      "  ControlPersist 300\n")
+
+    def resolved(options: List[str]) -> str:
+        done = subprocess.run(["ssh", "-G", "-F", str(config), *options, "x"],
+                              capture_output=True, text=True, check=True)
+        return done.stdout
+
+    common = dict(identity_file=tmp_path / "key", known_hosts=tmp_path / "known_hosts",
+                  host_key_alias="j.training.sagemaker", user="root", proxy_cmd=None)
+    assert "controlpath " in resolved([])  # the file alone would share
+    ours = resolved(proxy.ssh_options(**common))  # type: ignore[arg-type]
+    assert "controlmaster false" in ours and "controlpath " not in ours
+    master = resolved(proxy.ssh_options(**common, control=proxy.control_options(  # type: ignore[arg-type]
+        "master", tmp_path / "cm", 60)))
+    assert "controlmaster true" in master and f"controlpath {tmp_path / 'cm'}" in master
