@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, fqdn, options
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
 from sagemaker_ssh_helper.sshrun import (  # noqa: F401 (used by sm_ssh and sm_local)
     SSH_FAILED,
@@ -40,7 +40,6 @@ from sagemaker_ssh_helper.sshrun import (  # noqa: F401 (used by sm_ssh and sm_l
 
 logger = logging.getLogger(__name__)
 
-OUR_OPTIONS = ("--index", "--node", "--wait", "--instance")
 DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
 
 
@@ -95,60 +94,68 @@ class Choice:
     instance: Optional[str] = None
 
 
+def _wait_seconds(text: str) -> float:
+    try:
+        return seconds(text)
+    except UsageError as e:
+        raise UsageError(f"--wait: {e}") from None
+
+
+def _instance_id(text: str) -> str:
+    check_instance_id(text)
+    return text
+
+
+# Which instance of the target (the fields of Choice, by name); sm-ssh's own argparse options
+# before the target have the same names.
+CHOICE_OPTIONS = (
+    options.Option(("--index",), "int", help="the instance at this place in name order"),
+    options.Option(("--node",), "str", help="the instance of this node (algo-2, ...)"),
+    options.Option(("--wait",), "float", validator=_wait_seconds,
+                   help="seconds to wait for the instance to come online"),
+    options.Option(("--instance",), "str", validator=_instance_id,
+                   help="this managed instance ID (mi-...)"),
+)
+OUR_OPTIONS = options.names(CHOICE_OPTIONS)
+
+
 def split_connect_args(args: Sequence[str], choice: Choice,
-                       ours: Optional[Dict[str, Any]] = None) -> Tuple[List[str], List[str]]:
-    """Split what follows the target into (ssh options, remote command), as ssh would.
+                       extra: Sequence[options.Option] = ()
+                       ) -> Tuple[List[str], List[str], options.Values]:
+    """Split what follows the target into (ssh options, remote command, our values), as ssh
+    would.
 
     ``--index``/``--node``/``--wait``/``--instance`` (ssh has no long options) go into
-    ``choice``; the long
-    options named in ``ours`` (name -> default; a bool default makes it a flag) are taken out
-    and their values stored back into ``ours``.
+    ``choice``; the options of ``extra`` are taken out into the values returned (their
+    defaults when not given).
     """
-    ours = {} if ours is None else ours
-    options: List[str] = []
+    values = options.Values(extra)
+    found: List[str] = []
     items = list(args)
     while items:
         item = items.pop(0)
         if item == "--":
-            return options, items
+            return found, items, values
         key = item.partition("=")[0]
-        if key in OUR_OPTIONS or key in ours:
-            _take_ours(item, items, choice, ours)
+        spec = options.lookup(extra, key)
+        if spec is not None:
+            values.set(spec, options.take(spec, item, items))
+            continue
+        spec = options.lookup(CHOICE_OPTIONS, key)
+        if spec is not None:
+            store_choice(choice, spec, options.take(spec, item, items))
             continue
         if not item.startswith("-") or item == "-":
-            return options, [item, *items]
-        options.append(item)
+            return found, [item, *items], values
+        found.append(item)
         for at, flag in enumerate(item[1:], start=1):
             if flag in SSH_FLAGS_WITH_VALUE:
                 if at == len(item) - 1:  # "-L" "spec": the value is the next argument
                     if not items:
                         raise UsageError(f"ssh option {item} needs a value")
-                    options.append(items.pop(0))
+                    found.append(items.pop(0))
                 break
-    return options, []
-
-
-def _take_ours(item: str, items: List[str], choice: Choice, ours: Dict[str, Any]) -> None:
-    """Store one of our long options (``--x v`` or ``--x=v``), consuming its value."""
-    key, eq, value = item.partition("=")
-    if key in ours and isinstance(ours[key], bool):
-        ours[key] = True
-        return
-    if not eq:
-        if not items:
-            raise UsageError(f"{key} needs a value")
-        value = items.pop(0)
-    if key not in ours:
-        set_choice(choice, key, value)
-    else:
-        ours[key] = _number(key, value) if isinstance(ours[key], int) else value
-
-
-def _number(key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{key} needs a number, got {value!r}") from None
+    return found, [], values
 
 
 def seconds(value: str) -> float:
@@ -163,23 +170,26 @@ def seconds(value: str) -> float:
 
 
 def set_choice(choice: Choice, key: str, value: str) -> None:
-    try:
-        if key == "--index":
-            choice.index = int(value)
-        elif key == "--wait":
-            try:
-                choice.wait = seconds(value)
-            except UsageError as e:
-                raise UsageError(f"{key}: {e}") from None
-        elif key == "--instance":
-            check_instance_id(value)
-            choice.instance = value
-        else:
-            choice.node = value
-    except ValueError:
-        raise UsageError(f"{key} needs a number, got {value!r}") from None
+    """Store ``--index/--node/--wait/--instance`` given as text."""
+    spec = options.lookup(CHOICE_OPTIONS, key)
+    if spec is None:
+        raise UsageError(f"unknown option {key}")
+    store_choice(choice, spec, spec.convert(key, value))
+
+
+def store_choice(choice: Choice, spec: options.Option, value: options.Value) -> None:
+    """Store the (converted) value of one of CHOICE_OPTIONS; at most one of index, node and
+    instance."""
+    setattr(choice, spec.name[2:], value)
     if sum(x is not None for x in (choice.index, choice.node, choice.instance)) > 1:
         raise UsageError("give either --index, --node or --instance, not several")
+
+
+def apply_choice(choice: Choice, values: options.Values) -> None:
+    """The CHOICE_OPTIONS given in ``values`` (sm-local-start-ssh's leading options)."""
+    for spec in CHOICE_OPTIONS:
+        if spec.name in values:
+            store_choice(choice, spec, values.get(spec.name))
 
 
 # -- picking one instance ----------------------------------------------------------------------

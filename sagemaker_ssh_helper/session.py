@@ -2,7 +2,10 @@
 
 StartSession is called through boto3 and the response is handed to ``session-manager-plugin``
 in the ``AWS_SSM_START_SESSION_RESPONSE`` environment variable, so the session token never shows
-up in ``ps``. The plugin inherits stdin/stdout: run as an ssh ProxyCommand,
+up in ``ps``; a plugin too old for that protocol gets it as an argument, as aws-cli does (the
+plugin's version is asked once per binary and remembered in ``~/.ssh/sm-ssh/``).
+
+The plugin inherits stdin/stdout: run as an ssh ProxyCommand,
 
     python -m sagemaker_ssh_helper.session mi-0123456789abcdef0 --port %p
 
@@ -21,10 +24,11 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, cli
-from sagemaker_ssh_helper.errors import AwsError, ResolutionError, SSHHelperError, ToolMissing
+from sagemaker_ssh_helper.errors import AwsError, ResolutionError, ToolMissing
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 SSH_DOCUMENT = "AWS-StartSSHSession"
 # The plugin reads the StartSession response from RESPONSE_ENV only in versions newer than this
 # (aws-cli's sessionmanager.py: LAST_PLUGIN_VERSION_WITHOUT_ENV_VAR); 1.2.536.0 is the first
-# release that does (the plugin's release notes). ``sm-ssh doctor`` checks it up front; a session
-# whose plugin fails checks it then, to say why.
+# release that does (the plugin's release notes). A session checks it before the plugin's first
+# run (see env_protocol); ``sm-ssh doctor`` says when the plugin should be updated.
 LAST_PLUGIN_WITHOUT_ENV = (1, 2, 497, 0)
 MIN_PLUGIN = (1, 2, 536, 0)
 PLUGIN_GUIDE = ("https://docs.aws.amazon.com/systems-manager/latest/userguide/"
@@ -80,6 +84,57 @@ def plugin_version(plugin: str) -> str:
     return (done.stdout or done.stderr).strip()
 
 
+PLUGIN_CACHE = "plugin-version.json"  # under ~/.ssh/sm-ssh: {path: {size, mtime_ns, version}}
+
+
+def _cache_path() -> Path:
+    return Path.home() / ".ssh" / "sm-ssh" / PLUGIN_CACHE
+
+
+def _read_cache(path: Path) -> Dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_plugin_version(plugin: str) -> str:
+    """``plugin --version``'s output, asked once per binary: remembered by path, size and
+    mtime, so a session spawns no extra process after the first. Best effort: a cache that
+    cannot be read or written only costs the extra run."""
+    try:
+        st = os.stat(plugin)
+    except OSError:
+        return plugin_version(plugin)
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    cache = _cache_path()
+    entries = _read_cache(cache)
+    entry = entries.get(plugin)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp \
+            and isinstance(entry.get("version"), str):
+        return str(entry["version"])
+    text = plugin_version(plugin)
+    if parse_version(text) is None:
+        return text  # not remembered: the next session asks again
+    entries = {p: e for p, e in entries.items() if os.path.exists(p)}  # gone binaries: dropped
+    entries[plugin] = dict(stamp, version=text)
+    try:
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{PLUGIN_CACHE}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, cache)
+    except OSError as e:
+        logger.debug("cannot remember the plugin's version in %s: %s", cache, e)
+    return text
+
+
+def env_protocol(plugin: str) -> bool:
+    """Whether ``plugin`` takes the StartSession response in RESPONSE_ENV (checked before its
+    first run, as aws-cli does; an unknown version gets the response as an argument, as there)."""
+    return reads_response_env(parse_version(cached_plugin_version(plugin)))
+
+
 def too_old(plugin: str, text: Optional[str] = None) -> Optional[str]:
     """Why ``plugin`` (whose ``--version`` said ``text``: asked when None) cannot take the
     response in RESPONSE_ENV, or None when it can."""
@@ -91,9 +146,11 @@ def too_old(plugin: str, text: Optional[str] = None) -> Optional[str]:
 
 
 def plugin_argv(plugin: str, region: str, profile: Optional[str],
-                parameters: Dict[str, Any], endpoint_url: str) -> List[str]:
-    """The plugin's command line; the StartSession response itself travels in the env var."""
-    return [plugin, RESPONSE_ENV, region, "StartSession", profile or "",
+                parameters: Dict[str, Any], endpoint_url: str, response: Optional[str] = None
+                ) -> List[str]:
+    """The plugin's command line; the StartSession response itself travels in the env var,
+    unless given as ``response`` (for a plugin older than that protocol, as aws-cli does)."""
+    return [plugin, response or RESPONSE_ENV, region, "StartSession", profile or "",
             json.dumps(parameters), endpoint_url]
 
 
@@ -172,6 +229,7 @@ def start(ssm: Any, target: str, document: Optional[str], parameters: Optional[D
           profile: Optional[str] = None) -> Started:
     """StartSession to ``target`` with ``document`` (None: a shell) and its parameters."""
     plugin = find_plugin()
+    in_env = env_protocol(plugin)  # before StartSession: nothing is started when it fails
     request: Dict[str, Any] = {"Target": target}
     if document:
         request["DocumentName"] = document
@@ -182,10 +240,10 @@ def start(ssm: Any, target: str, document: Optional[str], parameters: Optional[D
     except Exception as e:
         raise _start_error(e, target) from e
     logger.debug("session %s to %s (%s)", response["SessionId"], target, document or "shell")
-    return Started(response["SessionId"],
-                   json.dumps({k: response[k] for k in ("SessionId", "TokenValue", "StreamUrl")}),
+    response_env = json.dumps({k: response[k] for k in ("SessionId", "TokenValue", "StreamUrl")})
+    return Started(response["SessionId"], response_env,
                    plugin_argv(plugin, ssm.meta.region_name, profile, request,
-                               ssm.meta.endpoint_url))
+                               ssm.meta.endpoint_url, None if in_env else response_env))
 
 
 def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
@@ -215,13 +273,6 @@ def run_session(ssm: Any, target: str, document: Optional[str],
     finally:
         if returncode != 0:
             terminate_session(ssm, started.session_id)
-    if returncode != 0:
-        plugin = started.plugin_argv[0]
-        text = plugin_version(plugin)
-        why = too_old(plugin, text) if parse_version(text) is not None else None
-        if why:  # it took the env var's name for the response: say so rather than its error
-            raise SSHHelperError(f"{why}: update it to {'.'.join(map(str, MIN_PLUGIN))} or "
-                                 f"later (sm-local-configure, or see {PLUGIN_GUIDE})")
     return returncode
 
 

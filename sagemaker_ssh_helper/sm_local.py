@@ -23,13 +23,14 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import cli, connect, fqdn, keyfile, keys, legacy, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+from sagemaker_ssh_helper.options import Option, leading
 
 
 @dataclass(frozen=True)
@@ -58,32 +59,19 @@ CONNECT_COMMANDS = {"ide": ("connect", "connect-app")}  # other kinds: connect, 
 
 
 # -- sm-local-start-ssh and sm-connect-ssh-proxy ---------------------------------------------------
-def _leading(argv: Sequence[str], flags: Sequence[str], valued: Sequence[str]
-             ) -> Tuple[Dict[str, Any], List[str]]:
-    """Options before the target: ({name: value or True}, the rest starting at the target)."""
-    found: Dict[str, Any] = {}
-    items = list(argv)
-    while items and items[0].startswith("-"):
-        item = items.pop(0)
-        key, eq, value = item.partition("=")
-        if key in flags and not eq:
-            found[key] = True
-        elif key in valued:
-            if not eq:
-                if not items:
-                    raise UsageError(f"{key} needs a value")
-                value = items.pop(0)
-            found[key] = value
-        else:
-            raise UsageError(f"unknown option {item!r} before the target (ssh options go after "
-                             "it)")
-    if not items:
-        raise UsageError("missing the target: a managed instance ID (mi-...) or "
-                         "<name>.<kind>.sagemaker")
-    return found, items
-
-
-GENERAL = ("--profile", "--region")
+# The sm-local-* commands' own options (before the target, or mixed with ssh's after it).
+GENERAL = (Option(("--profile",), "str", help="AWS profile"),
+           Option(("--region",), "str", help="AWS region"),
+           Option(("-v", "--verbose"), "flag", False, help="say what is done, on stderr"))
+START_SSH_OPTIONS = (*GENERAL, Option(("--proxy-setup-only",), "flag", False,
+                                      help="only push the key and pin the host keys"),
+                     *connect.CHOICE_OPTIONS)
+PROXY_OPTIONS = (*GENERAL, Option(("--no-setup",), "flag", False,
+                                  help="the key is pushed already: only relay the session"),
+                 Option(("--port",), "str", "22", help="sshd's port in the container"))
+LOCAL_PORT = Option(("--local-port",), "int", help="the local port that leads to sshd "
+                                                   "(default: the kind's)")
+SSH_ONLY = Option(("--ssh-only",), "flag", False, help="no extra forwards")
 USAGE = {
     "sm-local-start-ssh": (
         "usage: sm-local-start-ssh [-v] [--profile P] [--region R] [--proxy-setup-only]\n"
@@ -112,17 +100,14 @@ def start_ssh(argv: Sequence[str], frame: cli.Command) -> int:
     """``sm-local-start-ssh``: like ``sm-ssh connect``, for an instance ID or an FQDN."""
     if _help("sm-local-start-ssh", argv):
         return 0
-    opts, rest = _leading(argv, ("--proxy-setup-only", "-v", "--verbose"),
-                          GENERAL + connect.OUR_OPTIONS)
-    frame.verbose("-v" in opts or "--verbose" in opts)
-    ctx = Context(opts.get("--profile"), opts.get("--region"))
+    opts, rest = leading(argv, START_SSH_OPTIONS)
+    frame.verbose(opts.flag("-v"))
+    ctx = Context(opts.text("--profile"), opts.text("--region"))
     choice = Choice()
-    for key in connect.OUR_OPTIONS:
-        if key in opts:
-            connect.set_choice(choice, key, opts[key])
+    connect.apply_choice(choice, opts)
     target, tail = rest[0], rest[1:]
-    options, command = connect.split_connect_args(tail, choice)
-    if opts.get("--proxy-setup-only"):
+    options, command, _ = connect.split_connect_args(tail, choice)
+    if opts.flag("--proxy-setup-only"):
         if tail:
             raise UsageError("--proxy-setup-only takes no ssh arguments")
         connect.prepare(ctx, target, choice, for_proxy=True)
@@ -143,13 +128,13 @@ def connect_proxy(argv: Sequence[str], frame: cli.Command) -> int:
 
     if _help("sm-connect-ssh-proxy", argv):
         return 0
-    opts, rest = _leading(argv, ("--no-setup", "-v", "--verbose"), GENERAL + ("--port",))
-    frame.verbose("-v" in opts or "--verbose" in opts)
+    opts, rest = leading(argv, PROXY_OPTIONS)
+    frame.verbose(opts.flag("-v"))
     if len(rest) > 2:
         raise UsageError("expected <mi-id|fqdn> [port], got: " + " ".join(rest))
-    port = _port(rest[1] if len(rest) > 1 else opts.get("--port", "22"))
-    ctx = Context(opts.get("--profile"), opts.get("--region"))
-    if opts.get("--no-setup"):  # keys pushed already (sm-local-start-ssh --proxy-setup-only)
+    port = _port(rest[1] if len(rest) > 1 else opts.text("--port", "22") or "22")
+    ctx = Context(opts.text("--profile"), opts.text("--region"))
+    if opts.flag("--no-setup"):  # keys pushed already (sm-local-start-ssh --proxy-setup-only)
         instance_id = rest[0]
         if not connect.is_instance_id(instance_id):
             found, _ = connect.resolve_one(ctx, fqdn.parse_resource(instance_id), Choice())
@@ -254,12 +239,12 @@ def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
                  command: List[str]) -> int:
     target = target_for(name, args, args.target, ctx)
     choice = Choice()
-    ours: Dict[str, Any] = {"--local-port": fqdn.kind(SCRIPTS[name].kind).default_port,
-                            "--ssh-only": False}
-    options, positional = connect.split_connect_args(args.rest, choice, ours)
-    port = _port(str(ours["--local-port"]))
+    local_port = replace(LOCAL_PORT, default=fqdn.kind(SCRIPTS[name].kind).default_port)
+    options, positional, ours = connect.split_connect_args(args.rest, choice,
+                                                           (local_port, SSH_ONLY))
+    port = _port(str(ours.get("--local-port")))
     forwards = ["-L", f"127.0.0.1:{port}:localhost:22"]
-    if not ours["--ssh-only"]:
+    if not ours.flag("--ssh-only"):
         forwards += SCRIPTS[name].extra_forwards
     license_server = _studio_default(args, "jb_license_server") if name == "ide" else None
     if license_server:  # the app's 127.0.0.1:443 -> the license server; binding 443 needs root

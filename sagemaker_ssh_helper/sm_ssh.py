@@ -33,6 +33,7 @@ from sagemaker_ssh_helper import cli, fqdn
 from sagemaker_ssh_helper.cli import OneLineParser, add_general_options
 from sagemaker_ssh_helper.connect import Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+from sagemaker_ssh_helper.options import Option
 from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 names
     SageMakerSecureShellHelper,
     read_version,
@@ -40,6 +41,9 @@ from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 n
 
 logger = logging.getLogger(__name__)
 
+# connect's option, before the target (argparse) or after it, among ssh's (split_connect_args)
+KEEP_ALIVE = Option(("--keep-alive",), "flag", False,
+                    help="with -N: re-establish the session and the forwards after a drop")
 DEFAULT_WAIT = 180  # the same as connect.DEFAULT_WAIT, without importing it for -h
 _OPTION_VALUES = ("--profile", "--region")
 
@@ -114,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ssh_args", nargs=argparse.REMAINDER,
                    help="ssh options, passed to ssh before ours so they win (-L, -R, -A, -N, "
                         "-o, -l, ...), then the remote command")
-    p.add_argument("--keep-alive", action="store_true",
-                   help="with -N: re-establish the session and the forwards after a drop")
+    p.add_argument(KEEP_ALIVE.name, action="store_true", help=KEEP_ALIVE.help)
     p = sub.add_parser("tunnel", help="forward ports (-L/-R/-D) and re-establish them after "
                                       "a drop",
                        usage="sm-ssh tunnel [--index N | --node NAME | --instance MI_ID] "
@@ -314,12 +317,11 @@ def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> i
         raise UsageError("connect needs a target: sm-ssh connect <name>.<kind>.sagemaker "
                          "[ssh options] [-- command]")
     choice = _choice(args)
-    ours: Dict[str, Any] = {"--keep-alive": bool(args.keep_alive)}
-    options, positional = connect.split_connect_args(args.ssh_args, choice, ours)
+    options, positional, ours = connect.split_connect_args(args.ssh_args, choice, (KEEP_ALIVE,))
     dest = connect.destination(args.fqdn)
     connect.check_tools()
     plan = connect.plan_ssh(options, dest)
-    if ours["--keep-alive"]:
+    if args.keep_alive or ours.flag("--keep-alive"):
         from sagemaker_ssh_helper import tunnel
 
         if positional or command or not tunnel.no_session(plan, options):
@@ -339,7 +341,7 @@ def cmd_tunnel(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError("tunnel needs a target: sm-ssh tunnel <name>.<kind>.sagemaker "
                          "-L LOCAL_PORT:HOST:PORT")
     choice = _choice(args)
-    options, positional = connect.split_connect_args(args.ssh_args, choice)
+    options, positional, _ = connect.split_connect_args(args.ssh_args, choice)
     dest = connect.destination(args.fqdn)
     connect.check_tools()
     plan = connect.plan_ssh(options, dest)

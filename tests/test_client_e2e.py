@@ -224,10 +224,21 @@ def test_connect_runs_the_command_and_returns_its_exit_code(
     assert re.fullmatch(rf"job-e2e\.training\.sagemaker {host_pub[0]} {re.escape(host_pub[1])} "
                         r"sm-ssh:mi-[0-9a-f]{17}@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n",
                         (home / "sm-ssh-known_hosts").read_text())
+    # again, with a plugin too old for the env var: the response comes as its first argument
+    # (as aws-cli hands it), through ssh's ProxyCommand, quoted and with its % doubled
+    old = tmp_path / "old-plugin"
+    old.mkdir()
+    (old / "session-manager-plugin").write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo 1.2.497.0; exit 0; }\n'
+        'case "$1" in {*) ;; *) echo "not a response: $1" >&2; exit 9;; esac\n'
+        f'unset AWS_SSM_START_SESSION_RESPONSE; exec {SANDBOX_BIN}/session-manager-plugin "$@"\n')
+    (old / "session-manager-plugin").chmod(0o755)
     again = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
-                    "true"], env)
+                    "true"], dict(env, PATH=f"{old}:{env['PATH']}"))
     assert again.returncode == 0, again.stderr
     assert len(container.authorized_keys) == 1  # replaced, not accumulated
+    cached = (home / "sm-ssh" / "plugin-version.json").read_text()
+    assert "1.2.497.0" in cached and str(SANDBOX_BIN) in cached
 
 
 def test_two_users_connect_at_once(container: Container, env: Dict[str, str],

@@ -19,6 +19,7 @@ ssm_service = pytest.importorskip("sagemaker_ssh_sandbox.ssm.service")
 
 RECORDING_PLUGIN = """#!/usr/bin/env bash
 set -euo pipefail
+if [ "$1" = --version ]; then echo run >> "$RECORD_DIR/version-runs"; echo 1.2.707.0; exit; fi
 printf '%s\\n' "$@" > "$RECORD_DIR/argv"
 printf '%s' "${AWS_SSM_START_SESSION_RESPONSE:-}" > "$RECORD_DIR/response"
 exit "${PLUGIN_EXIT:-0}"
@@ -36,6 +37,7 @@ def ssm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     plugin.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("RECORD_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the plugin's version is remembered in ~/.ssh
     yield server
     server.shutdown()
 
@@ -64,18 +66,38 @@ def test_failed_plugin_terminates_the_session(ssm: Any, tmp_path: Path,
     assert ssm.backend.stats()["CallCounts"]["TerminateSession"] == 1
 
 
-def test_a_failing_plugin_too_old_for_the_env_var_is_named(ssm: Any, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
-    """A plugin older than the env-var protocol fails on the env var's name: the error says
-    why (checked after the failure, so a working plugin costs no extra run)."""
+def test_the_plugin_version_is_asked_once_per_binary(ssm: Any, tmp_path: Path) -> None:
+    """Checked before the plugin's first run and remembered (path, size, mtime) under
+    ~/.ssh/sm-ssh: the next session spawns no ``--version``; a changed binary is asked again."""
+    mi = ssm.backend.add_fake_instances(1)[0]
+    runs = tmp_path / "version-runs"
+    assert session.start_ssh_session(mi, region="us-east-1") == 0
+    assert runs.read_text() == "run\n"
+    assert session.start_ssh_session(mi, region="us-east-1") == 0
+    assert runs.read_text() == "run\n"
+    assert (tmp_path / "argv").read_text().splitlines()[0] == session.RESPONSE_ENV
+    cache = tmp_path / ".ssh" / "sm-ssh" / session.PLUGIN_CACHE
+    assert json.loads(cache.read_text())[str(tmp_path / "bin" / "session-manager-plugin")][
+        "version"] == "1.2.707.0"
+    plugin = tmp_path / "bin" / "session-manager-plugin"
+    plugin.write_text(RECORDING_PLUGIN.replace("1.2.707.0", "1.2.779.0") + "\n")  # an update
+    assert session.start_ssh_session(mi, region="us-east-1") == 0
+    assert runs.read_text() == "run\nrun\n"
+
+
+@pytest.mark.parametrize("version", ["1.2.497.0", "1.1.61.0", "unknown"])
+def test_a_plugin_too_old_for_the_env_var_gets_the_response_as_argument(
+        ssm: Any, tmp_path: Path, version: str) -> None:
+    """As aws-cli: a plugin not newer than 1.2.497.0 (or of unknown version) reads the
+    StartSession response from its first argument, not from the env var."""
     mi = ssm.backend.add_fake_instances(1)[0]
     plugin = tmp_path / "bin" / "session-manager-plugin"
-    plugin.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo 1.2.497.0; exit 0; }\nexit 1\n')
-    with pytest.raises(SSHHelperError, match=r"is version 1\.2\.497\.0, older than 1\.2\.536\.0: "
-                       r"update it to 1\.2\.536\.0 or later"):
-        session.start_ssh_session(mi, region="us-east-1")
-    assert ssm.backend.stats()["CallCounts"]["TerminateSession"] == 1
+    plugin.write_text(RECORDING_PLUGIN.replace("1.2.707.0", version))
+    assert session.start_ssh_session(mi, 2222, region="us-east-1") == 0
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert set(json.loads(argv[0])) == {"SessionId", "TokenValue", "StreamUrl"}
+    assert argv[1:4] == ["us-east-1", "StartSession", ""]
+    assert json.loads(argv[4])["Parameters"] == {"portNumber": ["2222"]}
 
 
 def test_missing_plugin_starts_no_session(ssm: Any, monkeypatch: pytest.MonkeyPatch,
@@ -104,6 +126,7 @@ def test_denied_names_the_action(ssm: Any, capsys: pytest.CaptureFixture[str]) -
 
 
 SLEEPING_PLUGIN = """#!/usr/bin/env bash
+[ "$1" = --version ] && { echo 1.2.707.0; exit; }
 echo started > "$RECORD_DIR/started"
 exec sleep 60
 """

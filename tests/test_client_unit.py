@@ -2,6 +2,7 @@
 and the authorized_keys merge script (run for real with sh on temporary files)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shlex
@@ -19,7 +20,7 @@ from typing import List
 
 import pytest
 
-from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session, sm_ssh
+from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session, sm_local, sm_ssh
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
 from sagemaker_ssh_helper.manager import ManagedInstance, matches, newest_first
 
@@ -114,7 +115,7 @@ def test_users_per_kind() -> None:
 ])
 def test_ssh_args_split_like_ssh(args: List[str], options: List[str],
                                  command: List[str]) -> None:
-    assert connect.split_connect_args(args, connect.Choice()) == (options, command)
+    assert connect.split_connect_args(args, connect.Choice())[:2] == (options, command)
 
 
 def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
@@ -176,11 +177,14 @@ def test_choice_options_after_the_fqdn_are_ours() -> None:
     args = sm_ssh.build_parser().parse_args(
         ["connect", "j.training.sagemaker", "-A", "--node", "algo-2", "--wait=5", "-p", "22"])
     choice = connect.Choice(args.index, args.node, args.wait)
-    ours = {"--local-port": 11022, "--ssh-only": False}
-    assert connect.split_connect_args([*args.ssh_args, "--ssh-only", "--local-port=7"], choice,
-                                      ours) == (["-A", "-p", "22"], [])
-    assert (choice.node, choice.wait, ours) == ("algo-2", 5.0,
-                                                {"--local-port": 7, "--ssh-only": True})
+    extra = (dataclasses.replace(sm_local.LOCAL_PORT, default=11022), sm_local.SSH_ONLY)
+    options, command, ours = connect.split_connect_args(
+        [*args.ssh_args, "--ssh-only", "--local-port=7"], choice, extra)
+    assert (options, command) == (["-A", "-p", "22"], [])
+    assert (choice.node, choice.wait, ours.number("--local-port"), ours.flag("--ssh-only")) == (
+        "algo-2", 5.0, 7, True)
+    _, _, defaults = connect.split_connect_args(["-A"], connect.Choice(), extra)
+    assert (defaults.number("--local-port"), defaults.flag("--ssh-only")) == (11022, False)
 
 
 def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,7 @@ import pytest
 
 from sagemaker_ssh_helper import connect, sm_local, sm_ssh
 from sagemaker_ssh_helper.errors import UsageError
+from sagemaker_ssh_helper.options import leading
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sagemaker_ssh_helper"
@@ -362,7 +363,7 @@ SSH_FLAGS = set("46AaCfGgKkMNnqsTtVvXxYy") | connect.SSH_FLAGS_WITH_VALUE
 
 def check_ssh_options(args: List[str]) -> None:
     """What follows the target must be options ssh(1) knows (then a command)."""
-    options, _ = connect.split_connect_args(args, connect.Choice(), {"--keep-alive": False})
+    options, _, _ = connect.split_connect_args(args, connect.Choice(), (sm_ssh.KEEP_ALIVE,))
     values = {after for before, after in zip(options, options[1:])
               if before[-1:] in connect.SSH_FLAGS_WITH_VALUE and before.startswith("-")}
     for item in options:
@@ -382,12 +383,10 @@ def _check_local(argv: List[str]) -> None:
         assert args in ([], ["--check"], ["--no-awscli"]), \
             "sm-local-configure [--check | --no-awscli]"
     elif program == "sm-local-start-ssh":
-        opts, rest = sm_local._leading(args, ("--proxy-setup-only", "-v", "--verbose"),
-                                       sm_local.GENERAL + connect.OUR_OPTIONS)
+        opts, rest = leading(args, sm_local.START_SSH_OPTIONS)
         check_ssh_options(rest[1:])
     elif program == "sm-connect-ssh-proxy":
-        _, rest = sm_local._leading(args, ("--no-setup", "-v", "--verbose"),
-                                    sm_local.GENERAL + ("--port",))
+        _, rest = leading(args, sm_local.PROXY_OPTIONS)
         assert len(rest) <= 2, "sm-connect-ssh-proxy takes <target> [port]"
     else:
         kind = program[len("sm-local-ssh-"):]
