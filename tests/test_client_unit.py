@@ -72,6 +72,7 @@ def test_connect_argv_is_complete_and_user_options_come_first(tmp_path: Path) ->
         "-o", "ServerAliveCountMax=4",
         "-o", "ExitOnForwardFailure=yes",
         "-o", "ProxyCommand=" + proxy.proxy_command("mi-0123456789abcdef0", "us-east-1"),
+        "-o", "ControlMaster=no", "-o", "ControlPath=none",
         "job.training.sagemaker",
         "--", "echo", "hi",
     ]
