@@ -277,8 +277,12 @@ def _model_image(model: Any, call: Any) -> Optional[str]:
 def _endpoint_native_unsupported(model: Any) -> Optional[str]:
     """Why SSM access (``EnableSSMAccess``) cannot serve the model's endpoint (None: it may;
     whether AWS allowlisted the account is known only when CreateEndpointConfig answers)."""
-    isolation = getattr(model, "enable_network_isolation", None)
-    if (isolation() if callable(isolation) else isolation) is True:
+    try:  # a MultiDataModel's method reads an attribute the SDK never sets
+        isolation = getattr(model, "enable_network_isolation", None)
+        isolated = (isolation() if callable(isolation) else isolation) is True
+    except AttributeError:
+        isolated = False
+    if isolated:
         return "AWS opens no SSM session into a model with network isolation"
     if getattr(model, "algorithm_arn", None) or getattr(model, "model_package_arn", None):
         return "AWS offers no SSM access to built-in or AWS Marketplace algorithm containers"
@@ -372,10 +376,9 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
         wrapper = cls(model, ssm_iam_role or "", bootstrap_on_start, seconds,
                       local_user_id=local_user_id, log_to_stdout=log_to_stdout,
                       connection_wait_time=delta)
-        unsupported = _endpoint_native_unsupported(model)
-        wrapper.transport = resolve_transport(
-            transport, unsupported or ("the account's allowlisting for SSM access cannot be "
-                                       "checked before deploy()" if transport == "auto" else None))
+        unsupported = _endpoint_native_unsupported(model) if transport == "native" else (
+            "the account's allowlisting for SSM access cannot be checked before deploy()")
+        wrapper.transport = resolve_transport(transport, unsupported)
         wrapper._augment()
         return wrapper
 
