@@ -438,7 +438,11 @@ def _native_job(ctx: Context, target: fqdn.Target) -> Any:
     from sagemaker_ssh_helper import native
 
     if target.kind.kind == "inference" and target.name is not None:
-        return native.native_endpoint(ctx, target)
+        endpoint = native.describe_endpoint(ctx, target)
+        if endpoint is None or endpoint.native:
+            return endpoint
+        ctx.described[target.name.lower()] = endpoint.described
+        return None
     if target.kind.kind != "training" or target.name is None:
         return None
 
