@@ -389,7 +389,7 @@ def annotate(session: Any, region: str, rows: List[Any]) -> None:
             row.transport = transport.HYBRID
             continue
         sm = sm or aws.client(session, "sagemaker", region)
-        if row.kind == "inference" and row.status in ("Creating", "InService", "Updating"):
+        if row.kind == "inference" and row.status not in ENDPOINT_GONE:
             annotate_endpoint(sm, session, region, row)
             continue
         if row.kind != "training" or row.status != "InProgress":
@@ -425,7 +425,7 @@ def annotate(session: Any, region: str, rows: List[Any]) -> None:
 # built-in / Marketplace algorithm containers take no session. Not documented: how soon after
 # an instance starts its target takes sessions, and the container's host name (so the keys of
 # all the endpoint's instances are pinned for it, see ``authorize_endpoint``).
-ENDPOINT_GONE = ("Failed", "Deleting", "OutOfService", "RollingBack")
+ENDPOINT_GONE = ("Failed", "Deleting", "OutOfService", "UpdateRollbackFailed")
 SSM_STREAM_SUFFIX = "/ssm"
 
 
@@ -503,8 +503,8 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
     """One line for each state in which SageMaker opens no session (or no sshd runs)."""
     what = f"endpoint {endpoint.name}"
     if endpoint.status in ENDPOINT_GONE:
-        raise ResolutionError(f"{what} is {endpoint.status}: SSH is available only while it is "
-                              "Creating, InService or Updating")
+        raise ResolutionError(f"{what} is {endpoint.status}: SSH is available only while it runs "
+                              "(Creating, InService, Updating, SystemUpdating or RollingBack)")
     if not endpoint.ssm_variants:
         raise ResolutionError(
             f"{what} has SSM access off: create an endpoint configuration whose production "
