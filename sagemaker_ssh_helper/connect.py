@@ -443,10 +443,18 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
 
 def _native_job(ctx: Context, target: fqdn.Target) -> Any:
     """The training job if it uses the native transport (see ``native``), else None (its
-    description then serves the hybrid path's checks: no second DescribeTrainingJob)."""
+    description then serves the hybrid path's checks: no second DescribeTrainingJob).
+    An endpoint reached over its variants' SSM access is native as well."""
+    from sagemaker_ssh_helper import native
+
+    if target.kind.kind == "inference" and target.name is not None:
+        endpoint = native.describe_endpoint(ctx, target)
+        if endpoint is None or endpoint.native:
+            return endpoint
+        ctx.described[target.name.lower()] = endpoint.described
+        return None
     if target.kind.kind != "training" or target.name is None:
         return None
-    from sagemaker_ssh_helper import native
 
     job = native.describe(ctx, target)
     if job is None:

@@ -252,6 +252,8 @@ def prepare(ctx: Any, target: fqdn.Target, job: Job, choice: Any, for_proxy: boo
     SageMaker's target."""
     from sagemaker_ssh_helper.connect import Prepared, user_for
 
+    if isinstance(job, Endpoint):
+        return prepare_endpoint(ctx, target, job, choice, for_proxy)
     job = wait_training(ctx, target, job, choice.wait)
     host, several = pick_host(job.ssh_hosts, target, choice)
     name = format_name(target, job)
@@ -274,16 +276,19 @@ def native_job(ctx: Any, target: fqdn.Target) -> Optional[Job]:
     return job if job is not None and job.native else None
 
 
-def stop_waiting(ctx: Any, target: fqdn.Target, job: Job, choice: Any) -> int:
+def stop_waiting(ctx: Any, target: fqdn.Target, job: Any, choice: Any) -> int:
     """``sm-wait stop`` over ssh on every SSH node (or the chosen one): SageMaker's targets
     take no SendCommand, so this needs the container's sshd."""
     from sagemaker_ssh_helper import connect, proxy
 
-    job = wait_training(ctx, target, job, choice.wait)
-    if choice.node is None and choice.index is None:
-        hosts = job.ssh_hosts
+    if isinstance(job, Endpoint):
+        job = wait_endpoint(ctx, target, job, choice.wait)
+        hosts = job.node_names
     else:
-        hosts = [pick_host(job.ssh_hosts, target, choice)[0]]
+        job = wait_training(ctx, target, job, choice.wait)
+        hosts = job.ssh_hosts
+    if choice.node is not None or choice.index is not None:
+        hosts = [pick_host(hosts, target, choice)[0]]
     failed = 0
     for host in hosts:
         node_choice = connect.Choice(node=host, wait=choice.wait)
@@ -300,6 +305,15 @@ def shell(ctx: Any, target: fqdn.Target, choice: Any) -> int:
     """A plain shell session on a node of a job with remote debugging (no sshd needed)."""
     from sagemaker_ssh_helper import session
 
+    if target.kind.kind == "inference":
+        endpoint = describe_endpoint(ctx, target)
+        if endpoint is None:
+            raise SSHHelperError(f"cannot describe endpoint {target.name} (DescribeEndpoint "
+                                 "failed): check its name, region and your permissions")
+        endpoint = wait_endpoint(ctx, target, endpoint, choice.wait, shell=True)
+        node, _ = pick_host(endpoint.node_names, target, choice)
+        return session.run_session(aws.client(ctx.session, "ssm", ctx.region_name),
+                                   endpoint.target_of(node), None, None, ctx.profile)
     job = describe(ctx, target)
     if job is None:
         from sagemaker_ssh_helper import resources
@@ -324,7 +338,7 @@ def _context(session: Any, region: str) -> Any:
 def parse_target(target_id: str) -> Tuple[str, str]:
     """``sagemaker-training-job:<job>_<host>`` -> (job, host); job names have no ``_``."""
     job, _, host = target_id[len(transport.TRAINING_TARGET_PREFIX):].rpartition("_")
-    if not transport.is_native_target(target_id) or not job or not host:
+    if not target_id.startswith(transport.TRAINING_TARGET_PREFIX) or not job or not host:
         raise UsageError(f"{target_id!r} is not a SageMaker training job target "
                          "(sagemaker-training-job:<job>_algo-<n>)")
     return job, host
@@ -334,6 +348,8 @@ def authorize_target(session: Any, region: str, target_id: str, name: Optional[s
                      wait: float = 60.0) -> Any:
     """``keys.authorize`` for a native target ID (as ``SSMProxy.connect_to_ssm_instance``
     takes it): the job is described, its key pushed and its host keys pinned."""
+    if target_id.startswith(transport.ENDPOINT_TARGET_PREFIX):
+        return authorize_endpoint_target(session, region, target_id, name, wait)
     job_name, host = parse_target(target_id)
     ctx = _context(session, region)
     target = fqdn.parse_resource(f"{job_name}.training.{fqdn.SUFFIX}")
@@ -363,15 +379,19 @@ def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> Op
 def annotate(session: Any, region: str, rows: List[Any]) -> None:
     """Mark each row's transport: hybrid where managed instances were found; for running
     training jobs without any, one DescribeTrainingJob tells whether they are native (and
-    whether SageMaker opens sessions now)."""
+    whether SageMaker opens sessions now); for endpoints without any, their configuration and
+    model do."""
     sm = None
     for row in rows:
         if row.instances:
             row.transport = transport.HYBRID
             continue
+        sm = sm or aws.client(session, "sagemaker", region)
+        if row.kind == "inference" and row.status not in ENDPOINT_GONE:
+            annotate_endpoint(sm, session, region, row)
+            continue
         if row.kind != "training" or row.status != "InProgress":
             continue
-        sm = sm or aws.client(session, "sagemaker", region)
         try:
             job = Job(sm.describe_training_job(TrainingJobName=row.name))
         except Exception as e:  # the listing goes on without it
@@ -387,3 +407,280 @@ def annotate(session: Any, region: str, rows: List[Any]) -> None:
         else:
             row.native_ssh = "Online" if job.secondary == READY else job.secondary
         row.instances = []
+
+
+# -- real-time endpoints with SSM access ------------------------------------------------------
+# What AWS documents ("Access containers through SSM", CreateEndpointConfig): a production
+# variant with ``EnableSSMAccess`` runs SageMaker's SSM agent in each instance's model container
+# (the account must be allowlisted by AWS support); its target is
+# ``sagemaker-endpoint:<endpoint>_<variant>_<ec2 instance id>`` (``_<container>`` appended on
+# multi-container endpoints, which this path does not handle); the instance IDs are not in
+# DescribeEndpoint: each instance has an SSM log stream ``<variant>/<instance id>/ssm`` in the
+# endpoint's log group, which "lists the target IDs at its beginning" (the wording of that line
+# is not documented, so the target is built from the stream's name). AWS names the group
+# ``/aws/sagemaker/Endpoints/<endpoint>`` in its CloudWatch page (the SSM page spells it
+# lower-case); we use the former, as the rest of the project does. Network isolation and
+# built-in / Marketplace algorithm containers take no session. Not documented: how soon after
+# an instance starts its target takes sessions, and the container's host name (so the keys of
+# all the endpoint's instances are pinned for it, see ``authorize_endpoint``).
+ENDPOINT_GONE = ("Failed", "Deleting", "OutOfService", "UpdateRollbackFailed")
+SSM_STREAM_SUFFIX = "/ssm"
+
+
+class Endpoint:
+    """An endpoint, its configuration's variants and its models' environments."""
+
+    def __init__(self, described: Dict[str, Any], variants: List[Dict[str, Any]],
+                 models: Dict[str, Dict[str, Any]]) -> None:
+        self.described = described
+        self.name = str(described.get("EndpointName", ""))
+        self.variants = variants
+        self.models = models  # model name -> DescribeModel
+        self.nodes: List[Tuple[str, str]] = []  # (variant, instance id), from the SSM streams
+
+    @property
+    def status(self) -> str:
+        return str(self.described.get("EndpointStatus", ""))
+
+    @property
+    def ssm_variants(self) -> List[str]:
+        return [str(v.get("VariantName")) for v in self.variants if v.get("EnableSSMAccess")]
+
+    def _model(self) -> Dict[str, Any]:
+        names = [str(v.get("ModelName")) for v in self.variants if v.get("EnableSSMAccess")] or \
+            [str(v.get("ModelName")) for v in self.variants]
+        return self.models.get(names[0], {}) if names else {}
+
+    @property
+    def env(self) -> Dict[str, str]:
+        model = self._model()
+        container = dict(model.get("PrimaryContainer") or
+                         (list(model.get("Containers") or []) or [{}])[0])
+        return {str(k): str(v) for k, v in dict(container.get("Environment") or {}).items()}
+
+    @property
+    def transport(self) -> str:
+        return self.env.get(transport.TRANSPORT_ENV, "")
+
+    @property
+    def runs_ssh(self) -> bool:
+        return self.env.get("START_SSH", "").strip().lower() == "true"
+
+    @property
+    def native(self) -> bool:
+        return self.transport == transport.NATIVE or (bool(self.ssm_variants)
+                                                      and not self.runs_ssh)
+
+    @property
+    def node_names(self) -> List[str]:
+        return [instance for _, instance in self.nodes]
+
+    def target_of(self, node: str) -> str:
+        variant = next(v for v, i in self.nodes if i == node)
+        return transport.endpoint_target(self.name, variant, node)
+
+
+def describe_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
+    """The endpoint with its configuration and models (3 calls for one variant), or None when
+    it cannot be described (the hybrid path then explains)."""
+    sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
+    try:
+        described = sm.describe_endpoint(EndpointName=target.name)
+        config = sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        variants = [dict(v) for v in config.get("ProductionVariants") or []]
+        models: Dict[str, Dict[str, Any]] = {}
+        for name in {str(v.get("ModelName")) for v in variants if v.get("ModelName")}:
+            models[name] = dict(sm.describe_model(ModelName=name))
+    except Exception as e:
+        logger.debug("describing endpoint %s: %s", target.name, e)
+        return None
+    return Endpoint(dict(described), variants, models)
+
+
+def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False) -> None:
+    """One line for each state in which SageMaker opens no session (or no sshd runs)."""
+    what = f"endpoint {endpoint.name}"
+    if endpoint.status in ENDPOINT_GONE:
+        raise ResolutionError(f"{what} is {endpoint.status}: SSH is available only while it runs "
+                              "(Creating, InService, Updating, SystemUpdating or RollingBack)")
+    if not endpoint.ssm_variants:
+        raise ResolutionError(
+            f"{what} has SSM access off: create an endpoint configuration whose production "
+            "variant has EnableSSMAccess=true and `aws sagemaker update-endpoint` to it (AWS "
+            "must have allowlisted the account), or redeploy with transport='native'")
+    if endpoint._model().get("EnableNetworkIsolation"):
+        raise ResolutionError(f"{what} runs its model with network isolation: AWS opens no "
+                              "SSM session then; redeploy it without EnableNetworkIsolation")
+    if not shell and not endpoint.runs_ssh:
+        raise ResolutionError(
+            f"no SSH server runs in {what} (it was not deployed with SSH Helper): open a shell "
+            f"in it with `sm-ssh shell {target.fqdn}`")
+
+
+def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> List[Tuple[str, str]]:
+    """(variant, instance id) of each SSM log stream ``<variant>/<instance id>/ssm``, oldest
+    first (a replaced instance's stream stays: its target is then not connected)."""
+    logs = aws.client(ctx.session, "logs", ctx.region_name)
+    group = f"/aws/sagemaker/Endpoints/{endpoint.name}"
+    found: List[Tuple[float, str, str]] = []
+    for variant in endpoint.ssm_variants:
+        try:
+            for page in logs.get_paginator("describe_log_streams").paginate(
+                    logGroupName=group, logStreamNamePrefix=f"{variant}/"):
+                for stream in page.get("logStreams", []):
+                    name = str(stream.get("logStreamName", ""))
+                    parts = name.split("/")
+                    if name.endswith(SSM_STREAM_SUFFIX) and len(parts) == 3 and parts[1]:
+                        found.append((float(stream.get("creationTime") or 0), variant,
+                                      parts[1]))
+        except Exception as e:
+            if aws.error_code(e) != "ResourceNotFoundException":
+                raise aws.explain(e, "logs:DescribeLogStreams") from e
+    return [(variant, instance) for _, variant, instance in sorted(found)]
+
+
+def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float,
+                  clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+                  shell: bool = False) -> Endpoint:
+    """Wait (up to ``wait`` seconds) until an instance's SSM log stream names it."""
+    deadline, delay = clock() + wait, 1.0
+    while True:
+        check_endpoint(endpoint, target, shell)
+        endpoint.nodes = endpoint_nodes(ctx, endpoint)
+        if endpoint.nodes:
+            return endpoint
+        if clock() >= deadline:
+            raise ResolutionError(
+                f"endpoint {endpoint.name} ({endpoint.status}) has no instance with SSM access "
+                f"yet (no <variant>/<instance>/ssm stream in /aws/sagemaker/Endpoints/"
+                f"{endpoint.name}): retry, or wait longer with --wait SECONDS")
+        cli_progress(f"sm-ssh: endpoint {endpoint.name} is {endpoint.status}: waiting for its "
+                     "instances' SSM log streams")
+        sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 1.5, 10.0)
+        endpoint = describe_endpoint(ctx, target) or endpoint
+
+
+def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, target_id: str,
+                             wait: float, clock: Clock = time.monotonic,
+                             sleep: Sleep = time.sleep) -> List[Tuple[str, str]]:
+    """The host keys of the endpoint's instances, once at least ``count`` have published."""
+    from sagemaker_ssh_helper.hostkeys import parse_host_keys
+
+    folder = f"{layout.job_prefix}{transport.HOST_KEYS_FOLDER}/"
+    deadline, delay = clock() + wait, 0.2
+    while True:
+        keys: List[Tuple[str, str]] = []
+        try:
+            listed = s3.list_objects_v2(Bucket=layout.bucket, Prefix=folder).get("Contents", [])
+            for item in listed[:100]:
+                body = s3.get_object(Bucket=layout.bucket, Key=item["Key"])["Body"].read()
+                keys += parse_host_keys(f"--- sm-ssh host keys ---\n{body.decode()}")
+        except Exception as e:
+            raise aws.explain(e, "s3:ListBucket") from e
+        if keys and len(listed) >= count:
+            return keys
+        if clock() >= deadline:
+            raise ResolutionError(
+                f"{target_id} has published no SSH host keys under {layout.url(folder)}: sshd "
+                "has not started there yet (does the inference script call "
+                "setup_and_start_ssh()? see the endpoint's logs), or wait longer with --wait")
+        sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 1.5, 2.0)
+
+
+def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: str,
+                       alias: str, wait: float) -> Any:
+    """Key to S3, host keys from S3. The container's host name is not documented for endpoints,
+    so the host keys of every instance of the endpoint are pinned for it: each was published
+    under the owner's folder, where only the owner and the endpoint's role may write."""
+    from sagemaker_ssh_helper import keyfile, keys
+
+    layout = transport.KeyLayout.from_environment(endpoint.env, endpoint.name)
+    if layout is None:
+        raise ResolutionError(f"endpoint {endpoint.name} has no {transport.KEYS_PATH_ENV} or "
+                              "SSH_OWNER_TAG in its model's environment: redeploy it with SSH "
+                              "Helper's transport='native'")
+    path = keys.key_path(target.fqdn)
+    line = keys.ensure_key(path, comment=f"sm-ssh {target.fqdn}")
+    marker = keys.client_marker(path, line)
+    known_hosts = keys.known_hosts_path()
+    keyfile.ensure_dir(known_hosts.parent)
+    keyfile.refuse_directory(known_hosts)
+    s3 = aws.client(ctx.session, "s3", ctx.region_name)
+    push_key(s3, layout, line, marker)
+    target_id = endpoint.target_of(node)
+    host_keys = fetch_endpoint_host_keys(s3, layout, len(endpoint.nodes), target_id, wait)
+    alias = alias.lower()
+    return keys.Authorized(path, keys.pin_host_keys(alias, host_keys, known_hosts, target_id),
+                           alias)
+
+
+def prepare_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, choice: Any,
+                     for_proxy: bool) -> Any:
+    from sagemaker_ssh_helper.connect import Prepared, user_for
+
+    endpoint = wait_endpoint(ctx, target, endpoint, choice.wait)
+    node, several = pick_host(endpoint.node_names, target, choice)
+    name = fqdn.format_fqdn("inference", endpoint.name or target.name or "")
+    alias = f"{node}.{name}" if several and not for_proxy else name
+    auth = authorize_endpoint(ctx, endpoint, target, node, alias, max(choice.wait, 30.0))
+    return Prepared(endpoint.target_of(node), name.lower(), user_for(target), auth)
+
+
+def native_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
+    """The endpoint if ``target`` is one reached over SSM access, else None (hybrid)."""
+    if target.kind.kind != "inference" or target.name is None:
+        return None
+    endpoint = describe_endpoint(ctx, target)
+    return endpoint if endpoint is not None and endpoint.native else None
+
+
+def endpoint_instance_ids(session: Any, region: str, name: str,
+                          timeout: float) -> Optional[List[str]]:
+    """The targets of a native endpoint's instances (the wrapper's ``get_instance_ids``);
+    None when the endpoint is not native."""
+    ctx = _context(session, region)
+    target = fqdn.parse_resource(f"{name}.inference.{fqdn.SUFFIX}")
+    endpoint = native_endpoint(ctx, target)
+    if endpoint is None:
+        return None
+    endpoint = wait_endpoint(ctx, target, endpoint, timeout)
+    return [endpoint.target_of(node) for node in endpoint.node_names]
+
+
+def authorize_endpoint_target(session: Any, region: str, target_id: str,
+                              name: Optional[str] = None, wait: float = 60.0) -> Any:
+    """``authorize_target`` for ``sagemaker-endpoint:<endpoint>_<variant>_<instance>``."""
+    rest = target_id[len(transport.ENDPOINT_TARGET_PREFIX):].split("_")
+    if not target_id.startswith(transport.ENDPOINT_TARGET_PREFIX) or len(rest) != 3 or \
+            not all(rest):
+        raise UsageError(f"{target_id!r} is not a SageMaker endpoint target "
+                         "(sagemaker-endpoint:<endpoint>_<variant>_<instance id>)")
+    ctx = _context(session, region)
+    target = fqdn.parse_resource(f"{rest[0]}.inference.{fqdn.SUFFIX}")
+    endpoint = describe_endpoint(ctx, target)
+    if endpoint is None:
+        raise ResolutionError(f"cannot describe endpoint {rest[0]} in {region}")
+    endpoint = wait_endpoint(ctx, target, endpoint, wait)
+    if rest[2] not in endpoint.node_names:
+        raise UsageError(f"{target.fqdn} has no instance {rest[2]!r} with SSM access: choose "
+                         "one of " + ", ".join(endpoint.node_names))
+    return authorize_endpoint(ctx, endpoint, target, rest[2], name or target.fqdn, wait)
+
+
+def annotate_endpoint(sm: Any, session: Any, region: str, row: Any) -> None:
+    """``sm-ssh list``: mark an endpoint without managed instances that is reached natively."""
+    ctx = _context(session, region)
+    endpoint = describe_endpoint(ctx, fqdn.parse_resource(f"{row.name}.inference.{fqdn.SUFFIX}"))
+    if endpoint is None or not endpoint.native:
+        return
+    row.transport = transport.NATIVE
+    if not endpoint.ssm_variants:
+        row.native_ssh = "SSMAccessOff"
+    elif not endpoint.runs_ssh:
+        row.native_ssh = "ShellOnly"
+    else:
+        row.native_ssh = "Online" if endpoint.status in ("InService", "Updating") \
+            else endpoint.status
+    row.instances = []

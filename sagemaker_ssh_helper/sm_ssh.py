@@ -141,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_choice(p)
     p.add_argument("fqdn", metavar="FQDN|mi-ID")
     p = sub.add_parser("shell", help="a plain shell in a training job with SageMaker's remote "
-                                     "debugging on (no SSH server needed)")
+                                     "debugging on, or an endpoint with SSM access (no SSH "
+                                     "server needed)")
     add_general_options(p, top_level=False)
     _add_target_choice(p)
-    p.add_argument("fqdn", metavar="FQDN", help="<name>.training.sagemaker")
+    p.add_argument("fqdn", metavar="FQDN",
+                   help="<name>.training.sagemaker or <name>.inference.sagemaker")
     p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     add_general_options(p, top_level=False)
     p.add_argument("--inline", action="store_true",
@@ -410,9 +412,10 @@ def cmd_shell(ctx: Context, args: argparse.Namespace) -> int:
     from sagemaker_ssh_helper import native, session
 
     target = fqdn.parse_resource(args.fqdn)
-    if target.kind.kind != "training":
-        raise UsageError(f"sm-ssh shell opens SageMaker's remote-debugging shell of training "
-                         f"jobs only, not of {target.kind.description}s: use sm-ssh connect")
+    if target.kind.kind not in ("training", "inference"):
+        raise UsageError(f"sm-ssh shell opens SageMaker's own shell of training jobs (remote "
+                         f"debugging) and endpoints (SSM access) only, not of "
+                         f"{target.kind.description}s: use sm-ssh connect")
     session.find_plugin()
     return native.shell(ctx, target, _choice(args))
 

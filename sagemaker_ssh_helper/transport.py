@@ -30,6 +30,10 @@ KEYS_PATH_ENV = "SSH_AUTHORIZED_KEYS_PATH"
 HYBRID, NATIVE, AUTO = "hybrid", "native", "auto"
 TRANSPORTS = (HYBRID, NATIVE, AUTO)
 TRAINING_TARGET_PREFIX = "sagemaker-training-job:"
+# Real-time endpoints whose production variant has EnableSSMAccess: SageMaker's agent serves
+# ``sagemaker-endpoint:<endpoint>_<variant>_<ec2 instance id>`` (``_<container>`` appended on
+# multi-container endpoints), as AWS documents in "Access containers through SSM".
+ENDPOINT_TARGET_PREFIX = "sagemaker-endpoint:"
 HOST_KEYS_FOLDER = "host-keys"
 DEFAULT_KEYS_FOLDER = "ssh-native-keys/"  # the same as cdk.policies.NATIVE_KEYS_PREFIX
 # On the launch side: where native jobs keep their keys (else DEFAULT_KEYS_FOLDER in the SageMaker
@@ -54,8 +58,13 @@ def training_target(job_name: str, host: str) -> str:
     return f"{TRAINING_TARGET_PREFIX}{job_name}_{host}"
 
 
+def endpoint_target(endpoint: str, variant: str, instance_id: str) -> str:
+    """SageMaker's SSM target for one instance of a single-container endpoint's variant."""
+    return f"{ENDPOINT_TARGET_PREFIX}{endpoint}_{variant}_{instance_id}"
+
+
 def is_native_target(text: str) -> bool:
-    return text.startswith(TRAINING_TARGET_PREFIX)
+    return text.startswith((TRAINING_TARGET_PREFIX, ENDPOINT_TARGET_PREFIX))
 
 
 def default_keys_path(region: str, account: str) -> str:

@@ -17,6 +17,7 @@ time.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
@@ -273,10 +274,54 @@ def _model_image(model: Any, call: Any) -> Optional[str]:
         return None
 
 
+def _endpoint_native_unsupported(model: Any) -> Optional[str]:
+    """Why SSM access (``EnableSSMAccess``) cannot serve the model's endpoint (None: it may;
+    whether AWS allowlisted the account is known only when CreateEndpointConfig answers)."""
+    try:  # a MultiDataModel's method reads an attribute the SDK never sets
+        isolation = getattr(model, "enable_network_isolation", None)
+        isolated = (isolation() if callable(isolation) else isolation) is True
+    except AttributeError:
+        isolated = False
+    if isolated:
+        return "AWS opens no SSM session into a model with network isolation"
+    if getattr(model, "algorithm_arn", None) or getattr(model, "model_package_arn", None):
+        return "AWS offers no SSM access to built-in or AWS Marketplace algorithm containers"
+    return None
+
+
+def _hook_ssm_access(model: Any) -> None:
+    """Make the model's ``deploy()`` create its endpoint configuration with ``EnableSSMAccess``
+    on the model's production variant (the SDK has no such argument): a botocore
+    ``before-parameter-build`` handler on the session's SageMaker client, which adds the field
+    to CreateEndpointConfig's variants that serve this model."""
+    original = model.deploy
+    if getattr(original, "_sm_ssh_ssm_access", False):
+        return
+
+    def add_ssm_access(params: Dict[str, Any], **_: Any) -> None:
+        for variant in params.get("ProductionVariants") or []:
+            if variant.get("ModelName") == getattr(model, "name", None) and \
+                    not variant.get("ServerlessConfig"):
+                variant["EnableSSMAccess"] = True
+
+    @functools.wraps(original)
+    def deploy(*args: Any, **kwargs: Any) -> Any:
+        if getattr(model, "sagemaker_session", None) is None:
+            model.sagemaker_session = sagemaker.Session()
+        model.sagemaker_session.sagemaker_client.meta.events.register(
+            "before-parameter-build.sagemaker.CreateEndpointConfig", add_ssm_access,
+            unique_id=f"sm-ssh-ssm-access-{id(model)}")
+        return original(*args, **kwargs)
+
+    deploy._sm_ssh_ssm_access = True  # type: ignore[attr-defined]
+    model.deploy = deploy
+
+
 class SSHModelWrapper(SSHEnvironmentWrapper):
     """SSH into the instances behind a real-time endpoint."""
 
     kind = "inference"
+    transport = "hybrid"  # the one create() chose; "native": the variant's SSM access
 
     def __init__(self, model: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, *, local_user_id: Optional[str] = None,
@@ -303,25 +348,37 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                connection_wait_time: Optional[timedelta] = None,
                ssm_iam_role: Optional[str] = None,
-               bootstrap_on_start: bool = True) -> SSHModelWrapper:
+               bootstrap_on_start: bool = True, *,
+               transport: str = "hybrid") -> SSHModelWrapper:
         """Enable SSH for ``model``; call before ``deploy()`` or ``transformer()``.
 
-        The hold defaults to 0 s (v2: 600 s), so model loading is not held up."""
+        The hold defaults to 0 s (v2: 600 s), so model loading is not held up.
+
+        ``transport``: ``"hybrid"`` (an SSM hybrid activation from the container), or
+        ``"native"``: ``deploy()`` turns on the production variant's SSM access
+        (``EnableSSMAccess``; AWS support must allowlist the account) and SageMaker's agent
+        carries the sessions. ``"auto"`` means hybrid here: whether the account is allowlisted
+        shows only when the endpoint configuration is created."""
         if isinstance(model, MultiDataModel):
             raise ValueError("use SSHMultiModelWrapper.create() for a MultiDataModel")
         return cls._create(model, connection_wait_time_seconds, connection_wait_time,
-                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start)
+                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start,
+                           transport)
 
     @classmethod
     def _create(cls, model: Any, seconds: Any, delta: Optional[timedelta],
                 local_user_id: Optional[str], log_to_stdout: bool,
-                ssm_iam_role: Optional[str], bootstrap_on_start: bool) -> Any:
+                ssm_iam_role: Optional[str], bootstrap_on_start: bool,
+                transport: str = "hybrid") -> Any:
         if getattr(model, "endpoint_name", None):
             raise ValueError(f"the model is already deployed to endpoint {model.endpoint_name}: "
                              f"call {cls.__name__}.create() before deploy()")
         wrapper = cls(model, ssm_iam_role or "", bootstrap_on_start, seconds,
                       local_user_id=local_user_id, log_to_stdout=log_to_stdout,
                       connection_wait_time=delta)
+        unsupported = _endpoint_native_unsupported(model) if transport == "native" else (
+            "the account's allowlisting for SSM access cannot be checked before deploy()")
+        wrapper.transport = resolve_transport(transport, unsupported)
         wrapper._augment()
         return wrapper
 
@@ -330,9 +387,12 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
         settings = build_settings(model, getattr(env_holder, "role", None), "model",
                                   self.connection_wait_time_seconds, self._connection_wait_time,
                                   self.local_user_id, self.log_to_stdout, self.ssm_iam_role,
-                                  bootstrap_on_start=self.bootstrap_on_start)
+                                  bootstrap_on_start=self.bootstrap_on_start,
+                                  transport=self.transport)
         self.env = settings.environment()
         env_holder.env = merged(getattr(env_holder, "env", None), self.env)
+        if self.transport == "native":  # SageMaker starts its SSM agent in the instances
+            _hook_ssm_access(model)
         multi_model = isinstance(model, MultiDataModel)
         wrapper_hooks.hook_name_argument(
             model, "deploy", "endpoint_name", env_holder, "env",
@@ -357,6 +417,12 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
     resource_name = endpoint_name
 
     def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+        from sagemaker_ssh_helper import native
+
+        targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
+                                               timeout_in_sec)
+        if targets is not None:  # SageMaker's own targets (the variant's SSM access)
+            return targets
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> List[str]:
@@ -422,13 +488,16 @@ class SSHMultiModelWrapper(SSHModelWrapper):
                local_user_id: Optional[str] = None, log_to_stdout: bool = False,
                connection_wait_time: Optional[timedelta] = None,
                ssm_iam_role: Optional[str] = None,
-               bootstrap_on_start: bool = True) -> SSHMultiModelWrapper:
-        """Enable SSH for a MultiDataModel; call before ``deploy()`` (hold: 0 s by default)."""
+               bootstrap_on_start: bool = True, *,
+               transport: str = "hybrid") -> SSHMultiModelWrapper:
+        """Enable SSH for a MultiDataModel; call before ``deploy()`` (hold: 0 s by default).
+        ``transport`` as for ``SSHModelWrapper.create()``."""
         if not isinstance(mdm, MultiDataModel):
             raise ValueError("SSHMultiModelWrapper.create() takes a MultiDataModel; "
                              "use SSHModelWrapper.create() for a Model")
         return cls._create(mdm, connection_wait_time_seconds, connection_wait_time,
-                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start)
+                           local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start,
+                           transport)
 
 
 class SSHProcessorWrapper(SSHJobWrapperBase):
@@ -558,6 +627,9 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
         ``SSHModelWrapper.create(model)``); call before ``transform()``."""
         if not isinstance(model_wrapper, SSHModelWrapper) or not model_wrapper.augmented:
             raise ValueError("pass the SSHModelWrapper returned by SSHModelWrapper.create(model)")
+        if model_wrapper.transport == "native":
+            raise ValueError("batch transform jobs have no SSM access: create the model's "
+                             "SSHModelWrapper with transport='hybrid' for a transformer")
         if getattr(transformer, "latest_transform_job", None) is not None:
             raise ValueError(f"the transformer already started transform job "
                              f"{transformer.latest_transform_job.job_name}: call "

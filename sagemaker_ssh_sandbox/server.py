@@ -31,7 +31,7 @@ from sagemaker_ssh_sandbox.gateway import Gateway
 from sagemaker_ssh_sandbox.iam import account as iam_setup
 from sagemaker_ssh_sandbox.sagemaker.bridge import UnixToTcp
 from sagemaker_ssh_sandbox.sagemaker.cwlogs import LOG_GROUPS, LogShipper
-from sagemaker_ssh_sandbox.sagemaker.endpoints import EndpointsAPI
+from sagemaker_ssh_sandbox.sagemaker.endpoints import SSM_TARGET_PREFIX, EndpointsAPI
 from sagemaker_ssh_sandbox.sagemaker.jobs import JobsAPI
 from sagemaker_ssh_sandbox.sagemaker.layout import Platform
 from sagemaker_ssh_sandbox.sagemaker.notebooks import NOTEBOOK_USER, NotebookAPI
@@ -171,7 +171,6 @@ class Daemon:
         gateway.jobs = jobs
         debug = RemoteDebug(self._ssm.backend, lambda name: jobs.get("training", name))
         self._runner.remote_debug = debug
-        self._ssm.backend.sagemaker_gate = debug.refusal
         jobs.remote_debug_on = debug.turned_on
         self._studio = StudioAPI(self.region, self.account, self.sd.root, app_container_factory(
             platform, bridges, [(str(self.sd.pybin), CONTAINER_PYBIN)]))
@@ -182,6 +181,11 @@ class Daemon:
         self._endpoints = EndpointsAPI(self.region, self.account, sagemaker, s3, platform,
                                        self.sd.root, bridges, binds, self._shipper,
                                        self.stop_grace)
+        self._endpoints.ssm_backend = self._ssm.backend
+        endpoints_api = self._endpoints
+        self._ssm.backend.sagemaker_gate = lambda target_id: (
+            endpoints_api.ssm_refusal(target_id)
+            if target_id.startswith(SSM_TARGET_PREFIX) else debug.refusal(target_id))
         gateway.apis += [self._endpoints, self._studio, self._notebooks]
         gateway.start()
         state = self._state(moto_port, seeded)

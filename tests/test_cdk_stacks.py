@@ -150,8 +150,8 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
     # native transport: each user writes keys under their own folder only
     assert native_keys["Resource"] == \
         f"arn:aws:s3:::sagemaker-*-{ACCOUNT}/ssh-native-keys/${{aws:userid}}/*"
-    [native] = [s for s in granting(client, "ssm:StartSession") if native_targets_only(s)]
-    assert native["Action"] == "ssm:StartSession"
+    natives = [s for s in granting(client, "ssm:StartSession") if native_targets_only(s)]
+    assert [s["Action"] for s in natives] == ["ssm:StartSession"] * 2  # training, endpoints
     for action in ("ssm:DescribeInstanceInformation", "ssm:DescribeInstanceProperties",
                    "ssm:GetCommandInvocation", "sagemaker:ListTrainingJobs",
                    "sagemaker:DescribeTrainingJob"):
@@ -159,10 +159,11 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
 
 
 def native_targets_only(statement: Dict[str, Any]) -> bool:
-    """A statement that reaches SageMaker's remote-debugging targets of training jobs only (AWS
-    names no resource ARN for them: ``*`` with the target-id condition, as AWS documents)."""
+    """A statement that reaches SageMaker's own targets only: training jobs' remote debugging or
+    endpoints' SSM access (``*`` with the target-id condition, as AWS documents)."""
     like = statement.get("Condition", {}).get("StringLike", {})
-    return like == {"ssm:resourceTag/aws:ssmmessages:target-id": "sagemaker-training-job:*"}
+    return like in ({"ssm:resourceTag/aws:ssmmessages:target-id": "sagemaker-training-job:*"},
+                    {"ssm:resourceTag/aws:ssmmessages:target-id": "sagemaker-endpoint:*"})
 
 
 def test_no_statement_grants_commands_or_sessions_everywhere(templates: Dict[str, Any]) -> None:

@@ -293,3 +293,117 @@ def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
     assert shell.returncode == 0, shell.stderr[-2000:]
     assert "on-algo-1" in shell.stdout
     assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Completed"
+
+
+ENDPOINT_LAUNCH = """\
+import io, json, os, sys, tarfile
+
+import boto3
+import sagemaker
+from sagemaker.pytorch import PyTorchModel
+from sagemaker_ssh_helper.wrapper import SSHModelWrapper
+
+session = sagemaker.Session()
+bucket = session.default_bucket()
+archive = io.BytesIO()
+with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+    info = tarfile.TarInfo("weights.json")
+    info.size = 2
+    tar.addfile(info, io.BytesIO(b"{}"))
+boto3.client("s3").put_object(Bucket=bucket, Key="native-model/model.tar.gz",
+                              Body=archive.getvalue())
+model = PyTorchModel(entry_point="inference.py", source_dir=sys.argv[1],
+                     dependencies=[SSHModelWrapper.dependency_dir()],
+                     model_data=f"s3://{bucket}/native-model/model.tar.gz",
+                     role=os.environ["SM_SSH_SANDBOX_ROLE_ARN"], framework_version="2.2",
+                     py_version="py310", sagemaker_session=session)
+wrapper = SSHModelWrapper.create(model, transport="native")
+model.deploy(initial_instance_count=1, instance_type="ml.m5.xlarge", wait=True)
+print("RESULT " + json.dumps({"endpoint": wrapper.endpoint_name(), "model": model.name,
+                              "ids": wrapper.get_instance_ids(timeout_in_sec=120)}), flush=True)
+"""
+
+INFERENCE = """\
+import json
+import sagemaker_ssh_helper
+
+sagemaker_ssh_helper.setup_and_start_ssh()
+
+
+def model_fn(model_dir):
+    open("/tmp/model-loaded", "w").write("loaded\\n")
+    return {}
+
+
+def predict_fn(data, model):
+    return data
+"""
+
+
+def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: Dict[str, str],
+                                         tmp_path: Path) -> None:
+    """An endpoint deployed with ``SSHModelWrapper.create(model, transport="native")``: its
+    variant has EnableSSMAccess, no activation is created, SSH runs over SageMaker's
+    ``sagemaker-endpoint:`` target found through the instance's SSM log stream."""
+    before = ssm_calls(env).get("CreateActivation", 0)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "inference.py").write_text(INFERENCE)
+    (tmp_path / "launch.py").write_text(ENDPOINT_LAUNCH)
+    done = run([sys.executable, str(tmp_path / "launch.py"), str(tmp_path / "src")], env,
+               timeout=300)
+    lines = [line for line in done.stdout.splitlines() if "RESULT " in line]  # after "!!"
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(lines[-1].split("RESULT ", 1)[1])
+    endpoint, fqdn = result["endpoint"], f"{result['endpoint']}.inference.sagemaker"
+    sm = sandbox.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
+        EndpointName=endpoint)["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["EnableSSMAccess"] is True
+    [target] = result["ids"]
+    prefix = f"sagemaker-endpoint:{endpoint}_AllTraffic_i-"
+    assert target.startswith(prefix), target
+    instance = target[len("sagemaker-endpoint:" + endpoint + "_AllTraffic_"):]
+    streams = sandbox.client("logs").describe_log_streams(
+        logGroupName=f"/aws/sagemaker/Endpoints/{endpoint}")["logStreams"]
+    assert f"AllTraffic/{instance}/ssm" in [s["logStreamName"] for s in streams]
+
+    done = run(sm_ssh("connect", fqdn, "--", "hostname; cat /tmp/model-loaded"), env)
+    assert (done.returncode, done.stdout.split()) == (0, [instance, "loaded"]), done.stderr
+    assert ssm_calls(env).get("CreateActivation", 0) == before
+
+    # -L to the model server's port, through SageMaker's target
+    local = free_port()
+    proc = subprocess.Popen(sm_ssh("connect", fqdn, "-N", "-L", f"{local}:localhost:8080"),
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{local}/ping"), proc, "-L")
+    finally:
+        stop(proc)
+
+    done = run(sm_ssh("list", "inference.sagemaker", "--output", "json"), env)
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    assert (rows[endpoint]["transport"], rows[endpoint]["ssh"]) == ("native", "Online"), rows
+    shell = subprocess.run(sm_ssh("shell", fqdn), env=env, capture_output=True, text=True,
+                           timeout=120, input="echo on-$(hostname)\nexit\n", check=False)
+    assert shell.returncode == 0 and f"on-{instance}" in shell.stdout, shell.stderr[-2000:]
+    with sandbox.activated(), pytest.raises(Exception, match="ValidationException"):
+        boto3.client("ssm").send_command(InstanceIds=[target], DocumentName="AWS-RunShellScript",
+                                         Parameters={"commands": ["true"]})
+
+    # the same model behind an endpoint whose variant has SSM access off: one line
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-off", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": result["model"], "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.xlarge", "EnableSSMAccess": False}])
+    sm.create_endpoint(EndpointName=f"{endpoint}-off", EndpointConfigName=f"{endpoint}-off")
+    done = run(sm_ssh("connect", f"{endpoint}-off.inference.sagemaker", "--", "true"), env)
+    assert done.returncode == 3 and f"endpoint {endpoint}-off has SSM access off: create " \
+        "an endpoint configuration whose production variant has EnableSSMAccess=true" \
+        in done.stderr, done.stderr
+    sm.delete_endpoint(EndpointName=f"{endpoint}-off")
+
+    # deleted: SageMaker's target takes no session any more
+    sm.delete_endpoint(EndpointName=endpoint)
+    with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
+        boto3.client("ssm").start_session(Target=target, DocumentName="AWS-StartSSHSession",
+                                          Parameters={"portNumber": ["22"]})

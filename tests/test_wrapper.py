@@ -833,3 +833,42 @@ def test_impossible_transports_are_refused(sdk: SDK, kwargs: Dict[str, Any], tra
     with pytest.raises(ValueError, match=re.escape(message)):
         SSHEstimatorWrapper.create(estimator, transport=transport)
     assert not (estimator.environment or {})
+
+
+# -- the native transport for endpoints (the production variant's SSM access) ----------------
+def test_native_model_deploys_with_ssm_access_and_auto_stays_hybrid(sdk: SDK) -> None:
+    model = sdk.model()
+    wrapper = SSHModelWrapper.create(model, transport="native")
+    model.deploy(initial_instance_count=1, instance_type="ml.m5.xlarge", wait=False)
+    [variant] = stored_variants(sdk)  # the field is added after the recorder's event
+    assert variant["EnableSSMAccess"] is True and variant["ModelName"] == model.name
+    env = sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SSH_TRANSPORT"] == "native" and env["SSH_AUTHORIZED_KEYS_PATH"].endswith(
+        "/ssh-native-keys/") and wrapper.transport == "native"
+
+    for transport in ("hybrid", "auto"):  # auto: the allowlisting is unknown before deploy()
+        model = sdk.model()
+        assert SSHModelWrapper.create(model, transport=transport).transport == "hybrid"
+        model.deploy(initial_instance_count=1, instance_type="ml.m5.xlarge", wait=False)
+        [variant] = stored_variants(sdk)
+        assert "EnableSSMAccess" not in variant
+        assert "SSH_TRANSPORT" not in sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+
+
+def stored_variants(sdk: SDK) -> List[Dict[str, Any]]:
+    name = sdk.last("CreateEndpointConfig")["EndpointConfigName"]
+    return list(sdk.session.sagemaker_client.describe_endpoint_config(
+        EndpointConfigName=name)["ProductionVariants"])
+
+
+def test_impossible_endpoint_transports_are_refused(sdk: SDK) -> None:
+    model = sdk.model(enable_network_isolation=True)
+    with pytest.raises(ValueError, match=re.escape(
+            "transport='native' is not possible: AWS opens no SSM session into a model with "
+            "network isolation; use transport='hybrid'")):
+        SSHModelWrapper.create(model, transport="native")
+    model = sdk.model()
+    wrapper = SSHModelWrapper.create(model, transport="native")
+    transformer = model.transformer(instance_count=1, instance_type="ml.m5.xlarge")
+    with pytest.raises(ValueError, match="batch transform jobs have no SSM access"):
+        SSHTransformerWrapper.create(transformer, wrapper)

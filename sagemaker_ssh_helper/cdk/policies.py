@@ -150,6 +150,11 @@ def server_policy(t: Target) -> Policy:
 
 
 TRAINING_TARGETS = "sagemaker-training-job:*"
+# Endpoint instances of production variants with EnableSSMAccess (AWS's "Access containers
+# through SSM" shows ``ssm:StartSession`` on the endpoint's ARN as its way to scope them; how
+# Session Manager evaluates that resource for these targets is not documented further, so we
+# scope by the documented target-id condition key, as for training jobs).
+ENDPOINT_TARGETS = "sagemaker-endpoint:*"
 TARGET_ID_KEY = "ssm:resourceTag/aws:ssmmessages:target-id"
 
 
@@ -232,6 +237,18 @@ def client_policy(t: Target, owner: str = "${aws:userid}") -> Policy:
                    {"StringLike": {TARGET_ID_KEY: TRAINING_TARGETS}}),
         _statement("PublishOwnNativeKeys", ["s3:PutObject", "s3:GetObject"],
                    [t.native_objects(owner)]),
+        # Native transport, endpoints: sessions to the instances of production variants with
+        # SSM access, found through their SSM log streams (<variant>/<instance>/ssm); the
+        # configuration and model tell whether the endpoint is native and where its keys are.
+        _statement("SessionsToEndpointsWithSSMAccess", ["ssm:StartSession"], ["*"],
+                   {"StringLike": {TARGET_ID_KEY: ENDPOINT_TARGETS}}),
+        _statement("DescribeNativeEndpoints",
+                   ["sagemaker:DescribeEndpointConfig", "sagemaker:DescribeModel"],
+                   [t.arn("sagemaker", "endpoint-config/*"), t.arn("sagemaker", "model/*")]),
+        _statement("FindEndpointInstances", ["logs:DescribeLogStreams"],
+                   [t.arn("logs", "log-group:/aws/sagemaker/Endpoints/*")]),
+        _statement("ReadNativeHostKeys", ["s3:ListBucket"], [t.keys_bucket_arns],
+                   {"StringLike": {"s3:prefix": f"{t.native_prefix}{owner}/*"}}),
         # `sm-ssh doctor` reads the activation tier (sessions need the advanced tier).
         _statement("ReadActivationTier", ["ssm:GetServiceSetting"],
                    [t.arn("ssm", f"servicesetting{ADVANCED_TIER_SETTING}")]),

@@ -16,6 +16,17 @@ CreateEndpointConfig and their Describe/Delete); CreateEndpoint reads both from 
 Container output goes to CloudWatch Logs group ``/aws/sagemaker/Endpoints/<name>``, stream
 ``<variant>/<instance id>``, where Logs Insights finds the SSM registration line. An instance
 whose container ends after ``InService`` is not replaced (the endpoint stays InService).
+
+SSM access (``EnableSSMAccess`` on a production variant, as AWS documents it in "Access
+containers through SSM"): each instance of such a variant runs SageMaker's own SSM agent (the
+agent stand-in as a platform sidecar, as for training jobs' remote debugging) under the target
+``sagemaker-endpoint:<endpoint>_<variant>_<instance id>``, which is no managed instance and
+takes sessions only, while the instance runs and the endpoint is not deleted or failed
+(``TargetNotConnected`` otherwise). The instance's SSM log stream ``<variant>/<instance id>/ssm``
+is created with the target ID as its first line: AWS documents that stream and that the target
+IDs are "listed at the beginning", not the exact wording of that line, so clients should build
+the target from the stream's name. Turning SSM access on for a running endpoint needs
+UpdateEndpoint with a new configuration, which the sandbox does not emulate.
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from sagemaker_ssh_sandbox.sagemaker import serving
+from sagemaker_ssh_sandbox.sagemaker import remote_debug, serving
 from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig, OutputCallback
 from sagemaker_ssh_sandbox.sagemaker.cwlogs import LogShipper
 from sagemaker_ssh_sandbox.sagemaker.jobs import (
@@ -47,6 +58,7 @@ logger = logging.getLogger(__name__)
 OPERATIONS = ("CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "DeleteEndpoint")
 TAG_OPERATIONS = ("AddTags", "ListTags", "DeleteTags")
 FAILURE_REASON_MAX = 1024
+SSM_TARGET_PREFIX = "sagemaker-endpoint:"
 
 
 @dataclass
@@ -131,6 +143,8 @@ class EndpointsAPI:
         self.binds = list(binds or [])
         self.shipper = shipper
         self.stop_grace = stop_grace
+        # the SSM stand-in, for variants with EnableSSMAccess (set by the sandbox server)
+        self.ssm_backend: Any = None
         self._endpoints: Dict[str, Endpoint] = {}
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
@@ -233,6 +247,25 @@ class EndpointsAPI:
         with endpoint.lock:
             return tag_operation(endpoint.tags, operation, body)
 
+    def ssm_refusal(self, target_id: str) -> Optional[str]:
+        """Why SageMaker opens no session to the endpoint target ``target_id`` now (None: it
+        does)."""
+        parsed = parse_ssm_target(target_id)
+        if parsed is None:
+            return "not an endpoint target"
+        with self._lock:
+            endpoint = self._endpoints.get(parsed[0])
+        if endpoint is None:
+            return "no such endpoint"
+        with endpoint.lock:
+            if endpoint.status in ("Deleting", "Failed"):
+                return f"the endpoint is {endpoint.status}"
+            if not ssm_access(endpoint, parsed[1]):
+                return "the variant has no SSM access"
+            running = {i.id for i in endpoint.instances
+                       if i.variant == parsed[1] and i.exit_code is None}
+        return None if parsed[2] in running else f"no running instance {parsed[2]}"
+
     # -- lifecycle --------------------------------------------------------------------------
     def _lifecycle(self, endpoint: Endpoint) -> None:
         """The endpoint's life, from creation until DeleteEndpoint (or sandbox shutdown)."""
@@ -279,6 +312,15 @@ class EndpointsAPI:
                               python=self.platform.python)
         config.argv, config.cwd, config.env = serving.prepare_endpoint(
             self.s3, container.opt_ml, definition, self.platform)
+        if self.ssm_backend is not None and ssm_access(endpoint, variant):
+            target_id = ssm_target(endpoint.name, variant, instance.id)
+            self.ssm_backend.register_sagemaker_target(target_id, instance.id)
+            config.sidecars.append(remote_debug.agent_sidecar(
+                target_id, self.platform.region, self.platform.env()))
+            if self.shipper is not None:  # the SSM log stream, its target first
+                self.shipper.sink_to(f"/aws/sagemaker/Endpoints/{endpoint.name}",
+                                     f"{variant}/{instance.id}/ssm")(
+                    "ssm", f"[sagemaker ssm logs][container_0] SSM target: {target_id}")
         with endpoint.lock:
             instance.container = container
             endpoint.instances.append(instance)
@@ -380,3 +422,22 @@ class EndpointsAPI:
             threads = list(self._threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def ssm_access(endpoint: Endpoint, variant: str) -> bool:
+    return any(v.get("VariantName") == variant and v.get("EnableSSMAccess") is True
+               for v in endpoint.variants)
+
+
+def ssm_target(endpoint: str, variant: str, instance_id: str) -> str:
+    """The target of a single-container endpoint's instance (AWS's documented format)."""
+    return f"{SSM_TARGET_PREFIX}{endpoint}_{variant}_{instance_id}"
+
+
+def parse_ssm_target(text: str) -> Optional[Tuple[str, str, str]]:
+    """(endpoint, variant, instance id); names of endpoints and variants have no ``_``; a
+    multi-container target's ``_<container>`` suffix is dropped."""
+    if not text.startswith(SSM_TARGET_PREFIX):
+        return None
+    parts = text[len(SSM_TARGET_PREFIX):].split("_", 3)
+    return (parts[0], parts[1], parts[2]) if len(parts) >= 3 and all(parts[:3]) else None
