@@ -388,7 +388,7 @@ def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: Dict[str, str],
                            timeout=120, input="echo on-$(hostname)\nexit\n", check=False)
     assert shell.returncode == 0 and f"on-{instance}" in shell.stdout, shell.stderr[-2000:]
     with sandbox.activated(), pytest.raises(Exception, match="ValidationException"):
-        boto3.client("ssm").send_command(InstanceIds=[target], DocumentName="AWS-RunShellScript",
+        sandbox.client("ssm").send_command(InstanceIds=[target], DocumentName="AWS-RunShellScript",
                                          Parameters={"commands": ["true"]})
 
     # the same model behind an endpoint whose variant has SSM access off: one line
@@ -405,5 +405,5 @@ def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: Dict[str, str],
     # deleted: SageMaker's target takes no session any more
     sm.delete_endpoint(EndpointName=endpoint)
     with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
-        boto3.client("ssm").start_session(Target=target, DocumentName="AWS-StartSSHSession",
+        sandbox.client("ssm").start_session(Target=target, DocumentName="AWS-StartSSHSession",
                                           Parameters={"portNumber": ["22"]})
