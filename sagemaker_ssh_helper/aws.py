@@ -149,9 +149,14 @@ def mask(value: Optional[str], keep: int = 4) -> str:
 def boto_session(profile: Optional[str] = None, region: Optional[str] = None,
                  credentials: Optional[Any] = None) -> boto3.Session:
     """A session; ``credentials`` (botocore's frozen credentials of another session) make a
-    twin of that session without resolving credentials again (no second MFA prompt)."""
+    twin of that session without resolving credentials again (no second MFA prompt). Without
+    ``region``, ``AWS_REGION`` is honoured as the AWS CLI v2 does (botocore alone reads only
+    ``AWS_DEFAULT_REGION`` and the profile)."""
+    import os
+
     import boto3
 
+    region = region or os.environ.get("AWS_REGION") or None
     keys = {}
     if credentials is not None:
         keys = {"aws_access_key_id": credentials.access_key,

@@ -1,6 +1,7 @@
 """aws.py (ARNs, partitions, console domains, roles, masking, STS) and fqdn.py (the grammar)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import boto3
@@ -129,6 +130,17 @@ def test_missing_region_is_an_aws_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(AwsError, match="no AWS region configured"):
         aws.session_region(aws.boto_session())
+
+
+def test_aws_region_alone_names_the_region_as_the_error_advises(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """botocore reads AWS_DEFAULT_REGION and the profile only; AWS_REGION (what the errors
+    advise, and what the AWS CLI v2 reads first) names the region too; --region wins."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert aws.session_region(aws.boto_session()) == "eu-west-3"
+    assert aws.session_region(aws.boto_session(region="ap-south-1")) == "ap-south-1"
 
 
 @pytest.mark.parametrize("region, endpoint", [
