@@ -23,9 +23,10 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sagemaker_ssh_helper import aws, fqdn
+from sagemaker_ssh_helper import aws, connect, fqdn
 from sagemaker_ssh_helper.cdk import policies
 from sagemaker_ssh_helper.connect import Context
+from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +358,10 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
                       f"check the name (sm-ssh list {target.kind.kind}.{fqdn.SUFFIX}) or "
                       "pass --region")]
     running = status not in resources.FINISHED
+    if running and target.kind.kind in ("training", "inference"):
+        job = connect._native_job(ctx, target)
+        if job is not None:  # SageMaker's own agent: no activation, tier or SSM trust
+            return [_native_check(ctx, target, job, name, f"{what} is {status}")]
     env = _environment(described)
     nodes = _node_count(described)
     ssh_nodes = env.get("SSH_INSTANCE_COUNT")
@@ -392,6 +397,22 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
     if role:
         checks.append(check_trust(ctx, role))
     return checks
+
+
+def _native_check(ctx: Context, target: fqdn.Target, job: Any, name: str, what: str) -> Check:
+    """A resource on the native transport: connectable once SageMaker serves its targets."""
+    from sagemaker_ssh_helper import native
+
+    try:
+        if isinstance(job, native.Endpoint):
+            nodes = native.wait_endpoint(ctx, target, job, 0).node_names
+        else:
+            nodes = native.wait_training(ctx, target, job, 0).ssh_hosts
+    except SSHHelperError as e:
+        return Check(name, False, f"{what}; transport: native (SageMaker's SSM targets)",
+                     " ".join(str(e).split()))
+    return Check(name, True, f"{what}; transport: native (SageMaker's SSM targets), nodes with "
+                             f"SSH: {', '.join(nodes)}")
 
 
 def check_trust(ctx: Context, role: str) -> Check:

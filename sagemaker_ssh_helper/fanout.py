@@ -100,6 +100,21 @@ class Plan:
     instances: List[Any]
     command: List[str]
     ssh_options: List[str] = field(default_factory=list)
+    # the native transport: the job (or endpoint) whose SageMaker targets the nodes are
+    native: Any = None
+    target: Optional[fqdn.Target] = None
+
+
+@dataclass(frozen=True)
+class NativeNode:
+    """A node of a native job: SageMaker's SSM target for one host."""
+
+    instance_id: str
+    computer_name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.computer_name} ({self.instance_id})"
 
 
 def parse_nodes(values: Optional[Sequence[str]]) -> List[str]:
@@ -147,8 +162,25 @@ def plan(ctx: connect.Context, target_text: str, nodes: Sequence[str], command: 
     else:
         target = fqdn.parse_resource(target_text)
         name, user = target.fqdn.lower(), connect.user_for(target)
+        job = connect._native_job(ctx, target)
+        if job is not None:
+            hosts = _native_nodes(ctx, target, job, wait)
+            return Plan(target_text, name, user, select(hosts, nodes, target_text), command,
+                        native=job, target=target)
     everyone = connect.release_targets(ctx, target_text, connect.Choice(wait=wait))
     return Plan(target_text, name, user, select(everyone, nodes, target_text), command)
+
+
+def _native_nodes(ctx: connect.Context, target: fqdn.Target, job: Any,
+                  wait: float) -> List[NativeNode]:
+    """The SSH nodes of a native job or endpoint, once SageMaker serves them."""
+    from sagemaker_ssh_helper import native, transport
+
+    if isinstance(job, native.Endpoint):
+        endpoint = native.wait_endpoint(ctx, target, job, wait)
+        return [NativeNode(endpoint.target_of(n), n) for n in endpoint.node_names]
+    job = native.wait_training(ctx, target, job, wait)
+    return [NativeNode(transport.training_target(job.name, h), h) for h in job.ssh_hosts]
 
 
 def _label(inst: Any) -> str:
@@ -202,14 +234,21 @@ def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, 
             raise Cancelled("interrupted before this node was reached", 130)
 
     try:
-        alias = f"{inst.instance_id}.{the_plan.name}" if several else the_plan.name
-        paced("SendCommand")
-        auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id, the_plan.name,
-                              alias)
-        prepared = connect.Prepared(inst.instance_id, the_plan.name, the_plan.user, auth)
+        if the_plan.native is not None:  # keys through S3: SageMaker's targets take no command
+            from sagemaker_ssh_helper import native
+
+            assert the_plan.target is not None
+            prepared = native.prepare(ctx, the_plan.target, the_plan.native,
+                                      connect.Choice(node=inst.computer_name), for_proxy=False)
+        else:
+            alias = f"{inst.instance_id}.{the_plan.name}" if several else the_plan.name
+            paced("SendCommand")
+            auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id,
+                                  the_plan.name, alias)
+            prepared = connect.Prepared(inst.instance_id, the_plan.name, the_plan.user, auth)
         paced("StartSession")
         ssm = ctx.manager().ssm
-        started = session.open_session(ssm, inst.instance_id, 22, ctx.profile)
+        started = session.open_session(ssm, prepared.instance_id, 22, ctx.profile)
         _run_ssh(ctx, the_plan, prepared, started, result, printer)
     except SSHHelperError as e:
         result.error, result.exit_code = " ".join(str(e).split()), e.exit_code

@@ -161,6 +161,18 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     for choice, host in ((["--node", "algo-1"], "algo-1"), (["--index", "1"], "algo-2")):
         done = run(sm_ssh("connect", *choice, fqdn, "--", "hostname"), env)
         assert (done.returncode, done.stdout.strip()) == (0, host), done.stderr[-2000:]
+    # every node at once: keys through S3, no SendCommand (SageMaker's targets take none)
+    sends = ssm_calls(env).get("SendCommand", 0)
+    done = run(sm_ssh("exec", fqdn, "--", "hostname"), env)
+    assert (done.returncode, sorted(done.stdout.splitlines())) == (
+        0, ["algo-1 | algo-1", "algo-2 | algo-2"]), done.stderr[-2000:]
+    assert ssm_calls(env).get("SendCommand", 0) == sends
+    # doctor: connectable over SageMaker's targets (no activation, no SSM trust to check)
+    done = run(sm_ssh("doctor", fqdn, "--output", "json"), env)
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks[fqdn]["ok"] is True and checks[fqdn]["detail"].endswith(
+        "transport: native (SageMaker's SSM targets), nodes with SSH: algo-1, algo-2"), done.stdout
+    assert "ssm trust" not in checks
     assert ssm_calls(env).get("CreateActivation", 0) == before  # no activation, no agent of ours
     assert "SSH is served over SageMaker's remote debugging" in sandbox.container_log(job)
 
