@@ -17,7 +17,9 @@ keep_alive_on_failure_seconds=N)`` sets it), ``setup_and_start_ssh()`` installs 
 ``python -m sagemaker_ssh_helper.postmortem -- COMMAND ...`` is the same hold for an entry point
 that is not a Python script calling ``setup_and_start_ssh()`` (a shell script, ``torchrun``):
 it starts SSH, runs the command, and when the command exits with a non-zero code it holds the
-container the same way, then exits with the command's code.
+container the same way, then exits with the command's code. SIGTERM, SIGINT and SIGHUP (a job
+stop) are passed on to the command, and to sm-wait during a hold, which then ends at once; a
+command stopped that way is not held.
 
 Nothing is held when the setup did not start SSH on this node or failed (nobody could
 connect), after ``KeyboardInterrupt``, or for ``sys.exit()``/a normal end. A job's
