@@ -233,6 +233,10 @@ def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, 
         if stop.is_set():
             raise Cancelled("interrupted before this node was reached", 130)
 
+    def pause(seconds: float) -> None:  # keys.authorize's polling ends at Ctrl-C
+        if stop.wait(seconds):
+            raise Cancelled("interrupted while the key was pushed", 130)
+
     try:
         if the_plan.native is not None:  # keys through S3: SageMaker's targets take no command
             from sagemaker_ssh_helper import native
@@ -244,7 +248,7 @@ def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, 
             alias = f"{inst.instance_id}.{the_plan.name}" if several else the_plan.name
             paced("SendCommand")
             auth = keys.authorize(ctx.manager().ssm, ctx.session, inst.instance_id,
-                                  the_plan.name, alias)
+                                  the_plan.name, alias, sleep=pause)
             prepared = connect.Prepared(inst.instance_id, the_plan.name, the_plan.user, auth)
         paced("StartSession")
         ssm = ctx.manager().ssm

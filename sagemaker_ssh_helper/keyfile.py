@@ -67,7 +67,7 @@ def ensure_dir(path: Path) -> None:
             raise SSHHelperError(f"{parent} is a file, not a directory: move it away so that "
                                  "sm-ssh can keep its keys there")
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        portable.private_dirs(path)
     except OSError as e:
         raise fs_error(e, "create the directory", path) from None
 

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from sagemaker_ssh_helper import portable
 from sagemaker_ssh_helper.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _private(directory: Path, create: bool) -> bool:
     """``directory`` exists (created if asked), is ours, is no symlink and is 0700."""
     try:
         if create and not os.path.lexists(directory):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            portable.private_dirs(directory)
         st = os.lstat(directory)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             return False

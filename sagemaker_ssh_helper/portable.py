@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Dict, Iterator, List, Sequence
 
 
 @contextmanager
@@ -29,6 +32,38 @@ def exclusive(lock: IO[Any]) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def private_dirs(path: Path) -> None:
+    """Create directory ``path`` and each missing parent with mode 0700 (``mkdir(parents=True)``
+    gives the parents the umask's mode, often 0755)."""
+    for directory in reversed([path, *path.parents]):
+        if not directory.is_dir():
+            directory.mkdir(mode=0o700, exist_ok=True)
+
+
+@contextmanager
+def forwarding(child: subprocess.Popen[Any],
+               names: Sequence[str] = ("SIGTERM", "SIGINT", "SIGHUP")) -> Iterator[List[int]]:
+    """Pass the signals ``names`` (those the OS has) on to ``child`` while the block runs; yields
+    the list of the signals received. As PID 1 (a container's entry point) a signal left to its
+    default action is not even delivered. Main thread only: elsewhere, nothing is forwarded."""
+    received: List[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous: Dict[int, Any] = {}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for signum in [getattr(signal, n) for n in names if hasattr(signal, n)]:
+                previous[signum] = signal.signal(signum, forward)
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def set_mode(fd: int, path: str, mode: int) -> None:

@@ -17,7 +17,9 @@ keep_alive_on_failure_seconds=N)`` sets it), ``setup_and_start_ssh()`` installs 
 ``python -m sagemaker_ssh_helper.postmortem -- COMMAND ...`` is the same hold for an entry point
 that is not a Python script calling ``setup_and_start_ssh()`` (a shell script, ``torchrun``):
 it starts SSH, runs the command, and when the command exits with a non-zero code it holds the
-container the same way, then exits with the command's code.
+container the same way, then exits with the command's code. SIGTERM, SIGINT and SIGHUP (a job
+stop) are passed on to the command, and to sm-wait during a hold, which then ends at once; a
+command stopped that way is not held.
 
 Nothing is held when the setup did not start SSH on this node or failed (nobody could
 connect), after ``KeyboardInterrupt``, or for ``sys.exit()``/a normal end. A job's
@@ -32,7 +34,7 @@ import socket
 import subprocess
 import sys
 from types import TracebackType
-from typing import Callable, List, Mapping, Optional, TextIO, Type
+from typing import Any, Callable, List, Mapping, Optional, TextIO, Tuple, Type
 
 from sagemaker_ssh_helper import contract
 
@@ -100,9 +102,25 @@ def where_to_connect(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     return lines
 
 
+def _call(argv: List[str], **kwargs: Any) -> int:
+    """``subprocess.call`` that passes SIGTERM/SIGINT/SIGHUP on to the command (as a job's entry
+    point this process is likely PID 1: a job stop would not reach the command otherwise)."""
+    return _call_forwarding(argv, **kwargs)[0]
+
+
+def _call_forwarding(argv: List[str], **kwargs: Any) -> Tuple[int, List[int]]:
+    """``_call``, and the signals passed on."""
+    from sagemaker_ssh_helper import portable
+
+    with subprocess.Popen(argv, **kwargs) as child:
+        with portable.forwarding(child) as received:
+            return child.wait(), received
+
+
 def hold(seconds: int, why: str, out: Optional[TextIO] = None,
-         run: Callable[..., int] = subprocess.call) -> str:
-    """Keep this container for up to ``seconds`` or until ``sm-wait stop``; messages go to
+         run: Callable[..., int] = _call) -> str:
+    """Keep this container for up to ``seconds``, until ``sm-wait stop`` or SIGTERM (a job stop,
+    passed on to sm-wait); messages go to
     ``out`` (stdout). Returns "held", or "skipped" when nobody could connect."""
     from sagemaker_ssh_helper import bootstrap, wait
 
@@ -146,12 +164,13 @@ def run_command(command: List[str], environ: Optional[Mapping[str, str]] = None)
     seconds = settings.keep_alive_on_failure_seconds
     bootstrap.setup_and_start_ssh(environ, hold_on_failure=False, settings=settings)
     try:
-        code = subprocess.call(command)
+        code, received = _call_forwarding(command)
     except OSError as e:
         print(f"[sagemaker-ssh-helper] ERROR: cannot run {command[0]}: {e}", file=sys.stderr,
               flush=True)
-        code = 127
-    if code != 0 and seconds > 0 and bootstrap.started_here():
+        code, received = 127, []
+    # a stopped job (the command got our SIGTERM) is not held
+    if code != 0 and seconds > 0 and not received and bootstrap.started_here():
         hold(seconds, f"{os.path.basename(command[0])} exited with code {code}")
     return code if code >= 0 else 128 - code
 

@@ -34,9 +34,10 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import keys, mux
 from sagemaker_ssh_helper.connect import (
@@ -279,19 +280,31 @@ def _connect(ctx: Context, prepared: Prepared, key: str, route: Route,
         proxy_cmd = proxy.shell_command(started.plugin_argv)
         path = _socket(key, prepared.instance_id) \
             if persist is not None and not _needs_terminal(prepared) else None
-        if path is not None and persist is not None:
-            returncode, text = _start_master(prepared, user_options, path, persist,
-                                             proxy_cmd, env)
-            if returncode == 0:
-                return _ride(ctx, route, path, user_options, command, prepared)
-        else:
-            returncode, text, unshown = run_logged(ctx, prepared, user_options, command, env,
-                                                   proxy_cmd=proxy_cmd,
-                                                   control=proxy.control_options("none"))
-            if returncode != SSH_FAILED or not text.strip():
-                sys.stderr.write(unshown)
-                return returncode
-        session.terminate_session(ssm, started.session_id)  # never used: free the agent
+        used = False  # else (an error, Ctrl-C, another's master): free the agent at once
+        try:
+            if path is not None and persist is not None:
+                # one master per socket: another ``sm-ssh connect`` may be starting it
+                with _master_lock(path):
+                    if mux.probe(path) is not None:
+                        logger.debug("riding the shared connection started meanwhile: %s", path)
+                        returncode, text = 0, ""
+                    else:
+                        returncode, text = _start_master(prepared, user_options, path, persist,
+                                                         proxy_cmd, env)
+                        used = returncode == 0
+                if returncode == 0:
+                    return _ride(ctx, route, path, user_options, command, prepared)
+            else:
+                returncode, text, unshown = run_logged(ctx, prepared, user_options, command,
+                                                       env, proxy_cmd=proxy_cmd,
+                                                       control=proxy.control_options("none"))
+                if returncode != SSH_FAILED or not text.strip():
+                    used = True
+                    sys.stderr.write(unshown)
+                    return returncode
+        finally:
+            if not used:
+                session.terminate_session(ssm, started.session_id)
         # Not pushed this time: the container may have lost the key, its sshd, or be a new
         # one behind the same instance; the push fixes all three (and re-pins host keys).
         if attempt == 1 and not prepared.auth.pushed:
@@ -313,6 +326,16 @@ def _needs_terminal(prepared: Prepared) -> bool:
     except SSHHelperError:
         return False
     return key.encrypted and not keyfile.in_agent(key.public)
+
+
+@contextmanager
+def _master_lock(path: Path) -> Iterator[None]:
+    """Held while a master for ``path`` is looked for and started (``<socket>.lock``)."""
+    from sagemaker_ssh_helper import portable
+
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+b") as lock, portable.exclusive(lock):
+        yield
 
 
 def _start_master(prepared: Prepared, user_options: Sequence[str], path: Path, persist: int,

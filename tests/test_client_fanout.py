@@ -93,3 +93,32 @@ def test_exec_without_a_command_says_how(capsys: pytest.CaptureFixture) -> None:
     assert sm_ssh.main(["--region", "us-east-1", "exec", "j.training.sagemaker"]) == 2
     assert "exec needs a command: sm-ssh exec <name>.<kind>.sagemaker -- <command>" in \
         capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_nodes_key_push_polling_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from sagemaker_ssh_helper import keys
+
+    def authorize(*args: object, sleep: object = time.sleep, **kwargs: object) -> object:
+        for _ in range(600):  # keys.run_shell_command's polling, up to a minute
+            sleep(0.1)  # type: ignore[operator]
+        raise AssertionError("polled to the end")
+
+    monkeypatch.setattr(keys, "authorize", authorize)
+    stop = threading.Event()
+    ctx = SimpleNamespace(manager=lambda: SimpleNamespace(ssm=None), session=None, profile=None)
+    the_plan = SimpleNamespace(name="job.training.sagemaker", user="root")
+    pacers = {op: fanout.Pacer(1000.0) for op in ("SendCommand", "StartSession")}
+    printer = fanout.Printer(8, quiet=True)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(fanout.run_node(
+        ctx, the_plan, instance("algo-1", 1), pacers, printer, False, stop)))  # type: ignore
+    worker.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    stop.set()
+    worker.join(10)
+    assert time.monotonic() - began < 2
+    assert results and results[0].exit_code == 130

@@ -261,3 +261,17 @@ def test_ssh_accepts_the_pinned_lines(tmp_path: Path) -> None:
     found = subprocess.run(["ssh-keygen", "-F", "a.training.sagemaker", "-f", str(kh)],
                            capture_output=True, text=True, check=True)
     assert f"{key_type} {blob}" in found.stdout
+
+
+def test_the_folders_sm_ssh_creates_are_all_private(tmp_path: Path) -> None:
+    from sagemaker_ssh_helper import mux
+
+    old = os.umask(0o022)
+    try:
+        keyfile.ensure_dir(tmp_path / "a" / ".ssh" / "sub")
+        assert mux._private(tmp_path / "b" / ".ssh" / "sm-ssh" / "cm", create=True)
+    finally:
+        os.umask(old)
+    for created in ("a", "a/.ssh", "a/.ssh/sub", "b", "b/.ssh", "b/.ssh/sm-ssh",
+                    "b/.ssh/sm-ssh/cm"):
+        assert stat.S_IMODE((tmp_path / created).stat().st_mode) == 0o700, created

@@ -160,3 +160,100 @@ def test_another_home_key_user_or_account_never_shares_a_master(
     assert len({first, key("b"), key(SSH_KEY=str(tmp_path / "k")),
                 key(AWS_PROFILE="other"), key(AWS_ACCESS_KEY_ID="AKIAOTHER"),
                 key(user="ubuntu"), key(choice=Choice(node="algo-2"))}) == 7
+
+
+class _FakeFlow:
+    """reuse._connect's collaborators: sessions, masters (alive once started) and rides."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        from types import SimpleNamespace
+
+        from sagemaker_ssh_helper import session
+
+        self.lock = threading.Lock()
+        self.sessions: List[str] = []
+        self.terminated: List[str] = []
+        self.started: List[Path] = []
+        self.rides: List[Path] = []
+        self.alive: set = set()
+        self.master_entered = threading.Event()
+        self.master_release = threading.Event()
+        self.master_release.set()
+        self.master_error: Optional[BaseException] = None
+
+        def open_session(ssm: object, instance_id: str, port: int, profile: object) -> object:
+            with self.lock:
+                sid = f"s-{len(self.sessions)}"
+                self.sessions.append(sid)
+            return SimpleNamespace(session_id=sid, response_env="{}", plugin_argv=["plugin"])
+
+        def start_master(prepared: object, user_options: object, path: Path, persist: int,
+                         proxy_cmd: str, env: object) -> tuple:
+            self.started.append(path)
+            self.master_entered.set()
+            assert self.master_release.wait(10)
+            if self.master_error is not None:
+                raise self.master_error
+            self.alive.add(path)
+            return 0, ""
+
+        def ride(ctx: object, route: object, path: Path, *args: object) -> int:
+            self.rides.append(path)
+            return 0
+
+        monkeypatch.setattr(session, "open_session", open_session)
+        monkeypatch.setattr(session, "terminate_session",
+                            lambda ssm, sid: self.terminated.append(sid))
+        monkeypatch.setattr(reuse, "_start_master", start_master)
+        monkeypatch.setattr(reuse, "_ride", ride)
+        monkeypatch.setattr(reuse, "_needs_terminal", lambda prepared: False)
+        monkeypatch.setattr(reuse, "write_route", lambda key, route: None)
+        monkeypatch.setattr(reuse, "_socket", lambda key, instance_id, create=True:
+                            directory / mux.name(key, instance_id))
+        monkeypatch.setattr(mux, "probe", lambda path: 1 if path in self.alive else None)
+        self.ctx = SimpleNamespace(manager=lambda: SimpleNamespace(ssm=None), profile=None)
+
+    def connect(self) -> int:
+        from types import SimpleNamespace
+
+        from sagemaker_ssh_helper import keys
+        from sagemaker_ssh_helper.connect import Prepared
+
+        mi = "mi-0123456789abcdef0"
+        auth = keys.Authorized(Path("key"), Path("known_hosts"), "alias", pushed=True)
+        prepared = Prepared(mi, "job.training.sagemaker", "root", auth)
+        route = reuse.Route(mi, prepared.destination, "root", "alias", "eu-west-1", 0.0)
+        return reuse._connect(self.ctx, prepared, "k" * 20, route, [], ["true"],  # type: ignore
+                              SimpleNamespace(port=22), 60)  # type: ignore[arg-type]
+
+
+def test_two_connects_at_once_start_one_master_the_second_rides_it(
+        monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> None:
+    flow = _FakeFlow(monkeypatch, short_dir)
+    flow.master_release.clear()
+    codes: List[int] = []
+    first = threading.Thread(target=lambda: codes.append(flow.connect()))
+    first.start()
+    assert flow.master_entered.wait(10)  # the first is starting the master ...
+    second = threading.Thread(target=lambda: codes.append(flow.connect()))
+    second.start()
+    second.join(0.5)  # ... while the second one comes: it waits for it
+    flow.master_release.set()
+    first.join(10)
+    second.join(10)
+    assert codes == [0, 0]
+    assert len(flow.started) == 1, "a second master on the same ControlPath"
+    assert flow.rides == [flow.started[0]] * 2
+    assert flow.terminated == ["s-1"]  # the second's own session was never used
+
+
+def test_a_master_start_that_fails_midway_frees_its_session(
+        monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> None:
+    flow = _FakeFlow(monkeypatch, short_dir)
+    flow.master_error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        flow.connect()
+    assert flow.terminated == ["s-0"]
+    flow.master_error = None
+    assert flow.connect() == 0  # the lock is free again
+    assert flow.terminated == ["s-0"]
