@@ -109,7 +109,7 @@ def test_ctrl_c_ends_a_nodes_key_push_polling_at_once(monkeypatch: pytest.Monkey
     monkeypatch.setattr(keys, "authorize", authorize)
     stop = threading.Event()
     ctx = SimpleNamespace(manager=lambda: SimpleNamespace(ssm=None), session=None, profile=None)
-    the_plan = SimpleNamespace(name="job.training.sagemaker", user="root")
+    the_plan = SimpleNamespace(name="job.training.sagemaker", user="root", native=None)
     pacers = {op: fanout.Pacer(1000.0) for op in ("SendCommand", "StartSession")}
     printer = fanout.Printer(8, quiet=True)
     results: list = []
