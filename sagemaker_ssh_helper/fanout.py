@@ -28,10 +28,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from sagemaker_ssh_helper import connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
+
+if TYPE_CHECKING:
+    from sagemaker_ssh_helper.manager import ManagedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class Plan:
     target_text: str
     name: str  # the FQDN (or instance ID) the key is made for
     user: str
-    instances: List[Any]
+    instances: List[ManagedInstance]
     command: List[str]
     ssh_options: List[str] = field(default_factory=list)
 
@@ -116,7 +119,8 @@ def parse_nodes(values: Optional[Sequence[str]]) -> List[str]:
     return nodes
 
 
-def select(instances: Sequence[Any], nodes: Sequence[str], target_text: str) -> List[Any]:
+def select(instances: Sequence[ManagedInstance], nodes: Sequence[str], target_text: str
+           ) -> List[ManagedInstance]:
     """The instances ``nodes`` name (host name or instance ID), in node order; every online
     instance if ``nodes`` is empty. A name that is not an online node is a usage error that
     lists the nodes there are."""
@@ -151,7 +155,7 @@ def plan(ctx: connect.Context, target_text: str, nodes: Sequence[str], command: 
     return Plan(target_text, name, user, select(everyone, nodes, target_text), command)
 
 
-def _label(inst: Any) -> str:
+def _label(inst: ManagedInstance) -> str:
     return str(inst.computer_name or inst.instance_id)
 
 
@@ -187,7 +191,7 @@ class Cancelled(SSHHelperError):
     """The command was interrupted before this node was reached."""
 
 
-def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, Pacer],
+def run_node(ctx: connect.Context, the_plan: Plan, inst: ManagedInstance, pacers: Dict[str, Pacer],
              printer: Printer, several: bool, stop: threading.Event) -> NodeResult:
     """Key push, session and ssh for one node; every failure is kept in the result."""
     from sagemaker_ssh_helper import keys, session

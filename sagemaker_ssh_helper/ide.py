@@ -98,7 +98,7 @@ class SSHIDE:
         return {"DomainId": self.domain_id, self.owner_key: self.owner, "AppType": app_type,
                 "AppName": app_name}
 
-    def _ssh_log(self) -> Any:
+    def _ssh_log(self) -> SSHLog:
         return SSHLog(region_name=self.region_name, session=self.session)
 
     # -- apps -------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class NotebookInstance:
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_notebook_instance_ids(self.name, timeout_in_sec=timeout_in_sec)
 
-    def _ssh_log(self) -> Any:
+    def _ssh_log(self) -> SSHLog:
         return SSHLog(region_name=self.region_name, session=self.session)
 
     def get_cloudwatch_url(self) -> str:

@@ -115,7 +115,7 @@ class Progress:
             self._show("\n" if self.tty else "")
 
 
-def s3_prefix(ctx: Any, given: Optional[str]) -> Tuple[str, str]:
+def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str]:
     """(bucket, key prefix ending in /) for temporary objects; the bucket must exist."""
     if given:
         if not given.startswith("s3://") or not given[len("s3://"):].split("/")[0]:
@@ -157,7 +157,8 @@ def _s3_error(e: Exception, bucket: str, action: str) -> Exception:
 class Copier:
     """One ``sm-ssh cp``: the prepared instance, and how to run ssh and scp against it."""
 
-    def __init__(self, ctx: Any, prepared: Any, out: Optional[TextIO] = None) -> None:
+    def __init__(self, ctx: connect.Context, prepared: connect.Prepared,
+                 out: Optional[TextIO] = None) -> None:
         self.ctx = ctx
         self.prepared = prepared
         self.out = out or sys.stderr
@@ -292,7 +293,8 @@ def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False) -> None
               f"{' '.join(str(e).split())}", file=sys.stderr, flush=True)
 
 
-def copy(ctx: Any, source: str, destination: str, choice: Any, via: str = "auto",
+def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
+         via: str = "auto",
          threshold: int = DEFAULT_THRESHOLD, s3: Optional[str] = None,
          out: Optional[TextIO] = None) -> int:
     """``sm-ssh cp SOURCE DESTINATION``: exactly one of them is ``<fqdn>:<path>``."""
@@ -389,7 +391,8 @@ def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, b
     return int(result["files"]), result
 
 
-def sync(ctx: Any, source: str, destination: str, choice: Any, s3: Optional[str] = None,
+def sync(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
+         s3: Optional[str] = None,
          out: Optional[TextIO] = None) -> int:
     """``sm-ssh sync SOURCE_DIR DEST_DIR``: the new and changed files of a folder (one side is
     ``<fqdn>:<dir>``), as one checked archive through S3; nothing is deleted."""

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from sagemaker_ssh_helper import aws, code_shipping, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.manager import SSMManager
 from sagemaker_ssh_helper.wrapper_base import (
     LOOKUP_900,
     PACKAGE_DIR,
@@ -216,7 +217,7 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -356,7 +357,7 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> List[str]:
@@ -512,7 +513,7 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
     resource_name = processing_job_name
     get_processor_latest_job_name = processing_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
@@ -595,7 +596,7 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
     resource_name = transform_job_name
     get_transformer_latest_job_name = transform_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_transformer_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, sdk_versions, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.manager import SSMManager
 from sagemaker_ssh_helper.wrapper_base import (
     DEFAULT_LOOKUP_TIMEOUT,
     WAIT_0,
@@ -221,7 +222,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -323,7 +324,7 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = processing_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 
@@ -454,7 +455,7 @@ class SSHModelBuilderWrapper(_V3Wrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> Dict[str, Any]:
