@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.log import SSHLog
@@ -127,7 +127,7 @@ class SSHIDE:
         return str(result["AppArn"])
 
     def wait_app_status(self, app_name: str, app_type: str = "KernelGateway",
-                        statuses: tuple = ("InService",), timeout_in_sec: float = 900,
+                        statuses: Tuple[str, ...] = ("InService",), timeout_in_sec: float = 900,
                         **clock: Any) -> IDEAppStatus:
         last: List[IDEAppStatus] = []
 

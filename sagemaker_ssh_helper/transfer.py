@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from sagemaker_ssh_helper import aws, connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing, UsageError
@@ -185,7 +185,7 @@ class Copier:
             why = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["?"]
             raise SSHHelperError(f"scp failed: {why[0]}", done.returncode)
 
-    def remote(self, args: List[str]) -> dict:
+    def remote(self, args: List[str]) -> Dict[str, Any]:
         """Run ``transfer_remote`` in the container with ``args``; its JSON answer."""
         from sagemaker_ssh_helper import proxy
 
@@ -227,7 +227,7 @@ class Copier:
             raise SSHHelperError("in the container: no answer from the copy") from None
 
     # -- the two directions --------------------------------------------------------------------
-    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> dict:
+    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> Dict[str, Any]:
         s3 = aws.client(self.ctx.session, "s3")
         size = local.stat().st_size
         digest = sha256_of(local)
@@ -250,7 +250,7 @@ class Copier:
         return result
 
     def download(self, remote_path: str, local: Path, bucket: str, prefix: str,
-                 threshold: int = 0) -> dict:
+                 threshold: int = 0) -> Dict[str, Any]:
         """Through S3; ``{"small": True}`` (nothing copied) for a file under ``threshold``."""
         s3 = aws.client(self.ctx.session, "s3")
         key = f"{prefix}{uuid.uuid4().hex}/{os.path.basename(remote_path.rstrip('/'))}"
@@ -321,7 +321,7 @@ def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
     copier = Copier(ctx, prepared, out)
     started = time.monotonic()
     remote_spec = f"{prepared.destination}:{remote.path}"
-    result: dict = {}
+    result: Dict[str, Any] = {}
     if src.target is not None and via != "scp":
         result = copier.download(remote.path, local, bucket, prefix,
                                  threshold if via == "auto" else 0)
@@ -344,7 +344,7 @@ def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
 
 
 def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, bucket: str,
-             run: str, tar: Path) -> Tuple[int, dict]:
+             run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     theirs = copier.remote(["manifest", remote_root])["files"]
@@ -364,7 +364,7 @@ def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, buc
 
 
 def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, bucket: str,
-               run: str, tar: Path) -> Tuple[int, dict]:
+               run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     ours = remote_side.manifest(local_root)

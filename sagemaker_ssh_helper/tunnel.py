@@ -129,7 +129,7 @@ class Stopper:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum = 0
-        self.child: Optional[subprocess.Popen] = None
+        self.child: Optional[subprocess.Popen[Any]] = None
 
     def handle(self, signum: int, _frame: Any) -> None:
         self.signum = self.signum or signum
@@ -220,7 +220,7 @@ def run_once(ctx: Context, prepared: Prepared, user_options: Sequence[str], port
                    time.monotonic() - up_at if up_at is not None else 0.0, text)
 
 
-def _end(child: subprocess.Popen, grace: float = 10.0) -> None:
+def _end(child: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """ssh was told to stop: give it ``grace`` seconds to close its session, then kill it."""
     try:
         child.wait(timeout=grace)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from sagemaker_ssh_helper import aws, code_shipping, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -68,7 +68,8 @@ logger = logging.getLogger(__name__)
 PROCESSING_INPUT_PARENT = "/opt/ml/processing/input"
 
 
-def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any) -> tuple:
+def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any
+                     ) -> Tuple[str, Any]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -274,6 +275,9 @@ def _model_image(model: Any, call: Any) -> Optional[str]:
         return None
 
 
+_Model = TypeVar("_Model", bound="SSHModelWrapper")
+
+
 class SSHModelWrapper(SSHEnvironmentWrapper):
     """SSH into the instances behind a real-time endpoint."""
 
@@ -314,9 +318,9 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
                            local_user_id, log_to_stdout, ssm_iam_role, bootstrap_on_start)
 
     @classmethod
-    def _create(cls, model: Any, seconds: Any, delta: Optional[timedelta],
+    def _create(cls: Type[_Model], model: Any, seconds: Any, delta: Optional[timedelta],
                 local_user_id: Optional[str], log_to_stdout: bool,
-                ssm_iam_role: Optional[str], bootstrap_on_start: bool) -> Any:
+                ssm_iam_role: Optional[str], bootstrap_on_start: bool) -> _Model:
         if getattr(model, "endpoint_name", None):
             raise ValueError(f"the model is already deployed to endpoint {model.endpoint_name}: "
                              f"call {cls.__name__}.create() before deploy()")

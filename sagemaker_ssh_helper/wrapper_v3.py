@@ -21,7 +21,7 @@ import inspect
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, sdk_versions, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -70,7 +70,7 @@ def _without_metadata(response: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
 
 
-def _name_from_arn(arn_text: str, expected_type: str) -> tuple:
+def _name_from_arn(arn_text: str, expected_type: str) -> Tuple[str, str]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -114,8 +114,9 @@ class _V3Wrapper(SSHEnvironmentWrapper):
         self._sagemaker_session = value
 
     def _default_session(self) -> BotoSession:
-        self._sagemaker_session = _boto_session(None)
-        return self._sagemaker_session
+        session = _boto_session(None)
+        self._sagemaker_session = session
+        return session
 
     def sagemaker_client(self) -> Any:
         return aws.client(self.boto_session, "sagemaker")
