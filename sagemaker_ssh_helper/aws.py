@@ -169,7 +169,7 @@ def boto_session(profile: Optional[str] = None, region: Optional[str] = None,
 
 
 def session_region(session: boto3.Session) -> str:
-    region = session.region_name
+    region: Optional[str] = session.region_name
     if not region:
         raise AwsError(
             "no AWS region configured: pass --region, set AWS_REGION or run `aws configure`"

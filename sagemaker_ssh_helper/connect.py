@@ -22,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn, options
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
@@ -38,6 +38,12 @@ from sagemaker_ssh_helper.sshrun import (  # noqa: F401 (used by sm_ssh and sm_l
     wants_own_log,
 )
 
+if TYPE_CHECKING:  # imported where used: the commands that need no instance stay fast
+    from sagemaker_ssh_helper.keys import Authorized
+    from sagemaker_ssh_helper.manager import ManagedInstance, SSMManager
+    from sagemaker_ssh_helper.native import Endpoint, Job
+    from sagemaker_ssh_helper.verify import Verifier
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
@@ -50,7 +56,7 @@ class Context:
     profile: Optional[str]
     region: Optional[str]
     _session: Any = None
-    _manager: Any = None
+    _manager: Optional[SSMManager] = None
     # checks of the chosen instance still running in the background (see resolve_one)
     pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
     # descriptions already read (resource name, lowercased -> Describe* answer), for the checks
@@ -74,7 +80,7 @@ class Context:
     def region_source(self) -> str:
         return "from --region" if self.region else "the default region"
 
-    def manager(self) -> Any:
+    def manager(self) -> SSMManager:
         from sagemaker_ssh_helper.manager import SSMManager
 
         if self._manager is None:
@@ -197,14 +203,14 @@ def _natural(text: str) -> List[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
-           node: Optional[str]) -> Any:
+def choose(instances: Sequence[ManagedInstance], target_name: str, index: Optional[int],
+           node: Optional[str]) -> ManagedInstance:
     """One Online instance: the only one, or the one picked by ``index``/``node``.
 
     Two Online instances claiming one node (host name) are refused, never ranked: which one is
     genuine cannot be told from what the registrant set (its tags, its time stamp).
     """
-    by_node: Dict[str, List[Any]] = {}
+    by_node: Dict[str, List[ManagedInstance]] = {}
     for inst in instances:
         if inst.online:
             by_node.setdefault(inst.computer_name or inst.instance_id, []).append(inst)
@@ -240,8 +246,8 @@ def choose(instances: Sequence[Any], target_name: str, index: Optional[int],
     return ordered[0]
 
 
-def _pick(found: List[Any], target: fqdn.Target, choice: Choice, verifier: Any
-          ) -> Tuple[Any, bool]:
+def _pick(found: List[ManagedInstance], target: fqdn.Target, choice: Choice,
+          verifier: Optional[Verifier]) -> Tuple[ManagedInstance, bool]:
     """The instance ``--instance`` names among ``found``, else one of the verified ones."""
     if choice.instance is not None:
         picked = [i for i in found if i.instance_id == choice.instance]
@@ -256,7 +262,7 @@ def _pick(found: List[Any], target: fqdn.Target, choice: Choice, verifier: Any
 
 
 def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
-                defer: bool = False) -> Tuple[Any, bool]:
+                defer: bool = False) -> Tuple[ManagedInstance, bool]:
     """Find the instance to connect to; (instance, True if picked among several).
 
     For jobs and endpoints only instances the resource's own log names are taken (``verify``);
@@ -280,7 +286,7 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
 
 
 def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
-            ) -> Tuple[List[Any], fqdn.Target, Any]:
+            ) -> Tuple[List[ManagedInstance], fqdn.Target, Optional[Verifier]]:
     """Wait for the instances ``choice`` needs: (all found, the target as the resource spells
     it, the verifier or None)."""
     from sagemaker_ssh_helper import resources, verify
@@ -288,7 +294,7 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
     manager = ctx.manager()
     needed = 1 if choice.index is None else choice.index + 1
 
-    def verifier_for(t: fqdn.Target) -> Any:
+    def verifier_for(t: fqdn.Target) -> Verifier:
         creds = ctx.session.get_credentials()
         frozen = creds.get_frozen_credentials() if creds is not None else None
         return verify.Verifier(ctx.session, ctx.region_name, t,
@@ -297,7 +303,7 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
 
     verifier = verifier_for(target) if verify.verifiable(target) else None
 
-    def accept(inst: Any) -> bool:
+    def accept(inst: ManagedInstance) -> bool:
         if choice.instance is not None:
             return inst.instance_id == choice.instance
         if choice.node is not None and choice.node not in (inst.computer_name, inst.instance_id):
@@ -323,7 +329,8 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
     return found, target, verifier
 
 
-def release_targets(ctx: Context, target_text: str, choice: Choice) -> List[Any]:
+def release_targets(ctx: Context, target_text: str, choice: Choice
+                    ) -> List[ManagedInstance]:
     """The instances ``stop-waiting`` releases: the one ``choice`` picks, else every online
     node of the resource whose log names it (each node waits in its own ``sm-wait``)."""
     if is_instance_id(target_text):
@@ -351,7 +358,7 @@ def check_instance_id(text: str) -> None:
                          "<name>.<kind>.sagemaker name")
 
 
-def describe_instance(ctx: Context, instance_id: str) -> Any:
+def describe_instance(ctx: Context, instance_id: str) -> ManagedInstance:
     """The managed instance ``instance_id``, which must be Online."""
     from sagemaker_ssh_helper.manager import ManagedInstance
 
@@ -394,7 +401,7 @@ class Prepared:
     instance_id: str
     destination: str  # the name ssh connects to (and the host-key alias)
     user: str
-    auth: Any  # keys.Authorized
+    auth: Authorized
 
 
 def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = False,
@@ -441,7 +448,7 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
     return Prepared(inst.instance_id, name.lower(), user, auth)
 
 
-def _native_job(ctx: Context, target: fqdn.Target) -> Any:
+def _native_job(ctx: Context, target: fqdn.Target) -> Optional[Job | Endpoint]:
     """The training job if it uses the native transport (see ``native``), else None (its
     description then serves the hybrid path's checks: no second DescribeTrainingJob).
     An endpoint reached over its variants' SSM access is native as well."""

@@ -33,7 +33,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from sagemaker_ssh_helper import fqdn, redact
 from sagemaker_ssh_helper.aws import parse_arn
@@ -80,7 +80,8 @@ def _read_json(path: Path) -> Optional[Any]:
         return None
 
 
-def resource_config(environ: Optional[Mapping[str, str]] = None) -> Optional[dict]:
+def resource_config(environ: Optional[Mapping[str, str]] = None
+                    ) -> Optional[Dict[str, Any]]:
     """``resourceconfig.json`` (``input/config/`` in training jobs, ``config/`` in processing)."""
     base = base_dir(environ)
     for path in (base / "input" / "config" / "resourceconfig.json",

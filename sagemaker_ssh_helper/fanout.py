@@ -28,12 +28,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 from sagemaker_ssh_helper import connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
+if TYPE_CHECKING:
+    from sagemaker_ssh_helper.manager import ManagedInstance
+
 logger = logging.getLogger(__name__)
+_Node = TypeVar("_Node", "ManagedInstance", "NativeNode")  # a hybrid or a native node
 
 DEFAULT_PARALLEL = 8  # nodes worked on at the same time
 # Calls per second of each operation that opens a node (SendCommand, StartSession), across
@@ -97,7 +101,7 @@ class Plan:
     target_text: str
     name: str  # the FQDN (or instance ID) the key is made for
     user: str
-    instances: List[Any]
+    instances: List[ManagedInstance] | List[NativeNode]
     command: List[str]
     ssh_options: List[str] = field(default_factory=list)
     # the native transport: the job (or endpoint) whose SageMaker targets the nodes are
@@ -131,7 +135,8 @@ def parse_nodes(values: Optional[Sequence[str]]) -> List[str]:
     return nodes
 
 
-def select(instances: Sequence[Any], nodes: Sequence[str], target_text: str) -> List[Any]:
+def select(instances: Sequence[_Node], nodes: Sequence[str], target_text: str
+           ) -> List[_Node]:
     """The instances ``nodes`` name (host name or instance ID), in node order; every online
     instance if ``nodes`` is empty. A name that is not an online node is a usage error that
     lists the nodes there are."""
@@ -183,7 +188,7 @@ def _native_nodes(ctx: connect.Context, target: fqdn.Target, job: Any,
     return [NativeNode(transport.training_target(job.name, h), h) for h in job.ssh_hosts]
 
 
-def _label(inst: Any) -> str:
+def _label(inst: ManagedInstance | NativeNode) -> str:
     return str(inst.computer_name or inst.instance_id)
 
 
@@ -219,8 +224,9 @@ class Cancelled(SSHHelperError):
     """The command was interrupted before this node was reached."""
 
 
-def run_node(ctx: connect.Context, the_plan: Plan, inst: Any, pacers: Dict[str, Pacer],
-             printer: Printer, several: bool, stop: threading.Event) -> NodeResult:
+def run_node(ctx: connect.Context, the_plan: Plan, inst: ManagedInstance | NativeNode,
+             pacers: Dict[str, Pacer], printer: Printer, several: bool,
+             stop: threading.Event) -> NodeResult:
     """Key push, session and ssh for one node; every failure is kept in the result."""
     from sagemaker_ssh_helper import keys, session
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.log import SSHLog
@@ -98,7 +98,7 @@ class SSHIDE:
         return {"DomainId": self.domain_id, self.owner_key: self.owner, "AppType": app_type,
                 "AppName": app_name}
 
-    def _ssh_log(self) -> Any:
+    def _ssh_log(self) -> SSHLog:
         return SSHLog(region_name=self.region_name, session=self.session)
 
     # -- apps -------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class SSHIDE:
         return str(result["AppArn"])
 
     def wait_app_status(self, app_name: str, app_type: str = "KernelGateway",
-                        statuses: tuple = ("InService",), timeout_in_sec: float = 900,
+                        statuses: Tuple[str, ...] = ("InService",), timeout_in_sec: float = 900,
                         **clock: Any) -> IDEAppStatus:
         last: List[IDEAppStatus] = []
 
@@ -342,7 +342,7 @@ class NotebookInstance:
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_notebook_instance_ids(self.name, timeout_in_sec=timeout_in_sec)
 
-    def _ssh_log(self) -> Any:
+    def _ssh_log(self) -> SSHLog:
         return SSHLog(region_name=self.region_name, session=self.session)
 
     def get_cloudwatch_url(self) -> str:

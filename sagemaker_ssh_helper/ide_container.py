@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sagemaker_ssh_helper import fqdn, redact
 from sagemaker_ssh_helper.aws import mask, role_name_from_arn
@@ -174,7 +174,8 @@ def run(args: List[str]) -> int:
     if command == "set-jb-license-server":
         set_jb_license_server(rest[0] if len(rest) == 1 else "")
         return 0
-    simple = {"check": lambda: [], "get-metadata": lambda: describe(meta),
+    simple: Dict[str, Callable[[], List[str]]] = {
+              "check": lambda: [], "get-metadata": lambda: describe(meta),
               "get-domain-id": lambda: [str(meta.get("DomainId", ""))],
               "get-app-space-name": lambda: [owner_of(meta)],
               "status": lambda: status(meta), "env-diagnostics": lambda: diagnostics(meta)}

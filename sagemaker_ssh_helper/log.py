@@ -292,7 +292,7 @@ def _stream_matches(stream: str, part: str) -> bool:
     return re.search(f"(^|/){re.escape(part)}{end}", stream) is not None
 
 
-def _matches(results: List[Any], stream_part: str, pattern: re.Pattern) -> List[str]:
+def _matches(results: List[Any], stream_part: str, pattern: re.Pattern[str]) -> List[str]:
     """First group of ``pattern`` in each row's message, in result order, once each, for rows
     whose log stream name holds ``stream_part`` (see ``_stream_matches``). The filtering is
     repeated here because emulated services may ignore the query's ``filter``."""

@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, fqdn, retry, transport
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
+
+if TYPE_CHECKING:  # connect imports this module where a job is native
+    from sagemaker_ssh_helper.connect import Choice, Context, Prepared
+    from sagemaker_ssh_helper.keys import Authorized
+    from sagemaker_ssh_helper.resources import Row
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +99,7 @@ class Job:
         return max(0.0, now - float(start)) if isinstance(start, (int, float)) else None
 
 
-def describe(ctx: Any, target: fqdn.Target) -> Optional[Job]:
+def describe(ctx: Context, target: fqdn.Target) -> Optional[Job]:
     """The job ``target`` names, or None when it cannot be described (not found, no
     permission: the hybrid path then explains)."""
     sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
@@ -131,7 +136,7 @@ def check_reachable(job: Job, target: fqdn.Target, shell: bool = False) -> None:
             f"in it with `sm-ssh shell {target.fqdn}`")
 
 
-def wait_training(ctx: Any, target: fqdn.Target, job: Job, wait: float,
+def wait_training(ctx: Context, target: fqdn.Target, job: Job, wait: float,
                   clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                   shell: bool = False) -> Job:
     """Wait (up to ``wait`` seconds) until the job is Training; recheck every state."""
@@ -158,7 +163,7 @@ def cli_progress(line: str) -> None:
     cli.progress(line)
 
 
-def pick_host(hosts: List[str], target: fqdn.Target, choice: Any) -> Tuple[str, bool]:
+def pick_host(hosts: List[str], target: fqdn.Target, choice: Choice) -> Tuple[str, bool]:
     """(host, picked among several) by ``--node``/``--index``, as for hybrid instances."""
     if getattr(choice, "instance", None) is not None:
         raise UsageError(f"{target.fqdn} is reached through SageMaker's remote debugging, not "
@@ -226,8 +231,8 @@ def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: 
         poll.wait()
 
 
-def authorize(ctx: Any, job: Job, target: fqdn.Target, host: str, alias: str,
-              wait: float) -> Any:
+def authorize(ctx: Context, job: Job, target: fqdn.Target, host: str, alias: str,
+              wait: float) -> Authorized:
     """The native counterpart of ``keys.authorize``: key to S3, host keys from S3, pinned."""
     from sagemaker_ssh_helper import keyfile, keys
 
@@ -247,7 +252,8 @@ def authorize(ctx: Any, job: Job, target: fqdn.Target, host: str, alias: str,
                            alias)
 
 
-def prepare(ctx: Any, target: fqdn.Target, job: Job, choice: Any, for_proxy: bool) -> Any:
+def prepare(ctx: Context, target: fqdn.Target, job: Job | Endpoint, choice: Choice,
+            for_proxy: bool) -> Prepared:
     """``connect.prepare`` for a native job: a ``connect.Prepared`` whose instance is
     SageMaker's target."""
     from sagemaker_ssh_helper.connect import Prepared, user_for
@@ -268,7 +274,7 @@ def format_name(target: fqdn.Target, job: Job) -> str:
     return fqdn.format_fqdn("training", job.name or target.name or "")
 
 
-def native_job(ctx: Any, target: fqdn.Target) -> Optional[Job]:
+def native_job(ctx: Context, target: fqdn.Target) -> Optional[Job]:
     """The job if ``target`` is a native training job, else None (the hybrid path)."""
     if target.kind.kind != "training" or target.name is None:
         return None
@@ -276,7 +282,8 @@ def native_job(ctx: Any, target: fqdn.Target) -> Optional[Job]:
     return job if job is not None and job.native else None
 
 
-def stop_waiting(ctx: Any, target: fqdn.Target, job: Any, choice: Any) -> int:
+def stop_waiting(ctx: Context, target: fqdn.Target, job: Job | Endpoint,
+                 choice: Choice) -> int:
     """``sm-wait stop`` over ssh on every SSH node (or the chosen one): SageMaker's targets
     take no SendCommand, so this needs the container's sshd."""
     from sagemaker_ssh_helper import connect, proxy
@@ -301,7 +308,7 @@ def stop_waiting(ctx: Any, target: fqdn.Target, job: Any, choice: Any) -> int:
     return 1 if failed else 0
 
 
-def shell(ctx: Any, target: fqdn.Target, choice: Any) -> int:
+def shell(ctx: Context, target: fqdn.Target, choice: Choice) -> int:
     """A plain shell session on a node of a job with remote debugging (no sshd needed)."""
     from sagemaker_ssh_helper import session
 
@@ -329,7 +336,7 @@ def shell(ctx: Any, target: fqdn.Target, choice: Any) -> int:
 
 
 # -- the Python API: SSMProxy and the wrappers' instance IDs ---------------------------------
-def _context(session: Any, region: str) -> Any:
+def _context(session: Any, region: str) -> Context:
     from sagemaker_ssh_helper.connect import Context
 
     return Context(None, region, _session=session)
@@ -345,7 +352,7 @@ def parse_target(target_id: str) -> Tuple[str, str]:
 
 
 def authorize_target(session: Any, region: str, target_id: str, name: Optional[str] = None,
-                     wait: float = 60.0) -> Any:
+                     wait: float = 60.0) -> Authorized:
     """``keys.authorize`` for a native target ID (as ``SSMProxy.connect_to_ssm_instance``
     takes it): the job is described, its key pushed and its host keys pinned."""
     if target_id.startswith(transport.ENDPOINT_TARGET_PREFIX):
@@ -376,7 +383,7 @@ def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> Op
 
 
 # -- sm-ssh list --------------------------------------------------------------------------------
-def annotate(session: Any, region: str, rows: List[Any]) -> None:
+def annotate(session: Any, region: str, rows: List[Row]) -> None:
     """Mark each row's transport: hybrid where managed instances were found; for running
     training jobs without any, one DescribeTrainingJob tells whether they are native (and
     whether SageMaker opens sessions now); for endpoints without any, their configuration and
@@ -590,7 +597,7 @@ def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, t
 
 
 def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: str,
-                       alias: str, wait: float) -> Any:
+                       alias: str, wait: float) -> Authorized:
     """Key to S3, host keys from S3. The container's host name is not documented for endpoints,
     so the host keys of every instance of the endpoint are pinned for it: each was published
     under the owner's folder, where only the owner and the endpoint's role may write."""
@@ -617,7 +624,7 @@ def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: 
 
 
 def prepare_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, choice: Any,
-                     for_proxy: bool) -> Any:
+                     for_proxy: bool) -> Prepared:
     from sagemaker_ssh_helper.connect import Prepared, user_for
 
     endpoint = wait_endpoint(ctx, target, endpoint, choice.wait)
@@ -650,7 +657,7 @@ def endpoint_instance_ids(session: Any, region: str, name: str,
 
 
 def authorize_endpoint_target(session: Any, region: str, target_id: str,
-                              name: Optional[str] = None, wait: float = 60.0) -> Any:
+                              name: Optional[str] = None, wait: float = 60.0) -> Authorized:
     """``authorize_target`` for ``sagemaker-endpoint:<endpoint>_<variant>_<instance>``."""
     rest = target_id[len(transport.ENDPOINT_TARGET_PREFIX):].split("_")
     if not target_id.startswith(transport.ENDPOINT_TARGET_PREFIX) or len(rest) != 3 or \

@@ -174,7 +174,7 @@ class SSMProxy:
         self.remote_port = int(remote_port)
         self.connect_timeout = connect_timeout
         self.instance_id: Optional[str] = None
-        self.master: Optional[subprocess.Popen] = None
+        self.master: Optional[subprocess.Popen[Any]] = None
         self._tmp: Optional[Path] = None
         self._options: List[str] = []
         self._alias = ""
@@ -190,7 +190,7 @@ class SSMProxy:
         assert self._tmp is not None, "not connected"
         return self._tmp / "ctl"
 
-    def connect_to_ssm_instance(self, instance_id: str) -> subprocess.Popen:
+    def connect_to_ssm_instance(self, instance_id: str) -> subprocess.Popen[Any]:
         """Push a key, pin host keys, start the master; return once the tunnel is up."""
         if self.master is not None:
             raise SSHHelperError("SSMProxy is already connected: call disconnect() first")
@@ -257,7 +257,7 @@ class SSMProxy:
         return [find_ssh(), "-S", str(self._control), *self._options, "-p", str(self.remote_port),
                 self._alias, remote]
 
-    def start_command(self, command: Command, **popen_kwargs: Any) -> subprocess.Popen:
+    def start_command(self, command: Command, **popen_kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``command`` in the container (a string for the remote shell, or an argv)
         and return the local ``ssh`` process without waiting."""
         return subprocess.Popen(self._command_argv(command), **popen_kwargs)

@@ -13,11 +13,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
 from sagemaker_ssh_helper.log import SSHLog
+
+if TYPE_CHECKING:  # the manager is created by the caller
+    from sagemaker_ssh_helper.manager import ManagedInstance, SSMManager
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,8 @@ FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
             "OutOfService"}
 
 
-def _studio_apps(session: Any, region: str, domain: Optional[str], name: str) -> List[Any]:
+def _studio_apps(session: Any, region: str, domain: Optional[str], name: str
+                 ) -> List[Dict[str, Any]]:
     """Studio apps named ``name`` (in ``domain`` if given), every page of ListApps."""
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
     kwargs = {"DomainIdEquals": domain} if domain else {}
@@ -37,7 +41,7 @@ def _studio_apps(session: Any, region: str, domain: Optional[str], name: str) ->
             name.lower()]
 
 
-def _owner(app: Any) -> str:
+def _owner(app: Mapping[str, Any]) -> str:
     return str(app.get("UserProfileName") or app.get("SpaceName") or "")
 
 
@@ -134,7 +138,7 @@ class Row:
     name: str
     status: str
     created: Optional[datetime] = None
-    instances: List[Any] = field(default_factory=list)
+    instances: List[ManagedInstance] = field(default_factory=list)
     # "hybrid" (managed instances found), "native" (SageMaker's remote debugging), "" unknown
     transport: str = ""
     native_ssh: str = ""  # native: "Online", or why no session opens now
@@ -161,7 +165,7 @@ class Row:
 
 
 def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
-          ) -> Iterator[Tuple[str, str, str, Any]]:
+          ) -> Iterator[Tuple[str, str, str, Optional[datetime]]]:
     """(name, ARN key, status, created) of one kind, all pages."""
     # Few retries: an API this account or endpoint does not offer must not stall the listing.
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
@@ -196,9 +200,9 @@ def _wanted(target: fqdn.Target, kind: str, name: str) -> bool:
     return target.name is None or (name.split(".")[0].lower() == target.name.lower())
 
 
-def list_rows(session: Any, region: str, target: fqdn.Target, manager: Any,
+def list_rows(session: Any, region: str, target: fqdn.Target, manager: SSMManager,
               days: int = 30) -> List[Row]:
-    by_arn: Dict[str, List[Any]] = {}
+    by_arn: Dict[str, List[ManagedInstance]] = {}
     for inst in manager.list_ssh_instances():
         by_arn.setdefault(fqdn.arn_key(inst.resource_arn), []).append(inst)
     rows: List[Row] = []

@@ -18,7 +18,7 @@ This module says so in one line wherever a name of the other major is used.
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 # SDK v2 names of sagemaker_ssh_helper.wrapper -> what to use with SDK v3 instead.
 V2_ONLY: Dict[str, str] = {
@@ -33,7 +33,7 @@ V2_ONLY: Dict[str, str] = {
     "SSHNotebookInstanceWrapper": "sm-ssh connect <name>.notebook.sagemaker",
 }
 # SDK v3 names -> (the v3 class they wrap, what to use with SDK v2 instead).
-V3_ONLY: Dict[str, tuple] = {
+V3_ONLY: Dict[str, Tuple[str, str]] = {
     "SSHModelTrainerWrapper": ("ModelTrainer", "SSHEstimatorWrapper.create(estimator)"),
     "SSHModelBuilderWrapper": ("ModelBuilder", "SSHModelWrapper.create(model)"),
     "SSHProcessorWrapper": ("Processor", "sagemaker.processing's processors"),

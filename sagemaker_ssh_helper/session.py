@@ -174,7 +174,7 @@ def user_signals_left_to_child(names: Sequence[str] = ("SIGINT", "SIGQUIT", "SIG
 
 
 @contextmanager
-def forwarded_termination(child: subprocess.Popen) -> Iterator[None]:
+def forwarded_termination(child: subprocess.Popen[Any]) -> Iterator[None]:
     """Pass SIGTERM/SIGHUP on to ``child`` (so it can clean up) while the block runs."""
     signums = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     previous = {s: signal.getsignal(s) for s in signums}

@@ -105,7 +105,7 @@ def _gpg() -> str:
     return gpg
 
 
-def _run(argv: List[str]) -> subprocess.CompletedProcess:
+def _run(argv: List[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                           stdin=subprocess.DEVNULL)
 

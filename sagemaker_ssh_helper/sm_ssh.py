@@ -27,17 +27,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import cli, fqdn
 from sagemaker_ssh_helper.cli import OneLineParser, add_general_options
-from sagemaker_ssh_helper.connect import Context
+from sagemaker_ssh_helper.connect import Choice, Context
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 from sagemaker_ssh_helper.options import Option
 from sagemaker_ssh_helper.sm_ssh_compat import (  # noqa: F401 - SSH Helper v2 names
     SageMakerSecureShellHelper,
     read_version,
 )
+
+if TYPE_CHECKING:
+    from sagemaker_ssh_helper.sshrun import SshPlan
 
 logger = logging.getLogger(__name__)
 
@@ -356,8 +359,8 @@ def cmd_tunnel(ctx: Context, args: argparse.Namespace) -> int:
     return keep_tunnel(ctx, args.fqdn, choice, options, plan)
 
 
-def keep_tunnel(ctx: Context, target_text: str, choice: Any, options: List[str],
-                plan: Any) -> int:
+def keep_tunnel(ctx: Context, target_text: str, choice: Choice, options: List[str],
+                plan: SshPlan) -> int:
     """``sm-ssh tunnel`` and ``connect -N --keep-alive``: ssh without a remote command, run
     again after every drop until Ctrl-C."""
     from sagemaker_ssh_helper import connect, tunnel
@@ -368,7 +371,7 @@ def keep_tunnel(ctx: Context, target_text: str, choice: Any, options: List[str],
                              lambda message: cli.progress(f"sm-ssh: {message}"))
 
 
-def _choice(args: argparse.Namespace) -> Any:
+def _choice(args: argparse.Namespace) -> Choice:
     """The instance choice of ``--index/--node/--instance/--wait``."""
     from sagemaker_ssh_helper import connect
 
@@ -386,7 +389,7 @@ def cmd_start_proxy(ctx: Context, args: argparse.Namespace) -> int:
                                      region=ctx.region_name, profile=ctx.profile)
 
 
-def stop_waiting(ctx: Context, target_text: str, choice: Any) -> int:
+def stop_waiting(ctx: Context, target_text: str, choice: Choice) -> int:
     """Run ``sm-wait stop`` through SendCommand on every online node of the target (or the
     one ``choice`` picks): it needs neither sshd nor a key, so it releases a job whose sshd
     is gone. Prints one line per node released."""

@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from sagemaker_ssh_helper import aws, connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing, UsageError
@@ -115,7 +115,7 @@ class Progress:
             self._show("\n" if self.tty else "")
 
 
-def s3_prefix(ctx: Any, given: Optional[str]) -> Tuple[str, str]:
+def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str]:
     """(bucket, key prefix ending in /) for temporary objects; the bucket must exist."""
     if given:
         if not given.startswith("s3://") or not given[len("s3://"):].split("/")[0]:
@@ -157,7 +157,8 @@ def _s3_error(e: Exception, bucket: str, action: str) -> Exception:
 class Copier:
     """One ``sm-ssh cp``: the prepared instance, and how to run ssh and scp against it."""
 
-    def __init__(self, ctx: Any, prepared: Any, out: Optional[TextIO] = None) -> None:
+    def __init__(self, ctx: connect.Context, prepared: connect.Prepared,
+                 out: Optional[TextIO] = None) -> None:
         self.ctx = ctx
         self.prepared = prepared
         self.out = out or sys.stderr
@@ -184,7 +185,7 @@ class Copier:
             why = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["?"]
             raise SSHHelperError(f"scp failed: {why[0]}", done.returncode)
 
-    def remote(self, args: List[str]) -> dict:
+    def remote(self, args: List[str]) -> Dict[str, Any]:
         """Run ``transfer_remote`` in the container with ``args``; its JSON answer."""
         from sagemaker_ssh_helper import proxy
 
@@ -226,7 +227,7 @@ class Copier:
             raise SSHHelperError("in the container: no answer from the copy") from None
 
     # -- the two directions --------------------------------------------------------------------
-    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> dict:
+    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> Dict[str, Any]:
         s3 = aws.client(self.ctx.session, "s3")
         size = local.stat().st_size
         digest = sha256_of(local)
@@ -249,7 +250,7 @@ class Copier:
         return result
 
     def download(self, remote_path: str, local: Path, bucket: str, prefix: str,
-                 threshold: int = 0) -> dict:
+                 threshold: int = 0) -> Dict[str, Any]:
         """Through S3; ``{"small": True}`` (nothing copied) for a file under ``threshold``."""
         s3 = aws.client(self.ctx.session, "s3")
         key = f"{prefix}{uuid.uuid4().hex}/{os.path.basename(remote_path.rstrip('/'))}"
@@ -292,7 +293,8 @@ def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False) -> None
               f"{' '.join(str(e).split())}", file=sys.stderr, flush=True)
 
 
-def copy(ctx: Any, source: str, destination: str, choice: Any, via: str = "auto",
+def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
+         via: str = "auto",
          threshold: int = DEFAULT_THRESHOLD, s3: Optional[str] = None,
          out: Optional[TextIO] = None) -> int:
     """``sm-ssh cp SOURCE DESTINATION``: exactly one of them is ``<fqdn>:<path>``."""
@@ -319,7 +321,7 @@ def copy(ctx: Any, source: str, destination: str, choice: Any, via: str = "auto"
     copier = Copier(ctx, prepared, out)
     started = time.monotonic()
     remote_spec = f"{prepared.destination}:{remote.path}"
-    result: dict = {}
+    result: Dict[str, Any] = {}
     if src.target is not None and via != "scp":
         result = copier.download(remote.path, local, bucket, prefix,
                                  threshold if via == "auto" else 0)
@@ -342,7 +344,7 @@ def copy(ctx: Any, source: str, destination: str, choice: Any, via: str = "auto"
 
 
 def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, bucket: str,
-             run: str, tar: Path) -> Tuple[int, dict]:
+             run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     theirs = copier.remote(["manifest", remote_root])["files"]
@@ -362,7 +364,7 @@ def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, buc
 
 
 def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, bucket: str,
-               run: str, tar: Path) -> Tuple[int, dict]:
+               run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     ours = remote_side.manifest(local_root)
@@ -389,7 +391,8 @@ def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, b
     return int(result["files"]), result
 
 
-def sync(ctx: Any, source: str, destination: str, choice: Any, s3: Optional[str] = None,
+def sync(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
+         s3: Optional[str] = None,
          out: Optional[TextIO] = None) -> int:
     """``sm-ssh sync SOURCE_DIR DEST_DIR``: the new and changed files of a folder (one side is
     ``<fqdn>:<dir>``), as one checked archive through S3; nothing is deleted."""

@@ -71,7 +71,7 @@ def _client_and_config() -> Any:
     return boto3.client("s3"), config
 
 
-def fetch(bucket: str, key: str, dest: str, expected: str) -> dict:
+def fetch(bucket: str, key: str, dest: str, expected: str) -> Dict[str, Any]:
     if os.path.isdir(dest):
         dest = os.path.join(dest, key.rsplit("/", 1)[-1])
     s3, config = _client_and_config()
@@ -89,7 +89,7 @@ def fetch(bucket: str, key: str, dest: str, expected: str) -> dict:
     return {"path": os.path.abspath(dest), "bytes": size, "sha256": digest}
 
 
-def put(src: str, bucket: str, key: str, threshold: str = "0") -> dict:
+def put(src: str, bucket: str, key: str, threshold: str = "0") -> Dict[str, Any]:
     """Upload ``src``, unless it is smaller than ``threshold`` bytes (then scp copies it)."""
     if not os.path.isfile(src):
         raise RuntimeError(f"{src}: no such file")
@@ -157,7 +157,7 @@ def unpack(tar_path: str, root: str) -> int:
         return sum(1 for m in members if m.isfile())
 
 
-def sync_in(bucket: str, key: str, expected: str, root: str) -> dict:
+def sync_in(bucket: str, key: str, expected: str, root: str) -> Dict[str, Any]:
     """Download the archive at ``key``, check it, extract it under ``root``."""
     os.makedirs(root, exist_ok=True)
     tar_path = os.path.join(root, f".sm-ssh-sync-{os.getpid()}.tar")
@@ -171,7 +171,7 @@ def sync_in(bucket: str, key: str, expected: str, root: str) -> dict:
             "files": count}
 
 
-def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> dict:
+def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> Dict[str, Any]:
     """Archive the files under ``root`` that differ from the manifest at ``theirs_key`` and
     upload the archive to ``key`` (nothing to upload: ``{"files": 0}``)."""
     import tempfile

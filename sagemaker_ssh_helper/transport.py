@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 TRANSPORT_ENV = "SSH_TRANSPORT"
 KEYS_PATH_ENV = "SSH_AUTHORIZED_KEYS_PATH"
@@ -115,7 +115,7 @@ def safe_segment(text: str) -> str:
     return "_" if cleaned in ("", ".", "..") else cleaned
 
 
-def public_key_lines(text: str) -> list:
+def public_key_lines(text: str) -> List[str]:
     """The lines of ``text`` that are plain public keys (options such as ``command=`` or
     ``from=`` are not ours to accept from S3)."""
     return [line.strip() for line in text.splitlines() if _KEY_LINE.match(line.strip())]

@@ -46,7 +46,13 @@ from sagemaker_ssh_helper.connect import (
     ssh_argv,
 )
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
-from sagemaker_ssh_helper.sshrun import SSH_FAILED, SSH_FLAGS_WITH_VALUE, LogEcho, wants_own_log
+from sagemaker_ssh_helper.sshrun import (
+    SSH_FAILED,
+    SSH_FLAGS_WITH_VALUE,
+    LogEcho,
+    SshPlan,
+    wants_own_log,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +69,14 @@ UP_AFTER = 10.0  # without our LocalCommand marker: ssh still running this long 
 POLL = 0.1
 
 
-def needs_forward(plan: Any) -> None:
+def needs_forward(plan: SshPlan) -> None:
     """A tunnel without -L/-R/-D forwards nothing: say so before anything is pushed."""
     if not plan.forwards:
         raise UsageError("a tunnel needs a forward: add -L LOCAL_PORT:HOST:PORT (or -R, -D), "
                          "e.g. -L 8080:localhost:8080")
 
 
-def not_in_background(plan: Any, options: Sequence[str]) -> None:
+def not_in_background(plan: SshPlan, options: Sequence[str]) -> None:
     """ssh -f would leave the loop at once with its tunnel running on its own, never watched."""
     if plan.background or _has_flag(options, "f"):
         raise UsageError("ssh -f cannot be watched: leave it out and run the tunnel itself in "
@@ -88,7 +94,7 @@ def _has_flag(options: Sequence[str], letter: str) -> bool:
     return False
 
 
-def no_session(plan: Any, options: Sequence[str]) -> bool:
+def no_session(plan: SshPlan, options: Sequence[str]) -> bool:
     """ssh runs no remote command or shell (``-N``), as ``ssh -G`` or the flags say."""
     if plan.session_type is not None:
         return bool(plan.session_type == "none")
@@ -123,7 +129,7 @@ class Stopper:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum = 0
-        self.child: Optional[subprocess.Popen] = None
+        self.child: Optional[subprocess.Popen[Any]] = None
 
     def handle(self, signum: int, _frame: Any) -> None:
         self.signum = self.signum or signum
@@ -214,7 +220,7 @@ def run_once(ctx: Context, prepared: Prepared, user_options: Sequence[str], port
                    time.monotonic() - up_at if up_at is not None else 0.0, text)
 
 
-def _end(child: subprocess.Popen, grace: float = 10.0) -> None:
+def _end(child: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """ssh was told to stop: give it ``grace`` seconds to close its session, then kill it."""
     try:
         child.wait(timeout=grace)

@@ -26,10 +26,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, cli, fqdn, resources
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError
+
+if TYPE_CHECKING:  # the caller holds the instances
+    from sagemaker_ssh_helper.manager import ManagedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Evidence:
     created: Optional[float] = None
     log_error: Optional[BaseException] = None
 
-    def reason(self, instance: Any, target: fqdn.Target) -> Optional[str]:
+    def reason(self, instance: ManagedInstance, target: fqdn.Target) -> Optional[str]:
         """None if ``instance`` is the resource's, else why not (a phrase)."""
         if self.log_error is not None:
             return f"its log cannot be read ({self.log_error})"
@@ -201,7 +204,7 @@ class Verifier:
         if status in resources.FINISHED:
             raise ResolutionError(f"{what} is {status}: SSH is available only while it runs")
 
-    def confirm(self, inst: Any, region_source: str) -> None:
+    def confirm(self, inst: ManagedInstance, region_source: str) -> None:
         """The sanity checks of the resource's description for the chosen instance: it runs,
         and the instance did not register before it was created."""
         self.check_running(region_source)
@@ -210,7 +213,7 @@ class Verifier:
             raise ResolutionError(f"{self.target.fqdn}: refusing {inst.label}: {why}; connect "
                                   f"with --instance {inst.instance_id} if you checked it")
 
-    def accepts(self, inst: Any) -> bool:
+    def accepts(self, inst: ManagedInstance) -> bool:
         evidence = self.evidence
         if evidence.reason(inst, self.target) is None:
             return True
@@ -225,7 +228,7 @@ class Verifier:
             return evidence.reason(inst, self.target) is None
         return False
 
-    def keep_verified(self, found: List[Any]) -> List[Any]:
+    def keep_verified(self, found: List[ManagedInstance]) -> List[ManagedInstance]:
         """The Online instances of ``found`` the resource's log confirms (all of ``found`` when
         none is Online, for the offline message). Each one refused is named on stderr, and a
         one-line error says how to go on when none is left."""
@@ -243,7 +246,7 @@ class Verifier:
         return verified or found
 
 
-def split(instances: List[Any], evidence: Evidence, target: fqdn.Target
+def split(instances: List[ManagedInstance], evidence: Evidence, target: fqdn.Target
           ) -> Tuple[List[Any], List[Tuple[Any, str]]]:
     """(verified instances, [(rejected instance, why)]), in the order given."""
     verified, rejected = [], []

@@ -20,10 +20,11 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from sagemaker_ssh_helper import aws, code_shipping, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.manager import SSMManager
 from sagemaker_ssh_helper.wrapper_base import (
     LOOKUP_900,
     PACKAGE_DIR,
@@ -68,7 +69,8 @@ logger = logging.getLogger(__name__)
 PROCESSING_INPUT_PARENT = "/opt/ml/processing/input"
 
 
-def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any) -> tuple:
+def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any
+                     ) -> Tuple[str, Any]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -217,7 +219,7 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -317,6 +319,9 @@ def _hook_ssm_access(model: Any) -> None:
     model.deploy = deploy
 
 
+_Model = TypeVar("_Model", bound="SSHModelWrapper")
+
+
 class SSHModelWrapper(SSHEnvironmentWrapper):
     """SSH into the instances behind a real-time endpoint."""
 
@@ -366,10 +371,10 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
                            transport)
 
     @classmethod
-    def _create(cls, model: Any, seconds: Any, delta: Optional[timedelta],
+    def _create(cls: Type[_Model], model: Any, seconds: Any, delta: Optional[timedelta],
                 local_user_id: Optional[str], log_to_stdout: bool,
                 ssm_iam_role: Optional[str], bootstrap_on_start: bool,
-                transport: str = "hybrid") -> Any:
+                transport: str = "hybrid") -> _Model:
         if getattr(model, "endpoint_name", None):
             raise ValueError(f"the model is already deployed to endpoint {model.endpoint_name}: "
                              f"call {cls.__name__}.create() before deploy()")
@@ -416,7 +421,7 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
@@ -581,7 +586,7 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
     resource_name = processing_job_name
     get_processor_latest_job_name = processing_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
@@ -667,7 +672,7 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
     resource_name = transform_job_name
     get_transformer_latest_job_name = transform_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_transformer_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> Dict[str, Any]:

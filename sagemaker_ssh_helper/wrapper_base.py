@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, resources
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
@@ -302,7 +302,7 @@ class SSHEnvironmentWrapper:
                                  "<app>.<user>.<domain>.studio.sagemaker or pass domain_id and "
                                  "user_profile_name")
             return wrapper.SSHIDEWrapper.attach(domain, user, name, sagemaker_session)
-        attachers: Dict[str, Any] = {
+        attachers: Dict[str, Callable[[str, Any], SSHEnvironmentWrapper]] = {
             "training": wrapper.SSHEstimatorWrapper.attach,
             "processing": wrapper.SSHProcessorWrapper.attach,
             "transform": wrapper.SSHTransformerWrapper.attach,
@@ -339,7 +339,8 @@ class SSHJobWrapperBase(SSHEnvironmentWrapper):
         count that starts SSH)."""
 
     def is_job_in_progress(self) -> bool:
-        return self.describe()[self.status_key] == "InProgress"
+        status: str = self.describe()[self.status_key]
+        return status == "InProgress"
 
     def wait_with_status(self, poll_seconds: float = 30.0,
                          timeout_in_sec: Optional[float] = None) -> str:

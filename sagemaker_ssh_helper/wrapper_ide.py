@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 
 from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.ide import SSHIDE, NotebookInstance
+from sagemaker_ssh_helper.manager import SSMManager
 from sagemaker_ssh_helper.wrapper_base import SSHEnvironmentWrapper
 
 
@@ -70,7 +71,7 @@ class SSHIDEWrapper(SSHEnvironmentWrapper):
     def _check_state(self) -> None:
         """Studio apps are checked by their registration only (the app type is not known)."""
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_studio_user_kgw_instance_ids(
             self.domain_id, self.user_profile_name, name, timeout_in_sec=timeout_in_sec,
             not_earlier_than_timestamp=self.not_earlier_than_timestamp))
@@ -111,7 +112,7 @@ class SSHNotebookInstanceWrapper(SSHEnvironmentWrapper):
     def resource_name(self) -> str:
         return self.notebook_instance.name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_notebook_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def get_cloudwatch_url(self) -> str:

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, retry
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -284,7 +284,7 @@ TERMINAL_JOB_STATUSES = ("Completed", "Failed", "Stopped")
 
 
 def wait_for_status(describe: Callable[[], Mapping[str, Any]], status_key: str,
-                    terminal: tuple = TERMINAL_JOB_STATUSES, poll_seconds: float = 30.0,
+                    terminal: Tuple[str, ...] = TERMINAL_JOB_STATUSES, poll_seconds: float = 30.0,
                     timeout_in_sec: Optional[float] = None,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> str:

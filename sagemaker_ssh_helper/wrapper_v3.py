@@ -21,10 +21,11 @@ import inspect
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, sdk_versions, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
+from sagemaker_ssh_helper.manager import SSMManager
 from sagemaker_ssh_helper.wrapper_base import (
     DEFAULT_LOOKUP_TIMEOUT,
     WAIT_0,
@@ -69,7 +70,7 @@ def _without_metadata(response: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
 
 
-def _name_from_arn(arn_text: str, expected_type: str) -> tuple:
+def _name_from_arn(arn_text: str, expected_type: str) -> Tuple[str, str]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -113,8 +114,9 @@ class _V3Wrapper(SSHEnvironmentWrapper):
         self._sagemaker_session = value
 
     def _default_session(self) -> BotoSession:
-        self._sagemaker_session = _boto_session(None)
-        return self._sagemaker_session
+        session = _boto_session(None)
+        self._sagemaker_session = session
+        return session
 
     def sagemaker_client(self) -> Any:
         return aws.client(self.boto_session, "sagemaker")
@@ -221,7 +223,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -323,7 +325,7 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = processing_job_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 
@@ -454,7 +456,7 @@ class SSHModelBuilderWrapper(_V3Wrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: Any, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from aws_cdk import Aws, CustomResource, Duration, Stack
 from aws_cdk import aws_iam as iam
@@ -112,7 +112,7 @@ def _policy_name_suffix(value: Optional[str]) -> str:
     return suffix
 
 
-def _split_s3(path: Optional[str]) -> tuple:
+def _split_s3(path: Optional[str]) -> Tuple[str, str]:
     if not path:
         return "", policies.DEFAULT_KEYS_PREFIX
     if not path.startswith("s3://"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -92,7 +92,7 @@ def remove_statement(iam: Any, role_name: str, sid: str) -> None:
     logger.info("removed %s from the trust policy of %s", sid, role_name)
 
 
-def _parse_physical_id(value: Optional[str]) -> Optional[tuple]:
+def _parse_physical_id(value: Optional[str]) -> Optional[Tuple[str, str]]:
     parts = (value or "").split(":")
     if len(parts) == 3 and parts[0] == "ssm-trust":
         return parts[1], parts[2]
