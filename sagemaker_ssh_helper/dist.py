@@ -128,7 +128,10 @@ def default_prefix(session: Any, region: str) -> str:
 
 def stage(session: Any, region: str, prefix: Optional[str] = None) -> str:
     """Upload this version's wheel under ``prefix`` (an s3:// URL); return its URL."""
-    prefix = prefix or default_prefix(session, region)
+    owner: Dict[str, str] = {}
+    if not prefix:  # a predictable bucket name: refuse one another account owns
+        prefix = default_prefix(session, region)
+        owner = {"ExpectedBucketOwner": prefix[len("s3://"):].split("/")[0].rsplit("-", 1)[1]}
     if not prefix.startswith("s3://") or "/" not in prefix[len("s3://"):].strip("/") + "/":
         raise UsageError(f"--s3 needs an s3://bucket/prefix/ URL, got {prefix!r}")
     bucket, _, key_prefix = prefix[len("s3://"):].partition("/")
@@ -137,7 +140,7 @@ def stage(session: Any, region: str, prefix: Optional[str] = None) -> str:
     with tempfile.TemporaryDirectory(prefix="sm-ssh-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=wheel.read_bytes())
+            s3.put_object(Bucket=bucket, Key=key, Body=wheel.read_bytes(), **owner)
         except Exception as e:
             if aws.error_code(e) == "NoSuchBucket":
                 raise SSHHelperError(f"bucket {bucket} does not exist in this account: create "

@@ -21,10 +21,12 @@ as ``AmazonSageMakerFullAccess`` allows; another with ``--s3``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -115,8 +117,11 @@ class Progress:
             self._show("\n" if self.tty else "")
 
 
-def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str]:
-    """(bucket, key prefix ending in /) for temporary objects; the bucket must exist."""
+def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str, Optional[str]]:
+    """(bucket, key prefix ending in /, expected owner) for temporary objects; the bucket must
+    exist. SageMaker's default bucket has a predictable name another account could own, so every
+    call to it says ``ExpectedBucketOwner`` (the caller's account)."""
+    owner: Optional[str] = None
     if given:
         if not given.startswith("s3://") or not given[len("s3://"):].split("/")[0]:
             raise UsageError(f"--s3 needs an s3://bucket/prefix/ URL, got {given!r}")
@@ -127,16 +132,21 @@ def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str]:
             account = aws.client(ctx.session, "sts").get_caller_identity()["Account"]
         except Exception as e:
             raise aws.explain(e, "sts:GetCallerIdentity") from e
-        bucket, prefix = f"sagemaker-{ctx.region_name}-{account}", TRANSFER_PREFIX
+        bucket, prefix, owner = f"sagemaker-{ctx.region_name}-{account}", TRANSFER_PREFIX, account
     try:
-        aws.client(ctx.session, "s3").head_bucket(Bucket=bucket)
+        aws.client(ctx.session, "s3").head_bucket(Bucket=bucket, **owned(owner))
     except Exception as e:
         if aws.error_code(e) in ("404", "NoSuchBucket", "NotFound"):
             raise SSHHelperError(f"bucket {bucket} does not exist: create it, or pass "
                                  "--s3 s3://<your-bucket>/<prefix>/ (cp also has --via scp)"
                                  ) from e
         raise aws.explain(e, "s3:ListBucket") from e
-    return bucket, prefix
+    return bucket, prefix, owner
+
+
+def owned(owner: Optional[str]) -> Dict[str, str]:
+    """``ExpectedBucketOwner`` for an S3 call (nothing for a bucket the user named)."""
+    return {"ExpectedBucketOwner": owner} if owner else {}
 
 
 def _transfer_config() -> Any:
@@ -154,6 +164,18 @@ def _s3_error(e: Exception, bucket: str, action: str) -> Exception:
     return aws.explain(e, action)
 
 
+@functools.cache
+def _scp_has_sftp(scp: str) -> bool:
+    """Whether this scp has ``-s`` (the SFTP protocol, OpenSSH 8.7+), from its usage line."""
+    try:
+        usage = subprocess.run([scp], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=10, check=False).stderr
+    except (OSError, subprocess.SubprocessError):
+        return False
+    flags = re.search(r"\[-([0-9A-Za-z]+)\]", usage)
+    return bool(flags and "s" in flags.group(1))
+
+
 class Copier:
     """One ``sm-ssh cp``: the prepared instance, and how to run ssh and scp against it."""
 
@@ -162,6 +184,7 @@ class Copier:
         self.ctx = ctx
         self.prepared = prepared
         self.out = out or sys.stderr
+        self.owner: Optional[str] = None  # ExpectedBucketOwner of the bucket, if it is ours
 
     def _options(self) -> List[str]:
         from sagemaker_ssh_helper import proxy
@@ -173,11 +196,22 @@ class Copier:
             proxy_cmd=proxy.proxy_command(self.prepared.instance_id, self.ctx.region_name,
                                           self.ctx.profile))
 
-    def scp(self, src: str, dst: str) -> None:
+    def scp(self, local: Path, remote_path: str, upload: bool) -> None:
+        """scp ``local`` to (``upload``) or from ``remote_path``: the local path absolute (a
+        ``:`` in a relative name would make it host:path), ``--`` before the operands (a name
+        may start with ``-``), and the SFTP protocol when scp has ``-s``; else the legacy
+        protocol has the remote shell read the path, so it is quoted."""
         scp = shutil.which("scp")
         if not scp:
             raise ToolMissing("scp is not installed: install OpenSSH's client")
-        argv = [scp, "-q", *self._options(), src, dst]
+        sftp = _scp_has_sftp(scp)
+        if not sftp:
+            tilde = remote_path.startswith("~/")
+            remote_path = ("~/" if tilde else "") + shlex.quote(remote_path[2 if tilde else 0:])
+        remote_spec = f"{self.prepared.destination}:{remote_path}"
+        local_path = str(local.resolve())
+        operands = [local_path, remote_spec] if upload else [remote_spec, local_path]
+        argv = [scp, "-q", *(["-s"] if sftp else []), *self._options(), "--", *operands]
         logger.debug("running %s", argv)
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               check=False)
@@ -189,6 +223,8 @@ class Copier:
         """Run ``transfer_remote`` in the container with ``args``; its JSON answer."""
         from sagemaker_ssh_helper import proxy
 
+        if self.owner:
+            args = ["--owner", self.owner, *args]
         command = " ".join(['"${SM_SSH_PYTHON:-python3}"', "-"] + [shlex.quote(a) for a in args])
         argv = [proxy.find_ssh(), "-o", "LogLevel=ERROR", *self._options(),
                 self.prepared.destination, "--", command]
@@ -231,12 +267,13 @@ class Copier:
         s3 = aws.client(self.ctx.session, "s3")
         size = local.stat().st_size
         digest = sha256_of(local)
-        key = f"{prefix}{uuid.uuid4().hex}/{local.name}"
+        run = f"{prefix}{uuid.uuid4().hex}/"
+        key = f"{run}{local.name}"
         progress = Progress("upload to S3", size, self.out)
         try:
             try:
                 s3.upload_file(str(local), bucket, key, Config=_transfer_config(),
-                               Callback=progress)
+                               Callback=progress, ExtraArgs=owned(self.owner))
             except Exception as e:
                 raise _s3_error(e, bucket, "s3:PutObject") from e
             progress.finish()
@@ -244,7 +281,7 @@ class Copier:
                   flush=True)
             result = self.remote(["fetch", bucket, key, remote_path, digest])
         finally:
-            _delete(s3, bucket, key)
+            _clean(s3, bucket, run, [key], self.owner)
         if result.get("sha256") != digest or result.get("bytes") != size:
             raise SSHHelperError(f"the copy in the container differs: {result}")
         return result
@@ -253,7 +290,8 @@ class Copier:
                  threshold: int = 0) -> Dict[str, Any]:
         """Through S3; ``{"small": True}`` (nothing copied) for a file under ``threshold``."""
         s3 = aws.client(self.ctx.session, "s3")
-        key = f"{prefix}{uuid.uuid4().hex}/{os.path.basename(remote_path.rstrip('/'))}"
+        run = f"{prefix}{uuid.uuid4().hex}/"
+        key = f"{run}{os.path.basename(remote_path.rstrip('/'))}"
         if local.is_dir():
             local = local / os.path.basename(remote_path.rstrip("/"))
         part = local.with_name(local.name + ".sm-ssh-part")
@@ -266,7 +304,7 @@ class Copier:
             progress = Progress("download from S3", int(result["bytes"]), self.out)
             try:
                 s3.download_file(bucket, key, str(part), Config=_transfer_config(),
-                                 Callback=progress)
+                                 Callback=progress, ExtraArgs=owned(self.owner))
             except Exception as e:
                 raise aws.explain(e, "s3:GetObject") from e
             progress.finish()
@@ -276,16 +314,33 @@ class Copier:
                                      f"sent {result['sha256']}; nothing was written to {local}")
             os.replace(part, local)
         finally:
-            _delete(s3, bucket, key)
+            _clean(s3, bucket, run, [key], self.owner)
             if part.exists():
                 part.unlink()
         return dict(result, path=str(local))
 
 
-def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False) -> None:
+def _clean(s3: Any, bucket: str, run: str, keys: List[str], owner: Optional[str]) -> None:
+    """Delete a run's temporary objects, then abort any multipart upload left under its unique
+    prefix ``run`` (an interrupted upload's parts are billed until aborted)."""
+    for key in keys:
+        _delete(s3, bucket, key, quiet_missing=True, owner=owner)
+    try:
+        for page in s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=run, **owned(owner)):
+            for upload in page.get("Uploads", []):
+                s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                          UploadId=upload["UploadId"], **owned(owner))
+    except Exception as e:
+        print(f"sm-ssh cp: warning: could not abort the uploads under s3://{bucket}/{run}: "
+              f"{' '.join(str(e).split())}", file=sys.stderr, flush=True)
+
+
+def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False,
+            owner: Optional[str] = None) -> None:
     """Delete a temporary object (S3 answers success for a missing key too)."""
     try:
-        s3.delete_object(Bucket=bucket, Key=key)
+        s3.delete_object(Bucket=bucket, Key=key, **owned(owner))
     except Exception as e:  # the copy's outcome stands; say what is left behind
         if quiet_missing and aws.error_code(e) in ("NoSuchKey", "NoSuchBucket"):
             return
@@ -316,21 +371,19 @@ def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
             raise UsageError(f"{local.parent}: no such directory")
         small = False  # the container tells (``put`` with the threshold)
     if via == "s3" or (via == "auto" and not small):
-        bucket, prefix = s3_prefix(ctx, s3)
+        bucket, prefix, owner = s3_prefix(ctx, s3)
     prepared = connect.prepare(ctx, remote.target, choice)
     copier = Copier(ctx, prepared, out)
+    if via == "s3" or (via == "auto" and not small):
+        copier.owner = owner
     started = time.monotonic()
-    remote_spec = f"{prepared.destination}:{remote.path}"
     result: Dict[str, Any] = {}
     if src.target is not None and via != "scp":
         result = copier.download(remote.path, local, bucket, prefix,
                                  threshold if via == "auto" else 0)
         small = bool(result.get("small"))
     if via == "scp" or small:
-        if src.target is None:
-            copier.scp(str(local), remote_spec)
-        else:
-            copier.scp(remote_spec, str(local))
+        copier.scp(local, remote.path, upload=src.target is None)
         print(f"sm-ssh cp: copied over the SSH session in {time.monotonic() - started:.1f} s",
               file=out, flush=True)
         return 0
@@ -356,7 +409,7 @@ def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, buc
     progress = Progress("upload to S3", size, copier.out)
     try:
         client.upload_file(str(tar), bucket, f"{run}sync.tar", Config=_transfer_config(),
-                           Callback=progress)
+                           Callback=progress, ExtraArgs=owned(copier.owner))
     except Exception as e:
         raise _s3_error(e, bucket, "s3:PutObject") from e
     progress.finish()
@@ -370,7 +423,7 @@ def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, b
     ours = remote_side.manifest(local_root)
     try:
         client.put_object(Bucket=bucket, Key=f"{run}manifest.json",
-                          Body=json.dumps(ours).encode())
+                          Body=json.dumps(ours).encode(), **owned(copier.owner))
     except Exception as e:
         raise _s3_error(e, bucket, "s3:PutObject") from e
     result = copier.remote(["sync-out", remote_root, bucket, f"{run}sync.tar",
@@ -380,7 +433,7 @@ def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, b
     progress = Progress("download from S3", int(result["bytes"]), copier.out)
     try:
         client.download_file(bucket, f"{run}sync.tar", str(tar), Config=_transfer_config(),
-                             Callback=progress)
+                             Callback=progress, ExtraArgs=owned(copier.owner))
     except Exception as e:
         raise aws.explain(e, "s3:GetObject") from e
     progress.finish()
@@ -406,10 +459,11 @@ def sync(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
         raise UsageError(f"{src.path}: no such folder")
     if not upward and not Path(dst.path).resolve().parent.is_dir():
         raise UsageError(f"{Path(dst.path).resolve().parent}: no such folder")
-    bucket, prefix = s3_prefix(ctx, s3)
+    bucket, prefix, owner = s3_prefix(ctx, s3)
     remote = src if src.target is not None else dst
     assert remote.target is not None
     copier = Copier(ctx, connect.prepare(ctx, remote.target, choice), out)
+    copier.owner = owner
     client = aws.client(ctx.session, "s3")
     run = f"{prefix}{uuid.uuid4().hex}/"
     started = time.monotonic()
@@ -421,8 +475,7 @@ def sync(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
             else:
                 count, result = _sync_down(copier, client, src.path, dst.path, bucket, run, tar)
         finally:
-            for name in ("sync.tar", "manifest.json"):
-                _delete(client, bucket, f"{run}{name}", quiet_missing=True)
+            _clean(client, bucket, run, [f"{run}sync.tar", f"{run}manifest.json"], owner)
     if not count:
         print(f"sm-ssh sync: {dst.path} is up to date", file=out, flush=True)
         return 0

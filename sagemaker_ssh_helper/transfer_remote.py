@@ -14,6 +14,9 @@ the destination).
     python3 - sync-in BUCKET KEY SHA256 DIR     (extract the archive at KEY under DIR)
     python3 - sync-out DIR BUCKET KEY MANIFEST_KEY  (archive what differs from the manifest)
 
+``--owner ACCOUNT`` before the command makes every S3 call say ``ExpectedBucketOwner``. An
+object ``put`` uploaded is deleted again when the command fails afterwards.
+
 ``sm-ssh sync`` moves a folder's new and changed files as one archive through S3: the
 receiving side's manifest (sizes and SHA-256) decides what is sent; the archive is checked
 like a file, and only regular files and folders under the destination are extracted.
@@ -31,6 +34,12 @@ from typing import Any, Dict, List, Optional
 PART = 8 * 1024 * 1024
 CONCURRENCY = 10
 _HASH_BLOCK = 1024 * 1024
+OWNER: Optional[str] = None  # ExpectedBucketOwner for every S3 call (``--owner``)
+UPLOADED: List[Any] = []  # (bucket, key) this run put: deleted again if it fails afterwards
+
+
+def _owned() -> Dict[str, str]:
+    return {"ExpectedBucketOwner": OWNER} if OWNER else {}
 
 
 def sha256_of(path: str) -> str:
@@ -75,10 +84,11 @@ def fetch(bucket: str, key: str, dest: str, expected: str) -> Dict[str, Any]:
     if os.path.isdir(dest):
         dest = os.path.join(dest, key.rsplit("/", 1)[-1])
     s3, config = _client_and_config()
-    size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    size = int(s3.head_object(Bucket=bucket, Key=key, **_owned())["ContentLength"])
     part = f"{dest}.sm-ssh-part"
     try:
-        s3.download_file(bucket, key, part, Config=config, Callback=Progress("download", size))
+        s3.download_file(bucket, key, part, Config=config, Callback=Progress("download", size),
+                         ExtraArgs=_owned())
         digest = sha256_of(part)
         if digest != expected:
             raise RuntimeError(f"checksum mismatch: got SHA-256 {digest}, expected {expected}")
@@ -98,7 +108,9 @@ def put(src: str, bucket: str, key: str, threshold: str = "0") -> Dict[str, Any]
         return {"path": os.path.abspath(src), "bytes": size, "small": True}
     digest = sha256_of(src)
     s3, config = _client_and_config()
-    s3.upload_file(src, bucket, key, Config=config, Callback=Progress("upload", size))
+    UPLOADED.append((bucket, key))
+    s3.upload_file(src, bucket, key, Config=config, Callback=Progress("upload", size),
+                   ExtraArgs=_owned())
     return {"path": os.path.abspath(src), "bytes": size, "sha256": digest}
 
 
@@ -179,7 +191,7 @@ def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> Dict[str, Any
     if not os.path.isdir(root):
         raise RuntimeError(f"{root}: no such folder")
     s3, _ = _client_and_config()
-    theirs = json.loads(s3.get_object(Bucket=bucket, Key=theirs_key)["Body"].read())
+    theirs = json.loads(s3.get_object(Bucket=bucket, Key=theirs_key, **_owned())["Body"].read())
     files = changed(root, theirs)
     if not files:
         return {"path": os.path.abspath(root), "files": 0, "bytes": 0}
@@ -190,8 +202,22 @@ def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> Dict[str, Any
     return dict(result, path=os.path.abspath(root), files=len(files))
 
 
+def _forget_uploads() -> None:
+    """Delete what this run uploaded (the laptop never learns its key when the answer fails)."""
+    s3, _ = _client_and_config()
+    while UPLOADED:
+        bucket, key = UPLOADED.pop()
+        try:
+            s3.delete_object(Bucket=bucket, Key=key, **_owned())
+        except Exception:  # the laptop's cleanup and the bucket's lifecycle rule remain
+            pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    global OWNER
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--owner"] and len(args) > 1:
+        OWNER, args = args[1], args[2:]
     # paths as a shell would take them (`sm-ssh cp f job…:~/data/` quotes the arguments)
     args = [os.path.expanduser(a) if a.startswith("~") else a for a in args]
     try:
@@ -213,8 +239,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:  # one line for the laptop to show
         text = " ".join(str(e).split()) or type(e).__name__
         print(f"sm-ssh cp (container): {type(e).__name__}: {text}", file=sys.stderr, flush=True)
+        _forget_uploads()
         return 1
-    print(json.dumps(result), flush=True)
+    try:
+        print(json.dumps(result), flush=True)
+    except Exception as e:
+        _forget_uploads()
+        print(f"sm-ssh cp (container): {type(e).__name__}: could not answer", file=sys.stderr,
+              flush=True)
+        return 1
     return 0
 
 

@@ -332,6 +332,14 @@ def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
     small.write_text("small file\n")
     done = run(sm_ssh("cp", str(small), f"{fqdn}:/tmp/small.txt"), env)
     assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    # scp takes a relative name with a ':' or a leading '-' as a file, a remote space literally
+    (tmp_path / "-ckpt-12:30.txt").write_text("odd name\n")
+    done = subprocess.run(sm_ssh("cp", "./-ckpt-12:30.txt", f"{fqdn}:/tmp/odd name.txt"),
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    done = run(sm_ssh("cp", f"{fqdn}:/tmp/odd name.txt", str(back / "odd.txt")), env)
+    assert done.returncode == 0 and (back / "odd.txt").read_text() == "odd name\n", done.stderr
 
     # sync: a folder's new and changed files, both ways; nothing when up to date
     tree = tmp_path / "tree"
