@@ -37,7 +37,6 @@ from sagemaker_ssh_helper.env import (
     region,
     registered_instance_id,
 )
-from sagemaker_ssh_helper.errors import SSHHelperError
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +195,10 @@ def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = M
         _say(logging.WARNING, f"could not deregister {instance_id}: {e}")
         return None
     if proc.returncode != 0:
-        _say(logging.WARNING, f"could not deregister {instance_id}: {proc.stderr.strip()}")
+        reason = " ".join(proc.stderr.split())
+        if reason.startswith(f"{_DEREGISTER_PROG}: "):  # the CLI frame's one line
+            reason = reason[len(_DEREGISTER_PROG) + 2:]
+        _say(logging.WARNING, f"could not deregister {instance_id}: {reason}")
         return None
     _say(logging.INFO, f"deregistered {instance_id} from SSM")
     try:
@@ -218,18 +220,28 @@ def deregister(instance_id: str, environ: Optional[Mapping[str, str]] = None) ->
     aws.deregister_managed_instance(ssm, instance_id)
 
 
+_DEREGISTER_PROG = "python -m sagemaker_ssh_helper.bootstrap"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "deregister":
-        print("usage: python -m sagemaker_ssh_helper.bootstrap deregister mi-…", file=sys.stderr)
-        return 2
-    try:
-        deregister(args[1])
-    except Exception as e:
-        print(f"{type(e).__name__}: {e}" if not isinstance(e, SSHHelperError) else str(e),
-              file=sys.stderr)
-        return getattr(e, "exit_code", 1)
-    return 0
+    from sagemaker_ssh_helper import cli
+
+    prog = _DEREGISTER_PROG
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(prog=prog, description="Container-side SSH helper tasks.")
+        cli.add_general_options(parser, aws=False)
+        sub = parser.add_subparsers(dest="action", required=True, metavar="deregister")
+        deregister_parser = sub.add_parser(
+            "deregister", help="deregister this container's SSM managed instance")
+        cli.add_general_options(deregister_parser, top_level=False, aws=False)
+        deregister_parser.add_argument("instance_id", metavar="mi-…")
+        args = command.parse(parser, cli.argv_or_sys(argv))
+        deregister(args.instance_id)
+        return 0
+
+    return cli.guarded_main(prog, body, debug_log=False, fmt="%(name)s: %(message)s",
+                            aws_action="ssm:DeregisterManagedInstance")
 
 
 if __name__ == "__main__":

@@ -210,13 +210,22 @@ def setup_args(settings: Contract) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["setup-args"]:
-        print("usage: python -m sagemaker_ssh_helper.contract setup-args", file=sys.stderr)
-        return 2
-    for arg in setup_args(read(os.environ)):
-        print(arg)
-    return 0
+    from sagemaker_ssh_helper import cli
+
+    prog = "python -m sagemaker_ssh_helper.contract"
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(
+            prog=prog, description="Print the env contract as sm-setup-ssh options, one a line.")
+        parser.add_argument("action", choices=("setup-args",))
+        command.parse(parser, cli.argv_or_sys(argv))
+        for arg in setup_args(read(os.environ)):
+            print(arg)
+        return 0
+
+    # the format of the warning printed when logging is not configured (see _warn above)
+    return cli.guarded_main(prog, body, debug_log=False,
+                            fmt="[sagemaker-ssh-helper] %(levelname)s: %(message)s")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-from sagemaker_ssh_helper import fqdn, redact
+from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.aws import parse_arn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
@@ -285,9 +285,20 @@ def registered_instance_id(path: Path = MI_ID_FILE) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    what = args[0] if args else "resource"
-    try:
+    from sagemaker_ssh_helper import cli
+
+    prog = "python -m sagemaker_ssh_helper.env"
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(prog=prog, description="Print one fact about this container.")
+        cli.add_general_options(parser, aws=False)
+        parser.add_argument("fact", nargs="?", default="resource",
+                            choices=("resource", "rank", "region", "ip"))
+        try:
+            what = command.parse(parser, cli.argv_or_sys(argv)).fact
+        except UsageError:
+            print(f"usage: {prog} [resource|rank|region|ip]", file=sys.stderr)
+            return 2
         if what == "resource":
             resource = detect_resource()
             print(json.dumps({"kind": resource.kind, "name": resource.name,
@@ -296,16 +307,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(node_rank())
         elif what == "region":
             print(region(resource=detect_resource()) or "")
-        elif what == "ip":
-            print(ip_address())
         else:
-            raise UsageError("usage: python -m sagemaker_ssh_helper.env [resource|rank|region|ip]")
-    except SSHHelperError as e:
-        print(str(e), file=sys.stderr)
-        return e.exit_code
-    return 0
+            print(ip_address())
+        return 0
+
+    return cli.guarded_main(prog, body, level=logging.INFO, debug_log=False,
+                            fmt="%(name)s: %(message)s")
 
 
 if __name__ == "__main__":
-    redact.basic_config(level=logging.INFO, format="%(name)s: %(message)s")
     sys.exit(main())

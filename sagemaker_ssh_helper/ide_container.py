@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from sagemaker_ssh_helper import fqdn, redact
+from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.aws import mask, role_name_from_arn
 from sagemaker_ssh_helper.contract import Contract
 from sagemaker_ssh_helper.env import STATE_DIR, agent_running, base_dir, registered_instance_id
@@ -189,20 +189,31 @@ def run(args: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    verbose = os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    redact.basic_config(level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"{PROG}: %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except SSHHelperError as e:
-        if verbose:
-            logger.exception("failed")
-        message = str(e)
-        print(message if message.startswith(PROG) else f"{PROG}: {message}", file=sys.stderr)
-        return e.exit_code
+    import argparse
+
+    from sagemaker_ssh_helper import cli
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(
+            prog=PROG, usage=f"{PROG} [-v] COMMAND [ARG ...]",
+            description="The container side of sm-ssh-ide (its commands: see the script's header).")
+        cli.add_general_options(parser, aws=False)
+        parser.add_argument("command", nargs=argparse.REMAINDER)  # dispatched by run()
+        args = command.parse(parser, cli.argv_or_sys(argv))
+        for noisy in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            return run(args.command)
+        except SSHHelperError as e:
+            if not str(e).startswith(f"{PROG}: "):
+                raise  # the frame prefixes it
+            if command.debug:
+                logger.exception("failed")
+            print(e, file=sys.stderr, flush=True)
+            return e.exit_code
+
+    return cli.guarded_main(PROG, body, level=logging.INFO, debug_log=False,
+                            fmt=f"{PROG}: %(message)s")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from sagemaker_ssh_helper import aws, contract, redact, retry
+from sagemaker_ssh_helper import aws, contract, retry
 from sagemaker_ssh_helper.env import (
     Resource,
     detect_resource,
@@ -279,31 +279,32 @@ def check_tag_value(name: str, value: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    verbose = "-v" in args or os.environ.get("SM_SSH_DEBUG", "").lower() == "true"
-    redact.basic_config(level=logging.DEBUG if verbose else logging.INFO,
-                        format="sm-init-ssm: %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if any(a not in ("-v",) for a in args):
-        print("usage: sm-init-ssm [-v]", file=sys.stderr)
-        return 2
-    try:
-        print(init(), flush=True)
-    except SSHHelperError as e:
-        if verbose:
-            logger.exception("failed")
-        print(f"sm-init-ssm: {e}", file=sys.stderr)
-        _record_failure(str(e))
-        return e.exit_code
-    except Exception as e:  # unexpected: still one line unless debugging
-        if verbose:
-            logger.exception("failed")
-        print(f"sm-init-ssm: {type(e).__name__}: {e} (set SM_SSH_DEBUG=true for details)",
-              file=sys.stderr)
-        _record_failure(f"{type(e).__name__}: {e}")
-        return 1
-    return 0
+    from sagemaker_ssh_helper import cli
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(
+            prog="sm-init-ssm",
+            description="Register this container with SSM and print its managed instance id.")
+        cli.add_general_options(parser, aws=False)
+        try:
+            command.parse(parser, cli.argv_or_sys(argv))
+        except UsageError:
+            print("usage: sm-init-ssm [-v]", file=sys.stderr)
+            return 2
+        for noisy in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if command.debug else logging.WARNING)
+        try:
+            print(init(), flush=True)
+        except SSHHelperError as e:
+            _record_failure(str(e))
+            raise
+        except Exception as e:  # the frame prints it in one line; sm-wait tells why
+            _record_failure(f"{type(e).__name__}: {e}")
+            raise
+        return 0
+
+    return cli.guarded_main("sm-init-ssm", body, level=logging.INFO, debug_log=False,
+                            fmt="sm-init-ssm: %(message)s", aws_action="SSM registration")
 
 
 def _record_failure(reason: str) -> None:

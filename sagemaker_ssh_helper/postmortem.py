@@ -176,16 +176,34 @@ def run_command(command: List[str], environ: Optional[Mapping[str, str]] = None)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--"]:
-        args = args[1:]
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m sagemaker_ssh_helper.postmortem -- COMMAND [ARG ...]",
-              file=sys.stderr if not args else sys.stdout)
-        return 2 if not args else 0
-    return run_command(args)
+    import argparse
+
+    from sagemaker_ssh_helper import cli
+    from sagemaker_ssh_helper.errors import UsageError
+
+    prog = "python -m sagemaker_ssh_helper.postmortem"
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(
+            prog=prog, usage=f"{prog} [-v] -- COMMAND [ARG ...]",
+            description="Run COMMAND; if it fails, hold the job for SSH before it ends.")
+        cli.add_general_options(parser, aws=False)
+        parser.add_argument("command", nargs="*", metavar="COMMAND [ARG ...]",
+                            help=argparse.SUPPRESS)
+        # our options end at `--` or at the first word that is not an option: everything
+        # from there on is the command, its own options included
+        args = cli.argv_or_sys(argv)
+        split = next((i for i, a in enumerate(args) if a == "--" or not a.startswith("-")),
+                     len(args))
+        ours, to_run = args[:split], args[split + 1 if args[split:split + 1] == ["--"] else split:]
+        command.parse(parser, ours)
+        if not to_run:
+            raise UsageError("expected a COMMAND to run after `--`")
+        return run_command(to_run)
+
+    return cli.guarded_main(prog, body, level=logging.INFO, debug_log=False,
+                            fmt="%(name)s: %(message)s")
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     sys.exit(main())

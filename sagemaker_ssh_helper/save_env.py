@@ -32,7 +32,6 @@ describe the job can read; logins other than root also need to read them.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -139,20 +138,28 @@ def save(environ: Mapping[str, str], environment_file: Path = ENVIRONMENT_FILE,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sm-save-env",
-        description="Save this container's environment for SSH sessions.")
-    parser.add_argument("--environment-file", type=Path, default=ENVIRONMENT_FILE)
-    parser.add_argument("--profile-file", type=Path, default=PROFILE_FILE)
-    args = parser.parse_args(argv)
-    try:
-        env = save(os.environ, args.environment_file, args.profile_file)
-    except OSError as e:
-        print(f"sm-save-env: cannot write the environment: {e} (run as root)", file=sys.stderr)
-        return 1
-    print(f"sm-save-env: saved {len(env)} variables to {args.environment_file} "
-          f"and {args.profile_file}", file=sys.stderr)
-    return 0
+    from sagemaker_ssh_helper import cli
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(
+            prog="sm-save-env",
+            description="Save this container's environment for SSH sessions.")
+        cli.add_general_options(parser, aws=False)
+        parser.add_argument("--environment-file", type=Path, default=ENVIRONMENT_FILE)
+        parser.add_argument("--profile-file", type=Path, default=PROFILE_FILE)
+        args = command.parse(parser, cli.argv_or_sys(argv))
+        try:
+            env = save(os.environ, args.environment_file, args.profile_file)
+        except OSError as e:
+            print(f"sm-save-env: cannot write the environment: {e} (run as root)",
+                  file=sys.stderr)
+            return 1
+        print(f"sm-save-env: saved {len(env)} variables to {args.environment_file} "
+              f"and {args.profile_file}", file=sys.stderr)
+        return 0
+
+    return cli.guarded_main("sm-save-env", body, debug_log=False,
+                            fmt="sm-save-env: %(levelname)s: %(message)s")
 
 
 if __name__ == "__main__":

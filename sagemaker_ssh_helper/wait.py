@@ -174,40 +174,53 @@ def _say(line: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(f"sm-wait: expected one argument; {USAGE}", file=sys.stderr)
-        return 2
-    arg = args[0]
-    if arg in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    if arg == "stop":
+
+    from sagemaker_ssh_helper import cli
+    from sagemaker_ssh_helper.errors import UsageError
+
+    def body(command: cli.Command) -> int:
+        parser = cli.OneLineParser(prog="sm-wait", add_help=False)
+        parser.add_argument("-h", "--help", action="store_true")
+        cli.add_general_options(parser, aws=False)
+        parser.add_argument("what", nargs="*")  # seconds (`-5` too: reported below), stop, list
         try:
-            stop()
-        except OSError as e:
-            print(f"sm-wait: cannot create {STOP_FILE}: {e.strerror or e} (remove what is "
-                  "there and retry)", file=sys.stderr)
-            return 1
-        _say(f"sm-wait: created {STOP_FILE}; waiting sm-wait processes will continue")
+            args = command.parse(parser, cli.argv_or_sys(argv))
+        except UsageError as e:
+            print(f"sm-wait: {e}; {USAGE}", file=sys.stderr)
+            return 2
+        if args.help:
+            print(USAGE)
+            return 0
+        if len(args.what) != 1:
+            print(f"sm-wait: expected one argument; {USAGE}", file=sys.stderr)
+            return 2
+        arg = args.what[0]
+        if arg == "stop":
+            try:
+                stop()
+            except OSError as e:
+                print(f"sm-wait: cannot create {STOP_FILE}: {e.strerror or e} (remove what is "
+                      "there and retry)", file=sys.stderr)
+                return 1
+            _say(f"sm-wait: created {STOP_FILE}; waiting sm-wait processes will continue")
+            return 0
+        if arg == "list":
+            for line in list_lines():
+                _say(line)
+            return 0
+        if not arg.isdigit():
+            print(f"sm-wait: {arg!r} is not a whole number of seconds; {USAGE}", file=sys.stderr)
+            return 2
+        _name_process("sm-wait")
+        signal.signal(signal.SIGTERM, _released_by_signal)
+        try:
+            native = contract.read(os.environ).native
+            wait(int(arg), out=_say, status=lambda: agent_status(native))
+        except _Released:
+            _say("sm-wait: stopped by a signal (e.g. `pkill sm-wait`), continuing")
         return 0
-    if arg == "list":
-        for line in list_lines():
-            _say(line)
-        return 0
-    if not arg.isdigit():
-        print(f"sm-wait: {arg!r} is not a whole number of seconds; {USAGE}", file=sys.stderr)
-        return 2
-    _name_process("sm-wait")
-    signal.signal(signal.SIGTERM, _released_by_signal)
-    try:
-        native = contract.read(os.environ).native
-        wait(int(arg), out=_say, status=lambda: agent_status(native))
-    except KeyboardInterrupt:
-        return 130
-    except _Released:
-        _say("sm-wait: stopped by a signal (e.g. `pkill sm-wait`), continuing")
-    return 0
+
+    return cli.guarded_main("sm-wait", body, debug_log=False, fmt="sm-wait: %(message)s")
 
 
 class _Released(Exception):
