@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,7 +42,7 @@ from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session  # noqa: E4
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 
-def first_output(argv: List[str], env: Dict[str, str], until: bytes = b"") -> float:
+def first_output(argv: list[str], env: dict[str, str], until: bytes = b"") -> float:
     """Seconds from spawning ``argv`` to its first stdout bytes (containing ``until``)."""
     began = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -65,14 +65,14 @@ def first_output(argv: List[str], env: Dict[str, str], until: bytes = b"") -> fl
     return elapsed
 
 
-def timed(results: Dict[str, List[float]], phase: str, fn: Callable[[], Any]) -> Any:
+def timed(results: dict[str, list[float]], phase: str, fn: Callable[[], Any]) -> Any:
     began = time.perf_counter()
     value = fn()
     results.setdefault(phase, []).append(time.perf_counter() - began)
     return value
 
 
-def one_run(env: Dict[str, str], job: str, results: Dict[str, List[float]]) -> None:
+def one_run(env: dict[str, str], job: str, results: dict[str, list[float]]) -> None:
     target = fqdn.parse_resource(f"{job}.training.sagemaker")
     ctx = connect.Context(None, None)
     inst, _ = timed(results, "resolve", lambda: connect.resolve_one(
@@ -104,10 +104,10 @@ def one_run(env: Dict[str, str], job: str, results: Dict[str, List[float]]) -> N
     results.setdefault("via ssh config (total)", []).append(first_output(plain, env))
 
 
-def api_calls(job: str) -> Dict[str, int]:
+def api_calls(job: str) -> dict[str, int]:
     """AWS API calls of one connect up to a started session (what `sm-ssh connect` makes before
     ssh runs), counted on the boto3 session by service and operation."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
 
     def count(model: Any, **_: Any) -> None:
         name = f"{model.service_model.service_name}:{model.name}"
@@ -136,7 +136,7 @@ def api_calls(job: str) -> Dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def launch(sandbox: Sandbox, work: Path) -> Dict[str, str]:
+def launch(sandbox: Sandbox, work: Path) -> dict[str, str]:
     env = workspace(sandbox, work)
     env["BENCH_JOB"] = launch_job(env, work, "bench-connect", 900)
     subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "config"], env=env,
@@ -144,7 +144,7 @@ def launch(sandbox: Sandbox, work: Path) -> Dict[str, str]:
     return env
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -153,7 +153,7 @@ def main(argv: List[str]) -> int:
     if problem:
         print(f"bench_connect: {problem}", file=sys.stderr)
         return 2
-    results: Dict[str, List[float]] = {}
+    results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-connect-") as tmp:
         with Sandbox(Path(tmp) / "sandbox", stop_grace=3.0) as sandbox:
             env = launch(sandbox, Path(tmp))

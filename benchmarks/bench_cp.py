@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +31,7 @@ from sandbox_job import launch_job, sm_ssh, workspace  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 
-def timed(argv: List[str], env: Dict[str, str]) -> Tuple[float, str]:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     started = time.monotonic()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600,
                           stdin=subprocess.DEVNULL, check=False)
@@ -42,13 +41,13 @@ def timed(argv: List[str], env: Dict[str, str]) -> Tuple[float, str]:
     return seconds, done.stderr
 
 
-def remote_sha(fqdn: str, path: str, env: Dict[str, str]) -> str:
+def remote_sha(fqdn: str, path: str, env: dict[str, str]) -> str:
     done = subprocess.run(sm_ssh("connect", fqdn, "--", f"sha256sum {path}"), env=env,
                           capture_output=True, text=True, timeout=600, check=True)
     return done.stdout.split()[0]
 
 
-def launch(sandbox: Sandbox, work: Path) -> Tuple[Dict[str, str], str]:
+def launch(sandbox: Sandbox, work: Path) -> tuple[dict[str, str], str]:
     env = workspace(sandbox, work)
     job = launch_job(env, work, "bench-cp", 3600)
     fqdn = f"{job}.training.sagemaker"
@@ -58,7 +57,7 @@ def launch(sandbox: Sandbox, work: Path) -> Tuple[Dict[str, str], str]:
     return env, fqdn
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200, help="file size in MB (default 200)")
     parser.add_argument("--rate", default="700000",
@@ -71,7 +70,7 @@ def main(argv: List[str]) -> int:
         return 2
     os.environ["SM_SSH_SANDBOX_SESSION_RATE"] = args.rate  # read by the sandbox at start
     size = args.mb * 1000 * 1000
-    rows: List[Tuple[str, float]] = []
+    rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         work = Path(tmp)
         data = work / "data.bin"

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from typing import Dict, List
 
 PHASE_RE = re.compile(r"^\s+(\d+\.\d) s  (.+)$")
 JOB_RE = re.compile(r"ssh-demo-[\w-]+")
 
 
-def run_once() -> Dict[str, float]:
+def run_once() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as state_dir:
         done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "sandbox",
                                "demo", "--state-dir", state_dir],
@@ -26,7 +25,7 @@ def run_once() -> Dict[str, float]:
     if done.returncode != 0:
         sys.exit(f"demo failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
     summary = done.stdout.split("demo complete in", 1)[1]
-    phases: Dict[str, float] = {}
+    phases: dict[str, float] = {}
     for line in summary.splitlines()[1:]:
         match = PHASE_RE.match(line)
         if match:
@@ -39,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=3)
     args = parser.parse_args()
-    samples: Dict[str, List[float]] = defaultdict(list)
+    samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.runs):
         for phase, seconds in run_once().items():
             samples[phase].append(seconds)

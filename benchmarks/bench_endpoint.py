@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,7 +60,7 @@ def model_tarball(work: Path) -> Path:
     return archive
 
 
-def setup(sandbox: Sandbox, work: Path) -> Dict[str, Any]:
+def setup(sandbox: Sandbox, work: Path) -> dict[str, Any]:
     s3, sagemaker = sandbox.client("s3"), sandbox.client("sagemaker")
     bucket = sandbox.state["bucket"]
     s3.upload_file(str(model_tarball(work)), bucket, "bench/model.tar.gz")
@@ -71,14 +71,14 @@ def setup(sandbox: Sandbox, work: Path) -> Dict[str, Any]:
     return {"s3": s3, "sagemaker": sagemaker, "bucket": bucket, "owner": owner}
 
 
-def environment(ctx: Dict[str, Any], sandbox: Sandbox, **extra: str) -> Dict[str, str]:
+def environment(ctx: dict[str, Any], sandbox: Sandbox, **extra: str) -> dict[str, str]:
     return {"SAGEMAKER_PROGRAM": "inference.py",
             "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
             "START_SSH": "true", "SSH_SSM_ROLE": aws.role_name_from_arn(sandbox.role_arn),
             "SSH_OWNER_TAG": ctx["owner"], "SSH_WAIT_TIME_SECONDS": "0", **extra}
 
 
-def create_model(ctx: Dict[str, Any], sandbox: Sandbox, name: str, **env: str) -> None:
+def create_model(ctx: dict[str, Any], sandbox: Sandbox, name: str, **env: str) -> None:
     ctx["sagemaker"].create_model(
         ModelName=name, ExecutionRoleArn=sandbox.role_arn,
         PrimaryContainer={"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
@@ -92,7 +92,7 @@ def wait_online(manager: SSMManager, endpoint: str, timeout: float = 120.0) -> N
         raise RuntimeError(f"no managed instance of {endpoint} came online")
 
 
-def first_output(argv: List[str], env: Dict[str, str]) -> float:
+def first_output(argv: list[str], env: dict[str, str]) -> float:
     began = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
@@ -105,8 +105,8 @@ def first_output(argv: List[str], env: Dict[str, str]) -> float:
     return elapsed
 
 
-def one_run(sandbox: Sandbox, ctx: Dict[str, Any], run: int, env: Dict[str, str],
-            results: Dict[str, List[float]]) -> None:
+def one_run(sandbox: Sandbox, ctx: dict[str, Any], run: int, env: dict[str, str],
+            results: dict[str, list[float]]) -> None:
     def timed(phase: str, fn: Callable[[], Any]) -> Any:
         value = fn()
         results.setdefault(phase, []).append(time.perf_counter() - began)
@@ -148,7 +148,7 @@ def one_run(sandbox: Sandbox, ctx: Dict[str, Any], run: int, env: Dict[str, str]
         raise RuntimeError(f"{job}: {done.get('FailureReason')}")
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -157,7 +157,7 @@ def main(argv: List[str]) -> int:
     if problem:
         print(f"bench_endpoint: {problem}", file=sys.stderr)
         return 2
-    results: Dict[str, List[float]] = {}
+    results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
         work = Path(tmp)
         with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:

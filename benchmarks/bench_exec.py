@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +31,7 @@ from sandbox_job import launch_job, sm_ssh, workspace  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 
-def wall(argv: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
+def wall(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
                           stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
@@ -40,7 +39,7 @@ def wall(argv: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
     return done
 
 
-def one_by_one(fqdn: str, nodes: int, command: str, env: Dict[str, str]) -> float:
+def one_by_one(fqdn: str, nodes: int, command: str, env: dict[str, str]) -> float:
     began = time.perf_counter()
     for i in range(1, nodes + 1):
         done = wall(sm_ssh("connect", fqdn, "--node", f"algo-{i}", "--", command), env)
@@ -48,7 +47,7 @@ def one_by_one(fqdn: str, nodes: int, command: str, env: Dict[str, str]) -> floa
     return time.perf_counter() - began
 
 
-def fan_out(fqdn: str, nodes: int, command: str, env: Dict[str, str], parallel: int,
+def fan_out(fqdn: str, nodes: int, command: str, env: dict[str, str], parallel: int,
             rate: float) -> float:
     began = time.perf_counter()
     done = wall(sm_ssh("exec", fqdn, "--parallel", str(parallel), "--rate", str(rate),
@@ -60,7 +59,7 @@ def fan_out(fqdn: str, nodes: int, command: str, env: Dict[str, str], parallel: 
     return elapsed
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
@@ -75,7 +74,7 @@ def main(argv: List[str]) -> int:
         print(f"bench_exec: {problem}", file=sys.stderr)
         return 2
     command = "hostname" + (f"; sleep {args.sleep:g}" if args.sleep else "")
-    figures: Dict[str, List[float]] = {"one by one": [], "exec": []}
+    figures: dict[str, list[float]] = {"one by one": [], "exec": []}
     with tempfile.TemporaryDirectory(prefix="bench-exec-") as tmp:
         work = Path(tmp)
         with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:

@@ -22,13 +22,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _env(ssm_url: str) -> Dict[str, str]:
+def _env(ssm_url: str) -> dict[str, str]:
     env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
                AWS_EC2_METADATA_DISABLED="true",
@@ -38,7 +38,7 @@ def _env(ssm_url: str) -> Dict[str, str]:
     return env
 
 
-def _run(ssm_url: str) -> Tuple[float, int, str]:
+def _run(ssm_url: str) -> tuple[float, int, str]:
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "list",
                            "training.sagemaker"], env=_env(ssm_url), capture_output=True,
@@ -47,7 +47,7 @@ def _run(ssm_url: str) -> Tuple[float, int, str]:
     return time.perf_counter() - began, done.returncode, lines[-1] if lines else ""
 
 
-def dropped() -> Tuple[float, int, str]:
+def dropped() -> tuple[float, int, str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -70,7 +70,7 @@ def dropped() -> Tuple[float, int, str]:
     return seconds, count[0], line
 
 
-def refused() -> Tuple[float, int, str]:
+def refused() -> tuple[float, int, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -78,7 +78,7 @@ def refused() -> Tuple[float, int, str]:
     return seconds, -1, line
 
 
-def persistent_5xx() -> Tuple[float, int, str]:
+def persistent_5xx() -> tuple[float, int, str]:
     from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
 
     server = start_ssm_server(port=0)
@@ -91,14 +91,14 @@ def persistent_5xx() -> Tuple[float, int, str]:
     return seconds, calls, line
 
 
-CASES: Dict[str, Callable[[], Tuple[float, int, str]]] = {
+CASES: dict[str, Callable[[], tuple[float, int, str]]] = {
     "dropped connections": dropped,
     "refused connections": refused,
     "persistent 5xx": persistent_5xx,
 }
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)

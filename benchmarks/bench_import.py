@@ -22,25 +22,25 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "sagemaker_ssh_helper"
 HEAVY = ("boto3", "botocore", "sagemaker")
 
 
-def _env() -> Dict[str, str]:
+def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, PYTHONPATH=path, SAGEMAKER_SUPPRESS_V2_WARNING="1")
 
 
-def _run(args: List[str]) -> subprocess.CompletedProcess:
+def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True,
                           text=True, check=True)
 
 
-def wall_times(statement: str, runs: int) -> List[float]:
+def wall_times(statement: str, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -49,7 +49,7 @@ def wall_times(statement: str, runs: int) -> List[float]:
     return times
 
 
-def importtime_us(module: str, runs: int, flags: Sequence[str] = ()) -> List[int]:
+def importtime_us(module: str, runs: int, flags: Sequence[str] = ()) -> list[int]:
     """Cumulative microseconds ``-X importtime`` reports for ``module`` itself."""
     results = []
     for _ in range(runs):
@@ -61,13 +61,13 @@ def importtime_us(module: str, runs: int, flags: Sequence[str] = ()) -> List[int
     return results
 
 
-def heavy_modules_after_import() -> List[str]:
+def heavy_modules_after_import() -> list[str]:
     code = (f"import json, sys, {PACKAGE}; print(json.dumps(sorted(m for m in sys.modules "
             f"if m.split('.')[0] in {set(HEAVY)!r})))")
     return list(json.loads(_run(["-c", code]).stdout.strip().splitlines()[-1]))
 
 
-def _ms(values: List[float]) -> str:
+def _ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:7.1f} ms, min {min(values) * 1000:7.1f} ms"
 
 
@@ -75,7 +75,7 @@ def _line(label: str, value: str) -> None:
     print(f"{label:<40}: {value}")
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=20, help="runs per measurement")
     parser.add_argument("--compare", action="store_true",
@@ -85,8 +85,8 @@ def main(argv: List[str] | None = None) -> int:
         parser.error("--runs must be >= 1")
 
     print(f"python {sys.version.split()[0]} ({sys.executable}), {args.runs} fresh runs each")
-    bare: List[float] = []
-    ours: List[float] = []
+    bare: list[float] = []
+    ours: list[float] = []
     for _ in range(args.runs):  # interleaved, so load changes hit both series alike
         bare += wall_times("pass", 1)
         ours += wall_times(f"import {PACKAGE}", 1)

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 
@@ -35,12 +35,12 @@ from sagemaker_ssh_sandbox.ssm.service import start_ssm_server  # noqa: E402
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/{}"
 
 
-def _tags(name: str) -> Dict[str, str]:
+def _tags(name: str) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHResourceArn": ARN.format(name.lower()),
             "SSHTimestamp": str(int(time.time())), "SSHOwner": "bench"}
 
 
-def create_jobs(names: List[str]) -> None:
+def create_jobs(names: list[str]) -> None:
     sm = boto3.client("sagemaker", region_name="us-east-1")
     for name in names:
         sm.create_training_job(
@@ -52,11 +52,11 @@ def create_jobs(names: List[str]) -> None:
             StoppingCondition={"MaxRuntimeInSeconds": 60})
 
 
-def measure(size: int, names: List[str], joined: str, v2_registered: bool
-            ) -> Dict[str, Any]:
+def measure(size: int, names: list[str], joined: str, v2_registered: bool
+            ) -> dict[str, Any]:
     server = start_ssm_server()
     os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
-    calls: Dict[str, int] = collections.Counter()
+    calls: dict[str, int] = collections.Counter()
     session = boto3.Session(region_name="us-east-1")
     session.events.register("before-call", lambda model, **_: calls.update([model.name]))
     try:
@@ -83,7 +83,7 @@ def measure(size: int, names: List[str], joined: str, v2_registered: bool
         server.shutdown()
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 5000])
     parser.add_argument("--jobs", type=int, default=50)

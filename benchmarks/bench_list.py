@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 
@@ -39,7 +39,7 @@ REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
-def create_jobs(session: Any, count: int) -> List[str]:
+def create_jobs(session: Any, count: int) -> list[str]:
     sm = session.client("sagemaker", region_name=REGION)
     arns = []
     for i in range(count):
@@ -53,11 +53,11 @@ def create_jobs(session: Any, count: int) -> List[str]:
     return arns
 
 
-def measure(arns: List[str], instances: int, legacy: int, page_size: int,
-            scan: str = "properties") -> Dict[str, Any]:
+def measure(arns: list[str], instances: int, legacy: int, page_size: int,
+            scan: str = "properties") -> dict[str, Any]:
     server = start_ssm_server()
     os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
-    calls: Dict[str, int] = collections.Counter()
+    calls: dict[str, int] = collections.Counter()
     session = boto3.Session(region_name=REGION)
     session.events.register("before-call", lambda model, **_: calls.update([model.name]))
     try:
@@ -86,7 +86,7 @@ def measure(arns: List[str], instances: int, legacy: int, page_size: int,
         server.shutdown()
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--instances", type=int, default=1000)
@@ -112,7 +112,7 @@ def main(argv: List[str]) -> int:
             for page_size, scan in ((10, "information"), (resources.PAGE_SIZE, "information"),
                                     (resources.PAGE_SIZE, "properties")):
                 r = measure(arns, args.instances, legacy, page_size, scan)
-                counts: Dict[str, int] = r["counts"]
+                counts: dict[str, int] = r["counts"]
                 training = counts.get("ListTrainingJobs", 0)
                 describe = (counts.get("DescribeInstanceInformation", 0)
                             + counts.get("DescribeInstanceProperties", 0))

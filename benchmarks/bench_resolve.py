@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 
@@ -32,15 +32,15 @@ from sagemaker_ssh_sandbox.ssm.service import start_ssm_server  # noqa: E402
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/{}"
 
 
-def _tags(name: str) -> Dict[str, str]:
+def _tags(name: str) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHResourceArn": ARN.format(name.lower()),
             "SSHTimestamp": str(int(time.time())), "SSHOwner": "bench"}
 
 
-def measure(size: int, lookup: str) -> Dict[str, Any]:
+def measure(size: int, lookup: str) -> dict[str, Any]:
     server = start_ssm_server()
     os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
-    calls: Dict[str, int] = collections.Counter()
+    calls: dict[str, int] = collections.Counter()
     session = boto3.Session(region_name="us-east-1")
     session.events.register("before-call", lambda model, **_: calls.update([model.name]))
     try:
@@ -64,7 +64,7 @@ def measure(size: int, lookup: str) -> Dict[str, Any]:
         server.shutdown()
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 5000])
     args = parser.parse_args(argv)
@@ -83,7 +83,7 @@ def main(argv: List[str]) -> int:
     for size in args.sizes:
         for lookup in ("Bench-Job", "bench-job"):  # exact name, and as ssh's %h lowercases it
             r = measure(size, lookup)
-            counts: Dict[str, int] = r["counts"]
+            counts: dict[str, int] = r["counts"]
             describe = counts.get("DescribeInstanceInformation", 0)
             tags = counts.get("ListTagsForResource", 0)
             sts = counts.get("GetCallerIdentity", 0)

@@ -28,7 +28,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,14 +40,14 @@ from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 COMMANDS = 10
 
 
-def ssm_calls(env: Dict[str, str]) -> int:
+def ssm_calls(env: dict[str, str]) -> int:
     with urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
                                 timeout=10) as response:
         counts = json.loads(response.read())["CallCounts"]
     return sum(n for op, n in counts.items() if op != "TerminateSession")
 
 
-def timed_run(argv: List[str], env: Dict[str, str]) -> Tuple[float, int]:
+def timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     """(seconds, SSM API calls) of one command, which must succeed."""
     before = ssm_calls(env)
     began = time.perf_counter()
@@ -60,14 +59,14 @@ def timed_run(argv: List[str], env: Dict[str, str]) -> Tuple[float, int]:
     return elapsed, ssm_calls(env) - before
 
 
-def close_masters(home: Path, env: Dict[str, str]) -> None:
+def close_masters(home: Path, env: dict[str, str]) -> None:
     directory = mux.control_dir(home / ".ssh", create=False, environ=env)
     for path in directory.iterdir() if directory else []:
         if path.is_socket():
             mux.terminate(path)
 
 
-def one_mode(base: Dict[str, str], fqdn: str, mode: str) -> Dict[str, Tuple[float, int]]:
+def one_mode(base: dict[str, str], fqdn: str, mode: str) -> dict[str, tuple[float, int]]:
     """first, second and 10-in-a-row (total) for ``mode``, in a fresh short home."""
     home = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
     env = dict(base, HOME=str(home))
@@ -105,7 +104,7 @@ def one_mode(base: Dict[str, str], fqdn: str, mode: str) -> Dict[str, Tuple[floa
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
@@ -114,7 +113,7 @@ def main(argv: List[str]) -> int:
         print(f"bench_reuse: {problem}", file=sys.stderr)
         return 2
     modes = ("push every time", "optimistic", "reuse (default)", "plain ssh config")
-    figures: Dict[str, Dict[str, List[Tuple[float, int]]]] = {m: {} for m in modes}
+    figures: dict[str, dict[str, list[tuple[float, int]]]] = {m: {} for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-reuse-") as tmp:
         with Sandbox(Path(tmp) / "sandbox", stop_grace=3.0) as sandbox:
             env = launch(sandbox, Path(tmp))

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,9 +31,9 @@ from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 TRANSPORTS = ("hybrid", "native")
 
 
-def api_calls(job: str) -> Dict[str, int]:
+def api_calls(job: str) -> dict[str, int]:
     """AWS API calls of one connect up to a started session, by service and operation."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
 
     def count(model: Any, **_: Any) -> None:
         name = f"{model.service_model.service_name}:{model.name}"
@@ -60,7 +60,7 @@ def api_calls(job: str) -> Dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def wait_ready(env: Dict[str, str], fqdn: str, timeout: float = 180) -> None:
+def wait_ready(env: dict[str, str], fqdn: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
         done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
@@ -73,7 +73,7 @@ def wait_ready(env: Dict[str, str], fqdn: str, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -82,8 +82,8 @@ def main(argv: List[str]) -> int:
     if problem:
         print(f"bench_transports: {problem}", file=sys.stderr)
         return 2
-    results: Dict[str, List[float]] = {t: [] for t in TRANSPORTS}
-    calls: Dict[str, Dict[str, int]] = {}
+    results: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
+    calls: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp:
         work = Path(tmp)
         with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:

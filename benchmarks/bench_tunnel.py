@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> float:
     return time.perf_counter() - began
 
 
-def ssm_calls(env: Dict[str, str]) -> Dict[str, int]:
+def ssm_calls(env: dict[str, str]) -> dict[str, int]:
     with urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
                                 timeout=10) as answer:
         return dict(json.loads(answer.read())["CallCounts"])
@@ -88,7 +88,7 @@ def plugin_of(pid: int) -> int:
     raise RuntimeError("no plugin below the tunnel")
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--hang", action="store_true", help="also freeze the plugin once")
@@ -98,14 +98,14 @@ def main(argv: List[str]) -> int:
     if problem:
         print(f"bench_tunnel: {problem}", file=sys.stderr)
         return 2
-    results: Dict[str, List[float]] = {}
-    calls: Dict[str, int] = {}
+    results: dict[str, list[float]] = {}
+    calls: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         with Sandbox(Path(tmp) / "sandbox", stop_grace=3.0) as sandbox:
             env = launch(sandbox, Path(tmp))
             fqdn, local = f"{env['BENCH_JOB']}.training.sagemaker", free_port()
             ssm = sandbox.client("ssm")
-            lines: List[str] = []
+            lines: list[str] = []
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "tunnel", fqdn,
                  "--wait", "300", "-L", f"{local}:localhost:22"],
@@ -124,7 +124,7 @@ def main(argv: List[str]) -> int:
                         State="Active")["Sessions"]]
                     ssm.terminate_session(SessionId=session)
 
-                frozen: List[int] = []
+                frozen: list[int] = []
                 faults = [("session dropped", drop),
                           ("plugin killed", lambda: os.kill(plugin_of(proc.pid), signal.SIGKILL))]
                 plan = [f for f in faults for _ in range(args.runs)]

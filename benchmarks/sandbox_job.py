@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
@@ -28,12 +28,12 @@ print(estimator.latest_training_job.name)
 """
 
 
-def sm_ssh(*args: str) -> List[str]:
+def sm_ssh(*args: str) -> list[str]:
     """``sm-ssh ARGS`` as this interpreter runs it."""
     return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 
 
-def workspace(sandbox: Any, work: Path) -> Dict[str, str]:
+def workspace(sandbox: Any, work: Path) -> dict[str, str]:
     """The job's source folder and launch script under ``work``, and the environment of a user
     of ``sandbox`` whose HOME is ``work/home``. Connections are not shared (``SM_SSH_REUSE=off``):
     each run measures a whole connect; bench_reuse.py measures sharing."""
@@ -47,7 +47,7 @@ def workspace(sandbox: Any, work: Path) -> Dict[str, str]:
     return env
 
 
-def launch_job(env: Dict[str, str], work: Path, base_job_name: str, wait_seconds: int,
+def launch_job(env: dict[str, str], work: Path, base_job_name: str, wait_seconds: int,
                nodes: int = 1, transport: str = "hybrid") -> str:
     """Start a training job from ``work`` (see ``workspace``); returns its name."""
     done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"),

@@ -22,12 +22,11 @@ import os
 import sys
 import time
 from datetime import timedelta
-from typing import List, Optional
 
 import sagemaker_ssh_helper
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--max_idle_minutes", "--max-idle-minutes", type=float,
                         default=float(os.environ.get("SSH_MAX_IDLE_MINUTES", "30")))
@@ -39,7 +38,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     limit = timedelta(minutes=args.max_idle_minutes)
     sagemaker_ssh_helper.setup_and_start_ssh()

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from sagemaker_ssh_helper.errors import AwsError, UsageError
 
@@ -137,7 +137,7 @@ def role_name_from_arn(role: str) -> str:
     return arn.resource[len("role/") :]
 
 
-def mask(value: Optional[str], keep: int = 4) -> str:
+def mask(value: str | None, keep: int = 4) -> str:
     """Mask an identifier for logs: keep a few characters at each end."""
     if not value:
         return "<none>"
@@ -146,8 +146,8 @@ def mask(value: Optional[str], keep: int = 4) -> str:
     return f"{value[:keep]}{'*' * (len(value) - 2 * keep)}{value[-keep:]}"
 
 
-def boto_session(profile: Optional[str] = None, region: Optional[str] = None,
-                 credentials: Optional[Any] = None) -> boto3.Session:
+def boto_session(profile: str | None = None, region: str | None = None,
+                 credentials: Any | None = None) -> boto3.Session:
     """A session; ``credentials`` (botocore's frozen credentials of another session) make a
     twin of that session without resolving credentials again (no second MFA prompt). Without
     ``region``, ``AWS_REGION`` is honoured as the AWS CLI v2 does (botocore alone reads only
@@ -169,7 +169,7 @@ def boto_session(profile: Optional[str] = None, region: Optional[str] = None,
 
 
 def session_region(session: boto3.Session) -> str:
-    region: Optional[str] = session.region_name
+    region: str | None = session.region_name
     if not region:
         raise AwsError(
             "no AWS region configured: pass --region, set AWS_REGION or run `aws configure`"
@@ -187,8 +187,8 @@ READ_TIMEOUT = 20
 
 
 def client_config(max_attempts: int = MAX_ATTEMPTS,
-                  connect_timeout: Optional[float] = CONNECT_TIMEOUT,
-                  read_timeout: Optional[float] = READ_TIMEOUT) -> Any:
+                  connect_timeout: float | None = CONNECT_TIMEOUT,
+                  read_timeout: float | None = READ_TIMEOUT) -> Any:
     """The product's one botocore ``Config``: ``max_attempts`` calls in all (botocore's standard
     mode); a timeout of ``None`` keeps botocore's default."""
     from botocore.config import Config
@@ -206,7 +206,7 @@ def no_retry_config() -> Any:
     return client_config(1, connect_timeout=None, read_timeout=None)
 
 
-def client(session: boto3.Session, service: str, region: Optional[str] = None) -> Any:
+def client(session: boto3.Session, service: str, region: str | None = None) -> Any:
     try:
         return session.client(service, region_name=region or session.region_name,
                               config=client_config())
@@ -214,7 +214,7 @@ def client(session: boto3.Session, service: str, region: Optional[str] = None) -
         raise explain(e, f"{service} client") from e
 
 
-def sts_client(session: boto3.Session, region: Optional[str] = None) -> Any:
+def sts_client(session: boto3.Session, region: str | None = None) -> Any:
     """An STS client on the *regional* endpoint (works in opt-in regions, China, GovCloud).
 
     An endpoint configured through AWS_ENDPOINT_URL(_STS) wins, as botocore intends.

@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import contract
 from sagemaker_ssh_helper.env import (
@@ -68,7 +69,7 @@ def should_start(settings: contract.Contract, environ: Mapping[str, str]) -> boo
     return True
 
 
-def site_dirs() -> Set[str]:
+def site_dirs() -> set[str]:
     """This interpreter's site-packages directories (resolved)."""
     import site
 
@@ -77,8 +78,8 @@ def site_dirs() -> Set[str]:
     return {os.path.realpath(d) for d in dirs}
 
 
-def _python_command(args: List[str], environ: Mapping[str, str]
-                    ) -> Tuple[List[str], Dict[str, str]]:
+def _python_command(args: list[str], environ: Mapping[str, str]
+                    ) -> tuple[list[str], dict[str, str]]:
     """Run this package with this interpreter, whether it is pip-installed or a plain folder.
 
     A plain folder's parent goes first on PYTHONPATH. A pip install needs nothing: putting
@@ -94,8 +95,8 @@ def _python_command(args: List[str], environ: Mapping[str, str]
     return [sys.executable] + args, env
 
 
-def setup_command(environ: Mapping[str, str], settings: Optional[contract.Contract] = None
-                  ) -> Tuple[List[str], Dict[str, str]]:
+def setup_command(environ: Mapping[str, str], settings: contract.Contract | None = None
+                  ) -> tuple[list[str], dict[str, str]]:
     """argv and environment for ``bash <package>/sm-setup-ssh <settings>``: the contract's
     variables normalised in the environment, the ones the script uses as arguments."""
     settings = contract.read(environ) if settings is None else settings
@@ -105,16 +106,16 @@ def setup_command(environ: Mapping[str, str], settings: Optional[contract.Contra
 
 
 def sm_wait_command(seconds: int, environ: Mapping[str, str]
-                    ) -> Tuple[List[str], Dict[str, str]]:
+                    ) -> tuple[list[str], dict[str, str]]:
     """argv and environment for ``bash <package>/sm-wait <seconds>``."""
     _, env = _python_command([], environ)
     return ["bash", str(PACKAGE_DIR / "sm-wait"), str(int(seconds))], env
 
 
-def setup_and_start_ssh(environ: Optional[Mapping[str, str]] = None,
+def setup_and_start_ssh(environ: Mapping[str, str] | None = None,
                         run: Callable[..., int] = subprocess.call,
                         hold_on_failure: bool = True,
-                        settings: Optional[contract.Contract] = None) -> None:
+                        settings: contract.Contract | None = None) -> None:
     """Start SSH if the environment asks for it; with ``hold_on_failure`` and
     ``SSH_KEEP_ALIVE_ON_FAILURE_SECONDS`` set, an uncaught exception later holds the container
     (``postmortem``). ``settings``: the contract already read from ``environ``."""
@@ -173,7 +174,7 @@ def _install_sigterm_hook() -> None:
 
 
 def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = MI_ID_FILE,
-                       timeout: float = 60.0) -> Optional[str]:
+                       timeout: float = 60.0) -> str | None:
     """Deregister this container's managed instance if this process started the setup.
 
     Runs in a child interpreter: at exit this one can no longer start the threads boto3 needs.
@@ -208,7 +209,7 @@ def deregister_at_exit(owner_file: Path = SETUP_OWNER_FILE, mi_id_file: Path = M
     return instance_id
 
 
-def deregister(instance_id: str, environ: Optional[Mapping[str, str]] = None) -> None:
+def deregister(instance_id: str, environ: Mapping[str, str] | None = None) -> None:
     """``DeregisterManagedInstance``; an instance that is already gone counts as success."""
     import boto3
 
@@ -223,7 +224,7 @@ def deregister(instance_id: str, environ: Optional[Mapping[str, str]] = None) ->
 _DEREGISTER_PROG = "python -m sagemaker_ssh_helper.bootstrap"
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from sagemaker_ssh_helper import cli
 
     prog = _DEREGISTER_PROG

@@ -24,8 +24,9 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn
 
 from sagemaker_ssh_helper import aws, redact
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
@@ -112,7 +113,7 @@ def _open_debug_log(prog: str) -> None:
 
 
 def setup_logging(prog: str, debug: bool, level: int = logging.WARNING,
-                  debug_log: bool = False, fmt: Optional[str] = None) -> None:
+                  debug_log: bool = False, fmt: str | None = None) -> None:
     """The process's logging: stderr at ``level`` (DEBUG in debug mode), every handler
     redacting secrets; in debug mode with ``debug_log``, the debug log file as well."""
     redact.basic_config(level=logging.DEBUG if debug else level, stream=sys.stderr,
@@ -155,7 +156,7 @@ def _explained(error: Exception, action: str) -> Exception:
 
 
 def guarded_main(prog: str, body: Callable[[Command], int], *, level: int = logging.WARNING,
-                 debug_log: bool = True, fmt: Optional[str] = None,
+                 debug_log: bool = True, fmt: str | None = None,
                  aws_action: str = "an AWS call") -> int:
     """Run ``body`` in the frame (see the module's docstring); return the exit code.
 
@@ -183,6 +184,6 @@ def guarded_main(prog: str, body: Callable[[Command], int], *, level: int = logg
         return explained.exit_code if isinstance(explained, SSHHelperError) else 1
 
 
-def argv_or_sys(argv: Optional[Sequence[str]]) -> List[str]:
+def argv_or_sys(argv: Sequence[str] | None) -> list[str]:
     """``argv`` as a list, or the process's arguments when it is None."""
     return list(sys.argv[1:] if argv is None else argv)

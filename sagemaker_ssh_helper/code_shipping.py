@@ -32,8 +32,9 @@ import re
 import shutil
 import tempfile
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Set
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ HINT = ("the entry script must be able to `import sagemaker_ssh_helper`: use a l
         "requirements file")
 
 
-def _imported(path: Path) -> Set[str]:
+def _imported(path: Path) -> set[str]:
     """Names of this package's modules that the source ``path`` imports (also inside
     functions) or runs as ``"sagemaker_ssh_helper.<module>"`` (``python -m`` argv)."""
-    found: Set[str] = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == PACKAGE:
@@ -67,7 +68,7 @@ def _imported(path: Path) -> Set[str]:
     return found
 
 
-def container_files() -> List[str]:
+def container_files() -> list[str]:
     """The package's files that containers use, relative to the package (see the module's
     docstring), sorted."""
     scripts = sorted(p.name for p in PACKAGE_DIR.glob("sm-*") if p.is_file()
@@ -76,7 +77,7 @@ def container_files() -> List[str]:
     for script in scripts:
         todo.update(_MODULE_RE.findall((PACKAGE_DIR / script).read_text()))
     files = {"VERSION", *scripts}
-    seen: Set[str] = set()
+    seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -108,7 +109,7 @@ def is_local_dir(source_dir: Any) -> bool:
         and Path(source_dir).is_dir()
 
 
-def stage(source_dir: str, owner: Any, ignore_patterns: Optional[Sequence[str]] = None) -> str:
+def stage(source_dir: str, owner: Any, ignore_patterns: Sequence[str] | None = None) -> str:
     """A temporary copy of the local folder ``source_dir`` with the package added at its top;
     removed when ``owner`` (the SDK object that will upload it) is garbage-collected.
 
@@ -135,7 +136,7 @@ def stage(source_dir: str, owner: Any, ignore_patterns: Optional[Sequence[str]] 
     return str(target)
 
 
-def with_package(source_code: Any, owner: Any) -> Optional[Any]:
+def with_package(source_code: Any, owner: Any) -> Any | None:
     """A copy of the pydantic ``SourceCode`` whose ``source_dir`` also holds the package, or None
     (after logging how to ship it) when there is no local source folder to add it to."""
     source_dir = getattr(source_code, "source_dir", None)
@@ -146,7 +147,7 @@ def with_package(source_code: Any, owner: Any) -> Optional[Any]:
     return source_code.model_copy(update={"source_dir": staged})
 
 
-_package_copy: Optional[str] = None
+_package_copy: str | None = None
 
 
 def package_copy() -> str:

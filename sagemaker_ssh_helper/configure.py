@@ -26,7 +26,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 from sagemaker_ssh_helper import cli, signing
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -52,11 +52,11 @@ class Package:
     """How to install a tool on this machine."""
 
     url: str
-    install: List[str]  # argv, with {file} for the downloaded file ({dir}: it unpacked)
+    install: list[str]  # argv, with {file} for the downloaded file ({dir}: it unpacked)
     key: signing.SigningKey = signing.SESSION_MANAGER_PLUGIN  # PGP key of ``<url>.sig``
 
 
-def _arch() -> Optional[str]:
+def _arch() -> str | None:
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
         return "64bit"
@@ -65,7 +65,7 @@ def _arch() -> Optional[str]:
     return None
 
 
-def plugin_package(system: Optional[str] = None, arch: Optional[str] = None) -> Optional[Package]:
+def plugin_package(system: str | None = None, arch: str | None = None) -> Package | None:
     """The official package for this OS/CPU and the command that installs it, or None."""
     system = system or platform.system()
     arch = arch if arch is not None else _arch()
@@ -90,8 +90,8 @@ def plugin_package(system: Optional[str] = None, arch: Optional[str] = None) -> 
     return None
 
 
-def awscli_package(system: Optional[str] = None, arch: Optional[str] = None
-                   ) -> Optional[Package]:
+def awscli_package(system: str | None = None, arch: str | None = None
+                   ) -> Package | None:
     """AWS's AWS CLI v2 installer for this OS/CPU and how to run it, or None."""
     system = system or platform.system()
     arch = arch if arch is not None else _arch()
@@ -106,7 +106,7 @@ def awscli_package(system: Optional[str] = None, arch: Optional[str] = None
                    key=signing.AWS_CLI)
 
 
-def _version(argv: List[str]) -> str:
+def _version(argv: list[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
@@ -115,7 +115,7 @@ def _version(argv: List[str]) -> str:
     return lines[0] if done.returncode == 0 and lines else ""
 
 
-def detect(out: Callable[[str], None]) -> List[str]:
+def detect(out: Callable[[str], None]) -> list[str]:
     """Report each tool; return the names of the missing ones."""
     missing = []
     for tool, version_argv in ((PLUGIN, ["--version"]), ("ssh", ["-V"]),
@@ -140,7 +140,7 @@ def download(url: str, target: Path, timeout: float = 60) -> None:
                              f"internet access and install it by hand (see {GUIDE})") from e
 
 
-def _as_root(argv: List[str]) -> Optional[List[str]]:
+def _as_root(argv: list[str]) -> list[str] | None:
     if os.geteuid() == 0:
         return argv
     sudo = shutil.which("sudo")
@@ -181,7 +181,7 @@ def _unpack(file: Path, folder: Path) -> None:
                 os.chmod(path, mode)
 
 
-def install(tool: str, package: Optional[Package], guide: str,
+def install(tool: str, package: Package | None, guide: str,
             out: Callable[[str], None]) -> None:
     """Download, verify and install ``tool``, or explain how to."""
     if package is None:
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = _out) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = cli.OneLineParser(
         prog="sm-local-configure",
         description="Find session-manager-plugin and ssh; install the plugin (and the AWS "

@@ -20,9 +20,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from sagemaker_ssh_helper import aws, fqdn, options
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
@@ -53,14 +54,14 @@ DEFAULT_WAIT = 180.0  # seconds to wait for a resource's instance to come online
 class Context:
     """Options shared by every command: profile and region, with a lazy boto3 session."""
 
-    profile: Optional[str]
-    region: Optional[str]
+    profile: str | None
+    region: str | None
     _session: Any = None
-    _manager: Optional[SSMManager] = None
+    _manager: SSMManager | None = None
     # checks of the chosen instance still running in the background (see resolve_one)
-    pending: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+    pending: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     # descriptions already read (resource name, lowercased -> Describe* answer), for the checks
-    described: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    described: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def finish_checks(self) -> None:
         while self.pending:
@@ -94,10 +95,10 @@ class Choice:
     a managed instance the user checked to be the resource's: it is taken even when the
     resource's log cannot confirm it (see ``verify``)."""
 
-    index: Optional[int] = None
-    node: Optional[str] = None
+    index: int | None = None
+    node: str | None = None
     wait: float = DEFAULT_WAIT
-    instance: Optional[str] = None
+    instance: str | None = None
 
 
 def _wait_seconds(text: str) -> float:
@@ -127,7 +128,7 @@ OUR_OPTIONS = options.names(CHOICE_OPTIONS)
 
 def split_connect_args(args: Sequence[str], choice: Choice,
                        extra: Sequence[options.Option] = ()
-                       ) -> Tuple[List[str], List[str], options.Values]:
+                       ) -> tuple[list[str], list[str], options.Values]:
     """Split what follows the target into (ssh options, remote command, our values), as ssh
     would.
 
@@ -136,7 +137,7 @@ def split_connect_args(args: Sequence[str], choice: Choice,
     defaults when not given).
     """
     values = options.Values(extra)
-    found: List[str] = []
+    found: list[str] = []
     items = list(args)
     while items:
         item = items.pop(0)
@@ -199,18 +200,18 @@ def apply_choice(choice: Choice, values: options.Values) -> None:
 
 
 # -- picking one instance ----------------------------------------------------------------------
-def _natural(text: str) -> List[Any]:
+def _natural(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def choose(instances: Sequence[ManagedInstance], target_name: str, index: Optional[int],
-           node: Optional[str]) -> ManagedInstance:
+def choose(instances: Sequence[ManagedInstance], target_name: str, index: int | None,
+           node: str | None) -> ManagedInstance:
     """One Online instance: the only one, or the one picked by ``index``/``node``.
 
     Two Online instances claiming one node (host name) are refused, never ranked: which one is
     genuine cannot be told from what the registrant set (its tags, its time stamp).
     """
-    by_node: Dict[str, List[ManagedInstance]] = {}
+    by_node: dict[str, list[ManagedInstance]] = {}
     for inst in instances:
         if inst.online:
             by_node.setdefault(inst.computer_name or inst.instance_id, []).append(inst)
@@ -246,8 +247,8 @@ def choose(instances: Sequence[ManagedInstance], target_name: str, index: Option
     return ordered[0]
 
 
-def _pick(found: List[ManagedInstance], target: fqdn.Target, choice: Choice,
-          verifier: Optional[Verifier]) -> Tuple[ManagedInstance, bool]:
+def _pick(found: list[ManagedInstance], target: fqdn.Target, choice: Choice,
+          verifier: Verifier | None) -> tuple[ManagedInstance, bool]:
     """The instance ``--instance`` names among ``found``, else one of the verified ones."""
     if choice.instance is not None:
         picked = [i for i in found if i.instance_id == choice.instance]
@@ -262,7 +263,7 @@ def _pick(found: List[ManagedInstance], target: fqdn.Target, choice: Choice,
 
 
 def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
-                defer: bool = False) -> Tuple[ManagedInstance, bool]:
+                defer: bool = False) -> tuple[ManagedInstance, bool]:
     """Find the instance to connect to; (instance, True if picked among several).
 
     For jobs and endpoints only instances the resource's own log names are taken (``verify``);
@@ -286,7 +287,7 @@ def resolve_one(ctx: Context, target: fqdn.Target, choice: Choice,
 
 
 def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
-            ) -> Tuple[List[ManagedInstance], fqdn.Target, Optional[Verifier]]:
+            ) -> tuple[list[ManagedInstance], fqdn.Target, Verifier | None]:
     """Wait for the instances ``choice`` needs: (all found, the target as the resource spells
     it, the verifier or None)."""
     from sagemaker_ssh_helper import resources, verify
@@ -330,7 +331,7 @@ def _lookup(ctx: Context, target: fqdn.Target, choice: Choice
 
 
 def release_targets(ctx: Context, target_text: str, choice: Choice
-                    ) -> List[ManagedInstance]:
+                    ) -> list[ManagedInstance]:
     """The instances ``stop-waiting`` releases: the one ``choice`` picks, else every online
     node of the resource whose log names it (each node waits in its own ``sm-wait``)."""
     if is_instance_id(target_text):
@@ -405,7 +406,7 @@ class Prepared:
 
 
 def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = False,
-            check_ssh: bool = True, reuse: Optional[Prepared] = None,
+            check_ssh: bool = True, reuse: Prepared | None = None,
             optimistic: bool = False) -> Prepared:
     """Resolve ``target_text`` (FQDN or ``mi-...``), check the tools, push the key and pin the
     host keys. ``reuse`` (a tunnel coming back) is returned as it is when the target still
@@ -448,7 +449,7 @@ def prepare(ctx: Context, target_text: str, choice: Choice, for_proxy: bool = Fa
     return Prepared(inst.instance_id, name.lower(), user, auth)
 
 
-def _native_job(ctx: Context, target: fqdn.Target) -> Optional[Job | Endpoint]:
+def _native_job(ctx: Context, target: fqdn.Target) -> Job | Endpoint | None:
     """The training job if it uses the native transport (see ``native``), else None (its
     description then serves the hybrid path's checks: no second DescribeTrainingJob).
     An endpoint reached over its variants' SSM access is native as well."""
@@ -483,8 +484,8 @@ def authorize(ctx: Context, prepared: Prepared) -> Prepared:
 
 # -- the ssh command line --------------------------------------------------------------------------
 def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
-             command: Sequence[str], log_file: Optional[Path] = None,
-             proxy_cmd: Optional[str] = None, control: Sequence[str] = ()) -> List[str]:
+             command: Sequence[str], log_file: Path | None = None,
+             proxy_cmd: str | None = None, control: Sequence[str] = ()) -> list[str]:
     """The complete ssh command line: the user's options first (they win), ours, the
     destination, then the remote command. The ProxyCommand defaults to our session module;
     ``control`` is the connection sharing (``proxy.control_options``)."""
@@ -502,7 +503,7 @@ def ssh_argv(ctx: Context, prepared: Prepared, user_options: Sequence[str],
 
 
 def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str],
-                    command: Sequence[str], plan: Optional[SshPlan] = None) -> int:
+                    command: Sequence[str], plan: SshPlan | None = None) -> int:
     """Run ssh for ``prepared``; return the remote command's exit code, or raise one
     explained error when ssh itself failed.
 
@@ -533,9 +534,9 @@ def run_and_explain(ctx: Context, prepared: Prepared, user_options: Sequence[str
 
 
 def run_logged(ctx: Context, prepared: Prepared, user_options: Sequence[str],
-               command: Sequence[str], env: Optional[Dict[str, str]] = None, *,
-               proxy_cmd: Optional[str] = None, control: Sequence[str] = (),
-               also_show: Optional[Path] = None) -> Tuple[int, str, str]:
+               command: Sequence[str], env: dict[str, str] | None = None, *,
+               proxy_cmd: str | None = None, control: Sequence[str] = (),
+               also_show: Path | None = None) -> tuple[int, str, str]:
     """Run ssh in the foreground with its messages shown while it runs (``LogEcho``);
     ``also_show``: another log to show from its end on (a shared connection's). Returns
     (exit code, ssh's log, the part of it not shown yet)."""

@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable
 
 from sagemaker_ssh_helper import transport as transports
 from sagemaker_ssh_helper.aws import role_name_from_arn
@@ -62,7 +63,7 @@ ENDPOINT_NAME = "SAGEMAKER_ENDPOINT_NAME"
 TRANSFORM_JOB_NAME = "TRANSFORM_JOB_NAME"
 
 # The variable of each field, in the order of the table above.
-KEYS: Dict[str, str] = {
+KEYS: dict[str, str] = {
     "start_ssh": START_SSH, "ssm_role": SSM_ROLE, "owner": OWNER_TAG,
     "wait_seconds": WAIT_TIME_SECONDS, "instance_count": INSTANCE_COUNT,
     "log_to_stdout": LOG_TO_STDOUT,
@@ -78,11 +79,11 @@ DEFAULT_INSTANCE_COUNT = 2  # SSH Helper v2's default: the first two nodes start
 class Contract:
     """The settings the wrappers pass to the container (see the module's table)."""
 
-    start_ssh: Optional[bool] = None
+    start_ssh: bool | None = None
     ssm_role: str = ""
     owner: str = ""
     wait_seconds: int = 0
-    instance_count: Optional[int] = None
+    instance_count: int | None = None
     log_to_stdout: bool = False
     keep_alive_on_failure_seconds: int = 0
     transport: str = HYBRID
@@ -99,7 +100,7 @@ class Contract:
         """How many nodes (rank < count) start SSH."""
         return DEFAULT_INSTANCE_COUNT if self.instance_count is None else self.instance_count
 
-    def values(self) -> Dict[str, str]:
+    def values(self) -> dict[str, str]:
         """Every variable's text for these settings (``""``: written as absent)."""
         return {
             START_SSH: "" if self.start_ssh is None else "true" if self.start_ssh else "false",
@@ -112,7 +113,7 @@ class Contract:
             ENDPOINT_NAME: self.endpoint_name, TRANSFORM_JOB_NAME: self.transform_job_name,
         }
 
-    def normalised(self, environ: Mapping[str, str]) -> Dict[str, str]:
+    def normalised(self, environ: Mapping[str, str]) -> dict[str, str]:
         """``environ`` with each contract variable it has rewritten as these settings say (a
         malformed one as its fallback; one whose fallback is empty removed), so that it reads
         back as these settings without a warning. Variables it lacks stay absent."""
@@ -167,7 +168,7 @@ def read(environ: Mapping[str, str], warn: Callable[[int, str], None] = say) -> 
         role = ""
 
     count_text = text(INSTANCE_COUNT)
-    instance_count: Optional[int] = None
+    instance_count: int | None = None
     if count_text:
         if count_text.isdigit():
             instance_count = int(count_text)
@@ -203,13 +204,13 @@ def read(environ: Mapping[str, str], warn: Callable[[int, str], None] = say) -> 
         transform_job_name=environ.get(TRANSFORM_JOB_NAME, ""))
 
 
-def setup_args(settings: Contract) -> List[str]:
+def setup_args(settings: Contract) -> list[str]:
     """``sm-setup-ssh``'s options for ``settings`` (after its argument, if any)."""
     return ["--wait-seconds", str(settings.wait_seconds), "--transport", settings.transport,
             "--log-to-stdout", "true" if settings.log_to_stdout else "false"]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from sagemaker_ssh_helper import cli
 
     prog = "python -m sagemaker_ssh_helper.contract"

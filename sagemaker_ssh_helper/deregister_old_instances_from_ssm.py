@@ -23,9 +23,10 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, List, Optional, Sequence
+from typing import IO, Any, Callable
 
 from sagemaker_ssh_helper import aws, cli, retry
 from sagemaker_ssh_helper.errors import AwsError, UsageError
@@ -43,7 +44,7 @@ FATAL_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedO
                          "UnrecognizedClientException"})
 
 
-def last_seen(instance: ManagedInstance) -> Optional[datetime]:
+def last_seen(instance: ManagedInstance) -> datetime | None:
     """When SSM last heard from the instance: its last ping, else its registration."""
     for value in (instance.last_ping, instance.registration_date):
         if isinstance(value, datetime):
@@ -52,7 +53,7 @@ def last_seen(instance: ManagedInstance) -> Optional[datetime]:
 
 
 def find_stale(manager: SSMManager, older_than_days: float,
-               now: Optional[float] = None) -> List[ManagedInstance]:
+               now: float | None = None) -> list[ManagedInstance]:
     """Offline SSH Helper instances not seen for more than ``older_than_days``, oldest first.
 
     One filtered scan (tag key and PingStatus on the server, age from the listing itself).
@@ -74,7 +75,7 @@ def find_stale(manager: SSMManager, older_than_days: float,
     return stale
 
 
-def _epoch(value: Optional[datetime]) -> float:
+def _epoch(value: datetime | None) -> float:
     return value.timestamp() if value is not None else 0.0
 
 
@@ -154,9 +155,9 @@ def confirm(count: int, stdin: IO[str], err: IO[str]) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def is_approved_to_deregister(instance_count: int, argv: Optional[Sequence[str]] = None,
-                              stdin: Optional[IO[str]] = None,
-                              err: Optional[IO[str]] = None) -> bool:
+def is_approved_to_deregister(instance_count: int, argv: Sequence[str] | None = None,
+                              stdin: IO[str] | None = None,
+                              err: IO[str] | None = None) -> bool:
     """The seed's approval step: ``--preapproving-deregistration`` on the command line approves;
     otherwise the user is asked on the terminal. Without a terminal nothing is approved."""
     argv = sys.argv if argv is None else argv
@@ -169,7 +170,7 @@ def is_approved_to_deregister(instance_count: int, argv: Optional[Sequence[str]]
 
 
 def deregister(ssh_helper_instances: Sequence[str], ssm: Any = None,
-               out: Optional[IO[str]] = None, err: Optional[IO[str]] = None,
+               out: IO[str] | None = None, err: IO[str] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Outcome:
     """Deregister the given managed instance IDs (the seed's function) with the same backoff and
     already-gone handling as the command; prints one summary line and returns the counts."""
@@ -218,7 +219,7 @@ def _no_retry_ssm(manager: SSMManager) -> Any:
 
 
 def run(args: argparse.Namespace, stdin: IO[str], out: IO[str], err: IO[str],
-        manager: Optional[SSMManager] = None, now: Optional[float] = None,
+        manager: SSMManager | None = None, now: float | None = None,
         sleep: Callable[[float], None] = time.sleep) -> int:
     now = time.time() if now is None else now
     if manager is None:
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace, stdin: IO[str], out: IO[str], err: IO[str],
     return 0 if outcome.failed == 0 else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     def body(frame: cli.Command) -> int:
         args = frame.parse(build_parser(), cli.argv_or_sys(argv))
         for noisy in ("botocore", "boto3", "urllib3"):  # the scan's pages would bury the rest

@@ -18,12 +18,12 @@ removed again).
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict
+from typing import Any
 
 __all__ = ["DetachedEstimator", "DetachedProcessor", "DetachedError"]  # noqa: F822 - lazy
 
 _PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/sagemaker-ssh-helper-detached"
-_built: Dict[str, Any] = {}
+_built: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
@@ -61,7 +61,7 @@ def _build_estimator() -> Any:
         def training_image_uri(self) -> str:
             raise self._refuse("training_image_uri()")
 
-        def hyperparameters(self) -> Dict[str, Any]:
+        def hyperparameters(self) -> dict[str, Any]:
             raise self._refuse("hyperparameters()")
 
         def create_model(self, **kwargs: Any) -> Any:

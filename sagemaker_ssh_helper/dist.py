@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_helper import __version__, aws, cli
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
@@ -53,10 +53,10 @@ def _metadata() -> Any:
                              "with `pip install .` to stage it") from None
 
 
-def _data_files() -> Dict[str, Path]:
+def _data_files() -> dict[str, Path]:
     """The notebooks and lifecycle configurations: under ``<prefix>/sm_ssh`` when installed
     from a wheel, else next to the package in its checkout."""
-    found: Dict[str, Path] = {}
+    found: dict[str, Path] = {}
     for folder in (Path(sys.prefix) / DATA_DIR, PACKAGE_DIR.parent):
         for name in DATA_FILES:
             if name not in found and (folder / name).is_file():
@@ -69,10 +69,10 @@ def _record(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def _files(dist: Any) -> Dict[str, Path]:
+def _files(dist: Any) -> dict[str, Path]:
     """Archive name -> file: the package, its bash scripts, the data files."""
     prefix = f"{NAME.replace('-', '_')}-{version()}.data"
-    files: Dict[str, Path] = {}
+    files: dict[str, Path] = {}
     for path in sorted(PACKAGE_DIR.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             files[path.relative_to(PACKAGE_DIR.parent).as_posix()] = path
@@ -102,7 +102,7 @@ def build_wheel(out_dir: Path) -> Path:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     wheel = out_dir / wheel_name()
-    records: List[str] = []
+    records: list[str] = []
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, source in _files(dist).items():
             data = source.read_bytes()
@@ -126,9 +126,9 @@ def default_prefix(session: Any, region: str) -> str:
     return f"s3://sagemaker-{region}-{account}/{STAGE_PREFIX}/"
 
 
-def stage(session: Any, region: str, prefix: Optional[str] = None) -> str:
+def stage(session: Any, region: str, prefix: str | None = None) -> str:
     """Upload this version's wheel under ``prefix`` (an s3:// URL); return its URL."""
-    owner: Dict[str, str] = {}
+    owner: dict[str, str] = {}
     if not prefix:  # a predictable bucket name: refuse one another account owns
         prefix = default_prefix(session, region)
         owner = {"ExpectedBucketOwner": prefix[len("s3://"):].split("/")[0].rsplit("-", 1)[1]}
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     def body(frame: cli.Command) -> int:
         args = frame.parse(build_parser(), cli.argv_or_sys(argv))
         print(check() if args.command == "check" else build_wheel(args.dir))

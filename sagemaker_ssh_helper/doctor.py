@@ -20,8 +20,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, connect, fqdn
 from sagemaker_ssh_helper.cdk import policies
@@ -41,7 +42,7 @@ SAMPLE_INSTANCE = "mi-00000000000000000"  # for checks of permissions on managed
 @dataclass
 class Check:
     name: str
-    ok: Optional[bool]  # None: could not be checked
+    ok: bool | None  # None: could not be checked
     detail: str
     fix: str = ""
 
@@ -122,7 +123,7 @@ def check_region(ctx: Context) -> Check:
     return Check("region", True, f"{region} ({ctx.region_source}), partition {partition}")
 
 
-def check_credentials(ctx: Context) -> Tuple[Check, Optional[Dict[str, Any]]]:
+def check_credentials(ctx: Context) -> tuple[Check, dict[str, Any] | None]:
     try:
         identity = aws.sts_client(ctx.session, ctx.region_name).get_caller_identity()
     except Exception as e:
@@ -175,10 +176,10 @@ def check_advanced_tier(ctx: Context) -> Check:
 
 
 # -- IAM ------------------------------------------------------------------------------------------
-def needed_actions() -> List[str]:
+def needed_actions() -> list[str]:
     """The actions ``sm-ssh connect``/``list`` call, from the client policy we document."""
     doc = policies.client_policy(policies.DOC_TARGET)
-    actions: List[str] = []
+    actions: list[str] = []
     for statement in doc["Statement"]:
         for action in statement["Action"] if isinstance(statement["Action"], list) else \
                 [statement["Action"]]:
@@ -190,14 +191,14 @@ def needed_actions() -> List[str]:
     return actions
 
 
-def _principal_arn(identity: Dict[str, Any]) -> str:
+def _principal_arn(identity: dict[str, Any]) -> str:
     """The IAM role or user ARN behind an STS caller ARN (an assumed role's session ARN)."""
     arn = str(identity["Arn"])
     m = re.match(r"^arn:([^:]+):sts::(\d+):assumed-role/([^/]+)/", arn)
     return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}" if m else arn
 
 
-def _resources(action: str, region: str, account: str) -> List[str]:
+def _resources(action: str, region: str, account: str) -> list[str]:
     """Concrete ARNs to simulate ``action`` on (what the client's calls name)."""
     t = policies.Target(account=account, partition=aws.partition_for_region(region))
     instance = t.arn("ssm", f"managed-instance/{SAMPLE_INSTANCE}", region)
@@ -218,8 +219,8 @@ def _resources(action: str, region: str, account: str) -> List[str]:
     return ["*"]
 
 
-def simulate(ctx: Context, identity: Dict[str, Any], actions: Sequence[str]
-             ) -> Dict[str, str]:
+def simulate(ctx: Context, identity: dict[str, Any], actions: Sequence[str]
+             ) -> dict[str, str]:
     """action -> decision, by iam:SimulatePrincipalPolicy of the caller's own principal, with
     the caller's user ID as the owner of the sample managed instance (what the client policy's
     conditions compare)."""
@@ -236,7 +237,7 @@ def simulate(ctx: Context, identity: Dict[str, Any], actions: Sequence[str]
         {"ContextKeyName": "ssm:SessionDocumentAccessCheck", "ContextKeyValues": ["true"],
          "ContextKeyType": "boolean"},
     ]
-    decisions: Dict[str, str] = {}
+    decisions: dict[str, str] = {}
     for action in actions:
         resources = [r.replace("${aws:userid}", userid) for r in _resources(action, region,
                                                                               account)]
@@ -249,13 +250,13 @@ def simulate(ctx: Context, identity: Dict[str, Any], actions: Sequence[str]
     return decisions
 
 
-def dry_calls(ctx: Context) -> Dict[str, str]:
+def dry_calls(ctx: Context) -> dict[str, str]:
     """action -> "allowed"/"denied"/"unknown", by calls that change nothing: reads, and calls on
     a managed instance, command or session that does not exist (IAM answers before the
     service looks the resource up, so "not found" means allowed)."""
     ssm = ctx.manager().ssm
     sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
-    calls: Dict[str, Callable[[], Any]] = {
+    calls: dict[str, Callable[[], Any]] = {
         "ssm:DescribeInstanceInformation": lambda: ssm.describe_instance_information(
             MaxResults=5),
         "ssm:GetCommandInvocation": lambda: ssm.get_command_invocation(
@@ -264,7 +265,7 @@ def dry_calls(ctx: Context) -> Dict[str, str]:
         "sagemaker:DescribeTrainingJob": lambda: sm.describe_training_job(
             TrainingJobName="sm-ssh-doctor-no-such-job"),
     }
-    decisions: Dict[str, str] = {}
+    decisions: dict[str, str] = {}
     for action, call in calls.items():
         try:
             call()
@@ -276,7 +277,7 @@ def dry_calls(ctx: Context) -> Dict[str, str]:
     return decisions
 
 
-def check_iam(ctx: Context, identity: Optional[Dict[str, Any]]) -> Check:
+def check_iam(ctx: Context, identity: dict[str, Any] | None) -> Check:
     if identity is None:
         return Check("iam", None, "no credentials to check")
     actions = needed_actions()
@@ -314,12 +315,12 @@ def check_stale(ctx: Context, max_stale: int) -> Check:
 
 
 # -- one resource ---------------------------------------------------------------------------------
-def _environment(described: Dict[str, Any]) -> Dict[str, str]:
+def _environment(described: dict[str, Any]) -> dict[str, str]:
     env = described.get("Environment") or {}
     return {str(k): str(v) for k, v in env.items()}
 
 
-def _node_count(described: Dict[str, Any]) -> Optional[int]:
+def _node_count(described: dict[str, Any]) -> int | None:
     for path in (("ResourceConfig", "InstanceCount"),
                  ("ProcessingResources", "ClusterConfig", "InstanceCount"),
                  ("TransformResources", "InstanceCount")):
@@ -331,14 +332,14 @@ def _node_count(described: Dict[str, Any]) -> Optional[int]:
     return None
 
 
-def check_resource(ctx: Context, target_text: str) -> List[Check]:
+def check_resource(ctx: Context, target_text: str) -> list[Check]:
     """Why ``target_text`` is or is not connectable now."""
     from sagemaker_ssh_helper import resources
 
     target = fqdn.parse_resource(target_text)
     name = target.fqdn
     api = target.kind.api
-    described: Dict[str, Any] = {}
+    described: dict[str, Any] = {}
     status = None
     if api is not None and target.name is not None:
         sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
@@ -351,7 +352,7 @@ def check_resource(ctx: Context, target_text: str) -> List[Check]:
                 return [Check(name, None, _said(e, api.describe_op))]
     else:
         status = resources.resource_status(ctx.session, ctx.region_name, target)
-    checks: List[Check] = []
+    checks: list[Check] = []
     what = f"{target.kind.description} {target.name}"
     if status == "NotFound":
         return [Check(name, False, f"no {what} in {ctx.region_name} ({ctx.region_source})",
@@ -443,8 +444,8 @@ def check_trust(ctx: Context, role: str) -> Check:
 
 
 # -- all together ---------------------------------------------------------------------------------
-def run_checks(ctx: Context, target_text: Optional[str] = None,
-               max_stale: int = DEFAULT_MAX_STALE) -> List[Check]:
+def run_checks(ctx: Context, target_text: str | None = None,
+               max_stale: int = DEFAULT_MAX_STALE) -> list[Check]:
     checks = [check_ssh(), check_plugin()]
     credentials, identity = check_credentials(ctx)
     region = check_region(ctx)

@@ -31,9 +31,10 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any
 
 from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.aws import parse_arn
@@ -55,22 +56,22 @@ class Resource:
 
     kind: str            # fqdn kind: training, processing, transform, inference, notebook, studio
     name: str
-    arn: Optional[str]   # None when the container cannot see it (see module docstring)
+    arn: str | None   # None when the container cannot see it (see module docstring)
     source: str          # where it was found, for logs
 
     @property
-    def region(self) -> Optional[str]:
+    def region(self) -> str | None:
         if not self.arn:
             return None
         return parse_arn(self.arn).region or None
 
 
-def base_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
+def base_dir(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     return Path(environ.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR)
 
 
-def _read_json(path: Path) -> Optional[Any]:
+def _read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -80,8 +81,8 @@ def _read_json(path: Path) -> Optional[Any]:
         return None
 
 
-def resource_config(environ: Optional[Mapping[str, str]] = None
-                    ) -> Optional[Dict[str, Any]]:
+def resource_config(environ: Mapping[str, str] | None = None
+                    ) -> dict[str, Any] | None:
     """``resourceconfig.json`` (``input/config/`` in training jobs, ``config/`` in processing)."""
     base = base_dir(environ)
     for path in (base / "input" / "config" / "resourceconfig.json",
@@ -92,7 +93,7 @@ def resource_config(environ: Optional[Mapping[str, str]] = None
     return None
 
 
-def node_rank(environ: Optional[Mapping[str, str]] = None) -> int:
+def node_rank(environ: Mapping[str, str] | None = None) -> int:
     """Index of ``current_host`` in the sorted ``hosts``; 0 without a resource config."""
     config = resource_config(environ)
     if not config:
@@ -123,8 +124,8 @@ def get_caller_script_name(trace_back: int = 1) -> str:
     return os.path.basename(frame.f_code.co_filename)
 
 
-def region(environ: Optional[Mapping[str, str]] = None,
-           resource: Optional[Resource] = None) -> Optional[str]:
+def region(environ: Mapping[str, str] | None = None,
+           resource: Resource | None = None) -> str | None:
     environ = os.environ if environ is None else environ
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION"):
         if environ.get(var):
@@ -132,7 +133,7 @@ def region(environ: Optional[Mapping[str, str]] = None,
     return resource.region if resource else None
 
 
-def _from_arn(arn: str, name: Optional[str], source: str) -> Resource:
+def _from_arn(arn: str, name: str | None, source: str) -> Resource:
     parsed = parse_arn(arn)
     rk = fqdn.kind_for_arn_type(parsed.resource_type)
     if rk is None:
@@ -140,7 +141,7 @@ def _from_arn(arn: str, name: Optional[str], source: str) -> Resource:
     return Resource(rk.kind, name or parsed.resource.rsplit("/", 1)[-1], arn, source)
 
 
-def detect_resource(environ: Optional[Mapping[str, str]] = None) -> Resource:
+def detect_resource(environ: Mapping[str, str] | None = None) -> Resource:
     """The resource this container belongs to (see the module docstring for the order)."""
     environ = os.environ if environ is None else environ
     base = base_dir(environ)
@@ -198,7 +199,7 @@ def ip_address() -> str:
     return "127.0.0.1"
 
 
-def _interface_addresses() -> List[str]:
+def _interface_addresses() -> list[str]:
     try:
         import psutil
     except ImportError:
@@ -215,7 +216,7 @@ def _interface_addresses() -> List[str]:
 class ProcessInfo:
     pid: int
     name: str
-    cmdline: List[str]
+    cmdline: list[str]
     create_time: float  # epoch seconds
 
 
@@ -275,7 +276,7 @@ def agent_running() -> bool:
                for p in iter_processes())
 
 
-def registered_instance_id(path: Path = MI_ID_FILE) -> Optional[str]:
+def registered_instance_id(path: Path = MI_ID_FILE) -> str | None:
     """The mi-id saved by ``sm-setup-ssh start-ssh`` after registration, if any."""
     try:
         value = path.read_text().strip()
@@ -284,7 +285,7 @@ def registered_instance_id(path: Path = MI_ID_FILE) -> Optional[str]:
     return value or None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from sagemaker_ssh_helper import cli
 
     prog = "python -m sagemaker_ssh_helper.env"

@@ -25,10 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, TypeVar
 
 from sagemaker_ssh_helper import connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
@@ -87,7 +88,7 @@ class NodeResult:
     stdout: str = ""
     stderr: str = ""
     seconds: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,12 +102,12 @@ class Plan:
     target_text: str
     name: str  # the FQDN (or instance ID) the key is made for
     user: str
-    instances: List[ManagedInstance] | List[NativeNode]
-    command: List[str]
-    ssh_options: List[str] = field(default_factory=list)
+    instances: list[ManagedInstance] | list[NativeNode]
+    command: list[str]
+    ssh_options: list[str] = field(default_factory=list)
     # the native transport: the job (or endpoint) whose SageMaker targets the nodes are
     native: Any = None
-    target: Optional[fqdn.Target] = None
+    target: fqdn.Target | None = None
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,9 @@ class NativeNode:
         return f"{self.computer_name} ({self.instance_id})"
 
 
-def parse_nodes(values: Optional[Sequence[str]]) -> List[str]:
+def parse_nodes(values: Sequence[str] | None) -> list[str]:
     """``--node algo-1,algo-3 --node algo-5`` as a list, in the order given, without repeats."""
-    nodes: List[str] = []
+    nodes: list[str] = []
     for value in values or ():
         for name in value.split(","):
             name = name.strip()
@@ -136,7 +137,7 @@ def parse_nodes(values: Optional[Sequence[str]]) -> List[str]:
 
 
 def select(instances: Sequence[_Node], nodes: Sequence[str], target_text: str
-           ) -> List[_Node]:
+           ) -> list[_Node]:
     """The instances ``nodes`` name (host name or instance ID), in node order; every online
     instance if ``nodes`` is empty. A name that is not an online node is a usage error that
     lists the nodes there are."""
@@ -156,7 +157,7 @@ def select(instances: Sequence[_Node], nodes: Sequence[str], target_text: str
     return sorted(picked, key=lambda i: connect._natural(i.computer_name or i.instance_id))
 
 
-def plan(ctx: connect.Context, target_text: str, nodes: Sequence[str], command: List[str],
+def plan(ctx: connect.Context, target_text: str, nodes: Sequence[str], command: list[str],
          wait: float) -> Plan:
     """Resolve ``target_text`` to its online nodes (those its log names) and pick ``nodes``."""
     if not command:
@@ -177,7 +178,7 @@ def plan(ctx: connect.Context, target_text: str, nodes: Sequence[str], command: 
 
 
 def _native_nodes(ctx: connect.Context, target: fqdn.Target, job: Any,
-                  wait: float) -> List[NativeNode]:
+                  wait: float) -> list[NativeNode]:
     """The SSH nodes of a native job or endpoint, once SageMaker serves them."""
     from sagemaker_ssh_helper import native, transport
 
@@ -211,7 +212,7 @@ class Printer:
             out.flush()
 
 
-def _pump(stream: IO[bytes], node: str, sink: List[str], printer: Printer,
+def _pump(stream: IO[bytes], node: str, sink: list[str], printer: Printer,
           out: Callable[[], IO[str]]) -> None:
     for raw in iter(stream.readline, b""):
         text = raw.decode(errors="replace")
@@ -225,7 +226,7 @@ class Cancelled(SSHHelperError):
 
 
 def run_node(ctx: connect.Context, the_plan: Plan, inst: ManagedInstance | NativeNode,
-             pacers: Dict[str, Pacer], printer: Printer, several: bool,
+             pacers: dict[str, Pacer], printer: Printer, several: bool,
              stop: threading.Event) -> NodeResult:
     """Key push, session and ssh for one node; every failure is kept in the result."""
     from sagemaker_ssh_helper import keys, session
@@ -280,8 +281,8 @@ def _run_ssh(ctx: connect.Context, the_plan: Plan, prepared: connect.Prepared, s
     from sagemaker_ssh_helper import proxy, session
 
     env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
-    out: List[str] = []
-    err: List[str] = []
+    out: list[str] = []
+    err: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sm-ssh-exec-") as tmp:
         log = Path(tmp) / "ssh.log"
         argv = connect.ssh_argv(ctx, prepared, ["-T", "-o", "BatchMode=yes",
@@ -320,7 +321,7 @@ def _run_ssh(ctx: connect.Context, the_plan: Plan, prepared: connect.Prepared, s
 
 
 def run(ctx: connect.Context, the_plan: Plan, parallel: int = DEFAULT_PARALLEL,
-        rate: float = DEFAULT_RATE, as_json: bool = False) -> List[NodeResult]:
+        rate: float = DEFAULT_RATE, as_json: bool = False) -> list[NodeResult]:
     """Run the plan's command on its nodes, ``parallel`` at a time; results in node order."""
     from sagemaker_ssh_helper import keys, proxy, session
 
@@ -355,7 +356,7 @@ def exit_code(results: Sequence[NodeResult]) -> int:
     return max(failed, default=0)
 
 
-def summary(results: Sequence[NodeResult]) -> Optional[str]:
+def summary(results: Sequence[NodeResult]) -> str | None:
     """One line naming the nodes that failed (None if none did)."""
     failed = [r for r in results if not r.ok]
     if not failed:

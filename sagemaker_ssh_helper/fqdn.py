@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from sagemaker_ssh_helper.errors import UsageError
 
@@ -65,8 +64,8 @@ class ResourceKind:
     default_port: int  # local port used by the sm-local-ssh-<script> commands
     description: str
     script: str        # sm-local-ssh-<script>; also SSH Helper v2's name of the kind
-    api: Optional[SageMakerApi] = None  # None: Studio apps (listed with ListApps per domain)
-    logs: Optional[Logs] = None         # None: Studio apps (their logs are per domain)
+    api: SageMakerApi | None = None  # None: Studio apps (listed with ListApps per domain)
+    logs: Logs | None = None         # None: Studio apps (their logs are per domain)
 
 
 RESOURCE_KINDS: tuple[ResourceKind, ...] = (
@@ -121,7 +120,7 @@ def kind(name: str) -> ResourceKind:
         raise UsageError(f"unknown resource kind {name!r}: use one of {known}") from None
 
 
-def kind_for_arn_type(arn_type: str) -> Optional[ResourceKind]:
+def kind_for_arn_type(arn_type: str) -> ResourceKind | None:
     return _BY_ARN_TYPE.get(arn_type)
 
 
@@ -136,9 +135,9 @@ class Target:
     """A parsed FQDN. ``name`` is None for list forms."""
 
     kinds: tuple[ResourceKind, ...]
-    name: Optional[str] = None
-    user_or_space: Optional[str] = None  # Studio only
-    domain: Optional[str] = None         # Studio only
+    name: str | None = None
+    user_or_space: str | None = None  # Studio only
+    domain: str | None = None         # Studio only
 
     @property
     def is_list(self) -> bool:
@@ -159,8 +158,8 @@ class Target:
         return format_fqdn(self.kind.kind, self.name or "", self.user_or_space, self.domain)
 
 
-def format_fqdn(kind_name: str, name: str, user_or_space: Optional[str] = None,
-                domain: Optional[str] = None) -> str:
+def format_fqdn(kind_name: str, name: str, user_or_space: str | None = None,
+                domain: str | None = None) -> str:
     if kind_name == "studio" and user_or_space and domain:
         return f"{name}.{user_or_space}.{domain}.studio.{SUFFIX}"
     return f"{name}.{kind(kind_name).kind}.{SUFFIX}"

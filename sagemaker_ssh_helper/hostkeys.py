@@ -23,11 +23,11 @@ Lines written by older versions (no comment) count as an unknown instance and ar
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import keyfile, portable
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -43,7 +43,7 @@ class HostKeyChanged(SSHHelperError):
     """The same container reports host keys other than the ones pinned for it."""
 
 
-def parse_host_keys(output: str) -> List[Tuple[str, str]]:
+def parse_host_keys(output: str) -> list[tuple[str, str]]:
     """``(type, base64)`` pairs printed after the host-keys marker."""
     _, _, tail = output.partition(HOST_KEYS_BEGIN)
     keys = []
@@ -56,12 +56,12 @@ def parse_host_keys(output: str) -> List[Tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Pinned:
-    key: Tuple[str, str]
+    key: tuple[str, str]
     instance_id: str            # "" for lines without our comment
-    since: Optional[datetime]
+    since: datetime | None
 
 
-def _parse(line: str) -> Optional[Tuple[str, Pinned]]:
+def _parse(line: str) -> tuple[str, Pinned] | None:
     fields = line.split()
     if len(fields) < 3:
         return None
@@ -75,7 +75,7 @@ def _parse(line: str) -> Optional[Tuple[str, Pinned]]:
     return fields[0], Pinned((fields[1], fields[2]), instance_id, since)
 
 
-def pinned_instance(alias: str, path: Optional[Path] = None) -> str:
+def pinned_instance(alias: str, path: Path | None = None) -> str:
     """The managed instance whose host keys are pinned under ``alias`` ("" when none are, or
     when the lines under it name no instance or several)."""
     from sagemaker_ssh_helper.keys import known_hosts_path
@@ -99,7 +99,7 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _changed(alias: str, instance_id: str, pinned: List[Pinned], path: Path) -> HostKeyChanged:
+def _changed(alias: str, instance_id: str, pinned: list[Pinned], path: Path) -> HostKeyChanged:
     dates = [p.since for p in pinned if p.since is not None]
     since = f" since {min(dates):%Y-%m-%d %H:%M} UTC" if dates else ""
     return HostKeyChanged(
@@ -109,8 +109,8 @@ def _changed(alias: str, instance_id: str, pinned: List[Pinned], path: Path) -> 
         f"{path}` and connect again")
 
 
-def pin_host_keys(alias: str, host_keys: List[Tuple[str, str]], path: Optional[Path] = None,
-                  instance_id: str = "", now: Optional[datetime] = None) -> Path:
+def pin_host_keys(alias: str, host_keys: list[tuple[str, str]], path: Path | None = None,
+                  instance_id: str = "", now: datetime | None = None) -> Path:
     """Pin ``host_keys`` of ``instance_id`` under ``alias`` (see the module docstring);
     raises ``HostKeyChanged`` when the same instance reports changed keys."""
     from sagemaker_ssh_helper.keys import known_hosts_path
@@ -118,7 +118,7 @@ def pin_host_keys(alias: str, host_keys: List[Tuple[str, str]], path: Optional[P
     path = path or known_hosts_path()
     stamp = (now or datetime.now(timezone.utc)).strftime(_TIME_FORMAT)
     with _locked(path):
-        lines: List[str] = []
+        lines: list[str] = []
         if path.exists() or path.is_symlink():
             with keyfile.file_errors("read", path):
                 lines = path.read_text().splitlines()

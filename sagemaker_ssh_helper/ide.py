@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, fqdn, retry
 from sagemaker_ssh_helper.log import SSHLog
@@ -33,7 +33,7 @@ class IDEAppStatus:
     """``DescribeApp``'s Status (``Deleted`` when the app does not exist) and failure."""
 
     status: str
-    failure_reason: Optional[str] = None
+    failure_reason: str | None = None
 
     def is_in_service(self) -> bool:
         return self.status == "InService"
@@ -76,9 +76,9 @@ def _poll(check: Callable[[], bool], what: str, timeout: float,
 class SSHIDE:
     """One user profile's (or space's) Studio apps."""
 
-    def __init__(self, domain_id: str, user: Optional[str] = None,
-                 region_name: Optional[str] = None, session: Any = None, *,
-                 space_name: Optional[str] = None) -> None:
+    def __init__(self, domain_id: str, user: str | None = None,
+                 region_name: str | None = None, session: Any = None, *,
+                 space_name: str | None = None) -> None:
         if bool(user) == bool(space_name):
             raise ValueError("give exactly one of user (a user profile name) and space_name")
         self.domain_id = domain_id
@@ -94,7 +94,7 @@ class SSHIDE:
     def current_region(self) -> str:
         return self.region_name
 
-    def _app(self, app_name: str, app_type: str) -> Dict[str, Any]:
+    def _app(self, app_name: str, app_type: str) -> dict[str, Any]:
         return {"DomainId": self.domain_id, self.owner_key: self.owner, "AppType": app_type,
                 "AppName": app_name}
 
@@ -112,11 +112,11 @@ class SSHIDE:
         return IDEAppStatus(str(app["Status"]), app.get("FailureReason"))
 
     def create_app(self, app_name: str, app_type: str = "KernelGateway",
-                   instance_type: str = "ml.t3.medium", image_arn: Optional[str] = None,
-                   lifecycle_arn: Optional[str] = None, wait: bool = True,
+                   instance_type: str = "ml.t3.medium", image_arn: str | None = None,
+                   lifecycle_arn: str | None = None, wait: bool = True,
                    timeout_in_sec: float = 900) -> str:
         """Create the app and (``wait``) wait until it is InService; return its ARN."""
-        spec: Dict[str, Any] = {"InstanceType": instance_type}
+        spec: dict[str, Any] = {"InstanceType": instance_type}
         if image_arn:
             spec["SageMakerImageArn"] = image_arn
         if lifecycle_arn:
@@ -127,9 +127,9 @@ class SSHIDE:
         return str(result["AppArn"])
 
     def wait_app_status(self, app_name: str, app_type: str = "KernelGateway",
-                        statuses: Tuple[str, ...] = ("InService",), timeout_in_sec: float = 900,
+                        statuses: tuple[str, ...] = ("InService",), timeout_in_sec: float = 900,
                         **clock: Any) -> IDEAppStatus:
-        last: List[IDEAppStatus] = []
+        last: list[IDEAppStatus] = []
 
         def check() -> bool:
             last[:] = [self.get_app_status(app_name, app_type)]
@@ -216,8 +216,8 @@ class SSHIDE:
 
     # -- images -----------------------------------------------------------------------------
     def create_and_attach_image(self, image_name: str, ecr_image_name: str, role_arn: str,
-                                app_image_config_name: str, kernel_specs: List[Dict[str, Any]],
-                                file_system_config: Dict[str, Any]) -> Image:
+                                app_image_config_name: str, kernel_specs: list[dict[str, Any]],
+                                file_system_config: dict[str, Any]) -> Image:
         """(Re)create SageMaker image ``image_name`` from ``<account>.dkr.ecr.<region>/
         <ecr_image_name>``, its app image config, and make it the domain's custom image."""
         from sagemaker_ssh_helper import ide_images
@@ -248,7 +248,7 @@ class SSHIDE:
                                 domain=self.domain_id)
 
     def get_instance_ids(self, app_name: str, timeout_in_sec: float = 0,
-                         not_earlier_than_timestamp: int = 0) -> List[str]:
+                         not_earlier_than_timestamp: int = 0) -> list[str]:
         """Online instances of the app, newest first (waits up to ``timeout_in_sec``)."""
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_studio_user_kgw_instance_ids(
@@ -256,7 +256,7 @@ class SSHIDE:
             not_earlier_than_timestamp=not_earlier_than_timestamp)
 
     def get_kernel_instance_ids(self, app_name: str, timeout_in_sec: float,
-                                not_earlier_than_timestamp: int = 0) -> List[str]:
+                                not_earlier_than_timestamp: int = 0) -> list[str]:
         self.log_urls(app_name)
         return self.get_instance_ids(app_name, timeout_in_sec, not_earlier_than_timestamp)
 
@@ -283,10 +283,10 @@ class SSHIDE:
         return str(self._ssh_log().get_ide_metadata_url(self.domain_id, self.owner))
 
 
-def _image_arns(settings: Dict[str, Any]) -> List[str]:
+def _image_arns(settings: dict[str, Any]) -> list[str]:
     """``SageMakerImageArn`` values anywhere in a domain's default user settings."""
-    found: List[str] = []
-    stack: List[Any] = [settings]
+    found: list[str] = []
+    stack: list[Any] = [settings]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
@@ -303,7 +303,7 @@ def _image_arns(settings: Dict[str, Any]) -> List[str]:
 class NotebookInstance:
     """A notebook instance's status, lifecycle, instances and links."""
 
-    def __init__(self, notebook_name: str, region_name: Optional[str] = None,
+    def __init__(self, notebook_name: str, region_name: str | None = None,
                  session: Any = None) -> None:
         self.name = notebook_name
         self.session = session or aws.boto_session(region=region_name)
@@ -337,7 +337,7 @@ class NotebookInstance:
             _poll(lambda: self.get_status() in ("Stopped", "Deleted"), f"{self.name} to stop",
                   timeout_in_sec)
 
-    def get_instance_ids(self, timeout_in_sec: float = 0) -> List[str]:
+    def get_instance_ids(self, timeout_in_sec: float = 0) -> list[str]:
         """Online instances the notebook instance registered, newest first."""
         manager = SSMManager(region_name=self.region_name, session=self.session)
         return manager.get_notebook_instance_ids(self.name, timeout_in_sec=timeout_in_sec)

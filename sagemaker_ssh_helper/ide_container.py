@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.aws import mask, role_name_from_arn
@@ -39,7 +39,7 @@ def metadata_path() -> Path:
     return base_dir() / "metadata" / "resource-metadata.json"
 
 
-def load_metadata(path: Optional[Path] = None) -> Dict[str, Any]:
+def load_metadata(path: Path | None = None) -> dict[str, Any]:
     path = path or metadata_path()
     try:
         value = json.loads(path.read_text())
@@ -53,11 +53,11 @@ def load_metadata(path: Optional[Path] = None) -> Dict[str, Any]:
     return value
 
 
-def owner_of(meta: Dict[str, Any]) -> str:
+def owner_of(meta: dict[str, Any]) -> str:
     return str(meta.get("SpaceName") or meta.get("UserProfileName") or "")
 
 
-def target_fqdn(meta: Dict[str, Any]) -> str:
+def target_fqdn(meta: dict[str, Any]) -> str:
     name = str(meta.get("ResourceName") or str(meta["ResourceArn"]).rsplit("/", 1)[-1])
     if meta.get("DomainId"):
         return fqdn.format_fqdn("studio", name, user_or_space=owner_of(meta),
@@ -65,11 +65,11 @@ def target_fqdn(meta: Dict[str, Any]) -> str:
     return fqdn.format_fqdn("notebook", name)
 
 
-def _region(meta: Dict[str, Any]) -> str:
+def _region(meta: dict[str, Any]) -> str:
     return str(meta["ResourceArn"]).split(":")[3]
 
 
-def execution_role(meta: Dict[str, Any]) -> str:
+def execution_role(meta: dict[str, Any]) -> str:
     """The app's execution role ARN (metadata first, then the Studio API)."""
     if meta.get("ExecutionRoleArn"):
         return str(meta["ExecutionRoleArn"])
@@ -79,7 +79,7 @@ def execution_role(meta: Dict[str, Any]) -> str:
     domain = meta.get("DomainId")
     if not domain:
         raise SSHHelperError(f"{PROG}: no ExecutionRoleArn in {metadata_path()}")
-    role: Optional[str] = None
+    role: str | None = None
     if meta.get("SpaceName"):
         space = sm.describe_space(DomainId=domain, SpaceName=meta["SpaceName"])
         role = (space.get("SpaceSettings") or {}).get("ExecutionRole")
@@ -118,7 +118,7 @@ def set_jb_license_server(host: str, hosts_file: Path = HOSTS_FILE) -> None:
     hosts_file.write_text("\n".join(lines + [f"127.0.0.1 {host}"]) + "\n")
 
 
-def init_ssm(meta: Dict[str, Any]) -> int:
+def init_ssm(meta: dict[str, Any]) -> int:
     from sagemaker_ssh_helper import init_ssm as init
 
     role = execution_role(meta)
@@ -131,7 +131,7 @@ def init_ssm(meta: Dict[str, Any]) -> int:
     return 0
 
 
-def describe(meta: Dict[str, Any]) -> List[str]:
+def describe(meta: dict[str, Any]) -> list[str]:
     target = target_fqdn(meta)
     return [f"App type: {meta.get('AppType', 'NotebookInstance')}",
             f"App name: {meta.get('ResourceName', '')}",
@@ -143,7 +143,7 @@ def describe(meta: Dict[str, Any]) -> List[str]:
             f"Jupyter: sm-ssh connect {target} -N -L 8889:127.0.0.1:8889"]
 
 
-def status(meta: Dict[str, Any]) -> List[str]:
+def status(meta: dict[str, Any]) -> list[str]:
     return [f"target: {target_fqdn(meta)}",
             f"configured: {(STATE_DIR / '.ssh-configured').exists()}",
             f"sshd pid file: {'yes' if Path('/run/sshd.pid').exists() else 'no'}",
@@ -152,7 +152,7 @@ def status(meta: Dict[str, Any]) -> List[str]:
             f"local user id (SSHOwner): {local_user_id() or '-'}"]
 
 
-def diagnostics(meta: Dict[str, Any]) -> List[str]:
+def diagnostics(meta: dict[str, Any]) -> list[str]:
     out = [f"python: {sys.executable} {sys.version.split()[0]}", f"uid: {os.getuid()}",
            f"metadata: {json.dumps(meta, sort_keys=True)}"]
     for key in sorted(os.environ):
@@ -163,7 +163,7 @@ def diagnostics(meta: Dict[str, Any]) -> List[str]:
     return out
 
 
-def run(args: List[str]) -> int:
+def run(args: list[str]) -> int:
     if not args:
         raise UsageError(f"usage: {PROG} <command>; see '{PROG} --help'")
     command, rest = args[0], args[1:]
@@ -174,7 +174,7 @@ def run(args: List[str]) -> int:
     if command == "set-jb-license-server":
         set_jb_license_server(rest[0] if len(rest) == 1 else "")
         return 0
-    simple: Dict[str, Callable[[], List[str]]] = {
+    simple: dict[str, Callable[[], list[str]]] = {
               "check": lambda: [], "get-metadata": lambda: describe(meta),
               "get-domain-id": lambda: [str(meta.get("DomainId", ""))],
               "get-app-space-name": lambda: [owner_of(meta)],
@@ -188,7 +188,7 @@ def run(args: List[str]) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from sagemaker_ssh_helper import cli

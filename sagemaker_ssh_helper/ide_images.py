@@ -7,7 +7,7 @@ image. Waits poll DescribeImage / DescribeImageVersion against a deadline.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 from sagemaker_ssh_helper import aws
 
@@ -25,7 +25,7 @@ def _poll(check: Any, what: str, timeout: float) -> None:
     poll(check, what, timeout)
 
 
-def _image_status(client: Any, image_name: str) -> Optional[str]:
+def _image_status(client: Any, image_name: str) -> str | None:
     try:
         return str(client.describe_image(ImageName=image_name)["ImageStatus"])
     except Exception as e:
@@ -34,7 +34,7 @@ def _image_status(client: Any, image_name: str) -> Optional[str]:
         raise
 
 
-def wait_image(client: Any, image_name: str, wanted: Optional[str], timeout: float) -> None:
+def wait_image(client: Any, image_name: str, wanted: str | None, timeout: float) -> None:
     """Wait until the image's status is ``wanted`` (None: until it is gone)."""
     def check() -> bool:
         status = _image_status(client, image_name)
@@ -57,8 +57,8 @@ def wait_image_version(client: Any, image_name: str, timeout: float) -> None:
 
 
 def create_and_attach_image(ide: SSHIDE, image_name: str, ecr_image_name: str, role_arn: str,
-                            app_image_config_name: str, kernel_specs: List[Dict[str, Any]],
-                            file_system_config: Dict[str, Any],
+                            app_image_config_name: str, kernel_specs: list[dict[str, Any]],
+                            file_system_config: dict[str, Any],
                             timeout: float = 900) -> Image:
     from sagemaker_ssh_helper.ide import Image
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable
 
 from sagemaker_ssh_helper.aws import parse_arn
 from sagemaker_ssh_helper.env import ProcessInfo, iter_processes
@@ -35,7 +36,7 @@ def is_session_process(proc: ProcessInfo) -> bool:
     return False
 
 
-def count_sessions(processes: Optional[Iterable[ProcessInfo]] = None) -> int:
+def count_sessions(processes: Iterable[ProcessInfo] | None = None) -> int:
     return sum(1 for p in (iter_processes() if processes is None else processes)
                if is_session_process(p))
 
@@ -47,7 +48,7 @@ class SessionIdleTracker:
                  counter: Callable[[], int] = count_sessions) -> None:
         self._clock = clock
         self._counter = counter
-        self._last_seen: Optional[float] = None
+        self._last_seen: float | None = None
         self._lock = threading.Lock()
 
     def is_timeout(self, time_delta: timedelta) -> bool:
@@ -73,7 +74,7 @@ def is_last_session_timeout(time_delta: timedelta) -> bool:
     return _tracker.is_timeout(time_delta)
 
 
-def is_profiler_issues_found(environ: Optional[Mapping[str, str]] = None,
+def is_profiler_issues_found(environ: Mapping[str, str] | None = None,
                              sagemaker_client: object = None) -> bool:
     """True if a Debugger or Profiler rule of this training job has status ``IssuesFound``.
 

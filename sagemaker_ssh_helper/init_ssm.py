@@ -25,8 +25,9 @@ import subprocess
 import sys
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, contract, retry
 from sagemaker_ssh_helper.env import (
@@ -56,7 +57,7 @@ class Activation:
 
 
 def activation_tags(owner: str, creator: str, timestamp: int, name: str,
-                    arn: str) -> List[Dict[str, str]]:
+                    arn: str) -> list[dict[str, str]]:
     return [
         {"Key": "SSHOwner", "Value": owner},
         {"Key": "SSHCreator", "Value": creator},
@@ -66,7 +67,7 @@ def activation_tags(owner: str, creator: str, timestamp: int, name: str,
     ]
 
 
-def create_activation(ssm: Any, role: str, tags: List[Dict[str, str]], description: str,
+def create_activation(ssm: Any, role: str, tags: list[dict[str, str]], description: str,
                       instance_name: str, sleep: Callable[[float], None] = time.sleep,
                       rand: Callable[[], float] = random.random) -> Activation:
     """``CreateActivation``, retrying throttling and transient errors with jittered backoff."""
@@ -102,7 +103,7 @@ def stop_running_agent(timeout: float = STOP_TIMEOUT,
     _signal_all(pids, signal.SIGKILL)
 
 
-def _signal_all(pids: List[int], sig: int) -> None:
+def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -134,7 +135,7 @@ def find_agent() -> str:
 
 
 def _run_register(agent: str, activation: Activation, region_name: str,
-                  timeout: float) -> Tuple[int, str]:
+                  timeout: float) -> tuple[int, str]:
     """One ``-register`` run: exit code and output (code masked), echoed to stderr."""
     argv = [agent, "-register", "-code", activation.code, "-id", activation.activation_id,
             "-region", region_name, "-y"]
@@ -227,8 +228,8 @@ def ssm_client(session: Any, region_name: str) -> Any:
     return session.client("ssm", region_name=region_name, config=aws.no_retry_config())
 
 
-def init(environ: Optional[Mapping[str, str]] = None,
-         settings: Optional[contract.Contract] = None, region_name: Optional[str] = None) -> str:
+def init(environ: Mapping[str, str] | None = None,
+         settings: contract.Contract | None = None, region_name: str | None = None) -> str:
     """Register; ``settings`` (the role and owner) default to the contract in ``environ``,
     ``region_name`` to the container's region."""
     environ = os.environ if environ is None else environ
@@ -278,7 +279,7 @@ def check_tag_value(name: str, value: str) -> str:
     return value
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from sagemaker_ssh_helper import cli
 
     def body(command: cli.Command) -> int:

@@ -13,15 +13,16 @@ account and described every Studio app)::
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.ide import IDEAppStatus
 from sagemaker_ssh_helper.manager import TAG_ARN, TAG_OWNER, TAG_TIMESTAMP, SSMManager
 
 JOB_DAYS = 30
-Instances = Dict[str, Dict[str, str]]
+Instances = dict[str, dict[str, str]]
 
 
 class SageMakerCoreApp:
@@ -31,16 +32,16 @@ class SageMakerCoreApp:
     label = "Resource"
 
     def __init__(self) -> None:
-        self.ssh_owner: Optional[str] = None
-        self.ssm_instance_id: Optional[str] = None
-        self.app_type: Optional[str] = None
+        self.ssh_owner: str | None = None
+        self.ssm_instance_id: str | None = None
+        self.app_type: str | None = None
         self.ping_status = "Unknown"
-        self.resource_type: Optional[str] = None
+        self.resource_type: str | None = None
 
     def set_ssm_instance_id(self, ssm_instance_id: str) -> None:
         self.ssm_instance_id = ssm_instance_id
 
-    def set_ssh_owner(self, ssh_owner: Optional[str]) -> None:
+    def set_ssh_owner(self, ssh_owner: str | None) -> None:
         self.ssh_owner = ssh_owner
 
     def set_ping_status(self, ping_status: str) -> None:
@@ -61,8 +62,8 @@ class SageMakerCoreApp:
 
 
 class SageMakerStudioApp(SageMakerCoreApp):
-    def __init__(self, domain_id: str, user_profile_name: Optional[str], app_name: str,
-                 app_type: str, app_status: Any, space_name: Optional[str] = None) -> None:
+    def __init__(self, domain_id: str, user_profile_name: str | None, app_name: str,
+                 app_type: str, app_status: Any, space_name: str | None = None) -> None:
         super().__init__()
         self.domain_id = domain_id
         self.user_profile_name = user_profile_name
@@ -153,13 +154,13 @@ class SageMakerTransformJob(_NamedResource):
 class SageMaker:
     """The SageMaker resources of one region, one list call per page."""
 
-    def __init__(self, region: Optional[str] = None, session: Any = None) -> None:
+    def __init__(self, region: str | None = None, session: Any = None) -> None:
         self.session = session if session is not None else aws.boto_session(region=region)
         self.region = region or aws.session_region(self.session)
         self.sagemaker_client = aws.client(self.session, "sagemaker", self.region)
 
-    def _pages(self, api: fqdn.SageMakerApi) -> Iterator[Dict[str, Any]]:
-        kwargs: Dict[str, Any] = {}
+    def _pages(self, api: fqdn.SageMakerApi) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {}
         if api.recent_only:
             kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=JOB_DAYS)
         paginator = self.sagemaker_client.get_paginator(api.list_op)
@@ -169,45 +170,45 @@ class SageMaker:
         except Exception as e:
             raise aws.explain(e, api.list_action) from e
 
-    def _list(self, record: Any) -> List[Any]:
+    def _list(self, record: Any) -> list[Any]:
         """Every resource of ``record``'s kind as a ``record`` (name and status)."""
         api = fqdn.kind(record.kind).api
         assert api is not None
         return [record(item[api.name_key], item[api.status_key]) for item in self._pages(api)]
 
-    def list_ide_apps(self) -> List[SageMakerStudioApp]:
+    def list_ide_apps(self) -> list[SageMakerStudioApp]:
         """Studio apps of every user profile and space (their status comes with the list)."""
         return [SageMakerStudioApp(app["DomainId"], app.get("UserProfileName"), app["AppName"],
                                    app["AppType"], IDEAppStatus(str(app.get("Status", ""))),
                                    space_name=app.get("SpaceName"))
                 for app in self._apps()]
 
-    def _apps(self) -> Iterator[Dict[str, Any]]:
+    def _apps(self) -> Iterator[dict[str, Any]]:
         try:
             for page in self.sagemaker_client.get_paginator("list_apps").paginate():
                 yield from page.get("Apps", [])
         except Exception as e:
             raise aws.explain(e, "sagemaker:ListApps") from e
 
-    def list_endpoints(self) -> List[SageMakerEndpoint]:
+    def list_endpoints(self) -> list[SageMakerEndpoint]:
         return self._list(SageMakerEndpoint)
 
-    def list_training_jobs(self) -> List[SageMakerTrainingJob]:
+    def list_training_jobs(self) -> list[SageMakerTrainingJob]:
         return self._list(SageMakerTrainingJob)
 
-    def list_processing_jobs(self) -> List[SageMakerProcessingJob]:
+    def list_processing_jobs(self) -> list[SageMakerProcessingJob]:
         return self._list(SageMakerProcessingJob)
 
-    def list_transform_jobs(self) -> List[SageMakerTransformJob]:
+    def list_transform_jobs(self) -> list[SageMakerTransformJob]:
         return self._list(SageMakerTransformJob)
 
-    def list_notebook_instances(self) -> List[SageMakerNotebookInstance]:
+    def list_notebook_instances(self) -> list[SageMakerNotebookInstance]:
         return self._list(SageMakerNotebookInstance)
 
 
-def _latest_by_resource(managed_instances: Instances) -> Dict[str, Tuple[str, Dict[str, str]]]:
+def _latest_by_resource(managed_instances: Instances) -> dict[str, tuple[str, dict[str, str]]]:
     """ARN key -> (instance ID, tags) of the newest instance registered for it."""
-    best: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
+    best: dict[str, tuple[int, str, dict[str, str]]] = {}
     for instance_id, tags in managed_instances.items():
         key = fqdn.arn_key(tags.get(TAG_ARN, ""))
         if not key:
@@ -233,7 +234,7 @@ class InteractiveSageMaker:
         """The SSH Helper instances with their tags, from one filtered scan."""
         return self.manager.ssh_instances_and_tags()
 
-    def _join(self, records: List[Any], managed_instances: Instances) -> List[Any]:
+    def _join(self, records: list[Any], managed_instances: Instances) -> list[Any]:
         latest = _latest_by_resource(managed_instances)
         for record in records:
             found = latest.get(record.arn_key())
@@ -245,55 +246,55 @@ class InteractiveSageMaker:
         return records
 
     @staticmethod
-    def _print(records: List[Any]) -> None:
+    def _print(records: list[Any]) -> None:
         for record in records:
             print(record, flush=True)
 
-    def list_studio_ide_apps_for_user_and_domain(self, domain_id: Optional[str],
-                                                 user_profile_name: Optional[str]
-                                                 ) -> List[SageMakerStudioApp]:
+    def list_studio_ide_apps_for_user_and_domain(self, domain_id: str | None,
+                                                 user_profile_name: str | None
+                                                 ) -> list[SageMakerStudioApp]:
         """Apps of a user profile or space (any, when empty or None) in a domain (any)."""
         apps = [a for a in self.sagemaker.list_ide_apps()
                 if (not domain_id or a.domain_id == domain_id)
                 and (not user_profile_name or a.owner == user_profile_name)]
         return self._join(apps, self.managed_instances())
 
-    def print_studio_ide_apps_for_user_and_domain(self, domain_id: Optional[str],
-                                                  user_profile_name: Optional[str]) -> None:
+    def print_studio_ide_apps_for_user_and_domain(self, domain_id: str | None,
+                                                  user_profile_name: str | None) -> None:
         self._print(self.list_studio_ide_apps_for_user_and_domain(domain_id, user_profile_name))
 
-    def list_studio_ide_apps_for_user(self, user_profile_name: str) -> List[SageMakerStudioApp]:
+    def list_studio_ide_apps_for_user(self, user_profile_name: str) -> list[SageMakerStudioApp]:
         return self.list_studio_ide_apps_for_user_and_domain(None, user_profile_name)
 
-    def list_studio_ide_apps(self) -> List[SageMakerStudioApp]:
+    def list_studio_ide_apps(self) -> list[SageMakerStudioApp]:
         return self.list_studio_ide_apps_for_user_and_domain(None, None)
 
-    def list_endpoints(self, managed_instances: Instances) -> List[SageMakerEndpoint]:
+    def list_endpoints(self, managed_instances: Instances) -> list[SageMakerEndpoint]:
         return self._join(self.sagemaker.list_endpoints(), managed_instances)
 
     def print_endpoints(self) -> None:
         self._print(self.list_endpoints(self.managed_instances()))
 
-    def list_training_jobs(self, managed_instances: Instances) -> List[SageMakerTrainingJob]:
+    def list_training_jobs(self, managed_instances: Instances) -> list[SageMakerTrainingJob]:
         return self._join(self.sagemaker.list_training_jobs(), managed_instances)
 
     def print_training_jobs(self) -> None:
         self._print(self.list_training_jobs(self.managed_instances()))
 
-    def list_processing_jobs(self, managed_instances: Instances) -> List[SageMakerProcessingJob]:
+    def list_processing_jobs(self, managed_instances: Instances) -> list[SageMakerProcessingJob]:
         return self._join(self.sagemaker.list_processing_jobs(), managed_instances)
 
     def print_processing_jobs(self) -> None:
         self._print(self.list_processing_jobs(self.managed_instances()))
 
-    def list_transform_jobs(self, managed_instances: Instances) -> List[SageMakerTransformJob]:
+    def list_transform_jobs(self, managed_instances: Instances) -> list[SageMakerTransformJob]:
         return self._join(self.sagemaker.list_transform_jobs(), managed_instances)
 
     def print_transform_jobs(self) -> None:
         self._print(self.list_transform_jobs(self.managed_instances()))
 
     def list_notebook_instances(self, managed_instances: Instances
-                                ) -> List[SageMakerNotebookInstance]:
+                                ) -> list[SageMakerNotebookInstance]:
         return self._join(self.sagemaker.list_notebook_instances(), managed_instances)
 
     def print_notebook_instances(self) -> None:

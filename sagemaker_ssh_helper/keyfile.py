@@ -24,10 +24,11 @@ import stat
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any
 
 from sagemaker_ssh_helper import portable
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing
@@ -129,7 +130,7 @@ def check_mode(path: Path) -> None:
                              f"`chmod 600 {path}`")
 
 
-def _take(buf: bytes) -> Tuple[bytes, bytes]:
+def _take(buf: bytes) -> tuple[bytes, bytes]:
     if len(buf) < 4:
         raise ValueError("truncated")
     (n,) = struct.unpack(">I", buf[:4])
@@ -138,7 +139,7 @@ def _take(buf: bytes) -> Tuple[bytes, bytes]:
     return buf[4:4 + n], buf[4 + n:]
 
 
-def openssh_public(text: str) -> Optional[Tuple[str, bool]]:
+def openssh_public(text: str) -> tuple[str, bool] | None:
     """(public key line, encrypted) of an ``OPENSSH PRIVATE KEY``; None for other formats."""
     if _BEGIN not in text:
         return None
@@ -154,7 +155,7 @@ def openssh_public(text: str) -> Optional[Tuple[str, bool]]:
     return f"{key_type.decode()} {base64.b64encode(blob).decode()}", cipher != b"none"
 
 
-def _pub_file(path: Path) -> Optional[str]:
+def _pub_file(path: Path) -> str | None:
     pub = Path(f"{path}.pub")
     try:
         fields = pub.read_text().split()
@@ -171,7 +172,7 @@ def require_tool(tool: str) -> str:
     return path
 
 
-def _pem_public(path: Path, text: str) -> Tuple[str, bool]:
+def _pem_public(path: Path, text: str) -> tuple[str, bool]:
     """Older key formats: ``ssh-keygen -y`` with an empty passphrase (never a prompt)."""
     done = subprocess.run([require_tool("ssh-keygen"), "-y", "-P", "", "-f", str(path)],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
@@ -236,7 +237,7 @@ def in_agent(public: str) -> bool:
     return any(line.split()[1:2] == [blob] for line in done.stdout.splitlines())
 
 
-def refusal_hint(path: Path, ssh_log: str) -> Optional[str]:
+def refusal_hint(path: Path, ssh_log: str) -> str | None:
     """Why ssh could not authenticate with the key at ``path``, when the cause is local."""
     try:
         key = read_key(path)

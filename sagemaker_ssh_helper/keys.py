@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, keyfile, retry
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
@@ -241,7 +241,7 @@ def run_shell_command(ssm: Any, instance_id: str, script: str, *, timeout: float
     return str(result.get("StandardOutputContent", ""))
 
 
-def upload_public_key(session: Any, key_line: str, marker: str) -> Optional[str]:
+def upload_public_key(session: Any, key_line: str, marker: str) -> str | None:
     """If ``SSH_AUTHORIZED_KEYS_PATH`` (s3://bucket/prefix/) is set, put the key there too."""
     prefix = os.environ.get("SSH_AUTHORIZED_KEYS_PATH", "")
     if not prefix:
@@ -276,7 +276,7 @@ def _push_record(instance_id: str, key_line: str, marker: str) -> Path:
 
 
 def record_push(instance_id: str, key_line: str, marker: str,
-                now: Optional[float] = None) -> None:
+                now: float | None = None) -> None:
     """Remember that ``key_line`` went to ``instance_id`` (best effort; old records go)."""
     record = _push_record(instance_id, key_line, marker)
     now = time.time() if now is None else now
@@ -298,8 +298,8 @@ def forget_push(instance_id: str, key_line: str, marker: str) -> None:
         pass
 
 
-def authorized_before(instance_id: str, fqdn: str, host_key_alias: Optional[str] = None
-                      ) -> Optional[Authorized]:
+def authorized_before(instance_id: str, fqdn: str, host_key_alias: str | None = None
+                      ) -> Authorized | None:
     """The key and pinned host keys for ``instance_id`` when this client's key was pushed
     there before and the host keys pinned under the alias are that instance's; else None.
     The key is checked (and created) as for a push: a local problem is named before ssh."""
@@ -315,7 +315,7 @@ def authorized_before(instance_id: str, fqdn: str, host_key_alias: Optional[str]
 
 
 def authorize(ssm: Any, session: Any, instance_id: str, fqdn: str,
-              host_key_alias: Optional[str] = None, *,
+              host_key_alias: str | None = None, *,
               clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> Authorized:
     """Ensure the key, push it into the container and pin the container's host keys."""

@@ -20,8 +20,9 @@ job's. So a new job on the same port connects with strict host key checking, and
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any
 
 from sagemaker_ssh_helper import keys
 
@@ -39,7 +40,7 @@ def user_known_hosts() -> Path:
     return keys.ssh_dir() / "known_hosts"
 
 
-def sshd_ports(ssh_args: Sequence[str]) -> List[int]:
+def sshd_ports(ssh_args: Sequence[str]) -> list[int]:
     """Local ports of the ``-L`` forwards in ``ssh_args`` that lead to the container's sshd
     (``[bind:]port:localhost:22``)."""
     ports = []

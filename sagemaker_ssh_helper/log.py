@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 from urllib.parse import quote
 
 from sagemaker_ssh_helper import aws, fqdn, retry
@@ -54,11 +54,11 @@ def _console_escape(value: str) -> str:
 class SSHLog(SSMManagerBase):
     """Console URLs and log lookups in one region."""
 
-    def __init__(self, region_name: Optional[str] = None,
+    def __init__(self, region_name: str | None = None,
                  sleep_between_retries_in_seconds: float = 10, redo_attempts: int = 5,
                  session: Any = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 progress: Optional[Callable[[str], None]] = None) -> None:
+                 progress: Callable[[str], None] | None = None) -> None:
         super().__init__(region_name, sleep_between_retries_in_seconds, redo_attempts, session,
                          clock=clock, sleep=sleep, progress=progress)
 
@@ -172,36 +172,36 @@ class SSHLog(SSMManagerBase):
 
     # -- Logs Insights ----------------------------------------------------------------------
     def get_endpoint_ssm_instance_ids(self, endpoint_name: str, timeout_in_sec: float = 0,
-                                      expected_count: int = 1) -> List[str]:
+                                      expected_count: int = 1) -> list[str]:
         """Instances registered in the endpoint's log group (any variant), newest first."""
         return self.get_instance_ids(self.log_group("inference", endpoint_name), "",
                                      timeout_in_sec, expected_count)
 
     def get_training_ssm_instance_ids(self, training_job_name: str, timeout_in_sec: float = 0,
-                                      expected_count: int = 1) -> List[str]:
+                                      expected_count: int = 1) -> list[str]:
         return self.get_instance_ids(self.log_group("training", training_job_name),
                                      f"{training_job_name}/", timeout_in_sec, expected_count)
 
     def get_processing_ssm_instance_ids(self, processing_job_name: str,
                                         timeout_in_sec: float = 0,
-                                        expected_count: int = 1) -> List[str]:
+                                        expected_count: int = 1) -> list[str]:
         return self.get_instance_ids(self.log_group("processing", processing_job_name),
                                      f"{processing_job_name}/", timeout_in_sec, expected_count)
 
     def get_transformer_ssm_instance_ids(self, transform_job_name: str,
                                          timeout_in_sec: float = 0,
-                                         expected_count: int = 1) -> List[str]:
+                                         expected_count: int = 1) -> list[str]:
         return self.get_instance_ids(self.log_group("transform", transform_job_name),
                                      f"{transform_job_name}/", timeout_in_sec, expected_count)
 
     def get_studio_kgw_ssm_instance_ids(self, kgw_name: str, timeout_in_sec: float = 0,
-                                        expected_count: int = 1) -> List[str]:
+                                        expected_count: int = 1) -> list[str]:
         return self.get_instance_ids(STUDIO_LOG_GROUP, f"KernelGateway/{kgw_name}",
                                      timeout_in_sec, expected_count)
 
     def get_instance_ids_once(self, arn_resource_type: str, arn_resource_name: str,
-                              arn_filter_regex: Optional[str] = None,
-                              not_earlier_than_timestamp: int = 0) -> List[str]:
+                              arn_filter_regex: str | None = None,
+                              not_earlier_than_timestamp: int = 0) -> list[str]:
         """For logs, ``arn_resource_type`` is the log group and ``arn_resource_name`` the text
         the log stream names must contain."""
         if arn_filter_regex:
@@ -211,16 +211,16 @@ class SSHLog(SSMManagerBase):
                                               not_earlier_than_timestamp)
 
     def get_ssm_instance_ids_once(self, log_group: str, stream_name: str,
-                                  not_earlier_than_timestamp: int = 0) -> List[str]:
+                                  not_earlier_than_timestamp: int = 0) -> list[str]:
         """One Logs Insights query: IDs registered in streams of ``log_group`` whose name
         contains ``stream_name``, newest first (a missing log group gives none)."""
         rows = self._query(log_group, REGISTRATION_TEXT, not_earlier_than_timestamp)
         return _matches(rows, stream_name, REGISTRATION_RE)
 
     def get_ssm_instance_ids(self, log_group: str, stream_name: str,
-                             retry: Optional[int] = None,
-                             sleep_between_retries_seconds: Optional[float] = None,
-                             timeout_in_sec: float = 900, expected_count: int = 1) -> List[str]:
+                             retry: int | None = None,
+                             sleep_between_retries_seconds: float | None = None,
+                             timeout_in_sec: float = 900, expected_count: int = 1) -> list[str]:
         """``get_ssm_instance_ids_once`` repeated until ``expected_count`` IDs are found or
         ``timeout_in_sec`` passed. ``retry`` (deprecated) means ``retry`` times the interval;
         ``sleep_between_retries_seconds`` (deprecated) sets the interval cap."""
@@ -233,12 +233,12 @@ class SSHLog(SSMManagerBase):
             timeout_in_sec = int(retry) * self.sleep_between_retries_in_seconds
         return self.get_instance_ids(log_group, stream_name, timeout_in_sec, expected_count)
 
-    def get_ip_addresses(self, training_job_name: str, retry: int = 0) -> List[str]:
+    def get_ip_addresses(self, training_job_name: str, retry: int = 0) -> list[str]:
         """The IP addresses the job's nodes logged (``SSH Helper Log IP: …``), newest first;
         with ``retry`` > 0 wait up to ``retry`` x 10 s for the first one."""
         group = self.log_group("training", training_job_name)
 
-        def fetch() -> List[str]:
+        def fetch() -> list[str]:
             return _matches(self._query(group, IP_TEXT), f"{training_job_name}/", IP_RE)
 
         return self.poll(fetch, len, 1, max(0, int(retry or 0)) * SECONDS_PER_RETRY,
@@ -246,7 +246,7 @@ class SSHLog(SSMManagerBase):
                                          f"{round(left)} s left")
 
     def _query(self, log_group: str, text: str, not_earlier_than: int = 0,
-               lookback: timedelta = timedelta(days=14)) -> List[Any]:
+               lookback: timedelta = timedelta(days=14)) -> list[Any]:
         logs = aws.client(self.session, "logs", self.region_name)
         now = datetime.now(timezone.utc)
         start = max(int((now - lookback).timestamp()), int(not_earlier_than or 0))
@@ -262,7 +262,7 @@ class SSHLog(SSMManagerBase):
         return self._wait_query(logs, query_id)
 
     def _wait_query(self, logs: Any, query_id: str, max_query_seconds: float = 60.0
-                    ) -> List[Any]:
+                    ) -> list[Any]:
         """Poll one query until it completes (at most ``max_query_seconds``)."""
         poll = retry.Poll(max_query_seconds, first=0.2, cap=2.0, factor=2.0, clock=self._clock,
                           sleep=self._sleep)
@@ -292,11 +292,11 @@ def _stream_matches(stream: str, part: str) -> bool:
     return re.search(f"(^|/){re.escape(part)}{end}", stream) is not None
 
 
-def _matches(results: List[Any], stream_part: str, pattern: re.Pattern[str]) -> List[str]:
+def _matches(results: list[Any], stream_part: str, pattern: re.Pattern[str]) -> list[str]:
     """First group of ``pattern`` in each row's message, in result order, once each, for rows
     whose log stream name holds ``stream_part`` (see ``_stream_matches``). The filtering is
     repeated here because emulated services may ignore the query's ``filter``."""
-    found: List[str] = []
+    found: list[str] = []
     for row in results:
         fields = {f.get("field"): f.get("value", "") for f in row}
         if not _stream_matches(str(fields.get("@logStream", "")), stream_part):

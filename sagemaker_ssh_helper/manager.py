@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, fqdn
 from sagemaker_ssh_helper.errors import AwsError
@@ -55,15 +56,15 @@ class ManagedInstance:
     ping_status: str
     computer_name: str = ""
     ip_address: str = ""
-    registration_date: Optional[datetime] = None
-    last_ping: Optional[datetime] = None
+    registration_date: datetime | None = None
+    last_ping: datetime | None = None
     name: str = ""
     activation_id: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any],
-                  tags: Optional[Mapping[str, str]] = None) -> ManagedInstance:
+                  tags: Mapping[str, str] | None = None) -> ManagedInstance:
         return cls(
             instance_id=str(info["InstanceId"]),
             ping_status=str(info.get("PingStatus", "")),
@@ -124,7 +125,7 @@ def matches(instance: ManagedInstance, target: fqdn.Target, ignore_case: bool = 
     return not target.user_or_space or parts[2].lower() == target.user_or_space.lower()
 
 
-def newest_first(instances: Iterable[ManagedInstance]) -> List[ManagedInstance]:
+def newest_first(instances: Iterable[ManagedInstance]) -> list[ManagedInstance]:
     """Latest registration first, by the date SSM recorded (never by SSHTimestamp: the
     registrant sets that tag to anything it likes)."""
     def registered(i: ManagedInstance) -> float:
@@ -148,19 +149,19 @@ class SSMManager(SSMManagerBase):
     # Key of the ping status in the tag dictionaries of list_all_instances_and_fetch_tags().
     PING_STATUS = "$PingStatus"
 
-    def __init__(self, region_name: Optional[str] = None,
+    def __init__(self, region_name: str | None = None,
                  sleep_between_retries_in_seconds: float = 10, redo_attempts: int = 5,
-                 clock_timestamp_override: Optional[float] = None, session: Any = None, *,
+                 clock_timestamp_override: float | None = None, session: Any = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 progress: Optional[Callable[[str], None]] = stderr_progress,
+                 progress: Callable[[str], None] | None = stderr_progress,
                  poll_interval: float = 1.0, ssm_client: Any = None) -> None:
         super().__init__(region_name, sleep_between_retries_in_seconds, redo_attempts, session,
                          clock=clock, sleep=sleep, progress=progress,
                          poll_interval=poll_interval)
         self.clock_timestamp_override = clock_timestamp_override
         self._ssm: Any = ssm_client
-        self._account: Optional[str] = None
+        self._account: str | None = None
         self._properties_refused = False
 
     # -- clients -------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class SSMManager(SSMManagerBase):
         except Exception as e:
             raise aws.explain(e, action) from e
 
-    def describe(self, filters: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    def describe(self, filters: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """All pages of DescribeInstanceInformation for ``filters`` (server-side filtering)."""
         paginator = self.ssm.get_paginator("describe_instance_information")
         pages = paginator.paginate(Filters=list(filters), PaginationConfig={"PageSize": 50})
@@ -185,10 +186,10 @@ class SSMManager(SSMManagerBase):
         except Exception as e:
             raise aws.explain(e, "ssm:DescribeInstanceInformation") from e
 
-    def _scan_ssh_instances(self) -> List[Dict[str, Any]]:
+    def _scan_ssh_instances(self) -> list[dict[str, Any]]:
         """Every instance carrying the SSHResourceArn tag: DescribeInstanceProperties, 1,000 per
         page; DescribeInstanceInformation (50 per page) where that action is not allowed."""
-        tagged: Dict[str, Any] = {"Key": "tag-key", "Values": [TAG_ARN]}
+        tagged: dict[str, Any] = {"Key": "tag-key", "Values": [TAG_ARN]}
         if not self._properties_refused:
             paginator = self.ssm.get_paginator("describe_instance_properties")
             pages = paginator.paginate(FiltersWithOperator=[{**tagged, "Operator": "Equal"}],
@@ -203,13 +204,13 @@ class SSMManager(SSMManagerBase):
                 self._properties_refused = True
         return self.describe([tagged])
 
-    def tags(self, instance_id: str) -> Dict[str, str]:
+    def tags(self, instance_id: str) -> dict[str, str]:
         response = self._call("ssm:ListTagsForResource", self.ssm.list_tags_for_resource,
                               ResourceType="ManagedInstance", ResourceId=instance_id)
         return {t["Key"]: t["Value"] for t in response.get("TagList", [])}
 
     def _with_tags(self, infos: Iterable[Mapping[str, Any]],
-                   name: Optional[str] = None) -> List[ManagedInstance]:
+                   name: str | None = None) -> list[ManagedInstance]:
         """Attach tags: read them only when the instance's ``Name`` is not its resource ARN
         (``name`` is the SSHResourceName the lookup filtered on, if any)."""
         result = []
@@ -234,7 +235,7 @@ class SSMManager(SSMManagerBase):
         return self._account
 
     # -- resolution ----------------------------------------------------------------------------
-    def find(self, target: fqdn.Target) -> List[ManagedInstance]:
+    def find(self, target: fqdn.Target) -> list[ManagedInstance]:
         """One lookup, every PingStatus: the instances of ``target``, newest first."""
         if target.name is None:
             raise ValueError("find() needs a single resource, not a list form")
@@ -247,7 +248,7 @@ class SSMManager(SSMManagerBase):
             found = self._find_ignoring_case(target)
         return newest_first(found)
 
-    def _candidate_arns(self, target: fqdn.Target) -> List[str]:
+    def _candidate_arns(self, target: fqdn.Target) -> list[str]:
         """Exact SSHResourceArn values for ``target``: SageMaker ARNs hold lowercased names."""
         prefix = (f"arn:{aws.partition_for_region(self.region_name)}:sagemaker:"
                   f"{self.region_name}:{self.account_id()}:")
@@ -263,16 +264,16 @@ class SSMManager(SSMManagerBase):
         return sorted(values)
 
     def _describe_by_arn(self, target: fqdn.Target,
-                         extra_name_filter: bool = False) -> List[Dict[str, Any]]:
+                         extra_name_filter: bool = False) -> list[dict[str, Any]]:
         arns = self._candidate_arns(target)
         if not arns:
             return []
-        filters: List[Dict[str, Any]] = [{"Key": f"tag:{TAG_ARN}", "Values": arns}]
+        filters: list[dict[str, Any]] = [{"Key": f"tag:{TAG_ARN}", "Values": arns}]
         if extra_name_filter:
             filters.append({"Key": f"tag:{TAG_NAME}", "Values": [target.name]})
         return self.describe(filters)
 
-    def _find_ignoring_case(self, target: fqdn.Target) -> List[ManagedInstance]:
+    def _find_ignoring_case(self, target: fqdn.Target) -> list[ManagedInstance]:
         """``ssh`` lowercases ``%h``: look the name up by its (lowercased) ARN instead."""
         try:
             infos = self._describe_by_arn(target)
@@ -287,15 +288,15 @@ class SSMManager(SSMManagerBase):
 
     def resolve(self, target: fqdn.Target, timeout_in_sec: float = 0, expected_count: int = 1,
                 not_earlier_than_timestamp: int = 0,
-                accept: Optional[Callable[[ManagedInstance], bool]] = None
-                ) -> List[ManagedInstance]:
+                accept: Callable[[ManagedInstance], bool] | None = None
+                ) -> list[ManagedInstance]:
         """Wait until ``expected_count`` instances of ``target`` (that ``accept``, if given)
         are Online or the deadline passes; return every instance found (all statuses),
         newest first."""
-        def fetch() -> List[ManagedInstance]:
+        def fetch() -> list[ManagedInstance]:
             return [i for i in self.find(target) if i.timestamp >= not_earlier_than_timestamp]
 
-        def online(found: List[ManagedInstance]) -> int:
+        def online(found: list[ManagedInstance]) -> int:
             return sum(1 for i in found if i.online and (accept is None or accept(i)))
 
         return self.poll(fetch, online, self.wanted_count(expected_count),
@@ -303,7 +304,7 @@ class SSMManager(SSMManagerBase):
                          lambda n, left: _waiting_line(target, expected_count, n, left))
 
     def instance_ids(self, target: fqdn.Target, timeout_in_sec: float = 0,
-                     expected_count: int = 1, not_earlier_than_timestamp: int = 0) -> List[str]:
+                     expected_count: int = 1, not_earlier_than_timestamp: int = 0) -> list[str]:
         """IDs of the Online instances of ``target``, newest first (may be fewer than
         ``expected_count`` once the deadline passed)."""
         found = self.resolve(target, timeout_in_sec, expected_count, not_earlier_than_timestamp)
@@ -315,7 +316,7 @@ class SSMManager(SSMManagerBase):
 
     # -- the named lookups (public API) --------------------------------------------------------
     def _ids(self, kind: str, name: str, timeout_in_sec: float, expected_count: int,
-             **studio: Any) -> List[str]:
+             **studio: Any) -> list[str]:
         if name.startswith("mi-"):
             logger.warning("%r looks like a managed instance ID, not a resource name", name)
         target = fqdn.Target(kinds=(fqdn.kind(kind),), name=name,
@@ -324,29 +325,29 @@ class SSMManager(SSMManagerBase):
                                  studio.get("not_earlier_than_timestamp", 0))
 
     def get_training_instance_ids(self, training_job_name: str, timeout_in_sec: float = 0,
-                                  expected_count: int = 1) -> List[str]:
+                                  expected_count: int = 1) -> list[str]:
         return self._ids("training", training_job_name, timeout_in_sec, expected_count)
 
     def get_processing_instance_ids(self, processing_job_name: str, timeout_in_sec: float = 0,
-                                    expected_count: int = 1) -> List[str]:
+                                    expected_count: int = 1) -> list[str]:
         return self._ids("processing", processing_job_name, timeout_in_sec, expected_count)
 
     def get_transformer_instance_ids(self, transform_job_name: str, timeout_in_sec: float = 0,
-                                     expected_count: int = 1) -> List[str]:
+                                     expected_count: int = 1) -> list[str]:
         return self._ids("transform", transform_job_name, timeout_in_sec, expected_count)
 
     def get_endpoint_instance_ids(self, endpoint_name: str, timeout_in_sec: float = 0,
-                                  expected_count: int = 1) -> List[str]:
+                                  expected_count: int = 1) -> list[str]:
         return self._ids("inference", endpoint_name, timeout_in_sec, expected_count)
 
     def get_notebook_instance_ids(self, instance_name: str, timeout_in_sec: float = 0,
-                                  expected_count: int = 1) -> List[str]:
+                                  expected_count: int = 1) -> list[str]:
         return self._ids("notebook", instance_name, timeout_in_sec, expected_count)
 
     def get_studio_user_kgw_instance_ids(self, domain_id: str, user_profile_name: str,
                                          kgw_name: str = "default", timeout_in_sec: float = 0,
                                          not_earlier_than_timestamp: int = 0,
-                                         expected_count: int = 1) -> List[str]:
+                                         expected_count: int = 1) -> list[str]:
         """Instances of app ``kgw_name`` of a Studio user profile or space in ``domain_id``
         (any domain when ``domain_id`` is empty: still only that user's or space's apps)."""
         if not user_profile_name:
@@ -358,14 +359,14 @@ class SSMManager(SSMManagerBase):
 
     def get_studio_kgw_instance_ids(self, kgw_name: str, timeout_in_sec: float = 0,
                                     not_earlier_than_timestamp: int = 0,
-                                    expected_count: int = 1) -> List[str]:
+                                    expected_count: int = 1) -> list[str]:
         """Instances of Studio app ``kgw_name`` of any user/space (pick a user to narrow)."""
         return self._ids("studio", kgw_name, timeout_in_sec, expected_count,
                          not_earlier_than_timestamp=not_earlier_than_timestamp)
 
     def get_instance_ids_once(self, arn_resource_type: str, arn_resource_name: str,
-                              arn_filter_regex: Optional[str] = None,
-                              not_earlier_than_timestamp: int = 0) -> List[str]:
+                              arn_filter_regex: str | None = None,
+                              not_earlier_than_timestamp: int = 0) -> list[str]:
         """One lookup of the Online instances of ``<arn_resource_type>/<arn_resource_name>``
         (e.g. ``training-job``, ``app``), newest first; ``arn_filter_regex`` must also match
         the instance's SSHResourceArn (e.g. ``:app/d-abc/alice/``)."""
@@ -381,7 +382,7 @@ class SSMManager(SSMManagerBase):
                 and (regex is None or regex.search(i.resource_arn))]
 
     # -- listing and housekeeping --------------------------------------------------------------
-    def list_all_instances_and_fetch_tags(self) -> Dict[str, Dict[str, str]]:
+    def list_all_instances_and_fetch_tags(self) -> dict[str, dict[str, str]]:
         """Every managed instance of the account (SSH Helper's or not) with all its tags, plus
         its ping status under ``SSMManager.PING_STATUS``.
 
@@ -389,7 +390,7 @@ class SSMManager(SSMManagerBase):
         is slow in a large account. ``ssh_instances_and_tags()`` returns the same mapping for
         SSH Helper instances only, from one filtered scan.
         """
-        result: Dict[str, Dict[str, str]] = {}
+        result: dict[str, dict[str, str]] = {}
         for info in self.describe([{"Key": "ResourceType", "Values": ["ManagedInstance"]}]):
             instance_id = str(info["InstanceId"])
             tags = self.tags(instance_id)
@@ -397,18 +398,18 @@ class SSMManager(SSMManagerBase):
             result[instance_id] = tags
         return result
 
-    def ssh_instances_and_tags(self) -> Dict[str, Dict[str, str]]:
+    def ssh_instances_and_tags(self) -> dict[str, dict[str, str]]:
         """``list_all_instances_and_fetch_tags()``'s mapping for SSH Helper instances only
         (one tag-filtered scan; tags read only where the instance name is not the ARN)."""
-        result: Dict[str, Dict[str, str]] = {}
+        result: dict[str, dict[str, str]] = {}
         for inst in self.list_ssh_instances():
             tags = dict(inst.tags)
             tags[self.PING_STATUS] = inst.ping_status
             result[inst.instance_id] = tags
         return result
 
-    def list_ssh_instances(self, ping_statuses: Optional[Sequence[str]] = None
-                           ) -> List[ManagedInstance]:
+    def list_ssh_instances(self, ping_statuses: Sequence[str] | None = None
+                           ) -> list[ManagedInstance]:
         """Every instance carrying SSH Helper tags (one filtered scan), with its resource ARN.
 
         The scan is DescribeInstanceProperties (1,000 per page), or DescribeInstanceInformation
@@ -418,12 +419,12 @@ class SSMManager(SSMManagerBase):
         """
         if not ping_statuses:
             return newest_first(self._with_tags(self._scan_ssh_instances()))
-        filters: List[Dict[str, Any]] = [{"Key": "tag-key", "Values": [TAG_ARN]},
+        filters: list[dict[str, Any]] = [{"Key": "tag-key", "Values": [TAG_ARN]},
                                          {"Key": "PingStatus", "Values": list(ping_statuses)}]
         return newest_first(self._with_tags(self.describe(filters)))
 
     def list_expired_ssh_instances(self, expiration_days: float = 0,
-                                   now: Optional[float] = None) -> List[str]:
+                                   now: float | None = None) -> list[str]:
         """SSH Helper instances that are not Online and have not pinged for ``expiration_days``.
 
         Instances without SSH Helper tags are never returned.

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, TypeVar
 
 from sagemaker_ssh_helper import aws, cli, retry
 
@@ -42,12 +42,12 @@ def _seconds(name: str, value: Any, minimum: float = 0.0) -> float:
 class SSMManagerBase(ABC):
     """Deadline-driven repetition of one instance lookup, with the v2 constructor."""
 
-    def __init__(self, region_name: Optional[str] = None,
+    def __init__(self, region_name: str | None = None,
                  sleep_between_retries_in_seconds: float = 10,
                  redo_attempts: int = 5, session: Any = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 progress: Optional[Callable[[str], None]] = stderr_progress,
+                 progress: Callable[[str], None] | None = stderr_progress,
                  poll_interval: float = 1.0) -> None:
         self.sleep_between_retries_in_seconds = _seconds(
             "sleep_between_retries_in_seconds", sleep_between_retries_in_seconds, 0.01)
@@ -90,8 +90,8 @@ class SSMManagerBase(ABC):
 
     def get_instance_ids(self, arn_resource_type: str, arn_resource_name: str,
                          timeout_in_sec: float = 0, expected_count: int = 1,
-                         arn_filter_regex: Optional[str] = None,
-                         not_earlier_than_timestamp: int = 0) -> List[str]:
+                         arn_filter_regex: str | None = None,
+                         not_earlier_than_timestamp: int = 0) -> list[str]:
         """Repeat ``get_instance_ids_once`` until ``expected_count`` IDs are found or
         ``timeout_in_sec`` passed; return what was found last (newest first)."""
         if str(arn_resource_name).startswith("mi-"):
@@ -109,6 +109,6 @@ class SSMManagerBase(ABC):
 
     @abstractmethod
     def get_instance_ids_once(self, arn_resource_type: str, arn_resource_name: str,
-                              arn_filter_regex: Optional[str] = None,
-                              not_earlier_than_timestamp: int = 0) -> List[str]:
+                              arn_filter_regex: str | None = None,
+                              not_earlier_than_timestamp: int = 0) -> list[str]:
         """One lookup, no waiting: the instance IDs found now, newest first."""

@@ -22,8 +22,8 @@ import socket
 import stat
 import struct
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 from sagemaker_ssh_helper import portable
 from sagemaker_ssh_helper.errors import UsageError
@@ -44,7 +44,7 @@ _S_OK, _S_ALIVE = 0x80000001, 0x80000005
 _VERSION = 4
 
 
-def persist_seconds(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+def persist_seconds(environ: Mapping[str, str] | None = None) -> int | None:
     """Seconds a master outlives its last session, or None when reuse is off."""
     value = (os.environ if environ is None else environ).get(ENV, "").strip().lower()
     if value in _OFF:
@@ -77,7 +77,7 @@ def _private(directory: Path, create: bool) -> bool:
         return False
 
 
-def _runtime_dir(environ: Mapping[str, str]) -> Optional[Path]:
+def _runtime_dir(environ: Mapping[str, str]) -> Path | None:
     """``$XDG_RUNTIME_DIR`` when it is the user's own (logind makes it 0700 per user)."""
     value = environ.get("XDG_RUNTIME_DIR", "")
     if not value or not os.path.isabs(value):
@@ -92,7 +92,7 @@ def _runtime_dir(environ: Mapping[str, str]) -> Optional[Path]:
 
 
 def candidates(ssh_dir: Path, for_config: bool = False,
-               environ: Optional[Mapping[str, str]] = None) -> Sequence[Path]:
+               environ: Mapping[str, str] | None = None) -> Sequence[Path]:
     """The directories for sockets, best first. The ssh config (``for_config``) never uses
     the temporary directory: ssh connects to a configured ControlPath before any command of
     ours could check who made it."""
@@ -107,7 +107,7 @@ def candidates(ssh_dir: Path, for_config: bool = False,
 
 
 def control_dir(ssh_dir: Path, for_config: bool = False, create: bool = True,
-                environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+                environ: Mapping[str, str] | None = None) -> Path | None:
     """The private directory for master sockets, or None (no such place: reuse is off)."""
     if os.name == "nt" or not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
         return None
@@ -161,7 +161,7 @@ def _hello(path: Path, timeout: float) -> socket.socket:
         raise
 
 
-def probe(path: Path, timeout: float = 2.0) -> Optional[int]:
+def probe(path: Path, timeout: float = 2.0) -> int | None:
     """The PID of the live master at ``path``, or None. A dead master's socket (nobody
     listens) is removed; a master that does not answer within ``timeout`` (stopped, hung) is
     left running but its socket is removed, so it never blocks a new connection."""

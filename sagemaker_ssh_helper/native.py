@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from sagemaker_ssh_helper import aws, fqdn, retry, transport
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
@@ -43,10 +43,10 @@ Sleep = Callable[[float], None]
 class Job:
     """One training job as DescribeTrainingJob reports it."""
 
-    def __init__(self, described: Dict[str, Any]) -> None:
+    def __init__(self, described: dict[str, Any]) -> None:
         self.described = described
         self.name = str(described.get("TrainingJobName", ""))
-        self.env: Dict[str, str] = {str(k): str(v) for k, v in
+        self.env: dict[str, str] = {str(k): str(v) for k, v in
                                     dict(described.get("Environment") or {}).items()}
 
     @property
@@ -78,19 +78,19 @@ class Job:
         return self.transport == transport.NATIVE or (self.remote_debug and not self.runs_ssh)
 
     @property
-    def hosts(self) -> List[str]:
+    def hosts(self) -> list[str]:
         count = int(dict(self.described.get("ResourceConfig") or {}).get("InstanceCount") or 1)
         return [f"algo-{i}" for i in range(1, max(count, 1) + 1)]
 
     @property
-    def ssh_hosts(self) -> List[str]:
+    def ssh_hosts(self) -> list[str]:
         try:
             count = int(self.env.get("SSH_INSTANCE_COUNT", "1"))
         except ValueError:
             count = 1
         return self.hosts[:max(1, count)]
 
-    def since(self, now: float) -> Optional[float]:
+    def since(self, now: float) -> float | None:
         """Seconds in the current secondary status, if SageMaker said when it began."""
         transitions = list(self.described.get("SecondaryStatusTransitions") or [])
         start: Any = transitions[-1].get("StartTime") if transitions else None
@@ -99,7 +99,7 @@ class Job:
         return max(0.0, now - float(start)) if isinstance(start, (int, float)) else None
 
 
-def describe(ctx: Context, target: fqdn.Target) -> Optional[Job]:
+def describe(ctx: Context, target: fqdn.Target) -> Job | None:
     """The job ``target`` names, or None when it cannot be described (not found, no
     permission: the hybrid path then explains)."""
     sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
@@ -163,7 +163,7 @@ def cli_progress(line: str) -> None:
     cli.progress(line)
 
 
-def pick_host(hosts: List[str], target: fqdn.Target, choice: Choice) -> Tuple[str, bool]:
+def pick_host(hosts: list[str], target: fqdn.Target, choice: Choice) -> tuple[str, bool]:
     """(host, picked among several) by ``--node``/``--index``, as for hybrid instances."""
     if getattr(choice, "instance", None) is not None:
         raise UsageError(f"{target.fqdn} is reached through SageMaker's remote debugging, not "
@@ -208,7 +208,7 @@ def push_key(s3: Any, layout: transport.KeyLayout, key_line: str, marker: str) -
 
 def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: str,
                     wait: float, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
-                    ) -> List[Tuple[str, str]]:
+                    ) -> list[tuple[str, str]]:
     """The host keys ``host`` published; waits (sshd starts shortly after Training begins)."""
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
@@ -274,7 +274,7 @@ def format_name(target: fqdn.Target, job: Job) -> str:
     return fqdn.format_fqdn("training", job.name or target.name or "")
 
 
-def native_job(ctx: Context, target: fqdn.Target) -> Optional[Job]:
+def native_job(ctx: Context, target: fqdn.Target) -> Job | None:
     """The job if ``target`` is a native training job, else None (the hybrid path)."""
     if target.kind.kind != "training" or target.name is None:
         return None
@@ -342,7 +342,7 @@ def _context(session: Any, region: str) -> Context:
     return Context(None, region, _session=session)
 
 
-def parse_target(target_id: str) -> Tuple[str, str]:
+def parse_target(target_id: str) -> tuple[str, str]:
     """``sagemaker-training-job:<job>_<host>`` -> (job, host); job names have no ``_``."""
     job, _, host = target_id[len(transport.TRAINING_TARGET_PREFIX):].rpartition("_")
     if not target_id.startswith(transport.TRAINING_TARGET_PREFIX) or not job or not host:
@@ -351,7 +351,7 @@ def parse_target(target_id: str) -> Tuple[str, str]:
     return job, host
 
 
-def authorize_target(session: Any, region: str, target_id: str, name: Optional[str] = None,
+def authorize_target(session: Any, region: str, target_id: str, name: str | None = None,
                      wait: float = 60.0) -> Authorized:
     """``keys.authorize`` for a native target ID (as ``SSMProxy.connect_to_ssm_instance``
     takes it): the job is described, its key pushed and its host keys pinned."""
@@ -370,7 +370,7 @@ def authorize_target(session: Any, region: str, target_id: str, name: Optional[s
     return authorize(ctx, job, target, host, name or target.fqdn, wait)
 
 
-def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> Optional[List[str]]:
+def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> list[str] | None:
     """The targets of a native job's SSH nodes once it is Training (the wrappers'
     ``get_instance_ids``); None when the job is not native."""
     ctx = _context(session, region)
@@ -383,7 +383,7 @@ def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> Op
 
 
 # -- sm-ssh list --------------------------------------------------------------------------------
-def annotate(session: Any, region: str, rows: List[Row]) -> None:
+def annotate(session: Any, region: str, rows: list[Row]) -> None:
     """Mark each row's transport: hybrid where managed instances were found; for running
     training jobs without any, one DescribeTrainingJob tells whether they are native (and
     whether SageMaker opens sessions now); for endpoints without any, their configuration and
@@ -437,29 +437,29 @@ SSM_STREAM_SUFFIX = "/ssm"
 class Endpoint:
     """An endpoint, its configuration's variants and its models' environments."""
 
-    def __init__(self, described: Dict[str, Any], variants: List[Dict[str, Any]],
-                 models: Dict[str, Dict[str, Any]]) -> None:
+    def __init__(self, described: dict[str, Any], variants: list[dict[str, Any]],
+                 models: dict[str, dict[str, Any]]) -> None:
         self.described = described
         self.name = str(described.get("EndpointName", ""))
         self.variants = variants
         self.models = models  # model name -> DescribeModel
-        self.nodes: List[Tuple[str, str]] = []  # (variant, instance id), from the SSM streams
+        self.nodes: list[tuple[str, str]] = []  # (variant, instance id), from the SSM streams
 
     @property
     def status(self) -> str:
         return str(self.described.get("EndpointStatus", ""))
 
     @property
-    def ssm_variants(self) -> List[str]:
+    def ssm_variants(self) -> list[str]:
         return [str(v.get("VariantName")) for v in self.variants if v.get("EnableSSMAccess")]
 
-    def _model(self) -> Dict[str, Any]:
+    def _model(self) -> dict[str, Any]:
         names = [str(v.get("ModelName")) for v in self.variants if v.get("EnableSSMAccess")] or \
             [str(v.get("ModelName")) for v in self.variants]
         return self.models.get(names[0], {}) if names else {}
 
     @property
-    def env(self) -> Dict[str, str]:
+    def env(self) -> dict[str, str]:
         model = self._model()
         container = dict(model.get("PrimaryContainer") or
                          (list(model.get("Containers") or []) or [{}])[0])
@@ -479,7 +479,7 @@ class Endpoint:
                                                       and not self.runs_ssh)
 
     @property
-    def node_names(self) -> List[str]:
+    def node_names(self) -> list[str]:
         return [instance for _, instance in self.nodes]
 
     def target_of(self, node: str) -> str:
@@ -487,7 +487,7 @@ class Endpoint:
         return transport.endpoint_target(self.name, variant, node)
 
 
-def describe_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
+def describe_endpoint(ctx: Any, target: fqdn.Target) -> Endpoint | None:
     """The endpoint with its configuration and models (3 calls for one variant), or None when
     it cannot be described (the hybrid path then explains)."""
     sm = aws.client(ctx.session, "sagemaker", ctx.region_name)
@@ -495,7 +495,7 @@ def describe_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
         described = sm.describe_endpoint(EndpointName=target.name)
         config = sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
         variants = [dict(v) for v in config.get("ProductionVariants") or []]
-        models: Dict[str, Dict[str, Any]] = {}
+        models: dict[str, dict[str, Any]] = {}
         for name in {str(v.get("ModelName")) for v in variants if v.get("ModelName")}:
             models[name] = dict(sm.describe_model(ModelName=name))
     except Exception as e:
@@ -524,12 +524,12 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
             f"in it with `sm-ssh shell {target.fqdn}`")
 
 
-def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> List[Tuple[str, str]]:
+def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
     """(variant, instance id) of each SSM log stream ``<variant>/<instance id>/ssm``, oldest
     first (a replaced instance's stream stays: its target is then not connected)."""
     logs = aws.client(ctx.session, "logs", ctx.region_name)
     group = f"/aws/sagemaker/Endpoints/{endpoint.name}"
-    found: List[Tuple[float, str, str]] = []
+    found: list[tuple[float, str, str]] = []
     for variant in endpoint.ssm_variants:
         try:
             for page in logs.get_paginator("describe_log_streams").paginate(
@@ -570,14 +570,14 @@ def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float
 
 def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, target_id: str,
                              wait: float, clock: Clock = time.monotonic,
-                             sleep: Sleep = time.sleep) -> List[Tuple[str, str]]:
+                             sleep: Sleep = time.sleep) -> list[tuple[str, str]]:
     """The host keys of the endpoint's instances, once at least ``count`` have published."""
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
     folder = f"{layout.job_prefix}{transport.HOST_KEYS_FOLDER}/"
     deadline, delay = clock() + wait, 0.2
     while True:
-        keys: List[Tuple[str, str]] = []
+        keys: list[tuple[str, str]] = []
         try:
             listed = s3.list_objects_v2(Bucket=layout.bucket, Prefix=folder).get("Contents", [])
             for item in listed[:100]:
@@ -635,7 +635,7 @@ def prepare_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, choice: 
     return Prepared(endpoint.target_of(node), name.lower(), user_for(target), auth)
 
 
-def native_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
+def native_endpoint(ctx: Any, target: fqdn.Target) -> Endpoint | None:
     """The endpoint if ``target`` is one reached over SSM access, else None (hybrid)."""
     if target.kind.kind != "inference" or target.name is None:
         return None
@@ -644,7 +644,7 @@ def native_endpoint(ctx: Any, target: fqdn.Target) -> Optional[Endpoint]:
 
 
 def endpoint_instance_ids(session: Any, region: str, name: str,
-                          timeout: float) -> Optional[List[str]]:
+                          timeout: float) -> list[str] | None:
     """The targets of a native endpoint's instances (the wrapper's ``get_instance_ids``);
     None when the endpoint is not native."""
     ctx = _context(session, region)
@@ -657,7 +657,7 @@ def endpoint_instance_ids(session: Any, region: str, name: str,
 
 
 def authorize_endpoint_target(session: Any, region: str, target_id: str,
-                              name: Optional[str] = None, wait: float = 60.0) -> Authorized:
+                              name: str | None = None, wait: float = 60.0) -> Authorized:
     """``authorize_target`` for ``sagemaker-endpoint:<endpoint>_<variant>_<instance>``."""
     rest = target_id[len(transport.ENDPOINT_TARGET_PREFIX):].split("_")
     if not target_id.startswith(transport.ENDPOINT_TARGET_PREFIX) or len(rest) != 3 or \

@@ -28,8 +28,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 from sagemaker_ssh_helper import contract, portable, transport
 from sagemaker_ssh_helper.env import STATE_DIR, detect_resource, resource_config
@@ -72,7 +73,7 @@ def _settings(environ: Mapping[str, str]) -> transport.KeyLayout:
                                        detect_resource(environ).name)
 
 
-def prepare(environ: Optional[Mapping[str, str]] = None) -> None:
+def prepare(environ: Mapping[str, str] | None = None) -> None:
     """Write the keys command and its settings (before sshd starts)."""
     environ = os.environ if environ is None else environ
     layout = _settings(environ)
@@ -85,7 +86,7 @@ def prepare(environ: Optional[Mapping[str, str]] = None) -> None:
     portable.write_file(COMMAND_FILE, script, 0o755, parents=True)
 
 
-def publish(environ: Optional[Mapping[str, str]] = None, etc_ssh: Path = Path("/etc/ssh"),
+def publish(environ: Mapping[str, str] | None = None, etc_ssh: Path = Path("/etc/ssh"),
             s3: Any = None) -> str:
     """Put this node's host public keys where clients pin them from (once sshd runs)."""
     environ = os.environ if environ is None else environ
@@ -107,7 +108,7 @@ def _s3(environ: Mapping[str, str]) -> Any:
     return boto3.client("s3", region_name=region(environ))
 
 
-def _cached(blob: str, now: float) -> List[str]:
+def _cached(blob: str, now: float) -> list[str]:
     try:
         st = CACHE_FILE.stat()
         if st.st_uid != os.getuid() or st.st_mode & 0o077 or now - st.st_mtime > CACHE_SECONDS:
@@ -118,12 +119,12 @@ def _cached(blob: str, now: float) -> List[str]:
     return [line for line in lines if blob and blob in line.split()[1:2]]
 
 
-def read_keys(config: Dict[str, Any], s3: Any = None) -> List[str]:
+def read_keys(config: dict[str, Any], s3: Any = None) -> list[str]:
     """Every plain public key line of the job's folder (``<prefix><owner>/<job>/``, not its
     subfolders)."""
     os.environ.update({str(k): str(v) for k, v in dict(config.get("env") or {}).items()})
     client = s3 or _s3(os.environ)
-    lines: List[str] = []
+    lines: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(  # the folder itself only
             Bucket=config["bucket"], Prefix=config["prefix"], Delimiter="/"):
         for item in page.get("Contents", []):
@@ -134,7 +135,7 @@ def read_keys(config: Dict[str, Any], s3: Any = None) -> List[str]:
     return lines
 
 
-def authorized_keys(user: str, blob: str = "", now: Optional[float] = None) -> List[str]:
+def authorized_keys(user: str, blob: str = "", now: float | None = None) -> list[str]:
     """What sshd gets for a login of ``user`` offering the key ``blob``."""
     now = time.time() if now is None else now
     if user != "root":  # SageMaker training containers run as root; nobody else logs in
@@ -152,7 +153,7 @@ def authorized_keys(user: str, blob: str = "", now: Optional[float] = None) -> L
     return lines
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["prepare"]:
         try:

@@ -6,8 +6,9 @@ commands. Each is a small typed spec (:class:`Option`); ``connect.split_connect_
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Callable, Literal, Union
 
 from sagemaker_ssh_helper.errors import UsageError
 
@@ -21,10 +22,10 @@ class Option:
     its default, an optional validator (text -> value, raising a one-line UsageError) that
     replaces the kind's own conversion, and its help."""
 
-    names: Tuple[str, ...]
+    names: tuple[str, ...]
     kind: Kind
     default: Value = None
-    validator: Optional[Callable[[str], Value]] = None
+    validator: Callable[[str], Value] | None = None
     help: str = ""
 
     @property
@@ -52,8 +53,8 @@ class Values:
     """What was given for a set of options (their defaults otherwise), by the option's name."""
 
     def __init__(self, specs: Iterable[Option] = ()) -> None:
-        self._values: Dict[str, Value] = {s.name: s.default for s in specs}
-        self.given: List[str] = []  # names of the options given, in order
+        self._values: dict[str, Value] = {s.name: s.default for s in specs}
+        self.given: list[str] = []  # names of the options given, in order
 
     def set(self, spec: Option, value: Value) -> None:
         self._values[spec.name] = value
@@ -68,7 +69,7 @@ class Values:
     def flag(self, name: str) -> bool:
         return bool(self._values.get(name))
 
-    def text(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def text(self, name: str, default: str | None = None) -> str | None:
         value = self._values.get(name)
         return default if value is None else str(value)
 
@@ -79,12 +80,12 @@ class Values:
         return value
 
 
-def lookup(specs: Sequence[Option], key: str) -> Optional[Option]:
+def lookup(specs: Sequence[Option], key: str) -> Option | None:
     """The spec named ``key`` (any of its names)."""
     return next((s for s in specs if key in s.names), None)
 
 
-def take(spec: Option, item: str, items: List[str]) -> Value:
+def take(spec: Option, item: str, items: list[str]) -> Value:
     """The value of ``item`` (``--x``, ``--x v`` or ``--x=v``), consuming ``v`` from ``items``
     when it is the next argument; a flag is True."""
     key, eq, text = item.partition("=")
@@ -97,7 +98,7 @@ def take(spec: Option, item: str, items: List[str]) -> Value:
     return spec.convert(key, text)
 
 
-def leading(argv: Sequence[str], specs: Sequence[Option]) -> Tuple[Values, List[str]]:
+def leading(argv: Sequence[str], specs: Sequence[Option]) -> tuple[Values, list[str]]:
     """Options before the target: (their values, the rest starting at the target)."""
     values = Values(specs)
     items = list(argv)
@@ -115,5 +116,5 @@ def leading(argv: Sequence[str], specs: Sequence[Option]) -> Tuple[Values, List[
     return values, items
 
 
-def names(specs: Iterable[Option]) -> Tuple[str, ...]:
+def names(specs: Iterable[Option]) -> tuple[str, ...]:
     return tuple(n for s in specs for n in s.names)

@@ -6,9 +6,10 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Sequence
+from typing import IO, Any
 
 
 @contextmanager
@@ -44,18 +45,18 @@ def private_dirs(path: Path) -> None:
 
 @contextmanager
 def forwarding(child: subprocess.Popen[Any],
-               names: Sequence[str] = ("SIGTERM", "SIGINT", "SIGHUP")) -> Iterator[List[int]]:
+               names: Sequence[str] = ("SIGTERM", "SIGINT", "SIGHUP")) -> Iterator[list[int]]:
     """Pass the signals ``names`` (those the OS has) on to ``child`` while the block runs; yields
     the list of the signals received. As PID 1 (a container's entry point) a signal left to its
     default action is not even delivered. Main thread only: elsewhere, nothing is forwarded."""
-    received: List[int] = []
+    received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
         if child.poll() is None:
             child.send_signal(signum)
 
-    previous: Dict[int, Any] = {}
+    previous: dict[int, Any] = {}
     try:
         if threading.current_thread() is threading.main_thread():
             for signum in [getattr(signal, n) for n in names if hasattr(signal, n)]:

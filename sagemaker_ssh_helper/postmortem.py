@@ -33,8 +33,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, TextIO, Tuple, Type
+from typing import Any, Callable, TextIO
 
 from sagemaker_ssh_helper import contract
 
@@ -47,7 +48,7 @@ def hold_seconds(environ: Mapping[str, str]) -> int:
     return contract.read(environ).keep_alive_on_failure_seconds
 
 
-def install(environ: Optional[Mapping[str, str]] = None, seconds: Optional[int] = None) -> bool:
+def install(environ: Mapping[str, str] | None = None, seconds: int | None = None) -> bool:
     """Hold the container for ``seconds`` (else what ``environ`` asks for) when the script dies
     of an uncaught exception (see the module's docstring); True if the hook is (already)
     installed."""
@@ -60,8 +61,8 @@ def install(environ: Optional[Mapping[str, str]] = None, seconds: Optional[int] 
         return True
     previous = sys.excepthook
 
-    def on_uncaught(exc_type: Type[BaseException], exc: BaseException,
-                    tb: Optional[TracebackType]) -> None:
+    def on_uncaught(exc_type: type[BaseException], exc: BaseException,
+                    tb: TracebackType | None) -> None:
         previous(exc_type, exc, tb)  # the script's traceback, as without the hold
         if issubclass(exc_type, KeyboardInterrupt):
             return
@@ -80,7 +81,7 @@ def install(environ: Optional[Mapping[str, str]] = None, seconds: Optional[int] 
     return True
 
 
-def where_to_connect(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+def where_to_connect(environ: Mapping[str, str] | None = None) -> list[str]:
     """The commands that reach this node from the laptop, and that end the hold."""
     from sagemaker_ssh_helper import env, fqdn
 
@@ -102,13 +103,13 @@ def where_to_connect(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     return lines
 
 
-def _call(argv: List[str], **kwargs: Any) -> int:
+def _call(argv: list[str], **kwargs: Any) -> int:
     """``subprocess.call`` that passes SIGTERM/SIGINT/SIGHUP on to the command (as a job's entry
     point this process is likely PID 1: a job stop would not reach the command otherwise)."""
     return _call_forwarding(argv, **kwargs)[0]
 
 
-def _call_forwarding(argv: List[str], **kwargs: Any) -> Tuple[int, List[int]]:
+def _call_forwarding(argv: list[str], **kwargs: Any) -> tuple[int, list[int]]:
     """``_call``, and the signals passed on."""
     from sagemaker_ssh_helper import portable
 
@@ -117,7 +118,7 @@ def _call_forwarding(argv: List[str], **kwargs: Any) -> Tuple[int, List[int]]:
             return child.wait(), received
 
 
-def hold(seconds: int, why: str, out: Optional[TextIO] = None,
+def hold(seconds: int, why: str, out: TextIO | None = None,
          run: Callable[..., int] = _call) -> str:
     """Keep this container for up to ``seconds``, until ``sm-wait stop`` or SIGTERM (a job stop,
     passed on to sm-wait); messages go to
@@ -155,7 +156,7 @@ def hold(seconds: int, why: str, out: Optional[TextIO] = None,
     return "held"
 
 
-def run_command(command: List[str], environ: Optional[Mapping[str, str]] = None) -> int:
+def run_command(command: list[str], environ: Mapping[str, str] | None = None) -> int:
     """Start SSH, run ``command``; hold on a non-zero exit; return the command's code."""
     from sagemaker_ssh_helper import bootstrap
 
@@ -175,7 +176,7 @@ def run_command(command: List[str], environ: Optional[Mapping[str, str]] = None)
     return code if code >= 0 else 128 - code
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from sagemaker_ssh_helper import cli

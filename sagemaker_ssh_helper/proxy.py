@@ -11,9 +11,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Union
 
 from sagemaker_ssh_helper import aws, keys, retry
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing
@@ -42,8 +43,8 @@ def _escape(value: str) -> str:
     return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
-def proxy_command(instance_id: str, region: str, profile: Optional[str] = None,
-                  python: Optional[str] = None) -> str:
+def proxy_command(instance_id: str, region: str, profile: str | None = None,
+                  python: str | None = None) -> str:
     """``<python> -m sagemaker_ssh_helper.session <mi> --port %p --region R [--profile P]``.
 
     Quoted for ``/bin/sh`` and with literal ``%`` doubled; ``%p`` stays ssh's port token, so
@@ -57,7 +58,7 @@ def proxy_command(instance_id: str, region: str, profile: Optional[str] = None,
 
 
 def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, user: str,
-                proxy_cmd: Optional[str], control: Sequence[str] = ()) -> List[str]:
+                proxy_cmd: str | None, control: Sequence[str] = ()) -> list[str]:
     """Every ``-o`` option we pass to ssh, in one place (no ProxyCommand if ``proxy_cmd`` is
     None: for a tunnel that already leads to the container's sshd). ``control``: the
     connection-sharing options (``control_options``); by default none, whatever the user's
@@ -87,7 +88,7 @@ def ssh_options(*, identity_file: Path, known_hosts: Path, host_key_alias: str, 
     return options + (list(control) or control_options("none"))
 
 
-def control_options(mode: str, path: Optional[Path] = None, persist: int = 0) -> List[str]:
+def control_options(mode: str, path: Path | None = None, persist: int = 0) -> list[str]:
     """Connection sharing (OpenSSH ControlMaster), always explicit so that a ControlMaster in
     the user's ssh_config never applies by accident:
 
@@ -133,7 +134,7 @@ def shell_command(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(a).replace("%", "%%") for a in argv)
 
 
-def ssh_error(stderr_text: str, what: str, exit_code: Optional[int] = None) -> SSHHelperError:
+def ssh_error(stderr_text: str, what: str, exit_code: int | None = None) -> SSHHelperError:
     """A typed, one-line error for a failed ssh run, from the messages ssh printed."""
     for needle, hint in _SSH_ERRORS:
         if needle in stderr_text:
@@ -160,8 +161,8 @@ class SSMProxy:
     """
 
     def __init__(self, ssh_listen_port: int, extra_args: str = "",
-                 region_name: Optional[str] = None, cloudwatch_url: Optional[str] = None,
-                 session: Any = None, *, user: str = "root", name: Optional[str] = None,
+                 region_name: str | None = None, cloudwatch_url: str | None = None,
+                 session: Any = None, *, user: str = "root", name: str | None = None,
                  remote_port: int = 22, connect_timeout: float = 120) -> None:
         self.ssh_listen_port = int(ssh_listen_port)
         self.extra_args = extra_args
@@ -173,10 +174,10 @@ class SSMProxy:
         self.name = name
         self.remote_port = int(remote_port)
         self.connect_timeout = connect_timeout
-        self.instance_id: Optional[str] = None
-        self.master: Optional[subprocess.Popen[Any]] = None
-        self._tmp: Optional[Path] = None
-        self._options: List[str] = []
+        self.instance_id: str | None = None
+        self.master: subprocess.Popen[Any] | None = None
+        self._tmp: Path | None = None
+        self._options: list[str] = []
         self._alias = ""
 
     def __enter__(self) -> SSMProxy:
@@ -250,7 +251,7 @@ class SSMProxy:
                               capture_output=True, check=False, timeout=30)
         return done.returncode == 0
 
-    def _command_argv(self, command: Command) -> List[str]:
+    def _command_argv(self, command: Command) -> list[str]:
         if self.master is None:
             raise SSHHelperError("SSMProxy is not connected: call connect_to_ssm_instance()")
         remote = command if isinstance(command, str) else shlex.join(command)
@@ -262,7 +263,7 @@ class SSMProxy:
         and return the local ``ssh`` process without waiting."""
         return subprocess.Popen(self._command_argv(command), **popen_kwargs)
 
-    def run_command(self, command: Command, timeout: Optional[float] = None) -> int:
+    def run_command(self, command: Command, timeout: float | None = None) -> int:
         """Run ``command`` in the container, its output going to this process's stdout and
         stderr; return its exit code (as in SSH Helper v2)."""
         done = subprocess.run(self._command_argv(command), stdin=subprocess.DEVNULL,
@@ -283,7 +284,7 @@ class SSMProxy:
         self._output_offset += len(data)
         return data.decode("latin1")
 
-    def run_command_with_output(self, command: Command, timeout: Optional[float] = None
+    def run_command_with_output(self, command: Command, timeout: float | None = None
                                 ) -> bytes:
         """Run ``command`` in the container and return its stdout; raises
         ``subprocess.CalledProcessError`` on a non-zero exit."""

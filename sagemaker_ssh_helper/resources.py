@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 from sagemaker_ssh_helper import aws, cli, fqdn
 from sagemaker_ssh_helper.errors import ResolutionError, UsageError
@@ -30,8 +31,8 @@ FINISHED = {"Completed", "Failed", "Stopped", "Stopping", "Deleting", "Deleted",
             "OutOfService"}
 
 
-def _studio_apps(session: Any, region: str, domain: Optional[str], name: str
-                 ) -> List[Dict[str, Any]]:
+def _studio_apps(session: Any, region: str, domain: str | None, name: str
+                 ) -> list[dict[str, Any]]:
     """Studio apps named ``name`` (in ``domain`` if given), every page of ListApps."""
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
     kwargs = {"DomainIdEquals": domain} if domain else {}
@@ -45,7 +46,7 @@ def _owner(app: Mapping[str, Any]) -> str:
     return str(app.get("UserProfileName") or app.get("SpaceName") or "")
 
 
-def _studio_status(session: Any, region: str, target: fqdn.Target) -> Optional[str]:
+def _studio_status(session: Any, region: str, target: fqdn.Target) -> str | None:
     """The status of the Studio app ``target`` names: the best of its app types."""
     try:
         apps = _studio_apps(session, region, target.domain, target.name or "")
@@ -80,7 +81,7 @@ def studio_owner(session: Any, region: str, domain: str, app: str) -> str:
                      f"({', '.join(owners)}): pass --user-profile-name or --space-name")
 
 
-def resource_status(session: Any, region: str, target: fqdn.Target) -> Optional[str]:
+def resource_status(session: Any, region: str, target: fqdn.Target) -> str | None:
     """The resource's status, ``"NotFound"``, or None when it cannot be told (missing
     permissions)."""
     if target.kind.kind == "studio" and target.name is not None:
@@ -137,8 +138,8 @@ class Row:
     kind: str
     name: str
     status: str
-    created: Optional[datetime] = None
-    instances: List[ManagedInstance] = field(default_factory=list)
+    created: datetime | None = None
+    instances: list[ManagedInstance] = field(default_factory=list)
     # "hybrid" (managed instances found), "native" (SageMaker's remote debugging), "" unknown
     transport: str = ""
     native_ssh: str = ""  # native: "Online", or why no session opens now
@@ -153,7 +154,7 @@ class Row:
             return "Online"
         return self.instances[0].ping_status or "Unknown"
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "fqdn": self.fqdn, "kind": self.kind, "name": self.name, "status": self.status,
             "ssh": self.ssh, "transport": self.transport or ("hybrid" if self.instances else ""),
@@ -165,7 +166,7 @@ class Row:
 
 
 def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
-          ) -> Iterator[Tuple[str, str, str, Optional[datetime]]]:
+          ) -> Iterator[tuple[str, str, str, datetime | None]]:
     """(name, ARN key, status, created) of one kind, all pages."""
     # Few retries: an API this account or endpoint does not offer must not stall the listing.
     sm = session.client("sagemaker", region_name=region, config=aws.client_config(3))
@@ -179,7 +180,7 @@ def _list(session: Any, region: str, rk: fqdn.ResourceKind, days: int
                 yield (f"{app['AppName']}.{owner}.{app['DomainId']}", key.lower(),
                        str(app.get("Status", "")), app.get("CreationTime"))
         return
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     if api.recent_only:
         kwargs["CreationTimeAfter"] = datetime.now(timezone.utc) - timedelta(days=days)
     for page in sm.get_paginator(api.list_op).paginate(
@@ -201,11 +202,11 @@ def _wanted(target: fqdn.Target, kind: str, name: str) -> bool:
 
 
 def list_rows(session: Any, region: str, target: fqdn.Target, manager: SSMManager,
-              days: int = 30) -> List[Row]:
-    by_arn: Dict[str, List[ManagedInstance]] = {}
+              days: int = 30) -> list[Row]:
+    by_arn: dict[str, list[ManagedInstance]] = {}
     for inst in manager.list_ssh_instances():
         by_arn.setdefault(fqdn.arn_key(inst.resource_arn), []).append(inst)
-    rows: List[Row] = []
+    rows: list[Row] = []
     for rk in target.kinds:
         try:
             for name, key, status, created in _list(session, region, rk, days):
@@ -231,7 +232,7 @@ def list_rows(session: Any, region: str, target: fqdn.Target, manager: SSMManage
     return rows
 
 
-def render(rows: List[Row], output: str = "table") -> str:
+def render(rows: list[Row], output: str = "table") -> str:
     if output == "json":
         return json.dumps([r.as_dict() for r in rows], indent=2)
     table = [("FQDN", "STATUS", "SSH", "TRANSPORT", "INSTANCES")]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, TypeVar
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -57,7 +57,7 @@ def backoff_delay(attempt: int, rand: Rand = random.random, base: float = BACKOF
 
 def call(fn: Callable[[], T], *, retryable: Callable[[Exception], bool] = is_retryable,
          max_attempts: int = MAX_ATTEMPTS, sleep: Sleep = time.sleep, rand: Rand = random.random,
-         on_retry: Optional[Callable[[Exception, int, float], None]] = None) -> T:
+         on_retry: Callable[[Exception, int, float], None] | None = None) -> T:
     """Return ``fn()``, retrying it with :func:`backoff_delay` while it raises a ``retryable``
     exception, at most ``max_attempts`` calls in all; the last (or a non-retryable) exception
     propagates. ``on_retry(error, attempt, delay)`` is told before each pause (attempt from 0)."""
@@ -77,7 +77,7 @@ def call(fn: Callable[[], T], *, retryable: Callable[[Exception], bool] = is_ret
 class Deadline:
     """A point ``seconds`` from now on a monotonic ``clock``."""
 
-    def __init__(self, seconds: float, clock: Optional[Clock] = None) -> None:
+    def __init__(self, seconds: float, clock: Clock | None = None) -> None:
         self.clock = clock  # None: time.monotonic, looked up at each reading
         self.seconds = seconds
         self.at = self.now() + seconds
@@ -114,8 +114,8 @@ class Poll(Deadline):
     """
 
     def __init__(self, seconds: float, *, first: float, cap: float, factor: float = 1.5,
-                 jitter: float = 0.0, clip: bool = True, clock: Optional[Clock] = None,
-                 sleep: Optional[Sleep] = None, rand: Rand = random.random) -> None:
+                 jitter: float = 0.0, clip: bool = True, clock: Clock | None = None,
+                 sleep: Sleep | None = None, rand: Rand = random.random) -> None:
         super().__init__(seconds, clock)
         self.delay = first
         self.cap = cap

@@ -34,10 +34,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 from sagemaker_ssh_helper import keys, mux
 from sagemaker_ssh_helper.connect import (
@@ -71,9 +72,9 @@ _SESSION_KEYS = {"remotecommand", "requesttty", "stdinnull", "forwardagent", "fo
 _SESSION_FLAGS = set("tTnsAaXxYyqvEe")
 
 
-def _options(user_options: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+def _options(user_options: Sequence[str]) -> list[tuple[str, str | None]]:
     """The user's ssh options as (flag, value) pairs: ``-o`` values are ``key=value``."""
-    out: List[Tuple[str, Optional[str]]] = []
+    out: list[tuple[str, str | None]] = []
     items = list(user_options)
     while items:
         item = items.pop(0)
@@ -92,7 +93,7 @@ def _key(option_value: str) -> str:
     return option_value.strip().replace("=", " ", 1).split(" ", 1)[0].lower()
 
 
-def solo_reason(user_options: Sequence[str], plan: SshPlan) -> Optional[str]:
+def solo_reason(user_options: Sequence[str], plan: SshPlan) -> str | None:
     """Why this ssh run gets a connection of its own, or None when it may share one."""
     if plan.listeners or plan.values("remoteforward"):
         return "forwarding"
@@ -108,9 +109,9 @@ def solo_reason(user_options: Sequence[str], plan: SshPlan) -> Optional[str]:
     return None
 
 
-def master_options(user_options: Sequence[str]) -> List[str]:
+def master_options(user_options: Sequence[str]) -> list[str]:
     """The user's options that concern the connection (given to the master too)."""
-    kept: List[str] = []
+    kept: list[str] = []
     for flag, value in _options(user_options):
         if flag in _SESSION_FLAGS or (flag == "o" and _key(value or "") in _SESSION_KEYS):
             continue
@@ -151,7 +152,7 @@ def _routes_dir() -> Path:
     return keys.ssh_dir() / "sm-ssh" / "routes"
 
 
-def read_route(key: str) -> Optional[Route]:
+def read_route(key: str) -> Route | None:
     try:
         return Route(**json.loads((_routes_dir() / f"{key}.json").read_text()))
     except (OSError, ValueError, TypeError):
@@ -174,7 +175,7 @@ def write_route(key: str, route: Route) -> None:
         logger.debug("cannot keep the route in %s: %s", path, e)
 
 
-def forget(key: str, route: Optional[Route], close: bool = True) -> None:
+def forget(key: str, route: Route | None, close: bool = True) -> None:
     """Drop the route (and close its master, if any)."""
     if route is not None and close:
         path = _socket(key, route.instance_id, create=False)
@@ -186,7 +187,7 @@ def forget(key: str, route: Optional[Route], close: bool = True) -> None:
         pass
 
 
-def _socket(key: str, instance_id: str, create: bool = True) -> Optional[Path]:
+def _socket(key: str, instance_id: str, create: bool = True) -> Path | None:
     directory = mux.control_dir(keys.ssh_dir(), create=create)
     return None if directory is None else directory / mux.name(key, instance_id)
 
@@ -243,7 +244,7 @@ def run(ctx: Context, target_text: str, choice: Choice, user_options: Sequence[s
 
 
 def _resolve(ctx: Context, target_text: str, choice: Choice, key: str,
-             route: Optional[Route]) -> Prepared:
+             route: Route | None) -> Prepared:
     """Resolve (and verify) the target; a master for an instance it no longer resolves to
     (a new job or endpoint under the name, a replaced instance, a finished resource) is
     closed."""
@@ -262,7 +263,7 @@ def _resolve(ctx: Context, target_text: str, choice: Choice, key: str,
 
 def _connect(ctx: Context, prepared: Prepared, key: str, route: Route,
              user_options: Sequence[str], command: Sequence[str], plan: SshPlan,
-             persist: Optional[int]) -> int:
+             persist: int | None) -> int:
     """Start the session and ssh (a master, then the command through it, when ``persist``);
     when the container refuses a key that was not pushed this time, push it and retry once."""
     from sagemaker_ssh_helper import proxy, session
@@ -339,7 +340,7 @@ def _master_lock(path: Path) -> Iterator[None]:
 
 
 def _start_master(prepared: Prepared, user_options: Sequence[str], path: Path, persist: int,
-                  proxy_cmd: str, env: Any) -> Tuple[int, str]:
+                  proxy_cmd: str, env: Any) -> tuple[int, str]:
     """Start the master in the background (a session of its own: the terminal's Ctrl-C is
     not for it); returns (ssh's exit code: 0 once it is authenticated, its log)."""
     from sagemaker_ssh_helper import proxy
@@ -365,7 +366,7 @@ def _start_master(prepared: Prepared, user_options: Sequence[str], path: Path, p
 
 
 def _ride(ctx: Context, route: Route, path: Path, user_options: Sequence[str],
-          command: Sequence[str], prepared: Optional[Prepared] = None) -> int:
+          command: Sequence[str], prepared: Prepared | None = None) -> int:
     """Run the command through the master at ``path``. Should the master end meanwhile,
     ssh connects on its own through a new session to the same instance."""
     from sagemaker_ssh_helper import proxy

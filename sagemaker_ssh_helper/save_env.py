@@ -38,8 +38,8 @@ import re
 import shlex
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOUBLE_QUOTE_SPECIAL = set('"$`\\!')
 
 
-def session_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+def session_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables to save, sorted by name, with ``START_SSH=false``."""
     saved = {k: v for k, v in environ.items()
              if _NAME_RE.match(k) and k not in SESSION_VARIABLES}
@@ -71,7 +71,7 @@ def session_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     return dict(sorted(saved.items()))
 
 
-def pam_env_line(name: str, value: str) -> Optional[str]:
+def pam_env_line(name: str, value: str) -> str | None:
     """``NAME='value'`` / ``NAME="value"`` that pam_env and bash both read as ``value``, or None."""
     if "#" in value or "\n" in value or "\r" in value:
         return None
@@ -87,8 +87,8 @@ def pam_env_line(name: str, value: str) -> Optional[str]:
 
 
 def environment_text(env: Mapping[str, str]) -> str:
-    lines: List[str] = []
-    skipped: List[str] = []
+    lines: list[str] = []
+    skipped: list[str] = []
     for name, value in env.items():
         line = pam_env_line(name, value)
         if line is None:
@@ -130,14 +130,14 @@ def write_file(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def save(environ: Mapping[str, str], environment_file: Path = ENVIRONMENT_FILE,
-         profile_file: Path = PROFILE_FILE) -> Dict[str, str]:
+         profile_file: Path = PROFILE_FILE) -> dict[str, str]:
     env = session_environment(environ)
     write_file(environment_file, environment_text(env))
     write_file(profile_file, profile_text(env))
     return env
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from sagemaker_ssh_helper import cli
 
     def body(command: cli.Command) -> int:

@@ -18,10 +18,9 @@ This module says so in one line wherever a name of the other major is used.
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Dict, Optional, Tuple
 
 # SDK v2 names of sagemaker_ssh_helper.wrapper -> what to use with SDK v3 instead.
-V2_ONLY: Dict[str, str] = {
+V2_ONLY: dict[str, str] = {
     "SSHEstimatorWrapper": "SSHModelTrainerWrapper.create(model_trainer) for a ModelTrainer",
     "SSHModelWrapper": "SSHModelBuilderWrapper.create(model_builder) for a ModelBuilder",
     "SSHMultiModelWrapper": "SSHModelBuilderWrapper.create(model_builder) for a ModelBuilder",
@@ -33,14 +32,14 @@ V2_ONLY: Dict[str, str] = {
     "SSHNotebookInstanceWrapper": "sm-ssh connect <name>.notebook.sagemaker",
 }
 # SDK v3 names -> (the v3 class they wrap, what to use with SDK v2 instead).
-V3_ONLY: Dict[str, Tuple[str, str]] = {
+V3_ONLY: dict[str, tuple[str, str]] = {
     "SSHModelTrainerWrapper": ("ModelTrainer", "SSHEstimatorWrapper.create(estimator)"),
     "SSHModelBuilderWrapper": ("ModelBuilder", "SSHModelWrapper.create(model)"),
     "SSHProcessorWrapper": ("Processor", "sagemaker.processing's processors"),
 }
 
 
-def installed_version() -> Optional[str]:
+def installed_version() -> str | None:
     """The installed ``sagemaker`` distribution's version, or None."""
     try:
         return metadata.version("sagemaker")
@@ -48,7 +47,7 @@ def installed_version() -> Optional[str]:
         return None
 
 
-def installed_major() -> Optional[int]:
+def installed_major() -> int | None:
     """2 or 3 (None without the SDK). SDK v3's parts installed without the ``sagemaker``
     meta-package (``sagemaker-train``, ``sagemaker-serve``) count as v3."""
     version = installed_version()
@@ -75,7 +74,7 @@ def _installed_text() -> str:
     return "no SageMaker SDK is installed"
 
 
-def v2_only_message(name: str, error: Optional[BaseException] = None) -> str:
+def v2_only_message(name: str, error: BaseException | None = None) -> str:
     """One line: ``name`` needs SDK v2, and what to use instead (``error``: why the SDK v2
     import failed, shown when v2 is what is installed)."""
     if installed_major() == 2:

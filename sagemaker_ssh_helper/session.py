@@ -22,10 +22,11 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 from sagemaker_ssh_helper import aws, cli
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError, ToolMissing
@@ -58,13 +59,13 @@ def find_plugin() -> str:
     return path
 
 
-def parse_version(text: str) -> Optional[Tuple[int, ...]]:
+def parse_version(text: str) -> tuple[int, ...] | None:
     """The first dotted number in ``text`` (``session-manager-plugin --version``'s output)."""
     found = re.search(r"(\d+(?:\.\d+)+)", text)
     return tuple(int(p) for p in found.group(1).split(".")) if found else None
 
 
-def reads_response_env(version: Optional[Tuple[int, ...]]) -> bool:
+def reads_response_env(version: tuple[int, ...] | None) -> bool:
     """Whether a plugin of ``version`` reads the StartSession response from RESPONSE_ENV (as
     aws-cli decides: newer than LAST_PLUGIN_WITHOUT_ENV, compared part by part)."""
     if version is None:
@@ -91,7 +92,7 @@ def _cache_path() -> Path:
     return Path.home() / ".ssh" / "sm-ssh" / PLUGIN_CACHE
 
 
-def _read_cache(path: Path) -> Dict[str, Any]:
+def _read_cache(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -135,7 +136,7 @@ def env_protocol(plugin: str) -> bool:
     return reads_response_env(parse_version(cached_plugin_version(plugin)))
 
 
-def too_old(plugin: str, text: Optional[str] = None) -> Optional[str]:
+def too_old(plugin: str, text: str | None = None) -> str | None:
     """Why ``plugin`` (whose ``--version`` said ``text``: asked when None) cannot take the
     response in RESPONSE_ENV, or None when it can."""
     text = plugin_version(plugin) if text is None else text
@@ -145,9 +146,9 @@ def too_old(plugin: str, text: Optional[str] = None) -> Optional[str]:
     return f"{plugin} is version {text or 'unknown'}, older than {wanted}"
 
 
-def plugin_argv(plugin: str, region: str, profile: Optional[str],
-                parameters: Dict[str, Any], endpoint_url: str, response: Optional[str] = None
-                ) -> List[str]:
+def plugin_argv(plugin: str, region: str, profile: str | None,
+                parameters: dict[str, Any], endpoint_url: str, response: str | None = None
+                ) -> list[str]:
     """The plugin's command line; the StartSession response itself travels in the env var,
     unless given as ``response`` (for a plugin older than that protocol, as aws-cli does)."""
     return [plugin, response or RESPONSE_ENV, region, "StartSession", profile or "",
@@ -215,22 +216,22 @@ class Started:
 
     session_id: str
     response_env: str  # the value for AWS_SSM_START_SESSION_RESPONSE
-    plugin_argv: List[str]
+    plugin_argv: list[str]
 
 
-def open_session(ssm: Any, instance_id: str, port: int, profile: Optional[str] = None
+def open_session(ssm: Any, instance_id: str, port: int, profile: str | None = None
                  ) -> Started:
     """StartSession (``AWS-StartSSHSession`` to ``port``); the plugin is run by the caller,
     with ``response_env`` in its environment so the token never shows in ``ps``."""
     return start(ssm, instance_id, SSH_DOCUMENT, {"portNumber": [str(port)]}, profile)
 
 
-def start(ssm: Any, target: str, document: Optional[str], parameters: Optional[Dict[str, Any]],
-          profile: Optional[str] = None) -> Started:
+def start(ssm: Any, target: str, document: str | None, parameters: dict[str, Any] | None,
+          profile: str | None = None) -> Started:
     """StartSession to ``target`` with ``document`` (None: a shell) and its parameters."""
     plugin = find_plugin()
     in_env = env_protocol(plugin)  # before StartSession: nothing is started when it fails
-    request: Dict[str, Any] = {"Target": target}
+    request: dict[str, Any] = {"Target": target}
     if document:
         request["DocumentName"] = document
     if parameters:
@@ -247,7 +248,7 @@ def start(ssm: Any, target: str, document: Optional[str], parameters: Optional[D
 
 
 def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
-                      region: Optional[str] = None, profile: Optional[str] = None) -> int:
+                      region: str | None = None, profile: str | None = None) -> int:
     """Start an ``AWS-StartSSHSession`` session to ``instance_id``:``port`` and relay it on
     stdin/stdout through the plugin. Returns the plugin's exit code."""
     find_plugin()
@@ -256,8 +257,8 @@ def start_ssh_session(instance_id: str, port: int = 22, *, session: Any = None,
     return run_session(ssm, instance_id, SSH_DOCUMENT, {"portNumber": [str(port)]}, profile)
 
 
-def run_session(ssm: Any, target: str, document: Optional[str],
-                parameters: Optional[Dict[str, Any]], profile: Optional[str] = None) -> int:
+def run_session(ssm: Any, target: str, document: str | None,
+                parameters: dict[str, Any] | None, profile: str | None = None) -> int:
     """Start a session and run the plugin in the foreground (the terminal's signals go to
     it); the session is terminated if the plugin fails. Returns the plugin's exit code."""
     started = start(ssm, target, document, parameters, profile)
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The ProxyCommand ``sm-ssh config`` writes: stdout carries the session stream only."""
     def body(frame: cli.Command) -> int:
         args = frame.parse(build_parser(), cli.argv_or_sys(argv))

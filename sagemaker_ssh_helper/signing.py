@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 from sagemaker_ssh_helper.errors import SSHHelperError
 
@@ -105,12 +104,12 @@ def _gpg() -> str:
     return gpg
 
 
-def _run(argv: List[str]) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                           stdin=subprocess.DEVNULL)
 
 
-def _trusted(key: SigningKey, gpg: str, home: str) -> List[str]:
+def _trusted(key: SigningKey, gpg: str, home: str) -> list[str]:
     """Import the key to trust (``SM_SSH_SIGNING_KEY``, else ``key``); its fingerprints."""
     override = os.environ.get("SM_SSH_SIGNING_KEY")
     key_file = Path(home) / "trusted.asc"

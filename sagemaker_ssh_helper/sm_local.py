@@ -23,9 +23,9 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from sagemaker_ssh_helper import cli, connect, fqdn, keyfile, keys, legacy, proxy, sm_ssh
 from sagemaker_ssh_helper.connect import Choice, Context
@@ -36,19 +36,19 @@ from sagemaker_ssh_helper.options import Option, leading
 @dataclass(frozen=True)
 class Script:
     kind: str                  # fqdn kind
-    extra_forwards: Tuple[str, ...]
+    extra_forwards: tuple[str, ...]
     extra_note: str
 
 
 DEBUGGER = ("-R", "127.0.0.1:12345:127.0.0.1:12345")  # PyCharm's Debug Server, reverse
 # What `connect` forwards besides sshd, per kind: the debug server for jobs and endpoints.
-EXTRA_FORWARDS: Dict[str, Tuple[Tuple[str, ...], str]] = {
+EXTRA_FORWARDS: dict[str, tuple[tuple[str, ...], str]] = {
     "notebook": ((), ""),
     "studio": (("-L", "127.0.0.1:5901:localhost:5901", "-L", "127.0.0.1:8889:localhost:8889"),
                "plus VNC 5901 and Jupyter 8889"),
 }
 # sm-local-ssh-<script> for every kind of the table (sm-local-ssh-ide: Studio apps)
-SCRIPTS: Dict[str, Script] = {
+SCRIPTS: dict[str, Script] = {
     rk.script: Script(rk.kind, *EXTRA_FORWARDS.get(
         rk.kind, (DEBUGGER, "and remote port 12345 to your debug server")))
     for rk in fqdn.RESOURCE_KINDS}
@@ -197,7 +197,7 @@ def build_kind_parser(prog: str, name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _studio_default(args: argparse.Namespace, field: str) -> Optional[str]:
+def _studio_default(args: argparse.Namespace, field: str) -> str | None:
     value = getattr(args, field, None)
     if value:
         return str(value)
@@ -207,7 +207,7 @@ def _studio_default(args: argparse.Namespace, field: str) -> Optional[str]:
 
 
 def target_for(name: str, args: argparse.Namespace, text: str,
-               ctx: Optional[Context] = None) -> str:
+               ctx: Context | None = None) -> str:
     """``text`` as an FQDN of this script's kind (a bare name gets the suffix). A Studio app
     with a domain but no user profile or space is looked up in that domain (with ``ctx``)."""
     kind = SCRIPTS[name].kind
@@ -236,7 +236,7 @@ def tunnel_state_path(port: int) -> Path:
 
 
 def kind_connect(ctx: Context, name: str, args: argparse.Namespace, prog: str,
-                 command: List[str]) -> int:
+                 command: list[str]) -> int:
     target = target_for(name, args, args.target, ctx)
     choice = Choice()
     local_port = replace(LOCAL_PORT, default=fqdn.kind(SCRIPTS[name].kind).default_port)
@@ -304,7 +304,7 @@ def through_tunnel(port: int, command: Sequence[str], prog: str) -> int:
     return returncode
 
 
-def _bare_app(parser: argparse.ArgumentParser, head: List[str]) -> List[str]:
+def _bare_app(parser: argparse.ArgumentParser, head: list[str]) -> list[str]:
     """``sm-local-ssh-ide <app>`` (the earlier form) means ``sm-local-ssh-ide connect <app>``."""
     valued = {a for action in parser._actions if action.nargs is None and action.option_strings
               for a in action.option_strings}
@@ -355,7 +355,7 @@ def kind_main(prog: str, name: str, argv: Sequence[str], frame: cli.Command) -> 
     return through_tunnel(args.local_port, [proxy.STOP_WAITING], prog)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m sagemaker_ssh_helper.sm_local <script name> [args]``."""
     argv = cli.argv_or_sys(argv)
     prog = Path(argv[0]).name if argv else "sm-local"

@@ -27,7 +27,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from sagemaker_ssh_helper import cli, fqdn
 from sagemaker_ssh_helper.cli import OneLineParser, add_general_options
@@ -67,7 +68,7 @@ def _seconds(value: str) -> float:
     return seconds(value)
 
 
-def _whole(minimum: int, maximum: Optional[int], what: str) -> Callable[[str], int]:
+def _whole(minimum: int, maximum: int | None, what: str) -> Callable[[str], int]:
     def parse(value: str) -> int:
         if not value.strip().isdigit() or int(value) < minimum or \
                 (maximum is not None and int(value) > maximum):
@@ -276,7 +277,7 @@ def _rate(value: str) -> float:
     return number
 
 
-def cmd_exec(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
+def cmd_exec(ctx: Context, args: argparse.Namespace, command: list[str]) -> int:
     from sagemaker_ssh_helper import fanout
 
     the_plan = fanout.plan(ctx, args.fqdn, fanout.parse_nodes(args.node),
@@ -291,7 +292,7 @@ def cmd_exec(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
     return fanout.exit_code(results)
 
 
-def split_sandbox(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
+def split_sandbox(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
     """If the subcommand is ``sandbox``, return (general options, everything after it)."""
     i = 0
     while i < len(argv):
@@ -307,7 +308,7 @@ def split_sandbox(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
     return None
 
 
-def split_command(args: List[str]) -> Tuple[List[str], List[str]]:
+def split_command(args: list[str]) -> tuple[list[str], list[str]]:
     """Split ssh arguments at the first ``--``: (ssh options, remote command)."""
     if "--" in args:
         at = args.index("--")
@@ -315,7 +316,7 @@ def split_command(args: List[str]) -> Tuple[List[str], List[str]]:
     return args, []
 
 
-def cmd_connect(ctx: Context, args: argparse.Namespace, command: List[str]) -> int:
+def cmd_connect(ctx: Context, args: argparse.Namespace, command: list[str]) -> int:
     from sagemaker_ssh_helper import connect
 
     if not args.fqdn:
@@ -359,7 +360,7 @@ def cmd_tunnel(ctx: Context, args: argparse.Namespace) -> int:
     return keep_tunnel(ctx, args.fqdn, choice, options, plan)
 
 
-def keep_tunnel(ctx: Context, target_text: str, choice: Choice, options: List[str],
+def keep_tunnel(ctx: Context, target_text: str, choice: Choice, options: list[str],
                 plan: SshPlan) -> int:
     """``sm-ssh tunnel`` and ``connect -N --keep-alive``: ssh without a remote command, run
     again after every drop until Ctrl-C."""
@@ -449,7 +450,7 @@ def cmd_config(ctx: Context, inline: bool) -> int:
     return 0
 
 
-def cmd_stage_wheel(ctx: Context, prefix: Optional[str]) -> int:
+def cmd_stage_wheel(ctx: Context, prefix: str | None) -> int:
     from sagemaker_ssh_helper import dist
 
     url = dist.stage(ctx.session, ctx.region_name, prefix)
@@ -459,7 +460,7 @@ def cmd_stage_wheel(ctx: Context, prefix: Optional[str]) -> int:
     return 0
 
 
-def cmd_sandbox(rest: List[str]) -> int:
+def cmd_sandbox(rest: list[str]) -> int:
     import importlib
 
     try:
@@ -485,7 +486,7 @@ def wants_version(argv: Sequence[str]) -> bool:
     return False
 
 
-def run(argv: List[str], frame: cli.Command) -> int:
+def run(argv: list[str], frame: cli.Command) -> int:
     if wants_version(argv):
         print(f"sm-ssh v{read_version()}")
         return 0
@@ -498,7 +499,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
         raise UsageError(f"'--' and a remote command only apply to connect and exec, "
                          f"not {args.command}")
     ctx = Context(args.profile, args.region)
-    handlers: Dict[str, Callable[[], int]] = {
+    handlers: dict[str, Callable[[], int]] = {
         "list": lambda: cmd_list(ctx, args),
         "connect": lambda: cmd_connect(ctx, args, command),
         "tunnel": lambda: cmd_tunnel(ctx, args),
@@ -515,7 +516,7 @@ def run(argv: List[str], frame: cli.Command) -> int:
     return handlers[args.command]()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The ``sm-ssh`` console entry point; returns the exit code."""
     args = cli.argv_or_sys(argv)
     return cli.guarded_main("sm-ssh", lambda frame: run(args, frame))

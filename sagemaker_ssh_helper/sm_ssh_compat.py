@@ -8,7 +8,7 @@ instead of v2's shell scripts, and raise ``SSHHelperError`` when they fail.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from sagemaker_ssh_helper import __version__
 from sagemaker_ssh_helper import fqdn as fqdn_table
@@ -24,7 +24,7 @@ def read_version() -> str:
     return __version__
 
 
-def _run(argv: List[str], what: str) -> None:
+def _run(argv: list[str], what: str) -> None:
     from sagemaker_ssh_helper import sm_ssh
 
     code = sm_ssh.main(argv)

@@ -13,9 +13,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
 
 from sagemaker_ssh_helper import keys, portable
 from sagemaker_ssh_helper.errors import UsageError
@@ -35,7 +35,7 @@ def config_path() -> Path:
     return keys.ssh_dir() / "sm-ssh" / "config"
 
 
-def _python_prefix(python: str) -> List[str]:
+def _python_prefix(python: str) -> list[str]:
     """How ssh (started from any directory) runs this package: plain ``python -m`` when it is
     installed, else with PYTHONPATH pointing at this checkout."""
     probe = subprocess.run([python, "-c", "import sagemaker_ssh_helper"], cwd="/",
@@ -58,7 +58,7 @@ def _literal(path: str, suffix: str = "") -> str:
     return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
-def check_options(profile: Optional[str], region: Optional[str]) -> None:
+def check_options(profile: str | None, region: str | None) -> None:
     """Refuse values that would break the ProxyCommand line (or every ssh invocation)."""
     if region is not None and not _REGION.match(region):
         raise UsageError(f"--region {region!r} is not an AWS region name (e.g. eu-west-1)")
@@ -67,8 +67,8 @@ def check_options(profile: Optional[str], region: Optional[str]) -> None:
                          "digits and _.@+=,:/- only)")
 
 
-def render(python: Optional[str] = None, profile: Optional[str] = None,
-           region: Optional[str] = None) -> str:
+def render(python: str | None = None, profile: str | None = None,
+           region: str | None = None) -> str:
     """The template with its portable values made exact for this machine: the ssh directory
     (ssh reads ``~`` from the password database, which may not be ``$HOME``), and the
     ``sm-ssh`` command as this interpreter runs it (IDEs often lack the venv on PATH)."""
@@ -94,7 +94,7 @@ def render(python: Optional[str] = None, profile: Optional[str] = None,
     return "\n".join(lines) + "\n"
 
 
-def _control_settings() -> Dict[str, str]:
+def _control_settings() -> dict[str, str]:
     """ControlMaster, ControlPath and ControlPersist as ``SM_SSH_REUSE`` says, with the
     socket directory made exact: off when reuse is off or no private directory's sockets
     would fit a Unix socket path (ssh refuses to run with a ControlPath too long)."""
@@ -116,7 +116,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _without_ours(text: str, include: str) -> str:
     """The user's config without our Include line and without our inline block."""
-    kept: List[str] = []
+    kept: list[str] = []
     inside = False
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
@@ -134,7 +134,7 @@ def _include_line(path: Path) -> str:
         else f"Include {path}"
 
 
-def _ssh_home() -> Optional[str]:
+def _ssh_home() -> str | None:
     """The home directory ssh uses for ``~`` (the password database), where known."""
     try:
         import pwd
@@ -144,7 +144,7 @@ def _ssh_home() -> Optional[str]:
         return None
 
 
-def home_warning() -> Optional[str]:
+def home_warning() -> str | None:
     """A warning when ``$HOME`` is not the home ssh reads ``~/.ssh/config`` from."""
     home, ssh_home = str(Path.home()), _ssh_home()
     if ssh_home is None or os.path.realpath(home) == os.path.realpath(ssh_home):
@@ -163,8 +163,8 @@ def ensure_ssh_dir() -> Path:
     return ssh_dir
 
 
-def install(profile: Optional[str] = None, region: Optional[str] = None,
-            inline: bool = False) -> Tuple[Path, bool]:
+def install(profile: str | None = None, region: str | None = None,
+            inline: bool = False) -> tuple[Path, bool]:
     """Write our host blocks and hook them into ~/.ssh/config; return (the file holding our
     blocks, whether ~/.ssh/config changed)."""
     text = render(profile=profile, region=region)

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import TextIO
 
 from sagemaker_ssh_helper.errors import UsageError
 
@@ -48,13 +49,13 @@ class SshPlan:
     ``PLAN_SETTINGS``."""
 
     port: int
-    listeners: Tuple[Tuple[str, int], ...]  # (bind address: "localhost", "*" or an address, port)
+    listeners: tuple[tuple[str, int], ...]  # (bind address: "localhost", "*" or an address, port)
     forwards: int = 0  # -L, -R and -D forwards in all
-    session_type: Optional[str] = None  # "none" with -N (OpenSSH >= 8.7 says; else None)
+    session_type: str | None = None  # "none" with -N (OpenSSH >= 8.7 says; else None)
     background: bool = False  # -f (ForkAfterAuthentication, as OpenSSH >= 8.7 says)
-    settings: Tuple[Tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()
 
-    def values(self, key: str) -> List[str]:
+    def values(self, key: str) -> list[str]:
         return [value for k, value in self.settings if k == key]
 
 
@@ -102,7 +103,7 @@ def parse_ssh_config(text: str) -> SshPlan:
                    tuple(settings))
 
 
-def _listener(listen: str, gateway: bool) -> Optional[Tuple[str, int]]:
+def _listener(listen: str, gateway: bool) -> tuple[str, int] | None:
     """(bind address, port) of a LocalForward/DynamicForward listen spec; None for a unix
     socket path (nothing to check)."""
     bracketed = re.match(r"^\[(.*)\]:(\d+)$", listen)
@@ -134,7 +135,7 @@ def wants_own_log(user_options: Sequence[str]) -> bool:
     return False
 
 
-def _bind_addresses(host: str) -> List[Tuple[int, str]]:
+def _bind_addresses(host: str) -> list[tuple[int, str]]:
     """The sockets ssh opens for a listener (it binds every address, IPv6 ones v6-only)."""
     if host == "localhost":
         return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
@@ -148,7 +149,7 @@ def _bind_addresses(host: str) -> List[Tuple[int, str]]:
                    if family in (socket.AF_INET, socket.AF_INET6)})
 
 
-def check_local_ports(listeners: Sequence[Tuple[str, int]],
+def check_local_ports(listeners: Sequence[tuple[str, int]],
                       hint: str = "choose another port for -L/-D") -> None:
     """Fail early, in one line, when a local forwarding port is taken on any address ssh would
     listen on: with one loopback family taken, ssh listens on the other only, and
@@ -172,7 +173,7 @@ def check_local_ports(listeners: Sequence[Tuple[str, int]],
                                      f"{e.strerror or e}; {hint}") from None
 
 
-def run_ssh(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+def run_ssh(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
     """Run ssh in the foreground; Ctrl-C belongs to it, SIGTERM/SIGHUP are passed on."""
     from sagemaker_ssh_helper import session
 
@@ -194,7 +195,7 @@ class LogEcho:
     for the one-line explanation. ``stop()`` returns what was not shown.
     """
 
-    def __init__(self, path: Path, out: Optional[TextIO] = None, hold: float = 1.0,
+    def __init__(self, path: Path, out: TextIO | None = None, hold: float = 1.0,
                  interval: float = 0.2, from_end: bool = False) -> None:
         self.path = path
         self.out = out
@@ -207,7 +208,7 @@ class LogEcho:
             except OSError:
                 pass
         self._partial = ""
-        self._pending: List[Tuple[float, str]] = []
+        self._pending: list[tuple[float, str]] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ssh-log-echo", daemon=True)
         self._thread.start()

@@ -37,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO, Tuple
+from typing import Any, TextIO
 
 from sagemaker_ssh_helper import aws, connect, fqdn
 from sagemaker_ssh_helper.errors import SSHHelperError, ToolMissing, UsageError
@@ -56,7 +56,7 @@ class Location:
     """``<fqdn>:<path>`` / ``mi-…:<path>`` (remote) or a local path (``target`` None)."""
 
     path: str
-    target: Optional[str] = None
+    target: str | None = None
 
 
 def parse_location(text: str) -> Location:
@@ -80,7 +80,7 @@ def sha256_of(path: Path) -> str:
 class Progress:
     """A progress line on stderr: redrawn in place on a terminal, else every few seconds."""
 
-    def __init__(self, what: str, total: int, out: Optional[TextIO] = None,
+    def __init__(self, what: str, total: int, out: TextIO | None = None,
                  every: float = 5.0) -> None:
         self.what, self.total = what, max(total, 1)
         self.out = out or sys.stderr
@@ -117,11 +117,11 @@ class Progress:
             self._show("\n" if self.tty else "")
 
 
-def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str, Optional[str]]:
+def s3_prefix(ctx: connect.Context, given: str | None) -> tuple[str, str, str | None]:
     """(bucket, key prefix ending in /, expected owner) for temporary objects; the bucket must
     exist. SageMaker's default bucket has a predictable name another account could own, so every
     call to it says ``ExpectedBucketOwner`` (the caller's account)."""
-    owner: Optional[str] = None
+    owner: str | None = None
     if given:
         if not given.startswith("s3://") or not given[len("s3://"):].split("/")[0]:
             raise UsageError(f"--s3 needs an s3://bucket/prefix/ URL, got {given!r}")
@@ -144,7 +144,7 @@ def s3_prefix(ctx: connect.Context, given: Optional[str]) -> Tuple[str, str, Opt
     return bucket, prefix, owner
 
 
-def owned(owner: Optional[str]) -> Dict[str, str]:
+def owned(owner: str | None) -> dict[str, str]:
     """``ExpectedBucketOwner`` for an S3 call (nothing for a bucket the user named)."""
     return {"ExpectedBucketOwner": owner} if owner else {}
 
@@ -180,13 +180,13 @@ class Copier:
     """One ``sm-ssh cp``: the prepared instance, and how to run ssh and scp against it."""
 
     def __init__(self, ctx: connect.Context, prepared: connect.Prepared,
-                 out: Optional[TextIO] = None) -> None:
+                 out: TextIO | None = None) -> None:
         self.ctx = ctx
         self.prepared = prepared
         self.out = out or sys.stderr
-        self.owner: Optional[str] = None  # ExpectedBucketOwner of the bucket, if it is ours
+        self.owner: str | None = None  # ExpectedBucketOwner of the bucket, if it is ours
 
-    def _options(self) -> List[str]:
+    def _options(self) -> list[str]:
         from sagemaker_ssh_helper import proxy
 
         auth = self.prepared.auth
@@ -219,7 +219,7 @@ class Copier:
             why = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["?"]
             raise SSHHelperError(f"scp failed: {why[0]}", done.returncode)
 
-    def remote(self, args: List[str]) -> Dict[str, Any]:
+    def remote(self, args: list[str]) -> dict[str, Any]:
         """Run ``transfer_remote`` in the container with ``args``; its JSON answer."""
         from sagemaker_ssh_helper import proxy
 
@@ -231,7 +231,7 @@ class Copier:
         logger.debug("running %s", argv)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        said: List[str] = []
+        said: list[str] = []
 
         def echo() -> None:  # the container's progress, as it comes
             assert proc.stderr is not None
@@ -263,7 +263,7 @@ class Copier:
             raise SSHHelperError("in the container: no answer from the copy") from None
 
     # -- the two directions --------------------------------------------------------------------
-    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> Dict[str, Any]:
+    def upload(self, local: Path, remote_path: str, bucket: str, prefix: str) -> dict[str, Any]:
         s3 = aws.client(self.ctx.session, "s3")
         size = local.stat().st_size
         digest = sha256_of(local)
@@ -287,7 +287,7 @@ class Copier:
         return result
 
     def download(self, remote_path: str, local: Path, bucket: str, prefix: str,
-                 threshold: int = 0) -> Dict[str, Any]:
+                 threshold: int = 0) -> dict[str, Any]:
         """Through S3; ``{"small": True}`` (nothing copied) for a file under ``threshold``."""
         s3 = aws.client(self.ctx.session, "s3")
         run = f"{prefix}{uuid.uuid4().hex}/"
@@ -320,7 +320,7 @@ class Copier:
         return dict(result, path=str(local))
 
 
-def _clean(s3: Any, bucket: str, run: str, keys: List[str], owner: Optional[str]) -> None:
+def _clean(s3: Any, bucket: str, run: str, keys: list[str], owner: str | None) -> None:
     """Delete a run's temporary objects, then abort any multipart upload left under its unique
     prefix ``run`` (an interrupted upload's parts are billed until aborted)."""
     for key in keys:
@@ -337,7 +337,7 @@ def _clean(s3: Any, bucket: str, run: str, keys: List[str], owner: Optional[str]
 
 
 def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False,
-            owner: Optional[str] = None) -> None:
+            owner: str | None = None) -> None:
     """Delete a temporary object (S3 answers success for a missing key too)."""
     try:
         s3.delete_object(Bucket=bucket, Key=key, **owned(owner))
@@ -350,8 +350,8 @@ def _delete(s3: Any, bucket: str, key: str, quiet_missing: bool = False,
 
 def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
          via: str = "auto",
-         threshold: int = DEFAULT_THRESHOLD, s3: Optional[str] = None,
-         out: Optional[TextIO] = None) -> int:
+         threshold: int = DEFAULT_THRESHOLD, s3: str | None = None,
+         out: TextIO | None = None) -> int:
     """``sm-ssh cp SOURCE DESTINATION``: exactly one of them is ``<fqdn>:<path>``."""
     src, dst = parse_location(source), parse_location(destination)
     if (src.target is None) == (dst.target is None):
@@ -377,7 +377,7 @@ def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
     if via == "s3" or (via == "auto" and not small):
         copier.owner = owner
     started = time.monotonic()
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     if src.target is not None and via != "scp":
         result = copier.download(remote.path, local, bucket, prefix,
                                  threshold if via == "auto" else 0)
@@ -397,7 +397,7 @@ def copy(ctx: connect.Context, source: str, destination: str, choice: connect.Ch
 
 
 def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, bucket: str,
-             run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
+             run: str, tar: Path) -> tuple[int, dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     theirs = copier.remote(["manifest", remote_root])["files"]
@@ -417,7 +417,7 @@ def _sync_up(copier: Copier, client: Any, local_root: str, remote_root: str, buc
 
 
 def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, bucket: str,
-               run: str, tar: Path) -> Tuple[int, Dict[str, Any]]:
+               run: str, tar: Path) -> tuple[int, dict[str, Any]]:
     from sagemaker_ssh_helper import transfer_remote as remote_side
 
     ours = remote_side.manifest(local_root)
@@ -445,8 +445,8 @@ def _sync_down(copier: Copier, client: Any, remote_root: str, local_root: str, b
 
 
 def sync(ctx: connect.Context, source: str, destination: str, choice: connect.Choice,
-         s3: Optional[str] = None,
-         out: Optional[TextIO] = None) -> int:
+         s3: str | None = None,
+         out: TextIO | None = None) -> int:
     """``sm-ssh sync SOURCE_DIR DEST_DIR``: the new and changed files of a folder (one side is
     ``<fqdn>:<dir>``), as one checked archive through S3; nothing is deleted."""
     src, dst = parse_location(source), parse_location(destination)

@@ -29,16 +29,16 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 PART = 8 * 1024 * 1024
 CONCURRENCY = 10
 _HASH_BLOCK = 1024 * 1024
-OWNER: Optional[str] = None  # ExpectedBucketOwner for every S3 call (``--owner``)
-UPLOADED: List[Any] = []  # (bucket, key) this run put: deleted again if it fails afterwards
+OWNER: str | None = None  # ExpectedBucketOwner for every S3 call (``--owner``)
+UPLOADED: list[Any] = []  # (bucket, key) this run put: deleted again if it fails afterwards
 
 
-def _owned() -> Dict[str, str]:
+def _owned() -> dict[str, str]:
     return {"ExpectedBucketOwner": OWNER} if OWNER else {}
 
 
@@ -80,7 +80,7 @@ def _client_and_config() -> Any:
     return boto3.client("s3"), config
 
 
-def fetch(bucket: str, key: str, dest: str, expected: str) -> Dict[str, Any]:
+def fetch(bucket: str, key: str, dest: str, expected: str) -> dict[str, Any]:
     if os.path.isdir(dest):
         dest = os.path.join(dest, key.rsplit("/", 1)[-1])
     s3, config = _client_and_config()
@@ -99,7 +99,7 @@ def fetch(bucket: str, key: str, dest: str, expected: str) -> Dict[str, Any]:
     return {"path": os.path.abspath(dest), "bytes": size, "sha256": digest}
 
 
-def put(src: str, bucket: str, key: str, threshold: str = "0") -> Dict[str, Any]:
+def put(src: str, bucket: str, key: str, threshold: str = "0") -> dict[str, Any]:
     """Upload ``src``, unless it is smaller than ``threshold`` bytes (then scp copies it)."""
     if not os.path.isfile(src):
         raise RuntimeError(f"{src}: no such file")
@@ -114,9 +114,9 @@ def put(src: str, bucket: str, key: str, threshold: str = "0") -> Dict[str, Any]
     return {"path": os.path.abspath(src), "bytes": size, "sha256": digest}
 
 
-def manifest(root: str) -> Dict[str, List[Any]]:
+def manifest(root: str) -> dict[str, list[Any]]:
     """{relative path: [size, sha256]} of every regular file under ``root`` (none if absent)."""
-    found: Dict[str, List[Any]] = {}
+    found: dict[str, list[Any]] = {}
     if not os.path.isdir(root):
         return found
     for folder, dirs, files in os.walk(root):
@@ -128,12 +128,12 @@ def manifest(root: str) -> Dict[str, List[Any]]:
     return found
 
 
-def changed(root: str, theirs: Dict[str, List[Any]]) -> List[str]:
+def changed(root: str, theirs: dict[str, list[Any]]) -> list[str]:
     """Files under ``root`` that ``theirs`` lacks or has with other contents."""
     return [rel for rel, entry in manifest(root).items() if theirs.get(rel) != entry]
 
 
-def pack(root: str, files: List[str], tar_path: str) -> None:
+def pack(root: str, files: list[str], tar_path: str) -> None:
     import tarfile
 
     with tarfile.open(tar_path, "w") as tar:
@@ -169,7 +169,7 @@ def unpack(tar_path: str, root: str) -> int:
         return sum(1 for m in members if m.isfile())
 
 
-def sync_in(bucket: str, key: str, expected: str, root: str) -> Dict[str, Any]:
+def sync_in(bucket: str, key: str, expected: str, root: str) -> dict[str, Any]:
     """Download the archive at ``key``, check it, extract it under ``root``."""
     os.makedirs(root, exist_ok=True)
     tar_path = os.path.join(root, f".sm-ssh-sync-{os.getpid()}.tar")
@@ -183,7 +183,7 @@ def sync_in(bucket: str, key: str, expected: str, root: str) -> Dict[str, Any]:
             "files": count}
 
 
-def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> Dict[str, Any]:
+def sync_out(root: str, bucket: str, key: str, theirs_key: str) -> dict[str, Any]:
     """Archive the files under ``root`` that differ from the manifest at ``theirs_key`` and
     upload the archive to ``key`` (nothing to upload: ``{"files": 0}``)."""
     import tempfile
@@ -213,7 +213,7 @@ def _forget_uploads() -> None:
             pass
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     global OWNER
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--owner"] and len(args) > 1:

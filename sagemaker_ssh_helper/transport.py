@@ -22,8 +22,8 @@ where every user may write a copy of their key), for the same reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
 
 TRANSPORT_ENV = "SSH_TRANSPORT"
 KEYS_PATH_ENV = "SSH_AUTHORIZED_KEYS_PATH"
@@ -72,7 +72,7 @@ def default_keys_path(region: str, account: str) -> str:
     return f"s3://sagemaker-{region}-{account}/{DEFAULT_KEYS_FOLDER}"
 
 
-def split_s3(url: str) -> Tuple[str, str]:
+def split_s3(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> (bucket, ``prefix/``); a one-line ValueError otherwise."""
     if not isinstance(url, str) or not url.startswith("s3://") or len(url) <= len("s3://"):
         raise ValueError(f"{KEYS_PATH_ENV} must be an s3://bucket/prefix/ URL, got {url!r}")
@@ -95,7 +95,7 @@ class KeyLayout:
         return cls(bucket, f"{prefix}{safe_segment(owner)}/{safe_segment(job_name)}/")
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str], job_name: str) -> Optional[KeyLayout]:
+    def from_environment(cls, env: Mapping[str, str], job_name: str) -> KeyLayout | None:
         path, owner = env.get(KEYS_PATH_ENV, ""), env.get("SSH_OWNER_TAG", "")
         return cls.for_job(path, owner, job_name) if path and owner else None
 
@@ -115,7 +115,7 @@ def safe_segment(text: str) -> str:
     return "_" if cleaned in ("", ".", "..") else cleaned
 
 
-def public_key_lines(text: str) -> List[str]:
+def public_key_lines(text: str) -> list[str]:
     """The lines of ``text`` that are plain public keys (options such as ``command=`` or
     ``from=`` are not ours to accept from S3)."""
     return [line.strip() for line in text.splitlines() if _KEY_LINE.match(line.strip())]

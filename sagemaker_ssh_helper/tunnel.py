@@ -31,10 +31,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.connect import (
@@ -129,7 +130,7 @@ class Stopper:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum = 0
-        self.child: Optional[subprocess.Popen[Any]] = None
+        self.child: subprocess.Popen[Any] | None = None
 
     def handle(self, signum: int, _frame: Any) -> None:
         self.signum = self.signum or signum
@@ -246,10 +247,10 @@ class Tunnel:
         self.ctx, self.target_text, self.choice = ctx, target_text, choice
         self.user_options, self.port, self.say, self.clock = user_options, port, say, clock
         self.stopper = Stopper()
-        self.prepared: Optional[Prepared] = None
-        self.dropped_at: Optional[float] = None  # None until the first drop
+        self.prepared: Prepared | None = None
+        self.dropped_at: float | None = None  # None until the first drop
         self.delays = backoff_delays()
-        self.last_error: Optional[SSHHelperError] = None
+        self.last_error: SSHHelperError | None = None
 
     @property
     def where(self) -> str:

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from sagemaker_ssh_helper import aws, cli, fqdn, resources
 from sagemaker_ssh_helper.errors import AwsError, ResolutionError
@@ -53,12 +53,12 @@ def verifiable(target: fqdn.Target) -> bool:
 class Evidence:
     """What the resource itself says: the instances its log names, its status and start."""
 
-    registered: Dict[str, float] = field(default_factory=dict)  # mi- id -> log time (epoch s)
-    status: Optional[str] = None
-    created: Optional[float] = None
-    log_error: Optional[BaseException] = None
+    registered: dict[str, float] = field(default_factory=dict)  # mi- id -> log time (epoch s)
+    status: str | None = None
+    created: float | None = None
+    log_error: BaseException | None = None
 
-    def reason(self, instance: ManagedInstance, target: fqdn.Target) -> Optional[str]:
+    def reason(self, instance: ManagedInstance, target: fqdn.Target) -> str | None:
         """None if ``instance`` is the resource's, else why not (a phrase)."""
         if self.log_error is not None:
             return f"its log cannot be read ({self.log_error})"
@@ -72,7 +72,7 @@ class Evidence:
         return None
 
 
-def log_source(target: fqdn.Target) -> Tuple[str, str]:
+def log_source(target: fqdn.Target) -> tuple[str, str]:
     """(log group, stream name prefix) holding ``target``'s container output."""
     logs, name = target.kind.logs, target.name or ""
     if logs is None or not logs.container_output:
@@ -80,13 +80,13 @@ def log_source(target: fqdn.Target) -> Tuple[str, str]:
     return logs.log_group(name), logs.streams(name)
 
 
-def registrations(logs: Any, target: fqdn.Target) -> Dict[str, float]:
+def registrations(logs: Any, target: fqdn.Target) -> dict[str, float]:
     """``{mi-id: epoch seconds}`` of the registration lines in ``target``'s own log streams."""
     group, prefix = log_source(target)
-    kwargs: Dict[str, Any] = {"logGroupName": group, "filterPattern": f'"{REGISTRATION_TEXT}"'}
+    kwargs: dict[str, Any] = {"logGroupName": group, "filterPattern": f'"{REGISTRATION_TEXT}"'}
     if prefix:
         kwargs["logStreamNamePrefix"] = prefix
-    found: Dict[str, float] = {}
+    found: dict[str, float] = {}
     for _ in range(MAX_PAGES):
         try:
             page = logs.filter_log_events(**kwargs)
@@ -108,7 +108,7 @@ def registrations(logs: Any, target: fqdn.Target) -> Dict[str, float]:
     return found
 
 
-def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[float]]:
+def describe(sm: Any, target: fqdn.Target) -> tuple[str | None, float | None]:
     """(status or "NotFound", creation time) of ``target``; (None, None) when it cannot be told
     (no permission: the log check still applies)."""
     api = target.kind.api
@@ -124,8 +124,8 @@ def describe(sm: Any, target: fqdn.Target) -> Tuple[Optional[str], Optional[floa
     return status_and_creation(described, target)
 
 
-def status_and_creation(described: Dict[str, Any], target: fqdn.Target
-                        ) -> Tuple[Optional[str], Optional[float]]:
+def status_and_creation(described: dict[str, Any], target: fqdn.Target
+                        ) -> tuple[str | None, float | None]:
     api = target.kind.api
     created = described.get("CreationTime")
     return (str(described.get(api.status_key, "")) or None if api is not None else None,
@@ -141,8 +141,8 @@ class Verifier:
     the log is read again (at most every ``interval``)."""
 
     def __init__(self, session: Any, region: str, target: fqdn.Target,
-                 describe_session: Optional[Callable[[], Any]] = None,
-                 interval: float = 2.0, described: Optional[Dict[str, Any]] = None) -> None:
+                 describe_session: Callable[[], Any] | None = None,
+                 interval: float = 2.0, described: dict[str, Any] | None = None) -> None:
         """``described``: the resource's description if the caller just read it (used instead
         of a second call when the description is needed within ``FRESH_SECONDS``)."""
         self.session, self.region, self.target, self.interval = session, region, target, interval
@@ -151,8 +151,8 @@ class Verifier:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._logged = self._pool.submit(registrations, logs, target)
         self._describe_session = describe_session
-        self._described: Optional[Future[Tuple[Optional[str], Optional[float]]]] = None
-        self._evidence: Optional[Evidence] = None
+        self._described: Future[tuple[str | None, float | None]] | None = None
+        self._evidence: Evidence | None = None
         self._read_at = 0.0
 
     def describe_later(self) -> None:
@@ -160,7 +160,7 @@ class Verifier:
         the SageMaker client costs more than the call; it overlaps what comes next)."""
         if self._described is None and self._given is not None \
                 and time.monotonic() - self._given[0] <= FRESH_SECONDS:
-            done: Future[Tuple[Optional[str], Optional[float]]] = Future()
+            done: Future[tuple[str | None, float | None]] = Future()
             done.set_result(status_and_creation(self._given[1], self.target))
             self._described = done
         if self._described is None:
@@ -228,7 +228,7 @@ class Verifier:
             return evidence.reason(inst, self.target) is None
         return False
 
-    def keep_verified(self, found: List[ManagedInstance]) -> List[ManagedInstance]:
+    def keep_verified(self, found: list[ManagedInstance]) -> list[ManagedInstance]:
         """The Online instances of ``found`` the resource's log confirms (all of ``found`` when
         none is Online, for the offline message). Each one refused is named on stderr, and a
         one-line error says how to go on when none is left."""
@@ -246,8 +246,8 @@ class Verifier:
         return verified or found
 
 
-def split(instances: List[ManagedInstance], evidence: Evidence, target: fqdn.Target
-          ) -> Tuple[List[Any], List[Tuple[Any, str]]]:
+def split(instances: list[ManagedInstance], evidence: Evidence, target: fqdn.Target
+          ) -> tuple[list[Any], list[tuple[Any, str]]]:
     """(verified instances, [(rejected instance, why)]), in the order given."""
     verified, rejected = [], []
     for inst in instances:

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 from sagemaker_ssh_helper import contract
 from sagemaker_ssh_helper.env import (
@@ -37,7 +37,7 @@ USAGE = "usage: sm-wait <seconds>|stop|list"
 _MODULE = "sagemaker_ssh_helper.wait"
 
 
-def agent_status(native: Optional[bool] = None) -> str:
+def agent_status(native: bool | None = None) -> str:
     """One phrase on how far the SSM agent has got in this container (``native``: the
     transport, else read from the environment)."""
     if native is None:
@@ -55,7 +55,7 @@ def agent_status(native: Optional[bool] = None) -> str:
     return "SSM agent not started yet"
 
 
-def setup_failure(path: Path = SETUP_FAILED_FILE) -> Optional[str]:
+def setup_failure(path: Path = SETUP_FAILED_FILE) -> str | None:
     """Why the SSH setup failed, if it did."""
     try:
         reason = path.read_text(errors="replace").strip()
@@ -69,7 +69,7 @@ def wait(seconds: float, stop_file: Path = STOP_FILE,
          sleep: Callable[[float], None] = time.sleep,
          status: Callable[[], str] = agent_status,
          out: Callable[[str], None] = print,
-         failure: Callable[[], Optional[str]] = setup_failure) -> str:
+         failure: Callable[[], str | None] = setup_failure) -> str:
     """Block until ``seconds`` pass or ``stop_file`` exists; return "timeout" or "stopped",
     or "failed" when the setup failed (after ``FAILED_GRACE`` seconds)."""
     if seconds <= 0:
@@ -115,7 +115,7 @@ def stop(stop_file: Path = STOP_FILE) -> None:
     or other non-regular file found there is removed (not followed), then the file is created
     with O_EXCL|O_NOFOLLOW, so nothing is ever written through a link."""
     try:
-        st: Optional[os.stat_result] = os.lstat(stop_file)
+        st: os.stat_result | None = os.lstat(stop_file)
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISREG(st.st_mode):
@@ -134,7 +134,7 @@ class Waiter:
     remaining: float
 
 
-def _waited_seconds(cmdline: List[str]) -> Optional[int]:
+def _waited_seconds(cmdline: list[str]) -> int | None:
     """N if ``cmdline`` runs ``python -m sagemaker_ssh_helper.wait N``, else None."""
     for i, arg in enumerate(cmdline[:-1]):
         if arg == _MODULE and cmdline[i + 1].isdigit():
@@ -142,7 +142,7 @@ def _waited_seconds(cmdline: List[str]) -> Optional[int]:
     return None
 
 
-def waiters(now: Callable[[], float] = time.time) -> List[Waiter]:
+def waiters(now: Callable[[], float] = time.time) -> list[Waiter]:
     """The other ``sm-wait N`` processes in this container, oldest first."""
     found = []
     for proc in iter_processes():
@@ -154,7 +154,7 @@ def waiters(now: Callable[[], float] = time.time) -> List[Waiter]:
     return sorted(found, key=lambda w: w.pid)
 
 
-def list_lines(stop_file: Path = STOP_FILE) -> List[str]:
+def list_lines(stop_file: Path = STOP_FILE) -> list[str]:
     lines = [f"PID {w.pid}: {w.remaining:.0f} s left of {w.seconds} s" for w in waiters()]
     if not lines:
         lines.append("no sm-wait is waiting")
@@ -173,7 +173,7 @@ def _say(line: str) -> None:
         os.close(devnull)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
 
     from sagemaker_ssh_helper import cli
     from sagemaker_ssh_helper.errors import UsageError

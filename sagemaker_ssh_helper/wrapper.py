@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import timedelta
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, TypeVar
 
 from sagemaker_ssh_helper import aws, code_shipping, detached_sagemaker, fqdn, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -54,7 +54,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the installed SDK
     # SDK v3 (or none): the v2 names below are withdrawn at the end of the module, and importing
     # one says what to use instead; the v3 wrappers need no v2.
-    _SDK_V2_MISSING: Optional[ImportError] = _e
+    _SDK_V2_MISSING: ImportError | None = _e
 else:
     _SDK_V2_MISSING = None
 
@@ -70,7 +70,7 @@ PROCESSING_INPUT_PARENT = "/opt/ml/processing/input"
 
 
 def _session_for_arn(arn_text: str, expected_type: str, sagemaker_session: Any
-                     ) -> Tuple[str, Any]:
+                     ) -> tuple[str, Any]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -101,7 +101,7 @@ def _hint_dependencies(sdk_object: Any) -> None:
                     "sagemaker-ssh-helper in the source dir's requirements.txt")
 
 
-def _node_count(job: Dict[str, Any], cluster: Optional[int]) -> int:
+def _node_count(job: dict[str, Any], cluster: int | None) -> int:
     """How many nodes of an existing job start SSH (``SSH_INSTANCE_COUNT`` it was sent)."""
     try:
         count = int(dict(job.get("Environment") or {}).get("SSH_INSTANCE_COUNT", "1"))
@@ -110,7 +110,7 @@ def _node_count(job: Dict[str, Any], cluster: Optional[int]) -> int:
     return max(1, min(count, cluster)) if isinstance(cluster, int) and cluster > 0 else count
 
 
-def _native_unsupported(estimator: Any) -> Optional[str]:
+def _native_unsupported(estimator: Any) -> str | None:
     """Why SageMaker's remote debugging cannot serve the estimator's job (None: it can)."""
     if not hasattr(estimator, "get_remote_debug_config"):
         return "this SageMaker SDK has no remote debugging (enable_remote_debug): upgrade it"
@@ -132,13 +132,13 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
 
     def __init__(self, estimator: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, ssh_instance_count: int = 2,
-                 local_user_id: Optional[str] = None, log_to_stdout: bool = False, *,
-                 connection_wait_time: Optional[timedelta] = None) -> None:
+                 local_user_id: str | None = None, log_to_stdout: bool = False, *,
+                 connection_wait_time: timedelta | None = None) -> None:
         super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
                          None, local_user_id, log_to_stdout)
         self._sdk_object = estimator
         self._connection_wait_time = connection_wait_time
-        self.ssh_instance_count: Optional[int] = None  # learned from the job when attached
+        self.ssh_instance_count: int | None = None  # learned from the job when attached
         if not isinstance(estimator, detached_sagemaker.DetachedEstimator):
             heterogeneous = bool(getattr(estimator, "instance_groups", None))
             self.ssh_instance_count = resolve_ssh_instance_count(
@@ -149,8 +149,8 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
     @classmethod
     def create(cls, estimator: Any, connection_wait_time_seconds: int = WAIT_600,
                connection_wait_time: timedelta = WAIT_10_MINUTES, ssh_instance_count: int = 2,
-               local_user_id: Optional[str] = None, log_to_stdout: bool = False,
-               ssm_iam_role: Optional[str] = None,
+               local_user_id: str | None = None, log_to_stdout: bool = False,
+               ssm_iam_role: str | None = None,
                bootstrap_on_start: bool = True,
                keep_alive_on_failure_seconds: int = 0, *,
                transport: str = "hybrid") -> SSHEstimatorWrapper:
@@ -219,7 +219,7 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -228,11 +228,11 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
         return list(manager.get_training_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return describe_existing(self.sagemaker_session.describe_training_job,
                                  self.training_job_name(), "training job")
 
-    def _described(self, job: Dict[str, Any]) -> None:
+    def _described(self, job: dict[str, Any]) -> None:
         if self.ssh_instance_count is None:
             cluster = dict(job.get("ResourceConfig") or {}).get("InstanceCount")
             self.ssh_instance_count = _node_count(job, cluster)
@@ -251,14 +251,14 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
         if wait:
             self.wait_with_status(poll_seconds)
 
-    def rule_job_summary(self) -> List[Dict[str, Any]]:
+    def rule_job_summary(self) -> list[dict[str, Any]]:
         """Debugger and Profiler rule evaluation statuses of the job."""
         job = self.describe()
         return list(job.get("DebugRuleEvaluationStatuses") or []) + \
             list(job.get("ProfilerRuleEvaluationStatuses") or [])
 
 
-def _model_image(model: Any, call: Any) -> Optional[str]:
+def _model_image(model: Any, call: Any) -> str | None:
     """The model's image URI, or the framework serving image ``deploy()`` would pick."""
     image = getattr(model, "image_uri", None)
     if isinstance(image, str) and image:
@@ -276,7 +276,7 @@ def _model_image(model: Any, call: Any) -> Optional[str]:
         return None
 
 
-def _endpoint_native_unsupported(model: Any) -> Optional[str]:
+def _endpoint_native_unsupported(model: Any) -> str | None:
     """Why SSM access (``EnableSSMAccess``) cannot serve the model's endpoint (None: it may;
     whether AWS allowlisted the account is known only when CreateEndpointConfig answers)."""
     try:  # a MultiDataModel's method reads an attribute the SDK never sets
@@ -300,7 +300,7 @@ def _hook_ssm_access(model: Any) -> None:
     if getattr(original, "_sm_ssh_ssm_access", False):
         return
 
-    def add_ssm_access(params: Dict[str, Any], **_: Any) -> None:
+    def add_ssm_access(params: dict[str, Any], **_: Any) -> None:
         for variant in params.get("ProductionVariants") or []:
             if variant.get("ModelName") == getattr(model, "name", None) and \
                     not variant.get("ServerlessConfig"):
@@ -329,9 +329,9 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
     transport = "hybrid"  # the one create() chose; "native": the variant's SSM access
 
     def __init__(self, model: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
-                 connection_wait_time_seconds: int = 600, *, local_user_id: Optional[str] = None,
-                 log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
-                 endpoint_name: Optional[str] = None, sagemaker_session: Any = None) -> None:
+                 connection_wait_time_seconds: int = 600, *, local_user_id: str | None = None,
+                 log_to_stdout: bool = False, connection_wait_time: timedelta | None = None,
+                 endpoint_name: str | None = None, sagemaker_session: Any = None) -> None:
         super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
                          sagemaker_session, local_user_id, log_to_stdout)
         self._sdk_object = model
@@ -350,9 +350,9 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
 
     @classmethod
     def create(cls, model: Any, connection_wait_time_seconds: int = WAIT_0,
-               local_user_id: Optional[str] = None, log_to_stdout: bool = False,
-               connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None,
+               local_user_id: str | None = None, log_to_stdout: bool = False,
+               connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None,
                bootstrap_on_start: bool = True, *,
                transport: str = "hybrid") -> SSHModelWrapper:
         """Enable SSH for ``model``; call before ``deploy()`` or ``transformer()``.
@@ -371,9 +371,9 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
                            transport)
 
     @classmethod
-    def _create(cls: Type[_Model], model: Any, seconds: Any, delta: Optional[timedelta],
-                local_user_id: Optional[str], log_to_stdout: bool,
-                ssm_iam_role: Optional[str], bootstrap_on_start: bool,
+    def _create(cls: type[_Model], model: Any, seconds: Any, delta: timedelta | None,
+                local_user_id: str | None, log_to_stdout: bool,
+                ssm_iam_role: str | None, bootstrap_on_start: bool,
                 transport: str = "hybrid") -> _Model:
         if getattr(model, "endpoint_name", None):
             raise ValueError(f"the model is already deployed to endpoint {model.endpoint_name}: "
@@ -421,7 +421,7 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
@@ -430,12 +430,12 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
             return targets
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
-    def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> List[str]:
+    def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> list[str]:
         """Managed instance IDs found in the endpoint's CloudWatch logs (Logs Insights)."""
         return self.ssh_log().get_endpoint_ssm_instance_ids(self.endpoint_name(),
                                                             timeout_in_sec=timeout_in_sec)
 
-    def _describe_endpoint(self) -> Dict[str, Any]:
+    def _describe_endpoint(self) -> dict[str, Any]:
         return describe_existing(
             lambda name: self.sagemaker_session.sagemaker_client.describe_endpoint(
                 EndpointName=name), self.endpoint_name(), "endpoint")
@@ -444,7 +444,7 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
         return self._describe_endpoint().get(self.status_key) == "InService"
 
     def wait_for_endpoint(self, poll_seconds: float = 30.0,
-                          timeout_in_sec: Optional[float] = None) -> None:
+                          timeout_in_sec: float | None = None) -> None:
         """Wait until the endpoint is InService; raise ``WrapperStateError`` if it failed."""
         status = wait_for_status(self._describe_endpoint, self.status_key,
                                  ("InService", "Failed", "OutOfService", "Deleting"),
@@ -490,9 +490,9 @@ class SSHMultiModelWrapper(SSHModelWrapper):
 
     @classmethod
     def create(cls, mdm: Any, connection_wait_time_seconds: int = WAIT_0,
-               local_user_id: Optional[str] = None, log_to_stdout: bool = False,
-               connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None,
+               local_user_id: str | None = None, log_to_stdout: bool = False,
+               connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None,
                bootstrap_on_start: bool = True, *,
                transport: str = "hybrid") -> SSHMultiModelWrapper:
         """Enable SSH for a MultiDataModel; call before ``deploy()`` (hold: 0 s by default).
@@ -512,13 +512,13 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
 
     def __init__(self, processor: Any, ssm_iam_role: str = "", bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, *, ssh_instance_count: int = 2,
-                 local_user_id: Optional[str] = None, log_to_stdout: bool = False,
-                 connection_wait_time: Optional[timedelta] = None) -> None:
+                 local_user_id: str | None = None, log_to_stdout: bool = False,
+                 connection_wait_time: timedelta | None = None) -> None:
         super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
                          None, local_user_id, log_to_stdout)
         self._sdk_object = processor
         self._connection_wait_time = connection_wait_time
-        self.ssh_instance_count: Optional[int] = None  # learned from the job when attached
+        self.ssh_instance_count: int | None = None  # learned from the job when attached
         if not isinstance(processor, detached_sagemaker.DetachedProcessor):
             self.ssh_instance_count = resolve_ssh_instance_count(
                 ssh_instance_count, processor.instance_count, False)
@@ -531,9 +531,9 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
 
     @classmethod
     def create(cls, processor: Any, connection_wait_time_seconds: int = WAIT_600,
-               ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
-               log_to_stdout: bool = False, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None,
+               ssh_instance_count: int = 2, local_user_id: str | None = None,
+               log_to_stdout: bool = False, connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None,
                bootstrap_on_start: bool = True,
                keep_alive_on_failure_seconds: int = 0) -> SSHProcessorWrapper:
         """Enable SSH for ``processor``; call before ``run()`` (``keep_alive_on_failure_seconds``
@@ -586,15 +586,15 @@ class SSHProcessorWrapper(SSHJobWrapperBase):
     resource_name = processing_job_name
     get_processor_latest_job_name = processing_job_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return describe_existing(self.sagemaker_session.describe_processing_job,
                                  self.processing_job_name(), "processing job")
 
-    def _described(self, job: Dict[str, Any]) -> None:
+    def _described(self, job: dict[str, Any]) -> None:
         if self.ssh_instance_count is None:
             cluster = dict(dict(job.get("ProcessingResources") or {})
                            .get("ClusterConfig") or {}).get("InstanceCount")
@@ -612,8 +612,8 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
 
     kind = "transform"
 
-    def __init__(self, transformer: Any, model_wrapper: Optional[SSHModelWrapper], *,
-                 transform_job_name: Optional[str] = None, sagemaker_session: Any = None
+    def __init__(self, transformer: Any, model_wrapper: SSHModelWrapper | None, *,
+                 transform_job_name: str | None = None, sagemaker_session: Any = None
                  ) -> None:
         wait = model_wrapper.connection_wait_time_seconds if model_wrapper is not None else 0
         super().__init__("", True, wait, sagemaker_session)
@@ -672,10 +672,10 @@ class SSHTransformerWrapper(SSHJobWrapperBase):
     resource_name = transform_job_name
     get_transformer_latest_job_name = transform_job_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_transformer_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return describe_existing(self.sagemaker_session.describe_transform_job,
                                  self.transform_job_name(), "transform job")
 

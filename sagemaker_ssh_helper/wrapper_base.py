@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, resources
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError
@@ -73,7 +73,7 @@ class SSHEnvironmentWrapper:
 
     def __init__(self, ssm_iam_role: str, bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, sagemaker_session: Any = None,
-                 local_user_id: Optional[str] = None, log_to_stdout: bool = False) -> None:
+                 local_user_id: str | None = None, log_to_stdout: bool = False) -> None:
         self.ssm_iam_role = check_role_name(ssm_iam_role) if ssm_iam_role else ""
         self.bootstrap_on_start = bool(bootstrap_on_start)
         check_seconds("connection_wait_time_seconds", connection_wait_time_seconds)
@@ -82,7 +82,7 @@ class SSHEnvironmentWrapper:
         self.log_to_stdout = bool(log_to_stdout)
         self._sagemaker_session = sagemaker_session
         self._sdk_object: Any = None
-        self.env: Dict[str, str] = {}
+        self.env: dict[str, str] = {}
         self.augmented = False
 
     # -- sessions and names -----------------------------------------------------------------
@@ -163,7 +163,7 @@ class SSHEnvironmentWrapper:
         self.augmented = True
 
     # -- instances --------------------------------------------------------------------------
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         raise NotImplementedError
 
     def _check_state(self) -> None:
@@ -172,7 +172,7 @@ class SSHEnvironmentWrapper:
         self._raise_for_status(resources.resource_status(self.boto_session, self.region(),
                                                          target))
 
-    def _raise_for_status(self, status: Optional[str]) -> None:
+    def _raise_for_status(self, status: str | None) -> None:
         if status == "NotFound":
             raise WrapperStateError(
                 f"no {self.what().replace(' ', ' named ', 1)} in {self.region()}: check the "
@@ -181,7 +181,7 @@ class SSHEnvironmentWrapper:
             raise WrapperStateError(f"{self.what()} is {status}: SSH is available only while "
                                     f"it runs (logs: {self.get_cloudwatch_url()})")
 
-    def retry_deprecated_warning(self, retry: Optional[int], timeout_in_sec: float) -> float:
+    def retry_deprecated_warning(self, retry: int | None, timeout_in_sec: float) -> float:
         """``retry`` (deprecated: attempts 10 s apart) as a timeout, else ``timeout_in_sec``."""
         if retry:
             logger.warning("retry is deprecated, use timeout_in_sec instead "
@@ -189,8 +189,8 @@ class SSHEnvironmentWrapper:
             return check_seconds("retry x 10 s", int(retry) * SECONDS_PER_RETRY)
         return check_seconds("timeout_in_sec", timeout_in_sec)
 
-    def get_instance_ids(self, retry: Optional[int] = None,
-                         timeout_in_sec: float = LOOKUP_900) -> List[str]:
+    def get_instance_ids(self, retry: int | None = None,
+                         timeout_in_sec: float = LOOKUP_900) -> list[str]:
         """SSM managed instance IDs (``mi-…``) of this resource, newest first; waits up to
         ``timeout_in_sec`` for them (checking first that the resource is running)."""
         timeout = self.retry_deprecated_warning(retry, timeout_in_sec)
@@ -198,7 +198,7 @@ class SSHEnvironmentWrapper:
             self._check_state()
         return list(self._lookup(self.ssm_manager(), self.resource_name(), timeout))
 
-    def get_instance_id(self, retry: Optional[int] = None, timeout_in_sec: float = LOOKUP_900,
+    def get_instance_id(self, retry: int | None = None, timeout_in_sec: float = LOOKUP_900,
                         index: int = 0) -> str:
         ids = self.get_instance_ids(retry, timeout_in_sec)
         if not ids:
@@ -210,8 +210,8 @@ class SSHEnvironmentWrapper:
         return ids[index]
 
     # -- connections ------------------------------------------------------------------------
-    def _connection_timeout(self, retry: Optional[int], timeout_in_sec: float,
-                            timeout: Optional[timedelta]) -> float:
+    def _connection_timeout(self, retry: int | None, timeout_in_sec: float,
+                            timeout: timedelta | None) -> float:
         """``retry`` (deprecated) wins, then an explicit ``timeout_in_sec``, then ``timeout``."""
         if retry:
             return self.retry_deprecated_warning(retry, timeout_in_sec)
@@ -227,7 +227,7 @@ class SSHEnvironmentWrapper:
                            timeout)
         return check_seconds("timeout_in_sec", timeout_in_sec)
 
-    def start_ssm_connection(self, ssh_listen_port: int, retry: Optional[int] = None,
+    def start_ssm_connection(self, ssh_listen_port: int, retry: int | None = None,
                              timeout: timedelta = TIMEOUT_15_MINUTES,
                              timeout_in_sec: float = LOOKUP_900, extra_args: str = "",
                              index: int = 0) -> SSMProxy:
@@ -243,7 +243,7 @@ class SSHEnvironmentWrapper:
         return proxy
 
     def start_ssm_connection_and_continue(self, ssh_listen_port: int,
-                                          retry: Optional[int] = None,
+                                          retry: int | None = None,
                                           timeout_in_sec: float = LOOKUP_900,
                                           timeout: timedelta = TIMEOUT_15_MINUTES,
                                           extra_args: str = "", index: int = 0) -> SSMProxy:
@@ -264,7 +264,7 @@ class SSHEnvironmentWrapper:
     def get_metadata_url(self) -> str:
         return self.ssh_log().get_console_url(self.kind, self.resource_name())
 
-    def ssh_info(self, instance_ids: Optional[List[str]] = None) -> str:
+    def ssh_info(self, instance_ids: list[str] | None = None) -> str:
         """How to connect: ``sm-ssh connect <fqdn>`` first, then each instance by its id."""
         ids = self.get_instance_ids() if instance_ids is None else instance_ids
         lines = [f"Connect with: sm-ssh connect {self.fqdn()}",
@@ -302,7 +302,7 @@ class SSHEnvironmentWrapper:
                                  "<app>.<user>.<domain>.studio.sagemaker or pass domain_id and "
                                  "user_profile_name")
             return wrapper.SSHIDEWrapper.attach(domain, user, name, sagemaker_session)
-        attachers: Dict[str, Callable[[str, Any], SSHEnvironmentWrapper]] = {
+        attachers: dict[str, Callable[[str, Any], SSHEnvironmentWrapper]] = {
             "training": wrapper.SSHEstimatorWrapper.attach,
             "processing": wrapper.SSHProcessorWrapper.attach,
             "transform": wrapper.SSHTransformerWrapper.attach,
@@ -317,7 +317,7 @@ class SSHJobWrapperBase(SSHEnvironmentWrapper):
 
     keep_alive_on_failure_seconds = 0  # create(keep_alive_on_failure_seconds=N): see postmortem
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _check_state(self) -> None:
@@ -334,7 +334,7 @@ class SSHJobWrapperBase(SSHEnvironmentWrapper):
         self._described(job)
         self._raise_for_status(str(job.get(self.status_key, "")) or None)
 
-    def _described(self, job: Dict[str, Any]) -> None:
+    def _described(self, job: dict[str, Any]) -> None:
         """What a wrapper learns from its job's description (attached wrappers: the node
         count that starts SSH)."""
 
@@ -343,7 +343,7 @@ class SSHJobWrapperBase(SSHEnvironmentWrapper):
         return status == "InProgress"
 
     def wait_with_status(self, poll_seconds: float = 30.0,
-                         timeout_in_sec: Optional[float] = None) -> str:
+                         timeout_in_sec: float | None = None) -> str:
         """Wait until the job ends; return Completed, Failed or Stopped (never raises on them)."""
         return wait_for_status(self.describe, self.status_key, poll_seconds=poll_seconds,
                                timeout_in_sec=timeout_in_sec)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def hook_name_argument(sdk_object: Any, method: str, argument: str, env_holder: 
     setattr(sdk_object, method, hooked)
 
 
-def default_endpoint_name(model: Any, image_uri: Optional[str],
+def default_endpoint_name(model: Any, image_uri: str | None,
                           name_from_base: Callable[[str], str],
                           base_from_name: Callable[[str], str],
                           base_name_from_image: Callable[[str], str],
@@ -61,7 +61,7 @@ def default_endpoint_name(model: Any, image_uri: Optional[str],
     ``<base>-<timestamp>`` with the model's base name, its name or its image's name as base."""
     if multi_model:
         return str(model.name)
-    base: Optional[str] = getattr(model, "_base_name", None)
+    base: str | None = getattr(model, "_base_name", None)
     if not base and getattr(model, "name", None):
         base = base_from_name(model.name)
     if not base:

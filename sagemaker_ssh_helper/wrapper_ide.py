@@ -8,7 +8,7 @@ default ``sagemaker.Session()`` when ``attach()`` gets no session.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from sagemaker_ssh_helper import fqdn
 from sagemaker_ssh_helper.ide import SSHIDE, NotebookInstance
@@ -33,7 +33,7 @@ class SSHIDEWrapper(SSHEnvironmentWrapper):
 
     def __init__(self, ssm_iam_role: str, ide: SSHIDE, bootstrap_on_start: bool = True,
                  connection_wait_time_seconds: int = 600, sagemaker_session: Any = None,
-                 local_user_id: Optional[str] = None, log_to_stdout: bool = False, *,
+                 local_user_id: str | None = None, log_to_stdout: bool = False, *,
                  app_name: str = "default", not_earlier_than_timestamp: int = 0) -> None:
         super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
                          sagemaker_session, local_user_id, log_to_stdout)
@@ -71,7 +71,7 @@ class SSHIDEWrapper(SSHEnvironmentWrapper):
     def _check_state(self) -> None:
         """Studio apps are checked by their registration only (the app type is not known)."""
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_studio_user_kgw_instance_ids(
             self.domain_id, self.user_profile_name, name, timeout_in_sec=timeout_in_sec,
             not_earlier_than_timestamp=self.not_earlier_than_timestamp))
@@ -90,7 +90,7 @@ class SSHNotebookInstanceWrapper(SSHEnvironmentWrapper):
 
     def __init__(self, ssm_iam_role: str, notebook_instance: NotebookInstance,
                  bootstrap_on_start: bool = True, connection_wait_time_seconds: int = 600,
-                 sagemaker_session: Any = None, local_user_id: Optional[str] = None,
+                 sagemaker_session: Any = None, local_user_id: str | None = None,
                  log_to_stdout: bool = False) -> None:
         super().__init__(ssm_iam_role, bootstrap_on_start, connection_wait_time_seconds,
                          sagemaker_session, local_user_id, log_to_stdout)
@@ -112,7 +112,7 @@ class SSHNotebookInstanceWrapper(SSHEnvironmentWrapper):
     def resource_name(self) -> str:
         return self.notebook_instance.name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_notebook_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
     def get_cloudwatch_url(self) -> str:

@@ -10,9 +10,10 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, retry
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -63,7 +64,7 @@ def check_seconds(name: str, value: Any, maximum: float = MAX_WAIT_SECONDS) -> f
     return float(value)
 
 
-def resolve_wait_seconds(seconds: Any, delta: Optional[timedelta]) -> int:
+def resolve_wait_seconds(seconds: Any, delta: timedelta | None) -> int:
     """The number of seconds the container holds the job for SSH.
 
     ``connection_wait_time_seconds`` wins when given; ``connection_wait_time`` (a timedelta)
@@ -130,7 +131,7 @@ def resolve_ssh_instance_count(requested: Any, instance_count: Any, heterogeneou
     return requested
 
 
-def resolve_ssm_role(ssm_iam_role: Optional[str], sdk_role: Any, what: str) -> str:
+def resolve_ssm_role(ssm_iam_role: str | None, sdk_role: Any, what: str) -> str:
     """The role name for the SSM activation: ``ssm_iam_role`` or the part of ``sdk_role`` after
     ``role/``. A full ARN is refused for ``ssm_iam_role`` (the container needs the name)."""
     if ssm_iam_role is not None and ssm_iam_role != "":
@@ -151,7 +152,7 @@ def _role_name_or_arn(value: str) -> str:
         return "<role name>"
 
 
-def resolve_owner(local_user_id: Optional[str], boto_session: Any) -> str:
+def resolve_owner(local_user_id: str | None, boto_session: Any) -> str:
     """The SSHOwner tag value: ``local_user_id`` or the caller's STS UserId (logged masked)."""
     if local_user_id:
         owner = check_owner(local_user_id)
@@ -169,13 +170,13 @@ class SSHSettings:
     ssm_role: str
     owner: str
     log_to_stdout: bool = False
-    instance_count: Optional[int] = None  # only where a node rank exists (training/processing)
+    instance_count: int | None = None  # only where a node rank exists (training/processing)
     start_ssh: bool = True  # bootstrap_on_start: setup_and_start_ssh() starts SSH
     keep_alive_on_failure_seconds: int = 0  # post-mortem hold of a crashed script (postmortem)
     transport: str = "hybrid"  # "native": SageMaker's remote debugging carries the sessions
     keys_path: str = ""  # native: the S3 prefix of the keys (SSH_AUTHORIZED_KEYS_PATH)
 
-    def environment(self) -> Dict[str, str]:
+    def environment(self) -> dict[str, str]:
         env = {
             "START_SSH": "true" if self.start_ssh else "false",
             "SSH_SSM_ROLE": self.ssm_role,
@@ -193,7 +194,7 @@ class SSHSettings:
         return env
 
 
-def merged(existing: Optional[Mapping[str, Any]], env: Mapping[str, str]) -> Dict[str, Any]:
+def merged(existing: Mapping[str, Any] | None, env: Mapping[str, str]) -> dict[str, Any]:
     result = dict(existing or {})
     result.update(env)
     return result
@@ -206,9 +207,9 @@ def launch_boto_session(sdk_object: Any) -> Any:
 
 
 def build_settings(sdk_object: Any, role: Any, what: str, connection_wait_time_seconds: Any,
-                   connection_wait_time: Optional[timedelta], local_user_id: Optional[str],
-                   log_to_stdout: bool, ssm_iam_role: Optional[str],
-                   instance_count: Optional[int] = None,
+                   connection_wait_time: timedelta | None, local_user_id: str | None,
+                   log_to_stdout: bool, ssm_iam_role: str | None,
+                   instance_count: int | None = None,
                    bootstrap_on_start: bool = True,
                    keep_alive_on_failure_seconds: Any = 0,
                    transport: str = "hybrid") -> SSHSettings:
@@ -253,7 +254,7 @@ def native_keys_path(boto_session: Any) -> str:
     return transport.default_keys_path(aws.session_region(boto_session), account)
 
 
-def resolve_transport(requested: Any, unsupported: Optional[str]) -> str:
+def resolve_transport(requested: Any, unsupported: str | None) -> str:
     """``hybrid`` or ``native`` for ``requested``: ``auto`` is native unless ``unsupported``
     says why remote debugging cannot serve the job; ``native`` then is a ValueError."""
     from sagemaker_ssh_helper import transport
@@ -269,7 +270,7 @@ def resolve_transport(requested: Any, unsupported: Optional[str]) -> str:
     return chosen
 
 
-def describe_existing(describe: Any, name: str, what: str) -> Dict[str, Any]:
+def describe_existing(describe: Any, name: str, what: str) -> dict[str, Any]:
     """``describe(name)``, with "no such job" turned into a ValueError that says so."""
     try:
         return dict(describe(name))
@@ -284,8 +285,8 @@ TERMINAL_JOB_STATUSES = ("Completed", "Failed", "Stopped")
 
 
 def wait_for_status(describe: Callable[[], Mapping[str, Any]], status_key: str,
-                    terminal: Tuple[str, ...] = TERMINAL_JOB_STATUSES, poll_seconds: float = 30.0,
-                    timeout_in_sec: Optional[float] = None,
+                    terminal: tuple[str, ...] = TERMINAL_JOB_STATUSES, poll_seconds: float = 30.0,
+                    timeout_in_sec: float | None = None,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> str:
     """Poll ``describe()`` until its ``status_key`` is terminal; return that status."""

@@ -21,7 +21,7 @@ import inspect
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import aws, code_shipping, fqdn, sdk_versions, wrapper_hooks
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -61,16 +61,16 @@ class BotoSession:
         self.boto_region_name = aws.session_region(boto_session)
 
 
-def _boto_session(boto_session: Any, region: Optional[str] = None) -> BotoSession:
+def _boto_session(boto_session: Any, region: str | None = None) -> BotoSession:
     return BotoSession(boto_session if boto_session is not None
                        else aws.boto_session(region=region))
 
 
-def _without_metadata(response: Dict[str, Any]) -> Dict[str, Any]:
+def _without_metadata(response: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
 
 
-def _name_from_arn(arn_text: str, expected_type: str) -> Tuple[str, str]:
+def _name_from_arn(arn_text: str, expected_type: str) -> tuple[str, str]:
     try:
         arn = aws.parse_arn(arn_text)
     except SSHHelperError as e:
@@ -95,7 +95,7 @@ class _V3Wrapper(SSHEnvironmentWrapper):
     has ``boto_session``), the one given to ``attach()``, else boto3's default."""
 
     def __init__(self, sdk_object: Any = None, boto_session: Any = None,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         super().__init__("", True, 0, None if boto_session is None
                          else _boto_session(boto_session))
         self._sdk_object = sdk_object
@@ -122,7 +122,7 @@ class _V3Wrapper(SSHEnvironmentWrapper):
         return aws.client(self.boto_session, "sagemaker")
 
 
-def _native_unsupported(model_trainer: Any) -> Optional[str]:
+def _native_unsupported(model_trainer: Any) -> str | None:
     """Why SageMaker's remote debugging cannot serve the trainer's job (None: it can)."""
     if not hasattr(model_trainer, "with_remote_debug_config"):
         return "this SageMaker SDK has no remote debugging (with_remote_debug_config): upgrade it"
@@ -142,8 +142,8 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     kind = "training"
 
-    def __init__(self, model_trainer: Any = None, env: Optional[Dict[str, str]] = None,
-                 ssh_instance_count: int = 1, training_job_name: Optional[str] = None,
+    def __init__(self, model_trainer: Any = None, env: dict[str, str] | None = None,
+                 ssh_instance_count: int = 1, training_job_name: str | None = None,
                  boto_session: Any = None) -> None:
         super().__init__(model_trainer, boto_session, env)
         self.ssh_instance_count = ssh_instance_count
@@ -151,9 +151,9 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     @classmethod
     def create(cls, model_trainer: Any, connection_wait_time_seconds: int = WAIT_600,
-               ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
-               log_to_stdout: bool = False, *, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None,
+               ssh_instance_count: int = 2, local_user_id: str | None = None,
+               log_to_stdout: bool = False, *, connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None,
                keep_alive_on_failure_seconds: int = 0,
                transport: str = "hybrid") -> SSHModelTrainerWrapper:
         """Enable SSH for ``model_trainer``; call before ``train()``. ``transport`` as for
@@ -223,7 +223,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = training_job_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         from sagemaker_ssh_helper import native
 
         targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
@@ -232,7 +232,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
         return list(manager.get_training_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_training_job(
             TrainingJobName=self.training_job_name()))
 
@@ -247,7 +247,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     def stop_training_job(self) -> None:
         self.sagemaker_client().stop_training_job(TrainingJobName=self.training_job_name())
 
-    def rule_job_summary(self) -> List[Dict[str, Any]]:
+    def rule_job_summary(self) -> list[dict[str, Any]]:
         """Debugger and Profiler rule evaluation statuses of the job."""
         job = self.describe()
         return list(job.get("DebugRuleEvaluationStatuses") or []) + \
@@ -262,8 +262,8 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     kind = "processing"
 
-    def __init__(self, processor: Any = None, env: Optional[Dict[str, str]] = None,
-                 ssh_instance_count: int = 1, processing_job_name: Optional[str] = None,
+    def __init__(self, processor: Any = None, env: dict[str, str] | None = None,
+                 ssh_instance_count: int = 1, processing_job_name: str | None = None,
                  boto_session: Any = None) -> None:
         super().__init__(processor, boto_session, env)
         self.ssh_instance_count = ssh_instance_count
@@ -271,9 +271,9 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     @classmethod
     def create(cls, processor: Any, connection_wait_time_seconds: int = WAIT_600,
-               ssh_instance_count: int = 2, local_user_id: Optional[str] = None,
-               log_to_stdout: bool = False, *, connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None,
+               ssh_instance_count: int = 2, local_user_id: str | None = None,
+               log_to_stdout: bool = False, *, connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None,
                keep_alive_on_failure_seconds: int = 0) -> SSHProcessorWrapper:
         """Enable SSH for ``processor``; call before ``run()``."""
         if not sdk_class(processor, "Processor", "sagemaker.core"):
@@ -325,11 +325,11 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
 
     resource_name = processing_job_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_processing_instance_ids(
             name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_processing_job(
             ProcessingJobName=self.processing_job_name()))
 
@@ -354,18 +354,18 @@ class SSHModelBuilderWrapper(_V3Wrapper):
 
     kind = "inference"
 
-    def __init__(self, model_builder: Any = None, env: Optional[Dict[str, str]] = None,
-                 endpoint_name: Optional[str] = None, boto_session: Any = None) -> None:
+    def __init__(self, model_builder: Any = None, env: dict[str, str] | None = None,
+                 endpoint_name: str | None = None, boto_session: Any = None) -> None:
         super().__init__(model_builder, boto_session, env)
         self._endpoint_name = endpoint_name
-        self._planned_name: Optional[str] = None
-        self._built_for: Optional[str] = None  # the endpoint name the built model carries
+        self._planned_name: str | None = None
+        self._built_for: str | None = None  # the endpoint name the built model carries
 
     @classmethod
     def create(cls, model_builder: Any, connection_wait_time_seconds: int = WAIT_0,
-               local_user_id: Optional[str] = None, log_to_stdout: bool = False, *,
-               connection_wait_time: Optional[timedelta] = None,
-               ssm_iam_role: Optional[str] = None) -> SSHModelBuilderWrapper:
+               local_user_id: str | None = None, log_to_stdout: bool = False, *,
+               connection_wait_time: timedelta | None = None,
+               ssm_iam_role: str | None = None) -> SSHModelBuilderWrapper:
         """Enable SSH for the endpoint ``model_builder`` deploys; call before ``deploy()``."""
         if not sdk_class(model_builder, "ModelBuilder", "sagemaker.serve"):
             raise ValueError(sdk_versions.v3_only_message(cls.__name__, model_builder))
@@ -456,15 +456,15 @@ class SSHModelBuilderWrapper(_V3Wrapper):
 
     resource_name = endpoint_name
 
-    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> List[str]:
+    def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_endpoint(
             EndpointName=self.endpoint_name()))
 
     def get_instance_ids_from_logs(self, timeout_in_sec: int = DEFAULT_LOOKUP_TIMEOUT
-                                   ) -> List[str]:
+                                   ) -> list[str]:
         """Managed instance IDs found in the endpoint's CloudWatch logs (Logs Insights)."""
         return self.ssh_log().get_endpoint_ssm_instance_ids(self.endpoint_name(),
                                                             timeout_in_sec=timeout_in_sec)

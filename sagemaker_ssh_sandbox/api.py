@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any
 
 from sagemaker_ssh_sandbox.control import (
     CREDENTIALS,
@@ -37,7 +38,7 @@ from sagemaker_ssh_sandbox.control import (
 class Sandbox:
     """Fixture-friendly handle on one sandbox (one state directory)."""
 
-    def __init__(self, state_dir: Union[str, Path, None] = None, region: str = DEFAULT_REGION,
+    def __init__(self, state_dir: str | Path | None = None, region: str = DEFAULT_REGION,
                  port: int = 0, stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
                  startup_timeout: float = 60.0, iam: bool = True) -> None:
         self.state_dir = StateDir(Path(state_dir) if state_dir else default_state_dir())
@@ -47,9 +48,9 @@ class Sandbox:
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
         self.iam = iam  # the SSM stand-in enforces the generated IAM policies
-        self._state: Optional[Dict[str, Any]] = None
+        self._state: dict[str, Any] | None = None
 
-    def up(self) -> Dict[str, str]:
+    def up(self) -> dict[str, str]:
         """Start (or reuse) the daemon; returns the environment to use it."""
         self._state = start(self.state_dir.root, self.region, self.port, self.stop_grace,
                             self.heartbeat_timeout, self.startup_timeout, self.iam)
@@ -67,7 +68,7 @@ class Sandbox:
         self.down()
 
     @property
-    def state(self) -> Dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         if self._state is None:
             self._state = running_state(self.state_dir)
             if self._state is None:
@@ -75,7 +76,7 @@ class Sandbox:
         return self._state
 
     @property
-    def env(self) -> Dict[str, str]:
+    def env(self) -> dict[str, str]:
         return sandbox_env(self.state)
 
     @property
@@ -87,7 +88,7 @@ class Sandbox:
         return str(self.state["role_arn"])
 
     @contextmanager
-    def activated(self) -> Iterator[Dict[str, str]]:
+    def activated(self) -> Iterator[dict[str, str]]:
         """Patch os.environ with :attr:`env` (and drop AWS_PROFILE & co) for the block."""
         saved = dict(os.environ)
         env = self.env
@@ -109,13 +110,13 @@ class Sandbox:
                             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                             aws_session_token=CREDENTIALS["AWS_SESSION_TOKEN"])
 
-    def status(self) -> Dict[str, Any]:
-        result: Dict[str, Any] = http_json(f"{self.endpoint_url}/_sandbox/status")
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = http_json(f"{self.endpoint_url}/_sandbox/status")
         return result
 
     def set_rule_status(self, job: str, rule: str, status: str,
-                        details: Optional[str] = None) -> Dict[str, Any]:
-        result: Dict[str, Any] = http_json(f"{self.endpoint_url}/_sandbox/rule-status",
+                        details: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = http_json(f"{self.endpoint_url}/_sandbox/rule-status",
                                            {"job": job, "rule": rule, "status": status,
                                             "details": details})
         return result
@@ -134,14 +135,14 @@ class Sandbox:
         return "".join(path.read_text(errors="replace") for path in logs)
 
     def wait_for_endpoint(self, name: str, timeout: float = 120.0,
-                          until: tuple = ("InService", "Failed")) -> Dict[str, Any]:
+                          until: tuple = ("InService", "Failed")) -> dict[str, Any]:
         """Poll DescribeEndpoint (with backoff, against a deadline) until its status is in
         ``until``; returns ``{"EndpointStatus": "NotFound"}`` once the endpoint is gone."""
         sagemaker = self.client("sagemaker")
         deadline, delay = time.monotonic() + timeout, 0.05
         while True:
             try:
-                result: Dict[str, Any] = sagemaker.describe_endpoint(EndpointName=name)
+                result: dict[str, Any] = sagemaker.describe_endpoint(EndpointName=name)
             except sagemaker.exceptions.ClientError as e:
                 if "Could not find endpoint" not in str(e):
                     raise
@@ -153,7 +154,7 @@ class Sandbox:
             delay = min(delay * 1.5, 1.0)
 
     def wait_for_job(self, name: str, kind: str = "training", timeout: float = 120.0,
-                     until: tuple = ("Completed", "Failed", "Stopped")) -> Dict[str, Any]:
+                     until: tuple = ("Completed", "Failed", "Stopped")) -> dict[str, Any]:
         """Poll Describe*Job (with backoff, against a deadline) until its status is in ``until``."""
         noun = {"training": "TrainingJob", "processing": "ProcessingJob",
                 "transform": "TransformJob"}[kind]
@@ -161,7 +162,7 @@ class Sandbox:
         describe = getattr(sagemaker, f"describe_{kind}_job")
         deadline, delay = time.monotonic() + timeout, 0.05
         while True:
-            result: Dict[str, Any] = describe(**{f"{noun}Name": name})
+            result: dict[str, Any] = describe(**{f"{noun}Name": name})
             if result[f"{noun}Status"] in until or time.monotonic() > deadline:
                 return result
             time.sleep(delay)

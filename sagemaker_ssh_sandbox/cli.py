@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -60,7 +60,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if args.state_dir else control.default_state_dir()
 
 
-def _running(state_dir: Path) -> Dict[str, Any]:
+def _running(state_dir: Path) -> dict[str, Any]:
     state = control.running_state(control.StateDir(state_dir))
     if state is None:
         raise control.SandboxError(
@@ -85,7 +85,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_status(state: Dict[str, Any], status: Dict[str, Any]) -> List[str]:
+def _format_status(state: dict[str, Any], status: dict[str, Any]) -> list[str]:
     lines = [f"sandbox running (pid {state['pid']}, up {status.get('uptime', 0):.0f} s, "
              f"state dir {state['state_dir']})",
              f"  AWS endpoint (S3, STS, IAM, SageMaker, Logs)  {state['endpoint_url']}",
@@ -162,7 +162,7 @@ COMMANDS = {"up": cmd_up, "env": cmd_env, "status": cmd_status, "down": cmd_down
             "demo": cmd_demo}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = cli.argv_or_sys(argv)
     named = next((a for a in args if not a.startswith("-")), None)
     prog = "sm-ssh sandbox" + (f" {named}" if named in COMMANDS else "")

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_helper.errors import SSHHelperError
 
@@ -55,7 +55,7 @@ def role_arn(account: str = ACCOUNT) -> str:
     return f"arn:aws:iam::{account}:role/{ROLE_NAME}"
 
 
-def requirements_problem() -> Optional[str]:
+def requirements_problem() -> str | None:
     """One line saying what is missing to run the sandbox, or None."""
     if not sys.platform.startswith("linux"):
         return f"the sandbox needs Linux (namespaces and overlayfs); this is {sys.platform}"
@@ -80,7 +80,7 @@ def _overlay_listed() -> bool:
         return any(line.split()[-1:] == ["overlay"] for line in f)
 
 
-def _overlay_problem() -> Optional[str]:
+def _overlay_problem() -> str | None:
     """None when overlayfs is usable. Stock Debian/Ubuntu kernels ship it as a module that is
     loaded on first use, so an unlisted overlay gets one `modprobe` before we give up."""
     try:
@@ -127,20 +127,20 @@ class StateDir:
     def pybin(self) -> Path:
         return self.root / "pybin"
 
-    def read(self) -> Optional[Dict[str, Any]]:
+    def read(self) -> dict[str, Any] | None:
         try:
             value = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return None
         return value if isinstance(value, dict) else None
 
-    def write(self, state: Dict[str, Any]) -> None:
+    def write(self, state: dict[str, Any]) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
 
 
-def _process_matches(pid: int, create_time: Optional[float], *needles: str) -> bool:
+def _process_matches(pid: int, create_time: float | None, *needles: str) -> bool:
     """Is ``pid`` still the (not yet dead) process we recorded?
 
     With a recorded start time, that identifies it (a process that is exiting has no command
@@ -161,14 +161,14 @@ def _process_matches(pid: int, create_time: Optional[float], *needles: str) -> b
         return False
 
 
-def daemon_alive(sd: StateDir, state: Optional[Dict[str, Any]]) -> bool:
+def daemon_alive(sd: StateDir, state: dict[str, Any] | None) -> bool:
     if not state or not state.get("pid"):
         return False
     return _process_matches(int(state["pid"]), state.get("pid_create_time"), SERVER_MODULE,
                             str(sd.root))
 
 
-def http_json(url: str, data: Optional[Dict[str, Any]] = None, timeout: float = 5.0) -> Any:
+def http_json(url: str, data: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
     body = json.dumps(data).encode() if data is not None else None
     request = urllib.request.Request(url, data=body, method="POST" if body else "GET",
                                      headers={"Content-Type": "application/json"})
@@ -176,7 +176,7 @@ def http_json(url: str, data: Optional[Dict[str, Any]] = None, timeout: float = 
         return json.loads(response.read() or b"null")
 
 
-def running_state(sd: StateDir) -> Optional[Dict[str, Any]]:
+def running_state(sd: StateDir) -> dict[str, Any] | None:
     """The state of a live, healthy daemon in ``sd``, else None."""
     state = sd.read()
     if not daemon_alive(sd, state):
@@ -189,7 +189,7 @@ def running_state(sd: StateDir) -> Optional[Dict[str, Any]]:
     return state
 
 
-def _pythonpath_entries() -> List[str]:
+def _pythonpath_entries() -> list[str]:
     entries = [str(PACKAGE_DIR / "sagemaker" / "pyhook")]
     site_dirs = set(site.getsitepackages() + [site.getusersitepackages()])
     if str(PACKAGE_PARENT) not in site_dirs:
@@ -197,7 +197,7 @@ def _pythonpath_entries() -> List[str]:
     return entries
 
 
-def sandbox_env(state: Dict[str, Any], base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def sandbox_env(state: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
     """Variables to export so unchanged scripts, the SDK and boto3 use the sandbox."""
     base = dict(os.environ if base is None else base)
     # The stand-ins first; then the interpreter running this (a virtualenv's bin/ keeps its
@@ -226,7 +226,7 @@ def sandbox_env(state: Dict[str, Any], base: Optional[Dict[str, str]] = None) ->
     return env
 
 
-def export_lines(env: Dict[str, str]) -> str:
+def export_lines(env: dict[str, str]) -> str:
     lines = [f"unset {' '.join(UNSET_VARS)}"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     return "\n".join(lines) + "\n"
@@ -262,7 +262,7 @@ def _wait_ready(ready_fd: int, sd: StateDir, timeout: float) -> None:
 
 def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
           stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-          timeout: float = 60.0, iam: bool = True) -> Dict[str, Any]:
+          timeout: float = 60.0, iam: bool = True) -> dict[str, Any]:
     """Start the daemon in the background unless it already runs; returns its state."""
     problem = requirements_problem()
     if problem:
@@ -307,8 +307,8 @@ def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
 
 @dataclass
 class DownReport:
-    stopped: List[str] = field(default_factory=list)
-    leftovers: List[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -337,7 +337,7 @@ def stop(state_dir: Path, timeout: float = 30.0) -> DownReport:
             _kill(pid, signal.SIGKILL)
             _wait_until(lambda: not daemon_alive(sd, state), 10)
         report.stopped.append(f"daemon (pid {pid})")
-    members: List[Tuple[int, float]] = []
+    members: list[tuple[int, float]] = []
     for record in _container_records(sd):
         pids = live_container_pids(record)
         if not pids:
@@ -366,7 +366,7 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def live_container_pids(record: Dict[str, Any]) -> List[int]:
+def live_container_pids(record: dict[str, Any]) -> list[int]:
     """Host PIDs of a container's init and unshare processes, if they are still those processes.
 
     Killing init ends the container: the kernel kills every process of its PID namespace. Once
@@ -381,7 +381,7 @@ def live_container_pids(record: Dict[str, Any]) -> List[int]:
     return found
 
 
-def _container_records(sd: StateDir) -> List[Dict[str, Any]]:
+def _container_records(sd: StateDir) -> list[dict[str, Any]]:
     records = []
     for path in sorted(sd.jobs_dir.glob("*/*/*/pids.json")):
         try:
@@ -391,7 +391,7 @@ def _container_records(sd: StateDir) -> List[Dict[str, Any]]:
     return records
 
 
-def _namespace_processes(record: Dict[str, Any]) -> List[Tuple[int, float]]:
+def _namespace_processes(record: dict[str, Any]) -> list[tuple[int, float]]:
     """(pid, start time) of every process in a container whose init is alive.
 
     Killing init makes the kernel kill the rest, but not necessarily before init's own PID is
@@ -410,11 +410,11 @@ def _namespace_processes(record: Dict[str, Any]) -> List[Tuple[int, float]]:
     return found
 
 
-def _verify(sd: StateDir, state: Optional[Dict[str, Any]], report: DownReport,
-            members: List[Tuple[int, float]]) -> None:
+def _verify(sd: StateDir, state: dict[str, Any] | None, report: DownReport,
+            members: list[tuple[int, float]]) -> None:
     deadline = time.monotonic() + 10
     while True:
-        left: List[str] = []
+        left: list[str] = []
         if daemon_alive(sd, state):
             left.append(f"daemon pid {state['pid'] if state else '?'}")
         left += [f"container {r.get('name')} (pids {live_container_pids(r)})"

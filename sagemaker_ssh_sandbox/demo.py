@@ -17,9 +17,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable
 
 from sagemaker_ssh_helper.errors import SSHHelperError
 
@@ -88,7 +89,7 @@ class Journey:
 
     def __init__(self, out: Callable[[str], None]) -> None:
         self.out = out
-        self.timings: List[tuple] = []
+        self.timings: list[tuple] = []
         self.started = time.monotonic()
 
     @contextmanager
@@ -105,12 +106,12 @@ class Journey:
         self.out(f"    ok ({elapsed:.1f} s)")
 
 
-def _sm_ssh() -> List[str]:
+def _sm_ssh() -> list[str]:
     return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh"]
 
 
-def _run(argv: List[str], env: Dict[str, str], timeout: float, what: str,
-         cwd: Optional[str] = None) -> str:
+def _run(argv: list[str], env: dict[str, str], timeout: float, what: str,
+         cwd: str | None = None) -> str:
     try:
         done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -122,9 +123,9 @@ def _run(argv: List[str], env: Dict[str, str], timeout: float, what: str,
     return done.stdout
 
 
-def parse_exports(text: str) -> Dict[str, str]:
+def parse_exports(text: str) -> dict[str, str]:
     """Parse the ``export NAME=value`` lines that ``sandbox up`` prints."""
-    env: Dict[str, str] = {}
+    env: dict[str, str] = {}
     for line in text.splitlines():
         words = shlex.split(line)
         if len(words) == 2 and words[0] == "export" and "=" in words[1]:
@@ -134,7 +135,7 @@ def parse_exports(text: str) -> Dict[str, str]:
 
 
 def _wait_http(url: str, deadline: float, proc: subprocess.Popen) -> str:
-    last: Optional[BaseException] = None
+    last: BaseException | None = None
     delay = 0.05
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -159,13 +160,13 @@ def _free_port(preferred: int) -> int:
             return int(s.getsockname()[1])
 
 
-def _job_status(env: Dict[str, str], job: str) -> str:
+def _job_status(env: dict[str, str], job: str) -> str:
     code = ("import boto3,sys;print(boto3.client('sagemaker').describe_training_job("
             "TrainingJobName=sys.argv[1])['TrainingJobStatus'])")
     return _run([sys.executable, "-c", code, job], env, 60, "DescribeTrainingJob").strip()
 
 
-def journey(env: Dict[str, str], workdir: Path, journey_: Journey) -> None:
+def journey(env: dict[str, str], workdir: Path, journey_: Journey) -> None:
     out = journey_.out
     src = workdir / "src"
     src.mkdir()

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.iam.sigv4 import credential_scope
 from sagemaker_ssh_sandbox.sagemaker import moto_gaps
@@ -31,24 +31,24 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
               "trailer", "upgrade", "expect", "content-length"}
 TARGET_PREFIX = "SageMaker."
 
-StatusProvider = Callable[[], Dict[str, Any]]
+StatusProvider = Callable[[], dict[str, Any]]
 
 
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: Tuple[str, int], upstream: Tuple[str, int],
-                 jobs: Optional[JobsAPI], status: Optional[StatusProvider] = None,
-                 region: Optional[str] = None) -> None:
+    def __init__(self, address: tuple[str, int], upstream: tuple[str, int],
+                 jobs: JobsAPI | None, status: StatusProvider | None = None,
+                 region: str | None = None) -> None:
         super().__init__(address, GatewayHandler)
         self.upstream = upstream
         # the region the sandbox's jobs, endpoints and apps live in (None: any)
         self.region = region
         self.jobs = jobs
-        self.apis: List[Any] = []  # more SageMaker operations served here (e.g. Studio)
+        self.apis: list[Any] = []  # more SageMaker operations served here (e.g. Studio)
         self.status = status or (lambda: {})
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -77,7 +77,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: List[bytes] = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -128,7 +128,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             return
         self._forward(body)
 
-    def _simulate_principal_policy(self, form: Dict[str, str]) -> None:
+    def _simulate_principal_policy(self, form: dict[str, str]) -> None:
         import boto3
 
         from sagemaker_ssh_sandbox import control
@@ -149,7 +149,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
 
-    def _send_json(self, status: int, value: Any, extra: Optional[Dict[str, str]] = None) -> None:
+    def _send_json(self, status: int, value: Any, extra: dict[str, str] | None = None) -> None:
         data = json.dumps(value).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/x-amz-json-1.1")
@@ -159,7 +159,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _serve_job_api(self, jobs: Any, operation: str, request: Dict[str, Any]) -> None:
+    def _serve_job_api(self, jobs: Any, operation: str, request: dict[str, Any]) -> None:
         try:
             result = jobs.handle(operation, request)
         except ApiError as e:
@@ -189,7 +189,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         except (KeyError, ValueError) as e:
             self._send_json(400, {"message": f"bad request: {e}"})
 
-    def _forward(self, body: bytes, fix: Optional[Callable[[bytes], bytes]] = None) -> None:
+    def _forward(self, body: bytes, fix: Callable[[bytes], bytes] | None = None) -> None:
         conn = http.client.HTTPConnection(*self.server.upstream, timeout=120)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox import control
 from sagemaker_ssh_sandbox.gateway import Gateway
@@ -68,7 +68,7 @@ def _boto_client(service: str, url: str, region: str) -> Any:
                         aws_session_token=creds["AWS_SESSION_TOKEN"])
 
 
-def seed(moto_url: str, region: str, account: str) -> Dict[str, str]:
+def seed(moto_url: str, region: str, account: str) -> dict[str, str]:
     """Resources a fresh account needs for SageMaker: the execution roles with SSH Helper's
     server policy, a user with its client policy (:mod:`.iam.account`), the default bucket."""
     iam = _boto_client("iam", moto_url, region)
@@ -115,17 +115,17 @@ class Daemon:
         self.heartbeat_timeout = heartbeat_timeout
         self.python = os.path.realpath(sys.executable)
         self._started = time.time()
-        self._bridges: List[UnixToTcp] = []
+        self._bridges: list[UnixToTcp] = []
         self._moto: Any = None
         self._ssm: Any = None
-        self._gateway: Optional[Gateway] = None
-        self._runner: Optional[JobRunner] = None
-        self._studio: Optional[StudioAPI] = None
-        self._notebooks: Optional[NotebookAPI] = None
-        self._endpoints: Optional[EndpointsAPI] = None
-        self._shipper: Optional[LogShipper] = None
+        self._gateway: Gateway | None = None
+        self._runner: JobRunner | None = None
+        self._studio: StudioAPI | None = None
+        self._notebooks: NotebookAPI | None = None
+        self._endpoints: EndpointsAPI | None = None
+        self._shipper: LogShipper | None = None
 
-    def start(self) -> Dict[str, Any]:
+    def start(self) -> dict[str, Any]:
         from moto.server import ThreadedMotoServer
 
         from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
@@ -194,7 +194,7 @@ class Daemon:
                     self._ssm.url, moto_url)
         return state
 
-    def _state(self, moto_port: int, seeded: Dict[str, str]) -> Dict[str, Any]:
+    def _state(self, moto_port: int, seeded: dict[str, str]) -> dict[str, Any]:
         import psutil
 
         assert self._gateway is not None
@@ -217,7 +217,7 @@ class Daemon:
             "iam": self.iam,
         }
 
-    def status(self) -> Dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         state = self.sd.read() or {}
         jobs = self._gateway.jobs.jobs() if self._gateway and self._gateway.jobs else []
         return {
@@ -232,10 +232,10 @@ class Daemon:
             "containers": self.containers(),
         }
 
-    def containers(self) -> List[Dict[str, Any]]:
+    def containers(self) -> list[dict[str, Any]]:
         """Every container: jobs', endpoints', then those of the other APIs (Studio apps,
         notebook instances) that list theirs."""
-        found: List[Dict[str, Any]] = list(self._runner.containers()) if self._runner else []
+        found: list[dict[str, Any]] = list(self._runner.containers()) if self._runner else []
         for api in self._gateway.apis if self._gateway else []:
             listing = getattr(api, "containers", None)
             if callable(listing):
@@ -285,7 +285,7 @@ class Daemon:
             self._moto.stop()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {control.SERVER_MODULE}")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--region", default=control.DEFAULT_REGION)

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -80,7 +81,7 @@ class FakeClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
-        self.sleeps: List[float] = []
+        self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now
@@ -90,14 +91,14 @@ class FakeClock:
         self.now += seconds
 
 
-def run(argv: List[str], env: Dict[str, str], timeout: float = 180
+def run(argv: list[str], env: dict[str, str], timeout: float = 180
         ) -> subprocess.CompletedProcess:
     """Run a command as a user would, with text output captured and no stdin."""
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, check=False)
 
 
-def sm_ssh(*args: str) -> List[str]:
+def sm_ssh(*args: str) -> list[str]:
     """argv of ``sm-ssh <args>`` with this interpreter."""
     return [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args]
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 MAGIC_LINE = re.compile(r"^(\s*)(!|%pip\s)(.*)$")
 FIELD = re.compile(r"\{\{|\}\}|\{([^{}]+)\}|\$\$|\$([A-Za-z_]\w*)")
@@ -36,7 +36,7 @@ class CellError(Exception):
     pass
 
 
-def expand(command: str, namespace: Dict[str, Any]) -> str:
+def expand(command: str, namespace: dict[str, Any]) -> str:
     """IPython's variable expansion of a ``!`` line; the line is kept as is if it fails."""
     def field(match: re.Match) -> str:
         text = match.group(0)
@@ -72,7 +72,7 @@ def transform(source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _system_for(namespace: Dict[str, Any]) -> Any:
+def _system_for(namespace: dict[str, Any]) -> Any:
     def system(command: str) -> None:
         if command.rstrip().endswith("&"):
             raise OSError("Background processes not supported.")
@@ -84,12 +84,12 @@ def _system_for(namespace: Dict[str, Any]) -> Any:
     return system
 
 
-def code_cells(notebook: Dict[str, Any]) -> List[str]:
+def code_cells(notebook: dict[str, Any]) -> list[str]:
     return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
 
 
 def run_notebook(path: Path) -> int:
-    namespace: Dict[str, Any] = {"__name__": "__main__"}
+    namespace: dict[str, Any] = {"__name__": "__main__"}
     namespace["_nb_system_"] = _system_for(namespace)
     cells = code_cells(json.loads(path.read_text()))
     for number, source in enumerate(cells, 1):
@@ -106,7 +106,7 @@ def run_notebook(path: Path) -> int:
     return 0
 
 
-def set_variable(notebook: Dict[str, Any], name: str, value: str) -> Dict[str, Any]:
+def set_variable(notebook: dict[str, Any], name: str, value: str) -> dict[str, Any]:
     """The notebook with ``name = <value>`` in the one cell that assigns ``name``."""
     pattern = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
     edited = json.loads(json.dumps(notebook))
@@ -120,11 +120,11 @@ def set_variable(notebook: Dict[str, Any], name: str, value: str) -> Dict[str, A
 
 
 # -- setup.py, as setuptools sees it ---------------------------------------------------------
-def setup_arguments(checkout: Path) -> Dict[str, Any]:
+def setup_arguments(checkout: Path) -> dict[str, Any]:
     """The keyword arguments ``setup.py`` passes to ``setuptools.setup``."""
     import setuptools
 
-    captured: Dict[str, Any] = {}
+    captured: dict[str, Any] = {}
     original = setuptools.setup
     setuptools.setup = lambda **kwargs: captured.update(kwargs)
     try:
@@ -182,7 +182,7 @@ def _recv(s: socket.socket) -> bytes:
     return chunk
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "run-notebook":
         return run_notebook(Path(args[1]))

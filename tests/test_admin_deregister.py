@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ DAY = 86400.0
 CLI = shutil.which("sm-ssh-deregister-instances")
 
 
-def ssh_tags(name: str, ts: float) -> Dict[str, str]:
+def ssh_tags(name: str, ts: float) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHOwner": "AROAEXAMPLE:alice",
             "SSHResourceArn": f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:training-job/{name}",
             "SSHTimestamp": str(int(ts))}
@@ -33,11 +34,11 @@ def ssh_tags(name: str, ts: float) -> Dict[str, str]:
 class Fleet:
     """Instance ids by what the command must do with them."""
 
-    to_remove: List[str] = field(default_factory=list)
-    to_keep: List[str] = field(default_factory=list)
+    to_remove: list[str] = field(default_factory=list)
+    to_keep: list[str] = field(default_factory=list)
 
 
-def age(backend: Any, ids: List[str], days: float, online: bool = False) -> None:
+def age(backend: Any, ids: list[str], days: float, online: bool = False) -> None:
     """Backdate registration (and, unless ``online``, the last ping) by ``days``."""
     now = time.time()
     with backend.lock:
@@ -47,7 +48,7 @@ def age(backend: Any, ids: List[str], days: float, online: bool = False) -> None
             inst.last_ping = now if online else now - days * DAY
 
 
-def add(backend: Any, n: int, tags: Any, status: str, days: float, name: str = "") -> List[str]:
+def add(backend: Any, n: int, tags: Any, status: str, days: float, name: str = "") -> list[str]:
     ids = backend.add_fake_instances(n, tags=tags, ping_status=status)
     age(backend, ids, days, online=status == "Online")
     if name:
@@ -79,7 +80,7 @@ def populate(backend: Any) -> Fleet:
     return fleet
 
 
-def deregistered(backend: Any, ids: List[str]) -> List[str]:
+def deregistered(backend: Any, ids: list[str]) -> list[str]:
     return [i for i in ids if backend.instance(i)["Deregistered"]]
 
 
@@ -117,13 +118,13 @@ class Terminal(io.StringIO):
 
 class Sleeps:
     def __init__(self) -> None:
-        self.delays: List[float] = []
+        self.delays: list[float] = []
 
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
 
 
-def run_in_process(argv: List[str], stdin: Any = None, sleep: Any = None
+def run_in_process(argv: list[str], stdin: Any = None, sleep: Any = None
                    ) -> tuple:
     out, err = io.StringIO(), io.StringIO()
     args = dereg.build_parser().parse_args(argv)
@@ -132,7 +133,7 @@ def run_in_process(argv: List[str], stdin: Any = None, sleep: Any = None
     return code, out.getvalue(), err.getvalue()
 
 
-def run_cli(argv: List[str], **kwargs: Any) -> subprocess.CompletedProcess:
+def run_cli(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
     assert CLI, "sm-ssh-deregister-instances is not installed (pip install -e .)"
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run([CLI] + argv, capture_output=True, text=True, timeout=60,
@@ -278,7 +279,7 @@ def test_nothing_to_do(ssm: Any) -> None:
     (["--preapprove"], "unrecognized arguments"),
     (["extra"], "unrecognized arguments"),
 ])
-def test_bad_arguments(argv: List[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+def test_bad_arguments(argv: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
     assert dereg.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
@@ -304,7 +305,7 @@ def test_aws_setup_errors_are_one_line(ssm: Any) -> None:
     ([], {"AWS_ENDPOINT_URL_SSM": "http://127.0.0.1:9"}, "cannot reach the AWS endpoint for "
                                                          "ssm:DescribeInstanceInformation"),
 ])
-def test_a_bad_region_or_endpoint_is_one_line(argv: List[str], env: Dict[str, str],
+def test_a_bad_region_or_endpoint_is_one_line(argv: list[str], env: dict[str, str],
                                               needle: str) -> None:
     done = run_cli(["--dry-run", *argv], env=dict(os.environ, **env))
     assert (done.returncode, done.stdout, done.stderr.count("\n")) == (4, "", 1), done.stderr

@@ -1,8 +1,9 @@
 """aws.py (ARNs, partitions, console domains, roles, masking, STS) and fqdn.py (the grammar)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import boto3
 import pytest
@@ -56,8 +57,8 @@ def test_parse_arn_rejects_non_arns(text: str) -> None:
     ("us-iso-east-1", "aws-iso", None, None),
     ("us-isob-east-1", "aws-iso-b", None, None),
 ])
-def test_partitions(region: str, partition: str, suffix: Optional[str],
-                    console: Optional[str]) -> None:
+def test_partitions(region: str, partition: str, suffix: str | None,
+                    console: str | None) -> None:
     assert aws.partition_for_region(region) == partition
     if suffix:
         assert aws.dns_suffix(region) == suffix
@@ -76,7 +77,7 @@ def test_partitions(region: str, partition: str, suffix: Optional[str],
     ("arn:aws-us-gov:sagemaker:us-gov-west-1:123456789012:training-job/j", True),
     ("SageMakerRole", False), ("service-role/X", False), ("", False), (None, False),
 ])
-def test_is_arn(value: Optional[str], expected: bool) -> None:
+def test_is_arn(value: str | None, expected: bool) -> None:
     assert aws.AWS.is_arn(value) is expected  # type: ignore[arg-type]
 
 
@@ -113,7 +114,7 @@ def test_role_name_from_arn_rejects_other_arns(role: str) -> None:
     ("AROAEXAMPLE:alice@example.com", 4, "AROA*********************.com"),
     ("abcdef", 1, "a****f"),
 ])
-def test_mask(value: Optional[str], keep: int, masked: str) -> None:
+def test_mask(value: str | None, keep: int, masked: str) -> None:
     assert aws.mask(value, keep) == masked
     if value:
         assert len(aws.mask(value, keep)) == len(value)

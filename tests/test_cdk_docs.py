@@ -8,7 +8,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 import botocore.session
 import pytest
@@ -29,11 +28,11 @@ CONTEXT_KEYS = {"sagemaker_role", "user_role", "authorized_keys_path",
 AWS_CLI_GLOBAL = {"--region", "--profile", "--query", "--output"}
 
 
-def code_blocks(text: str, language: str) -> List[str]:
+def code_blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)\n```", text, re.S)
 
 
-def commands(text: str) -> List[str]:
+def commands(text: str) -> list[str]:
     """Shell commands of the ```bash blocks, continuation lines joined, comments dropped."""
     out = []
     for block in code_blocks(text, "bash"):
@@ -129,7 +128,7 @@ def test_policies_module_invocations_work() -> None:
     assert done.returncode == 0 and json.loads(done.stdout) == policies.DOCUMENTED["server"]()
 
 
-def anchors(text: str) -> Dict[str, str]:
+def anchors(text: str) -> dict[str, str]:
     out = {}
     for heading in re.findall(r"^#+ (.+)$", text, re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")

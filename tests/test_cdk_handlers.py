@@ -3,7 +3,8 @@ keeps every existing statement, is idempotent, and removes only what it added.""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -15,7 +16,7 @@ moto = pytest.importorskip("moto")
 
 ACCOUNT = "123456789012"  # moto's default account
 STATEMENT = policies.ssm_trust_statement(policies.Target(account=ACCOUNT))
-SAGEMAKER_TRUST: Dict[str, Any] = {
+SAGEMAKER_TRUST: dict[str, Any] = {
     "Version": "2012-10-17",
     "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
@@ -36,13 +37,13 @@ def iam() -> Iterator[Any]:
         yield client
 
 
-def trust(iam: Any, role: str = "SMExecution") -> Dict[str, Any]:
+def trust(iam: Any, role: str = "SMExecution") -> dict[str, Any]:
     return trust_policy.read_trust(iam, role)
 
 
 def event(request: str, role: str = "SMExecution", physical: str = "",
-          statement: Any = None) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"RequestType": request, "ResourceProperties": {
+          statement: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"RequestType": request, "ResourceProperties": {
         "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:x",
         "RoleName": role, "Statement": STATEMENT if statement is None else statement}}
     if physical:
@@ -132,5 +133,5 @@ def test_create_for_a_missing_role_fails(iam: Any) -> None:
       "Action": "sts:TagSession"}, False),
     ({"Effect": "Allow", "Principal": "*", "Action": "sts:AssumeRole"}, False),
 ])
-def test_trusts_service(statement: Dict[str, Any], expected: bool) -> None:
+def test_trusts_service(statement: dict[str, Any], expected: bool) -> None:
     assert trust_policy.trusts_service(statement, "ssm.amazonaws.com") is expected

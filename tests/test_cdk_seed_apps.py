@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import boto3
 import pytest
@@ -27,13 +27,13 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/service-role/SMExecution"
 USER_ARN = f"arn:aws:iam::{ACCOUNT}:role/DataScientist"
 
 
-def cli_env(outdir: Path, context: Dict[str, str]) -> Dict[str, str]:
+def cli_env(outdir: Path, context: dict[str, str]) -> dict[str, str]:
     """What the CDK CLI gives an app: output directory, context, account and region."""
     return {"CDK_OUTDIR": str(outdir), "CDK_CONTEXT_JSON": json.dumps(context),
             "CDK_DEFAULT_ACCOUNT": ACCOUNT, "CDK_DEFAULT_REGION": REGION}
 
 
-def run_app(module: str, outdir: Path, context: Dict[str, str]) -> Tuple[int, str]:
+def run_app(module: str, outdir: Path, context: dict[str, str]) -> tuple[int, str]:
     """``python -m sagemaker_ssh_helper.cdk.<module>`` as ``cdk -a`` runs it. The IAM app runs
     as a real subprocess; the others are built in this process (the jsii runtime starts once,
     and reads its environment then, so context and outdir are passed to the App)."""
@@ -52,7 +52,7 @@ def run_app(module: str, outdir: Path, context: Dict[str, str]) -> Tuple[int, st
     return 0, ""
 
 
-def resources(template: Dict[str, Any], kind: str) -> List[Dict[str, Any]]:
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [r["Properties"] for r in template["Resources"].values() if r["Type"] == kind]
 
 
@@ -65,7 +65,7 @@ def resources(template: Dict[str, Any], kind: str) -> List[Dict[str, Any]]:
      {"AWS::Lambda::Function", "AWS::Events::Rule"}),
 ])
 def test_v2_app_module_synthesizes_its_stack(tmp_path: Path, module: str, stack: str,
-                                             context: Dict[str, str], kinds: set) -> None:
+                                             context: dict[str, str], kinds: set) -> None:
     code, stderr = run_app(module, tmp_path, context)
     assert code == 0, stderr
     assert sorted(p.name for p in tmp_path.glob("*.template.json")) == [f"{stack}.template.json"]

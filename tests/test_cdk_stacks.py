@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def resolve(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict[str, Any]]:
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every stack of the app, synthesized once, as resolved CloudFormation templates."""
     outdir = tmp_path_factory.mktemp("cdk.out")
     app = cdk_app.build_app(cdk.App(context=CONTEXT, outdir=str(outdir)))
@@ -54,25 +55,25 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict[str, A
     return out
 
 
-def resources(template: Dict[str, Any], kind: str) -> List[Dict[str, Any]]:
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [r for r in template["Resources"].values() if r["Type"] == kind]
 
 
-def managed_policy(template: Dict[str, Any], description_word: str) -> Dict[str, Any]:
+def managed_policy(template: dict[str, Any], description_word: str) -> dict[str, Any]:
     [found] = [p["Properties"] for p in resources(template, "AWS::IAM::ManagedPolicy")
                if description_word in p["Properties"]["Description"]]
     return found
 
 
-def statements(policy: Dict[str, Any]) -> List[Dict[str, Any]]:
+def statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return list(policy["PolicyDocument"]["Statement"])
 
 
-def as_list(value: Any) -> List[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def granting(policy: Dict[str, Any], action: str) -> List[Dict[str, Any]]:
+def granting(policy: dict[str, Any], action: str) -> list[dict[str, Any]]:
     return [s for s in statements(policy)
             if s["Effect"] == "Allow" and action in as_list(s["Action"])]
 
@@ -82,19 +83,19 @@ EXPECTED_TARGET = policies.Target(partition="aws", account=ACCOUNT,
                                   sagemaker_role="service-role/SMExecution")
 
 
-def test_app_has_the_three_stacks(templates: Dict[str, Any]) -> None:
+def test_app_has_the_three_stacks(templates: dict[str, Any]) -> None:
     assert sorted(templates) == sorted([cdk_app.IAM_STACK, cdk_app.ADVANCED_TIER_STACK,
                                         cdk_app.LOW_GPU_STACK])
 
 
 def test_server_policy_is_the_documented_one_on_the_sagemaker_role(
-        templates: Dict[str, Any]) -> None:
+        templates: dict[str, Any]) -> None:
     server = managed_policy(templates[cdk_app.IAM_STACK], "(server side)")
     assert server["Roles"] == ["SMExecution"]  # IAM wants the name without its path
     assert server["PolicyDocument"] == policies.server_policy(EXPECTED_TARGET)
 
 
-def test_server_may_pass_only_its_own_role_and_only_to_ssm(templates: Dict[str, Any]) -> None:
+def test_server_may_pass_only_its_own_role_and_only_to_ssm(templates: dict[str, Any]) -> None:
     server = managed_policy(templates[cdk_app.IAM_STACK], "(server side)")
     [passrole] = granting(server, "iam:PassRole")
     assert passrole["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/service-role/SMExecution"
@@ -126,7 +127,7 @@ def test_server_may_pass_only_its_own_role_and_only_to_ssm(templates: Dict[str, 
 
 
 def test_client_reaches_only_its_own_instances_with_two_documents(
-        templates: Dict[str, Any]) -> None:
+        templates: dict[str, Any]) -> None:
     client = managed_policy(templates[cdk_app.IAM_STACK], "your own")
     assert client["Roles"] == ["DataScientist", "MLOps"]
     assert client["PolicyDocument"] == policies.client_policy(EXPECTED_TARGET)
@@ -158,7 +159,7 @@ def test_client_reaches_only_its_own_instances_with_two_documents(
         assert granting(client, action), action
 
 
-def native_targets_only(statement: Dict[str, Any]) -> bool:
+def native_targets_only(statement: dict[str, Any]) -> bool:
     """A statement that reaches SageMaker's own targets only: training jobs' remote debugging or
     endpoints' SSM access (``*`` with the target-id condition, as AWS documents)."""
     like = statement.get("Condition", {}).get("StringLike", {})
@@ -166,7 +167,7 @@ def native_targets_only(statement: Dict[str, Any]) -> bool:
                     {"ssm:resourceTag/aws:ssmmessages:target-id": "sagemaker-endpoint:*"})
 
 
-def test_no_statement_grants_commands_or_sessions_everywhere(templates: Dict[str, Any]) -> None:
+def test_no_statement_grants_commands_or_sessions_everywhere(templates: dict[str, Any]) -> None:
     for policy in resources(templates[cdk_app.IAM_STACK], "AWS::IAM::ManagedPolicy"):
         for statement in statements(policy["Properties"]):
             risky = {"ssm:SendCommand", "ssm:StartSession", "ssm:*", "*"}
@@ -177,7 +178,7 @@ def test_no_statement_grants_commands_or_sessions_everywhere(templates: Dict[str
                 assert "*" not in as_list(statement["Resource"]), statement
 
 
-def test_admin_policy_deregisters_only_ssh_helper_instances(templates: Dict[str, Any]) -> None:
+def test_admin_policy_deregisters_only_ssh_helper_instances(templates: dict[str, Any]) -> None:
     admin = managed_policy(templates[cdk_app.IAM_STACK], "stale")
     assert "Roles" not in admin
     assert admin["PolicyDocument"] == policies.admin_policy(EXPECTED_TARGET)
@@ -186,7 +187,7 @@ def test_admin_policy_deregisters_only_ssh_helper_instances(templates: Dict[str,
                           {"StringLike": {"ssm:resourceTag/SSHTimestamp": "*"}}]
 
 
-def test_trust_is_appended_by_a_custom_resource(templates: Dict[str, Any]) -> None:
+def test_trust_is_appended_by_a_custom_resource(templates: dict[str, Any]) -> None:
     template = templates[cdk_app.IAM_STACK]
     [trust] = resources(template, "Custom::SSHHelperSSMTrust")
     assert trust["Properties"]["RoleName"] == "SMExecution"
@@ -206,7 +207,7 @@ def test_trust_is_appended_by_a_custom_resource(templates: Dict[str, Any]) -> No
     assert grant["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/service-role/SMExecution"
 
 
-def test_advanced_tier_is_one_service_setting_call(templates: Dict[str, Any]) -> None:
+def test_advanced_tier_is_one_service_setting_call(templates: dict[str, Any]) -> None:
     template = templates[cdk_app.ADVANCED_TIER_STACK]
     [setting] = resources(template, "Custom::AWS")
     setting_arn = (f"arn:aws:ssm:{REGION}:{ACCOUNT}:servicesetting"
@@ -221,7 +222,7 @@ def test_advanced_tier_is_one_service_setting_call(templates: Dict[str, Any]) ->
         {"Action": "ssm:UpdateServiceSetting", "Effect": "Allow", "Resource": setting_arn}]
 
 
-def test_low_gpu_rule_feeds_the_handler_which_may_publish(templates: Dict[str, Any]) -> None:
+def test_low_gpu_rule_feeds_the_handler_which_may_publish(templates: dict[str, Any]) -> None:
     template = templates[cdk_app.LOW_GPU_STACK]
     [rule] = resources(template, "AWS::Events::Rule")
     assert rule["Properties"]["EventPattern"] == {
@@ -281,7 +282,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("cli-synth")
 
 
-def run_app(outdir: Path, context: Dict[str, str]) -> subprocess.CompletedProcess:
+def run_app(outdir: Path, context: dict[str, str]) -> subprocess.CompletedProcess:
     """Run the app the way the CDK CLI does (context and output directory in the env)."""
     env = dict(os.environ, CDK_OUTDIR=str(outdir), CDK_CONTEXT_JSON=json.dumps(context),
                CDK_DEFAULT_ACCOUNT=ACCOUNT, CDK_DEFAULT_REGION=REGION)

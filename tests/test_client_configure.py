@@ -11,9 +11,9 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator
 
 import pytest
 
@@ -93,7 +93,7 @@ def machine_bin(tmp_path: Path) -> Path:
 
 def configure(bin_dir: Path, mirror: Mirror, *args: str, key: str = ""
               ) -> subprocess.CompletedProcess:
-    env: Dict[str, str] = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin",
+    env: dict[str, str] = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin",
                                PYTHONPATH=str(REPO),
                                SM_SSH_PLUGIN_DOWNLOADS=f"{mirror.url}/plugin",
                                SM_SSH_AWSCLI_DOWNLOADS=f"{mirror.url}/awscli")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any
 
 import boto3
 import pytest
@@ -40,7 +41,7 @@ def aws(moto_url: str, ssm_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_pat
     ssm_server.backend.service_settings[doctor.policies.ADVANCED_TIER_SETTING] = "advanced"
 
 
-def run_doctor(capsys: pytest.CaptureFixture, *args: str) -> Tuple[int, Dict[str, str]]:
+def run_doctor(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict[str, str]]:
     code = sm_ssh.main(["doctor", *args])
     out = capsys.readouterr().out
     lines = {line[2:].split(":", 1)[0]: line for line in out.splitlines()}

@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import boto3
 import pytest
@@ -143,7 +144,7 @@ class Container:
             time.sleep(0.1)
 
     @property
-    def authorized_keys(self) -> List[str]:
+    def authorized_keys(self) -> list[str]:
         return (self.work / "etc-ssh" / "authorized_keys").read_text().splitlines()
 
     def stop(self) -> None:
@@ -165,7 +166,7 @@ class Aws:
         self.env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
                     "AWS_ENDPOINT_URL_SSM": self.ssm.url}
 
-    def add_fake(self, name: str, resource: str, count: int, ping: str) -> List[str]:
+    def add_fake(self, name: str, resource: str, count: int, ping: str) -> list[str]:
         return list(self.ssm.backend.add_fake_instances(count, ping_status=ping, tags={
             "SSHResourceName": name,
             "SSHResourceArn": f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:{resource}"}))
@@ -183,7 +184,7 @@ def aws() -> Iterator[Aws]:
 
 
 @pytest.fixture
-def env(aws: Aws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Dict[str, str]:
+def env(aws: Aws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     for key, value in aws.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("PATH", f"{SANDBOX_BIN}:{os.environ['PATH']}")
@@ -196,20 +197,20 @@ def env(aws: Aws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Dict[str, 
 
 
 @pytest.fixture
-def container(env: Dict[str, str], tmp_path: Path) -> Iterator[Container]:
+def container(env: dict[str, str], tmp_path: Path) -> Iterator[Container]:
     c = Container(tmp_path / "c1", "Job-E2e")
     yield c
     c.stop()
 
 
-def sm_ssh(args: List[str], env: Dict[str, str], timeout: float = 120,
+def sm_ssh(args: list[str], env: dict[str, str], timeout: float = 120,
            **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args],
                           env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def test_connect_runs_the_command_and_returns_its_exit_code(
-        container: Container, env: Dict[str, str], tmp_path: Path) -> None:
+        container: Container, env: dict[str, str], tmp_path: Path) -> None:
     done = sm_ssh(["connect", "Job-E2e.training.sagemaker", "-p", str(container.port), "--",
                    "hostname; echo $USER; exit 3"], env)
     assert (done.returncode, done.stdout) == (3, "algo-1\nroot\n"), done.stderr
@@ -241,7 +242,7 @@ def test_connect_runs_the_command_and_returns_its_exit_code(
     assert "1.2.497.0" in cached and str(SANDBOX_BIN) in cached
 
 
-def test_two_users_connect_at_once(container: Container, env: Dict[str, str],
+def test_two_users_connect_at_once(container: Container, env: dict[str, str],
                                    tmp_path: Path) -> None:
     envs = []
     for user in ("alice", "bob"):
@@ -292,7 +293,7 @@ def _fetch(url: str, proc: subprocess.Popen, deadline: float) -> str:
         delay = min(delay * 2, 0.5)
 
 
-def test_local_and_remote_forwarding(container: Container, env: Dict[str, str],
+def test_local_and_remote_forwarding(container: Container, env: dict[str, str],
                                      web: int) -> None:
     local = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
@@ -315,7 +316,7 @@ def test_local_and_remote_forwarding(container: Container, env: Dict[str, str],
 
 
 def test_plain_ssh_through_start_proxy_with_lowercased_host(
-        container: Container, env: Dict[str, str], tmp_path: Path) -> None:
+        container: Container, env: dict[str, str], tmp_path: Path) -> None:
     """As ~/.ssh/config would: ssh lowercases %h, the job name has capitals."""
     home = tmp_path / "home" / ".ssh"
     proxy_cmd = (f"{shlex.quote(sys.executable)} -m sagemaker_ssh_helper.sm_ssh start-proxy "
@@ -331,7 +332,7 @@ def test_plain_ssh_through_start_proxy_with_lowercased_host(
 
 
 def test_ssm_proxy_runs_commands_and_releases_the_wait(container: Container,
-                                                       env: Dict[str, str]) -> None:
+                                                       env: dict[str, str]) -> None:
     port = free_port()
     with SSMProxy(port, region_name="us-east-1", remote_port=container.port,
                   name="job-e2e.training.sagemaker") as proxy:
@@ -352,7 +353,7 @@ def test_ssm_proxy_runs_commands_and_releases_the_wait(container: Container,
 
 
 def test_ssm_proxy_refused_port_is_a_clear_error(container: Container,
-                                                 env: Dict[str, str]) -> None:
+                                                 env: dict[str, str]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -371,7 +372,7 @@ def _one_line(done: subprocess.CompletedProcess, code: int, needle: str) -> None
     assert all(line.startswith("waiting for ") for line in progress), done.stderr
 
 
-def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
+def test_error_cases(env: dict[str, str], aws: Aws) -> None:
     _one_line(sm_ssh(["connect", "nope.training.sagemaker", "--wait", "0"], env), 3,
               "no training job nope in us-east-1")
     _one_line(sm_ssh(["connect", "nothing.studio.sagemaker", "--wait", "1"], env), 3,
@@ -401,7 +402,7 @@ def test_error_cases(env: Dict[str, str], aws: Aws) -> None:
               "no valid AWS credentials")
 
 
-def test_two_nodes_are_picked_by_name_or_index(env: Dict[str, str], tmp_path: Path) -> None:
+def test_two_nodes_are_picked_by_name_or_index(env: dict[str, str], tmp_path: Path) -> None:
     nodes = [Container(tmp_path / f"n{i}", "Two-Nodes", node=f"algo-{i}") for i in (1, 2)]
     try:
         _one_line(sm_ssh(["connect", "two-nodes.training.sagemaker"], env), 2,
@@ -419,7 +420,7 @@ def test_two_nodes_are_picked_by_name_or_index(env: Dict[str, str], tmp_path: Pa
             n.stop()
 
 
-def test_ssh_through_the_generated_config(container: Container, env: Dict[str, str],
+def test_ssh_through_the_generated_config(container: Container, env: dict[str, str],
                                           tmp_path: Path) -> None:
     done = sm_ssh(["config"], env)
     assert done.returncode == 0 and done.stdout == "", done.stderr

@@ -3,8 +3,9 @@ instance ID that SSM does not know here. moto (SageMaker, per region) and the SS
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any
 
 import boto3
 import pytest
@@ -31,7 +32,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, moto_url: str, tmp_path: Path) -> Itera
 def error_line(capsys: pytest.CaptureFixture[str], prog: str) -> str:
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err
-    lines: List[str] = err.splitlines()
+    lines: list[str] = err.splitlines()
     assert all(line.startswith("waiting for ") for line in lines[:-1]), err
     assert lines[-1].startswith(f"{prog}: "), err
     return lines[-1]
@@ -115,7 +116,7 @@ def test_an_unreachable_endpoint_is_tried_a_bounded_number_of_times(
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    accepted: List[int] = []
+    accepted: list[int] = []
 
     def drop() -> None:
         while True:

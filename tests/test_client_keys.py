@@ -11,7 +11,6 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List
 
 import pytest
 from conftest import REPO_ROOT, is_root_linux
@@ -45,7 +44,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ["-t", "rsa", "-b", "2048", "-N", ""],
     ["-t", "rsa", "-b", "2048", "-N", "", "-m", "PEM"],
 ])
-def test_public_key_is_derived_from_the_private_key(tmp_path: Path, args: List[str]) -> None:
+def test_public_key_is_derived_from_the_private_key(tmp_path: Path, args: list[str]) -> None:
     expected = keygen(tmp_path / "k", *args)
     Path(f"{tmp_path / 'k'}.pub").unlink()
     key = keyfile.read_key(tmp_path / "k")
@@ -54,7 +53,7 @@ def test_public_key_is_derived_from_the_private_key(tmp_path: Path, args: List[s
 
 
 @pytest.mark.parametrize("fmt", [[], ["-m", "PEM"]])
-def test_a_key_with_a_passphrase_is_recognised(tmp_path: Path, fmt: List[str]) -> None:
+def test_a_key_with_a_passphrase_is_recognised(tmp_path: Path, fmt: list[str]) -> None:
     expected = keygen(tmp_path / "k", "-t", "ecdsa", "-N", "secret words", *fmt)
     key = keyfile.read_key(tmp_path / "k")
     assert (key.public, key.encrypted) == (expected, True)

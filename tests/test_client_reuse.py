@@ -9,8 +9,8 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import pytest
 
@@ -95,7 +95,7 @@ def test_the_alive_check_speaks_sshs_multiplexing_protocol(short_dir: Path) -> N
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(1)
-    seen: List[bytes] = []
+    seen: list[bytes] = []
 
     def serve() -> None:
         conn, _ = server.accept()
@@ -129,7 +129,7 @@ def test_the_alive_check_speaks_sshs_multiplexing_protocol(short_dir: Path) -> N
     (["-o", "ControlMaster=no"], "the option -o ControlMaster=no"),
     (["-o", "ProxyCommand=nc %h %p"], "the option -o ProxyCommand=nc %h %p"),
 ])
-def test_only_plain_sessions_share_a_connection(options: List[str], reason: object) -> None:
+def test_only_plain_sessions_share_a_connection(options: list[str], reason: object) -> None:
     plan = plan_ssh(options, "job.training.sagemaker")
     assert reuse.solo_reason(options, plan) == reason
 
@@ -145,7 +145,7 @@ def test_another_home_key_user_or_account_never_shares_a_master(
     from sagemaker_ssh_helper.connect import Choice, Context
     from sagemaker_ssh_helper.sshrun import SshPlan
 
-    def key(home: str = "a", user: str = "root", choice: Optional[Choice] = None,
+    def key(home: str = "a", user: str = "root", choice: Choice | None = None,
             **env: str) -> str:
         monkeypatch.setenv("HOME", str(tmp_path / home))
         for name in ("SSH_KEY", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"):
@@ -171,15 +171,15 @@ class _FakeFlow:
         from sagemaker_ssh_helper import session
 
         self.lock = threading.Lock()
-        self.sessions: List[str] = []
-        self.terminated: List[str] = []
-        self.started: List[Path] = []
-        self.rides: List[Path] = []
+        self.sessions: list[str] = []
+        self.terminated: list[str] = []
+        self.started: list[Path] = []
+        self.rides: list[Path] = []
         self.alive: set = set()
         self.master_entered = threading.Event()
         self.master_release = threading.Event()
         self.master_release.set()
-        self.master_error: Optional[BaseException] = None
+        self.master_error: BaseException | None = None
 
         def open_session(ssm: object, instance_id: str, port: int, profile: object) -> object:
             with self.lock:
@@ -231,7 +231,7 @@ def test_two_connects_at_once_start_one_master_the_second_rides_it(
         monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> None:
     flow = _FakeFlow(monkeypatch, short_dir)
     flow.master_release.clear()
-    codes: List[int] = []
+    codes: list[int] = []
     first = threading.Thread(target=lambda: codes.append(flow.connect()))
     first.start()
     assert flow.master_entered.wait(10)  # the first is starting the master ...

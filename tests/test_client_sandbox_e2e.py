@@ -22,9 +22,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_until
@@ -92,14 +93,14 @@ NO_SSH = "import time\ntime.sleep(900)\n"
 @dataclass
 class World:
     sandbox: Sandbox
-    env: Dict[str, str]
-    jobs: Dict[str, str]
+    env: dict[str, str]
+    jobs: dict[str, str]
     tmp: Path
 
     def fqdn(self, job: str) -> str:
         return f"{self.jobs[job]}.training.sagemaker"
 
-    def home(self, name: str) -> Dict[str, str]:
+    def home(self, name: str) -> dict[str, str]:
         """The client environment with a HOME of its own (keys, known_hosts, ssh config)."""
         home = self.tmp / name
         home.mkdir(exist_ok=True)
@@ -138,19 +139,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             close_masters(tmp, env)
 
 
-def masters(home: Path, env: Dict[str, str]) -> List[Path]:
+def masters(home: Path, env: dict[str, str]) -> list[Path]:
     """The sockets of the shared connections `sm-ssh connect` keeps for ``home``."""
     directory = mux.control_dir(home / ".ssh", create=False, environ=env)
     return sorted(p for p in directory.iterdir() if p.is_socket()) if directory else []
 
 
-def close_masters(tmp: Path, env: Dict[str, str]) -> None:
+def close_masters(tmp: Path, env: dict[str, str]) -> None:
     for home in [tmp / "alice", *tmp.iterdir()]:
         for path in masters(home, env):
             mux.terminate(path)
 
 
-def script(name: str, *args: str) -> List[str]:
+def script(name: str, *args: str) -> list[str]:
     return ["bash", str(PACKAGE / name), *args]
 
 
@@ -378,7 +379,7 @@ def test_exec_bounds_its_concurrency(world: World) -> None:
     """--parallel 1 runs the nodes one after the other; the default runs them together."""
     timed = "date +%s.%N; sleep 2; date +%s.%N"
 
-    def intervals(*options: str) -> List[List[float]]:
+    def intervals(*options: str) -> list[list[float]]:
         done = run(sm_ssh("exec", world.fqdn("two"), "--output", "json", *options, "--",
                           timed), world.env)
         assert done.returncode == 0, done.stderr
@@ -438,7 +439,7 @@ def test_exec_reports_a_node_it_cannot_reach_and_goes_on(world: World) -> None:
 
 
 # -- sm-ssh doctor: a resource, IAM by policy simulation, the role's trust policy ---------------
-def doctor_lines(done: subprocess.CompletedProcess) -> Dict[str, str]:
+def doctor_lines(done: subprocess.CompletedProcess) -> dict[str, str]:
     assert "Traceback" not in done.stderr, done.stderr
     return {line[2:].split(":", 1)[0]: line for line in done.stdout.splitlines()}
 
@@ -530,7 +531,7 @@ def in_container(world: World, job: str, script: str) -> str:
     return keys.run_shell_command(world.sandbox.client("ssm"), instance_of(world, job), script)
 
 
-def authorized_keys(world: World, job: str) -> List[str]:
+def authorized_keys(world: World, job: str) -> list[str]:
     return in_container(world, job, "cat /etc/ssh/authorized_keys").splitlines()
 
 
@@ -541,7 +542,7 @@ def public_blob(key: Path) -> str:
 
 
 # -- reused connections, optimistic key pushes ------------------------------------------------
-def sessions_and_pushes(world: World, job: str) -> Tuple[int, int]:
+def sessions_and_pushes(world: World, job: str) -> tuple[int, int]:
     """SSM sessions started to the job's instance, and commands sent to it (key pushes)."""
     ssm, instance = world.sandbox.client("ssm"), instance_of(world, job)
     sessions = sum(len(page["Sessions"]) for state in ("Active", "History")
@@ -557,7 +558,7 @@ def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
     env = world.home("reuse-user")  # with the default: shared connections
     home, fqdn = Path(env["HOME"]), world.fqdn("one")
 
-    def connect(*argv: str, extra: Optional[Dict[str, str]] = None) -> str:
+    def connect(*argv: str, extra: dict[str, str] | None = None) -> str:
         done = run(sm_ssh("connect", fqdn, *argv), dict(env, **(extra or {})))
         assert done.returncode == 0, done.stderr
         return str(done.stdout)
@@ -725,9 +726,9 @@ def test_ssh_warnings_show_while_the_session_runs(world: World) -> None:
 
 
 # -- tunnels that come back ----------------------------------------------------------------------
-def descendants(pid: int) -> Dict[int, str]:
+def descendants(pid: int) -> dict[int, str]:
     """The processes below ``pid`` (pid -> command line), from /proc."""
-    children: Dict[int, List[int]] = {}
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -736,7 +737,7 @@ def descendants(pid: int) -> Dict[int, str]:
                 continue
             ppid = int(stat[stat.rindex(")") + 2:].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
-    found: Dict[int, str] = {}
+    found: dict[int, str] = {}
     todo = list(children.get(pid, []))
     while todo:
         child = todo.pop()
@@ -757,7 +758,7 @@ def alive(pid: int) -> bool:
     return state[state.rindex(")") + 2] != "Z"
 
 
-def active_sessions(world: World, mi: str) -> List[str]:
+def active_sessions(world: World, mi: str) -> list[str]:
     answer = world.sandbox.client("ssm").describe_sessions(
         State="Active", Filters=[{"key": "Target", "value": mi}])
     return [s["SessionId"] for s in answer["Sessions"]]
@@ -772,7 +773,7 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
     ssm, mi, local, remote = (world.sandbox.client("ssm"), instance_of(world, "one"),
                               free_port(), free_port())
     before = set(active_sessions(world, mi))
-    lines: List[str] = []
+    lines: list[str] = []
     laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
     threading.Thread(target=laptop.serve_forever, daemon=True).start()
     proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080",
@@ -781,7 +782,7 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True).start()
     page = "page from algo-1\n"
-    seen: List[str] = []
+    seen: list[str] = []
 
     def said(needle: str, count: int) -> None:
         assert sum(needle in line for line in lines) >= count, lines
@@ -806,7 +807,7 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
         wait_until(lambda: said("is back after", drops), proc, "back", timeout=5)
         return took
 
-    frozen: List[int] = []
+    frozen: list[int] = []
 
     def freeze(_session: str) -> None:
         frozen.append(plugin())
@@ -986,7 +987,7 @@ def inject(world: World, operation: str, error_code: str, count: int = 1,
 ])
 def test_aws_faults_are_one_line_with_the_fix(world: World, operation: str, error_code: str,
                                               message: str, exit_code: int,
-                                              needles: List[str]) -> None:
+                                              needles: list[str]) -> None:
     # A fresh home, one connection per command: every call of a first connect is made.
     env = dict(world.home(f"faults-{operation}-{error_code}"), SM_SSH_REUSE="off")
     inject(world, operation, error_code, message=message)
@@ -1034,7 +1035,7 @@ Host sagemaker-training
 """
 
 
-def as_user_with_home(home: Path, argv: List[str]) -> List[str]:
+def as_user_with_home(home: Path, argv: list[str]) -> list[str]:
     """``argv`` with ``home`` mounted on /root (HOME=/root) in a private mount namespace: ssh
     takes ``~`` from the password database, so the user's ssh files must be there; the
     machine's own /root stays untouched (the interpreter, if below it, stays visible)."""

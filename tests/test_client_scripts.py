@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 
@@ -28,13 +27,13 @@ DOCUMENTED_PORTS = {"training": 11022, "processing": 14022, "transform": 16022,
                     "inference": 12022, "notebook": 17022, "studio": 10022}
 
 
-def run(argv: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, check=False)
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Dict[str, str]:
+def env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     return dict(os.environ, HOME=str(home), SM_SSH_PYTHON=sys.executable,
@@ -68,7 +67,7 @@ def test_documented_default_ports() -> None:
 
 
 @pytest.mark.parametrize("name", KIND_SCRIPTS)
-def test_kind_scripts_explain_themselves(name: str, env: Dict[str, str]) -> None:
+def test_kind_scripts_explain_themselves(name: str, env: dict[str, str]) -> None:
     kind = name[len("sm-local-ssh-"):]
     port = DOCUMENTED_PORTS["studio" if kind == "ide" else kind]
     done = run([BASH, str(PACKAGE / name), "-h"], env)
@@ -79,7 +78,7 @@ def test_kind_scripts_explain_themselves(name: str, env: Dict[str, str]) -> None
     assert done.returncode == 0 and f"default {port}" in " ".join(done.stdout.split())
 
 
-def test_proxy_scripts_explain_themselves(env: Dict[str, str]) -> None:
+def test_proxy_scripts_explain_themselves(env: dict[str, str]) -> None:
     for name in ("sm-local-start-ssh", "sm-connect-ssh-proxy", "sm-local-configure"):
         done = run([BASH, str(PACKAGE / name), "--help"], env)
         assert done.returncode == 0 and done.stdout.startswith(f"usage: {name} "), done.stderr
@@ -105,13 +104,13 @@ def test_proxy_scripts_explain_themselves(env: Dict[str, str]) -> None:
     (["sm-local-ssh-training", "connect", "job", "--wait", "inf"], 2,
      "--wait: expected a number of seconds >= 0, got 'inf'"),
 ])
-def test_bad_input_is_one_line(argv: List[str], code: int, needle: str,
-                               env: Dict[str, str]) -> None:
+def test_bad_input_is_one_line(argv: list[str], code: int, needle: str,
+                               env: dict[str, str]) -> None:
     done = run([BASH, str(PACKAGE / argv[0]), *argv[1:]], env)
     one_line(done, code, argv[0], needle)
 
 
-def test_missing_tools_are_one_line(env: Dict[str, str], tmp_path: Path) -> None:
+def test_missing_tools_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     no_tools = dict(env, PATH=f"{empty}:{Path(sys.executable).parent}")
@@ -134,7 +133,7 @@ def _tunnel_state(home: Path, port: int) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
-def test_run_command_needs_a_running_connect(env: Dict[str, str]) -> None:
+def test_run_command_needs_a_running_connect(env: dict[str, str]) -> None:
     script = [BASH, str(PACKAGE / "sm-local-ssh-training")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,12 +181,12 @@ def _bin(tmp_path: Path, *tools: str, plugin: bool = True) -> str:
     return f"{bin_dir}:{Path(sys.executable).parent}"
 
 
-def configure_run(env: Dict[str, str], path: str, *args: str) -> subprocess.CompletedProcess:
+def configure_run(env: dict[str, str], path: str, *args: str) -> subprocess.CompletedProcess:
     return run([BASH, str(PACKAGE / "sm-local-configure"), *args], dict(env, PATH=path))
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh not installed")
-def test_configure_detects_the_tools(env: Dict[str, str], tmp_path: Path) -> None:
+def test_configure_detects_the_tools(env: dict[str, str], tmp_path: Path) -> None:
     done = configure_run(env, _bin(tmp_path, "ssh", "ssh-keygen"), "--check")
     assert (done.returncode, done.stdout) == (0, ""), done.stderr
     assert f"session-manager-plugin: {tmp_path}/bin/session-manager-plugin (1.2.707.0)" \
@@ -196,7 +195,7 @@ def test_configure_detects_the_tools(env: Dict[str, str], tmp_path: Path) -> Non
     assert "ready; next: `sm-ssh config`" in done.stderr
 
 
-def test_configure_check_names_what_is_missing(env: Dict[str, str], tmp_path: Path) -> None:
+def test_configure_check_names_what_is_missing(env: dict[str, str], tmp_path: Path) -> None:
     done = configure_run(env, _bin(tmp_path, "ssh", "ssh-keygen", plugin=False), "--check")
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
@@ -208,7 +207,7 @@ def test_configure_check_names_what_is_missing(env: Dict[str, str], tmp_path: Pa
         in done.stderr.splitlines()[-1]
 
 
-def test_configure_offline_download_is_one_line(env: Dict[str, str], tmp_path: Path) -> None:
+def test_configure_offline_download_is_one_line(env: dict[str, str], tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}/plugin"
@@ -241,7 +240,7 @@ def test_configure_offline_download_is_one_line(env: Dict[str, str], tmp_path: P
     ("Linux", "64bit", ["rpm"], "linux_64bit/session-manager-plugin.rpm", "rpm"),
     ("Linux", "arm64", ["rpm"], "linux_arm64/session-manager-plugin.rpm", "rpm"),
 ])
-def test_official_plugin_packages(system: str, arch: str, tools: List[str], url: str,
+def test_official_plugin_packages(system: str, arch: str, tools: list[str], url: str,
                                   install: str, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     for tool in tools:
@@ -303,7 +302,7 @@ def test_sm_ssh_config_is_the_template(tmp_path: Path, monkeypatch: pytest.Monke
     ("training", ["connect-job", "my-job"], "connect-job", "my-job"),
     ("processing", ["connect", "my-job"], "connect", "my-job"),
 ])
-def test_earlier_spellings_of_the_local_commands(prog: str, argv: List[str], command: str,
+def test_earlier_spellings_of_the_local_commands(prog: str, argv: list[str], command: str,
                                                  target: str) -> None:
     parser = sm_local.build_kind_parser(f"sm-local-ssh-{prog}", prog)
     head = sm_local._bare_app(parser, argv) if prog == "ide" else argv

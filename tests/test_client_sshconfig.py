@@ -7,7 +7,6 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -24,12 +23,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def sm_ssh_config(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env: Dict[str, str] = dict(os.environ, HOME=str(home))
+    env: dict[str, str] = dict(os.environ, HOME=str(home))
     return subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def ssh_g(config: Path, host: str) -> Dict[str, str]:
+def ssh_g(config: Path, host: str) -> dict[str, str]:
     done = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True,
                           text=True, check=True)
     return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)

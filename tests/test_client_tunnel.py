@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 
@@ -70,7 +69,7 @@ def test_keep_alive_options_win_over_ssh_config_but_not_over_the_user(tmp_path: 
     config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n"
                       "  ControlPersist 10m\n  ServerAliveInterval 60\n")
 
-    def resolved(*options: str) -> Dict[str, str]:
+    def resolved(*options: str) -> dict[str, str]:
         done = subprocess.run(["ssh", "-G", "-F", str(config), *options, "x"],
                               capture_output=True, text=True, check=True)
         return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
@@ -100,7 +99,7 @@ def test_keep_alive_options_win_over_ssh_config_but_not_over_the_user(tmp_path: 
     (["connect", "job.training.sagemaker", "--keep-alive", "-N", "-o",
       "ForkAfterAuthentication=yes", "-L", "8080:localhost:8080"], "ssh -f cannot be watched"),
 ])
-def test_usage_errors_are_one_line_before_any_call(tools: None, argv: List[str], needle: str,
+def test_usage_errors_are_one_line_before_any_call(tools: None, argv: list[str], needle: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert sm_ssh.main(argv) == 2
     assert needle in one_line(capsys)

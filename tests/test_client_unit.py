@@ -16,7 +16,6 @@ import time
 import types
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -114,8 +113,8 @@ def test_users_per_kind() -> None:
     (["-o", "User=me", "--", "-weird"], ["-o", "User=me"], ["-weird"]),
     (["-Nv", "python", "train.py"], ["-Nv"], ["python", "train.py"]),
 ])
-def test_ssh_args_split_like_ssh(args: List[str], options: List[str],
-                                 command: List[str]) -> None:
+def test_ssh_args_split_like_ssh(args: list[str], options: list[str],
+                                 command: list[str]) -> None:
     assert connect.split_connect_args(args, connect.Choice())[:2] == (options, command)
 
 
@@ -158,7 +157,7 @@ def test_ssh_options_accepted_by_real_ssh(tmp_path: Path) -> None:
     (["start-proxy", "a.training.sagemaker", "--port", "70000"],
      "argument -p/--port: expected a port number (1..65535), got '70000'"),
 ])
-def test_bad_input_is_one_line_exit_2(argv: List[str], needle: str,
+def test_bad_input_is_one_line_exit_2(argv: list[str], needle: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert sm_ssh.main(argv) == 2
     out, err = capsys.readouterr()
@@ -189,8 +188,8 @@ def test_choice_options_after_the_fqdn_are_ours() -> None:
 
 
 def test_sandbox_gets_every_remaining_argument(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: List[List[str]] = []
-    def fake_main(argv: List[str]) -> int:
+    seen: list[list[str]] = []
+    def fake_main(argv: list[str]) -> int:
         seen.append(list(argv))
         return 7
 
@@ -247,7 +246,7 @@ def test_every_forward_spelling_is_a_local_listener() -> None:
     (["-o", "LocalForward=8888:h:1"], "Missing target argument"),
 ])
 def test_options_ssh_rejects_fail_before_any_aws_call(
-        options: List[str], needle: str, monkeypatch: pytest.MonkeyPatch,
+        options: list[str], needle: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PATH", f"{PLUGIN_DIR}:{os.environ['PATH']}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
@@ -275,7 +274,7 @@ def _ipv6_loopback() -> bool:
                                       ["-o", "LocalForward={port} localhost:80"],
                                       ["-D", "localhost:{port}"]])
 def test_busy_local_port_is_refused_before_anything_else(
-        family: int, address: str, spelling: List[str], monkeypatch: pytest.MonkeyPatch,
+        family: int, address: str, spelling: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Either loopback family taken is refused: ssh would listen on the other one only and
     localhost:<port> would reach the squatter."""
@@ -397,7 +396,7 @@ def test_ssh_key_env_overrides_and_concurrent_creation_keeps_one_key(
     monkeypatch.setenv("SSH_KEY", str(tmp_path / "mine"))
     path = keys.key_path("anything.training.sagemaker")
     assert path == tmp_path / "mine"
-    results: List[str] = []
+    results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(keys.ensure_key(path)))
                for _ in range(4)]
     for t in threads:
@@ -501,7 +500,7 @@ def test_no_stdout_from_session_module_on_error(tmp_path: Path) -> None:
     ("sagemaker_ssh_sandbox.cli", ["frobnicate"], "sm-ssh sandbox",
      "invalid choice: 'frobnicate'"),
 ])
-def test_every_command_says_bad_usage_in_one_line(module: str, argv: List[str], prog: str,
+def test_every_command_says_bad_usage_in_one_line(module: str, argv: list[str], prog: str,
                                                   needle: str) -> None:
     """Each entry point runs in the one frame (sagemaker_ssh_helper.cli): usage errors are one
     line on stderr naming the command, exit 2, nothing on stdout."""
@@ -572,7 +571,7 @@ def test_our_ssh_runs_share_no_connection_the_users_config_asks_for(tmp_path: Pa
     config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n"
                       "  ControlPersist 300\n")
 
-    def resolved(options: List[str]) -> str:
+    def resolved(options: list[str]) -> str:
         done = subprocess.run(["ssh", "-G", "-F", str(config), *options, "x"],
                               capture_output=True, text=True, check=True)
         return done.stdout

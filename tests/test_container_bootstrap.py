@@ -7,8 +7,9 @@ import os
 import site
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any
 
 import pytest
 
@@ -23,9 +24,9 @@ class Recorder:
 
     def __init__(self, rc: int = 0) -> None:
         self.rc = rc
-        self.calls: List[Dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, argv: List[str], env: Dict[str, str]) -> int:
+    def __call__(self, argv: list[str], env: dict[str, str]) -> int:
         self.calls.append({"argv": argv, "env": env})
         return self.rc
 
@@ -36,7 +37,7 @@ def no_exit_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bootstrap, "_registered_exit_hook", True)
 
 
-def job_env(tmp_path: Path, host: str = "algo-1", **extra: str) -> Dict[str, str]:
+def job_env(tmp_path: Path, host: str = "algo-1", **extra: str) -> dict[str, str]:
     config = tmp_path / "ml" / "input" / "config" / "resourceconfig.json"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"current_host": host, "hosts": ["algo-1", "algo-2", "algo-3"]}))
@@ -138,7 +139,7 @@ def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SSMServer]:
     server.shutdown()
 
 
-def state_files(tmp_path: Path, owner: int, instance_id: str) -> Tuple[Path, Path]:
+def state_files(tmp_path: Path, owner: int, instance_id: str) -> tuple[Path, Path]:
     """The setup owner's PID file and the saved mi-id, as start-ssh leaves them."""
     owner_file, mi_id_file = tmp_path / "setup-owner-pid", tmp_path / "mi-id"
     owner_file.write_text(f"{owner}\n")

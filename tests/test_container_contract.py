@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import pytest
 
@@ -31,7 +30,7 @@ class Warnings:
     """Collects what the reader logs (its ``warn`` callback)."""
 
     def __init__(self) -> None:
-        self.lines: List[Tuple[int, str]] = []
+        self.lines: list[tuple[int, str]] = []
 
     def __call__(self, level: int, message: str) -> None:
         self.lines.append((level, message))
@@ -126,7 +125,7 @@ def test_without_logging_the_warning_is_one_line_on_stderr() -> None:
      "bad value for --transport: 'ssm'"),
     (["--log-to-stdout"], "--log-to-stdout needs a value"),
 ])
-def test_sm_setup_ssh_refuses_bad_options_in_one_line(args: List[str], message: str) -> None:
+def test_sm_setup_ssh_refuses_bad_options_in_one_line(args: list[str], message: str) -> None:
     proc = subprocess.run(["bash", str(SETUP), *args], capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2
@@ -140,9 +139,9 @@ def test_bootstrap_hands_the_setup_its_settings_once(tmp_path: Path) -> None:
     contract variable is already valid (so nothing downstream warns again)."""
     from sagemaker_ssh_helper import bootstrap
 
-    calls: List[Dict[str, object]] = []
+    calls: list[dict[str, object]] = []
 
-    def run(argv: List[str], env: Dict[str, str]) -> int:
+    def run(argv: list[str], env: dict[str, str]) -> int:
         calls.append({"argv": argv, "env": env})
         return 1  # as if the setup failed: nothing else happens
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -28,7 +28,7 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / "ml"
 
 
-def environ(base: Path, **extra: str) -> Dict[str, str]:
+def environ(base: Path, **extra: str) -> dict[str, str]:
     return {"SAGEMAKER_BASE_DIR": str(base), **extra}
 
 

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 import pytest
@@ -61,7 +61,7 @@ def test_timeout_takes_a_timedelta() -> None:
     ("sshd", ["sshd: root [priv]"], False),                        # not logged in yet
     ("python3", ["python3", "train.py", "user@host"], False),
 ])
-def test_session_processes(name: str, cmdline: List[str], expected: bool) -> None:
+def test_session_processes(name: str, cmdline: list[str], expected: bool) -> None:
     assert idle.is_session_process(ProcessInfo(1, name, cmdline, 0.0)) is expected
     assert idle.count_sessions([ProcessInfo(1, name, cmdline, 0.0)]) == int(expected)
 
@@ -78,7 +78,7 @@ def test_a_running_session_worker_is_counted(tmp_path: Path) -> None:
         proc.wait()
 
 
-def stubbed_sagemaker(response: Dict[str, Any]) -> Any:
+def stubbed_sagemaker(response: dict[str, Any]) -> Any:
     client = boto3.client("sagemaker", region_name="eu-west-1")
     stubber = Stubber(client)
     base = {"TrainingJobName": "train-42", "TrainingJobArn": JOB_ARN,
@@ -92,7 +92,7 @@ def stubbed_sagemaker(response: Dict[str, Any]) -> Any:
     return client
 
 
-def rules(*statuses: str) -> List[Dict[str, str]]:
+def rules(*statuses: str) -> list[dict[str, str]]:
     return [{"RuleConfigurationName": f"rule-{i}", "RuleEvaluationStatus": s}
             for i, s in enumerate(statuses)]
 
@@ -104,7 +104,7 @@ def rules(*statuses: str) -> List[Dict[str, str]]:
     ({"DebugRuleEvaluationStatuses": rules("IssuesFound")}, True),
     ({"DebugRuleEvaluationStatuses": rules("Error", "Stopping")}, False),
 ])
-def test_profiler_issues(response: Dict[str, Any], expected: bool) -> None:
+def test_profiler_issues(response: dict[str, Any], expected: bool) -> None:
     client = stubbed_sagemaker(response)
     environ = {"TRAINING_JOB_ARN": JOB_ARN}
     assert idle.is_profiler_issues_found(environ, sagemaker_client=client) is expected

@@ -10,8 +10,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import boto3
 import pytest
@@ -69,7 +70,7 @@ def test_activation_is_created_as_specified(ssm: SSMServer) -> None:
 
 def test_throttling_is_retried_with_jittered_exponential_backoff(ssm: SSMServer) -> None:
     ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 3)
-    sleeps: List[float] = []
+    sleeps: list[float] = []
     activation = init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n",
                                             sleep=sleeps.append, rand=lambda: 0.5)
     assert activation.activation_id in ssm.backend.activations
@@ -86,7 +87,7 @@ def test_backoff_stays_within_bounds() -> None:
 
 def test_endless_throttling_gives_up_with_a_clear_error(ssm: SSMServer) -> None:
     ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 100)
-    sleeps: List[float] = []
+    sleeps: list[float] = []
     with pytest.raises(AwsError, match="AWS throttled ssm:CreateActivation"):
         init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n", sleep=sleeps.append)
     assert len(sleeps) == init_ssm.MAX_ATTEMPTS - 1
@@ -142,7 +143,7 @@ def container() -> Iterator[Container]:
     c.remove()
 
 
-def processing_env(container: Container, **extra: str) -> Dict[str, str]:
+def processing_env(container: Container, **extra: str) -> dict[str, str]:
     config = container.root / "ml" / "config" / "processingjobconfig.json"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"ProcessingJobArn": ARN, "ProcessingJobName": "prep-job"}))

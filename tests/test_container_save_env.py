@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -39,7 +38,7 @@ SESSION_ONLY = {"HOSTNAME": "algo-1", "PWD": "/opt/ml/code", "SHLVL": "2", "_": 
                 "SSH_CONNECTION": "1 2 3 4", "SSH_CLIENT": "1 2 3", "SM_SSH_CALLER_PID": "42"}
 
 
-def pam_env_read(text: str) -> Dict[str, str]:
+def pam_env_read(text: str) -> dict[str, str]:
     """What pam_env makes of an /etc/environment file (linux-pam's _parse_env_file)."""
     lines, pending = [], ""
     for raw in text.splitlines(keepends=True):
@@ -52,7 +51,7 @@ def pam_env_read(text: str) -> Dict[str, str]:
             continue
         pending = ""
         lines.append(line)
-    result: Dict[str, str] = {}
+    result: dict[str, str] = {}
     for line in lines:
         key = line.lstrip(" \n\t")
         if key.startswith("export "):
@@ -69,7 +68,7 @@ def pam_env_read(text: str) -> Dict[str, str]:
     return result
 
 
-def dump_env(shell_code: str, shell: str = "bash") -> Dict[str, str]:
+def dump_env(shell_code: str, shell: str = "bash") -> dict[str, str]:
     code = "import json, os; print(json.dumps(dict(os.environ)))"
     script = f"{shell_code}\n{sys.executable} -c '{code}'"
     out = subprocess.run(
@@ -79,13 +78,13 @@ def dump_env(shell_code: str, shell: str = "bash") -> Dict[str, str]:
 
 
 @pytest.fixture
-def saved(tmp_path: Path) -> Dict[str, Path]:
+def saved(tmp_path: Path) -> dict[str, Path]:
     files = {"environment": tmp_path / "environment", "profile": tmp_path / "sm-ssh-env.sh"}
     save({**TRICKY, **SESSION_ONLY, "START_SSH": "true"}, files["environment"], files["profile"])
     return files
 
 
-def test_pam_env_reads_every_value_it_is_given_exactly(saved: Dict[str, Path]) -> None:
+def test_pam_env_reads_every_value_it_is_given_exactly(saved: dict[str, Path]) -> None:
     read = pam_env_read(saved["environment"].read_text())
     written = {k: v for k, v in TRICKY.items() if k in read}
     assert read == {**written, "START_SSH": "false"}
@@ -93,20 +92,20 @@ def test_pam_env_reads_every_value_it_is_given_exactly(saved: Dict[str, Path]) -
     assert set(TRICKY) - set(read) == {"BOTH", "SINGLE_DOLLAR", "HASH", "NEWLINES", "LONG"}
 
 
-def test_bash_reads_etc_environment_the_same_way(saved: Dict[str, Path]) -> None:
+def test_bash_reads_etc_environment_the_same_way(saved: dict[str, Path]) -> None:
     expected = pam_env_read(saved["environment"].read_text())
     seen = dump_env(f"set -a; . {saved['environment']}")
     assert {k: seen.get(k) for k in expected} == expected
 
 
 @pytest.mark.parametrize("shell", ["bash", "sh"])
-def test_profile_script_restores_every_value(saved: Dict[str, Path], shell: str) -> None:
+def test_profile_script_restores_every_value(saved: dict[str, Path], shell: str) -> None:
     seen = dump_env(f". {saved['profile']}", shell)
     assert {k: seen.get(k) for k in TRICKY} == TRICKY
     assert seen["START_SSH"] == "false"
 
 
-def test_session_variables_are_not_saved(saved: Dict[str, Path]) -> None:
+def test_session_variables_are_not_saved(saved: dict[str, Path]) -> None:
     for path in saved.values():
         text = path.read_text()
         for name in SESSION_ONLY:
@@ -126,7 +125,7 @@ def test_line_format() -> None:
     assert pam_env_line("A", "it's!") is None  # history expansion in interactive bash
 
 
-def test_files_are_replaced_and_readable(saved: Dict[str, Path]) -> None:
+def test_files_are_replaced_and_readable(saved: dict[str, Path]) -> None:
     save({"ONLY": "1"}, saved["environment"], saved["profile"])
     assert pam_env_read(saved["environment"].read_text()) == {"ONLY": "1", "START_SSH": "false"}
     for path in saved.values():

@@ -8,8 +8,8 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator
 
 import pytest
 from test_container_support import PACKAGE_DIR, PYTHON, Container, namespaces_available
@@ -46,7 +46,7 @@ def host_untouched() -> Iterator[None]:
     assert not Path("/opt/sagemaker-ssh-helper").exists()
 
 
-def training_env(container: Container, **extra: str) -> Dict[str, str]:
+def training_env(container: Container, **extra: str) -> dict[str, str]:
     config = container.root / "ml" / "input" / "config" / "resourceconfig.json"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))

@@ -27,8 +27,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any
 
 from conftest import keep_visible
 
@@ -115,7 +116,7 @@ class Container:
     def create(cls) -> Container:
         return cls(Path(tempfile.mkdtemp(prefix="sm-ssh-container-", dir="/var/tmp")))
 
-    def ssm_state(self) -> Dict[str, Any]:
+    def ssm_state(self) -> dict[str, Any]:
         """The SSM stand-in's saved state: ``activations`` and ``instances`` (with tags)."""
         return json.loads((self.root / "ssm" / "ssm-state.json").read_text())
 
@@ -140,8 +141,8 @@ class Container:
                 return self.root / name / inside[len(name) + 2:]
         raise ValueError(f"{inside} is not private to the container")
 
-    def env(self, extra: Optional[Mapping[str, str]] = None, agent: bool = True
-            ) -> Dict[str, str]:
+    def env(self, extra: Mapping[str, str] | None = None, agent: bool = True
+            ) -> dict[str, str]:
         """Environment for ``run``: PATH (with the agent stand-in unless ``agent`` is False),
         the package on PYTHONPATH, fake credentials, us-east-1; plus ``extra``."""
         path = [str(self.root / "bin")] if agent else []
@@ -158,7 +159,7 @@ class Container:
         env.update(extra or {})
         return env
 
-    def run(self, script: str, env: Optional[Dict[str, str]] = None, timeout: float = 120,
+    def run(self, script: str, env: dict[str, str] | None = None, timeout: float = 120,
             ) -> subprocess.CompletedProcess:
         keep_before, keep_after = keep_visible(f"{self.root}/keep")
         prelude = _PRELUDE.format(

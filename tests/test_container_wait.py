@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List
 
 import pytest
 from conftest import FakeClock
@@ -17,7 +17,7 @@ needs_namespaces = pytest.mark.skipif(not namespaces_available(),
 
 
 def run_wait(seconds: float, stop_file: Path, clock: FakeClock, on_sleep=None) -> tuple:
-    lines: List[str] = []
+    lines: list[str] = []
 
     def sleep(s: float) -> None:
         clock.sleep(s)
@@ -59,7 +59,7 @@ def test_stops_when_the_file_appears(tmp_path: Path) -> None:
 
 def test_a_failed_setup_releases_the_job_after_a_short_grace(tmp_path: Path) -> None:
     clock, failed = FakeClock(1000.0), tmp_path / "setup-failed"
-    lines: List[str] = []
+    lines: list[str] = []
 
     def sleep(s: float) -> None:
         clock.sleep(s)

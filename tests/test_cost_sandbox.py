@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable
 
 import pytest
 from conftest import SANDBOX_E2E
@@ -66,11 +67,11 @@ def source_uri(sandbox: Sandbox) -> str:
 
 
 def create_job(sandbox: Sandbox, name: str, source: str, program: str,
-               hyperparameters: Dict[str, str], environment: Dict[str, str],
+               hyperparameters: dict[str, str], environment: dict[str, str],
                **extra: Any) -> str:
     hps = {"sagemaker_program": json.dumps(program),
            "sagemaker_submit_directory": json.dumps(source), **hyperparameters}
-    request: Dict[str, Any] = dict(
+    request: dict[str, Any] = dict(
         TrainingJobName=name, RoleArn=sandbox.role_arn, HyperParameters=hps,
         AlgorithmSpecification={"TrainingImage": "pytorch-training:2.2", "TrainingInputMode":
                                 "File"},
@@ -91,7 +92,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 120.0) -> 
         delay = min(delay * 1.5, 1.0)
 
 
-def ssh_env(sandbox: Sandbox, home: Path) -> Dict[str, str]:
+def ssh_env(sandbox: Sandbox, home: Path) -> dict[str, str]:
     home.mkdir(exist_ok=True)  # client keys and known_hosts stay out of the real ~/.ssh
     env = dict(os.environ, **sandbox.env, HOME=str(home))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -163,7 +164,7 @@ def test_profiler_issues_are_seen_inside_the_job(sandbox: Sandbox, source_uri: s
 
 
 @pytest.fixture
-def topic_queue(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, str]]:
+def topic_queue(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     sns, sqs = sandbox.client("sns"), sandbox.client("sqs")
     topic = sns.create_topic(Name="gpu-alerts")["TopicArn"]
     queue = sqs.create_queue(QueueName="gpu-alerts-inbox")["QueueUrl"]
@@ -184,7 +185,7 @@ def received(sandbox: Sandbox, queue: str) -> list:
     return [json.loads(m["Body"]) for m in messages]
 
 
-def state_change(processing_arn: str, training_arn: str = "") -> Dict[str, Any]:
+def state_change(processing_arn: str, training_arn: str = "") -> dict[str, Any]:
     detail = {"ProcessingJobArn": processing_arn,
               "ProcessingJobName": processing_arn.rsplit("/", 1)[-1],
               "ProcessingJobStatus": "InProgress"}
@@ -195,7 +196,7 @@ def state_change(processing_arn: str, training_arn: str = "") -> Dict[str, Any]:
 
 
 def test_low_gpu_handler_notifies_once_the_rule_finds_issues(
-        sandbox: Sandbox, topic_queue: Dict[str, str]) -> None:
+        sandbox: Sandbox, topic_queue: dict[str, str]) -> None:
     job = "cost-gpu"
     sm = sandbox.client("sagemaker")
     sm.create_training_job(
@@ -215,7 +216,7 @@ def test_low_gpu_handler_notifies_once_the_rule_finds_issues(
         rule_jobs = {s["RuleConfigurationName"]: s["RuleEvaluationJobArn"]
                      for s in described["ProfilerRuleEvaluationStatuses"]}
         with sandbox.activated():
-            def handle(event: Dict[str, Any]) -> Dict[str, Any]:
+            def handle(event: dict[str, Any]) -> dict[str, Any]:
                 return low_gpu.handler(event)
 
             low = state_change(rule_jobs["LowGPUUtilization"], training_arn)

@@ -21,8 +21,8 @@ import importlib
 import importlib.util
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
@@ -52,7 +52,7 @@ DEREGISTER = "test_admin_deregister.py::test_preapproved_removes_only_stale_ssh_
 CONFIGURE = "test_client_configure.py::"
 QUICK = E2E + "test_quick_setup_block_with_ssh_and_paramiko_on_two_jobs"
 JB = "test_studio_e2e.py::test_jb_license_server_maps_the_host_in_the_app_and_reaches_the_laptop"
-COVERAGE: Dict[str, Tuple[str, ...]] = {
+COVERAGE: dict[str, tuple[str, ...]] = {
     "sm-ssh --version": ("test_seed_clients.py::test_version_flag",),
     "sm-ssh -v": ("test_seed_clients.py::test_version_flag",),
     "sm-ssh list [training]": (LIST,),
@@ -184,21 +184,21 @@ def doc_text(name: str) -> str:
     return path.read_text()
 
 
-def code_blocks(text: str) -> Iterator[Tuple[str, str]]:
+def code_blocks(text: str) -> Iterator[tuple[str, str]]:
     """(language, body) of each fenced block."""
     for match in re.finditer(r"^```([\w-]*)\n(.*?)^```", text, re.M | re.S):
         yield match.group(1).lower(), match.group(2)
 
 
-def inline_code(text: str) -> List[str]:
+def inline_code(text: str) -> list[str]:
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     return re.findall(r"`([^`\n]+)`", prose)
 
 
-def shell_lines(text: str) -> List[str]:
+def shell_lines(text: str) -> list[str]:
     """Lines of shell-ish code (blocks not in Python/JSON, plus inline code spans), with
     backslash continuations joined."""
-    lines: List[str] = []
+    lines: list[str] = []
     for lang, body in code_blocks(text):
         if lang in ("python", "py", "json") or "\u2500" in body:  # code, or a box diagram
             continue
@@ -209,7 +209,7 @@ def shell_lines(text: str) -> List[str]:
                     and not is_reference(span)]
 
 
-def subcommands(program: str) -> Set[str]:
+def subcommands(program: str) -> set[str]:
     """The subcommand words ``program`` accepts (empty if it has none)."""
     if program == "sm-ssh":
         return set(_choices(sm_ssh.build_parser())) | {"up", "env", "status", "down", "demo"}
@@ -222,7 +222,7 @@ def subcommands(program: str) -> Set[str]:
         program, set())
 
 
-def _choices(parser: argparse.ArgumentParser) -> List[str]:
+def _choices(parser: argparse.ArgumentParser) -> list[str]:
     return [c for a in parser._actions if isinstance(a, argparse._SubParsersAction)
             for c in a.choices]
 
@@ -246,13 +246,13 @@ def python_code(text: str) -> str:
     return "\n\n\n".join(blocks + spans)
 
 
-def programs() -> Set[str]:
+def programs() -> set[str]:
     scripts = {p.name for p in PACKAGE.glob("sm-*") if p.is_file()}
     entries = set(re.findall(r'"(sm-[\w-]+)\s*=', (ROOT / "setup.py").read_text()))
     return scripts | entries
 
 
-def command_lines(text: str) -> Iterator[List[str]]:
+def command_lines(text: str) -> Iterator[list[str]]:
     """argv of every use of one of our programs in the shell-ish code of ``text``."""
     known = programs()
     for line in shell_lines(text):
@@ -273,7 +273,7 @@ def command_lines(text: str) -> Iterator[List[str]]:
             yield argv
 
 
-def form(argv: List[str]) -> str:
+def form(argv: list[str]) -> str:
     """``sm-ssh connect [training] -L``: the program, its subcommand (for sm-ssh targets also
     the resource kind), then the options in order (values and positional arguments left out;
     ``--`` kept; nothing after ``--``)."""
@@ -300,7 +300,7 @@ def form(argv: List[str]) -> str:
     return " ".join(head + options)
 
 
-def _option_values(args: List[str]) -> Set[str]:
+def _option_values(args: list[str]) -> set[str]:
     """Arguments that are values of a preceding option (``--region R``)."""
     valued = {"--profile", "--region", "--output", "--index", "--node", "--wait", "--port",
               "--instance",
@@ -312,7 +312,7 @@ def _option_values(args: List[str]) -> Set[str]:
     return values
 
 
-def all_commands() -> Iterator[Tuple[str, List[str]]]:
+def all_commands() -> Iterator[tuple[str, list[str]]]:
     for name in DOCS:
         for argv in command_lines(doc_text(name)):
             yield name, argv
@@ -336,7 +336,7 @@ def test_every_sm_command_exists(name: str) -> None:
     assert not unknown, f"{name} mentions commands that do not exist: {sorted(unknown)}"
 
 
-def _check_sm_ssh(argv: List[str]) -> None:
+def _check_sm_ssh(argv: list[str]) -> None:
     args = argv[1:]
     if sm_ssh.wants_version(args):  # sm-ssh --version, sm-ssh -v
         return
@@ -361,7 +361,7 @@ def _check_sm_ssh(argv: List[str]) -> None:
 SSH_FLAGS = set("46AaCfGgKkMNnqsTtVvXxYy") | connect.SSH_FLAGS_WITH_VALUE
 
 
-def check_ssh_options(args: List[str]) -> None:
+def check_ssh_options(args: list[str]) -> None:
     """What follows the target must be options ssh(1) knows (then a command)."""
     options, _, _ = connect.split_connect_args(args, connect.Choice(), (sm_ssh.KEEP_ALIVE,))
     values = {after for before, after in zip(options, options[1:])
@@ -377,7 +377,7 @@ def check_ssh_options(args: List[str]) -> None:
                 break  # the rest of the word is the value (-p22)
 
 
-def _check_local(argv: List[str]) -> None:
+def _check_local(argv: list[str]) -> None:
     program, args = argv[0], argv[1:]
     if program == "sm-local-configure":
         assert args in ([], ["--check"], ["--no-awscli"]), \
@@ -395,16 +395,16 @@ def _check_local(argv: List[str]) -> None:
         parser.parse_args(sm_local._bare_app(parser, head) if kind == "ide" else head)
 
 
-def ide_subcommands() -> Set[str]:
+def ide_subcommands() -> set[str]:
     """The words of the ``case`` patterns in the sm-ssh-ide script."""
     text = (PACKAGE / "sm-ssh-ide").read_text().replace("\\\n", " ")
-    words: Set[str] = set()
+    words: set[str] = set()
     for pattern in re.findall(r"^\s*([a-z][a-z| \\-]*)\)", text, re.M):
         words |= {w.strip(" \\") for w in pattern.split("|") if w.strip(" \\")}
     return words
 
 
-def check_command(argv: List[str]) -> None:
+def check_command(argv: list[str]) -> None:
     """Parse ``argv`` with the program's real parser (UsageError/SystemExit if refused)."""
     program, args = argv[0], argv[1:]
     if program == "sm-ssh":
@@ -453,7 +453,7 @@ def test_the_listed_tests_exist() -> None:
     assert not absent, f"COVERAGE names tests that do not exist: {absent}"
 
 
-def _imports(code: str) -> Iterator[Tuple[str, str]]:
+def _imports(code: str) -> Iterator[tuple[str, str]]:
     """(module, name) of each ``from sagemaker_ssh_helper... import name`` in ``code``."""
     for piece in code.split("\n\n\n"):
         try:
@@ -471,7 +471,7 @@ def _imports(code: str) -> Iterator[Tuple[str, str]]:
 def test_python_names_exist(name: str) -> None:
     text = doc_text(name)
     code = python_code(text)
-    scope: Dict[str, object] = {"sagemaker_ssh_helper": importlib.import_module(
+    scope: dict[str, object] = {"sagemaker_ssh_helper": importlib.import_module(
         "sagemaker_ssh_helper")}
     bad = []
     for module, attr in _imports(code):
@@ -529,7 +529,7 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def _anchors(text: str) -> Set[str]:
+def _anchors(text: str) -> set[str]:
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
 
@@ -558,7 +558,7 @@ def test_readme_starts_with_the_two_newcomer_commands() -> None:
     assert text.index("bash scripts/demo") < text.index("## ")
 
 
-def _table_names(text: str, heading: str) -> Set[str]:
+def _table_names(text: str, heading: str) -> set[str]:
     """The backquoted names in the table that follows ``heading`` in docs/DESIGN.md."""
     section = text[text.index(heading):]
     rows = re.search(r"^\|.*?(?=^[^|\n])", section, re.M | re.S)

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -21,7 +20,7 @@ SPACE_APP = {"AppType": "JupyterLab", "DomainId": "d-abc123", "SpaceName": "team
              "ExecutionRoleArn": "arn:aws:iam::111122223333:role/service-role/StudioRole"}
 
 
-def env_with_base(tmp_path: Path, metadata: Dict[str, str] | None) -> Dict[str, str]:
+def env_with_base(tmp_path: Path, metadata: dict[str, str] | None) -> dict[str, str]:
     if metadata is not None:
         (tmp_path / "metadata").mkdir()
         (tmp_path / "metadata" / "resource-metadata.json").write_text(json.dumps(metadata))

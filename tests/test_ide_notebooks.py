@@ -13,7 +13,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import ide_support
 import pytest
@@ -24,12 +24,12 @@ NOTEBOOKS = ["SageMaker_SSH_IDE.ipynb", "SageMaker_SSH_Notebook.ipynb"]
 INSTALLED_BY_FIRST_CELLS = {"sagemaker_ssh_helper", "boto3"}
 
 
-def load(name: str) -> Dict[str, Any]:
-    value: Dict[str, Any] = json.loads((REPO / name).read_text())
+def load(name: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads((REPO / name).read_text())
     return value
 
 
-def code_cells(notebook: Dict[str, Any]) -> List[str]:
+def code_cells(notebook: dict[str, Any]) -> list[str]:
     return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
 
 
@@ -38,7 +38,7 @@ def python_part(source: str) -> str:
                      if not line.lstrip().startswith(("!", "%")))
 
 
-def shell_lines(notebook: Dict[str, Any]) -> List[str]:
+def shell_lines(notebook: dict[str, Any]) -> list[str]:
     """The notebook's ``!`` commands in order (what the sandbox test runs)."""
     return [line.lstrip()[1:] for source in code_cells(notebook)
             for line in source.splitlines() if line.lstrip().startswith("!")]

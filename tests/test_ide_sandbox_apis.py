@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig
 from sagemaker_ssh_sandbox.sagemaker.notebooks import NotebookAPI
@@ -12,8 +12,8 @@ from sagemaker_ssh_sandbox.sagemaker.studio import StudioAPI
 RUNNER_KEYS = {"name", "hostname", "state", "unshare_pid", "init_pid", "log", "job", "kind"}
 
 
-def factory(created: List[Container]) -> Any:
-    def start(name: str, root: Path, metadata: Dict[str, Any]) -> Container:
+def factory(created: list[Container]) -> Any:
+    def start(name: str, root: Path, metadata: dict[str, Any]) -> Container:
         container = Container(ContainerConfig(name=name, hostname=f"host-{name}", root=root,
                                               argv=["true"], env={}))
         created.append(container)
@@ -22,7 +22,7 @@ def factory(created: List[Container]) -> Any:
 
 
 def test_studio_api_lists_running_app_containers(tmp_path: Path) -> None:
-    created: List[Container] = []
+    created: list[Container] = []
     api = StudioAPI("us-east-1", "123456789012", tmp_path, factory(created))
     domain = api.handle("CreateDomain", {"DomainName": "d"})["DomainArn"].rsplit("/", 1)[-1]
     api.handle("CreateSpace", {"DomainId": domain, "SpaceName": "sp1"})
@@ -38,7 +38,7 @@ def test_studio_api_lists_running_app_containers(tmp_path: Path) -> None:
 
 
 def test_notebook_api_lists_instance_containers_while_in_service(tmp_path: Path) -> None:
-    created: List[Container] = []
+    created: list[Container] = []
     api = NotebookAPI("us-east-1", "123456789012", tmp_path, factory(created))
     api.handle("CreateNotebookInstance", {"NotebookInstanceName": "nb1"})
     listed = api.containers()

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -60,7 +59,7 @@ def environment_like_this_one(tmp_path: Path) -> Path:
     return python
 
 
-def freeze(python: Path, cwd: Path) -> Dict[str, str]:
+def freeze(python: Path, cwd: Path) -> dict[str, str]:
     lines = run(str(python), "-m", "pip", "freeze", "--all", cwd=cwd).splitlines()
     packages = {}
     for line in lines:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -24,7 +25,7 @@ def arn(kind: str, name: str) -> str:
     return f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:{kind}/{name.lower()}"
 
 
-def tags(name: str, kind: str = "training-job", ts: int = 1000, **extra: str) -> Dict[str, str]:
+def tags(name: str, kind: str = "training-job", ts: int = 1000, **extra: str) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHResourceArn": arn(kind, name),
             "SSHTimestamp": str(ts), "SSHOwner": "owner", **extra}
 
@@ -120,7 +121,7 @@ def test_wait_for_expected_count_with_deadline_and_progress(ssm: Any) -> None:
     b = ssm.backend
     b.add_fake_instances(1, tags=tags("job-w"))
     clock = FakeClock()
-    lines: List[str] = []
+    lines: list[str] = []
     mgr = SSMManager(region_name="us-east-1", clock=clock, sleep=clock.sleep,
                      progress=lines.append)
     ids = mgr.get_training_instance_ids("job-w", timeout_in_sec=30, expected_count=2)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import boto3
 import pytest
@@ -35,7 +36,7 @@ class Runner:
     """Stands in for the container runner: keeps jobs where the test puts them."""
 
     def __init__(self) -> None:
-        self.jobs: List[Job] = []
+        self.jobs: list[Job] = []
 
     def __call__(self, job: Job) -> None:
         self.jobs.append(job)
@@ -61,8 +62,8 @@ def jobs(moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobsAPI]
     gw.stop()
 
 
-def create(name: str, env: Dict[str, str], **extra: Any) -> None:
-    request: Dict[str, Any] = {
+def create(name: str, env: dict[str, str], **extra: Any) -> None:
+    request: dict[str, Any] = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": "any:latest", "TrainingInputMode": "File"},
         "RoleArn": ROLE, "OutputDataConfig": {"S3OutputPath": "s3://bucket/out"},

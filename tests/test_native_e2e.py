@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, free_port, sm_ssh, wait_until
@@ -99,14 +100,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
-def env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
     out = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
     out["PYTHONPATH"] = os.pathsep.join(p for p in (out.get("PYTHONPATH", ""), str(REPO)) if p)
     return out
 
 
-def launch(env: Dict[str, str], tmp_path: Path, base_name: str, count: int,
+def launch(env: dict[str, str], tmp_path: Path, base_name: str, count: int,
            transport: str) -> str:
     work = tmp_path / base_name
     (work / "src").mkdir(parents=True)
@@ -120,12 +121,12 @@ def launch(env: Dict[str, str], tmp_path: Path, base_name: str, count: int,
     return done.stdout.strip().splitlines()[-1]
 
 
-def run(argv: Any, env: Dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def run(argv: Any, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, check=False)
 
 
-def ssm_calls(env: Dict[str, str]) -> Dict[str, int]:
+def ssm_calls(env: dict[str, str]) -> dict[str, int]:
     with urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
                                 timeout=10) as response:
         return dict(json.loads(response.read())["CallCounts"])
@@ -146,7 +147,7 @@ def _get(url: str) -> str:
 
 
 def test_native_journey_two_nodes_forwarding_release_and_list(
-        sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     before = ssm_calls(env).get("CreateActivation", 0)
     job = launch(env, tmp_path, "native", 2, "native")
     described = sandbox.client("sagemaker").describe_training_job(TrainingJobName=job)
@@ -263,7 +264,7 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
         sandbox.client("ssm").start_session(Target=f"sagemaker-training-job:{job}_algo-1")
 
 
-def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
+def _ssm_proxy_hostname(env: dict[str, str], job: str) -> str:
     code = (
         "import sys\n"
         "from sagemaker_ssh_helper.proxy import SSMProxy\n"
@@ -279,7 +280,7 @@ def _ssm_proxy_hostname(env: Dict[str, str], job: str) -> str:
 
 
 def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
-        sandbox: Sandbox, env: Dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     job = launch(env, tmp_path, "plain", 1, "plain")  # no SSH Helper, remote debugging off
     fqdn = f"{job}.training.sagemaker"
     done = run(sm_ssh("shell", fqdn, "--wait", "60"), env)
@@ -352,7 +353,7 @@ def predict_fn(data, model):
 """
 
 
-def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: Dict[str, str],
+def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: dict[str, str],
                                          tmp_path: Path) -> None:
     """An endpoint deployed with ``SSHModelWrapper.create(model, transport="native")``: its
     variant has EnableSSMAccess, no activation is created, SSH runs over SageMaker's

@@ -1,8 +1,6 @@
 """The core retry/poll module: backoff, retryable errors, deadlines and polls, on a fake clock."""
 from __future__ import annotations
 
-from typing import List
-
 import pytest
 from botocore.exceptions import ClientError
 
@@ -12,7 +10,7 @@ from sagemaker_ssh_helper import aws, retry
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
-        self.sleeps: List[float] = []
+        self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, free_port, run, sm_ssh, wait_until
@@ -154,8 +155,8 @@ print("RESULT " + json.dumps({
 @dataclass
 class World:
     sandbox: Sandbox
-    env: Dict[str, str]
-    result: Dict[str, Any]
+    env: dict[str, str]
+    result: dict[str, Any]
 
     @property
     def endpoint_fqdn(self) -> str:
@@ -318,7 +319,7 @@ def test_transform_job_is_held_for_ssh_then_released_and_completes(world: World)
     s3 = world.sandbox.client("s3")
     bucket = world.result["bucket"]
 
-    def output(key: str) -> List[Dict[str, Any]]:
+    def output(key: str) -> list[dict[str, Any]]:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
         return [json.loads(line) for line in body.splitlines()]
 

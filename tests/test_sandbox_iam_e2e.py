@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -80,7 +81,7 @@ def source(sandbox: Sandbox) -> str:
 
 
 def create_job(sandbox: Sandbox, name: str, uri: str, program: str,
-               environment: Dict[str, str]) -> None:
+               environment: dict[str, str]) -> None:
     sandbox.client("sagemaker").create_training_job(
         TrainingJobName=name, RoleArn=sandbox.role_arn,
         HyperParameters={"sagemaker_program": json.dumps(program),
@@ -102,14 +103,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any
     return value
 
 
-def client_env(sandbox: Sandbox, home: Path) -> Dict[str, str]:
+def client_env(sandbox: Sandbox, home: Path) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     env = dict(os.environ, **sandbox.env, HOME=str(home))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
 
-def sm_ssh(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def sm_ssh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -133,7 +134,7 @@ def denied(call: Callable[..., Any], **kwargs: Any) -> str:
     return "allowed"
 
 
-def instances_of(sandbox: Sandbox, job: str) -> List[Dict[str, Any]]:
+def instances_of(sandbox: Sandbox, job: str) -> list[dict[str, Any]]:
     return list(sandbox.client("ssm").describe_instance_information(Filters=[
         {"Key": "tag:SSHResourceName", "Values": [job]},
         {"Key": "PingStatus", "Values": ["Online"]}])["InstanceInformationList"])

@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import boto3
 import pytest
@@ -34,7 +35,7 @@ class RecordingRunner:
     """Stands in for the container runner: remembers jobs, runs nothing."""
 
     def __init__(self) -> None:
-        self.jobs: List[Job] = []
+        self.jobs: list[Job] = []
 
     def __call__(self, job: Job) -> None:
         self.jobs.append(job)
@@ -51,7 +52,7 @@ def moto_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def gateway(moto_server: Any) -> Iterator[Dict[str, Any]]:
+def gateway(moto_server: Any) -> Iterator[dict[str, Any]]:
     runner = RecordingRunner()
     jobs = JobsAPI("us-east-1", "123456789012", runner)
     gw = Gateway(("127.0.0.1", 0), moto_server.get_host_and_port(), jobs).start()
@@ -60,14 +61,14 @@ def gateway(moto_server: Any) -> Iterator[Dict[str, Any]]:
 
 
 @pytest.fixture
-def endpoint_env(gateway: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
+def endpoint_env(gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
     """boto3 reaches the gateway through the standard AWS_ENDPOINT_URL variable only."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", gateway["url"])
     return str(gateway["url"])
 
 
-def training_request(name: str, **extra: Any) -> Dict[str, Any]:
-    request: Dict[str, Any] = {
+def training_request(name: str, **extra: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": "any:latest", "TrainingInputMode": "File"},
         "RoleArn": ROLE,
@@ -110,7 +111,7 @@ def test_other_sagemaker_operations_go_to_moto(endpoint_env: str) -> None:
 
 
 def test_training_job_api_keeps_what_create_received(endpoint_env: str,
-                                                     gateway: Dict[str, Any]) -> None:
+                                                     gateway: dict[str, Any]) -> None:
     sm = boto3.client("sagemaker")
     arn = sm.create_training_job(**training_request(
         "infra-api-job", Environment={"START_SSH": "true", "SSH_OWNER_TAG": "me"},
@@ -231,7 +232,7 @@ def test_bridge_pipes_many_concurrent_full_duplex_connections(tmp_path: Path) ->
     host_side = UnixToTcp(tmp_path / "sock" / f"{port}.sock", "127.0.0.1", port).start()
     container_side = TcpToUnix("127.0.0.1", 0, str(host_side.path)).start()
     bridge_port = container_side._listener.getsockname()[1]
-    results: Dict[int, bytes] = {}
+    results: dict[int, bytes] = {}
 
     def client(i: int) -> None:
         payload = (b"conn-%d-" % i) * 20000
@@ -257,7 +258,7 @@ def test_bridge_pipes_many_concurrent_full_duplex_connections(tmp_path: Path) ->
     assert not host_side.path.exists()
 
 
-def _python(code: str, env: Dict[str, str]) -> str:
+def _python(code: str, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120, check=True)
     return done.stdout.strip().splitlines()[-1]  # the SDK logs its config search to stdout
@@ -304,7 +305,7 @@ def test_training_entry_point_runs_like_the_toolkit() -> None:
         layout.training_entry({"HyperParameters": {}}, "/py")
 
 
-def _cli(*argv: str, user: bool = False, env: Dict[str, str] | None = None
+def _cli(*argv: str, user: bool = False, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "sagemaker_ssh_sandbox.cli", *argv]
     if user:

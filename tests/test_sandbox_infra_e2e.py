@@ -18,8 +18,9 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E
@@ -159,9 +160,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
-def host_port22() -> Iterator[List[bytes]]:
+def host_port22() -> Iterator[list[bytes]]:
     """Hold 127.0.0.1:22 on the host (if free) while the jobs run; record what reaches it."""
-    received: List[bytes] = []
+    received: list[bytes] = []
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -197,8 +198,8 @@ def no_probe_residue() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def launched(sandbox: Sandbox, host_port22: List[bytes],
-             tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def launched(sandbox: Sandbox, host_port22: list[bytes],
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("launch")
     src = work / "src"
     (src / "data").mkdir(parents=True)
@@ -214,11 +215,11 @@ def launched(sandbox: Sandbox, host_port22: List[bytes],
                           cwd=str(work), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("JOBS "))
-    result: Dict[str, Any] = json.loads(line[len("JOBS "):])
+    result: dict[str, Any] = json.loads(line[len("JOBS "):])
     return result
 
 
-def _processes(pidns: str) -> Set[Tuple[int, float]]:
+def _processes(pidns: str) -> set[tuple[int, float]]:
     """(pid, start time) of the processes in a live container's PID namespace."""
     import psutil
 
@@ -231,7 +232,7 @@ def _processes(pidns: str) -> Set[Tuple[int, float]]:
     return found
 
 
-def _any_alive(processes: Set[Tuple[int, float]]) -> bool:
+def _any_alive(processes: set[tuple[int, float]]) -> bool:
     import psutil
 
     for pid, created in processes:
@@ -253,21 +254,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _report(sandbox: Sandbox, job: str, host: str = "algo-1") -> Dict[str, Any]:
+def _report(sandbox: Sandbox, job: str, host: str = "algo-1") -> dict[str, Any]:
     log = sandbox.container_log(job, host)
     line = next((x for x in log.splitlines() if x.startswith("REPORT ")), None)
     assert line, f"no report in {job}/{host} log:\n{log[-2000:]}"
-    report: Dict[str, Any] = json.loads(line[len("REPORT "):])
+    report: dict[str, Any] = json.loads(line[len("REPORT "):])
     return report
 
 
-def test_sdk_launch_made_no_network_attempts_outside_loopback(launched: Dict[str, Any]) -> None:
+def test_sdk_launch_made_no_network_attempts_outside_loopback(launched: dict[str, Any]) -> None:
     outside = [c for c in launched["connects"] if "127.0.0.1" not in c and "/" not in c]
     assert outside == []
 
 
 def test_sdk_training_job_completes_with_environment(sandbox: Sandbox,
-                                                     launched: Dict[str, Any]) -> None:
+                                                     launched: dict[str, Any]) -> None:
     job = launched["jobs"]["ok"]
     described = sandbox.wait_for_job(job)
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
@@ -290,7 +291,7 @@ def test_sdk_training_job_completes_with_environment(sandbox: Sandbox,
 
 
 def test_container_sees_sagemaker_layout_and_env(sandbox: Sandbox,
-                                                 launched: Dict[str, Any]) -> None:
+                                                 launched: dict[str, Any]) -> None:
     job = launched["jobs"]["ok"]
     sandbox.wait_for_job(job)
     report = _report(sandbox, job)
@@ -326,7 +327,7 @@ def test_container_sees_sagemaker_layout_and_env(sandbox: Sandbox,
 
 
 def test_container_writes_never_reach_the_host(sandbox: Sandbox,
-                                               launched: Dict[str, Any]) -> None:
+                                               launched: dict[str, Any]) -> None:
     sandbox.wait_for_job(launched["jobs"]["ok"])
     sandbox.wait_for_job(launched["jobs"]["two"])
     for directory in PROBE_DIRS:
@@ -336,13 +337,13 @@ def test_container_writes_never_reach_the_host(sandbox: Sandbox,
 
 
 def test_port_22_inside_a_container_does_not_clash_with_the_host(
-        sandbox: Sandbox, launched: Dict[str, Any], host_port22: List[bytes]) -> None:
+        sandbox: Sandbox, launched: dict[str, Any], host_port22: list[bytes]) -> None:
     sandbox.wait_for_job(launched["jobs"]["ok"])
     assert _report(sandbox, launched["jobs"]["ok"])["port22"] == "ping"
     assert host_port22 == []
 
 
-def test_two_node_job_runs_two_containers(sandbox: Sandbox, launched: Dict[str, Any]) -> None:
+def test_two_node_job_runs_two_containers(sandbox: Sandbox, launched: dict[str, Any]) -> None:
     job = launched["jobs"]["two"]
     described = sandbox.wait_for_job(job)
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
@@ -356,7 +357,7 @@ def test_two_node_job_runs_two_containers(sandbox: Sandbox, launched: Dict[str, 
     assert sorted(c["hostname"] for c in containers) == ["algo-1", "algo-2"]
 
 
-def test_failing_entry_point_fails_the_job(sandbox: Sandbox, launched: Dict[str, Any]) -> None:
+def test_failing_entry_point_fails_the_job(sandbox: Sandbox, launched: dict[str, Any]) -> None:
     described = sandbox.wait_for_job(launched["jobs"]["fail"])
     assert described["TrainingJobStatus"] == "Failed"
     assert described["SecondaryStatus"] == "Failed"
@@ -365,7 +366,7 @@ def test_failing_entry_point_fails_the_job(sandbox: Sandbox, launched: Dict[str,
     assert "ExitCode 3" in reason and "intentional failure: bad input" in reason
 
 
-def test_stop_training_job_stops_it(sandbox: Sandbox, launched: Dict[str, Any]) -> None:
+def test_stop_training_job_stops_it(sandbox: Sandbox, launched: dict[str, Any]) -> None:
     job = launched["jobs"]["stop"]
     deadline = time.monotonic() + 60
     while "sleeping" not in sandbox.container_log(job) and time.monotonic() < deadline:
@@ -382,7 +383,7 @@ def test_stop_training_job_stops_it(sandbox: Sandbox, launched: Dict[str, Any]) 
 
 
 @pytest.mark.parametrize("kind", ["script", "framework"])
-def test_processing_jobs_run(sandbox: Sandbox, launched: Dict[str, Any], kind: str) -> None:
+def test_processing_jobs_run(sandbox: Sandbox, launched: dict[str, Any], kind: str) -> None:
     job = launched["jobs"][kind]
     described = sandbox.wait_for_job(job, kind="processing")
     assert described["ProcessingJobStatus"] == "Completed", (
@@ -397,9 +398,9 @@ def test_processing_jobs_run(sandbox: Sandbox, launched: Dict[str, Any], kind: s
                       "hostname": "algo-1"}
 
 
-def _raw_training_job(sandbox: Sandbox, name: str, argv: List[str], **extra: Any) -> None:
+def _raw_training_job(sandbox: Sandbox, name: str, argv: list[str], **extra: Any) -> None:
     """CreateTrainingJob without the SDK, with an explicit container entry point."""
-    request: Dict[str, Any] = dict(
+    request: dict[str, Any] = dict(
         TrainingJobName=name, RoleArn=sandbox.role_arn,
         AlgorithmSpecification={"TrainingImage": "any", "TrainingInputMode": "File",
                                 "ContainerEntrypoint": argv},
@@ -468,7 +469,7 @@ def test_transform_job_of_a_missing_model_fails(sandbox: Sandbox) -> None:
 
 
 def test_status_lists_services_jobs_and_containers(sandbox: Sandbox,
-                                                   launched: Dict[str, Any]) -> None:
+                                                   launched: dict[str, Any]) -> None:
     sandbox.wait_for_job(launched["jobs"]["ok"])
     env = dict(os.environ, PYTHONPATH=str(REPO), SM_SSH_SANDBOX_DIR=str(sandbox.state_dir.root))
     done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_sandbox.cli", "status"],

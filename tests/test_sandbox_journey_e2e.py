@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, sm_ssh
@@ -87,14 +88,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
-def client_env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def client_env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
     env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
     return env
 
 
-def launch(client_env: Dict[str, str], tmp_path: Path, entry_point: str, base_name: str,
+def launch(client_env: dict[str, str], tmp_path: Path, entry_point: str, base_name: str,
            instance_count: int) -> str:
     source = tmp_path / "src"
     source.mkdir()
@@ -107,7 +108,7 @@ def launch(client_env: Dict[str, str], tmp_path: Path, entry_point: str, base_na
     return done.stdout.strip().splitlines()[-1]
 
 
-def online_instances(sandbox: Sandbox, job: str, count: int) -> List[str]:
+def online_instances(sandbox: Sandbox, job: str, count: int) -> list[str]:
     from sagemaker_ssh_helper.manager import SSMManager
 
     with sandbox.activated():
@@ -115,7 +116,7 @@ def online_instances(sandbox: Sandbox, job: str, count: int) -> List[str]:
                                                            expected_count=count))
 
 
-def release(client_env: Dict[str, str], job: str, *node: str) -> None:
+def release(client_env: dict[str, str], job: str, *node: str) -> None:
     done = subprocess.run(sm_ssh("connect", *node, f"{job}.training.sagemaker", "--",
                                  "sm-wait", "stop"),
                           env=client_env, capture_output=True, text=True, timeout=180,
@@ -123,12 +124,12 @@ def release(client_env: Dict[str, str], job: str, *node: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def tags_of(ssm: Any, instance_id: str) -> Dict[str, str]:
+def tags_of(ssm: Any, instance_id: str) -> dict[str, str]:
     listed = ssm.list_tags_for_resource(ResourceType="ManagedInstance", ResourceId=instance_id)
     return {t["Key"]: t["Value"] for t in listed["TagList"]}
 
 
-def test_two_node_job_registers_one_instance_per_node(sandbox: Sandbox, client_env: Dict[str, str],
+def test_two_node_job_registers_one_instance_per_node(sandbox: Sandbox, client_env: dict[str, str],
                                                       tmp_path: Path) -> None:
     job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "two-nodes", 2)
     ids = online_instances(sandbox, job, 2)
@@ -163,7 +164,7 @@ def deregistered(sandbox: Sandbox, instance_id: str, timeout: float = 60) -> boo
     return False
 
 
-def test_a_stopped_job_deregisters_its_instance(sandbox: Sandbox, client_env: Dict[str, str],
+def test_a_stopped_job_deregisters_its_instance(sandbox: Sandbox, client_env: dict[str, str],
                                                 tmp_path: Path) -> None:
     """StopTrainingJob sends SIGTERM, and Python skips atexit on it."""
     job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "stopped", 1)
@@ -175,7 +176,7 @@ def test_a_stopped_job_deregisters_its_instance(sandbox: Sandbox, client_env: Di
 
 
 def test_a_failed_registration_says_why_and_the_job_goes_on(
-        sandbox: Sandbox, client_env: Dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, client_env: dict[str, str], tmp_path: Path) -> None:
     ssm = sandbox.client("ssm")
     activations_before = len(ssm.describe_activations()["ActivationList"])
     request = urllib.request.Request(
@@ -195,7 +196,7 @@ def test_a_failed_registration_says_why_and_the_job_goes_on(
 
 
 def test_failing_job_ends_failed_and_deregisters_its_instance(
-        sandbox: Sandbox, client_env: Dict[str, str], tmp_path: Path) -> None:
+        sandbox: Sandbox, client_env: dict[str, str], tmp_path: Path) -> None:
     job = launch(client_env, tmp_path, HOLD_THEN_FAIL, "fails", 1)
     (instance_id,) = online_instances(sandbox, job, 1)
 
@@ -206,7 +207,7 @@ def test_failing_job_ends_failed_and_deregisters_its_instance(
 
     ssm = sandbox.client("ssm")
     deadline = time.monotonic() + 60
-    remaining: List[Dict[str, Any]] = []
+    remaining: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         remaining = ssm.describe_instance_information(
             Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"]

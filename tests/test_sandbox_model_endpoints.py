@@ -9,8 +9,9 @@ import json
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -207,7 +208,7 @@ def test_failed_when_not_ready_within_the_startup_health_check_timeout(
 
 
 # -- inference layouts -----------------------------------------------------------------------------
-def _tarball(files: Dict[str, str]) -> bytes:
+def _tarball(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, text in files.items():
@@ -294,7 +295,7 @@ def test_transform_layout_shares_inputs_and_stacks_the_environment(
 
 
 def test_transform_inputs_must_exist_and_be_a_prefix(s3: Any) -> None:
-    def request(uri: str, data_type: str = "S3Prefix") -> Dict[str, Any]:
+    def request(uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:
         return {"TransformInput": {"DataSource": {"S3DataSource": {
             "S3DataType": data_type, "S3Uri": uri}}}}
 
@@ -313,7 +314,7 @@ def test_transform_jobs_without_their_model_or_inputs_fail_with_a_client_error(
     sagemaker.create_model(ModelName="present", ExecutionRoleArn=ROLE,
                            PrimaryContainer={"Image": "img"})
 
-    def create(name: str, model: str) -> Dict[str, Any]:
+    def create(name: str, model: str) -> dict[str, Any]:
         jobs.handle("CreateTransformJob", {
             "TransformJobName": name, "ModelName": model,
             "TransformInput": {"DataSource": {"S3DataSource": {
@@ -343,7 +344,7 @@ def test_status_gathers_and_prints_endpoints_and_every_kind_of_container(tmp_pat
     from sagemaker_ssh_sandbox.cli import _format_status
     from sagemaker_ssh_sandbox.server import Daemon
 
-    def entry(name: str, kind: str, job: str) -> Dict[str, Any]:
+    def entry(name: str, kind: str, job: str) -> dict[str, Any]:
         return {"name": name, "hostname": "h", "state": "Running", "init_pid": 7,
                 "log": f"/logs/{name}", "job": job, "kind": kind}
 

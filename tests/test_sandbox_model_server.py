@@ -15,7 +15,6 @@ import types
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 from conftest import REPO_ROOT, free_port
@@ -117,7 +116,7 @@ def predict_fn(data, model):
 class Server:
     """One model server process with its stdout read line by line."""
 
-    def __init__(self, tmp: Path, mode: List[str], **env: str) -> None:
+    def __init__(self, tmp: Path, mode: list[str], **env: str) -> None:
         self.model = tmp / "model"
         lib = self.model / "code" / "lib" / "sagemaker_ssh_helper"
         lib.mkdir(parents=True)
@@ -134,8 +133,8 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", model_server.MODULE, *mode],
                                      env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[Optional[str]] = queue.Queue()
-        self.seen: List[str] = []
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -163,8 +162,8 @@ class Server:
                 return code
             self.seen.append(line)
 
-    def request(self, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None) -> urllib.request.Request:
+    def request(self, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> urllib.request.Request:
         return urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
                                       headers=headers or {})
 

@@ -5,8 +5,9 @@ import json
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import psutil
 import pytest
@@ -25,7 +25,7 @@ from test_sandbox_ssm_support import (
 )
 
 
-def _plugin(response: Dict[str, Any], params: Dict[str, Any], env: Dict[str, str],
+def _plugin(response: dict[str, Any], params: dict[str, Any], env: dict[str, str],
             **kwargs: Any) -> subprocess.Popen:
     """Start the plugin exactly as aws-cli does (response handed over in the environment)."""
     env = dict(env, AWS_SSM_START_SESSION_RESPONSE=json.dumps(
@@ -35,7 +35,7 @@ def _plugin(response: Dict[str, Any], params: Dict[str, Any], env: Dict[str, str
     return subprocess.Popen(argv, env=env, **kwargs)
 
 
-def _start(ssm: Any, mi: str, document: str, **parameters: List[str]) -> tuple:
+def _start(ssm: Any, mi: str, document: str, **parameters: list[str]) -> tuple:
     params = {"Target": mi, "DocumentName": document, "Parameters": parameters}
     return ssm.start_session(**params), params
 
@@ -211,7 +211,7 @@ def test_session_streams_keep_the_services_throughput_ceiling() -> None:
 
     limit = RateLimit(rate=1_000_000, burst=1_000_000, clock=lambda: now[0], sleep=sleep)
     chunks = [b"x" * 50_000] * 200  # 10 MB
-    received: List[bytes] = []
+    received: list[bytes] = []
     assert pump(lambda size: chunks.pop() if chunks else b"", received.append, limit)
     assert sum(map(len, received)) == 10_000_000
     assert now[0] == pytest.approx(9.0)  # (10 MB - 1 MB of burst) at 1 MB/s

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from typing import Any, Callable, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -27,11 +28,11 @@ PLUGIN = BIN / "session-manager-plugin"
 REGISTERED = "Successfully registered the instance with AWS SSM using Managed instance-id: "
 
 
-def wait_for(predicate: Callable[[], Optional[T]], timeout: float = 15.0,
+def wait_for(predicate: Callable[[], T | None], timeout: float = 15.0,
              interval: float = 0.05, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout
-    last: Optional[T] = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
@@ -45,7 +46,7 @@ def ssm_client(server: SSMServer, retries: int = 1) -> Any:
     return boto3.client("ssm", endpoint_url=server.url, region_name="us-east-1", config=config)
 
 
-def agent_env(server: SSMServer, state_dir: Path) -> Dict[str, str]:
+def agent_env(server: SSMServer, state_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(AWS_ENDPOINT_URL_SSM=server.url, SSM_AGENT_STATE_DIR=str(state_dir),
                SM_SSH_PYTHON=sys.executable, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -54,8 +55,8 @@ def agent_env(server: SSMServer, state_dir: Path) -> Dict[str, str]:
     return env
 
 
-def register(ssm: Any, env: Dict[str, str], tags: Optional[Dict[str, str]] = None,
-             **activation: Any) -> Tuple[str, Dict[str, str]]:
+def register(ssm: Any, env: dict[str, str], tags: dict[str, str] | None = None,
+             **activation: Any) -> tuple[str, dict[str, str]]:
     """CreateActivation + ``amazon-ssm-agent -register``; returns (instance id, activation)."""
     act = ssm.create_activation(IamRole="SageMakerRole",
                                 Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
@@ -68,12 +69,12 @@ def register(ssm: Any, env: Dict[str, str], tags: Optional[Dict[str, str]] = Non
     return result.stdout.strip()[len(REGISTERED):], act
 
 
-def agent_log(env: Dict[str, str]) -> Path:
+def agent_log(env: dict[str, str]) -> Path:
     return Path(env["SSM_AGENT_STATE_DIR"]).with_name("agent.log")
 
 
 @contextmanager
-def running_agent(env: Dict[str, str]) -> Iterator[subprocess.Popen]:
+def running_agent(env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """The agent daemon; its log (stderr) goes to ``agent_log(env)``."""
     log = agent_log(env)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,8 @@ def ping_status(ssm: Any, instance_id: str) -> str:
 
 @contextmanager
 def online_agent(tmp_path: Path, heartbeat_timeout: float = 10.0,
-                 tags: Optional[Dict[str, str]] = None
-                 ) -> Iterator[Tuple[SSMServer, Any, str, subprocess.Popen, Dict[str, str]]]:
+                 tags: dict[str, str] | None = None
+                 ) -> Iterator[tuple[SSMServer, Any, str, subprocess.Popen, dict[str, str]]]:
     """A stand-in service with one registered, running and Online agent."""
     server = start_ssm_server(heartbeat_timeout=heartbeat_timeout,
                               invocation_visibility_delay=0.2)
@@ -145,7 +146,7 @@ def sshd_available() -> bool:
 
 
 @contextmanager
-def started_sshd(tmp_path: Path) -> Iterator[Tuple[int, Path]]:
+def started_sshd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A real sshd on a free 127.0.0.1 port with a tmp host key and authorized_keys.
 
     It runs in a private mount namespace with a tmpfs over /run (privilege-separation

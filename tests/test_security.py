@@ -7,7 +7,7 @@ import logging
 import stat
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 import pytest
@@ -37,11 +37,11 @@ def server(action: str, resource: str = "*", userid: str = JOB, **context: Any) 
                     Request(action, resource, {"aws:userid": userid, **context}))
 
 
-def on_instance(tags: Dict[str, str]) -> Dict[str, Any]:
+def on_instance(tags: dict[str, str]) -> dict[str, Any]:
     return {f"ssm:resourceTag/{k}": v for k, v in tags.items()}
 
 
-def creating(tags: Dict[str, str]) -> Dict[str, Any]:
+def creating(tags: dict[str, str]) -> dict[str, Any]:
     return {**{f"aws:RequestTag/{k}": v for k, v in tags.items()}, "aws:TagKeys": list(tags)}
 
 
@@ -118,7 +118,7 @@ def test_server_policy_lets_a_container_register_itself() -> None:
     ("start sessions", "ssm:StartSession", MI, on_instance(SSH_TAGS)),
 ])
 def test_server_policy_refuses(attack: str, action: str, resource: str,
-                               context: Dict[str, Any]) -> None:
+                               context: dict[str, Any]) -> None:
     assert server(action, resource, **context) != ALLOW, attack
 
 
@@ -228,7 +228,7 @@ def test_log_shipper_delivers_every_line(moto_url: str) -> None:
     shipper = LogShipper(logs, interval=60)
     sink = shipper.sink_to("/aws/sagemaker/TrainingJobs", "job/algo-1-1")
     now = int(time.time() * 1000)
-    lines: List[str] = []
+    lines: list[str] = []
     for i, line in enumerate(["first", "", "second", "x" * 300_000, "registered mi-1"]):
         shipper._queue.put(("/aws/sagemaker/TrainingJobs", "job/algo-1-1", now - i, line))
         lines.append(line)

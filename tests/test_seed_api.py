@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import pytest
 
@@ -32,7 +32,7 @@ _EMPTY = inspect.Parameter.empty
 
 # Seed defaults deliberately changed here (see README "Compatibility with SSH Helper v2"):
 # holding an endpoint's model loading for 600 s by default makes deploy() time out.
-DOCUMENTED_DEFAULTS: Dict[Tuple[str, str], Any] = {
+DOCUMENTED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("sagemaker_ssh_helper.wrapper.SSHModelWrapper.create", "connection_wait_time_seconds"): 0,
     ("sagemaker_ssh_helper.wrapper.SSHMultiModelWrapper.create",
      "connection_wait_time_seconds"): 0,
@@ -43,18 +43,18 @@ DOCUMENTED_DEFAULTS: Dict[Tuple[str, str], Any] = {
 class Entry:
     path: str
     module: str
-    owner: Optional[str]        # class name for methods and classes
+    owner: str | None        # class name for methods and classes
     name: str
-    params: Optional[List[inspect.Parameter]]  # None for a class line
-    bases: Tuple[str, ...] = ()
-    decorator: Optional[str] = None
+    params: list[inspect.Parameter] | None  # None for a class line
+    bases: tuple[str, ...] = ()
+    decorator: str | None = None
 
     @property
     def is_class(self) -> bool:
         return self.params is None
 
 
-def _parameters(text: str) -> List[inspect.Parameter]:
+def _parameters(text: str) -> list[inspect.Parameter]:
     """``self, a, b=1, t=timedelta(minutes=15), **kwargs`` -> inspect.Parameter list."""
     fn = ast.parse(f"def f({text}): pass").body[0]
     assert isinstance(fn, ast.FunctionDef)
@@ -74,7 +74,7 @@ def _parameters(text: str) -> List[inspect.Parameter]:
     return result
 
 
-def parse(text: str) -> List[Entry]:
+def parse(text: str) -> list[Entry]:
     entries = []
     for line in text.splitlines():
         line = line.strip()
@@ -114,7 +114,7 @@ def _same_default(expected: Any, actual: Any) -> bool:
         return False
 
 
-def compare(entry: Entry, params: List[inspect.Parameter]) -> List[str]:
+def compare(entry: Entry, params: list[inspect.Parameter]) -> list[str]:
     """Problems of ``params`` (ours, without self/cls) against the seed's."""
     seed = [p for p in entry.params or [] if p.name not in ("self", "cls")]
     problems = []
@@ -151,7 +151,7 @@ def compare(entry: Entry, params: List[inspect.Parameter]) -> List[str]:
     return problems
 
 
-def _callable_params(obj: Any, static: bool) -> List[inspect.Parameter]:
+def _callable_params(obj: Any, static: bool) -> list[inspect.Parameter]:
     params = list(inspect.signature(obj).parameters.values())
     return params if static else params[1:]
 
@@ -166,7 +166,7 @@ def _derives(cls: type, base: str) -> bool:
     return inspect.isclass(target) and issubclass(cls, target)
 
 
-def check(entry: Entry) -> List[str]:
+def check(entry: Entry) -> list[str]:
     """What is incompatible about ``entry`` here (empty when it is compatible)."""
     try:
         module = importlib.import_module(entry.module)
@@ -211,7 +211,7 @@ def test_the_table_is_the_whole_seed_api() -> None:
     assert len({e.path for e in ENTRIES}) == 252
 
 
-def figure() -> Tuple[int, int, Dict[str, List[str]]]:
+def figure() -> tuple[int, int, dict[str, list[str]]]:
     failures = {e.path: problems for e in ENTRIES if (problems := check(e))}
     return len(ENTRIES) - len(failures), len(ENTRIES), failures
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any
 
 import boto3
 import pytest
@@ -38,7 +38,7 @@ def arn(resource: str) -> str:
     return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{resource}"
 
 
-def tags(name: str, resource: str, ts: int = 1000) -> Dict[str, str]:
+def tags(name: str, resource: str, ts: int = 1000) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHResourceArn": arn(resource), "SSHTimestamp": str(ts),
             "SSHOwner": "owner-id"}
 
@@ -126,7 +126,7 @@ def test_expired_instances_use_clock_timestamp_override(ssm: Any) -> None:
 
 
 # -- interactive_sagemaker ------------------------------------------------------------------
-def create_training_jobs(names: List[str]) -> None:
+def create_training_jobs(names: list[str]) -> None:
     sm = boto3.client("sagemaker")
     for name in names:
         sm.create_training_job(
@@ -144,7 +144,7 @@ def counted(client: Any) -> Counter:
     return calls
 
 
-def listing_calls(ssm: Any, jobs: int, other_instances: int) -> Dict[str, int]:
+def listing_calls(ssm: Any, jobs: int, other_instances: int) -> dict[str, int]:
     names = [f"job-{jobs}-{i}" for i in range(jobs)]
     create_training_jobs(names)
     b = ssm.backend
@@ -233,7 +233,7 @@ def test_describe_instance_properties_stand_in_pages_and_filters_like_ssm(ssm: A
     found = {i["InstanceId"] for p in pages for i in p["InstanceProperties"]}
     assert found == set(ssh + lost) and not found & set(other)
 
-    def ids(**kwargs: Any) -> List[str]:
+    def ids(**kwargs: Any) -> list[str]:
         return [i["InstanceId"] for i in client.describe_instance_properties(
             MaxResults=1000, **kwargs)["InstanceProperties"]]
 
@@ -284,7 +284,7 @@ def test_sm_ssh_list_falls_back_when_the_policy_lacks_describe_instance_properti
                                    if a != "ssm:DescribeInstanceProperties"]
 
     class Principals:
-        policy: Dict[str, Any] = full
+        policy: dict[str, Any] = full
 
         def principal(self, access_key_id: str) -> Principal:
             return Principal(f"arn:aws:iam::{ACCOUNT}:user/alice", "AIDAALICE", ACCOUNT,

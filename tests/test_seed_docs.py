@@ -10,8 +10,8 @@ rule no line uses, a test that does not exist or a key missing from the FAQ fail
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -35,7 +35,7 @@ LCC = STUDIO + "test_lifecycle_config_installs_the_staged_wheel_and_refuses_upst
 OUTPUT = "output"
 
 # (regex on the whole line, verdict): a tuple of tests, "faq:<key>" or "output:<reason>".
-RULES: List[Tuple[str, object]] = [
+RULES: list[tuple[str, object]] = [
     # -- installing and configuring the laptop
     (r"^(\$ |# )?pip install sagemaker-ssh-helper$", "faq:`pip install sagemaker-ssh-helper`"),
     (r"^pip install \./sagemaker-ssh-helper-VERSION/$",
@@ -119,7 +119,7 @@ SSH_CONFIG_KEYS = ("HostName", "IdentityFile", "Port", "User", "PasswordAuthenti
                    "ProxyCommand")
 
 
-def seeds_dir() -> Optional[Path]:
+def seeds_dir() -> Path | None:
     for parent in ROOT.parents:
         candidate = parent / "shared" / "seeds"
         if candidate.is_dir():
@@ -127,7 +127,7 @@ def seeds_dir() -> Optional[Path]:
     return None
 
 
-def seed_lines(folder: Path) -> Iterator[Tuple[str, str]]:
+def seed_lines(folder: Path) -> Iterator[tuple[str, str]]:
     """(document, line) for each line of each code block; ssh config lines are reported as
     their block's ``Host`` line."""
     for doc in sorted(folder.glob("*.md")):
@@ -149,14 +149,14 @@ def seed_lines(folder: Path) -> Iterator[Tuple[str, str]]:
                 yield doc.name, line
 
 
-def verdict(line: str) -> Tuple[Optional[int], object]:
+def verdict(line: str) -> tuple[int | None, object]:
     for index, (pattern, result) in enumerate(RULES):
         if re.search(pattern, line):
             return index, result
     return None, None
 
 
-def faq_table_keys() -> List[str]:
+def faq_table_keys() -> list[str]:
     text = (ROOT / "FAQ.md").read_text()
     section = text.split("## Commands from earlier documents that do not apply", 1)[1]
     return [re.split(r"(?<!\\)\|", row)[1].strip() for row in section.splitlines()
@@ -205,7 +205,7 @@ def test_not_applicable_commands_are_in_the_faq_table() -> None:
 
 def test_rules_cover_the_documented_flows_by_kind() -> None:
     """The issue's named flows each map to their test (a guard against loosened rules)."""
-    by_line: Dict[str, object] = {
+    by_line: dict[str, object] = {
         "aws ssm start-session --target mi-1234567890abcdef0": METHOD_A,
         "pkill sm-wait": (RELEASE, PKILL),
         "Host sagemaker-training": (QUICK,),

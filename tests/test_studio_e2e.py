@@ -19,10 +19,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Callable, TypeVar
 
 import ide_support
 import pytest
@@ -49,7 +50,7 @@ T = TypeVar("T")
 @dataclass
 class Studio:
     sandbox: Sandbox
-    env: Dict[str, str]
+    env: dict[str, str]
     domain: str
     app_root: Path
     owner: str
@@ -62,12 +63,12 @@ class Studio:
         return f"{self.app}.{self.space}.{self.domain}.studio.sagemaker"
 
     @property
-    def spec_env(self) -> Dict[str, str]:
-        env: Dict[str, str] = json.loads((self.app_root / "spec.json").read_text())["env"]
+    def spec_env(self) -> dict[str, str]:
+        env: dict[str, str] = json.loads((self.app_root / "spec.json").read_text())["env"]
         return env
 
-    def in_app(self, *argv: str, env: Optional[Dict[str, str]] = None, timeout: float = 120,
-               user: str = "root", input: Optional[str] = None) -> subprocess.CompletedProcess:
+    def in_app(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120,
+               user: str = "root", input: str | None = None) -> subprocess.CompletedProcess:
         """``argv`` in the app as root or (through runuser, as a login would) as ``user``."""
         command = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
         if user != "root":
@@ -81,7 +82,7 @@ class Studio:
              f"the app never created {user}", timeout=30)
 
 
-def poll(check: Callable[[], Optional[T]], what: str, timeout: float = 60) -> T:
+def poll(check: Callable[[], T | None], what: str, timeout: float = 60) -> T:
     """``check()``'s first result other than None (exceptions count as None), within timeout."""
     deadline, delay, last = time.monotonic() + timeout, 0.05, None
     while True:
@@ -180,7 +181,7 @@ def staged(studio: Studio) -> str:
     return url
 
 
-def kernel_environment(app: Studio, user: str) -> Dict[str, str]:
+def kernel_environment(app: Studio, user: str) -> dict[str, str]:
     """A kernel's Python environment in the app (a venv over the image's Python, which has
     the dependencies), first on PATH as in Studio images; pip works offline only."""
     kernel = f"{'/root' if user == 'root' else '/home/' + user}/kernel-env"
@@ -478,7 +479,7 @@ def test_ide_notebook_executed_by_sagemaker_user_then_connect(ide_notebook: Stud
 
 
 def test_running_the_agent_again_leaves_the_running_one_alone(ide_notebook: Studio) -> None:
-    def agents() -> List[str]:
+    def agents() -> list[str]:
         listed = ide_notebook.in_app("pgrep", "-f", "sagemaker_ssh_sandbox.ssm.agent")
         return listed.stdout.split()
 
@@ -598,7 +599,7 @@ def test_jupyter_server_reachable_through_local_forwarding(configured: Studio) -
     assert done.returncode == 0, done.stderr
     port = free_port()
     with tunnel(configured, "-L", f"{port}:127.0.0.1:8889") as proc:
-        def api() -> Optional[dict]:
+        def api() -> dict | None:
             alive(proc)
             value: dict = json.loads(get(f"http://127.0.0.1:{port}/api"))
             return value
@@ -633,7 +634,7 @@ def test_vnc_answers_rfb_through_the_tunnel(configured: Studio) -> None:
     port = free_port()
     try:
         with tunnel(configured, "-L", f"{port}:127.0.0.1:5901") as proc:
-            def banner() -> Optional[bytes]:
+            def banner() -> bytes | None:
                 alive(proc)
                 return read_rfb_banner(port)
             assert poll(banner, "no RFB banner through -L").startswith(b"RFB 003.")
@@ -669,7 +670,7 @@ def test_server_lc_config_serves_web_vnc(configured: Studio, web_vnc: str) -> No
     assert web_vnc == "/proxy/6080/vnc.html?path=proxy/6080/websockify"
     port = free_port()
     with tunnel(configured, "-L", f"{port}:127.0.0.1:6080") as proc:
-        def page() -> Optional[bytes]:
+        def page() -> bytes | None:
             alive(proc)
             return get(f"http://127.0.0.1:{port}/vnc.html")
         assert b"noVNC" in poll(page, "noVNC not served through -L")
@@ -684,7 +685,7 @@ def test_web_vnc_through_the_jupyter_server_proxy(configured: Studio, web_vnc: s
     websocket_path = urllib.parse.parse_qs(query)["path"][0]
     port = free_port()
     with tunnel(configured, "-L", f"{port}:127.0.0.1:8889") as proc:
-        def served() -> Optional[bytes]:
+        def served() -> bytes | None:
             alive(proc)
             return get(f"http://127.0.0.1:{port}{page}?{query}&token={jupyter_token(configured)}")
         assert b"noVNC" in poll(served, "noVNC not served through the Jupyter proxy")

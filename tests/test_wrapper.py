@@ -16,10 +16,11 @@ import sys
 import tarfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import boto3
 import jsonschema
@@ -80,31 +81,31 @@ class SDK:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.sent: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+        self.sent: dict[str, list[dict[str, Any]]] = defaultdict(list)
         session.sagemaker_client.meta.events.register(
             "provide-client-params.sagemaker", self._record)
 
-    def _record(self, params: Dict[str, Any], model: Any, **_: Any) -> None:
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.sent[model.name].append(copy.deepcopy(params))
 
-    def last(self, operation: str) -> Dict[str, Any]:
+    def last(self, operation: str) -> dict[str, Any]:
         assert self.sent[operation], f"the SDK did not call {operation}"
         return self.sent[operation][-1]
 
     def estimator(self, **kwargs: Any) -> Estimator:
-        args: Dict[str, Any] = dict(image_uri=IMAGE, role=ROLE, instance_count=1,
+        args: dict[str, Any] = dict(image_uri=IMAGE, role=ROLE, instance_count=1,
                                     instance_type="ml.m5.xlarge", sagemaker_session=self.session,
                                     output_path=f"s3://{BUCKET}/output")
         args.update(kwargs)
         return Estimator(**args)
 
     def model(self, **kwargs: Any) -> Model:
-        args: Dict[str, Any] = dict(image_uri=IMAGE, model_data=f"s3://{BUCKET}/model.tar.gz",
+        args: dict[str, Any] = dict(image_uri=IMAGE, model_data=f"s3://{BUCKET}/model.tar.gz",
                                     role=ROLE, sagemaker_session=self.session)
         args.update(kwargs)
         return Model(**args)
 
-    def s3_keys(self, prefix: str = "") -> List[str]:
+    def s3_keys(self, prefix: str = "") -> list[str]:
         s3 = self.session.boto_session.client("s3")
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
@@ -250,7 +251,7 @@ def test_create_after_fit_is_refused(sdk: SDK) -> None:
     ({"connection_wait_time_seconds": 600, "connection_wait_time": timedelta(hours=1)}, "600"),
     ({"connection_wait_time_seconds": 45}, "45"),
 ])
-def test_wait_time_precedence(sdk: SDK, kwargs: Dict[str, Any], expected: str) -> None:
+def test_wait_time_precedence(sdk: SDK, kwargs: dict[str, Any], expected: str) -> None:
     estimator = sdk.estimator()
     SSHEstimatorWrapper.create(estimator, **kwargs)
     estimator.fit(wait=False)
@@ -272,7 +273,7 @@ def test_wait_time_precedence(sdk: SDK, kwargs: Dict[str, Any], expected: str) -
     ({"local_user_id": "AIDAEXAMPLE\nSSHOwner=victim"}, "local_user_id must be"),
     ({"local_user_id": " padded"}, "local_user_id must be"),
 ])
-def test_bad_arguments_are_refused(sdk: SDK, kwargs: Dict[str, Any], message: str) -> None:
+def test_bad_arguments_are_refused(sdk: SDK, kwargs: dict[str, Any], message: str) -> None:
     estimator = sdk.estimator()
     with pytest.raises(ValueError, match=message) as raised:
         SSHEstimatorWrapper.create(estimator, **kwargs)
@@ -455,7 +456,7 @@ def ssm_stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     server.shutdown()
 
 
-def ssh_tags(name: str, arn_type: str, timestamp: int) -> Dict[str, str]:
+def ssh_tags(name: str, arn_type: str, timestamp: int) -> dict[str, str]:
     return {"SSHResourceName": name, "SSHOwner": "owner", "SSHTimestamp": str(timestamp),
             "SSHResourceArn": f"arn:aws:sagemaker:{REGION}:123456789012:{arn_type}/{name}"}
 
@@ -827,7 +828,7 @@ def test_hybrid_stays_the_default_and_auto_picks_what_the_job_supports(sdk: SDK)
     ({"enable_remote_debug": False}, "native", "turns remote debugging off"),
     ({}, "ssm", "transport must be one of 'hybrid', 'native', 'auto', got 'ssm'"),
 ])
-def test_impossible_transports_are_refused(sdk: SDK, kwargs: Dict[str, Any], transport: str,
+def test_impossible_transports_are_refused(sdk: SDK, kwargs: dict[str, Any], transport: str,
                                            message: str) -> None:
     estimator = sdk.estimator(**kwargs)
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -855,7 +856,7 @@ def test_native_model_deploys_with_ssm_access_and_auto_stays_hybrid(sdk: SDK) ->
         assert "SSH_TRANSPORT" not in sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
 
 
-def stored_variants(sdk: SDK) -> List[Dict[str, Any]]:
+def stored_variants(sdk: SDK) -> list[dict[str, Any]]:
     name = sdk.last("CreateEndpointConfig")["EndpointConfigName"]
     return list(sdk.session.sagemaker_client.describe_endpoint_config(
         EndpointConfigName=name)["ProductionVariants"])

@@ -6,9 +6,10 @@ the lookup deadline; the v2 helper methods answer from the resource."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable
 
 import pytest
 from conftest import FakeClock
@@ -47,14 +48,14 @@ def processor(sdk: SDK) -> ScriptProcessor:
                            instance_type="ml.m5.xlarge", sagemaker_session=sdk.session)
 
 
-def sent_env(sdk: SDK, operation: str) -> Dict[str, str]:
+def sent_env(sdk: SDK, operation: str) -> dict[str, str]:
     request = sdk.last(operation)
     if operation == "CreateModel":
         return dict(request["PrimaryContainer"]["Environment"])
     return dict(request["Environment"])
 
 
-def launch(sdk: SDK, kind: str, old_way: bool, tmp_path: Path) -> Dict[str, str]:
+def launch(sdk: SDK, kind: str, old_way: bool, tmp_path: Path) -> dict[str, str]:
     """Wrap a fresh SDK object the v2 way or the keyword way, start it, return the env sent."""
     if kind == "training":
         estimator = sdk.estimator(instance_count=3)

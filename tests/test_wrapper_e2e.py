@@ -18,8 +18,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
@@ -188,7 +189,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield sb
 
 
-def user_env(sandbox: Sandbox, tmp_path: Path) -> Dict[str, str]:
+def user_env(sandbox: Sandbox, tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
     home.mkdir(exist_ok=True)
     env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
@@ -197,7 +198,7 @@ def user_env(sandbox: Sandbox, tmp_path: Path) -> Dict[str, str]:
 
 
 def run_user_script(sandbox: Sandbox, tmp_path: Path, script: str,
-                    sources: Dict[str, str]) -> Dict[str, Any]:
+                    sources: dict[str, str]) -> dict[str, Any]:
     source = tmp_path / "src"
     source.mkdir()
     for name, text in sources.items():
@@ -302,7 +303,7 @@ def test_failing_command_under_our_entry_point_is_held(sandbox: Sandbox, tmp_pat
     assert "post-mortem hold over" in sandbox.container_log(job, kind="processing")
 
 
-def copies_through_s3_and_scp(sandbox: Sandbox, env: Dict[str, str], fqdn: str,
+def copies_through_s3_and_scp(sandbox: Sandbox, env: dict[str, str], fqdn: str,
                               tmp_path: Path) -> None:
     """``sm-ssh cp``: big files both ways through S3 (checksummed, temporary objects deleted),
     small ones over scp; ``sm-ssh sync`` of a folder both ways; a corrupted download never

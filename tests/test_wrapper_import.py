@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -21,7 +20,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy})))
 """
 
 
-def imported_heavy(*modules: str) -> List[str]:
+def imported_heavy(*modules: str) -> list[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     code = _PROBE.format(heavy=set(HEAVY))

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -59,8 +60,8 @@ class FakeTime:
 
     def __init__(self) -> None:
         self.now = 1000.0
-        self.sleeps: List[float] = []
-        self.on_sleep: Optional[Callable[[int], None]] = None
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[int], None] | None = None
 
     def clock(self) -> float:
         return self.now
@@ -79,7 +80,7 @@ def logs() -> Iterator[Any]:
         yield boto3.client("logs", region_name="us-east-1")
 
 
-def put(logs: Any, group: str, stream: str, messages: List[str], offset_ms: int = 0) -> None:
+def put(logs: Any, group: str, stream: str, messages: list[str], offset_ms: int = 0) -> None:
     groups = logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
     if not any(g["logGroupName"] == group for g in groups):
         logs.create_log_group(logGroupName=group)

@@ -15,8 +15,9 @@ import io
 import logging
 import tarfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ TRUST = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal
 ENTRY = "import sagemaker_ssh_helper\nsagemaker_ssh_helper.setup_and_start_ssh()\n"
 
 
-def _drop_empty_shapes(parsed: Dict[str, Any], **_: Any) -> None:
+def _drop_empty_shapes(parsed: dict[str, Any], **_: Any) -> None:
     for key in [k for k, v in parsed.items() if v == {}]:
         del parsed[key]
 
@@ -54,19 +55,19 @@ class SDK:
 
         self.boto = boto
         self.tmp_path = tmp_path
-        self.sent: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+        self.sent: dict[str, list[dict[str, Any]]] = defaultdict(list)
         boto.events.register("provide-client-params.sagemaker", self._record)
         boto.events.register("after-call.sagemaker", _drop_empty_shapes)
         self.session = Session(boto_session=boto, default_bucket=BUCKET)
 
-    def _record(self, params: Dict[str, Any], model: Any, **_: Any) -> None:
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.sent[model.name].append(copy.deepcopy(params))
 
-    def last(self, operation: str) -> Dict[str, Any]:
+    def last(self, operation: str) -> dict[str, Any]:
         assert self.sent[operation], f"the SDK did not call {operation}"
         return self.sent[operation][-1]
 
-    def source(self, name: str, files: Dict[str, str]) -> Path:
+    def source(self, name: str, files: dict[str, str]) -> Path:
         folder = self.tmp_path / name
         folder.mkdir()
         for file, text in files.items():
@@ -78,7 +79,7 @@ class SDK:
         from sagemaker.train import ModelTrainer
 
         source = self.source("src", {"train.py": ENTRY, "requirements.txt": ""})
-        args: Dict[str, Any] = dict(
+        args: dict[str, Any] = dict(
             training_image=IMAGE, role=ROLE, sagemaker_session=self.session,
             compute=Compute(instance_type="ml.m5.xlarge", instance_count=instance_count),
             source_code=SourceCode(source_dir=str(source), entry_script="train.py",
@@ -100,7 +101,7 @@ class SDK:
             tar.addfile(info, io.BytesIO(b"42"))
         self.boto.client("s3").put_object(Bucket=BUCKET, Key="model/model.tar.gz",
                                           Body=archive.getvalue())
-        args: Dict[str, Any] = dict(
+        args: dict[str, Any] = dict(
             source_code=SourceCode(source_dir=str(source), entry_script="inference.py"),
             s3_model_data_url=f"s3://{BUCKET}/model/model.tar.gz", image_uri=IMAGE,
             role_arn=ROLE, sagemaker_session=self.session, instance_type="ml.m5.xlarge",
@@ -108,14 +109,14 @@ class SDK:
         args.update(kwargs)
         return ModelBuilder(**args)
 
-    def s3_keys(self, uri: str) -> List[str]:
+    def s3_keys(self, uri: str) -> list[str]:
         bucket, _, prefix = uri[len("s3://"):].partition("/")
         pages = self.boto.client("s3").get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=prefix)
         return [o["Key"][len(prefix):].lstrip("/") for page in pages
                 for o in page.get("Contents", [])]
 
-    def tar_names(self, uri: str) -> List[str]:
+    def tar_names(self, uri: str) -> list[str]:
         bucket, _, key = uri[len("s3://"):].partition("/")
         body = self.boto.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         with tarfile.open(fileobj=io.BytesIO(body)) as tar:
@@ -152,7 +153,7 @@ def caller_user_id() -> str:
     return str(boto3.client("sts", region_name=REGION).get_caller_identity()["UserId"])
 
 
-def channel_uri(sent: Dict[str, Any], name: str) -> str:
+def channel_uri(sent: dict[str, Any], name: str) -> str:
     channels = {c["ChannelName"]: c for c in sent["InputDataConfig"]}
     return str(channels[name]["DataSource"]["S3DataSource"]["S3Uri"])
 

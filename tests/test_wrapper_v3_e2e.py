@@ -16,8 +16,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
@@ -114,7 +115,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def user_env(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-             ) -> Dict[str, str]:
+             ) -> dict[str, str]:
     """The sandbox's variables, for the user's scripts and for this test process."""
     home = tmp_path / "home"  # client keys and known_hosts stay out of the real ~/.ssh
     home.mkdir()
@@ -124,8 +125,8 @@ def user_env(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return env
 
 
-def launch(script: str, env: Dict[str, str], tmp_path: Path, sources: Dict[str, str],
-           *args: str) -> Dict[str, Any]:
+def launch(script: str, env: dict[str, str], tmp_path: Path, sources: dict[str, str],
+           *args: str) -> dict[str, Any]:
     source = tmp_path / "src"
     source.mkdir()
     for name, text in sources.items():
@@ -140,7 +141,7 @@ def launch(script: str, env: Dict[str, str], tmp_path: Path, sources: Dict[str, 
     return dict(json.loads(lines[-1][len("RESULT "):]))
 
 
-def test_model_trainer_journey(sandbox: Sandbox, user_env: Dict[str, str], tmp_path: Path
+def test_model_trainer_journey(sandbox: Sandbox, user_env: dict[str, str], tmp_path: Path
                                ) -> None:
     result = launch(TRAIN, user_env, tmp_path, {"train.py": ENTRY_POINT})
     job = result["job"]
@@ -169,7 +170,7 @@ def test_model_trainer_journey(sandbox: Sandbox, user_env: Dict[str, str], tmp_p
     assert "Training Container Execution Completed" in log  # SDK v3's own launcher ran it
 
 
-def test_model_builder_endpoint_is_reachable(sandbox: Sandbox, user_env: Dict[str, str],
+def test_model_builder_endpoint_is_reachable(sandbox: Sandbox, user_env: dict[str, str],
                                              tmp_path: Path) -> None:
     result = launch(DEPLOY, user_env, tmp_path, {"inference.py": INFERENCE}, "ssh-v3-endpoint")
     assert result == {"endpoint": "ssh-v3-endpoint", "status": "InService"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 import aws_cdk as cdk
 
@@ -35,13 +35,13 @@ CONTEXT_KEYS = ("sagemaker_role", "user_role", "authorized_keys_path",
                 "sns_notification_topic_arn", "policy_name_suffix")
 
 
-def _context(app: cdk.App, name: str) -> Optional[str]:
+def _context(app: cdk.App, name: str) -> str | None:
     assert name in CONTEXT_KEYS, name
     value = app.node.try_get_context(name)
     return str(value).strip() if value not in (None, "") else None
 
 
-def _names(value: Optional[str]) -> List[str]:
+def _names(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
@@ -54,7 +54,7 @@ def _environment() -> Any:
                            region=os.environ.get("CDK_DEFAULT_REGION"))
 
 
-def build_app(app: Optional[cdk.App] = None) -> cdk.App:
+def build_app(app: cdk.App | None = None) -> cdk.App:
     app = app or cdk.App()
     env: Any = _environment()
     sagemaker_role = _context(app, "sagemaker_role")
@@ -77,7 +77,7 @@ def build_app(app: Optional[cdk.App] = None) -> cdk.App:
     return app
 
 
-def build_single(stack_class: Any, stack_name: str, app: Optional[cdk.App] = None) -> cdk.App:
+def build_single(stack_class: Any, stack_name: str, app: cdk.App | None = None) -> cdk.App:
     """An app with one stack (the SSH Helper v2 app modules: ``iam_ssm_app`` and friends)."""
     app = app or cdk.App()
     stack_class(app, stack_name, env=_environment())

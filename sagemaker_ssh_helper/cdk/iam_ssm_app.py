@@ -9,7 +9,7 @@ together, under this package's own stack names, are in ``python -m sagemaker_ssh
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from sagemaker_ssh_helper.cdk.app import build_single, run_single
 from sagemaker_ssh_helper.cdk.iam_ssm.iam_ssm_stack import IamSsmStack
@@ -17,7 +17,7 @@ from sagemaker_ssh_helper.cdk.iam_ssm.iam_ssm_stack import IamSsmStack
 STACK_NAME = "SSH-IAM-SSM-Stack"
 
 
-def build(app: Optional[Any] = None) -> Any:
+def build(app: Any | None = None) -> Any:
     """The app with its one stack (``app``: a ``cdk.App`` to build into, e.g. in tests)."""
     return build_single(IamSsmStack, STACK_NAME, app)
 

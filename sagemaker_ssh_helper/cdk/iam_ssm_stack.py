@@ -19,8 +19,9 @@ IAM names are account-wide: a second copy of the stack (another region) needs
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any
 
 from aws_cdk import Aws, CustomResource, Duration, Stack
 from aws_cdk import aws_iam as iam
@@ -56,7 +57,7 @@ def role_path_and_name(role: str) -> str:
 
 class SSHIAMSSMStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, sagemaker_role: str,
-                 user_roles: Sequence[str] = (), authorized_keys_path: Optional[str] = None,
+                 user_roles: Sequence[str] = (), authorized_keys_path: str | None = None,
                  policy_name_suffix: str = "", **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         bucket, prefix = _split_s3(authorized_keys_path)
@@ -104,7 +105,7 @@ class SSHIAMSSMStack(Stack):
                         "Statement": policies.ssm_trust_statement(target)})
 
 
-def _policy_name_suffix(value: Optional[str]) -> str:
+def _policy_name_suffix(value: str | None) -> str:
     suffix = (value or "").strip()
     if suffix and not re.fullmatch(r"[\w+=,.@-]{1,40}", suffix):
         raise ValueError(f"policy_name_suffix must be up to 40 of the characters IAM names "
@@ -112,7 +113,7 @@ def _policy_name_suffix(value: Optional[str]) -> str:
     return suffix
 
 
-def _split_s3(path: Optional[str]) -> Tuple[str, str]:
+def _split_s3(path: str | None) -> tuple[str, str]:
     if not path:
         return "", policies.DEFAULT_KEYS_PREFIX
     if not path.startswith("s3://"):

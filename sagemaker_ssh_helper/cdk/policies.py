@@ -29,13 +29,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 from sagemaker_ssh_helper import cli
 from sagemaker_ssh_helper.errors import SSHHelperError, UsageError
 
-Policy = Dict[str, Any]
-Statement = Dict[str, Any]
+Policy = dict[str, Any]
+Statement = dict[str, Any]
 
 SSH_TAG_KEYS = ["SSHOwner", "SSHCreator", "SSHTimestamp", "SSHResourceName", "SSHResourceArn"]
 RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
@@ -56,7 +56,7 @@ class Target:
     keys_prefix: str = DEFAULT_KEYS_PREFIX
     native_prefix: str = NATIVE_KEYS_PREFIX      # native transport: <prefix><owner>/<job>/
 
-    def arn(self, service: str, resource: str, region: str = "*", account: Optional[str] = None
+    def arn(self, service: str, resource: str, region: str = "*", account: str | None = None
             ) -> str:
         return f"arn:{self.partition}:{service}:{region}:" \
                f"{self.account if account is None else account}:{resource}"
@@ -90,8 +90,8 @@ class Target:
         return f"{self.keys_bucket_arns}/{self.native_prefix}*/host-keys/*"
 
 
-def _statement(sid: str, actions: List[str], resources: List[str],
-               condition: Optional[Dict[str, Any]] = None) -> Statement:
+def _statement(sid: str, actions: list[str], resources: list[str],
+               condition: dict[str, Any] | None = None) -> Statement:
     out: Statement = {"Sid": sid, "Effect": "Allow",
                       "Action": actions[0] if len(actions) == 1 else actions,
                       "Resource": resources[0] if len(resources) == 1 else resources}
@@ -100,7 +100,7 @@ def _statement(sid: str, actions: List[str], resources: List[str],
     return out
 
 
-def _deny(sid: str, actions: List[str], resources: List[str]) -> Statement:
+def _deny(sid: str, actions: list[str], resources: list[str]) -> Statement:
     return {**_statement(sid, actions, resources), "Effect": "Deny"}
 
 
@@ -108,7 +108,7 @@ def _policy(*statements: Statement) -> Policy:
     return {"Version": "2012-10-17", "Statement": list(statements)}
 
 
-def owned_by_caller(tag: str) -> Dict[str, Any]:
+def owned_by_caller(tag: str) -> dict[str, Any]:
     """The managed instance's ``tag`` must equal the caller's ``aws:userid``."""
     return {"StringEquals": {f"ssm:resourceTag/{tag}": "${aws:userid}"}}
 
@@ -158,7 +158,7 @@ ENDPOINT_TARGETS = "sagemaker-endpoint:*"
 TARGET_ID_KEY = "ssm:resourceTag/aws:ssmmessages:target-id"
 
 
-def native_server_statements(t: Target) -> List[Statement]:
+def native_server_statements(t: Target) -> list[Statement]:
     """What the job role needs for the native transport (SageMaker's remote debugging): its
     SSM agent's channels, and S3 for the keys: read the owner's public keys at login
     (``AuthorizedKeysCommand``), publish the host keys."""
@@ -188,8 +188,8 @@ def remote_debug_deny_policy(t: Target) -> Policy:
                             {"Bool": {"sagemaker:EnableRemoteDebug": "true"}}))
 
 
-def _deny_if(sid: str, actions: List[str], resources: List[str],
-             condition: Dict[str, Any]) -> Statement:
+def _deny_if(sid: str, actions: list[str], resources: list[str],
+             condition: dict[str, Any]) -> Statement:
     return {**_statement(sid, actions, resources, condition), "Effect": "Deny"}
 
 
@@ -289,7 +289,7 @@ def advanced_tier_setting_arn(partition: str, region: str, account: str) -> str:
 # ---- documentation --------------------------------------------------------------------------
 
 DOC_TARGET = Target()
-DOCUMENTED: Dict[str, Callable[[], Any]] = {
+DOCUMENTED: dict[str, Callable[[], Any]] = {
     "server": lambda: server_policy(DOC_TARGET),
     "client": lambda: client_policy(DOC_TARGET),
     "admin": lambda: admin_policy(DOC_TARGET),
@@ -305,7 +305,7 @@ def render(name: str) -> str:
     return json.dumps(DOCUMENTED[name](), indent=2)
 
 
-def documented_blocks(text: str) -> Dict[str, str]:
+def documented_blocks(text: str) -> dict[str, str]:
     """``{name: json text}`` of every ``<!-- policy:name -->`` JSON block in ``text``."""
     return {m.group("name"): m.group("body") for m in BLOCK_RE.finditer(text)}
 
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return cli.guarded_main("policies", lambda frame: run(
         frame.parse(build_parser(), cli.argv_or_sys(argv))))
 

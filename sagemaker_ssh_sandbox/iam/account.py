@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Dict, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 from sagemaker_ssh_helper.cdk import policies
 
@@ -29,12 +30,12 @@ LAUNCHER = {"Version": "2012-10-17", "Statement": [{
     "Resource": "*"}]}
 
 
-def _managed_policy(iam: Any, name: str, document: Dict[str, Any]) -> str:
+def _managed_policy(iam: Any, name: str, document: dict[str, Any]) -> str:
     return str(iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))
                ["Policy"]["Arn"])
 
 
-def seed(iam: Any, account: str, credentials: Dict[str, str], role_names: Iterable[str],
+def seed(iam: Any, account: str, credentials: dict[str, str], role_names: Iterable[str],
          trust_policy: str) -> None:
     """Create the user, the roles' policies and the user's access key (``credentials``)."""
     for role in role_names:
@@ -57,7 +58,7 @@ def seed(iam: Any, account: str, credentials: Dict[str, str], role_names: Iterab
     _use_fixed_key(account, credentials)
 
 
-def _use_fixed_key(account: str, credentials: Dict[str, str]) -> None:
+def _use_fixed_key(account: str, credentials: dict[str, str]) -> None:
     """Give the user's key the fixed ID and secret every sandbox client knows (moto runs in
     this process; its API has no way to choose a key's ID)."""
     from moto.iam.models import iam_backends
@@ -67,11 +68,11 @@ def _use_fixed_key(account: str, credentials: Dict[str, str]) -> None:
     key.secret_access_key = credentials["AWS_SECRET_ACCESS_KEY"]
 
 
-def role_credentials(sts: Any) -> Callable[[str], Dict[str, str]]:
+def role_credentials(sts: Any) -> Callable[[str], dict[str, str]]:
     """``role ARN -> AWS_* variables`` of a fresh ``SageMaker`` session of that role."""
     lock = threading.Lock()  # boto3 clients are thread-safe; moto's STS backend is not
 
-    def credentials(role_arn: str) -> Dict[str, str]:
+    def credentials(role_arn: str) -> dict[str, str]:
         with lock:
             creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME,
                                     DurationSeconds=43200)["Credentials"]

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 ALLOW = "Allow"
 EXPLICIT_DENY = "ExplicitDeny"
@@ -37,7 +38,7 @@ class Request:
     resource: str        # an ARN, or "*" for actions without a resource type
     context: Mapping[str, Value] = field(default_factory=dict)
 
-    def value(self, key: str) -> Optional[List[str]]:
+    def value(self, key: str) -> list[str] | None:
         """The context values of ``key`` (case-insensitive), None when absent."""
         wanted = key.lower()
         for name, value in self.context.items():
@@ -56,7 +57,7 @@ def wildcard_match(pattern: str, value: str, ignore_case: bool = False) -> bool:
     return _pattern(pattern, ignore_case).fullmatch(value) is not None
 
 
-def substitute(text: str, request: Request) -> Optional[str]:
+def substitute(text: str, request: Request) -> str | None:
     """``text`` with its ``${key}`` variables replaced; None if one has no value (then the
     element matches nothing, as in IAM). ``${*}``, ``${?}`` and ``${$}`` are literal."""
     missing = False
@@ -76,7 +77,7 @@ def substitute(text: str, request: Request) -> Optional[str]:
     return None if missing else result
 
 
-def _listed(value: Any) -> List[Any]:
+def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
@@ -110,7 +111,7 @@ def _compare(base: str, wanted: str, actual: str) -> bool:
     raise ValueError(f"condition operator {base!r} is not supported by the sandbox")
 
 
-def _one_value(base: str, wanted: List[str], actual: str) -> bool:
+def _one_value(base: str, wanted: list[str], actual: str) -> bool:
     """Does one context value satisfy the operator against the policy's values (OR-ed)?
     A negated operator (StringNotEquals ...) holds when no value matches."""
     hit = any(_compare(base, w, actual) for w in wanted)
@@ -166,12 +167,12 @@ def statement_applies(statement: Mapping[str, Any], request: Request) -> bool:
     return conditions_hold(statement.get("Condition") or {}, request)
 
 
-def _statements(policy: Union[str, Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+def _statements(policy: str | Mapping[str, Any]) -> list[Mapping[str, Any]]:
     doc = json.loads(policy) if isinstance(policy, str) else policy
     return _listed(doc.get("Statement") or [])
 
 
-def evaluate(policies: Sequence[Union[str, Mapping[str, Any]]], request: Request) -> str:
+def evaluate(policies: Sequence[str | Mapping[str, Any]], request: Request) -> str:
     """ALLOW, EXPLICIT_DENY or IMPLICIT_DENY for ``request`` under identity ``policies``."""
     allowed = False
     for policy in policies:
@@ -185,6 +186,6 @@ def evaluate(policies: Sequence[Union[str, Mapping[str, Any]]], request: Request
     return ALLOW if allowed else IMPLICIT_DENY
 
 
-def tag_context(prefix: str, tags: Mapping[str, str]) -> Dict[str, Value]:
+def tag_context(prefix: str, tags: Mapping[str, str]) -> dict[str, Value]:
     """``{prefix + key: value}`` for condition keys such as ``ssm:resourceTag/``."""
     return {f"{prefix}{key}": value for key, value in tags.items()}

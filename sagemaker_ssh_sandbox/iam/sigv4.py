@@ -8,13 +8,13 @@ not check signatures.
 from __future__ import annotations
 
 import re
-from typing import Any, Tuple
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _SCOPE = re.compile(r"Credential=([^/,\s]+)/[^/]*/([^/]*)/")
 
 
-def credential_scope(headers: Any, path: str = "") -> Tuple[str, str]:
+def credential_scope(headers: Any, path: str = "") -> tuple[str, str]:
     """(access key ID, region) of a request (``headers``: anything with ``.get``, such as
     ``http.server``'s message); empty strings when it is not signed."""
     match = _SCOPE.search(headers.get("Authorization", "") or "")

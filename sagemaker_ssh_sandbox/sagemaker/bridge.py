@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class TcpToUnix(Forwarder):
     """
 
     def __init__(self, host: str, port: int, path: str,
-                 listener: Optional[socket.socket] = None) -> None:
+                 listener: socket.socket | None = None) -> None:
         if listener is None:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Deque, Dict, List, Optional, Tuple
+from typing import IO, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 OutputCallback = Callable[[str, str], None]  # (container name, line without newline)
 
 
-def overlay_targets() -> List[str]:
+def overlay_targets() -> list[str]:
     return [t for t in OVERLAY_TARGETS if os.path.isdir(t) and not os.path.islink(t)]
 
 
@@ -47,7 +47,7 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def interpreter_dirs(python: str = sys.executable) -> List[str]:
+def interpreter_dirs(python: str = sys.executable) -> list[str]:
     """Host directories the container needs that its fresh /tmp or /root would hide.
 
     That is the interpreter (pyenv lives under /root, CI virtualenvs often under /tmp), its
@@ -59,7 +59,7 @@ def interpreter_dirs(python: str = sys.executable) -> List[str]:
     found = sorted(p for p in (os.path.realpath(w) for w in wanted)
                    if any(_under(p, fresh) and p != fresh for fresh in FRESH_DIRS))
     # Keep only outermost directories.
-    outer: List[str] = []
+    outer: list[str] = []
     for p in found:
         if not any(_under(p, o) for o in outer):
             outer.append(p)
@@ -71,17 +71,17 @@ class ContainerConfig:
     name: str
     hostname: str
     root: Path
-    argv: List[str]
-    env: Dict[str, str]
+    argv: list[str]
+    env: dict[str, str]
     cwd: str = "/"
-    bridges: Dict[int, Path] = field(default_factory=dict)
-    binds: List[Tuple[str, str]] = field(default_factory=list)
+    bridges: dict[int, Path] = field(default_factory=dict)
+    binds: list[tuple[str, str]] = field(default_factory=list)
     # processes the platform runs next to the entry point ({"argv", "env", "log"}), e.g.
     # SageMaker's own SSM agent of remote debugging
-    sidecars: List[Dict[str, object]] = field(default_factory=list)
+    sidecars: list[dict[str, object]] = field(default_factory=list)
 
 
-def pid_namespace_members(pidns: str) -> List[int]:
+def pid_namespace_members(pidns: str) -> list[int]:
     """Host PIDs of every process whose PID namespace is ``pidns`` (e.g. ``pid:[4026532]``).
 
     Only meaningful while the namespace's init runs: namespace numbers are reused afterwards.
@@ -98,7 +98,7 @@ def pid_namespace_members(pidns: str) -> List[int]:
     return members
 
 
-def _create_time(pid: int) -> Optional[float]:
+def _create_time(pid: int) -> float | None:
     import psutil
 
     try:
@@ -110,7 +110,7 @@ def _create_time(pid: int) -> Optional[float]:
 class Container:
     """One namespaced container; thread-safe start/wait/terminate."""
 
-    def __init__(self, config: ContainerConfig, on_output: Optional[OutputCallback] = None,
+    def __init__(self, config: ContainerConfig, on_output: OutputCallback | None = None,
                  python: str = sys.executable, unshare: str = "unshare") -> None:
         self.config = config
         self.name = config.name
@@ -118,15 +118,15 @@ class Container:
         self._on_output = on_output
         self._python = python
         self._unshare = unshare
-        self._proc: Optional[subprocess.Popen[bytes]] = None
-        self._readers: List[threading.Thread] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._readers: list[threading.Thread] = []
         self._log_lock = threading.Lock()
-        self._log: Optional[IO[bytes]] = None
-        self.stderr_tail: Deque[str] = collections.deque(maxlen=40)
-        self.init_pid: Optional[int] = None
-        self._init_create_time: Optional[float] = None
-        self.pidns: Optional[str] = None
-        self.ended_at: Optional[float] = None
+        self._log: IO[bytes] | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.init_pid: int | None = None
+        self._init_create_time: float | None = None
+        self.pidns: str | None = None
+        self.ended_at: float | None = None
 
     @property
     def opt_ml(self) -> Path:
@@ -137,11 +137,11 @@ class Container:
         return self.root / "output.log"
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     @property
-    def exit_code(self) -> Optional[int]:
+    def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
     @property
@@ -151,7 +151,7 @@ class Container:
         code = self._proc.poll()
         return "Running" if code is None else f"Exited({code})"
 
-    def _spec(self) -> Dict[str, object]:
+    def _spec(self) -> dict[str, object]:
         cfg = self.config
         binds = [(str(self.root / sub), fresh) for fresh, sub in FRESH_DIRS.items()]
         binds += [(str(self.opt_ml), "/opt/ml")] + list(cfg.binds)
@@ -256,7 +256,7 @@ class Container:
                     logger.exception("output callback failed for %s", self.name)
         pipe.close()
 
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+    def wait(self, timeout: float | None = None) -> int | None:
         """Exit code once the container has ended (and its output is drained), else None."""
         if self._proc is None:
             return None
@@ -274,7 +274,7 @@ class Container:
             self.ended_at = time.time()
         return code
 
-    def _signal(self, pid: Optional[int], sig: int) -> None:
+    def _signal(self, pid: int | None, sig: int) -> None:
         if pid is None or self._proc is None or self._proc.poll() is not None:
             return
         if pid == self.init_pid and _create_time(pid) != self._init_create_time:
@@ -284,7 +284,7 @@ class Container:
         except ProcessLookupError:
             pass
 
-    def terminate(self, grace: float = 10.0) -> Optional[int]:
+    def terminate(self, grace: float = 10.0) -> int | None:
         """SIGTERM the entry point (through init); SIGKILL the whole container after ``grace``.
 
         unshare only exits once init has been reaped, which the kernel allows only after every
@@ -310,7 +310,7 @@ class Container:
         for sub in ("work", "scratch"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
 
-    def info(self) -> Dict[str, object]:
+    def info(self) -> dict[str, object]:
         return {
             "name": self.name,
             "hostname": self.config.hostname,

@@ -33,7 +33,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox.sagemaker.bridge import TcpToUnix
 
@@ -49,8 +49,8 @@ EXIT_NOT_FOUND = 127
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(source: Optional[str], target: str, fstype: Optional[str], flags: int,
-           data: Optional[str] = None) -> None:
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
     rc = _libc.mount(source.encode() if source else None, target.encode(),
                      fstype.encode() if fstype else None, ctypes.c_ulong(flags),
                      data.encode() if data else None)
@@ -63,7 +63,7 @@ class Paths:
     """Host paths pinned as O_PATH descriptors, usable after mounts hide them."""
 
     def __init__(self) -> None:
-        self._fds: Dict[str, int] = {}
+        self._fds: dict[str, int] = {}
 
     def pin(self, path: str) -> str:
         if path not in self._fds:
@@ -79,7 +79,7 @@ def _set_loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
-def _submounts(targets: List[str]) -> List[str]:
+def _submounts(targets: list[str]) -> list[str]:
     """Mount points strictly below any overlay target (e.g. a bind-mounted /etc/resolv.conf)."""
     found = []
     with open("/proc/self/mountinfo") as f:
@@ -90,7 +90,7 @@ def _submounts(targets: List[str]) -> List[str]:
     return found
 
 
-def _overlay(target: str, lower: str, upper: str, work: str, scratch: Optional[str]) -> None:
+def _overlay(target: str, lower: str, upper: str, work: str, scratch: str | None) -> None:
     os.makedirs(target, exist_ok=True)
     os.makedirs(upper, exist_ok=True)
     os.makedirs(work, exist_ok=True)
@@ -110,26 +110,26 @@ def _overlay(target: str, lower: str, upper: str, work: str, scratch: Optional[s
            f"lowerdir={lower},upperdir={scratch}/upper/{name},workdir={scratch}/work/{name}")
 
 
-def _mount_overlay_list(overlays: List[Dict[str, Any]], paths: Paths,
-                        scratch: Optional[str]) -> None:
+def _mount_overlay_list(overlays: list[dict[str, Any]], paths: Paths,
+                        scratch: str | None) -> None:
     for o in overlays:
         _overlay(o["target"], o.get("lower_pinned") or o["target"],
                  f"{paths.pin(o['upper_root'])}/{o['name']}",
                  f"{paths.pin(o['work_root'])}/{o['name']}", scratch)
 
 
-def _mount_overlays(spec: Dict[str, Any], paths: Paths) -> Optional[str]:
+def _mount_overlays(spec: dict[str, Any], paths: Paths) -> str | None:
     """Overlay the top-level directories; returns the pinned scratch tmpfs (if any)."""
     overlays = spec.get("overlays", [])
     targets = [o["target"] for o in overlays]
     # Files mounted over paths inside an overlaid directory (container runtimes bind
     # /etc/resolv.conf, /etc/hosts) are hidden by the overlay: carry their contents over.
-    carried: Dict[str, bytes] = {}
+    carried: dict[str, bytes] = {}
     for point in _submounts(targets):
         if os.path.isfile(point):
             with open(point, "rb") as f:
                 carried[point] = f.read()
-    scratch: Optional[str] = None
+    scratch: str | None = None
     if spec.get("scratch"):
         # Mounted by its real path while still visible, then pinned so the pin names the tmpfs.
         _mount("tmpfs", spec["scratch"], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
@@ -141,7 +141,7 @@ def _mount_overlays(spec: Dict[str, Any], paths: Paths) -> Optional[str]:
     return scratch
 
 
-def _bind_mounts(spec: Dict[str, Any], paths: Paths) -> None:
+def _bind_mounts(spec: dict[str, Any], paths: Paths) -> None:
     for bind in sorted(spec.get("binds", []), key=lambda b: b["target"].count("/")):
         target = bind["target"]
         os.makedirs(target, exist_ok=True)
@@ -174,7 +174,7 @@ def _write_host_files(hostname: str) -> None:
     Path("/etc/hostname").write_text(hostname + "\n")
 
 
-def setup(spec: Dict[str, Any]) -> List[TcpToUnix]:
+def setup(spec: dict[str, Any]) -> list[TcpToUnix]:
     paths = Paths()
     for bind in spec.get("binds", []):
         bind["source_pinned"] = paths.pin(bind["source"])
@@ -207,7 +207,7 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def start_sidecars(spec: Dict[str, Any]) -> None:
+def start_sidecars(spec: dict[str, Any]) -> None:
     """The platform's own processes (not the job's): output to their log file, never to the
     job's log; they die with the container's PID namespace."""
     for sidecar in spec.get("sidecars") or []:
@@ -223,7 +223,7 @@ def start_sidecars(spec: Dict[str, Any]) -> None:
                   flush=True)
 
 
-def run(spec: Dict[str, Any]) -> int:
+def run(spec: dict[str, Any]) -> int:
     start_sidecars(spec)
     try:
         child = subprocess.Popen(spec["argv"], cwd=spec.get("cwd") or "/", env=spec["env"],
@@ -251,7 +251,7 @@ def run(spec: Dict[str, Any]) -> int:
             return child.returncode
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m sagemaker_ssh_sandbox.sagemaker.container_init SPEC.json",

@@ -10,7 +10,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+from collections.abc import Iterator
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,13 @@ LOG_GROUPS = {
 }
 
 
-def batches_of(events: List[Dict[str, Any]]) -> Iterator[List[Dict[str, Any]]]:
+def batches_of(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """``events`` as PutLogEvents takes them, since one bad event fails the whole batch:
     no empty messages (debug output has blank lines; the service refuses them), chronological
     order within a batch (stdout and stderr are read by two threads, so their lines reach the
     queue slightly out of order), at most 10,000 events and 1 MiB per batch (26 bytes of
     overhead per event), each event at most 256 KiB (longer lines are cut)."""
-    batch: List[Dict[str, Any]] = []
+    batch: list[dict[str, Any]] = []
     size = 0
     for event in sorted(events, key=lambda e: e["timestamp"]):  # stable: keeps line order
         if not event["message"]:
@@ -54,8 +55,8 @@ class LogShipper:
     def __init__(self, logs_client: Any, interval: float = 0.5) -> None:
         self._client = logs_client
         self._interval = interval
-        self._queue: queue.Queue[Tuple[str, str, int, str]] = queue.Queue()
-        self._known: Set[Tuple[str, str]] = set()
+        self._queue: queue.Queue[tuple[str, str, int, str]] = queue.Queue()
+        self._known: set[tuple[str, str]] = set()
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cloudwatch logs", daemon=True)
@@ -89,7 +90,7 @@ class LogShipper:
             self._drain_locked()
 
     def _drain_locked(self) -> None:
-        batches: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+        batches: dict[tuple[str, str], list[dict[str, Any]]] = {}
         while True:
             try:
                 group, stream, ts, line = self._queue.get_nowait()

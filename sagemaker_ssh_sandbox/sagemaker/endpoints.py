@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.sagemaker import remote_debug, serving
 from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig, OutputCallback
@@ -65,9 +65,9 @@ SSM_TARGET_PREFIX = "sagemaker-endpoint:"
 class Instance:
     id: str
     variant: str
-    container: Optional[Container] = None
+    container: Container | None = None
     ready: bool = False
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
 
 
 @dataclass
@@ -75,26 +75,26 @@ class Endpoint:
     name: str
     arn: str
     config_name: str
-    variants: List[Dict[str, Any]]
-    tags: Dict[str, str] = field(default_factory=dict)
+    variants: list[dict[str, Any]]
+    tags: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     modified: float = field(default_factory=time.time)
     status: str = "Creating"
-    failure_reason: Optional[str] = None
-    images: Dict[str, str] = field(default_factory=dict)
-    instances: List[Instance] = field(default_factory=list)
-    events: queue.Queue[Tuple[str, Optional[Instance], Optional[int]]] = field(
+    failure_reason: str | None = None
+    images: dict[str, str] = field(default_factory=dict)
+    instances: list[Instance] = field(default_factory=list)
+    events: queue.Queue[tuple[str, Instance | None, int | None]] = field(
         default_factory=queue.Queue)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    def set_status(self, status: str, reason: Optional[str] = None) -> None:
+    def set_status(self, status: str, reason: str | None = None) -> None:
         with self.lock:
             self.status = status
             if reason:
                 self.failure_reason = reason[:FAILURE_REASON_MAX]
             self.modified = time.time()
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         with self.lock:
             variants = []
             for v in self.variants:
@@ -102,7 +102,7 @@ class Endpoint:
                 serving_now = [i for i in self.instances if i.variant == name and i.ready
                                and i.exit_code is None]
                 weight = float(v.get("InitialVariantWeight", 1.0))
-                entry: Dict[str, Any] = {
+                entry: dict[str, Any] = {
                     "VariantName": name, "CurrentWeight": weight, "DesiredWeight": weight,
                     "CurrentInstanceCount": len(serving_now),
                     "DesiredInstanceCount": int(v.get("InitialInstanceCount") or 1)}
@@ -111,7 +111,7 @@ class Endpoint:
                                                 "ResolvedImage": self.images[name],
                                                 "ResolutionTime": self.created}]
                 variants.append(entry)
-            out: Dict[str, Any] = {
+            out: dict[str, Any] = {
                 "EndpointName": self.name, "EndpointArn": self.arn,
                 "EndpointConfigName": self.config_name, "ProductionVariants": variants,
                 "EndpointStatus": self.status, "CreationTime": self.created,
@@ -120,7 +120,7 @@ class Endpoint:
                 out["FailureReason"] = self.failure_reason
             return out
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {"EndpointName": self.name, "EndpointArn": self.arn,
                 "CreationTime": self.created, "LastModifiedTime": self.modified,
                 "EndpointStatus": self.status}
@@ -130,9 +130,9 @@ class EndpointsAPI:
     """Endpoint records, their containers, and the JSON 1.1 operations on them."""
 
     def __init__(self, region: str, account: str, sagemaker: Any, s3: Any, platform: Platform,
-                 state_dir: Path, bridges: Dict[int, Path],
-                 binds: Optional[List[Tuple[str, str]]] = None,
-                 shipper: Optional[LogShipper] = None, stop_grace: float = 10.0) -> None:
+                 state_dir: Path, bridges: dict[int, Path],
+                 binds: list[tuple[str, str]] | None = None,
+                 shipper: LogShipper | None = None, stop_grace: float = 10.0) -> None:
         self.region = region
         self.account = account
         self.sagemaker = sagemaker
@@ -145,12 +145,12 @@ class EndpointsAPI:
         self.stop_grace = stop_grace
         # the SSM stand-in, for variants with EnableSSMAccess (set by the sandbox server)
         self.ssm_backend: Any = None
-        self._endpoints: Dict[str, Endpoint] = {}
-        self._threads: List[threading.Thread] = []
+        self._endpoints: dict[str, Endpoint] = {}
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     # -- registry ---------------------------------------------------------------------------
-    def endpoints(self) -> List[Endpoint]:
+    def endpoints(self) -> list[Endpoint]:
         with self._lock:
             return sorted(self._endpoints.values(), key=lambda e: e.created)
 
@@ -164,11 +164,11 @@ class EndpointsAPI:
             raise ApiError("ValidationException", f'Could not find endpoint "{self._arn(name)}".')
         return endpoint
 
-    def by_arn(self, arn: str) -> Optional[Endpoint]:
+    def by_arn(self, arn: str) -> Endpoint | None:
         with self._lock:
             return next((e for e in self._endpoints.values() if e.arn == arn), None)
 
-    def containers(self) -> List[Dict[str, Any]]:
+    def containers(self) -> list[dict[str, Any]]:
         return [dict(i.container.info(), job=e.name, kind="endpoint")
                 for e in self.endpoints() for i in list(e.instances) if i.container is not None]
 
@@ -176,20 +176,20 @@ class EndpointsAPI:
         return self.state_dir / "jobs" / "endpoint" / name
 
     # -- dispatch ---------------------------------------------------------------------------
-    def handles(self, operation: str, body: Dict[str, Any]) -> bool:
+    def handles(self, operation: str, body: dict[str, Any]) -> bool:
         if operation in OPERATIONS:
             return True
         return operation in TAG_OPERATIONS and self.by_arn(body.get("ResourceArn", "")) is not None
 
-    def handle(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         if operation in TAG_OPERATIONS:
             return self._tags(operation, body)
-        handler: Callable[[Dict[str, Any]], Dict[str, Any]] = {
+        handler: Callable[[dict[str, Any]], dict[str, Any]] = {
             "CreateEndpoint": self._create, "DescribeEndpoint": self._describe,
             "ListEndpoints": self._list, "DeleteEndpoint": self._delete}[operation]
         return handler(body)
 
-    def _create(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = str(body.get("EndpointName") or "")
         if not NAME_RE.match(name):
             raise ApiError("ValidationException",
@@ -218,10 +218,10 @@ class EndpointsAPI:
         thread.start()
         return {"EndpointArn": endpoint.arn}
 
-    def _describe(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _describe(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.get(str(body.get("EndpointName") or "")).describe()
 
-    def _delete(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _delete(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.get(str(body.get("EndpointName") or ""))
         with endpoint.lock:
             if endpoint.status != "Deleting":
@@ -229,7 +229,7 @@ class EndpointsAPI:
                 endpoint.events.put(("delete", None, None))
         return {}
 
-    def _list(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _list(self, body: dict[str, Any]) -> dict[str, Any]:
         contains = str(body.get("NameContains") or "").lower()
         status = body.get("StatusEquals")
         found = [e for e in self.endpoints() if contains in e.name.lower()
@@ -241,13 +241,13 @@ class EndpointsAPI:
             str(body.get("SortBy")), lambda e: e.created)
         return list_page(found, body, key, "Endpoints", "Descending")
 
-    def _tags(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _tags(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.by_arn(body.get("ResourceArn", ""))
         assert endpoint is not None
         with endpoint.lock:
             return tag_operation(endpoint.tags, operation, body)
 
-    def ssm_refusal(self, target_id: str) -> Optional[str]:
+    def ssm_refusal(self, target_id: str) -> str | None:
         """Why SageMaker opens no session to the endpoint target ``target_id`` now (None: it
         does)."""
         parsed = parse_ssm_target(target_id)
@@ -302,7 +302,7 @@ class EndpointsAPI:
                 self._start_instance(endpoint, variant["VariantName"], definition)
 
     def _start_instance(self, endpoint: Endpoint, variant: str,
-                        definition: Dict[str, Any]) -> None:
+                        definition: dict[str, Any]) -> None:
         instance = Instance(id=f"i-{secrets.token_hex(9)[:17]}", variant=variant)
         root = self.endpoint_dir(endpoint.name) / instance.id
         config = ContainerConfig(name=f"{endpoint.name}-{instance.id}", hostname=instance.id,
@@ -329,7 +329,7 @@ class EndpointsAPI:
                          daemon=True, name=f"{config.name} wait").start()
 
     def _watcher(self, endpoint: Endpoint, instance: Instance) -> OutputCallback:
-        sink: Optional[OutputCallback] = None
+        sink: OutputCallback | None = None
         if self.shipper is not None:
             sink = self.shipper.sink_to(f"/aws/sagemaker/Endpoints/{endpoint.name}",
                                         f"{instance.variant}/{instance.id}")
@@ -342,7 +342,7 @@ class EndpointsAPI:
 
         return on_output
 
-    def _startup_deadline(self, endpoint: Endpoint) -> Optional[float]:
+    def _startup_deadline(self, endpoint: Endpoint) -> float | None:
         key = "ContainerStartupHealthCheckTimeoutInSeconds"
         limits = [float(v[key]) for v in endpoint.variants if v.get(key)]
         return time.monotonic() + min(limits) if limits else None
@@ -388,7 +388,7 @@ class EndpointsAPI:
         return (f"Please check the CloudWatch logs of this endpoint "
                 f"(/aws/sagemaker/Endpoints/{endpoint.name}).")
 
-    def _exit_reason(self, endpoint: Endpoint, instance: Instance, code: Optional[int]) -> str:
+    def _exit_reason(self, endpoint: Endpoint, instance: Instance, code: int | None) -> str:
         container = instance.container
         tail = [line for line in (container.stderr_tail if container else []) if line.strip()]
         why = f": {tail[-1].strip()}" if tail else ""
@@ -434,7 +434,7 @@ def ssm_target(endpoint: str, variant: str, instance_id: str) -> str:
     return f"{SSM_TARGET_PREFIX}{endpoint}_{variant}_{instance_id}"
 
 
-def parse_ssm_target(text: str) -> Optional[Tuple[str, str, str]]:
+def parse_ssm_target(text: str) -> tuple[str, str, str] | None:
     """(endpoint, variant, instance id); names of endpoints and variants have no ``_``; a
     multi-container target's ``_<container>`` suffix is dropped."""
     if not text.startswith(SSM_TARGET_PREFIX):

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.sagemaker import remote_debug
 
@@ -40,7 +40,7 @@ class Kind:
     key: str          # training | processing | transform
     noun: str         # TrainingJob
     arn_type: str     # training-job
-    required: Tuple[str, ...]
+    required: tuple[str, ...]
     start_field: str  # TrainingStartTime
     end_field: str
 
@@ -57,7 +57,7 @@ KINDS = {
                       "TransformStartTime", "TransformEndTime"),
 }
 
-OPERATIONS: Dict[str, Tuple[str, str]] = {
+OPERATIONS: dict[str, tuple[str, str]] = {
     f"{verb}{kind.noun}{'s' if verb == 'List' else ''}": (kind.key, verb.lower())
     for kind in KINDS.values() for verb in ("Create", "Describe", "Stop", "List")
 }
@@ -70,25 +70,25 @@ class Job:
     kind: Kind
     name: str
     arn: str
-    request: Dict[str, Any]
+    request: dict[str, Any]
     created: float = field(default_factory=time.time)
     status: str = "InProgress"
     secondary: str = "Starting"
-    failure_reason: Optional[str] = None
-    exit_message: Optional[str] = None
-    started: Optional[float] = None
-    ended: Optional[float] = None
+    failure_reason: str | None = None
+    exit_message: str | None = None
+    started: float | None = None
+    ended: float | None = None
     modified: float = field(default_factory=time.time)
-    transitions: List[Dict[str, Any]] = field(default_factory=list)
-    tags: Dict[str, str] = field(default_factory=dict)
-    rules: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
-    model_artifacts: Optional[str] = None
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    model_artifacts: str | None = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
-    events: queue.Queue[Tuple[Any, Optional[int]]] = field(default_factory=queue.Queue)
-    containers: List[Any] = field(default_factory=list)
+    events: queue.Queue[tuple[Any, int | None]] = field(default_factory=queue.Queue)
+    containers: list[Any] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    def set_secondary(self, status: str, message: str, now: Optional[float] = None) -> None:
+    def set_secondary(self, status: str, message: str, now: float | None = None) -> None:
         with self.lock:
             now = time.time() if now is None else now
             if self.transitions and "EndTime" not in self.transitions[-1]:
@@ -99,7 +99,7 @@ class Job:
             self.modified = now
 
     def finish(self, status: str, secondary: str, message: str,
-               failure_reason: Optional[str] = None) -> None:
+               failure_reason: str | None = None) -> None:
         with self.lock:
             self.status = status
             self.failure_reason = failure_reason
@@ -117,7 +117,7 @@ class Job:
     def done(self) -> bool:
         return self.status in ("Completed", "Failed", "Stopped")
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         k = self.kind
         with self.lock:
             out = {key: value for key, value in self.request.items() if key != "Tags"}
@@ -137,8 +137,8 @@ class Job:
                 out.update(self._training_fields())
             return json.loads(json.dumps(out, default=str))
 
-    def _training_fields(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {
+    def _training_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "SecondaryStatus": self.secondary,
             "SecondaryStatusTransitions": [dict(t) for t in self.transitions],
             "ModelArtifacts": {"S3ModelArtifacts": self.model_artifacts or ""},
@@ -153,7 +153,7 @@ class Job:
             out["TrainingTimeInSeconds"] = out["BillableTimeInSeconds"] = seconds
         return out
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         k = self.kind
         full = self.describe()
         keys = [f"{k.noun}Name", f"{k.noun}Arn", "CreationTime", k.end_field, "LastModifiedTime",
@@ -168,18 +168,18 @@ class JobsAPI:
     """Job records and the JSON 1.1 operations on them; ``runner(job)`` executes a new job."""
 
     def __init__(self, region: str, account: str, runner: Runner,
-                 state_dir: Optional[Path] = None) -> None:
+                 state_dir: Path | None = None) -> None:
         self.region = region
         self.account = account
         self._runner = runner
         self._state_dir = state_dir
-        self._jobs: Dict[Tuple[str, str], Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}
         self._lock = threading.Lock()
         # called when UpdateTrainingJob turns remote debugging on (remote_debug.RemoteDebug)
-        self.remote_debug_on: Optional[Callable[[Job], None]] = None
+        self.remote_debug_on: Callable[[Job], None] | None = None
 
     # -- registry ---------------------------------------------------------------------------
-    def jobs(self) -> List[Job]:
+    def jobs(self) -> list[Job]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.created)
 
@@ -190,7 +190,7 @@ class JobsAPI:
             raise ApiError("ValidationException", "Requested resource not found.")
         return job
 
-    def by_arn(self, arn: str) -> Optional[Job]:
+    def by_arn(self, arn: str) -> Job | None:
         with self._lock:
             return next((j for j in self._jobs.values() if j.arn == arn), None)
 
@@ -205,21 +205,21 @@ class JobsAPI:
         tmp.replace(path)
 
     # -- dispatch ---------------------------------------------------------------------------
-    def handles(self, operation: str, body: Dict[str, Any]) -> bool:
+    def handles(self, operation: str, body: dict[str, Any]) -> bool:
         if operation in OPERATIONS:
             return True
         return operation in TAG_OPERATIONS and self.by_arn(body.get("ResourceArn", "")) is not None
 
-    def handle(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         if operation in TAG_OPERATIONS:
             return self._tags(operation, body)
         kind_key, verb = OPERATIONS[operation]
         kind = KINDS[kind_key]
         handler = getattr(self, f"_{verb}")
-        result: Dict[str, Any] = handler(kind, body)
+        result: dict[str, Any] = handler(kind, body)
         return result
 
-    def _create(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get(f"{kind.noun}Name", "")
         if not NAME_RE.match(name or ""):
             raise ApiError("ValidationException",
@@ -251,8 +251,8 @@ class JobsAPI:
         self._runner(job)
         return {f"{kind.noun}Arn": arn}
 
-    def _initial_rules(self, job: Job) -> Dict[str, List[Dict[str, Any]]]:
-        rules: Dict[str, List[Dict[str, Any]]] = {}
+    def _initial_rules(self, job: Job) -> dict[str, list[dict[str, Any]]]:
+        rules: dict[str, list[dict[str, Any]]] = {}
         for prefix in ("Debug", "Profiler"):
             configs = job.request.get(f"{prefix}RuleConfigurations")
             if not configs:
@@ -268,10 +268,10 @@ class JobsAPI:
             } for c in configs]
         return rules
 
-    def _describe(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _describe(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         return self.get(kind.key, body.get(f"{kind.noun}Name", "")).describe()
 
-    def _stop(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _stop(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get(f"{kind.noun}Name", "")
         try:
             job = self.get(kind.key, name)
@@ -289,7 +289,7 @@ class JobsAPI:
         self.save(job)
         return {}
 
-    def _update(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _update(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         """UpdateTrainingJob: RemoteDebugConfig only while Downloading or Training (the other
         updatable settings, profiler and resource config, are not emulated)."""
         name = body.get("TrainingJobName", "")
@@ -320,7 +320,7 @@ class JobsAPI:
         self.save(job)
         return {"TrainingJobArn": job.arn}
 
-    def _list(self, kind: Kind, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _list(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         jobs = [j for j in self.jobs() if j.kind is kind]
         name_contains = (body.get("NameContains") or "").lower()
         status = body.get("StatusEquals")
@@ -333,7 +333,7 @@ class JobsAPI:
         }.get(str(body.get("SortBy")), lambda j: j.created)
         return list_page(jobs, body, key_fn, f"{kind.noun}Summaries", "Ascending")
 
-    def _tags(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _tags(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         job = self.by_arn(body.get("ResourceArn", ""))
         assert job is not None
         with job.lock:
@@ -341,7 +341,7 @@ class JobsAPI:
 
     # -- test hooks -------------------------------------------------------------------------
     def set_rule_status(self, name: str, rule: str, status: str,
-                        details: Optional[str] = None) -> Dict[str, Any]:
+                        details: str | None = None) -> dict[str, Any]:
         if status not in RULE_STATUSES:
             raise ApiError("ValidationException", f"rule status must be one of {RULE_STATUSES}")
         job = self.get("training", name)
@@ -358,20 +358,20 @@ class JobsAPI:
         raise ApiError("ValidationException", f"job {name} has no rule {rule!r}")
 
 
-def list_page(items: List[Any], body: Dict[str, Any], key: Callable[[Any], Any], field: str,
-              default_order: str) -> Dict[str, Any]:
+def list_page(items: list[Any], body: dict[str, Any], key: Callable[[Any], Any], field: str,
+              default_order: str) -> dict[str, Any]:
     """One page of a List* answer: sorted by ``key`` (SortOrder), MaxResults/NextToken."""
     items = sorted(items, key=key,
                    reverse=body.get("SortOrder", default_order) == "Descending")
     start, size = int(body.get("NextToken") or 0), int(body.get("MaxResults") or 10)
-    out: Dict[str, Any] = {field: [item.summary() for item in items[start:start + size]]}
+    out: dict[str, Any] = {field: [item.summary() for item in items[start:start + size]]}
     if start + size < len(items):
         out["NextToken"] = str(start + size)
     return out
 
 
-def tag_operation(tags: Dict[str, str], operation: str, body: Dict[str, Any]
-                  ) -> Dict[str, Any]:
+def tag_operation(tags: dict[str, str], operation: str, body: dict[str, Any]
+                  ) -> dict[str, Any]:
     """AddTags / DeleteTags / ListTags on ``tags`` (changed in place)."""
     if operation == "AddTags":
         tags.update({t["Key"]: t.get("Value", "") for t in body.get("Tags") or []})
@@ -382,6 +382,6 @@ def tag_operation(tags: Dict[str, str], operation: str, body: Dict[str, Any]
     return {"Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
 
 
-def _in_range(value: float, body: Dict[str, Any], prefix: str) -> bool:
+def _in_range(value: float, body: dict[str, Any], prefix: str) -> bool:
     after, before = body.get(f"{prefix}After"), body.get(f"{prefix}Before")
     return (after is None or value > float(after)) and (before is None or value < float(before))

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 NETWORK_INTERFACE = "lo"  # the only interface a sandbox container has
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -44,12 +44,12 @@ class Platform:
     endpoint_url: str
     ssm_endpoint_url: str
     python: str
-    path_dirs: List[str] = field(default_factory=list)
-    credentials: Dict[str, str] = field(default_factory=dict)
+    path_dirs: list[str] = field(default_factory=list)
+    credentials: dict[str, str] = field(default_factory=dict)
     # role ARN -> credentials of that role (containers run as their execution role when set)
-    role_credentials: Optional[Callable[[str], Dict[str, str]]] = None
+    role_credentials: Callable[[str], dict[str, str]] | None = None
 
-    def env(self, role_arn: Optional[str] = None) -> Dict[str, str]:
+    def env(self, role_arn: str | None = None) -> dict[str, str]:
         env = {
             "PATH": os.pathsep.join(self.path_dirs + [CONTAINER_PATH]),
             "HOME": "/root",
@@ -71,7 +71,7 @@ class Platform:
         return env
 
 
-def split_s3_uri(uri: str) -> Tuple[str, str]:
+def split_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise JobSetupError(f"not an S3 URI: {uri!r}")
     bucket, _, key = uri[len("s3://"):].partition("/")
@@ -163,14 +163,14 @@ def _as_arg(value: Any) -> str:
     return str(value)
 
 
-def hosts_for(count: int) -> List[str]:
+def hosts_for(count: int) -> list[str]:
     return [f"algo-{i}" for i in range(1, max(count, 1) + 1)]
 
 
-def training_entry(request: Dict[str, Any], python: str) -> List[str]:
+def training_entry(request: dict[str, Any], python: str) -> list[str]:
     hps = {k: _decode(v) for k, v in (request.get("HyperParameters") or {}).items()}
     program = hps.get("sagemaker_program")
-    user_args: List[str] = []
+    user_args: list[str] = []
     for key in sorted(k for k in hps if not k.startswith("sagemaker_")):
         user_args += [f"--{key}", _as_arg(hps[key])]
     algo = request.get("AlgorithmSpecification") or {}
@@ -187,8 +187,8 @@ def training_entry(request: Dict[str, Any], python: str) -> List[str]:
     return [f"/opt/ml/code/{program}"] + user_args
 
 
-def prepare_training(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, host: str,
-                     hosts: List[str], platform: Platform) -> Tuple[List[str], str, Dict[str, str]]:
+def prepare_training(s3: Any, opt_ml: Path, request: dict[str, Any], arn: str, host: str,
+                     hosts: list[str], platform: Platform) -> tuple[list[str], str, dict[str, str]]:
     """Lay out ``opt_ml`` for ``host``; return (argv, cwd, env) for the container."""
     raw_hps = request.get("HyperParameters") or {}
     hps = {k: _decode(v) for k, v in raw_hps.items()}
@@ -204,7 +204,7 @@ def prepare_training(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, h
     _write_json(config / "resourceconfig.json", resource)
     _write_json(config / "hyperparameters.json", raw_hps)
     _write_json(config / "trainingjobconfig.json", dict(request, TrainingJobArn=arn))
-    channels: Dict[str, Any] = {}
+    channels: dict[str, Any] = {}
     for channel in request.get("InputDataConfig") or []:
         name = channel["ChannelName"]
         s3_source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
@@ -237,11 +237,11 @@ def prepare_training(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, h
     return argv, "/opt/ml/code", env
 
 
-def _training_vars(request: Dict[str, Any], arn: str, host: str, hosts: List[str],
-                   hps: Dict[str, Any], channels: List[str], argv: List[str]) -> Dict[str, str]:
+def _training_vars(request: dict[str, Any], arn: str, host: str, hosts: list[str],
+                   hps: dict[str, Any], channels: list[str], argv: list[str]) -> dict[str, str]:
     user_hps = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
     program = str(hps.get("sagemaker_program") or "")
-    values: Dict[str, Any] = {
+    values: dict[str, Any] = {
         "TRAINING_JOB_NAME": request["TrainingJobName"],
         "TRAINING_JOB_ARN": arn,
         "SM_CURRENT_HOST": host,
@@ -289,15 +289,15 @@ def _container_path(opt_ml: Path, local_path: str) -> Path:
     return opt_ml / norm[len("/opt/ml/"):]
 
 
-def processing_io(request: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def processing_io(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     inputs = [i for i in request.get("ProcessingInputs") or []]
     outputs = list((request.get("ProcessingOutputConfig") or {}).get("Outputs") or [])
     return inputs, outputs
 
 
-def prepare_processing(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str, host: str,
-                       hosts: List[str], platform: Platform
-                       ) -> Tuple[List[str], str, Dict[str, str]]:
+def prepare_processing(s3: Any, opt_ml: Path, request: dict[str, Any], arn: str, host: str,
+                       hosts: list[str], platform: Platform
+                       ) -> tuple[list[str], str, dict[str, str]]:
     config = opt_ml / "config"
     _write_json(config / "processingjobconfig.json", dict(request, ProcessingJobArn=arn))
     _write_json(config / "resourceconfig.json", {"current_host": host, "hosts": hosts})
@@ -322,7 +322,7 @@ def prepare_processing(s3: Any, opt_ml: Path, request: Dict[str, Any], arn: str,
     return argv, "/", env
 
 
-def upload_processing_outputs(s3: Any, opt_ml: Path, request: Dict[str, Any]) -> int:
+def upload_processing_outputs(s3: Any, opt_ml: Path, request: dict[str, Any]) -> int:
     count = 0
     for item in processing_io(request)[1]:
         s3_output = item.get("S3Output") or {}

@@ -35,10 +35,11 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 PACKAGE = "sagemaker_ssh_helper"
 MODULE = "sagemaker_ssh_sandbox.sagemaker.model_server"
@@ -56,7 +57,7 @@ def _say(message: str, stream: Any = None) -> None:
 
 
 # -- start-up ------------------------------------------------------------------------------------
-def forget_own_package(package_parent: Optional[str] = None) -> None:
+def forget_own_package(package_parent: str | None = None) -> None:
     """Drop the sandbox's copy of the package (imported to start this module) from sys.modules,
     sys.path and PYTHONPATH, so that ``import sagemaker_ssh_helper`` finds the model's copy."""
     parent = os.path.realpath(package_parent or str(Path(__file__).resolve().parents[2]))
@@ -71,19 +72,19 @@ def forget_own_package(package_parent: Optional[str] = None) -> None:
         os.environ.pop("PYTHONPATH", None)
 
 
-def code_dirs(environ: Mapping[str, str], model_dir: str = MODEL_DIR) -> List[str]:
+def code_dirs(environ: Mapping[str, str], model_dir: str = MODEL_DIR) -> list[str]:
     """Directories the model's code is imported from, most specific first (existing ones)."""
     submit = environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "")
     candidates = [S3_CODE_DIR if submit.startswith("s3://") else submit,
                   os.path.join(model_dir, "code"), os.path.join(model_dir, "code", "lib")]
-    found: List[str] = []
+    found: list[str] = []
     for path in candidates:
         if path and os.path.isdir(path) and path not in found:
             found.append(path)
     return found
 
 
-def add_code_dirs(dirs: List[str]) -> None:
+def add_code_dirs(dirs: list[str]) -> None:
     """Put ``dirs`` first on sys.path and on PYTHONPATH (for processes the model starts)."""
     sys.path[:0] = [d for d in dirs if d not in sys.path]
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in dirs]
@@ -117,11 +118,11 @@ def default_output_fn(prediction: Any, accept: str) -> Any:
 
 @dataclass
 class Handlers:
-    model_fn: Optional[Callable[..., Any]] = None
+    model_fn: Callable[..., Any] | None = None
     input_fn: Callable[..., Any] = default_input_fn
     predict_fn: Callable[..., Any] = default_predict_fn
     output_fn: Callable[..., Any] = default_output_fn
-    transform_fn: Optional[Callable[..., Any]] = None
+    transform_fn: Callable[..., Any] | None = None
 
     @classmethod
     def of(cls, module: Any) -> Handlers:
@@ -134,7 +135,7 @@ class Handlers:
         return self.model_fn(model_dir) if self.model_fn else None
 
     def invoke(self, model: Any, body: bytes, content_type: str, accept: str
-               ) -> Tuple[bytes, str]:
+               ) -> tuple[bytes, str]:
         """One request: (response body, response content type)."""
         if self.transform_fn is not None:
             result = self.transform_fn(model, body, content_type, accept)
@@ -165,7 +166,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: Tuple[str, int], handlers: Handlers, model: Any) -> None:
+    def __init__(self, address: tuple[str, int], handlers: Handlers, model: Any) -> None:
         super().__init__(address, _RequestHandler)
         self.handlers = handlers
         self.model = model
@@ -229,13 +230,13 @@ def serve(handlers: Handlers, model: Any, port: int) -> int:
 
 
 # -- transform -----------------------------------------------------------------------------------
-def split_records(body: bytes, split_type: str, strategy: str) -> List[bytes]:
+def split_records(body: bytes, split_type: str, strategy: str) -> list[bytes]:
     if split_type != "Line" or strategy == "MultiRecord":
         return [body]
     return [line for line in body.splitlines() if line.strip()]
 
 
-def assemble(outputs: List[bytes], assemble_with: str) -> bytes:
+def assemble(outputs: list[bytes], assemble_with: str) -> bytes:
     if assemble_with != "Line":
         return b"".join(outputs)
     return b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs)
@@ -277,7 +278,7 @@ def _raise_exit(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

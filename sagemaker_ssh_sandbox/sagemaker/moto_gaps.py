@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
@@ -27,7 +27,7 @@ SIMULATE = "SimulatePrincipalPolicy"
 
 
 # -- iam:SimulatePrincipalPolicy ------------------------------------------------------------
-def query_form(content_type: str, body: bytes) -> Optional[Dict[str, str]]:
+def query_form(content_type: str, body: bytes) -> dict[str, str] | None:
     """The parameters of an AWS Query-protocol request (IAM, STS), or None."""
     if not content_type.startswith("application/x-www-form-urlencoded"):
         return None
@@ -38,15 +38,15 @@ def query_form(content_type: str, body: bytes) -> Optional[Dict[str, str]]:
     return {key: values[-1] for key, values in parsed.items()}
 
 
-def _members(form: Dict[str, str], prefix: str) -> List[str]:
+def _members(form: dict[str, str], prefix: str) -> list[str]:
     keys = sorted((k for k in form if k.startswith(prefix + ".member.")),
                   key=lambda k: int(k.rsplit(".", 1)[1]))
     return [form[k] for k in keys]
 
 
-def context_entries(form: Dict[str, str]) -> Dict[str, List[str]]:
+def context_entries(form: dict[str, str]) -> dict[str, list[str]]:
     """SimulatePrincipalPolicy's ContextEntries: key name -> values."""
-    entries: Dict[str, List[str]] = {}
+    entries: dict[str, list[str]] = {}
     prefix = "ContextEntries.member."
     numbers = sorted({int(k[len(prefix):].split(".", 1)[0]) for k in form
                       if k.startswith(prefix) and k.endswith(".ContextKeyName")})
@@ -56,11 +56,11 @@ def context_entries(form: Dict[str, str]) -> Dict[str, List[str]]:
     return entries
 
 
-Decide = Callable[[str, str, str, Dict[str, List[str]]], Optional[str]]
+Decide = Callable[[str, str, str, dict[str, list[str]]], Optional[str]]
 
 
-def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[str], bool],
-                              decide: Optional[Decide] = None) -> Tuple[int, str]:
+def simulate_principal_policy(form: dict[str, str], principal_exists: Callable[[str], bool],
+                              decide: Decide | None = None) -> tuple[int, str]:
     """(HTTP status, XML body) of SimulatePrincipalPolicy for ``form``.
 
     ``decide(principal, action, resource, context)`` evaluates what the sandbox enforces (its
@@ -95,7 +95,7 @@ def simulate_principal_policy(form: Dict[str, str], principal_exists: Callable[[
 
 
 def decide_in_process(principal: str, action: str, resource: str,
-                      context: Dict[str, List[str]]) -> Optional[str]:
+                      context: dict[str, list[str]]) -> str | None:
     """The decision the SSM stand-in would make for ``principal`` (a role or user of moto's
     IAM, running in this process), for ``ssm:`` actions; None for the others."""
     if not action.lower().startswith("ssm:"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox.sagemaker.jobs import ApiError
 from sagemaker_ssh_sandbox.sagemaker.studio import ContainerFactory
@@ -22,19 +22,19 @@ NOTEBOOK_USER = "ec2-user"
 
 class NotebookAPI:
     def __init__(self, region: str, account: str, state_dir: Path,
-                 start_container: Optional[ContainerFactory] = None) -> None:
+                 start_container: ContainerFactory | None = None) -> None:
         self.region = region
         self.account = account
         self.state_dir = state_dir
         self.start_container = start_container
-        self.instances: Dict[str, Dict[str, Any]] = {}
-        self.running: Dict[str, Any] = {}  # instance name -> container
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, Any] = {}  # instance name -> container
         self._lock = threading.RLock()
 
-    def handles(self, operation: str, body: Dict[str, Any]) -> bool:
+    def handles(self, operation: str, body: dict[str, Any]) -> bool:
         return operation in OPERATIONS
 
-    def handle(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             if operation == "ListNotebookInstances":
                 keys = ("NotebookInstanceName", "NotebookInstanceArn", "NotebookInstanceStatus",
@@ -58,7 +58,7 @@ class NotebookAPI:
                     del self.instances[name]
             return {}
 
-    def _create(self, name: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _create(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         if name in self.instances:
             raise ApiError("ValidationException", f"notebook instance {name} already exists")
         arn = (f"arn:aws:sagemaker:{self.region}:{self.account}:notebook-instance/"
@@ -73,7 +73,7 @@ class NotebookAPI:
         self._start(instance)
         return {"NotebookInstanceArn": arn}
 
-    def _start(self, instance: Dict[str, Any]) -> None:
+    def _start(self, instance: dict[str, Any]) -> None:
         name = instance["NotebookInstanceName"]
         if name not in self.running and self.start_container is not None:
             metadata = {"ResourceArn": instance["NotebookInstanceArn"], "ResourceName": name,
@@ -83,14 +83,14 @@ class NotebookAPI:
         instance["NotebookInstanceStatus"] = "InService"
         instance["LastModifiedTime"] = time.time()
 
-    def _stop(self, instance: Dict[str, Any]) -> None:
+    def _stop(self, instance: dict[str, Any]) -> None:
         container = self.running.pop(instance["NotebookInstanceName"], None)
         if container is not None:
             container.terminate(5.0)
         instance["NotebookInstanceStatus"] = "Stopped"
         instance["LastModifiedTime"] = time.time()
 
-    def containers(self) -> List[Dict[str, Any]]:
+    def containers(self) -> list[dict[str, Any]]:
         """The running instances' containers, shaped like the job runner's (for sandbox status)."""
         with self._lock:
             running = list(self.running.items())

@@ -20,7 +20,7 @@ import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable
 
 TARGET_PREFIX = "sagemaker-training-job:"
 AGENT_STATE_DIR = "/var/lib/amazon/ssm-sagemaker"
@@ -45,7 +45,7 @@ def check_config(value: Any) -> None:
                           "satisfy constraint: it takes EnableRemoteDebug (a boolean) only")
 
 
-def enabled(request: Dict[str, Any]) -> bool:
+def enabled(request: dict[str, Any]) -> bool:
     return bool(dict(request.get("RemoteDebugConfig") or {}).get("EnableRemoteDebug"))
 
 
@@ -53,15 +53,15 @@ def target(job_name: str, host: str) -> str:
     return f"{TARGET_PREFIX}{job_name}_{host}"
 
 
-def parse_target(text: str) -> Optional[Tuple[str, str]]:
+def parse_target(text: str) -> tuple[str, str] | None:
     if not text.startswith(TARGET_PREFIX) or "_" not in text:
         return None
     job, _, host = text[len(TARGET_PREFIX):].rpartition("_")
     return (job, host) if job and host else None
 
 
-def agent_sidecar(target_id: str, region: str, env: Dict[str, str],
-                  wait_for_start: bool = False) -> Dict[str, Any]:
+def agent_sidecar(target_id: str, region: str, env: dict[str, str],
+                  wait_for_start: bool = False) -> dict[str, Any]:
     """The agent stand-in, registered under ``target_id`` (SageMaker registers its agent;
     no activation is involved); with ``wait_for_start``, only once the start FIFO is written."""
     registration = json.dumps({"ManagedInstanceID": target_id, "Region": region})
@@ -83,8 +83,8 @@ class RemoteDebug:
         self.backend = backend
         self.job_lookup = job_lookup  # training job name -> Job (raises if none)
 
-    def sidecar(self, job: Any, host: str, region: str, env: Dict[str, str],
-                container_root: Path) -> Tuple[Dict[str, Any], Tuple[str, str]]:
+    def sidecar(self, job: Any, host: str, region: str, env: dict[str, str],
+                container_root: Path) -> tuple[dict[str, Any], tuple[str, str]]:
         """The agent sidecar of one container and the bind mount of its start FIFO."""
         target_id = target(job.name, host)
         self.backend.register_sagemaker_target(target_id, host)
@@ -111,7 +111,7 @@ class RemoteDebug:
             finally:
                 os.close(fd)
 
-    def refusal(self, target_id: str) -> Optional[str]:
+    def refusal(self, target_id: str) -> str | None:
         """Why SageMaker opens no session to ``target_id`` now; None when it does."""
         parsed = parse_target(target_id)
         if parsed is None:

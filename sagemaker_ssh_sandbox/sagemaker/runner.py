@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.sagemaker import layout, serving
 from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig
@@ -31,9 +31,9 @@ EXIT_SETUP_FAILED = 125
 
 class JobRunner:
     def __init__(self, state_dir: Path, platform: layout.Platform, s3_client: Any,
-                 bridges: Dict[int, Path], shipper: Optional[LogShipper] = None,
+                 bridges: dict[int, Path], shipper: LogShipper | None = None,
                  stop_grace: float = 10.0,
-                 binds: Optional[List[Tuple[str, str]]] = None, sagemaker: Any = None) -> None:
+                 binds: list[tuple[str, str]] | None = None, sagemaker: Any = None) -> None:
         self.state_dir = state_dir
         self.sagemaker = sagemaker  # moto's SageMaker: models of transform jobs
         self.platform = platform
@@ -46,8 +46,8 @@ class JobRunner:
         # SageMaker's remote debugging (remote_debug.RemoteDebug): its agent in each training
         # container; None: no agent
         self.remote_debug: Any = None
-        self._threads: Dict[str, threading.Thread] = {}
-        self._jobs: List[Job] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._jobs: list[Job] = []
         self._lock = threading.Lock()
 
     def __call__(self, job: Job) -> None:
@@ -81,7 +81,7 @@ class JobRunner:
                                  binds=list(self.binds))
         return Container(config, on_output=sink, python=self.platform.python)
 
-    def _containers(self, job: Job) -> List[Container]:
+    def _containers(self, job: Job) -> list[Container]:
         if job.kind.key == "transform":
             return self._transform_containers(job)
         count = int((job.request.get("ResourceConfig") or job.request.get("ProcessingResources", {})
@@ -103,7 +103,7 @@ class JobRunner:
             containers.append(container)
         return containers
 
-    def _transform_containers(self, job: Job) -> List[Container]:
+    def _transform_containers(self, job: Job) -> list[Container]:
         if self.sagemaker is None:
             raise layout.JobSetupError("this sandbox runner has no SageMaker client for models")
         definition = serving.container_definition(
@@ -148,8 +148,8 @@ class JobRunner:
             container.remove_scratch()
         self._conclude(job, containers, outcome, failed)
 
-    def _wait(self, job: Job, containers: List[Container]
-              ) -> Tuple[str, Optional[Tuple[Container, int]]]:
+    def _wait(self, job: Job, containers: list[Container]
+              ) -> tuple[str, tuple[Container, int] | None]:
         """Wait for every container; returns (outcome, first failure)."""
         for container in containers:
             threading.Thread(target=lambda c=container: job.events.put((c, c.wait())),
@@ -157,7 +157,7 @@ class JobRunner:
         limit = (job.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
         deadline = time.monotonic() + float(limit) if limit else None
         remaining, outcome = len(containers), "ok"
-        failed: Optional[Tuple[Container, int]] = None
+        failed: tuple[Container, int] | None = None
         while remaining:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -176,13 +176,13 @@ class JobRunner:
                 self._terminate(containers)
         return outcome, failed
 
-    def _terminate(self, containers: List[Container]) -> None:
+    def _terminate(self, containers: list[Container]) -> None:
         for container in containers:
             threading.Thread(target=container.terminate, args=(self.stop_grace,),
                              daemon=True).start()
 
-    def _conclude(self, job: Job, containers: List[Container], outcome: str,
-                  failed: Optional[Tuple[Container, int]]) -> None:
+    def _conclude(self, job: Job, containers: list[Container], outcome: str,
+                  failed: tuple[Container, int] | None) -> None:
         training = job.kind.key == "training"
         if outcome == "stopped" or job.stop_requested.is_set():
             if training:
@@ -242,7 +242,7 @@ class JobRunner:
             layout.upload_tarball(self.s3, data, f"{base}/output.tar.gz")
 
     # -- daemon -------------------------------------------------------------------------------
-    def containers(self) -> List[Dict[str, Any]]:
+    def containers(self) -> list[dict[str, Any]]:
         with self._lock:
             jobs = list(self._jobs)
         return [dict(c.info(), job=j.name, kind=j.kind.key) for j in jobs for c in j.containers]

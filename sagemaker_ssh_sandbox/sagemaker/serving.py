@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 from sagemaker_ssh_sandbox.sagemaker import layout, model_server
 from sagemaker_ssh_sandbox.sagemaker.container import PACKAGE_PARENT
@@ -26,13 +26,13 @@ from sagemaker_ssh_sandbox.sagemaker.layout import JobSetupError
 TRANSFORM_DIR = "/run/sm-ssh-sandbox/transform"
 
 # (bucket, key, key relative to the input prefix)
-S3Object = Tuple[str, str, str]
+S3Object = tuple[str, str, str]
 
 
 ROLE_KEY = "SandboxExecutionRoleArn"
 
 
-def describe_model(sagemaker: Any, name: str) -> Dict[str, Any]:
+def describe_model(sagemaker: Any, name: str) -> dict[str, Any]:
     try:
         return dict(sagemaker.describe_model(ModelName=name))
     except Exception as e:
@@ -40,7 +40,7 @@ def describe_model(sagemaker: Any, name: str) -> Dict[str, Any]:
         raise JobSetupError(message) from e
 
 
-def container_definition(model: Dict[str, Any]) -> Dict[str, Any]:
+def container_definition(model: dict[str, Any]) -> dict[str, Any]:
     """The one container the sandbox runs for ``model`` (no inference pipelines)."""
     containers = list(model.get("Containers") or [])
     if model.get("PrimaryContainer"):
@@ -67,7 +67,7 @@ def _download_tarball(s3: Any, uri: str, dest: Path) -> None:
             raise JobSetupError(f"{uri} is not a readable tar.gz archive: {e}") from e
 
 
-def prepare_model(s3: Any, opt_ml: Path, definition: Dict[str, Any]) -> None:
+def prepare_model(s3: Any, opt_ml: Path, definition: dict[str, Any]) -> None:
     """Lay out /opt/ml/model (and /opt/ml/code) for ``definition``."""
     model_dir = opt_ml / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,8 @@ def prepare_model(s3: Any, opt_ml: Path, definition: Dict[str, Any]) -> None:
         _download_tarball(s3, submit, opt_ml / "code")
 
 
-def container_env(platform: layout.Platform, definition: Dict[str, Any],
-                  *extra: Dict[str, str]) -> Dict[str, str]:
+def container_env(platform: layout.Platform, definition: dict[str, Any],
+                  *extra: dict[str, str]) -> dict[str, str]:
     env = platform.env(definition.get(ROLE_KEY))
     env.update({str(k): str(v) for k, v in (definition.get("Environment") or {}).items()})
     for more in extra:
@@ -99,19 +99,19 @@ def container_env(platform: layout.Platform, definition: Dict[str, Any],
     return env
 
 
-def server_argv(platform: layout.Platform, mode: str, *args: str) -> List[str]:
+def server_argv(platform: layout.Platform, mode: str, *args: str) -> list[str]:
     return [platform.python, "-m", model_server.MODULE, mode, *args]
 
 
-def prepare_endpoint(s3: Any, opt_ml: Path, definition: Dict[str, Any],
-                     platform: layout.Platform) -> Tuple[List[str], str, Dict[str, str]]:
+def prepare_endpoint(s3: Any, opt_ml: Path, definition: dict[str, Any],
+                     platform: layout.Platform) -> tuple[list[str], str, dict[str, str]]:
     """(argv, cwd, env) of an endpoint instance's container."""
     prepare_model(s3, opt_ml, definition)
     return server_argv(platform, "serve"), "/opt/ml/model", container_env(platform, definition)
 
 
 # -- batch transform -------------------------------------------------------------------------------
-def transform_inputs(s3: Any, request: Dict[str, Any]) -> List[S3Object]:
+def transform_inputs(s3: Any, request: dict[str, Any]) -> list[S3Object]:
     """The job's input objects, sorted by key (S3Prefix; ManifestFile lists keys in JSON)."""
     source = ((request.get("TransformInput") or {}).get("DataSource") or {}).get(
         "S3DataSource") or {}
@@ -120,7 +120,7 @@ def transform_inputs(s3: Any, request: Dict[str, Any]) -> List[S3Object]:
         raise JobSetupError(f"S3DataType {source.get('S3DataType')}: the sandbox runs S3Prefix "
                             "inputs only")
     bucket, prefix = layout.split_s3_uri(uri)
-    found: List[S3Object] = []
+    found: list[S3Object] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = layout.relative_key(obj["Key"], prefix)
@@ -131,7 +131,7 @@ def transform_inputs(s3: Any, request: Dict[str, Any]) -> List[S3Object]:
     return sorted(found, key=lambda o: o[1])
 
 
-def batch_env(request: Dict[str, Any]) -> Dict[str, str]:
+def batch_env(request: dict[str, Any]) -> dict[str, str]:
     env = {"SAGEMAKER_BATCH": "true"}
     for field, var in (("MaxPayloadInMB", "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
                        ("BatchStrategy", "SAGEMAKER_BATCH_STRATEGY"),
@@ -141,9 +141,9 @@ def batch_env(request: Dict[str, Any]) -> Dict[str, str]:
     return env
 
 
-def prepare_transform(s3: Any, root: Path, opt_ml: Path, definition: Dict[str, Any],
-                      request: Dict[str, Any], share: List[S3Object],
-                      platform: layout.Platform) -> Tuple[List[str], str, Dict[str, str]]:
+def prepare_transform(s3: Any, root: Path, opt_ml: Path, definition: dict[str, Any],
+                      request: dict[str, Any], share: list[S3Object],
+                      platform: layout.Platform) -> tuple[list[str], str, dict[str, str]]:
     """(argv, cwd, env) of one transform instance's container, given its ``share`` of inputs.
 
     The caller binds ``root/transform`` on :data:`TRANSFORM_DIR`."""
@@ -168,7 +168,7 @@ def prepare_transform(s3: Any, root: Path, opt_ml: Path, definition: Dict[str, A
     return server_argv(platform, "transform", *args), "/opt/ml/model", env
 
 
-def upload_transform_outputs(s3: Any, roots: List[Path], request: Dict[str, Any]) -> int:
+def upload_transform_outputs(s3: Any, roots: list[Path], request: dict[str, Any]) -> int:
     """Upload every instance's ``<name>.out`` files under TransformOutput.S3OutputPath."""
     uri = str((request.get("TransformOutput") or {}).get("S3OutputPath") or "")
     count = 0

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.sagemaker.jobs import ApiError
 
@@ -41,7 +41,7 @@ OPERATIONS = ("CreateDomain", "DescribeDomain", "ListDomains", "CreateUserProfil
               "DescribeUserProfile", "ListUserProfiles", "CreateSpace", "DescribeSpace",
               "ListSpaces", "CreateApp", "DescribeApp", "ListApps", "DeleteApp")
 
-ContainerFactory = Callable[[str, Path, Dict[str, Any]], Any]
+ContainerFactory = Callable[[str, Path, dict[str, Any]], Any]
 
 
 @dataclass
@@ -56,7 +56,7 @@ class App:
     status: str = "Pending"
     container: Any = None
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {"AppArn": self.arn, "AppType": self.app_type, "AppName": self.name,
                 "DomainId": self.domain, self.owner_key: self.owner, "Status": self.status,
                 "CreationTime": self.created}
@@ -66,35 +66,35 @@ class StudioAPI:
     """The Studio operations of the sandbox gateway (AWS JSON 1.1 bodies as dicts)."""
 
     def __init__(self, region: str, account: str, state_dir: Path,
-                 start_container: Optional[ContainerFactory] = None) -> None:
+                 start_container: ContainerFactory | None = None) -> None:
         self.region = region
         self.account = account
         self.state_dir = state_dir
         self.start_container = start_container
-        self.domains: Dict[str, Dict[str, Any]] = {}
-        self.profiles: Dict[Tuple[str, str], Dict[str, Any]] = {}
-        self.spaces: Dict[Tuple[str, str], Dict[str, Any]] = {}
-        self.apps: Dict[Tuple[str, str, str, str], App] = {}
+        self.domains: dict[str, dict[str, Any]] = {}
+        self.profiles: dict[tuple[str, str], dict[str, Any]] = {}
+        self.spaces: dict[tuple[str, str], dict[str, Any]] = {}
+        self.apps: dict[tuple[str, str, str, str], App] = {}
         self._lock = threading.RLock()
 
     def _arn(self, resource: str) -> str:
         return f"arn:aws:sagemaker:{self.region}:{self.account}:{resource}"
 
-    def handles(self, operation: str, body: Dict[str, Any]) -> bool:
+    def handles(self, operation: str, body: dict[str, Any]) -> bool:
         return operation in OPERATIONS
 
-    def handle(self, operation: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            result: Dict[str, Any] = getattr(self, f"_{operation}")(body)
+            result: dict[str, Any] = getattr(self, f"_{operation}")(body)
             return result
 
     # -- domains, profiles, spaces ------------------------------------------------------------
-    def _domain(self, domain_id: str) -> Dict[str, Any]:
+    def _domain(self, domain_id: str) -> dict[str, Any]:
         if domain_id not in self.domains:
             raise ApiError("ResourceNotFound", f"Domain {domain_id} does not exist", 400)
         return self.domains[domain_id]
 
-    def _CreateDomain(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _CreateDomain(self, body: dict[str, Any]) -> dict[str, Any]:
         domain_id = "d-" + uuid.uuid4().hex[:12]
         arn = self._arn(f"domain/{domain_id}")
         self.domains[domain_id] = {
@@ -105,14 +105,14 @@ class StudioAPI:
                                                  ".sagemaker.aws"}
         return {"DomainArn": arn, "Url": self.domains[domain_id]["Url"]}
 
-    def _DescribeDomain(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _DescribeDomain(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self._domain(body["DomainId"]))
 
-    def _ListDomains(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _ListDomains(self, body: dict[str, Any]) -> dict[str, Any]:
         keys = ("DomainArn", "DomainId", "DomainName", "Status", "CreationTime", "Url")
         return {"Domains": [{k: d[k] for k in keys} for d in self.domains.values()]}
 
-    def _CreateUserProfile(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _CreateUserProfile(self, body: dict[str, Any]) -> dict[str, Any]:
         domain, name = body["DomainId"], body["UserProfileName"]
         self._domain(domain)
         arn = self._arn(f"user-profile/{domain}/{name}")
@@ -122,19 +122,19 @@ class StudioAPI:
                                          "CreationTime": time.time()}
         return {"UserProfileArn": arn}
 
-    def _DescribeUserProfile(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _DescribeUserProfile(self, body: dict[str, Any]) -> dict[str, Any]:
         key = (body["DomainId"], body["UserProfileName"])
         if key not in self.profiles:
             raise ApiError("ResourceNotFound", f"User profile {key[1]} does not exist", 400)
         return dict(self.profiles[key])
 
-    def _ListUserProfiles(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _ListUserProfiles(self, body: dict[str, Any]) -> dict[str, Any]:
         want = body.get("DomainIdEquals")
         return {"UserProfiles": [
             {k: p[k] for k in ("DomainId", "UserProfileName", "Status", "CreationTime")}
             for (d, _), p in self.profiles.items() if not want or d == want]}
 
-    def _CreateSpace(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _CreateSpace(self, body: dict[str, Any]) -> dict[str, Any]:
         domain, name = body["DomainId"], body["SpaceName"]
         self._domain(domain)
         arn = self._arn(f"space/{domain}/{name}")
@@ -144,13 +144,13 @@ class StudioAPI:
                                        "CreationTime": time.time()}
         return {"SpaceArn": arn}
 
-    def _DescribeSpace(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _DescribeSpace(self, body: dict[str, Any]) -> dict[str, Any]:
         key = (body["DomainId"], body["SpaceName"])
         if key not in self.spaces:
             raise ApiError("ResourceNotFound", f"Space {key[1]} does not exist", 400)
         return dict(self.spaces[key])
 
-    def _ListSpaces(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _ListSpaces(self, body: dict[str, Any]) -> dict[str, Any]:
         want = body.get("DomainIdEquals")
         return {"Spaces": [
             {k: s[k] for k in ("DomainId", "SpaceName", "Status", "CreationTime")}
@@ -158,7 +158,7 @@ class StudioAPI:
 
     # -- apps ---------------------------------------------------------------------------------
     @staticmethod
-    def _owner(body: Dict[str, Any]) -> Tuple[str, str]:
+    def _owner(body: dict[str, Any]) -> tuple[str, str]:
         for key in ("UserProfileName", "SpaceName"):
             if body.get(key):
                 return key, str(body[key])
@@ -172,7 +172,7 @@ class StudioAPI:
         return str(role or self._arn("role/SageMakerStudioExecutionRole").replace(
             ":sagemaker:", ":iam:").replace(f":{self.region}:", "::"))
 
-    def _CreateApp(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _CreateApp(self, body: dict[str, Any]) -> dict[str, Any]:
         domain = body["DomainId"]
         self._domain(domain)
         owner_key, owner = self._owner(body)
@@ -197,23 +197,23 @@ class StudioAPI:
         app.status = "InService"
         return {"AppArn": arn}
 
-    def _app(self, body: Dict[str, Any]) -> App:
+    def _app(self, body: dict[str, Any]) -> App:
         _, owner = self._owner(body)
         key = (body["DomainId"], owner, body["AppType"], body["AppName"])
         if key not in self.apps:
             raise ApiError("ResourceNotFound", f"App {body['AppName']} does not exist", 400)
         return self.apps[key]
 
-    def _DescribeApp(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _DescribeApp(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._app(body).describe()
 
-    def _ListApps(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _ListApps(self, body: dict[str, Any]) -> dict[str, Any]:
         domain = body.get("DomainIdEquals")
         owner = body.get("UserProfileNameEquals") or body.get("SpaceNameEquals")
         return {"Apps": [a.describe() for a in self.apps.values()
                          if (not domain or a.domain == domain) and (not owner or a.owner == owner)]}
 
-    def _DeleteApp(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _DeleteApp(self, body: dict[str, Any]) -> dict[str, Any]:
         app = self._app(body)
         container, app.container = app.container, None
         app.status = "Deleted"
@@ -221,7 +221,7 @@ class StudioAPI:
             threading.Thread(target=container.terminate, args=(5.0,), daemon=True).start()
         return {}
 
-    def containers(self) -> List[Dict[str, Any]]:
+    def containers(self) -> list[dict[str, Any]]:
         """The running apps' containers, shaped like the job runner's (for sandbox status)."""
         with self._lock:
             apps = [a for a in self.apps.values() if a.container is not None]
@@ -234,12 +234,12 @@ class StudioAPI:
             container.terminate(grace)
 
 
-def app_container_factory(platform: Any, bridges: Dict[int, Path], binds: List[Tuple[str, str]],
+def app_container_factory(platform: Any, bridges: dict[int, Path], binds: list[tuple[str, str]],
                           user: str = APP_USER) -> ContainerFactory:
     """Starts an app (or notebook instance) container with the metadata file and ``user``."""
     from sagemaker_ssh_sandbox.sagemaker.container import Container, ContainerConfig
 
-    def start(name: str, root: Path, metadata: Dict[str, Any]) -> Any:
+    def start(name: str, root: Path, metadata: dict[str, Any]) -> Any:
         env = dict(platform.env(metadata.get("ExecutionRoleArn")))
         host = f"{metadata.get('AppType', 'notebook').lower()}-{name}"[:63]
         config = ContainerConfig(name=name, hostname=host, root=root,
@@ -255,7 +255,7 @@ def app_container_factory(platform: Any, bridges: Dict[int, Path], binds: List[T
     return start
 
 
-def exec_argv(container_root: Path, argv: List[str]) -> List[str]:
+def exec_argv(container_root: Path, argv: list[str]) -> list[str]:
     """``nsenter`` command line running ``argv`` inside a running app container as root, with
     the container's environment (what a Studio terminal or lifecycle configuration gets)."""
     pids = json.loads((container_root / "pids.json").read_text())

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any
 
 from sagemaker_ssh_sandbox.ssm.agent_api import (
     ApiError,
@@ -55,7 +55,7 @@ AGENT_NAME = "amazon-ssm-agent"
 POLL_SECONDS = 10.0
 
 
-def host_facts() -> Dict[str, str]:
+def host_facts() -> dict[str, str]:
     """Hostname (-> ComputerName), IP address and OS name/version, as the agent reports them."""
     facts = {"Hostname": socket.gethostname(), "IPAddress": "127.0.0.1",
              "PlatformName": "Linux", "PlatformVersion": "", "AgentVersion": AGENT_VERSION}
@@ -110,7 +110,7 @@ class Agent:
         self.workdir = workdir
         self.stop = threading.Event()
         self.heartbeat_interval = 2.0
-        self._children: Set[subprocess.Popen] = set()
+        self._children: set[subprocess.Popen] = set()
         self._children_lock = threading.Lock()
 
     def run(self) -> int:
@@ -130,7 +130,7 @@ class Agent:
             logger.info("instance %s is no longer registered; stopping", self.instance_id)
         self.stop.set()
 
-    def _call(self, name: str, body: Dict[str, Any], timeout: float = 30.0) -> Dict[str, Any]:
+    def _call(self, name: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         try:
             return call(self.endpoint, name, {"InstanceId": self.instance_id, **body}, timeout)
         except ApiError as e:
@@ -164,7 +164,7 @@ class Agent:
             for message in doc.get("Messages", []):
                 self._dispatch(message)
 
-    def _dispatch(self, message: Dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("Type")
         if kind == "RunCommand":
             target: Any = self._run_command
@@ -176,9 +176,9 @@ class Agent:
         threading.Thread(target=target, args=(message,), daemon=True, name=str(kind)).start()
 
     # ---- AWS-RunShellScript ----------------------------------------------------------
-    def _run_command(self, message: Dict[str, Any]) -> None:
+    def _run_command(self, message: dict[str, Any]) -> None:
         command_id = str(message["CommandId"])
-        params: Dict[str, List[str]] = message.get("Parameters") or {}
+        params: dict[str, list[str]] = message.get("Parameters") or {}
         run_dir = self.workdir / "orchestration" / self.instance_id / command_id
         logger.info("running command %s", command_id)
         started = time.time()
@@ -203,7 +203,7 @@ class Agent:
             (self._children.add if add else self._children.discard)(proc)
 
     # ---- session streams --------------------------------------------------------------
-    def _open_stream(self, message: Dict[str, Any]) -> None:
+    def _open_stream(self, message: dict[str, Any]) -> None:
         """Hand the stream to its own ssm-session-worker process and reap it when done."""
         try:
             proc = spawn_session_worker(self.endpoint, self.instance_id, message)
@@ -217,7 +217,7 @@ class Agent:
             self.track(proc, False)
 
 
-def take_agent_name(args: List[str]) -> None:
+def take_agent_name(args: list[str]) -> None:
     """Become ``amazon-ssm-agent`` in ``ps`` (argv[0] and comm), as tools look for it by name.
 
     Re-executes the interpreter once with that argv[0]; the PID does not change.
@@ -261,9 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _glue_values(argv: List[str]) -> List[str]:
+def _glue_values(argv: list[str]) -> list[str]:
     """``-code -x…`` -> ``-code=-x…``: like the real agent, a value may start with a dash."""
-    out: List[str] = []
+    out: list[str] = []
     i = 0
     while i < len(argv):
         if argv[i] in ("-code", "-id", "-region") and i + 1 < len(argv):
@@ -275,7 +275,7 @@ def _glue_values(argv: List[str]) -> List[str]:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [amazon-ssm-agent] %(message)s")
     args = _parser().parse_args(_glue_values(sys.argv[1:] if argv is None else argv))

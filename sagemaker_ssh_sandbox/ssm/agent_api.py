@@ -9,7 +9,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox.ssm.channel import AGENT_API_PATH
 
@@ -35,7 +35,7 @@ def state_dir() -> Path:
     return Path(os.environ.get("SSM_AGENT_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def endpoint_from_env() -> Optional[str]:
+def endpoint_from_env() -> str | None:
     for name in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"):
         value = os.environ.get(name, "").strip()
         if value:
@@ -43,8 +43,8 @@ def endpoint_from_env() -> Optional[str]:
     return None
 
 
-def call(endpoint: str, name: str, body: Dict[str, Any], timeout: float = 30.0
-         ) -> Dict[str, Any]:
+def call(endpoint: str, name: str, body: dict[str, Any], timeout: float = 30.0
+         ) -> dict[str, Any]:
     """POST one agent API call; raises ApiError (service said no) or OSError (unreachable)."""
     request = urllib.request.Request(
         f"{endpoint}{AGENT_API_PATH}{name}", data=json.dumps(body).encode(), method="POST",
@@ -78,7 +78,7 @@ def write_registration(directory: Path, instance_id: str, region: str, endpoint:
         os.replace(tmp, directory / name)
 
 
-def read_registration(directory: Path) -> Dict[str, str]:
+def read_registration(directory: Path) -> dict[str, str]:
     """ManagedInstanceID, Region and (if known) Endpoint; {} when not registered."""
     try:
         doc = json.loads((directory / REGISTRATION_FILE).read_text())

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.ssm.agent_api import ApiError, call
 from sagemaker_ssh_sandbox.ssm.channel import (
@@ -55,7 +55,7 @@ def python_executable() -> str:
     return sys.executable
 
 
-def module_env() -> Dict[str, str]:
+def module_env() -> dict[str, str]:
     """Our environment with this package importable (for processes started with ``-m``)."""
     env = dict(os.environ)
     parent = str(Path(__file__).resolve().parents[2])
@@ -64,7 +64,7 @@ def module_env() -> Dict[str, str]:
     return env
 
 
-def named_argv(name: str, args: List[str]) -> List[str]:
+def named_argv(name: str, args: list[str]) -> list[str]:
     """argv running this module under the program name ``name`` (argv[0]).
 
     argv[0] keeps the interpreter's directory: Python derives its prefix from it, and a bare
@@ -81,7 +81,7 @@ RUN_MODULE = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
               f"runpy.run_module({AGENT_MODULE!r}, run_name='__main__', alter_sys=True)")
 
 
-def spawn_session_worker(endpoint: str, instance_id: str, message: Dict[str, Any]
+def spawn_session_worker(endpoint: str, instance_id: str, message: dict[str, Any]
                          ) -> subprocess.Popen:
     """Start an ``ssm-session-worker`` for one stream; the job travels on its stdin."""
     proc = subprocess.Popen(
@@ -134,7 +134,7 @@ def run_session_worker() -> int:
     return 0
 
 
-def _shell_session(endpoint: str, message: Dict[str, Any]) -> int:
+def _shell_session(endpoint: str, message: dict[str, Any]) -> int:
     """A shell session: ``sh`` on a terminal, relayed over the data channel."""
     from sagemaker_ssh_sandbox.ssm import shell as ssm_shell
 
@@ -152,8 +152,8 @@ def _shell_session(endpoint: str, message: Dict[str, Any]) -> int:
         remote.close()
 
 
-def execute(params: Dict[str, List[str]], run_dir: Path,
-            track: Callable[[subprocess.Popen, bool], None]) -> Tuple[str, str, int]:
+def execute(params: dict[str, list[str]], run_dir: Path,
+            track: Callable[[subprocess.Popen, bool], None]) -> tuple[str, str, int]:
     """Run AWS-RunShellScript ``commands`` as one bash script in ``run_dir``.
 
     Returns (Status, StatusDetails, ResponseCode); stdout/stderr are left in run_dir.
@@ -182,8 +182,8 @@ def execute(params: Dict[str, List[str]], run_dir: Path,
     return ("Success", "Success", 0) if code == 0 else ("Failed", "Failed", code)
 
 
-def command_result(command_id: str, outcome: Tuple[str, str, int], run_dir: Path,
-                   started: float) -> Dict[str, Any]:
+def command_result(command_id: str, outcome: tuple[str, str, int], run_dir: Path,
+                   started: float) -> dict[str, Any]:
     """The reply the service expects, with outputs cut to GetCommandInvocation's limits."""
     status, details, code = outcome
     stdout = read_text(run_dir / "stdout", STDOUT_LIMIT)
@@ -217,7 +217,7 @@ def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-def own_argv0() -> Optional[str]:
+def own_argv0() -> str | None:
     try:
         with open("/proc/self/cmdline", "rb") as f:
             return os.path.basename(f.read().split(b"\0")[0].decode())

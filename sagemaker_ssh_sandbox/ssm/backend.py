@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Union
 
 from sagemaker_ssh_sandbox.ssm.commands import CommandOps, check_instance_ids
 from sagemaker_ssh_sandbox.ssm.instances import (
@@ -68,35 +68,35 @@ _MESSAGES = {
     "AccessDeniedException": "User is not authorized to perform: ssm:{op}",
 }
 MAX_POLL_SECONDS = 20.0
-TagSpec = Union[None, Dict[str, str], Callable[[int], Dict[str, str]]]
+TagSpec = Union[None, dict[str, str], Callable[[int], dict[str, str]]]
 
 
 class SSMBackend(CommandOps, SessionOps):
     """State and operations of the stand-in. ``handle(op, body)`` is the AWS-facing entry."""
 
     def __init__(self, account_id: str = "123456789012", region: str = "us-east-1",
-                 heartbeat_timeout: float = 10.0, state_dir: Optional[Path] = None,
+                 heartbeat_timeout: float = 10.0, state_dir: Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(account_id, region, heartbeat_timeout, clock)
         self._init_sessions()
-        self.call_counts: Dict[str, int] = collections.Counter()
-        self.agent_call_counts: Dict[str, int] = collections.Counter()
-        self.faults: List[Dict[str, Any]] = []
+        self.call_counts: dict[str, int] = collections.Counter()
+        self.agent_call_counts: dict[str, int] = collections.Counter()
+        self.faults: list[dict[str, Any]] = []
         # per-operation request rates (calls per second; none by default), enforced as SSM
         # does: a call sooner than 1/rate after the last accepted one is throttled
-        self.rate_limits: Dict[str, float] = {}
-        self._last_accepted: Dict[str, float] = {}
-        self.throttled: Dict[str, int] = collections.Counter()
+        self.rate_limits: dict[str, float] = {}
+        self._last_accepted: dict[str, float] = {}
+        self.throttled: dict[str, int] = collections.Counter()
         self.service_settings = {k: v for k, (v, _) in SERVICE_SETTINGS.items()}
         # IAM enforcement (the sandbox daemon sets one; None lets every call through)
-        self.authorizer: Optional[Any] = None
+        self.authorizer: Any | None = None
         # SageMaker's own targets: target -> why no session opens now (None: it does)
-        self.sagemaker_gate: Optional[Callable[[str], Optional[str]]] = None
+        self.sagemaker_gate: Callable[[str], str | None] | None = None
         self.state_file = Path(state_dir) / "ssm-state.json" if state_dir else None
         self._load()
 
     # ---- dispatch, faults, counters ----------------------------------------------------
-    def handle(self, operation: str, body: Dict[str, Any], caller: str = "") -> Dict[str, Any]:
+    def handle(self, operation: str, body: dict[str, Any], caller: str = "") -> dict[str, Any]:
         """Run one public operation; raises SSMError exactly as AWS would answer."""
         with self.lock:
             self.call_counts[operation] += 1
@@ -109,10 +109,10 @@ class SSMBackend(CommandOps, SessionOps):
         self.caller.user = caller
         if self.authorizer is not None:  # sessions are named after the caller, as in AWS
             self.caller.user = self.authorizer.check(self, operation, body, caller).name
-        result: Dict[str, Any] = getattr(self, "op_" + operation)(body)
+        result: dict[str, Any] = getattr(self, "op_" + operation)(body)
         return result
 
-    def handle_agent(self, name: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    def handle_agent(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         operation = AGENT_OPERATIONS.get(name)
         if operation is None:
             raise SSMError("UnknownOperationException", f"Unknown agent operation {name}", 404)
@@ -125,7 +125,7 @@ class SSMBackend(CommandOps, SessionOps):
         return handler(body)
 
     def inject_fault(self, operation: str, error_code: str, count: int = 1,
-                     message: Optional[str] = None) -> None:
+                     message: str | None = None) -> None:
         """Make the next ``count`` calls of ``operation`` ("*" = any public one) fail."""
         with self.lock:
             self.faults.append({"operation": operation, "error_code": error_code,
@@ -173,7 +173,7 @@ class SSMBackend(CommandOps, SessionOps):
             self.throttled.clear()
             self.agent_call_counts.clear()
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         with self.lock:
             return {"CallCounts": dict(self.call_counts),
                     "AgentCallCounts": dict(self.agent_call_counts),
@@ -184,7 +184,7 @@ class SSMBackend(CommandOps, SessionOps):
                     "Throttled": dict(self.throttled), "RateLimits": dict(self.rate_limits)}
 
     # ---- activations -------------------------------------------------------------------
-    def op_CreateActivation(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_CreateActivation(self, body: dict[str, Any]) -> dict[str, Any]:
         role = body.get("IamRole")
         if not isinstance(role, str) or not role or len(role) > 64:
             raise validation(role, "iamRole", "have length less than or equal to 64 "
@@ -211,7 +211,7 @@ class SSMBackend(CommandOps, SessionOps):
             self.save()
         return {"ActivationId": act.activation_id, "ActivationCode": act.code}
 
-    def op_DescribeActivations(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DescribeActivations(self, body: dict[str, Any]) -> dict[str, Any]:
         limit = max_results(body, 1, 50, 50)
         with self.lock:
             rows = sorted(self.activations.values(), key=lambda a: a.seq)
@@ -224,7 +224,7 @@ class SSMBackend(CommandOps, SessionOps):
                 rows = [a for a in rows if getattr(a, attr) in values]
             page, token = paginate(rows, lambda a: a.seq, limit, body.get("NextToken"),
                                    fingerprint("DescribeActivations", body.get("Filters")))
-            out: Dict[str, Any] = {"ActivationList": [activation_json(a, self.clock())
+            out: dict[str, Any] = {"ActivationList": [activation_json(a, self.clock())
                                                       for a in page]}
         if token:
             out["NextToken"] = token
@@ -241,7 +241,7 @@ class SSMBackend(CommandOps, SessionOps):
                            "do not match.")
         return act
 
-    def op_DeleteActivation(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DeleteActivation(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             act = self._activation(body.get("ActivationId"))
             del self.activations[act.activation_id]
@@ -249,7 +249,7 @@ class SSMBackend(CommandOps, SessionOps):
         return {}
 
     # ---- managed instances -------------------------------------------------------------
-    def op_DescribeInstanceInformation(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DescribeInstanceInformation(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("Filters") and body.get("InstanceInformationFilterList"):
             raise SSMError("ValidationException", "Filters and InstanceInformationFilterList "
                            "cannot be used in the same request.")
@@ -262,13 +262,13 @@ class SSMBackend(CommandOps, SessionOps):
                                    fingerprint("DescribeInstanceInformation",
                                                body.get("Filters"),
                                                body.get("InstanceInformationFilterList")))
-            out: Dict[str, Any] = {"InstanceInformationList": [
+            out: dict[str, Any] = {"InstanceInformationList": [
                 instance_json(i, self.ping_status(i)) for i in page]}
         if token:
             out["NextToken"] = token
         return out
 
-    def op_DescribeInstanceProperties(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DescribeInstanceProperties(self, body: dict[str, Any]) -> dict[str, Any]:
         """The console's view of managed nodes: up to 1,000 per page (MaxResults 5 to 1000)."""
         limit = max_results(body, 5, 1000, 50)
         with self.lock:
@@ -279,13 +279,13 @@ class SSMBackend(CommandOps, SessionOps):
                                    fingerprint("DescribeInstanceProperties",
                                                body.get("FiltersWithOperator"),
                                                body.get("InstancePropertyFilterList")))
-            out: Dict[str, Any] = {"InstanceProperties": [
+            out: dict[str, Any] = {"InstanceProperties": [
                 property_json(i, self.ping_status(i)) for i in page]}
         if token:
             out["NextToken"] = token
         return out
 
-    def op_DeregisterManagedInstance(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DeregisterManagedInstance(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             inst = self.live_instance(body.get("InstanceId"))
             if inst is None:
@@ -297,7 +297,7 @@ class SSMBackend(CommandOps, SessionOps):
             self.save()
         return {}
 
-    def _tagged(self, body: Dict[str, Any]) -> Instance:
+    def _tagged(self, body: dict[str, Any]) -> Instance:
         if body.get("ResourceType") != "ManagedInstance":
             raise SSMError("InvalidResourceType", f"The resource type {body.get('ResourceType')}"
                            " is not supported by the sandbox (use ManagedInstance).")
@@ -307,7 +307,7 @@ class SSMBackend(CommandOps, SessionOps):
                            "isn't valid.")
         return inst
 
-    def op_AddTagsToResource(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_AddTagsToResource(self, body: dict[str, Any]) -> dict[str, Any]:
         tags = tags_from(body.get("Tags"))
         with self.lock:
             inst = self._tagged(body)
@@ -317,7 +317,7 @@ class SSMBackend(CommandOps, SessionOps):
             self.save()
         return {}
 
-    def op_RemoveTagsFromResource(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_RemoveTagsFromResource(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             inst = self._tagged(body)
             for key in body.get("TagKeys") or []:
@@ -325,12 +325,12 @@ class SSMBackend(CommandOps, SessionOps):
             self.save()
         return {}
 
-    def op_ListTagsForResource(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_ListTagsForResource(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             return {"TagList": tag_list(self._tagged(body).tags)}
 
     # ---- service settings (the activation tier) ----------------------------------------------
-    def _setting_id(self, body: Dict[str, Any]) -> str:
+    def _setting_id(self, body: dict[str, Any]) -> str:
         setting = str(body.get("SettingId", ""))
         if setting.startswith("arn:"):
             setting = setting.split(":servicesetting", 1)[-1]
@@ -339,7 +339,7 @@ class SSMBackend(CommandOps, SessionOps):
                            f"ServiceSetting {body.get('SettingId', '')} not found")
         return setting
 
-    def op_GetServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_GetServiceSetting(self, body: dict[str, Any]) -> dict[str, Any]:
         setting = self._setting_id(body)
         with self.lock:
             value = self.service_settings[setting]
@@ -350,7 +350,7 @@ class SSMBackend(CommandOps, SessionOps):
             "Status": "Default" if value == default else "Customized",
             "LastModifiedUser": "System"}}
 
-    def op_UpdateServiceSetting(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_UpdateServiceSetting(self, body: dict[str, Any]) -> dict[str, Any]:
         setting = self._setting_id(body)
         value = str(body.get("SettingValue", ""))
         if value not in SERVICE_SETTINGS[setting][1]:
@@ -361,13 +361,13 @@ class SSMBackend(CommandOps, SessionOps):
         return {}
 
     def add_fake_instances(self, n: int, tags: TagSpec = None, ping_status: str = "Online",
-                           iam_role: str = "SageMakerRole") -> List[str]:
+                           iam_role: str = "SageMakerRole") -> list[str]:
         """Register ``n`` agent-less instances at once (benchmarks, pagination tests).
 
         ``tags`` is one dict for all or ``callable(i) -> dict``; ``ping_status`` stays fixed.
         """
         now = self.clock()
-        ids: List[str] = []
+        ids: list[str] = []
         with self.lock:
             act = Activation(new_uuid(), new_activation_code(), iam_role, "sandbox fake", "",
                              1000, now + 86400, now, {}, self.next_seq(), n)
@@ -391,7 +391,7 @@ class SSMBackend(CommandOps, SessionOps):
                             AGENT_VERSION, {}, self.next_seq(), sagemaker=True)
             self.instances[target] = inst
 
-    def sagemaker_refusal(self, target: Any) -> Optional[str]:
+    def sagemaker_refusal(self, target: Any) -> str | None:
         """Why SageMaker's target ``target`` takes no session now (None: it does)."""
         inst = self.live_instance(target)
         if inst is None or not inst.sagemaker:
@@ -406,7 +406,7 @@ class SSMBackend(CommandOps, SessionOps):
             inst.static_ping = None
             inst.last_ping = self.clock() - self.heartbeat_timeout - 1
 
-    def instance(self, instance_id: str) -> Dict[str, Any]:
+    def instance(self, instance_id: str) -> dict[str, Any]:
         """Test helper: the DescribeInstanceInformation entry, deregistered ones included."""
         with self.lock:
             inst = self.instances[instance_id]
@@ -419,7 +419,7 @@ class SSMBackend(CommandOps, SessionOps):
     def heartbeat_interval(self) -> float:
         return max(0.1, min(2.0, self.heartbeat_timeout / 4))
 
-    def agent_register(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def agent_register(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             act = self._activation(body.get("ActivationId"))
             if body.get("ActivationCode") != act.code:
@@ -446,7 +446,7 @@ class SSMBackend(CommandOps, SessionOps):
                 "HeartbeatIntervalSeconds": self.heartbeat_interval()}
 
     @staticmethod
-    def _update_facts(inst: Instance, body: Dict[str, Any]) -> None:
+    def _update_facts(inst: Instance, body: dict[str, Any]) -> None:
         for attr, key in (("computer_name", "Hostname"), ("ip_address", "IPAddress"),
                           ("platform_name", "PlatformName"),
                           ("platform_version", "PlatformVersion"),
@@ -454,21 +454,21 @@ class SSMBackend(CommandOps, SessionOps):
             if isinstance(body.get(key), str) and body[key]:
                 setattr(inst, attr, body[key])
 
-    def _agent_instance(self, body: Dict[str, Any]) -> Instance:
+    def _agent_instance(self, body: dict[str, Any]) -> Instance:
         inst = self.live_instance(body.get("InstanceId"))
         if inst is None:
             raise SSMError("InvalidInstanceId", f"Instance {body.get('InstanceId')} is not "
                            "registered (it may have been deregistered).")
         return inst
 
-    def agent_heartbeat(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def agent_heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             inst = self._agent_instance(body)
             self._update_facts(inst, body)
             inst.last_ping = self.clock()
         return {"HeartbeatIntervalSeconds": self.heartbeat_interval()}
 
-    def agent_poll(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def agent_poll(self, body: dict[str, Any]) -> dict[str, Any]:
         wait = min(float(body.get("WaitSeconds", 10.0)), MAX_POLL_SECONDS)
         deadline = time.monotonic() + max(0.0, wait)
         with self.lock:
@@ -488,7 +488,7 @@ class SSMBackend(CommandOps, SessionOps):
                     messages.append(message)
         return {"Messages": messages}
 
-    def _reply(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def _reply(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self._agent_instance(body)
         return self.agent_command_result(body)

@@ -38,7 +38,7 @@ import json
 import socket
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable
 from urllib.parse import urlsplit
 
 UPGRADE_PROTOCOL = "ssm-sandbox-stream"
@@ -68,7 +68,7 @@ class StreamEnd:
     through ``read1`` first drains whatever it buffered past the request head.
     """
 
-    def __init__(self, sock: socket.socket, reader: Optional[object] = None,
+    def __init__(self, sock: socket.socket, reader: object | None = None,
                  leftover: bytes = b"") -> None:
         self.sock = sock
         self._reader = reader
@@ -135,7 +135,7 @@ class RateLimit:
 
 
 def pump(read: Callable[[int], bytes], write: Callable[[bytes], None],
-         limit: Optional[RateLimit] = None) -> bool:
+         limit: RateLimit | None = None) -> bool:
     """Copy until EOF (at ``limit``'s pace, if any). True on a clean EOF, False when either
     side failed."""
     while True:
@@ -154,7 +154,7 @@ def pump(read: Callable[[int], bytes], write: Callable[[bytes], None],
 
 
 def relay(a: StreamEnd, b: StreamEnd,
-          limits: Optional[Callable[[], Optional[RateLimit]]] = None) -> None:
+          limits: Callable[[], RateLimit | None] | None = None) -> None:
     """Copy a<->b concurrently until both directions end; EOF becomes a half-close.
     ``limits`` makes each direction's rate limit (none by default).
 
@@ -174,7 +174,7 @@ def relay(a: StreamEnd, b: StreamEnd,
     thread.join()
 
 
-def split_url(url: str) -> Tuple[str, int, str]:
+def split_url(url: str) -> tuple[str, int, str]:
     """(host, port, path?query) of an http(s)/ws(s) URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
@@ -186,7 +186,7 @@ def split_url(url: str) -> Tuple[str, int, str]:
     return parts.hostname, parts.port or default, path
 
 
-def _read_head(sock: socket.socket) -> Tuple[bytes, bytes]:
+def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(4096)
@@ -199,7 +199,7 @@ def _read_head(sock: socket.socket) -> Tuple[bytes, bytes]:
     return head, rest
 
 
-def _error_from(status: int, headers: Dict[str, str], body: bytes) -> ChannelError:
+def _error_from(status: int, headers: dict[str, str], body: bytes) -> ChannelError:
     try:
         doc = json.loads(body.decode("utf-8") or "{}")
         return ChannelError(status, str(doc.get("__type", "")), str(doc.get("message", "")))
@@ -208,7 +208,7 @@ def _error_from(status: int, headers: Dict[str, str], body: bytes) -> ChannelErr
                             or f"HTTP {status}")
 
 
-def open_channel(url: str, headers: Dict[str, str], timeout: float = 30.0) -> StreamEnd:
+def open_channel(url: str, headers: dict[str, str], timeout: float = 30.0) -> StreamEnd:
     """Open a data channel (HTTP upgrade) and return the raw stream after ``101``."""
     host, port, path = split_url(url)
     sock = socket.create_connection((host, port), timeout=timeout)

@@ -7,7 +7,7 @@ turning Pending/InProgress invocations into TimedOut/DeliveryTimedOut.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from sagemaker_ssh_sandbox.ssm.state import (
     PING_ONLINE,
@@ -37,11 +37,11 @@ _STATUS_DETAILS = {"Pending": "Pending", "InProgress": "InProgress", "Success": 
                    "Failed": "Failed", "Cancelled": "Cancelled"}
 
 
-def _parameters(value: Any) -> Dict[str, List[str]]:
+def _parameters(value: Any) -> dict[str, list[str]]:
     if not isinstance(value, dict) or not value.get("commands"):
         raise SSMError("InvalidParameters",
                        "Parameter \"commands\" is required by document AWS-RunShellScript.")
-    out: Dict[str, List[str]] = {}
+    out: dict[str, list[str]] = {}
     for name, values in value.items():
         if name not in _PARAMETERS:
             raise SSMError("InvalidParameters",
@@ -57,7 +57,7 @@ def _parameters(value: Any) -> Dict[str, List[str]]:
     return out
 
 
-def check_instance_ids(body: Dict[str, Any]) -> None:
+def check_instance_ids(body: dict[str, Any]) -> None:
     """SendCommand's InstanceIds must look like EC2 or managed instance IDs: AWS validates the
     request (before authorizing it), so SageMaker's remote-debugging targets are refused."""
     ids = body.get("InstanceIds")
@@ -79,7 +79,7 @@ class CommandOps(BackendBase):
     invocation_visibility_delay: float = 0.2
 
     # ---- public operations -------------------------------------------------------------
-    def op_SendCommand(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_SendCommand(self, body: dict[str, Any]) -> dict[str, Any]:
         document = body.get("DocumentName")
         if document != RUN_SHELL_SCRIPT:
             raise SSMError("InvalidDocument", f"Document {document} does not exist in your "
@@ -106,7 +106,7 @@ class CommandOps(BackendBase):
             self.commands[cmd.command_id] = cmd
             return {"Command": self._command_json(cmd)}
 
-    def _resolve_targets(self, body: Dict[str, Any]) -> List[str]:
+    def _resolve_targets(self, body: dict[str, Any]) -> list[str]:
         ids, targets = body.get("InstanceIds"), body.get("Targets")
         if bool(ids) == bool(targets):
             raise SSMError("ValidationException",
@@ -127,7 +127,7 @@ class CommandOps(BackendBase):
         inst = self.live_instance(instance_id)
         return inst is not None and self.ping_status(inst) == PING_ONLINE
 
-    def _instances_for_targets(self, targets: Any) -> List[str]:
+    def _instances_for_targets(self, targets: Any) -> list[str]:
         if not isinstance(targets, list) or len(targets) > 5:
             raise validation(targets, "targets", "have length less than or equal to 5")
         found = [i for i in self.instances.values() if self._is_reachable(i.instance_id)]
@@ -145,7 +145,7 @@ class CommandOps(BackendBase):
             raise SSMError("InvalidTarget", "No managed instance matches the targets.")
         return [i.instance_id for i in found]
 
-    def op_GetCommandInvocation(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_GetCommandInvocation(self, body: dict[str, Any]) -> dict[str, Any]:
         plugin = body.get("PluginName")
         with self.lock:
             cmd = self.commands.get(body.get("CommandId"))  # type: ignore[arg-type]
@@ -159,19 +159,19 @@ class CommandOps(BackendBase):
             self._expire(cmd)
             return self._get_invocation_json(cmd, inv)
 
-    def op_ListCommands(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_ListCommands(self, body: dict[str, Any]) -> dict[str, Any]:
         limit = max_results(body, 1, 50, 50)
         with self.lock:
             cmds = self._select_commands(body)
             page, token = paginate(cmds, lambda c: -c.seq, limit, body.get("NextToken"),
                                    fingerprint("ListCommands", body.get("CommandId"),
                                                body.get("InstanceId"), body.get("Filters")))
-            out: Dict[str, Any] = {"Commands": [self._command_json(c) for c in page]}
+            out: dict[str, Any] = {"Commands": [self._command_json(c) for c in page]}
         if token:
             out["NextToken"] = token
         return out
 
-    def op_ListCommandInvocations(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_ListCommandInvocations(self, body: dict[str, Any]) -> dict[str, Any]:
         limit = max_results(body, 1, 50, 50)
         details = bool(body.get("Details"))
         with self.lock:
@@ -181,13 +181,13 @@ class CommandOps(BackendBase):
             page, token = paginate(numbered, lambda r: r[0], limit, body.get("NextToken"),
                                    fingerprint("ListCommandInvocations", body.get("CommandId"),
                                                body.get("InstanceId"), body.get("Filters")))
-            out: Dict[str, Any] = {"CommandInvocations": [
+            out: dict[str, Any] = {"CommandInvocations": [
                 self._invocation_json(c, inv, details) for _, (c, inv) in page]}
         if token:
             out["NextToken"] = token
         return out
 
-    def _select_commands(self, body: Dict[str, Any]) -> List[Command]:
+    def _select_commands(self, body: dict[str, Any]) -> list[Command]:
         cmds = sorted(self.commands.values(), key=lambda c: -c.seq)
         if body.get("CommandId") is not None:
             cmds = [c for c in cmds if c.command_id == body["CommandId"]]
@@ -201,7 +201,7 @@ class CommandOps(BackendBase):
             self._expire(cmd)
         return cmds
 
-    def _command_matches(self, cmd: Command, flt: Dict[str, Any]) -> bool:
+    def _command_matches(self, cmd: Command, flt: dict[str, Any]) -> bool:
         key, value = flt.get("key"), flt.get("value")
         if key == "Status":
             return self._command_status(cmd)[0] == value
@@ -225,7 +225,7 @@ class CommandOps(BackendBase):
             if inv.status in ("Pending", "InProgress"):
                 inv.status, inv.details, inv.ended = "TimedOut", "DeliveryTimedOut", self.clock()
 
-    def deliver_command(self, instance_id: str, message: Dict[str, Any]) -> bool:
+    def deliver_command(self, instance_id: str, message: dict[str, Any]) -> bool:
         """Mark an invocation InProgress as the agent takes it; False if it expired."""
         cmd = self.commands.get(message["CommandId"])
         inv = cmd.invocations.get(instance_id) if cmd else None
@@ -238,7 +238,7 @@ class CommandOps(BackendBase):
         inv.started = self.clock()
         return True
 
-    def agent_command_result(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def agent_command_result(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             cmd = self.commands.get(body.get("CommandId"))  # type: ignore[arg-type]
             inv = cmd.invocations.get(body.get("InstanceId")) if cmd else None  # type: ignore
@@ -260,7 +260,7 @@ class CommandOps(BackendBase):
             return {}
 
     # ---- rendering ---------------------------------------------------------------------
-    def _command_status(self, cmd: Command) -> Tuple[str, str]:
+    def _command_status(self, cmd: Command) -> tuple[str, str]:
         states = [i.status for i in cmd.invocations.values()]
         if not states:
             return "Success", "Success"
@@ -276,7 +276,7 @@ class CommandOps(BackendBase):
                                 "ExecutionTimedOut": "Execution Timed Out"}.get(details, details)
         return "Failed", "Incomplete"
 
-    def _command_json(self, cmd: Command) -> Dict[str, Any]:
+    def _command_json(self, cmd: Command) -> dict[str, Any]:
         status, details = self._command_status(cmd)
         invs = list(cmd.invocations.values())
         return {
@@ -299,7 +299,7 @@ class CommandOps(BackendBase):
             "TimeoutSeconds": cmd.timeout_seconds,
         }
 
-    def _get_invocation_json(self, cmd: Command, inv: Invocation) -> Dict[str, Any]:
+    def _get_invocation_json(self, cmd: Command, inv: Invocation) -> dict[str, Any]:
         elapsed = ""
         if inv.started is not None and inv.ended is not None:
             elapsed = f"PT{max(0.0, inv.ended - inv.started):.3f}S"
@@ -315,9 +315,9 @@ class CommandOps(BackendBase):
                                        "CloudWatchOutputEnabled": False},
         }
 
-    def _invocation_json(self, cmd: Command, inv: Invocation, details: bool) -> Dict[str, Any]:
+    def _invocation_json(self, cmd: Command, inv: Invocation, details: bool) -> dict[str, Any]:
         inst = self.instances.get(inv.instance_id)
-        out: Dict[str, Any] = {
+        out: dict[str, Any] = {
             "CommandId": cmd.command_id, "InstanceId": inv.instance_id,
             "InstanceName": inst.computer_name if inst else "", "Comment": cmd.comment,
             "DocumentName": cmd.document_name, "DocumentVersion": "$DEFAULT",
@@ -328,7 +328,7 @@ class CommandOps(BackendBase):
                                        "CloudWatchOutputEnabled": False},
         }
         if details:
-            plugin: Dict[str, Any] = {
+            plugin: dict[str, Any] = {
                 "Name": PLUGIN_NAME, "Status": inv.status, "StatusDetails": inv.details,
                 "ResponseCode": inv.response_code, "Output": self._plugin_output(inv),
                 "StandardOutputUrl": "", "StandardErrorUrl": "", "OutputS3Region": self.region,
@@ -349,7 +349,7 @@ class CommandOps(BackendBase):
             text += inv.stderr
         return text[:PLUGIN_OUTPUT_LIMIT]
 
-    def invocation(self, command_id: str, instance_id: str) -> Optional[Invocation]:
+    def invocation(self, command_id: str, instance_id: str) -> Invocation | None:
         """Test helper: the invocation record (no visibility delay)."""
         with self.lock:
             cmd = self.commands.get(command_id)

@@ -15,8 +15,9 @@ policies, read from moto's IAM at each call so that policy changes apply at once
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from sagemaker_ssh_sandbox.iam.policy import (
     ALLOW,
@@ -38,11 +39,11 @@ class Principal:
     userid: str
     account: str
     name: str                       # IAM user name, or the role session name
-    username: Optional[str] = None  # aws:username exists for IAM users only
+    username: str | None = None  # aws:username exists for IAM users only
     policies: Sequence[Any] = field(default_factory=list)
 
-    def context(self) -> Dict[str, Value]:
-        out: Dict[str, Value] = {"aws:userid": self.userid, "aws:PrincipalArn": self.arn,
+    def context(self) -> dict[str, Value]:
+        out: dict[str, Value] = {"aws:userid": self.userid, "aws:PrincipalArn": self.arn,
                                  "aws:PrincipalAccount": self.account}
         if self.username:
             out["aws:username"] = self.username
@@ -50,7 +51,7 @@ class Principal:
 
 
 class Principals(Protocol):
-    def principal(self, access_key_id: str) -> Optional[Principal]: ...
+    def principal(self, access_key_id: str) -> Principal | None: ...
 
 
 class Authorizer:
@@ -80,7 +81,7 @@ class Authorizer:
         return principal
 
 
-def _arn(backend: Any, resource: str, account: Optional[str] = None) -> str:
+def _arn(backend: Any, resource: str, account: str | None = None) -> str:
     acct = backend.account_id if account is None else account
     return f"arn:aws:ssm:{backend.region}:{acct}:{resource}"
 
@@ -94,19 +95,19 @@ def _instance(backend: Any, instance_id: Any) -> Request:
     return Request("", _arn(backend, f"managed-instance/{instance_id}"), context)
 
 
-def _with(request: Request, action: str, extra: Optional[Mapping[str, Value]] = None
+def _with(request: Request, action: str, extra: Mapping[str, Value] | None = None
           ) -> Request:
     return Request(action, request.resource, {**request.context, **(extra or {})})
 
 
-def _request_tags(body: Mapping[str, Any]) -> Dict[str, Value]:
+def _request_tags(body: Mapping[str, Any]) -> dict[str, Value]:
     tags = tags_from(body.get("Tags"))
-    out: Dict[str, Value] = tag_context("aws:RequestTag/", tags)
+    out: dict[str, Value] = tag_context("aws:RequestTag/", tags)
     out["aws:TagKeys"] = list(tags)
     return out
 
 
-def requests_for(backend: Any, operation: str, body: Mapping[str, Any]) -> List[Request]:
+def requests_for(backend: Any, operation: str, body: Mapping[str, Any]) -> list[Request]:
     """What IAM authorizes for one call (the action alone on ``*`` when nothing else)."""
     action = f"ssm:{operation}"
     if operation == "CreateActivation":
@@ -120,7 +121,7 @@ def requests_for(backend: Any, operation: str, body: Mapping[str, Any]) -> List[
         return requests
     if operation in ("AddTagsToResource", "RemoveTagsFromResource", "ListTagsForResource"):
         target = _instance(backend, body.get("ResourceId"))
-        extra: Dict[str, Value] = {}
+        extra: dict[str, Value] = {}
         if operation == "AddTagsToResource":
             extra = _request_tags(body)
         elif operation == "RemoveTagsFromResource":
@@ -161,7 +162,7 @@ class MotoPrincipals:
 
         return iam_backends[self.account][self.partition]
 
-    def principal(self, access_key_id: str) -> Optional[Principal]:
+    def principal(self, access_key_id: str) -> Principal | None:
         from moto.sts.models import sts_backends
 
         iam = self._iam()
@@ -181,9 +182,9 @@ class MotoPrincipals:
                          _documents(user))
 
 
-def _documents(entity: Any) -> List[Any]:
+def _documents(entity: Any) -> list[Any]:
     """Attached managed policies (their default versions) and inline policies."""
-    docs: List[Any] = []
+    docs: list[Any] = []
     for policy in list(entity.managed_policies.values()):
         for version in policy.versions:
             if version.is_default:

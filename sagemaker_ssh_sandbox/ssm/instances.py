@@ -2,7 +2,7 @@
 instances and activations."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 from sagemaker_ssh_sandbox.ssm.state import (
     AGENT_VERSION,
@@ -28,7 +28,7 @@ def _attribute(inst: Instance, key: str, ping: str) -> str:
     }[key]
 
 
-def _check_values(key: str, values: Any) -> List[str]:
+def _check_values(key: str, values: Any) -> list[str]:
     if not isinstance(values, list) or not 1 <= len(values) <= 100 \
             or not all(isinstance(v, str) for v in values):
         raise SSMError("InvalidInstanceInformationFilterValue",
@@ -39,9 +39,9 @@ def _check_values(key: str, values: Any) -> List[str]:
     return values
 
 
-def _filters(body: Dict[str, Any]) -> List[tuple]:
+def _filters(body: dict[str, Any]) -> list[tuple]:
     """Normalise both filter styles into (key, values) pairs, validating keys like AWS."""
-    out: List[tuple] = []
+    out: list[tuple] = []
     for flt in body.get("InstanceInformationFilterList") or []:
         key = flt.get("key")
         if key not in _LEGACY_KEYS:
@@ -58,7 +58,7 @@ def _filters(body: Dict[str, Any]) -> List[tuple]:
     return out
 
 
-def matcher(body: Dict[str, Any], ping_status: Callable[[Instance], str]
+def matcher(body: dict[str, Any], ping_status: Callable[[Instance], str]
             ) -> Callable[[Instance], bool]:
     """A predicate for the request's filters: values OR-ed within a filter, filters AND-ed."""
     filters = _filters(body)
@@ -86,7 +86,7 @@ _PROPERTY_KEYS = ("InstanceIds", "AgentVersion", "PingStatus", "PlatformTypes", 
 _OPERATORS = ("Equal", "NotEqual", "BeginWith", "LessThan", "GreaterThan")
 
 
-def _property_values(key: str, values: Any) -> List[str]:
+def _property_values(key: str, values: Any) -> list[str]:
     if not isinstance(values, list) or not 1 <= len(values) <= 40 \
             or not all(isinstance(v, str) and v for v in values):
         raise SSMError("InvalidInstancePropertyFilterValue",
@@ -101,12 +101,12 @@ def _version(text: str) -> tuple:
     return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
 
 
-def _property_filters(body: Dict[str, Any]) -> List[tuple]:
+def _property_filters(body: dict[str, Any]) -> list[tuple]:
     """(key, operator, values) triples of either filter style, validated like the service."""
     if body.get("InstancePropertyFilterList") and body.get("FiltersWithOperator"):
         raise SSMError("ValidationException", "InstancePropertyFilterList and "
                        "FiltersWithOperator cannot be used in the same request.")
-    filters: List[tuple] = []
+    filters: list[tuple] = []
     for flt in body.get("InstancePropertyFilterList") or []:
         key = flt.get("key")
         if key not in _PROPERTY_KEYS:
@@ -124,7 +124,7 @@ def _property_filters(body: Dict[str, Any]) -> List[tuple]:
     return filters
 
 
-def _compare(actual: Optional[str], operator: str, values: List[str], key: str) -> bool:
+def _compare(actual: str | None, operator: str, values: list[str], key: str) -> bool:
     if actual is None:  # no such tag
         return operator == "NotEqual"
     if operator == "Equal":
@@ -139,14 +139,14 @@ def _compare(actual: Optional[str], operator: str, values: List[str], key: str) 
     return any(order(actual) > order(v) for v in values)
 
 
-def property_matcher(body: Dict[str, Any], ping_status: Callable[[Instance], str]
+def property_matcher(body: dict[str, Any], ping_status: Callable[[Instance], str]
                      ) -> Callable[[Instance], bool]:
     """DescribeInstanceProperties' filters: InstancePropertyFilterList (``key``/``valueSet``,
     equality) or FiltersWithOperator (``Key``/``Values``/``Operator``; also ``tag-key`` and
     ``tag:<key>``), values OR-ed within a filter (NotEqual: none of them), filters AND-ed."""
     filters = _property_filters(body)
 
-    def holds(inst: Instance, key: str, operator: str, values: List[str]) -> bool:
+    def holds(inst: Instance, key: str, operator: str, values: list[str]) -> bool:
         if key == "tag-key":
             return any(v in inst.tags for v in values) != (operator == "NotEqual")
         if key.startswith("tag:"):
@@ -159,7 +159,7 @@ def property_matcher(body: Dict[str, Any], ping_status: Callable[[Instance], str
     return lambda inst: all(holds(inst, *flt) for flt in filters)
 
 
-def property_json(inst: Instance, ping: str) -> Dict[str, Any]:
+def property_json(inst: Instance, ping: str) -> dict[str, Any]:
     """One InstanceProperties entry: DescribeInstanceInformation's fields without
     ``IsLatestVersion`` (the model's InstanceProperty has no such member)."""
     out = instance_json(inst, ping)
@@ -167,8 +167,8 @@ def property_json(inst: Instance, ping: str) -> Dict[str, Any]:
     return out
 
 
-def instance_json(inst: Instance, ping: str) -> Dict[str, Any]:
-    out: Dict[str, Any] = {
+def instance_json(inst: Instance, ping: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "InstanceId": inst.instance_id, "PingStatus": ping,
         "AgentVersion": inst.agent_version, "IsLatestVersion": inst.agent_version == AGENT_VERSION,
         "PlatformType": "Linux", "PlatformName": inst.platform_name,
@@ -185,7 +185,7 @@ def instance_json(inst: Instance, ping: str) -> Dict[str, Any]:
     return {k: v for k, v in out.items() if v != ""}
 
 
-def activation_json(act: Activation, now: float) -> Dict[str, Any]:
+def activation_json(act: Activation, now: float) -> dict[str, Any]:
     return {
         "ActivationId": act.activation_id, "Description": act.description,
         "DefaultInstanceName": act.default_instance_name, "IamRole": act.iam_role,

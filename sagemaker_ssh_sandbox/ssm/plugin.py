@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox.ssm.channel import (
     BUFFER_SIZE,
@@ -47,7 +47,7 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
-def parse_args(args: List[str]) -> tuple:
+def parse_args(args: list[str]) -> tuple:
     """(response dict, StartSession parameters dict) from the plugin's argv."""
     raw = args[0]
     if raw == ENV_RESPONSE:
@@ -65,7 +65,7 @@ def parse_args(args: List[str]) -> tuple:
     return response, params if isinstance(params, dict) else {}
 
 
-def _connect(response: Dict[str, str], channel: str) -> StreamEnd:
+def _connect(response: dict[str, str], channel: str) -> StreamEnd:
     try:
         return open_channel(response["StreamUrl"], {TOKEN_HEADER: response["TokenValue"],
                                                     CHANNEL_HEADER: channel})
@@ -84,7 +84,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def run_stdio(response: Dict[str, str]) -> int:
+def run_stdio(response: dict[str, str]) -> int:
     """stdin -> stream, stream -> stdout until the stream ends (exit 0)."""
     stream = _connect(response, "data")
 
@@ -116,7 +116,7 @@ def run_stdio(response: Dict[str, str]) -> int:
             return 0
 
 
-def run_shell(response: Dict[str, str]) -> int:
+def run_shell(response: dict[str, str]) -> int:
     """A shell session: the terminal (raw, when stdin is one) <-> the remote shell."""
     session_id = response["SessionId"]
     print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
@@ -138,7 +138,7 @@ def run_shell(response: Dict[str, str]) -> int:
     return code
 
 
-def run_port_forwarding(response: Dict[str, str], params: Dict[str, Any]) -> int:
+def run_port_forwarding(response: dict[str, str], params: dict[str, Any]) -> int:
     """Listen on localPortNumber and relay each connection as its own stream."""
     session_id = response["SessionId"]
     local = (params.get("Parameters") or {}).get("localPortNumber") or ["0"]
@@ -190,7 +190,7 @@ def run_port_forwarding(response: Dict[str, str], params: Dict[str, Any]) -> int
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print(BANNER, flush=True)

@@ -35,7 +35,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from sagemaker_ssh_sandbox.iam.sigv4 import credential_scope
@@ -66,7 +66,7 @@ DEFAULT_SESSION_RATE = 700_000.0  # bytes/s per direction, as the real service
 DEFAULT_SESSION_BURST = 4 * 1024 * 1024
 
 
-def session_ceiling(environ: Optional[Dict[str, str]] = None) -> Tuple[float, float]:
+def session_ceiling(environ: dict[str, str] | None = None) -> tuple[float, float]:
     """(rate in bytes/s, or 0 for none; burst in bytes) from the environment."""
     import os
 
@@ -97,12 +97,12 @@ class _HTTPServer(ThreadingHTTPServer):
     session_rate: float = 0.0
     session_burst: float = DEFAULT_SESSION_BURST
 
-    def stream_limit(self) -> Optional[RateLimit]:
+    def stream_limit(self) -> RateLimit | None:
         """One direction's ceiling for a new session stream (None: no ceiling)."""
         if self.session_rate <= 0:
             return None
         return RateLimit(self.session_rate, self.session_burst)
-    others: Dict[str, SSMBackend]
+    others: dict[str, SSMBackend]
     others_lock: threading.Lock
 
     def backend_for(self, region: str) -> SSMBackend:
@@ -129,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s " + format, self.address_string(), *args)
 
     # ---- plumbing ----------------------------------------------------------------------
-    def _send(self, status: int, payload: Dict[str, Any], content_type: str = _JSON_TYPE,
+    def _send(self, status: int, payload: dict[str, Any], content_type: str = _JSON_TYPE,
               close: bool = False) -> None:
         data = json.dumps(payload).encode()
         try:
@@ -148,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_error(self, error: SSMError, close: bool = False) -> None:
         self._send(error.status, error.to_json(), close=close)
 
-    def _body(self) -> Dict[str, Any]:
+    def _body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
         if length > _MAX_BODY:
             raise SSMError("SerializationException", "Request body too large.", 413)
@@ -315,7 +315,7 @@ class SSMServer:
         self.shutdown()
 
 
-def start_ssm_server(host: str = "127.0.0.1", port: int = 0, state_dir: Optional[Path] = None,
+def start_ssm_server(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None,
                      account_id: str = "123456789012", region: str = "us-east-1",
                      heartbeat_timeout: float = 10.0,
                      invocation_visibility_delay: float = 0.2) -> SSMServer:
@@ -332,7 +332,7 @@ def start_ssm_server(host: str = "127.0.0.1", port: int = 0, state_dir: Optional
     return SSMServer(httpd, public_host).start()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sagemaker_ssh_sandbox.ssm.service",
                                      description="Run the offline SSM stand-in service.")
     parser.add_argument("--host", default="127.0.0.1")

@@ -11,7 +11,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sagemaker_ssh_sandbox.ssm.channel import DATA_CHANNEL_PATH, StreamEnd
 from sagemaker_ssh_sandbox.ssm.state import (
@@ -47,8 +47,8 @@ class Stream:
     instance_id: str
     token: str
     client: StreamEnd
-    agent: Optional[StreamEnd] = None
-    error: Optional[SSMError] = None
+    agent: StreamEnd | None = None
+    error: SSMError | None = None
     attached: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -65,26 +65,26 @@ class Session:
     session_id: str
     target: str
     document_name: str
-    parameters: Dict[str, List[str]]
+    parameters: dict[str, list[str]]
     owner: str
     reason: str
     token: str
     start: float
     seq: int
     status: str = "Connecting"
-    end: Optional[float] = None
-    streams: Dict[str, Stream] = field(default_factory=dict)
-    controls: List[StreamEnd] = field(default_factory=list)
+    end: float | None = None
+    streams: dict[str, Stream] = field(default_factory=dict)
+    controls: list[StreamEnd] = field(default_factory=list)
     multi_stream: bool = False
     opened: int = 0
 
 
-def _session_parameters(document: str, value: Any) -> Dict[str, List[str]]:
+def _session_parameters(document: str, value: Any) -> dict[str, list[str]]:
     default_port, allowed = _DOCUMENTS[document]
     value = value or {}
     if not isinstance(value, dict):
         raise validation(value, "parameters", "be a map of parameter lists")
-    out: Dict[str, List[str]] = {}
+    out: dict[str, list[str]] = {}
     for name, values in value.items():
         if name not in allowed:
             raise SSMError("InvalidParameters",
@@ -111,12 +111,12 @@ class SessionOps(BackendBase):
     agent_attach_timeout = 15.0
 
     def _init_sessions(self) -> None:
-        self.sessions: Dict[str, Session] = {}
-        self.streams: Dict[str, Stream] = {}
+        self.sessions: dict[str, Session] = {}
+        self.streams: dict[str, Stream] = {}
         self.caller = threading.local()
 
     # ---- public operations -------------------------------------------------------------
-    def op_StartSession(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_StartSession(self, body: dict[str, Any]) -> dict[str, Any]:
         target, document = body.get("Target"), body.get("DocumentName") or SHELL_DOCUMENT
         if document not in _DOCUMENTS:
             raise SSMError("InvalidDocument", f"Document {document} is not supported by the "
@@ -144,18 +144,18 @@ class SessionOps(BackendBase):
             self.sessions[session.session_id] = session
             return self._session_response(session)
 
-    def sagemaker_refusal(self, target: Any) -> Optional[str]:  # see SSMBackend
+    def sagemaker_refusal(self, target: Any) -> str | None:  # see SSMBackend
         return None
 
     def _owner(self, user: str) -> str:
         return f"arn:aws:iam::{self.account_id}:user/{user or 'sandbox'}"
 
-    def _session_response(self, session: Session) -> Dict[str, Any]:
+    def _session_response(self, session: Session) -> dict[str, Any]:
         url = (f"{self.stream_endpoint}{DATA_CHANNEL_PATH}{session.session_id}"
                "?role=publish_subscribe")
         return {"SessionId": session.session_id, "TokenValue": session.token, "StreamUrl": url}
 
-    def op_TerminateSession(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_TerminateSession(self, body: dict[str, Any]) -> dict[str, Any]:
         session_id = body.get("SessionId")
         with self.lock:
             session = self.sessions.get(session_id)  # type: ignore[arg-type]
@@ -163,7 +163,7 @@ class SessionOps(BackendBase):
                 self._terminate(session)
         return {"SessionId": session_id}
 
-    def op_ResumeSession(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_ResumeSession(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             session = self.sessions.get(body.get("SessionId"))  # type: ignore[arg-type]
             if session is None or session.status in ENDED:
@@ -172,7 +172,7 @@ class SessionOps(BackendBase):
             session.token = secrets.token_urlsafe(48)
             return self._session_response(session)
 
-    def op_DescribeSessions(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def op_DescribeSessions(self, body: dict[str, Any]) -> dict[str, Any]:
         state = body.get("State")
         if state not in ("Active", "History"):
             raise validation(state, "state", "satisfy enum value set: [Active, History]")
@@ -184,12 +184,12 @@ class SessionOps(BackendBase):
                 rows = [s for s in rows if self._session_matches(s, flt)]
             page, token = paginate(rows, lambda s: s.seq, limit, body.get("NextToken"),
                                    fingerprint("DescribeSessions", state, body.get("Filters")))
-            out: Dict[str, Any] = {"Sessions": [self._session_json(s) for s in page]}
+            out: dict[str, Any] = {"Sessions": [self._session_json(s) for s in page]}
         if token:
             out["NextToken"] = token
         return out
 
-    def _session_matches(self, session: Session, flt: Dict[str, Any]) -> bool:
+    def _session_matches(self, session: Session, flt: dict[str, Any]) -> bool:
         key, value = flt.get("key"), flt.get("value")
         simple = {"Target": session.target, "Owner": session.owner, "Status": session.status,
                   "SessionId": session.session_id, "AccessType": "Standard"}
@@ -202,8 +202,8 @@ class SessionOps(BackendBase):
             return session.start >= when if key == "InvokedAfter" else session.start <= when
         raise SSMError("InvalidFilterKey", f"The filter key {key} is not valid.")
 
-    def _session_json(self, session: Session) -> Dict[str, Any]:
-        out: Dict[str, Any] = {
+    def _session_json(self, session: Session) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "SessionId": session.session_id, "Target": session.target,
             "Status": session.status, "StartDate": session.start,
             "DocumentName": session.document_name, "Owner": session.owner,
@@ -276,7 +276,7 @@ class SessionOps(BackendBase):
                             secrets.token_urlsafe(24), end)
             session.streams[stream.stream_id] = stream
             self.streams[stream.stream_id] = stream
-            message: Dict[str, Any] = {
+            message: dict[str, Any] = {
                 "Type": "OpenStream", "SessionId": session_id, "StreamId": stream.stream_id,
                 "StreamToken": stream.token}
             if session.document_name == SHELL_DOCUMENT:
@@ -316,7 +316,7 @@ class SessionOps(BackendBase):
             stream.attached.set()
             return stream
 
-    def agent_stream_failed(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    def agent_stream_failed(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             stream = self.streams.get(body.get("StreamId"))  # type: ignore[arg-type]
             if stream is not None and stream.agent is None:

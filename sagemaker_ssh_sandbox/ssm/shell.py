@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import threading
-from typing import List
 
 from sagemaker_ssh_sandbox.ssm.channel import BUFFER_SIZE, StreamEnd
 
@@ -54,7 +53,7 @@ def session_user() -> str:
     return SESSION_USER
 
 
-def shell_argv(user: str) -> List[str]:
+def shell_argv(user: str) -> list[str]:
     if user == "root":
         return ["sh"]
     return ["runuser", "-u", user, "--", "sh"]

@@ -11,9 +11,10 @@ import string
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ class SSMError(Exception):
         self.message = message
         self.status = status
 
-    def to_json(self) -> Dict[str, str]:
+    def to_json(self) -> dict[str, str]:
         return {"__type": self.code, "message": self.message}
 
 
@@ -63,14 +64,14 @@ def new_activation_code() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
-def iso(ts: Optional[float]) -> str:
+def iso(ts: float | None) -> str:
     """ISO-8601 UTC with milliseconds, as GetCommandInvocation's string date fields."""
     if ts is None:
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-def parse_iso(value: Any) -> Optional[float]:
+def parse_iso(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     import calendar
@@ -83,17 +84,17 @@ def parse_iso(value: Any) -> Optional[float]:
     return seconds + (float("0." + frac) if frac.isdigit() else 0.0)
 
 
-def tag_list(tags: Dict[str, str]) -> List[Dict[str, str]]:
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def tags_from(value: Any, member: str = "tags") -> Dict[str, str]:
+def tags_from(value: Any, member: str = "tags") -> dict[str, str]:
     """Validate a Tags list ([{Key, Value}]) into an ordered dict."""
     if value is None:
         return {}
     if not isinstance(value, list):
         raise validation(value, member, "be a list of tags")
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("Key"), str) \
                 or not isinstance(item.get("Value", ""), str) or not item["Key"]:
@@ -104,7 +105,7 @@ def tags_from(value: Any, member: str = "tags") -> Dict[str, str]:
     return out
 
 
-def max_results(body: Dict[str, Any], low: int, high: int, default: int) -> int:
+def max_results(body: dict[str, Any], low: int, high: int, default: int) -> int:
     value = body.get("MaxResults")
     if value is None:
         return default
@@ -123,13 +124,13 @@ def fingerprint(*parts: Any) -> str:
 
 
 def paginate(items: Sequence[T], seq: Callable[[T], int], limit: int, token: Any,
-             context: str) -> Tuple[List[T], Optional[str]]:
+             context: str) -> tuple[list[T], str | None]:
     """One page of ``items`` (sorted by increasing ``seq``) after the cursor in ``token``.
 
     The token is opaque to clients; it names the last item returned and the request it belongs
     to, so a token replayed with other filters is rejected like AWS does (InvalidNextToken).
     """
-    after: Optional[int] = None
+    after: int | None = None
     if token is not None and token != "":  # the service takes "" as no token (boto3 users send it)
         try:
             doc = json.loads(base64.urlsafe_b64decode(str(token).encode()).decode())
@@ -156,7 +157,7 @@ class Activation:
     registration_limit: int
     expiration: float
     created: float
-    tags: Dict[str, str]
+    tags: dict[str, str]
     seq: int
     registrations: int = 0
 
@@ -173,10 +174,10 @@ class Instance:
     platform_name: str
     platform_version: str
     agent_version: str
-    tags: Dict[str, str]
+    tags: dict[str, str]
     seq: int
-    last_ping: Optional[float] = None
-    static_ping: Optional[str] = None  # fake instances: fixed PingStatus, never times out
+    last_ping: float | None = None
+    static_ping: str | None = None  # fake instances: fixed PingStatus, never times out
     deregistered: bool = False
     # a target SageMaker's own agent serves (sagemaker-training-job:<job>_algo-<n>): no managed
     # instance, not listed, sessions only (see sagemaker_targets)
@@ -190,8 +191,8 @@ class Invocation:
     status: str = "Pending"
     details: str = "Pending"
     response_code: int = -1
-    started: Optional[float] = None
-    ended: Optional[float] = None
+    started: float | None = None
+    ended: float | None = None
     stdout: str = ""
     stderr: str = ""
 
@@ -201,18 +202,18 @@ class Command:
     command_id: str
     document_name: str
     comment: str
-    parameters: Dict[str, List[str]]
-    instance_ids: List[str]
-    targets: List[Dict[str, Any]]
+    parameters: dict[str, list[str]]
+    instance_ids: list[str]
+    targets: list[dict[str, Any]]
     timeout_seconds: int
     requested: float
     expires_after: float
     seq: int
-    invocations: Dict[str, Invocation] = field(default_factory=dict)
+    invocations: dict[str, Invocation] = field(default_factory=dict)
 
 
-def save_state(path: Path, activations: Dict[str, Activation],
-               instances: Dict[str, Instance]) -> None:
+def save_state(path: Path, activations: dict[str, Activation],
+               instances: dict[str, Instance]) -> None:
     """Write activations and instances atomically (commands and sessions are not kept)."""
     doc = {"activations": [vars(a) for a in activations.values()],
            "instances": [vars(i) for i in instances.values()]}
@@ -221,7 +222,7 @@ def save_state(path: Path, activations: Dict[str, Activation],
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> Tuple[Dict[str, Activation], Dict[str, Instance]]:
+def load_state(path: Path) -> tuple[dict[str, Activation], dict[str, Instance]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         return {}, {}
@@ -242,10 +243,11 @@ class BackendBase:
         self.clock = clock
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.activations: Dict[str, Activation] = {}
-        self.instances: Dict[str, Instance] = {}
-        self.commands: Dict[str, Command] = {}
-        self.queues: Dict[str, Deque[Dict[str, Any]]] = collections.defaultdict(collections.deque)
+        self.activations: dict[str, Activation] = {}
+        self.instances: dict[str, Instance] = {}
+        self.commands: dict[str, Command] = {}
+        self.queues: dict[str, collections.deque[dict[str, Any]]] = collections.defaultdict(
+            collections.deque)
         self.closing = False
         self._seq = 0
 
@@ -261,11 +263,11 @@ class BackendBase:
             return PING_LOST
         return PING_ONLINE
 
-    def live_instance(self, instance_id: Any) -> Optional[Instance]:
+    def live_instance(self, instance_id: Any) -> Instance | None:
         inst = self.instances.get(instance_id) if isinstance(instance_id, str) else None
         return inst if inst is not None and not inst.deregistered else None
 
-    def enqueue(self, instance_id: str, message: Dict[str, Any]) -> None:
+    def enqueue(self, instance_id: str, message: dict[str, Any]) -> None:
         with self.lock:
             self.queues[instance_id].append(message)
             self.changed.notify_all()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -42,7 +43,7 @@ def _name_from_arn(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def training_job_arn(detail: Dict[str, Any], sagemaker: Any) -> Optional[str]:
+def training_job_arn(detail: dict[str, Any], sagemaker: Any) -> str | None:
     """The training job a processing job evaluates rules for, if any."""
     arn = detail.get("TrainingJobArn")
     if arn:
@@ -58,13 +59,13 @@ def training_job_arn(detail: Dict[str, Any], sagemaker: Any) -> Optional[str]:
     return described.get("TrainingJobArn") or None
 
 
-def rule_statuses(job: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
+def rule_statuses(job: dict[str, Any]) -> Iterable[dict[str, Any]]:
     yield from job.get("ProfilerRuleEvaluationStatuses") or []
     yield from job.get("DebugRuleEvaluationStatuses") or []
 
 
-def low_gpu_findings(job: Dict[str, Any], processing_job_arn: str,
-                     rule: str = DEFAULT_RULE) -> List[Dict[str, Any]]:
+def low_gpu_findings(job: dict[str, Any], processing_job_arn: str,
+                     rule: str = DEFAULT_RULE) -> list[dict[str, Any]]:
     """Statuses of ``job`` evaluated by ``processing_job_arn`` that report the low-GPU rule."""
     found = []
     for status in rule_statuses(job):
@@ -77,7 +78,7 @@ def low_gpu_findings(job: Dict[str, Any], processing_job_arn: str,
     return found
 
 
-def message(job: Dict[str, Any], findings: List[Dict[str, Any]], region: str) -> Dict[str, str]:
+def message(job: dict[str, Any], findings: list[dict[str, Any]], region: str) -> dict[str, str]:
     name = job["TrainingJobName"]
     url = (f"https://{_console_domain(region)}/sagemaker/home?region={region}"
            f"#/jobs/{name}")
@@ -94,8 +95,8 @@ def message(job: Dict[str, Any], findings: List[Dict[str, Any]], region: str) ->
     return {"Subject": subject[:100], "Message": "\n".join(lines)}
 
 
-def handler(event: Dict[str, Any], context: Any = None, sagemaker: Any = None,
-            sns: Any = None) -> Dict[str, Any]:
+def handler(event: dict[str, Any], context: Any = None, sagemaker: Any = None,
+            sns: Any = None) -> dict[str, Any]:
     topic = os.environ["SNS_NOTIFICATION_TOPIC_ARN"]
     rule = os.environ.get("LOW_GPU_RULE_NAME") or DEFAULT_RULE
     detail = event.get("detail") or {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -29,20 +29,20 @@ def _iam() -> Any:
     return boto3.client("iam")
 
 
-def read_trust(iam: Any, role_name: str) -> Dict[str, Any]:
+def read_trust(iam: Any, role_name: str) -> dict[str, Any]:
     document = iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
     if isinstance(document, str):  # some SDKs hand back the URL-encoded JSON
         document = json.loads(urllib.parse.unquote(document))
     return dict(document)
 
 
-def _as_list(value: Any) -> List[Any]:
+def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
 
 
-def trusts_service(statement: Dict[str, Any], service: str) -> bool:
+def trusts_service(statement: dict[str, Any], service: str) -> bool:
     """An Allow statement that lets ``service`` call sts:AssumeRole."""
     if statement.get("Effect") != "Allow":
         return False
@@ -56,7 +56,7 @@ def physical_id(role_name: str, state: str) -> str:
     return f"ssm-trust:{role_name}:{state}"
 
 
-def add_statement(iam: Any, role_name: str, statement: Dict[str, Any]) -> str:
+def add_statement(iam: Any, role_name: str, statement: dict[str, Any]) -> str:
     """Append ``statement`` unless the role already trusts its service; returns the state."""
     document = read_trust(iam, role_name)
     statements = _as_list(document.get("Statement"))
@@ -92,14 +92,14 @@ def remove_statement(iam: Any, role_name: str, sid: str) -> None:
     logger.info("removed %s from the trust policy of %s", sid, role_name)
 
 
-def _parse_physical_id(value: Optional[str]) -> Optional[Tuple[str, str]]:
+def _parse_physical_id(value: str | None) -> tuple[str, str] | None:
     parts = (value or "").split(":")
     if len(parts) == 3 and parts[0] == "ssm-trust":
         return parts[1], parts[2]
     return None
 
 
-def on_event(event: Dict[str, Any], context: Any = None, iam: Any = None) -> Dict[str, Any]:
+def on_event(event: dict[str, Any], context: Any = None, iam: Any = None) -> dict[str, Any]:
     iam = iam or _iam()
     request = event["RequestType"]
     props = event.get("ResourceProperties") or {}

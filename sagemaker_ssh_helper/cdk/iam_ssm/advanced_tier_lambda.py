@@ -9,7 +9,7 @@ it is (going back to the standard tier is a decision for the Fleet Manager setti
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ SETTING_ID = "/ssm/managed-instance/activation-tier"
 PHYSICAL_ID = "ssm-activation-tier-advanced"
 
 
-def handler(event: Dict[str, Any], context: Any = None, ssm: Any = None) -> Dict[str, Any]:
+def handler(event: dict[str, Any], context: Any = None, ssm: Any = None) -> dict[str, Any]:
     request = (event or {}).get("RequestType")
     if request == "Delete":
         return {"PhysicalResourceId": event.get("PhysicalResourceId") or PHYSICAL_ID}

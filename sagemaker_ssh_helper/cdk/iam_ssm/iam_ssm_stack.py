@@ -7,19 +7,19 @@ SageMaker execution role), ``user_role`` (the role, or comma-separated roles, of
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from constructs import Construct
 
 from sagemaker_ssh_helper.cdk.iam_ssm_stack import SSHIAMSSMStack
 
 
-def _context(scope: Construct, name: str) -> Optional[str]:
+def _context(scope: Construct, name: str) -> str | None:
     value = scope.node.try_get_context(name)
     return str(value).strip() if value not in (None, "") else None
 
 
-def _names(value: Optional[str]) -> List[str]:
+def _names(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 

@@ -2,11 +2,11 @@
 under SSH Helper v2's name)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from sagemaker_ssh_helper.cdk.handlers import low_gpu
 
 
-def handler(event: Dict[str, Any], context: Any = None, sagemaker: Any = None,
-            sns: Any = None) -> Dict[str, Any]:
+def handler(event: dict[str, Any], context: Any = None, sagemaker: Any = None,
+            sns: Any = None) -> dict[str, Any]:
     return low_gpu.handler(event, context, sagemaker, sns)

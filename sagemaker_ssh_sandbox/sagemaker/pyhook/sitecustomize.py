@@ -15,22 +15,23 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 _TARGET = "sagemaker.utils"  # SDK v2
 _TARGETS = (_TARGET, "sagemaker.core.helper.session_helper", "sagemaker.core.common_utils")
 _MARK = "_sm_ssh_sandbox_patched"
 
 
-def sandbox_sts_endpoint() -> Optional[str]:
+def sandbox_sts_endpoint() -> str | None:
     if not os.environ.get("SM_SSH_SANDBOX_DIR"):
         return None
     return os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def patch_sagemaker_utils(module: ModuleType) -> None:
-    original: Optional[Callable[[str], str]] = getattr(module, "sts_regional_endpoint", None)
+    original: Callable[[str], str] | None = getattr(module, "sts_regional_endpoint", None)
     if original is None or getattr(original, _MARK, False):
         return
 
@@ -73,7 +74,7 @@ class _PatchingLoader(importlib.abc.Loader):
     def __init__(self, inner: importlib.abc.Loader) -> None:
         self._inner = inner
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._inner.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -85,8 +86,8 @@ class _PatchingLoader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
-                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in _TARGETS:
             return None
         for finder in sys.meta_path:
