@@ -7,7 +7,7 @@ changes; ssh then exits and its forwards die. Here ssh runs in a loop:
    the session, run ssh); a failure before the tunnel was ever up is explained and ends the
    command, as a wrong option or a refused key will not fix itself;
 2. once up, any end of ssh that the user did not ask for is a drop: it is said on stderr and
-   the tunnel is re-established with jittered exponential backoff (``BACKOFF``), resolving
+   the tunnel is re-established with the common jittered exponential backoff (``retry``), resolving
    the resource again each time (a restarted container registers a new managed instance: the
    key is pushed to it and the change is said), for up to ``--wait`` seconds after the drop;
 3. ssh's keep-alive is tightened (``KEEP_ALIVE_OPTIONS``) so that a session that hangs
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sagemaker_ssh_helper import cli
+from sagemaker_ssh_helper import cli, retry
 from sagemaker_ssh_helper.connect import (
     Choice,
     Context,
@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 # (or one left by another command): no multiplexing, unless asked for on the command line.
 KEEP_ALIVE_OPTIONS = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                       "-o", "ExitOnForwardFailure=yes", "-o", "ControlPath=none")
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before attempt 2, 3, ... (then 30)
-JITTER = 0.2  # each delay is stretched by up to this fraction, so clients do not stampede
+BACKOFF_BASE = 1.0  # the first reconnection waits 0.5-1 s, each next one up to twice as long
+BACKOFF_CAP = 30.0  # ... up to 15-30 s (equal jitter, so clients do not stampede)
 STABLE_AFTER = 10.0  # a tunnel up this long starts the backoff afresh after its next drop
 UP_AFTER = 10.0  # without our LocalCommand marker: ssh still running this long counts as up
 POLL = 0.1
@@ -103,13 +103,12 @@ def no_session(plan: SshPlan, options: Sequence[str]) -> bool:
 
 
 def backoff_delays(rng: Callable[[], float] = random.random) -> Iterator[float]:
-    """Seconds to wait before each reconnection attempt: BACKOFF, then its last value, each
-    stretched by up to JITTER."""
+    """Seconds to wait before each reconnection attempt: ``retry.backoff_delay`` from
+    BACKOFF_BASE up to BACKOFF_CAP."""
     attempt = 0
     while True:
-        base = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+        yield retry.backoff_delay(attempt, rng, base=BACKOFF_BASE, cap=BACKOFF_CAP)
         attempt += 1
-        yield base * (1 + JITTER * rng())
 
 
 @dataclass

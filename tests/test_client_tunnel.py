@@ -55,9 +55,9 @@ def test_ssh_says_which_forwards_and_whether_a_command_runs() -> None:
 
 def test_backoff_grows_to_a_cap_with_jitter() -> None:
     low = list(itertools.islice(tunnel.backoff_delays(lambda: 0.0), 9))
-    assert low == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    high = list(itertools.islice(tunnel.backoff_delays(lambda: 1.0), 3))
-    assert high == pytest.approx([0.6, 1.2, 2.4])
+    assert low == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0, 15.0]
+    high = list(itertools.islice(tunnel.backoff_delays(lambda: 1.0), 7))
+    assert high == pytest.approx([1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0])
 
 
 @needs_ssh
