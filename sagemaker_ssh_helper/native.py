@@ -383,21 +383,35 @@ def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> li
 
 
 # -- sm-ssh list --------------------------------------------------------------------------------
+# Running resources without managed instances that one ``sm-ssh list`` describes to learn
+# whether they are native (the first ones listed, the newest); the others keep an unknown
+# transport, and ``sm-ssh list <fqdn>`` tells: a listing stays a few calls whatever the account
+# runs without SSH.
+LIST_DESCRIBES = 8
+
+
 def annotate(session: Any, region: str, rows: list[Row]) -> None:
     """Mark each row's transport: hybrid where managed instances were found; for running
     training jobs without any, one DescribeTrainingJob tells whether they are native (and
     whether SageMaker opens sessions now); for endpoints without any, their configuration and
-    model do."""
+    model do (for the first LIST_DESCRIBES such resources)."""
     sm = None
+    described = 0
     for row in rows:
         if row.instances:
             row.transport = transport.HYBRID
             continue
-        sm = sm or aws.client(session, "sagemaker", region)
-        if row.kind == "inference" and row.status not in ENDPOINT_GONE:
-            annotate_endpoint(sm, session, region, row)
+        endpoint = row.kind == "inference" and row.status not in ENDPOINT_GONE
+        if not endpoint and (row.kind != "training" or row.status != "InProgress"):
             continue
-        if row.kind != "training" or row.status != "InProgress":
+        if described >= LIST_DESCRIBES:
+            logger.debug("%s: transport not looked up (more than %d running resources without "
+                         "managed instances)", row.name, LIST_DESCRIBES)
+            continue
+        described += 1
+        sm = sm or aws.client(session, "sagemaker", region)
+        if endpoint:
+            annotate_endpoint(sm, session, region, row)
             continue
         try:
             job = Job(sm.describe_training_job(TrainingJobName=row.name))
