@@ -18,46 +18,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_connect import first_output  # noqa: E402
+from bench_connect import api_calls, first_output  # noqa: E402
 from sandbox_job import launch_job, workspace  # noqa: E402
 
-from sagemaker_ssh_helper import aws, connect, session  # noqa: E402
 from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
 
 TRANSPORTS = ("hybrid", "native")
-
-
-def api_calls(job: str) -> dict[str, int]:
-    """AWS API calls of one connect up to a started session, by service and operation."""
-    counts: dict[str, int] = {}
-
-    def count(model: Any, **_: Any) -> None:
-        name = f"{model.service_model.service_name}:{model.name}"
-        counts[name] = counts.get(name, 0) + 1
-
-    ctx = connect.Context(None, None)
-    ctx.session.events.register("before-call.*.*", count)
-    make_session = aws.boto_session
-
-    def counted_session(*args: Any, **kwargs: Any) -> Any:
-        made = make_session(*args, **kwargs)
-        made.events.register("before-call.*.*", count)
-        return made
-
-    aws.boto_session = counted_session  # type: ignore[assignment]
-    try:
-        prepared = connect.prepare(ctx, f"{job}.training.sagemaker", connect.Choice(),
-                                   check_ssh=False)
-    finally:
-        aws.boto_session = make_session  # type: ignore[assignment]
-    started = session.open_session(ctx.manager().ssm, prepared.instance_id, 22)
-    session.terminate_session(ctx.manager().ssm, started.session_id)
-    counts.pop("ssm:TerminateSession", None)
-    return dict(sorted(counts.items()))
 
 
 def wait_ready(env: dict[str, str], fqdn: str, timeout: float = 180) -> None:
