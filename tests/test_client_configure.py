@@ -43,14 +43,21 @@ def gpg(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway signing key; returns its GnuPG home (public key in <home>/public.asc)."""
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A throwaway signing key; yields its GnuPG home (public key in <home>/public.asc). The
+    gpg-agent that key generation and signing start is stopped afterwards."""
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
-    gpg(home, "--passphrase", "", "--quick-gen-key", "Mirror Test <mirror@example.com>",
-        "ed25519", "sign", "never")
-    (home / "public.asc").write_bytes(gpg(home, "--armor", "--export").stdout)
-    return home
+    try:
+        gpg(home, "--passphrase", "", "--quick-gen-key", "Mirror Test <mirror@example.com>",
+            "ed25519", "sign", "never")
+        (home / "public.asc").write_bytes(gpg(home, "--armor", "--export").stdout)
+        yield home
+    finally:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
+                           capture_output=True, check=False, stdin=subprocess.DEVNULL)
 
 
 def sign(home: Path, file: Path) -> None:
