@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from conftest import create_training_job
 
 from sagemaker_ssh_helper import sm_local, sm_ssh
 
@@ -40,12 +41,7 @@ def error_line(capsys: pytest.CaptureFixture[str], prog: str) -> str:
 
 def test_job_in_another_region_points_to_region(aws: Any,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    boto3.client("sagemaker", region_name="eu-west-1").create_training_job(
-        TrainingJobName="far-job", RoleArn="arn:aws:iam::123456789012:role/R",
-        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-        OutputDataConfig={"S3OutputPath": "s3://b/o"},
-        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
-        StoppingCondition={"MaxRuntimeInSeconds": 60})
+    create_training_job("far-job", boto3.client("sagemaker", region_name="eu-west-1"))
     assert sm_ssh.main(["connect", "far-job.training.sagemaker", "--wait", "0"]) == 3
     line = error_line(capsys, "sm-ssh")
     assert "no training job far-job in us-east-1 (the default region)" in line
