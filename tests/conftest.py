@@ -207,3 +207,14 @@ def create_training_job(name: str, sm: Any = None, instance_count: int = 1,
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": instance_count,
                         "VolumeSizeInGB": 1},
         StoppingCondition={"MaxRuntimeInSeconds": max_runtime})
+
+
+def create_transform_job(sm: Any, name: str, model: str, environment: dict[str, str]) -> None:
+    """A one-instance batch transform job of ``model`` over s3://b/in, with ``environment``."""
+    sm.create_transform_job(
+        TransformJobName=name, ModelName=model,
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                        "S3Uri": "s3://b/in"}}},
+        TransformOutput={"S3OutputPath": "s3://b/out"},
+        TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+        Environment=environment)

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import RecordingRunner, moto_address
+from conftest import RecordingRunner, create_transform_job, moto_address
 
 from sagemaker_ssh_sandbox import control
 from sagemaker_ssh_sandbox.gateway import Gateway
@@ -169,13 +169,7 @@ def test_processing_and_transform_job_api(endpoint_env: str) -> None:
     assert described["ProcessingJobStatus"] == "InProgress"
     assert described["Environment"] == {"K": "V"}
     assert described["ProcessingJobArn"].endswith(":processing-job/infra-proc")
-    sm.create_transform_job(
-        TransformJobName="infra-transform", ModelName="m",
-        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                        "S3Uri": "s3://b/in"}}},
-        TransformOutput={"S3OutputPath": "s3://b/out"},
-        TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
-        Environment={"T": "1"})
+    create_transform_job(sm, "infra-transform", "m", {"T": "1"})
     assert sm.describe_transform_job(TransformJobName="infra-transform")["Environment"] == {
         "T": "1"}
     names = [s["TransformJobName"] for s in sm.list_transform_jobs()["TransformJobSummaries"]]
