@@ -23,46 +23,29 @@ Needs root on Linux (the sandbox runs jobs in namespaces).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sandbox_job import launch_job, workspace  # noqa: E402
+from sandbox_job import (  # noqa: E402
+    cannot_run,
+    environ,
+    first_output,
+    launch_job,
+    runs_parser,
+    sandbox_in_tempdir,
+    sm_ssh,
+    workspace,
+)
 
 from sagemaker_ssh_helper import connect, fqdn, keys, proxy, session  # noqa: E402
-from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
-
-
-def first_output(argv: list[str], env: dict[str, str], until: bytes = b"") -> float:
-    """Seconds from spawning ``argv`` to its first stdout bytes (containing ``until``)."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdin is not None
-    seen = b""
-    while until not in seen or not seen:
-        chunk = os.read(proc.stdout.fileno(), 4096)
-        if not chunk:
-            raise RuntimeError(f"{argv[:4]} ended without output: "
-                               f"{proc.communicate()[1].decode(errors='replace')[-500:]}")
-        seen += chunk
-    elapsed = time.perf_counter() - began
-    proc.stdin.close()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return elapsed
+from sagemaker_ssh_sandbox import Sandbox  # noqa: E402
 
 
 def timed(results: dict[str, list[float]], phase: str, fn: Callable[[], Any]) -> Any:
@@ -96,8 +79,7 @@ def one_run(env: dict[str, str], job: str, results: dict[str, list[float]]) -> N
     ssh_env = dict(env, **{session.RESPONSE_ENV: started.response_env})
     results.setdefault("ssh + command", []).append(first_output(argv, ssh_env))
     session.terminate_session(ssm, started.session_id)
-    cli = [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect", target.fqdn, "--",
-           "echo", "ready"]
+    cli = sm_ssh("connect", target.fqdn, "--", "echo", "ready")
     results.setdefault("sm-ssh connect (total)", []).append(first_output(cli, env))
     config = Path(env["HOME"]) / ".ssh" / "config"
     plain = ["ssh", "-F", str(config), target.fqdn, "echo", "ready"]
@@ -139,37 +121,25 @@ def api_calls(job: str) -> dict[str, int]:
 def launch(sandbox: Sandbox, work: Path) -> dict[str, str]:
     env = workspace(sandbox, work)
     env["BENCH_JOB"] = launch_job(env, work, "bench-connect", 900)
-    subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "config"], env=env,
-                   capture_output=True, timeout=60, check=True)
+    subprocess.run(sm_ssh("config"), env=env, capture_output=True, timeout=60, check=True)
     return env
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
-    args = parser.parse_args(argv)
-    problem = requirements_problem()
-    if problem:
-        print(f"bench_connect: {problem}", file=sys.stderr)
+    args = runs_parser(__doc__).parse_args(argv)
+    if cannot_run("bench_connect"):
         return 2
     results: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-connect-") as tmp:
-        with Sandbox(Path(tmp) / "sandbox", stop_grace=3.0) as sandbox:
-            env = launch(sandbox, Path(tmp))
-            job = env["BENCH_JOB"]
-            saved = dict(os.environ)
-            os.environ.update(env)  # the in-process phases use the same AWS endpoints
-            try:
-                from sagemaker_ssh_helper.manager import SSMManager
+    with sandbox_in_tempdir("bench-connect-") as (sandbox, work):
+        env = launch(sandbox, work)
+        job = env["BENCH_JOB"]
+        with environ(env):  # the in-process phases use the same AWS endpoints
+            from sagemaker_ssh_helper.manager import SSMManager
 
-                SSMManager(progress=None).get_training_instance_ids(job, timeout_in_sec=120)
-                for _ in range(args.runs):
-                    one_run(env, job, results)
-                calls = api_calls(job)
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
+            SSMManager(progress=None).get_training_instance_ids(job, timeout_in_sec=120)
+            for _ in range(args.runs):
+                one_run(env, job, results)
+            calls = api_calls(job)
     if args.json:
         print(json.dumps({"phases": results, "api_calls": calls}, indent=2))
         return 0

@@ -14,26 +14,23 @@ Needs root on Linux (the sandbox runs containers in namespaces).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sandbox_job as shared  # noqa: E402
+
 from sagemaker_ssh_helper import aws, code_shipping  # noqa: E402
 from sagemaker_ssh_helper.manager import SSMManager  # noqa: E402
-from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
+from sagemaker_ssh_sandbox import Sandbox  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 INFERENCE = """\
 import sagemaker_ssh_helper
 sagemaker_ssh_helper.setup_and_start_ssh()
@@ -92,19 +89,6 @@ def wait_online(manager: SSMManager, endpoint: str, timeout: float = 120.0) -> N
         raise RuntimeError(f"no managed instance of {endpoint} came online")
 
 
-def first_output(argv: list[str], env: dict[str, str]) -> float:
-    began = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    chunk = os.read(proc.stdout.fileno(), 4096)
-    elapsed = time.perf_counter() - began
-    out, err = proc.communicate(timeout=60)
-    if b"ready" not in chunk + out:
-        raise RuntimeError(f"sm-ssh connect failed: {err.decode(errors='replace')[-500:]}")
-    return elapsed
-
-
 def one_run(sandbox: Sandbox, ctx: dict[str, Any], run: int, env: dict[str, str],
             results: dict[str, list[float]]) -> None:
     def timed(phase: str, fn: Callable[[], Any]) -> Any:
@@ -126,9 +110,8 @@ def one_run(sandbox: Sandbox, ctx: dict[str, Any], run: int, env: dict[str, str]
     with sandbox.activated():
         manager = SSMManager()
         timed("endpoint instance online", lambda: wait_online(manager, name))
-    cli = [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
-           f"{name}.inference.sagemaker", "--", "echo", "ready"]
-    results.setdefault("sm-ssh connect", []).append(first_output(cli, env))
+    cli = shared.sm_ssh("connect", f"{name}.inference.sagemaker", "--", "echo", "ready")
+    results.setdefault("sm-ssh connect", []).append(shared.first_output(cli, env, b"ready"))
     began = time.perf_counter()
     sagemaker.delete_endpoint(EndpointName=name)
     timed("endpoint deleted", lambda: sandbox.wait_for_endpoint(name, until=()))
@@ -149,25 +132,15 @@ def one_run(sandbox: Sandbox, ctx: dict[str, Any], run: int, env: dict[str, str]
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
-    args = parser.parse_args(argv)
-    problem = requirements_problem()
-    if problem:
-        print(f"bench_endpoint: {problem}", file=sys.stderr)
+    args = shared.runs_parser(__doc__).parse_args(argv)
+    if shared.cannot_run("bench_endpoint"):
         return 2
     results: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
-        work = Path(tmp)
-        with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:
-            ctx = setup(sandbox, work)
-            (work / "home").mkdir()
-            env = dict(os.environ, **sandbox.env, HOME=str(work / "home"))
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-            for run in range(args.runs):
-                one_run(sandbox, ctx, run, env, results)
+    with shared.sandbox_in_tempdir("bench-endpoint-") as (sandbox, work):
+        ctx = setup(sandbox, work)
+        env = shared.user_env(sandbox, work / "home")
+        for run in range(args.runs):
+            one_run(sandbox, ctx, run, env, results)
     if args.json:
         print(json.dumps(results, indent=2))
     print(f"{'phase':<26} {'median ms':>10} {'min ms':>8} {'max ms':>8}   ({args.runs} runs)")

@@ -19,7 +19,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,26 +47,11 @@ def _run(ssm_url: str) -> tuple[float, int, str]:
 
 
 def dropped() -> tuple[float, int, str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    count = [0]
+    from sagemaker_ssh_sandbox.faults import dropping_endpoint
 
-    def drop() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            count[0] += 1
-            conn.close()
-
-    threading.Thread(target=drop, daemon=True).start()
-    try:
-        seconds, _, line = _run(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    finally:
-        listener.close()
-    return seconds, count[0], line
+    with dropping_endpoint() as endpoint:
+        seconds, _, line = _run(endpoint.url)
+    return seconds, endpoint.accepted, line
 
 
 def refused() -> tuple[float, int, str]:

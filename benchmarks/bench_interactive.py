@@ -14,9 +14,6 @@ one-scan listing one tag read per SSH Helper instance (still none for other inst
 from __future__ import annotations
 
 import argparse
-import collections
-import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,18 +23,10 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moto.server import ThreadedMotoServer  # noqa: E402
+from sandbox_job import JOB_ARN, job_tags, moto_aws, ssm_stand_in  # noqa: E402
 
 from sagemaker_ssh_helper.interactive_sagemaker import InteractiveSageMaker, SageMaker  # noqa
 from sagemaker_ssh_helper.manager import SSMManager  # noqa: E402
-from sagemaker_ssh_sandbox.ssm.service import start_ssm_server  # noqa: E402
-
-ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/{}"
-
-
-def _tags(name: str) -> dict[str, str]:
-    return {"SSHResourceName": name, "SSHResourceArn": ARN.format(name.lower()),
-            "SSHTimestamp": str(int(time.time())), "SSHOwner": "bench"}
 
 
 def create_jobs(names: list[str]) -> None:
@@ -54,20 +43,15 @@ def create_jobs(names: list[str]) -> None:
 
 def measure(size: int, names: list[str], joined: str, v2_registered: bool
             ) -> dict[str, Any]:
-    server = start_ssm_server()
-    os.environ["AWS_ENDPOINT_URL_SSM"] = server.url
-    calls: dict[str, int] = collections.Counter()
-    session = boto3.Session(region_name="us-east-1")
-    session.events.register("before-call", lambda model, **_: calls.update([model.name]))
-    try:
+    with ssm_stand_in() as (server, session, calls):
         backend = server.backend
         others = [f"other-job-{i}" for i in range(size // 2)]
         backend.add_fake_instances(size - size // 2)
         for name in others + names:
-            ids = backend.add_fake_instances(1, tags=_tags(name))
+            ids = backend.add_fake_instances(1, tags=job_tags(name))
             if not v2_registered:
                 with backend.lock:
-                    backend.instances[ids[0]].name = ARN.format(name.lower())
+                    backend.instances[ids[0]].name = JOB_ARN.format(name.lower())
         manager = SSMManager(region_name="us-east-1", session=session, progress=None)
         interactive = InteractiveSageMaker(SageMaker("us-east-1", session), manager)
         calls.clear()
@@ -79,8 +63,6 @@ def measure(size: int, names: list[str], joined: str, v2_registered: bool
         elapsed = time.perf_counter() - began
         assert len(jobs) == len(names) and all(j.ssm_instance_id for j in jobs)
         return {"size": size + len(names), "counts": dict(calls), "ms": elapsed * 1000}
-    finally:
-        server.shutdown()
 
 
 def main(argv: list[str]) -> int:
@@ -90,19 +72,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--v2-registered", action="store_true",
                         help="SSH Helper instances named as v2's containers named them")
     args = parser.parse_args(argv)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    names = [f"bench-job-{i}" for i in range(args.jobs)]
-    create_jobs(names)
-    print(f"{'instances':>9}  {'listing':<12} {'ListJobs':>8} {'Describe':>8} {'ListTags':>8} "
-          f"{'total':>6} {'ms':>8}")
-    try:
+    with moto_aws():
+        names = [f"bench-job-{i}" for i in range(args.jobs)]
+        create_jobs(names)
+        print(f"{'instances':>9}  {'listing':<12} {'ListJobs':>8} {'Describe':>8} "
+              f"{'ListTags':>8} {'total':>6} {'ms':>8}")
         for size in args.sizes:
             for joined in ("one scan", "v2 join"):
                 r = measure(size, names, joined, args.v2_registered)
@@ -111,8 +85,6 @@ def main(argv: list[str]) -> int:
                       f"{c.get('DescribeInstanceInformation', 0):>8} "
                       f"{c.get('ListTagsForResource', 0):>8} {sum(c.values()):>6} "
                       f"{r['ms']:>8.0f}", flush=True)
-    finally:
-        moto.stop()
     return 0
 
 

@@ -9,22 +9,17 @@ Needs root on Linux (the sandbox runs jobs in namespaces).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_connect import api_calls, first_output  # noqa: E402
-from sandbox_job import launch_job, workspace  # noqa: E402
-
-from sagemaker_ssh_sandbox import Sandbox, requirements_problem  # noqa: E402
+import sandbox_job as shared  # noqa: E402
+from bench_connect import api_calls  # noqa: E402
 
 TRANSPORTS = ("hybrid", "native")
 
@@ -32,9 +27,9 @@ TRANSPORTS = ("hybrid", "native")
 def wait_ready(env: dict[str, str], fqdn: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        done = subprocess.run([sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
-                               fqdn, "--", "true"], env=env, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(shared.sm_ssh("connect", fqdn, "--", "true"), env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL, check=False)
         if done.returncode == 0:
             return
         if time.monotonic() > deadline:
@@ -43,35 +38,21 @@ def wait_ready(env: dict[str, str], fqdn: str, timeout: float = 180) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
-    args = parser.parse_args(argv)
-    problem = requirements_problem()
-    if problem:
-        print(f"bench_transports: {problem}", file=sys.stderr)
+    args = shared.runs_parser(__doc__).parse_args(argv)
+    if shared.cannot_run("bench_transports"):
         return 2
     results: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
-    calls: dict[str, dict[str, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp:
-        work = Path(tmp)
-        with Sandbox(work / "sandbox", stop_grace=3.0) as sandbox:
-            env = workspace(sandbox, work)
-            jobs = {t: launch_job(env, work, f"bench-{t}", 900, transport=t) for t in TRANSPORTS}
-            for job in jobs.values():  # both online before any timing; keys exist from here
-                wait_ready(env, f"{job}.training.sagemaker")
-            for _ in range(args.runs):
-                for transport, job in jobs.items():
-                    cli = [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
-                           f"{job}.training.sagemaker", "--", "echo", "ready"]
-                    results[transport].append(first_output(cli, env, b"ready"))
-            saved = dict(os.environ)
-            os.environ.update(env)
-            try:
-                calls = {t: api_calls(job) for t, job in jobs.items()}
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
+    with shared.sandbox_in_tempdir("bench-transports-") as (sandbox, work):
+        env = shared.workspace(sandbox, work)
+        jobs = {t: shared.launch_job(env, work, f"bench-{t}", 900, transport=t) for t in TRANSPORTS}
+        for job in jobs.values():  # both online before any timing; keys exist from here
+            wait_ready(env, f"{job}.training.sagemaker")
+        for _ in range(args.runs):
+            for transport, job in jobs.items():
+                cli = shared.sm_ssh("connect", f"{job}.training.sagemaker", "--", "echo", "ready")
+                results[transport].append(shared.first_output(cli, env, b"ready"))
+        with shared.environ(env):
+            calls = {t: api_calls(job) for t, job in jobs.items()}
     if args.json:
         print(json.dumps({"seconds": results, "api_calls": calls}, indent=2))
         return 0

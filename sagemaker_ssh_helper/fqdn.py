@@ -68,27 +68,23 @@ class ResourceKind:
     logs: Logs | None = None         # None: Studio apps (their logs are per domain)
 
 
+def _job_kind(kind: str, default_port: int, description: str, console: str) -> ResourceKind:
+    """A kind of SageMaker job: its API, ARN and log group follow one naming scheme
+    (``list_training_jobs``, ``TrainingJobSummaries``, ``training-job``,
+    ``/aws/sagemaker/TrainingJobs``, one stream per node named ``<job>/...``)."""
+    title = kind.title()  # "Training"
+    return ResourceKind(
+        kind, f"{kind}-job", default_port, description, kind,
+        SageMakerApi(f"list_{kind}_jobs", f"{title}JobSummaries", f"{title}JobName",
+                     f"{title}JobArn", f"{title}JobStatus", f"describe_{kind}_job",
+                     recent_only=True),
+        Logs(console, f"/aws/sagemaker/{title}Jobs", "{name}/", container_output=True))
+
+
 RESOURCE_KINDS: tuple[ResourceKind, ...] = (
-    ResourceKind(
-        "training", "training-job", 11022, "training job", "training",
-        SageMakerApi("list_training_jobs", "TrainingJobSummaries", "TrainingJobName",
-                     "TrainingJobArn", "TrainingJobStatus", "describe_training_job",
-                     recent_only=True),
-        Logs("jobs", "/aws/sagemaker/TrainingJobs", "{name}/", container_output=True)),
-    ResourceKind(
-        "processing", "processing-job", 14022, "processing job", "processing",
-        SageMakerApi("list_processing_jobs", "ProcessingJobSummaries", "ProcessingJobName",
-                     "ProcessingJobArn", "ProcessingJobStatus", "describe_processing_job",
-                     recent_only=True),
-        Logs("processing-jobs", "/aws/sagemaker/ProcessingJobs", "{name}/",
-             container_output=True)),
-    ResourceKind(
-        "transform", "transform-job", 16022, "batch transform job", "transform",
-        SageMakerApi("list_transform_jobs", "TransformJobSummaries", "TransformJobName",
-                     "TransformJobArn", "TransformJobStatus", "describe_transform_job",
-                     recent_only=True),
-        Logs("transform-jobs", "/aws/sagemaker/TransformJobs", "{name}/",
-             container_output=True)),
+    _job_kind("training", 11022, "training job", console="jobs"),
+    _job_kind("processing", 14022, "processing job", console="processing-jobs"),
+    _job_kind("transform", 16022, "batch transform job", console="transform-jobs"),
     ResourceKind(
         "inference", "endpoint", 12022, "endpoint", "inference",
         SageMakerApi("list_endpoints", "Endpoints", "EndpointName", "EndpointArn",

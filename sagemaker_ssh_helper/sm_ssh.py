@@ -92,6 +92,26 @@ def _add_target_choice(parser: argparse.ArgumentParser) -> None:
                                                 f"online (default {DEFAULT_WAIT})")
 
 
+def _subcommand(sub: Any, name: str, target: bool = False, **kwargs: Any
+                ) -> argparse.ArgumentParser:
+    """A subcommand's parser with the general options and, for a command that works on one
+    resource (``target``), the choice of its node and ``--wait``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    add_general_options(p, top_level=False)
+    if target:
+        _add_target_choice(p)
+    return p
+
+
+def _add_ssh_parser(sub: Any, name: str, ssh_help: str, **kwargs: Any
+                    ) -> argparse.ArgumentParser:
+    """``connect`` and ``tunnel``: one resource, then ssh's own options (and command)."""
+    p = _subcommand(sub, name, target=True, **kwargs)
+    p.add_argument("fqdn", nargs="?", help="<name>.training.sagemaker, <app>.studio.sagemaker, ...")
+    p.add_argument("ssh_args", nargs=argparse.REMAINDER, help=ssh_help)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sm-ssh", description="SSH into SageMaker jobs, endpoints, notebook instances and "
@@ -104,61 +124,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{list,connect,tunnel,exec,doctor,start-proxy,stop-waiting,shell,config,"
                 "stage-wheel,sandbox,cp,sync}")
     sub.required = True
-    p = sub.add_parser("list", help="resources and their SSH status")
-    add_general_options(p, top_level=False)
+    p = _subcommand(sub, "list", help="resources and their SSH status")
     p.add_argument("fqdn", nargs="?", default=fqdn.SUFFIX,
                    help="what to list: sagemaker (default), training.sagemaker, "
                         "<user>.<domain>.studio.sagemaker, ...")
     p.add_argument("--output", choices=("table", "json"), default="table")
     p.add_argument("--days", type=_checked(_whole(0, None, "a whole number of days")),
                    default=30, help="jobs created in the last N days")
-    p = sub.add_parser("connect", help="ssh to <name>.<kind>.sagemaker",
-                       usage="sm-ssh connect [--index N | --node NAME | --instance MI_ID] "
-                             "[--wait S] FQDN "
-                             "[ssh options ...] [-- command ...]")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
-    p.add_argument("fqdn", nargs="?", help="<name>.training.sagemaker, <app>.studio.sagemaker, ...")
-    p.add_argument("ssh_args", nargs=argparse.REMAINDER,
-                   help="ssh options, passed to ssh before ours so they win (-L, -R, -A, -N, "
-                        "-o, -l, ...), then the remote command")
+    p = _add_ssh_parser(sub, "connect", help="ssh to <name>.<kind>.sagemaker",
+                        usage="sm-ssh connect [--index N | --node NAME | --instance MI_ID] "
+                              "[--wait S] FQDN "
+                              "[ssh options ...] [-- command ...]",
+                        ssh_help="ssh options, passed to ssh before ours so they win (-L, -R, "
+                                 "-A, -N, -o, -l, ...), then the remote command")
     p.add_argument(KEEP_ALIVE.name, action="store_true", help=KEEP_ALIVE.help)
-    p = sub.add_parser("tunnel", help="forward ports (-L/-R/-D) and re-establish them after "
-                                      "a drop",
-                       usage="sm-ssh tunnel [--index N | --node NAME | --instance MI_ID] "
-                             "[--wait S] FQDN -L LOCAL:HOST:PORT ... [ssh options ...]")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
-    p.add_argument("fqdn", nargs="?", help="<name>.training.sagemaker, <app>.studio.sagemaker, ...")
-    p.add_argument("ssh_args", nargs=argparse.REMAINDER,
-                   help="-L, -R, -D and other ssh options; --wait also bounds how long a "
-                        "dropped tunnel is tried again")
-    p = sub.add_parser("start-proxy", help="ProxyCommand for ~/.ssh/config (stdout = stream)")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
+    _add_ssh_parser(sub, "tunnel", help="forward ports (-L/-R/-D) and re-establish them after "
+                                        "a drop",
+                    usage="sm-ssh tunnel [--index N | --node NAME | --instance MI_ID] "
+                          "[--wait S] FQDN -L LOCAL:HOST:PORT ... [ssh options ...]",
+                    ssh_help="-L, -R, -D and other ssh options; --wait also bounds how long a "
+                             "dropped tunnel is tried again")
+    p = _subcommand(sub, "start-proxy", target=True,
+                    help="ProxyCommand for ~/.ssh/config (stdout = stream)")
     p.add_argument("fqdn")
     p.add_argument("-p", "--port", type=_checked(_whole(1, 65535, "a port number")), default=22,
                    help="sshd port in the container")
-    p = sub.add_parser("stop-waiting", help="release the container's `sm-wait` (every node, "
-                                            "or the one chosen) through SSM, without ssh")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
+    p = _subcommand(sub, "stop-waiting", target=True,
+                    help="release the container's `sm-wait` (every node, or the one chosen) "
+                         "through SSM, without ssh")
     p.add_argument("fqdn", metavar="FQDN|mi-ID")
-    p = sub.add_parser("shell", help="a plain shell in a training job with SageMaker's remote "
-                                     "debugging on, or an endpoint with SSM access (no SSH "
-                                     "server needed)")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
+    p = _subcommand(sub, "shell", target=True,
+                    help="a plain shell in a training job with SageMaker's remote debugging "
+                         "on, or an endpoint with SSM access (no SSH server needed)")
     p.add_argument("fqdn", metavar="FQDN",
                    help="<name>.training.sagemaker or <name>.inference.sagemaker")
-    p = sub.add_parser("config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
-    add_general_options(p, top_level=False)
+    p = _subcommand(sub, "config", help="set up ~/.ssh/config for `ssh <name>.<kind>.sagemaker`")
     p.add_argument("--inline", action="store_true",
                    help="write the host blocks into ~/.ssh/config itself rather than an "
                         "Include of ~/.ssh/sm-ssh/config (paramiko and Fabric ignore Include)")
-    p = sub.add_parser("stage-wheel", help="upload this version's wheel to S3 for Studio, "
-                                           "notebook instances and lifecycle configs")
-    add_general_options(p, top_level=False)
+    p = _subcommand(sub, "stage-wheel", help="upload this version's wheel to S3 for Studio, "
+                                             "notebook instances and lifecycle configs")
     p.add_argument("--s3", metavar="S3_PREFIX",
                    help="where to put it (default: s3://sagemaker-<region>-<account>/"
                         "sagemaker-ssh-helper/)")
@@ -180,12 +185,11 @@ def _size(value: str) -> int:
 
 
 def add_cp_parser(sub: Any) -> None:
-    p = sub.add_parser("cp", help="copy a file to or from a container (big files through S3)",
-                       usage="sm-ssh cp [--via auto|s3|scp] [--s3 S3_PREFIX] "
-                             "[--s3-threshold SIZE] [--index N | --node NAME | --instance MI_ID] "
-                             "SOURCE DESTINATION")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
+    p = _subcommand(sub, "cp", target=True,
+                    help="copy a file to or from a container (big files through S3)",
+                    usage="sm-ssh cp [--via auto|s3|scp] [--s3 S3_PREFIX] "
+                          "[--s3-threshold SIZE] [--index N | --node NAME | --instance MI_ID] "
+                          "SOURCE DESTINATION")
     p.add_argument("source", help="a local file, or <name>.<kind>.sagemaker:/path")
     p.add_argument("destination", help="<name>.<kind>.sagemaker:/path (a file or folder), "
                                        "or a local path")
@@ -198,12 +202,11 @@ def add_cp_parser(sub: Any) -> None:
                    help="files from this size go through S3 (default 1M)")
 
 
-    p = sub.add_parser("sync", help="copy a folder's new and changed files to or from a "
-                                     "container, through S3",
-                       usage="sm-ssh sync [--s3 S3_PREFIX] [--index N | --node NAME | "
-                             "--instance MI_ID] SOURCE_DIR DESTINATION_DIR")
-    add_general_options(p, top_level=False)
-    _add_target_choice(p)
+    p = _subcommand(sub, "sync", target=True,
+                    help="copy a folder's new and changed files to or from a container, "
+                         "through S3",
+                    usage="sm-ssh sync [--s3 S3_PREFIX] [--index N | --node NAME | "
+                          "--instance MI_ID] SOURCE_DIR DESTINATION_DIR")
     p.add_argument("source", help="a local folder, or <name>.<kind>.sagemaker:/folder")
     p.add_argument("destination", help="<name>.<kind>.sagemaker:/folder, or a local folder")
     p.add_argument("--s3", metavar="S3_PREFIX", help="where the temporary archive goes (as cp)")
@@ -223,10 +226,9 @@ def cmd_cp(ctx: Context, args: argparse.Namespace) -> int:
 def _add_exec_parser(sub: Any) -> None:
     from sagemaker_ssh_helper.fanout import DEFAULT_PARALLEL, DEFAULT_RATE
 
-    p = sub.add_parser("exec", help="run a command on every node of a resource at once",
-                       usage="sm-ssh exec [--node NAME[,NAME...]] [--output text|json] "
-                             "[--parallel N] [--rate R] [--wait S] FQDN -- command ...")
-    add_general_options(p, top_level=False)
+    p = _subcommand(sub, "exec", help="run a command on every node of a resource at once",
+                    usage="sm-ssh exec [--node NAME[,NAME...]] [--output text|json] "
+                          "[--parallel N] [--rate R] [--wait S] FQDN -- command ...")
     p.add_argument("fqdn", metavar="FQDN|mi-ID")
     p.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--node", action="append", metavar="NAME[,NAME...]",
@@ -247,10 +249,9 @@ def _add_exec_parser(sub: Any) -> None:
 
 
 def _add_doctor_parser(sub: Any) -> None:
-    p = sub.add_parser("doctor", help="check the set-up (tools, credentials, region, IAM, SSM "
-                                      "tier, stale registrations) and why FQDN is or is not "
-                                      "connectable")
-    add_general_options(p, top_level=False)
+    p = _subcommand(sub, "doctor", help="check the set-up (tools, credentials, region, IAM, SSM "
+                                        "tier, stale registrations) and why FQDN is or is not "
+                                        "connectable")
     p.add_argument("fqdn", nargs="?", metavar="FQDN",
                    help="also explain why <name>.<kind>.sagemaker is or is not connectable now")
     p.add_argument("--output", choices=("text", "json"), default="text")

@@ -164,3 +164,57 @@ def allow_team_owner(sandbox: Any, owner: str) -> None:
     arn = iam.create_policy(PolicyName=f"SSHClientPolicy-{owner}",
                             PolicyDocument=_json.dumps(document))["Policy"]["Arn"]
     iam.attach_user_policy(UserName=USER_NAME, PolicyArn=arn)
+
+
+def moto_address(url: str) -> tuple[str, int]:
+    """(host, port) of the moto server at ``url`` (``moto_url``): where a sandbox Gateway
+    forwards what it does not answer itself."""
+    host, port = url[len("http://"):].rsplit(":", 1)
+    return host, int(port)
+
+
+class RecordingRunner:
+    """Stands in for the sandbox's container runner: keeps the jobs it is given, runs nothing."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def __call__(self, job: Any) -> None:
+        self.jobs.append(job)
+
+
+@pytest.fixture
+def ssm_stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The sandbox's SSM stand-in on a free loopback port, with AWS_ENDPOINT_URL_SSM set to
+    it."""
+    from sagemaker_ssh_sandbox.ssm.service import start_ssm_server
+
+    server = start_ssm_server(port=0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
+    yield server
+    server.shutdown()
+
+
+def create_training_job(name: str, sm: Any = None, instance_count: int = 1,
+                        max_runtime: int = 60) -> None:
+    """A training job as moto keeps it (``sm``: a SageMaker client, the default one if None)."""
+    import boto3
+
+    (sm or boto3.client("sagemaker")).create_training_job(
+        TrainingJobName=name, RoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://b/o"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": instance_count,
+                        "VolumeSizeInGB": 1},
+        StoppingCondition={"MaxRuntimeInSeconds": max_runtime})
+
+
+def create_transform_job(sm: Any, name: str, model: str, environment: dict[str, str]) -> None:
+    """A one-instance batch transform job of ``model`` over s3://b/in, with ``environment``."""
+    sm.create_transform_job(
+        TransformJobName=name, ModelName=model,
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                        "S3Uri": "s3://b/in"}}},
+        TransformOutput={"S3OutputPath": "s3://b/out"},
+        TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+        Environment=environment)

@@ -3,23 +3,21 @@ stand-in's agent, both running in a private mount/PID/UTS namespace ("container"
 /etc/ssh, /run and /tmp are its own, so the host's files are never touched."""
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import shlex
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from conftest import free_port, is_root_linux, keep_visible
+from conftest import create_training_job, free_port, is_root_linux, keep_visible, wait_until
+from e2e_helpers import get, laptop_page, stop
 
 from sagemaker_ssh_helper import keys
 from sagemaker_ssh_helper.errors import SSHHelperError
@@ -81,13 +79,7 @@ def running_job_logged(name: str, node: str, *lines: str) -> None:
 
     sm = boto3.client("sagemaker")
     try:
-        sm.create_training_job(
-            TrainingJobName=name, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole",
-            AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": "s3://b/o"},
-            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2,
-                            "VolumeSizeInGB": 1},
-            StoppingCondition={"MaxRuntimeInSeconds": 3600})
+        create_training_job(name, sm, instance_count=2, max_runtime=3600)
     except sm.exceptions.ClientError as e:
         assert "already" in str(e).lower() or "exist" in str(e).lower(), e
     sagemaker_backends[ACCOUNT]["us-east-1"].training_jobs[name].training_job_status = \
@@ -259,38 +251,10 @@ def test_two_users_connect_at_once(container: Container, env: dict[str, str],
     assert len(container.authorized_keys) == 2
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        body = b"hello through the tunnel\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def web() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-
-
-def _fetch(url: str, proc: subprocess.Popen, deadline: float) -> str:
-    delay = 0.05
-    while True:
-        assert proc.poll() is None, f"ssh exited early: {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    with laptop_page(b"hello through the tunnel\n") as port:
+        yield port
 
 
 def test_local_and_remote_forwarding(container: Container, env: dict[str, str],
@@ -301,10 +265,9 @@ def test_local_and_remote_forwarding(container: Container, env: dict[str, str],
                              "-L", f"{local}:localhost:{web}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        page = _fetch(f"http://127.0.0.1:{local}/", proc, time.monotonic() + 60)
+        page = wait_until(lambda: get(f"http://127.0.0.1:{local}/"), proc, "-L", timeout=60)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     assert page == "hello through the tunnel\n"
     remote = free_port()
     fetch = (f"import urllib.request; print(urllib.request.urlopen("

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from conftest import create_training_job
 
 from sagemaker_ssh_helper import sm_local, sm_ssh
 
@@ -40,12 +41,7 @@ def error_line(capsys: pytest.CaptureFixture[str], prog: str) -> str:
 
 def test_job_in_another_region_points_to_region(aws: Any,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    boto3.client("sagemaker", region_name="eu-west-1").create_training_job(
-        TrainingJobName="far-job", RoleArn="arn:aws:iam::123456789012:role/R",
-        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-        OutputDataConfig={"S3OutputPath": "s3://b/o"},
-        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
-        StoppingCondition={"MaxRuntimeInSeconds": 60})
+    create_training_job("far-job", boto3.client("sagemaker", region_name="eu-west-1"))
     assert sm_ssh.main(["connect", "far-job.training.sagemaker", "--wait", "0"]) == 3
     line = error_line(capsys, "sm-ssh")
     assert "no training job far-job in us-east-1 (the default region)" in line
@@ -108,31 +104,12 @@ def test_a_persistent_5xx_is_retried_a_bounded_number_of_times(
 def test_an_unreachable_endpoint_is_tried_a_bounded_number_of_times(
         aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """An endpoint that takes connections and drops them (a broken proxy, a wrong port)."""
-    import socket
-    import threading
-
     from sagemaker_ssh_helper import aws as aws_module
+    from sagemaker_ssh_sandbox.faults import dropping_endpoint
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[int] = []
-
-    def drop() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            conn.close()
-
-    threading.Thread(target=drop, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", f"http://127.0.0.1:{listener.getsockname()[1]}")
-    try:
+    with dropping_endpoint() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", endpoint.url)
         assert sm_ssh.main(["list", "training.sagemaker"]) == 4
-    finally:
-        listener.close()
     assert "cannot reach the AWS endpoint for ssm:DescribeInstanceProperties" in \
         error_line(capsys, "sm-ssh")
-    assert len(accepted) == aws_module.MAX_ATTEMPTS
+    assert endpoint.accepted == aws_module.MAX_ATTEMPTS

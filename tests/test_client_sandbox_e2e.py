@@ -8,7 +8,6 @@ the ``sm-local-*`` scripts. The last tests release the jobs, so the module's ord
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
@@ -29,6 +28,17 @@ from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, free_port, keep_visible, run, sm_ssh, wait_until
+from e2e_helpers import (
+    PAGE_ENTRY_POINT,
+    forwarded_page,
+    get,
+    laptop_fetch,
+    laptop_page,
+    launch,
+    ssm_calls,
+    stop,
+    user_env,
+)
 
 from sagemaker_ssh_helper import keys, mux
 from sagemaker_ssh_sandbox import Sandbox
@@ -63,30 +73,6 @@ print("JOBS " + json.dumps({"one": launch("train.py", "client-one", 1),
                             "nossh": launch("nossh.py", "client-nossh", 1)}), flush=True)
 """
 
-ENTRY_POINT = """\
-import http.server, socket, threading
-
-import sagemaker_ssh_helper
-
-
-class Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"page from {socket.gethostname()}\\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Page)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-sagemaker_ssh_helper.setup_and_start_ssh()
-print("released", flush=True)
-"""
-
 NO_SSH = "import time\ntime.sleep(900)\n"
 
 
@@ -111,22 +97,10 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("client-e2e")
     with Sandbox(tmp / "sandbox", stop_grace=3.0) as sandbox:
-        source = tmp / "src"
-        source.mkdir()
-        (source / "train.py").write_text(ENTRY_POINT)
-        (source / "nossh.py").write_text(NO_SSH)
-        (tmp / "launch.py").write_text(LAUNCH)
-        (tmp / "alice").mkdir()
-        env = dict(os.environ, **sandbox.env, HOME=str(tmp / "alice"),
-                   SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env = user_env(sandbox.env, tmp / "alice")
         env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
-                                            if p)
-        done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
-                              cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("JOBS ")]
-        assert done.returncode == 0 and lines, done.stderr[-3000:]
-        jobs = json.loads(lines[-1][len("JOBS "):])
+        jobs = json.loads(launch(LAUNCH, tmp, {"train.py": PAGE_ENTRY_POINT, "nossh.py": NO_SSH},
+                                 env, marker="JOBS "))
         from sagemaker_ssh_helper.manager import SSMManager
 
         with sandbox.activated():
@@ -164,15 +138,6 @@ def one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) 
     for needle in needles:
         assert needle in error, done.stderr
     return str(error)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # -- listing -----------------------------------------------------------------------------------
@@ -218,46 +183,10 @@ def test_the_users_ssh_options_win_over_ours(world: World) -> None:
     one_line_error(done, 255, f"ssh to {world.fqdn('one')} failed:", "host key")
 
 
-class _Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        body = b"page from the laptop\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
 def test_local_and_remote_forwarding_carry_data_both_ways(world: World) -> None:
-    local = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "-N",
-                                   "-L", f"{local}:localhost:8080"),
-                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        page = wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "-L")
-    finally:
-        stop(proc)
-    assert page == "page from algo-1\n"
-
-    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    threading.Thread(target=laptop.serve_forever, daemon=True).start()
-    remote = free_port()
-    fetch = ("import urllib.request; print(urllib.request.urlopen("
-             f"'http://127.0.0.1:{remote}/').read().decode(), end='')")
-    try:
-        done = run(sm_ssh("connect", world.fqdn("one"),
-                          "-R", f"{remote}:127.0.0.1:{laptop.server_address[1]}", "--",
-                          shlex.join(["python3", "-c", fetch])), world.env)
-    finally:
-        laptop.shutdown()
+    connect = sm_ssh("connect", world.fqdn("one"))
+    assert forwarded_page(connect, world.env) == "page from algo-1\n"
+    done = laptop_fetch(connect, world.env)
     assert (done.returncode, done.stdout) == (0, "page from the laptop\n"), done.stderr
 
 
@@ -774,76 +703,74 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
                               free_port(), free_port())
     before = set(active_sessions(world, mi))
     lines: list[str] = []
-    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    threading.Thread(target=laptop.serve_forever, daemon=True).start()
-    proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080",
-                                   "-R", f"{remote}:127.0.0.1:{laptop.server_address[1]}"),
-                            env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True).start()
-    page = "page from algo-1\n"
-    seen: list[str] = []
+    with laptop_page() as laptop:
+        proc = subprocess.Popen(sm_ssh("tunnel", world.fqdn("one"), "-L", f"{local}:localhost:8080",
+                                       "-R", f"{remote}:127.0.0.1:{laptop}"),
+                                env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True).start()
+        page = "page from algo-1\n"
+        seen: list[str] = []
 
-    def said(needle: str, count: int) -> None:
-        assert sum(needle in line for line in lines) >= count, lines
+        def said(needle: str, count: int) -> None:
+            assert sum(needle in line for line in lines) >= count, lines
 
-    def plugin() -> int:
-        pids = [p for p, cmd in descendants(proc.pid).items()
-                if "sagemaker_ssh_sandbox.ssm.plugin" in cmd and "runpy" in cmd]
-        assert len(pids) == 1, descendants(proc.pid)
-        return pids[0]
+        def plugin() -> int:
+            pids = [p for p, cmd in descendants(proc.pid).items()
+                    if "sagemaker_ssh_sandbox.ssm.plugin" in cmd and "runpy" in cmd]
+            assert len(pids) == 1, descendants(proc.pid)
+            return pids[0]
 
-    def comes_back(drops: int, fault: Any, bound: float) -> float:
-        """Inject ``fault``; the tunnel says it dropped and serves the page again."""
-        new = set(active_sessions(world, mi)) - before
-        assert len(new) == 1, new  # the tunnel's one session
-        seen.extend(new)
-        began = time.monotonic()
-        fault(new.pop())
-        wait_until(lambda: said("dropped", drops), proc, "the drop noticed", timeout=bound)
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc,
-                          "the page again", timeout=bound) == page
-        took = time.monotonic() - began
-        wait_until(lambda: said("is back after", drops), proc, "back", timeout=5)
-        return took
+        def comes_back(drops: int, fault: Any, bound: float) -> float:
+            """Inject ``fault``; the tunnel says it dropped and serves the page again."""
+            new = set(active_sessions(world, mi)) - before
+            assert len(new) == 1, new  # the tunnel's one session
+            seen.extend(new)
+            began = time.monotonic()
+            fault(new.pop())
+            wait_until(lambda: said("dropped", drops), proc, "the drop noticed", timeout=bound)
+            assert wait_until(lambda: get(f"http://127.0.0.1:{local}/"), proc,
+                              "the page again", timeout=bound) == page
+            took = time.monotonic() - began
+            wait_until(lambda: said("is back after", drops), proc, "back", timeout=5)
+            return took
 
-    frozen: list[int] = []
+        frozen: list[int] = []
 
-    def freeze(_session: str) -> None:
-        frozen.append(plugin())
-        os.kill(frozen[-1], 19)  # SIGSTOP: the stream hangs, nothing is closed
+        def freeze(_session: str) -> None:
+            frozen.append(plugin())
+            os.kill(frozen[-1], 19)  # SIGSTOP: the stream hangs, nothing is closed
 
-    try:
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "tunnel") == page
-        wait_until(lambda: said("is up; Ctrl-C closes it", 1), proc, "up", timeout=5)
-        took = [comes_back(1, lambda sid: ssm.terminate_session(SessionId=sid), 30),
-                comes_back(2, lambda _sid: os.kill(plugin(), 9), 30),
-                comes_back(3, freeze, 45)]
-        print(f"time to recover: session dropped {took[0]:.1f} s, plugin killed "
-              f"{took[1]:.1f} s, plugin hung {took[2]:.1f} s")
-        assert re.search(r"dropped \(Timeout, server \S+ not responding", "".join(lines)), lines
-        fetch = ("import urllib.request; print(urllib.request.urlopen("
-                 f"'http://127.0.0.1:{remote}/', timeout=5).read().decode(), end='')")
+        try:
+            assert wait_until(lambda: get(f"http://127.0.0.1:{local}/"), proc, "tunnel") == page
+            wait_until(lambda: said("is up; Ctrl-C closes it", 1), proc, "up", timeout=5)
+            took = [comes_back(1, lambda sid: ssm.terminate_session(SessionId=sid), 30),
+                    comes_back(2, lambda _sid: os.kill(plugin(), 9), 30),
+                    comes_back(3, freeze, 45)]
+            print(f"time to recover: session dropped {took[0]:.1f} s, plugin killed "
+                  f"{took[1]:.1f} s, plugin hung {took[2]:.1f} s")
+            assert re.search(r"dropped \(Timeout, server \S+ not responding", "".join(lines)), lines
+            fetch = ("import urllib.request; print(urllib.request.urlopen("
+                     f"'http://127.0.0.1:{remote}/', timeout=5).read().decode(), end='')")
 
-        def from_the_container() -> None:
-            out = keys.run_shell_command(ssm, mi, shlex.join(["python3", "-c", fetch])
-                                         + " 2>&1 || true")
-            assert out == "page from the laptop\n", out
+            def from_the_container() -> None:
+                out = keys.run_shell_command(ssm, mi, shlex.join(["python3", "-c", fetch])
+                                             + " 2>&1 || true")
+                assert out == "page from the laptop\n", out
 
-        wait_until(from_the_container, proc, "-R after the drops", timeout=30)
-        running = descendants(proc.pid)
-        assert any(" -N " in f" {cmd} " and cmd.startswith(("ssh", "/usr/bin/ssh"))
-                   for cmd in running.values()), running
-        os.killpg(proc.pid, 2)  # Ctrl-C
-        assert proc.wait(timeout=30) == 130
-    finally:
-        laptop.shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-        for pid in frozen:  # a hung plugin gets ssh's SIGHUP once it runs again
-            if alive(pid):
-                os.kill(pid, 18)
+            wait_until(from_the_container, proc, "-R after the drops", timeout=30)
+            running = descendants(proc.pid)
+            assert any(" -N " in f" {cmd} " and cmd.startswith(("ssh", "/usr/bin/ssh"))
+                       for cmd in running.values()), running
+            os.killpg(proc.pid, 2)  # Ctrl-C
+            assert proc.wait(timeout=30) == 130
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            for pid in frozen:  # a hung plugin gets ssh's SIGHUP once it runs again
+                if alive(pid):
+                    os.kill(pid, 18)
     assert lines[-1].startswith("sm-ssh: tunnel to ") and "closed" in lines[-1], lines
     assert not [pid for pid in running if alive(pid) and pid not in frozen], running
     deadline = time.monotonic() + 10
@@ -859,7 +786,7 @@ def test_a_tunnel_comes_back_after_drops_and_ctrl_c_leaves_nothing(world: World)
                             env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "again") == page
+        assert wait_until(lambda: get(f"http://127.0.0.1:{local}/"), proc, "again") == page
         running = descendants(proc.pid)
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -881,7 +808,7 @@ def test_a_tunnel_that_cannot_come_back_gives_up_after_wait(world: World) -> Non
                             env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "tunnel")
+        wait_until(lambda: get(f"http://127.0.0.1:{local}/"), proc, "tunnel")
         inject(world, "StartSession", "AccessDeniedException", 100)
         (session,) = set(active_sessions(world, mi)) - before
         world.sandbox.client("ssm").terminate_session(SessionId=session)
@@ -909,9 +836,7 @@ def test_a_tunnel_coming_back_to_another_instance_pushes_the_key_there(
     from sagemaker_ssh_helper import connect
 
     def pushes() -> int:
-        with urllib.request.urlopen(f"{world.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
-                                    timeout=10) as answer:
-            return int(json.loads(answer.read())["CallCounts"].get("SendCommand", 0))
+        return ssm_calls(world.env).get("SendCommand", 0)
 
     with world.sandbox.activated():
         monkeypatch.setenv("HOME", world.home("reconnecting")["HOME"])

@@ -7,14 +7,13 @@ import os
 import site
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sagemaker_ssh_helper import bootstrap
-from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import SSMServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,14 +130,6 @@ def test_a_failed_setup_does_not_fail_the_job(
     assert "sm-setup-ssh exited with code 1; the job continues without SSH" in caplog.text
 
 
-@pytest.fixture
-def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SSMServer]:
-    server = start_ssm_server(port=0)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
-    yield server
-    server.shutdown()
-
-
 def state_files(tmp_path: Path, owner: int, instance_id: str) -> tuple[Path, Path]:
     """The setup owner's PID file and the saved mi-id, as start-ssh leaves them."""
     owner_file, mi_id_file = tmp_path / "setup-owner-pid", tmp_path / "mi-id"
@@ -147,31 +138,33 @@ def state_files(tmp_path: Path, owner: int, instance_id: str) -> tuple[Path, Pat
     return owner_file, mi_id_file
 
 
-def test_the_process_that_started_the_setup_deregisters(tmp_path: Path, ssm: SSMServer) -> None:
-    [instance_id] = ssm.backend.add_fake_instances(1)
+def test_the_process_that_started_the_setup_deregisters(tmp_path: Path,
+                                                        ssm_stand_in: SSMServer) -> None:
+    [instance_id] = ssm_stand_in.backend.add_fake_instances(1)
     owner_file, mi_id_file = state_files(tmp_path, os.getpid(), instance_id)
     assert bootstrap.deregister_at_exit(owner_file, mi_id_file) == instance_id
-    assert ssm.backend.instance(instance_id)["Deregistered"]
+    assert ssm_stand_in.backend.instance(instance_id)["Deregistered"]
     assert not mi_id_file.exists()
 
 
-def test_other_processes_leave_the_instance_alone(tmp_path: Path, ssm: SSMServer) -> None:
-    [instance_id] = ssm.backend.add_fake_instances(1)
+def test_other_processes_leave_the_instance_alone(tmp_path: Path, ssm_stand_in: SSMServer) -> None:
+    [instance_id] = ssm_stand_in.backend.add_fake_instances(1)
     owner_file, mi_id_file = state_files(tmp_path, os.getppid(), instance_id)
     assert bootstrap.deregister_at_exit(owner_file, mi_id_file) is None
-    assert not ssm.backend.instance(instance_id)["Deregistered"]
-    assert ssm.backend.stats()["CallCounts"].get("DeregisterManagedInstance", 0) == 0
+    assert not ssm_stand_in.backend.instance(instance_id)["Deregistered"]
+    assert ssm_stand_in.backend.stats()["CallCounts"].get("DeregisterManagedInstance", 0) == 0
 
 
-def test_an_instance_already_gone_counts_as_deregistered(tmp_path: Path, ssm: SSMServer) -> None:
+def test_an_instance_already_gone_counts_as_deregistered(tmp_path: Path,
+                                                         ssm_stand_in: SSMServer) -> None:
     owner_file, mi_id_file = state_files(tmp_path, os.getpid(), "mi-0123456789abcdef0")
     assert bootstrap.deregister_at_exit(owner_file, mi_id_file) == "mi-0123456789abcdef0"
 
 
 def test_deregistration_errors_are_reported_not_raised(
-        tmp_path: Path, ssm: SSMServer, caplog: pytest.LogCaptureFixture) -> None:
-    [instance_id] = ssm.backend.add_fake_instances(1)
-    ssm.backend.inject_fault("DeregisterManagedInstance", "AccessDeniedException", 5)
+        tmp_path: Path, ssm_stand_in: SSMServer, caplog: pytest.LogCaptureFixture) -> None:
+    [instance_id] = ssm_stand_in.backend.add_fake_instances(1)
+    ssm_stand_in.backend.inject_fault("DeregisterManagedInstance", "AccessDeniedException", 5)
     owner_file, mi_id_file = state_files(tmp_path, os.getpid(), instance_id)
     with caplog.at_level(logging.INFO, logger="sagemaker_ssh_helper.bootstrap"):
         assert bootstrap.deregister_at_exit(owner_file, mi_id_file) is None

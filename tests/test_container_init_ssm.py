@@ -20,7 +20,7 @@ from test_container_support import Container, namespaces_available
 
 from sagemaker_ssh_helper import contract, init_ssm, retry
 from sagemaker_ssh_helper.errors import AwsError, UsageError
-from sagemaker_ssh_sandbox.ssm.service import SSMServer, start_ssm_server
+from sagemaker_ssh_sandbox.ssm.service import SSMServer
 
 needs_namespaces = pytest.mark.skipif(not namespaces_available(),
                                       reason="needs root and Linux namespaces")
@@ -28,14 +28,6 @@ ARN = "arn:aws:sagemaker:us-east-1:123456789012:processing-job/prep-job"
 REGISTERED = re.compile(
     r"^Successfully registered the instance with AWS SSM using Managed instance-id: "
     r"(mi-[0-9a-f]{17})$", re.M)
-
-
-@pytest.fixture
-def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SSMServer]:
-    server = start_ssm_server(port=0)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", server.url)
-    yield server
-    server.shutdown()
 
 
 def client() -> Any:
@@ -56,11 +48,11 @@ def test_tags_are_exactly_the_five_contract_tags() -> None:
     ]
 
 
-def test_activation_is_created_as_specified(ssm: SSMServer) -> None:
+def test_activation_is_created_as_specified(ssm_stand_in: SSMServer) -> None:
     activation = init_ssm.create_activation(client(), "service-role/SSMRole", TAGS,
                                             "sagemaker-ssh-helper processing prep-job",
                                             "prep-job")
-    stored = ssm.backend.activations[activation.activation_id]
+    stored = ssm_stand_in.backend.activations[activation.activation_id]
     assert stored.code == activation.code
     assert (stored.iam_role, stored.registration_limit) == ("service-role/SSMRole", 1)
     assert (stored.description, stored.default_instance_name) == \
@@ -68,14 +60,14 @@ def test_activation_is_created_as_specified(ssm: SSMServer) -> None:
     assert stored.tags == {t["Key"]: t["Value"] for t in TAGS}
 
 
-def test_throttling_is_retried_with_jittered_exponential_backoff(ssm: SSMServer) -> None:
-    ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 3)
+def test_throttling_is_retried_with_jittered_exponential_backoff(ssm_stand_in: SSMServer) -> None:
+    ssm_stand_in.backend.inject_fault("CreateActivation", "ThrottlingException", 3)
     sleeps: list[float] = []
     activation = init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n",
                                             sleep=sleeps.append, rand=lambda: 0.5)
-    assert activation.activation_id in ssm.backend.activations
+    assert activation.activation_id in ssm_stand_in.backend.activations
     assert sleeps == [0.75, 1.5, 3.0]
-    assert ssm.backend.stats()["CallCounts"]["CreateActivation"] == 4
+    assert ssm_stand_in.backend.stats()["CallCounts"]["CreateActivation"] == 4
 
 
 def test_backoff_stays_within_bounds() -> None:
@@ -85,8 +77,8 @@ def test_backoff_stays_within_bounds() -> None:
         assert retry.backoff_delay(attempt, lambda: 1.0) == ceiling
 
 
-def test_endless_throttling_gives_up_with_a_clear_error(ssm: SSMServer) -> None:
-    ssm.backend.inject_fault("CreateActivation", "ThrottlingException", 100)
+def test_endless_throttling_gives_up_with_a_clear_error(ssm_stand_in: SSMServer) -> None:
+    ssm_stand_in.backend.inject_fault("CreateActivation", "ThrottlingException", 100)
     sleeps: list[float] = []
     with pytest.raises(AwsError, match="AWS throttled ssm:CreateActivation"):
         init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n", sleep=sleeps.append)
@@ -97,11 +89,11 @@ def no_sleep(seconds: float) -> None:
     pytest.fail(f"unexpected retry after {seconds} s")
 
 
-def test_access_denied_is_not_retried_and_names_pass_role(ssm: SSMServer) -> None:
-    ssm.backend.inject_fault("CreateActivation", "AccessDeniedException", 1)
+def test_access_denied_is_not_retried_and_names_pass_role(ssm_stand_in: SSMServer) -> None:
+    ssm_stand_in.backend.inject_fault("CreateActivation", "AccessDeniedException", 1)
     with pytest.raises(AwsError, match=r"iam:PassRole on SSMRole"):
         init_ssm.create_activation(client(), "SSMRole", TAGS, "d", "n", sleep=no_sleep)
-    assert ssm.backend.stats()["CallCounts"]["CreateActivation"] == 1
+    assert ssm_stand_in.backend.stats()["CallCounts"]["CreateActivation"] == 1
 
 
 def test_role_comes_from_ssh_ssm_role() -> None:

@@ -8,26 +8,22 @@
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import subprocess
 import sys
-import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E
+from e2e_helpers import upload_source, user_env, wait_for
 
 from sagemaker_ssh_helper.aws import role_name_from_arn
 from sagemaker_ssh_helper.cdk.handlers import low_gpu
 from sagemaker_ssh_sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "sagemaker_ssh_helper"
 
 pytestmark = SANDBOX_E2E
 
@@ -51,19 +47,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def source_uri(sandbox: Sandbox) -> str:
     """sourcedir.tar.gz as the SDK would upload it: the scripts plus the package folder."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(REPO / "examples" / "train_placeholder.py", arcname="train_placeholder.py")
-        data = WATCH_RULES.encode()
-        info = tarfile.TarInfo("watch_rules.py")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-        tar.add(PACKAGE, arcname="sagemaker_ssh_helper",
-                filter=lambda t: None if "__pycache__" in t.name else t)
-    bucket = sandbox.state["bucket"]
-    sandbox.client("s3").put_object(Bucket=bucket, Key="cost/sourcedir.tar.gz",
-                                    Body=buffer.getvalue())
-    return f"s3://{bucket}/cost/sourcedir.tar.gz"
+    return upload_source(sandbox, "cost", {
+        "train_placeholder.py": (REPO / "examples" / "train_placeholder.py").read_text(),
+        "watch_rules.py": WATCH_RULES})
 
 
 def create_job(sandbox: Sandbox, name: str, source: str, program: str,
@@ -84,21 +70,6 @@ def create_job(sandbox: Sandbox, name: str, source: str, program: str,
     return str(sandbox.client("sagemaker").create_training_job(**request)["TrainingJobArn"])
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline, delay = time.monotonic() + timeout, 0.05
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-
-
-def ssh_env(sandbox: Sandbox, home: Path) -> dict[str, str]:
-    home.mkdir(exist_ok=True)  # client keys and known_hosts stay out of the real ~/.ssh
-    env = dict(os.environ, **sandbox.env, HOME=str(home))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def test_placeholder_stays_while_a_session_is_open_and_ends_after(
         sandbox: Sandbox, source_uri: str, tmp_path: Path) -> None:
     owner = sandbox.client("sts").get_caller_identity()["UserId"]
@@ -117,7 +88,7 @@ def test_placeholder_stays_while_a_session_is_open_and_ends_after(
     done = subprocess.run(
         [sys.executable, "-m", "sagemaker_ssh_helper.sm_ssh", "connect",
          f"{job}.training.sagemaker", "--wait", "180", "--", remote],
-        env=ssh_env(sandbox, tmp_path / "home"), capture_output=True, text=True, timeout=300)
+        env=user_env(sandbox.env, tmp_path / "home"), capture_output=True, text=True, timeout=300)
     log = sandbox.container_log(job)
     assert done.returncode == 0, done.stderr[-2000:] + log[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "session-survived"
@@ -144,7 +115,7 @@ def test_profiler_issues_are_seen_inside_the_job(sandbox: Sandbox, source_uri: s
                      DebugRuleConfigurations=[
                          {"RuleConfigurationName": "LossNotDecreasing",
                           "RuleEvaluatorImage": "debugger-rules"}])
-    wait_until("the job to poll its rules",
+    wait_for("the job to poll its rules",
                lambda: "watching the profiler rules" in sandbox.container_log(job))
     from sagemaker_ssh_helper import idle
 

@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from conftest import FakeClock
+from conftest import FakeClock, create_training_job
 
 from sagemaker_ssh_helper import fqdn, sm_ssh
 from sagemaker_ssh_helper.errors import AwsError, SSHHelperError
@@ -179,15 +179,8 @@ def test_expired_lists_only_offline_ssh_instances(ssm: Any) -> None:
 
 def test_list_joins_jobs_with_one_scan(ssm: Any, moto_url: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    sm = boto3.client("sagemaker")
     for name in ("listed-a", "listed-b"):
-        sm.create_training_job(
-            TrainingJobName=name, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/R",
-            AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": "s3://b/o"},
-            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
-                            "VolumeSizeInGB": 1},
-            StoppingCondition={"MaxRuntimeInSeconds": 60})
+        create_training_job(name)
     b = ssm.backend
     online = b.add_fake_instances(1, tags=tags("listed-a"))
     b.add_fake_instances(1, tags=tags("gone-job"), ping_status="ConnectionLost")

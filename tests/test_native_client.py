@@ -16,10 +16,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from conftest import RecordingRunner, moto_address
 
 from sagemaker_ssh_helper import native_container, sm_ssh, transport
 from sagemaker_ssh_sandbox.gateway import Gateway
-from sagemaker_ssh_sandbox.sagemaker.jobs import Job, JobsAPI
+from sagemaker_ssh_sandbox.sagemaker.jobs import JobsAPI
 from sagemaker_ssh_sandbox.ssm.commands import check_instance_ids
 from sagemaker_ssh_sandbox.ssm.state import SSMError
 
@@ -32,30 +33,10 @@ NATIVE_ENV = {"START_SSH": "true", "SSH_TRANSPORT": "native", "SSH_OWNER_TAG": O
               "SSH_AUTHORIZED_KEYS_PATH": "s3://keys/ssh-native-keys/"}
 
 
-class Runner:
-    """Stands in for the container runner: keeps jobs where the test puts them."""
-
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-
-    def __call__(self, job: Job) -> None:
-        self.jobs.append(job)
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[Any]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def jobs(moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobsAPI]:
-    api = JobsAPI("us-east-1", "123456789012", Runner())
-    gw = Gateway(("127.0.0.1", 0), moto_server.get_host_and_port(), api).start()
+def jobs(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobsAPI]:
+    api = JobsAPI("us-east-1", "123456789012", RecordingRunner())
+    gw = Gateway(("127.0.0.1", 0), moto_address(moto_url), api).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", gw.url)  # how every client finds the sandbox
     monkeypatch.setenv("PATH", f"{SANDBOX_BIN}{os.pathsep}{os.environ['PATH']}")  # the plugin
     yield api
@@ -183,11 +164,10 @@ def test_keys_layout_puts_the_owner_first() -> None:
         transport.check_transport("ssm")
 
 
-def test_sshd_gets_plain_keys_of_the_owners_job_folder_only(moto_server: Any,
+def test_sshd_gets_plain_keys_of_the_owners_job_folder_only(moto_url: str,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    host, port = moto_server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="keys")
     layout = transport.KeyLayout.for_job("s3://keys/ssh-native-keys/", OWNER, "job-a")

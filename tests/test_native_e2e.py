@@ -11,25 +11,19 @@ the plain shell.
 """
 from __future__ import annotations
 
-import http.server
 import json
-import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import SANDBOX_E2E, free_port, sm_ssh, wait_until
+from conftest import SANDBOX_E2E, free_port, run, sm_ssh
+from e2e_helpers import PAGE_ENTRY_POINT, forwarded_page, laptop_fetch, launch, ssm_calls, user_env
 
 from sagemaker_ssh_sandbox import Sandbox
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = SANDBOX_E2E
 
@@ -52,26 +46,6 @@ estimator.fit(wait=False)
 print(estimator.latest_training_job.name)
 """
 
-TRAIN = """\
-import http.server, socket, threading
-
-import sagemaker_ssh_helper
-
-class Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"page from {socket.gethostname()}\\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Page)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-sagemaker_ssh_helper.setup_and_start_ssh()
-print("released", flush=True)
-"""
-
-
 PLAIN = """\
 import os, time
 
@@ -79,18 +53,6 @@ deadline = time.time() + 300
 while not os.path.exists("/tmp/done") and time.time() < deadline:
     time.sleep(0.2)
 """
-
-
-class _Laptop(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        body = b"page from the laptop\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -101,55 +63,19 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
-    out = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (out.get("PYTHONPATH", ""), str(REPO)) if p)
-    return out
+    return user_env(sandbox.env, tmp_path_factory.mktemp("home"))
 
 
-def launch(env: dict[str, str], tmp_path: Path, base_name: str, count: int,
-           transport: str) -> str:
-    work = tmp_path / base_name
-    (work / "src").mkdir(parents=True)
-    (work / "src" / "train.py").write_text(TRAIN)
-    (work / "src" / "plain.py").write_text(PLAIN)
-    (work / "launch.py").write_text(LAUNCH)
-    done = subprocess.run([sys.executable, str(work / "launch.py"), str(work / "src"), base_name,
-                           str(count), transport], env=env, cwd=work, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
-def run(argv: Any, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def ssm_calls(env: dict[str, str]) -> dict[str, int]:
-    with urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
-                                timeout=10) as response:
-        return dict(json.loads(response.read())["CallCounts"])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
+def launch_job(env: dict[str, str], tmp_path: Path, base_name: str, count: int,
+               transport: str) -> str:
+    return launch(LAUNCH, tmp_path / base_name, {"train.py": PAGE_ENTRY_POINT, "plain.py": PLAIN},
+                  env, base_name, str(count), transport)
 
 
 def test_native_journey_two_nodes_forwarding_release_and_list(
         sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     before = ssm_calls(env).get("CreateActivation", 0)
-    job = launch(env, tmp_path, "native", 2, "native")
+    job = launch_job(env, tmp_path, "native", 2, "native")
     described = sandbox.client("sagemaker").describe_training_job(TrainingJobName=job)
     assert described["RemoteDebugConfig"] == {"EnableRemoteDebug": True}
     assert described["Environment"]["SSH_TRANSPORT"] == "native"
@@ -178,27 +104,8 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     assert "SSH is served over SageMaker's remote debugging" in sandbox.container_log(job)
 
     # -L: a page served in the container; -R: a page served on the laptop
-    local = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", "--node", "algo-2", fqdn, "-N",
-                                   "-L", f"{local}:localhost:8080"),
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        page = wait_until(lambda: _get(f"http://127.0.0.1:{local}/"), proc, "-L")
-    finally:
-        stop(proc)
-    assert page == "page from algo-2\n"
-    laptop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Laptop)
-    threading.Thread(target=laptop.serve_forever, daemon=True).start()
-    remote = free_port()
-    fetch = ("import urllib.request; print(urllib.request.urlopen("
-             f"'http://127.0.0.1:{remote}/').read().decode(), end='')")
-    try:
-        done = run(sm_ssh("connect", "--node", "algo-1", fqdn, "-R",
-                          f"{remote}:127.0.0.1:{laptop.server_address[1]}", "--",
-                          shlex.join(["python3", "-c", fetch])), env)
-    finally:
-        laptop.shutdown()
+    assert forwarded_page(sm_ssh("connect", "--node", "algo-2", fqdn), env) == "page from algo-2\n"
+    done = laptop_fetch(sm_ssh("connect", "--node", "algo-1", fqdn), env)
     assert (done.returncode, done.stdout) == (0, "page from the laptop\n"), done.stderr
 
     # plain ssh through `sm-ssh config` (start-proxy), and SSMProxy from Python
@@ -234,7 +141,7 @@ def test_native_journey_two_nodes_forwarding_release_and_list(
     assert (done.returncode, done.stdout.strip()) == (0, "algo-1"), done.stderr[-2000:]
 
     # a hybrid job next to it; `sm-ssh list` tells the transports apart
-    hybrid = launch(env, tmp_path, "hybrid", 1, "hybrid")
+    hybrid = launch_job(env, tmp_path, "hybrid", 1, "hybrid")
     done = run(sm_ssh("list", "training.sagemaker", "--output", "json"), env)
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)}
@@ -281,7 +188,7 @@ def _ssm_proxy_hostname(env: dict[str, str], job: str) -> str:
 
 def test_remote_debugging_without_ssh_helper_gets_the_plain_shell(
         sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
-    job = launch(env, tmp_path, "plain", 1, "plain")  # no SSH Helper, remote debugging off
+    job = launch_job(env, tmp_path, "plain", 1, "plain")  # no SSH Helper, remote debugging off
     fqdn = f"{job}.training.sagemaker"
     done = run(sm_ssh("shell", fqdn, "--wait", "60"), env)
     assert done.returncode == 3 and f"training job {job} has remote debugging off: turn it " \
@@ -359,14 +266,8 @@ def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: dict[str, str],
     variant has EnableSSMAccess, no activation is created, SSH runs over SageMaker's
     ``sagemaker-endpoint:`` target found through the instance's SSM log stream."""
     before = ssm_calls(env).get("CreateActivation", 0)
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "inference.py").write_text(INFERENCE)
-    (tmp_path / "launch.py").write_text(ENDPOINT_LAUNCH)
-    done = run([sys.executable, str(tmp_path / "launch.py"), str(tmp_path / "src")], env,
-               timeout=300)
-    lines = [line for line in done.stdout.splitlines() if "RESULT " in line]  # after "!!"
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(lines[-1].split("RESULT ", 1)[1])
+    result = json.loads(launch(ENDPOINT_LAUNCH, tmp_path, {"inference.py": INFERENCE}, env,
+                               marker="RESULT "))  # after the SDK's "!!"
     endpoint, fqdn = result["endpoint"], f"{result['endpoint']}.inference.sagemaker"
     sm = sandbox.client("sagemaker")
     config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
@@ -385,14 +286,7 @@ def test_native_endpoint_over_ssm_access(sandbox: Sandbox, env: dict[str, str],
     assert ssm_calls(env).get("CreateActivation", 0) == before
 
     # -L to the model server's port, through SageMaker's target
-    local = free_port()
-    proc = subprocess.Popen(sm_ssh("connect", fqdn, "-N", "-L", f"{local}:localhost:8080"),
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: _get(f"http://127.0.0.1:{local}/ping"), proc, "-L")
-    finally:
-        stop(proc)
+    forwarded_page(sm_ssh("connect", fqdn), env, path="/ping")
 
     done = run(sm_ssh("list", "inference.sagemaker", "--output", "json"), env)
     rows = {r["name"]: r for r in json.loads(done.stdout)}

@@ -12,9 +12,7 @@ down with an endpoint still starting, so the module's order matters.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import SANDBOX_E2E, allow_team_owner, free_port, run, sm_ssh, wait_until
+from e2e_helpers import launch, stop, user_env
 
 from sagemaker_ssh_helper import mux
 from sagemaker_ssh_sandbox import Sandbox
@@ -168,23 +167,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("endpoints-e2e")
     with Sandbox(tmp / "sandbox", stop_grace=3.0) as sandbox:
         allow_team_owner(sandbox, "e2e-owner")
-        source = tmp / "src"
-        source.mkdir()
-        (source / "inference.py").write_text(INFERENCE)
-        (source / "failing.py").write_text(FAILING)
-        (source / "holding.py").write_text(HOLDING)
-        (tmp / "launch.py").write_text(LAUNCH)
-        (tmp / "home").mkdir()
-        env = dict(os.environ, **sandbox.env, HOME=str(tmp / "home"),
-                   SAGEMAKER_SUPPRESS_V2_WARNING="1")
+        env = user_env(sandbox.env, tmp / "home")
         env.pop("SM_SSH_REUSE", None)  # the user's default: shared connections
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO))
-                                            if p)
-        done = subprocess.run([sys.executable, str(tmp / "launch.py"), str(source)], env=env,
-                              cwd=tmp, capture_output=True, text=True, timeout=600, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
-        yield World(sandbox, env, json.loads(lines[-1][len("RESULT "):]))
+        sources = {"inference.py": INFERENCE, "failing.py": FAILING, "holding.py": HOLDING}
+        result = launch(LAUNCH, tmp, sources, env, timeout=600, marker="RESULT ")
+        yield World(sandbox, env, json.loads(result))
 
 
 # -- (a) the endpoint ----------------------------------------------------------------------------
@@ -230,8 +217,7 @@ def test_port_8080_of_the_model_server_through_the_tunnel(world: World) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
     assert answer["prediction"] == [3.0, 6.0]
     assert answer["host"].startswith("i-")
 

@@ -14,14 +14,10 @@ policies the CDK stacks generate, per principal: the sandbox user, the jobs' exe
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 import subprocess
 import sys
-import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -29,13 +25,13 @@ from typing import Any, Callable
 import boto3
 import pytest
 from conftest import SANDBOX_E2E
+from e2e_helpers import upload_source, user_env, wait_for
 
 from sagemaker_ssh_helper.aws import role_name_from_arn
 from sagemaker_ssh_sandbox import Sandbox
 from sagemaker_ssh_sandbox.iam.account import STUDIO_ROLE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "sagemaker_ssh_helper"
 
 pytestmark = SANDBOX_E2E
 
@@ -66,18 +62,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 def source(sandbox: Sandbox) -> str:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in (("victim.py", VICTIM), ("attacker.py", ATTACKER)):
-            info = tarfile.TarInfo(name)
-            info.size = len(text.encode())
-            tar.addfile(info, io.BytesIO(text.encode()))
-        tar.add(PACKAGE, arcname="sagemaker_ssh_helper",
-                filter=lambda t: None if "__pycache__" in t.name else t)
-    bucket = sandbox.state["bucket"]
-    sandbox.client("s3").put_object(Bucket=bucket, Key="iam/sourcedir.tar.gz",
-                                    Body=buffer.getvalue())
-    return f"s3://{bucket}/iam/sourcedir.tar.gz"
+    return upload_source(sandbox, "iam", {"victim.py": VICTIM, "attacker.py": ATTACKER})
 
 
 def create_job(sandbox: Sandbox, name: str, uri: str, program: str,
@@ -92,22 +77,6 @@ def create_job(sandbox: Sandbox, name: str, uri: str, program: str,
         OutputDataConfig={"S3OutputPath": f"s3://{sandbox.state['bucket']}/out"},
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1},
         StoppingCondition={"MaxRuntimeInSeconds": 900})
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline, delay = time.monotonic() + timeout, 0.05
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    return value
-
-
-def client_env(sandbox: Sandbox, home: Path) -> dict[str, str]:
-    home.mkdir(exist_ok=True)
-    env = dict(os.environ, **sandbox.env, HOME=str(home))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def sm_ssh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -158,7 +127,7 @@ def test_forged_tags_and_tag_changes_fail(sandbox: Sandbox, tmp_path: Path) -> N
         ResourceType="ManagedInstance", ResourceId=impostor)["TagList"]}
     assert tags["SSHOwner"] == owner and tags["SSHResourceName"] == "victim-job"  # the forgery
 
-    env = client_env(sandbox, tmp_path / "home")
+    env = user_env(sandbox.env, tmp_path / "home")
     # Attack 1: connect must land in the victim's container and name the impostor.
     done = sm_ssh(env, "connect", "victim-job.training.sagemaker", "--", "cat /tmp/who")
     assert (done.returncode, done.stdout) == (0, "victim\n"), done.stderr

@@ -19,43 +19,24 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from conftest import RecordingRunner, create_transform_job, moto_address
 
 from sagemaker_ssh_sandbox import control
 from sagemaker_ssh_sandbox.gateway import Gateway
 from sagemaker_ssh_sandbox.sagemaker import layout
 from sagemaker_ssh_sandbox.sagemaker.bridge import TcpToUnix, UnixToTcp
-from sagemaker_ssh_sandbox.sagemaker.jobs import Job, JobsAPI
+from sagemaker_ssh_sandbox.sagemaker.jobs import JobsAPI
 
 REPO = Path(__file__).resolve().parents[1]
 PYHOOK = REPO / "sagemaker_ssh_sandbox" / "sagemaker" / "pyhook"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
-class RecordingRunner:
-    """Stands in for the container runner: remembers jobs, runs nothing."""
-
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-
-    def __call__(self, job: Job) -> None:
-        self.jobs.append(job)
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[Any]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def gateway(moto_server: Any) -> Iterator[dict[str, Any]]:
+def gateway(moto_url: str) -> Iterator[dict[str, Any]]:
     runner = RecordingRunner()
     jobs = JobsAPI("us-east-1", "123456789012", runner)
-    gw = Gateway(("127.0.0.1", 0), moto_server.get_host_and_port(), jobs).start()
+    gw = Gateway(("127.0.0.1", 0), moto_address(moto_url), jobs).start()
     yield {"url": gw.url, "runner": runner, "jobs": jobs}
     gw.stop()
 
@@ -188,13 +169,7 @@ def test_processing_and_transform_job_api(endpoint_env: str) -> None:
     assert described["ProcessingJobStatus"] == "InProgress"
     assert described["Environment"] == {"K": "V"}
     assert described["ProcessingJobArn"].endswith(":processing-job/infra-proc")
-    sm.create_transform_job(
-        TransformJobName="infra-transform", ModelName="m",
-        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                        "S3Uri": "s3://b/in"}}},
-        TransformOutput={"S3OutputPath": "s3://b/out"},
-        TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
-        Environment={"T": "1"})
+    create_transform_job(sm, "infra-transform", "m", {"T": "1"})
     assert sm.describe_transform_job(TransformJobName="infra-transform")["Environment"] == {
         "T": "1"}
     names = [s["TransformJobName"] for s in sm.list_transform_jobs()["TransformJobSummaries"]]

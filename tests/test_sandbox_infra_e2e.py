@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SANDBOX_E2E
+from conftest import SANDBOX_E2E, create_transform_job
 
 from sagemaker_ssh_sandbox import Sandbox
 from sagemaker_ssh_sandbox.sagemaker.container import pid_namespace_members
@@ -455,13 +455,8 @@ def test_rule_statuses_are_settable(sandbox: Sandbox) -> None:
 
 
 def test_transform_job_of_a_missing_model_fails(sandbox: Sandbox) -> None:
-    sandbox.client("sagemaker").create_transform_job(
-        TransformJobName="infra-transform", ModelName="any-model",
-        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                        "S3Uri": "s3://b/in"}}},
-        TransformOutput={"S3OutputPath": "s3://b/out"},
-        TransformResources={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
-        Environment={"START_SSH": "true"})
+    create_transform_job(sandbox.client("sagemaker"), "infra-transform", "any-model",
+                         {"START_SSH": "true"})
     described = sandbox.wait_for_job("infra-transform", kind="transform")
     assert described["TransformJobStatus"] == "Failed"
     assert described["FailureReason"].startswith("ClientError: Could not find model")

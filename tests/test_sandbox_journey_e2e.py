@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SANDBOX_E2E, allow_team_owner, sm_ssh
+from conftest import SANDBOX_E2E, allow_team_owner, run, sm_ssh
+from e2e_helpers import launch, user_env
 
 from sagemaker_ssh_sandbox import Sandbox
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = SANDBOX_E2E
 
@@ -89,23 +87,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def client_env(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("home")  # client keys and known_hosts stay out of ~/.ssh
-    env = dict(os.environ, **sandbox.env, HOME=str(home), SAGEMAKER_SUPPRESS_V2_WARNING="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
-    return env
+    return user_env(sandbox.env, tmp_path_factory.mktemp("home"))
 
 
-def launch(client_env: dict[str, str], tmp_path: Path, entry_point: str, base_name: str,
-           instance_count: int) -> str:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "train.py").write_text(entry_point)
-    (tmp_path / "launch.py").write_text(LAUNCH)
-    done = subprocess.run([sys.executable, str(tmp_path / "launch.py"), str(source), base_name,
-                           str(instance_count)], env=client_env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
+def launch_job(client_env: dict[str, str], tmp_path: Path, entry_point: str, base_name: str,
+               instance_count: int) -> str:
+    return launch(LAUNCH, tmp_path, {"train.py": entry_point}, client_env, base_name,
+                  str(instance_count))
 
 
 def online_instances(sandbox: Sandbox, job: str, count: int) -> list[str]:
@@ -117,10 +105,8 @@ def online_instances(sandbox: Sandbox, job: str, count: int) -> list[str]:
 
 
 def release(client_env: dict[str, str], job: str, *node: str) -> None:
-    done = subprocess.run(sm_ssh("connect", *node, f"{job}.training.sagemaker", "--",
-                                 "sm-wait", "stop"),
-                          env=client_env, capture_output=True, text=True, timeout=180,
-                          check=False)
+    done = run(sm_ssh("connect", *node, f"{job}.training.sagemaker", "--", "sm-wait", "stop"),
+               client_env)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -131,7 +117,7 @@ def tags_of(ssm: Any, instance_id: str) -> dict[str, str]:
 
 def test_two_node_job_registers_one_instance_per_node(sandbox: Sandbox, client_env: dict[str, str],
                                                       tmp_path: Path) -> None:
-    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "two-nodes", 2)
+    job = launch_job(client_env, tmp_path, HOLD_THEN_FINISH, "two-nodes", 2)
     ids = online_instances(sandbox, job, 2)
     assert len(set(ids)) == 2
 
@@ -167,7 +153,7 @@ def deregistered(sandbox: Sandbox, instance_id: str, timeout: float = 60) -> boo
 def test_a_stopped_job_deregisters_its_instance(sandbox: Sandbox, client_env: dict[str, str],
                                                 tmp_path: Path) -> None:
     """StopTrainingJob sends SIGTERM, and Python skips atexit on it."""
-    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "stopped", 1)
+    job = launch_job(client_env, tmp_path, HOLD_THEN_FINISH, "stopped", 1)
     (instance_id,) = online_instances(sandbox, job, 1)
     sandbox.client("sagemaker").stop_training_job(TrainingJobName=job)
     assert sandbox.wait_for_job(job, timeout=120)["TrainingJobStatus"] == "Stopped"
@@ -184,7 +170,7 @@ def test_a_failed_registration_says_why_and_the_job_goes_on(
         data=json.dumps({"operation": "RegisterManagedInstance",
                          "error_code": "AccessDeniedException", "count": 1}).encode())
     urllib.request.urlopen(request, timeout=10).close()
-    job = launch(client_env, tmp_path, HOLD_THEN_FINISH, "no-ssm", 1)  # waits up to 600 s
+    job = launch_job(client_env, tmp_path, HOLD_THEN_FINISH, "no-ssm", 1)  # waits up to 600 s
     described = sandbox.wait_for_job(job, timeout=180)
     assert described["TrainingJobStatus"] == "Completed"
     log = sandbox.container_log(job)
@@ -197,7 +183,7 @@ def test_a_failed_registration_says_why_and_the_job_goes_on(
 
 def test_failing_job_ends_failed_and_deregisters_its_instance(
         sandbox: Sandbox, client_env: dict[str, str], tmp_path: Path) -> None:
-    job = launch(client_env, tmp_path, HOLD_THEN_FAIL, "fails", 1)
+    job = launch_job(client_env, tmp_path, HOLD_THEN_FAIL, "fails", 1)
     (instance_id,) = online_instances(sandbox, job, 1)
 
     release(client_env, job)
@@ -205,13 +191,4 @@ def test_failing_job_ends_failed_and_deregisters_its_instance(
     assert described["TrainingJobStatus"] == "Failed"
     assert "the training script failed on purpose" in described["FailureReason"]
 
-    ssm = sandbox.client("ssm")
-    deadline = time.monotonic() + 60
-    remaining: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        remaining = ssm.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"]
-        if not remaining:
-            break
-        time.sleep(0.5)
-    assert remaining == [], f"{instance_id} is still registered: {remaining}"
+    assert deregistered(sandbox, instance_id), f"{instance_id} is still registered"

@@ -4,9 +4,7 @@ the endpoint API's validation, listing, tags and lifecycle when a model is missi
 jobs that cannot start."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from typing import Any, Callable
 
 import boto3
 import pytest
+from e2e_helpers import tarball
 
 from sagemaker_ssh_sandbox.sagemaker import serving
 from sagemaker_ssh_sandbox.sagemaker.container import PACKAGE_PARENT
@@ -208,17 +207,6 @@ def test_failed_when_not_ready_within_the_startup_health_check_timeout(
 
 
 # -- inference layouts -----------------------------------------------------------------------------
-def _tarball(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_container_definition_is_the_only_container() -> None:
     role = "arn:aws:iam::123456789012:role/R"  # the container runs as the model's role
     assert serving.container_definition({"PrimaryContainer": {"Image": "a"}, "Containers": [],
@@ -231,9 +219,9 @@ def test_container_definition_is_the_only_container() -> None:
 
 
 def test_model_data_and_an_s3_source_dir_are_laid_out(s3: Any, tmp_path: Path) -> None:
-    s3.put_object(Bucket=BUCKET, Key="m/model.tar.gz", Body=_tarball({
+    s3.put_object(Bucket=BUCKET, Key="m/model.tar.gz", Body=tarball({
         "weights.json": "{}", "code/inference.py": "x = 1\n"}))
-    s3.put_object(Bucket=BUCKET, Key="m/sourcedir.tar.gz", Body=_tarball({"serve.py": "y = 2\n"}))
+    s3.put_object(Bucket=BUCKET, Key="m/sourcedir.tar.gz", Body=tarball({"serve.py": "y = 2\n"}))
     s3.put_object(Bucket=BUCKET, Key="plain/w/part-0", Body=b"raw")
     opt_ml = tmp_path / "opt_ml"
     serving.prepare_model(s3, opt_ml, {

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from conftest import moto_address
 
 from sagemaker_ssh_sandbox.gateway import Gateway
 
@@ -26,8 +27,7 @@ TRUST = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal
 
 @pytest.fixture
 def gateway(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    host, port = moto_url[len("http://"):].split(":")
-    gw = Gateway(("127.0.0.1", 0), (host, int(port)), jobs=None).start()
+    gw = Gateway(("127.0.0.1", 0), moto_address(moto_url), jobs=None).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", gw.url)
     yield gw.url
     gw.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, create_training_job
 from test_manager import ssm  # noqa: F401 - the SSM stand-in + moto fixture
 
 from sagemaker_ssh_helper import deregister_old_instances_from_ssm as dereg
@@ -127,15 +127,8 @@ def test_expired_instances_use_clock_timestamp_override(ssm: Any) -> None:
 
 # -- interactive_sagemaker ------------------------------------------------------------------
 def create_training_jobs(names: list[str]) -> None:
-    sm = boto3.client("sagemaker")
     for name in names:
-        sm.create_training_job(
-            TrainingJobName=name, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/R",
-            AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": "s3://b/o"},
-            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
-                            "VolumeSizeInGB": 1},
-            StoppingCondition={"MaxRuntimeInSeconds": 60})
+        create_training_job(name)
 
 
 def counted(client: Any) -> Counter:

@@ -149,21 +149,23 @@ def conditions_hold(block: Mapping[str, Any], request: Request) -> bool:
 
 
 # -- statements and policies -----------------------------------------------------------------
+def _admits(statement: Mapping[str, Any], element: str, value: str, request: Request,
+            ignore_case: bool) -> bool | None:
+    """Whether the statement's ``element`` (Action, Resource) or ``Not<element>`` covers
+    ``value``; None where it has neither."""
+    if element in statement:
+        return _matches_any(_listed(statement[element]), value, request, ignore_case)
+    if f"Not{element}" in statement:
+        return not _matches_any(_listed(statement[f"Not{element}"]), value, request,
+                                ignore_case)
+    return None
+
+
 def statement_applies(statement: Mapping[str, Any], request: Request) -> bool:
-    if "Action" in statement:
-        if not _matches_any(_listed(statement["Action"]), request.action, request, True):
-            return False
-    elif "NotAction" in statement:
-        if _matches_any(_listed(statement["NotAction"]), request.action, request, True):
-            return False
-    else:
+    if not _admits(statement, "Action", request.action, request, True):  # None: no action
         return False
-    if "Resource" in statement:
-        if not _matches_any(_listed(statement["Resource"]), request.resource, request, False):
-            return False
-    elif "NotResource" in statement:
-        if _matches_any(_listed(statement["NotResource"]), request.resource, request, False):
-            return False
+    if _admits(statement, "Resource", request.resource, request, False) is False:
+        return False
     return conditions_hold(statement.get("Condition") or {}, request)
 
 

@@ -7,32 +7,26 @@ with ``/opt/ml/metadata/resource-metadata.json`` (``ResourceArn``, ``ResourceNam
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from sagemaker_ssh_sandbox.sagemaker.jobs import ApiError
-from sagemaker_ssh_sandbox.sagemaker.studio import ContainerFactory
+from sagemaker_ssh_sandbox.sagemaker.studio import ContainerAPI, ContainerFactory
 
 OPERATIONS = ("CreateNotebookInstance", "DescribeNotebookInstance", "ListNotebookInstances",
               "StartNotebookInstance", "StopNotebookInstance", "DeleteNotebookInstance")
 NOTEBOOK_USER = "ec2-user"
 
 
-class NotebookAPI:
+class NotebookAPI(ContainerAPI):
+    operations = OPERATIONS
+
     def __init__(self, region: str, account: str, state_dir: Path,
                  start_container: ContainerFactory | None = None) -> None:
-        self.region = region
-        self.account = account
-        self.state_dir = state_dir
-        self.start_container = start_container
+        super().__init__(region, account, state_dir, start_container)
         self.instances: dict[str, dict[str, Any]] = {}
         self.running: dict[str, Any] = {}  # instance name -> container
-        self._lock = threading.RLock()
-
-    def handles(self, operation: str, body: dict[str, Any]) -> bool:
-        return operation in OPERATIONS
 
     def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

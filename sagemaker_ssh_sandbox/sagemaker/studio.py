@@ -62,8 +62,12 @@ class App:
                 "CreationTime": self.created}
 
 
-class StudioAPI:
-    """The Studio operations of the sandbox gateway (AWS JSON 1.1 bodies as dicts)."""
+class ContainerAPI:
+    """What the sandbox's APIs for resources that run containers (Studio apps, notebook
+    instances) share: the region and account they answer for, where the containers keep their
+    state, how one is started (None: the records only) and one lock over the records."""
+
+    operations: tuple[str, ...] = ()
 
     def __init__(self, region: str, account: str, state_dir: Path,
                  start_container: ContainerFactory | None = None) -> None:
@@ -71,17 +75,27 @@ class StudioAPI:
         self.account = account
         self.state_dir = state_dir
         self.start_container = start_container
+        self._lock = threading.RLock()
+
+    def handles(self, operation: str, body: dict[str, Any]) -> bool:
+        return operation in self.operations
+
+
+class StudioAPI(ContainerAPI):
+    """The Studio operations of the sandbox gateway (AWS JSON 1.1 bodies as dicts)."""
+
+    operations = OPERATIONS
+
+    def __init__(self, region: str, account: str, state_dir: Path,
+                 start_container: ContainerFactory | None = None) -> None:
+        super().__init__(region, account, state_dir, start_container)
         self.domains: dict[str, dict[str, Any]] = {}
         self.profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self.spaces: dict[tuple[str, str], dict[str, Any]] = {}
         self.apps: dict[tuple[str, str, str, str], App] = {}
-        self._lock = threading.RLock()
 
     def _arn(self, resource: str) -> str:
         return f"arn:aws:sagemaker:{self.region}:{self.account}:{resource}"
-
-    def handles(self, operation: str, body: dict[str, Any]) -> bool:
-        return operation in OPERATIONS
 
     def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -28,15 +28,21 @@ def _attribute(inst: Instance, key: str, ping: str) -> str:
     }[key]
 
 
-def _check_values(key: str, values: Any) -> list[str]:
-    if not isinstance(values, list) or not 1 <= len(values) <= 100 \
-            or not all(isinstance(v, str) for v in values):
-        raise SSMError("InvalidInstanceInformationFilterValue",
-                       f"Filter {key} needs 1 to 100 string values.")
+def _valid_values(key: str, values: Any, error: str, most: int, non_empty: bool) -> list[str]:
+    """A filter's values as the service checks them: a list of 1 to ``most`` strings (none
+    empty where ``non_empty``), known states for PingStatus; else the ``error`` code."""
+    if not isinstance(values, list) or not 1 <= len(values) <= most \
+            or not all(isinstance(v, str) and (v or not non_empty) for v in values):
+        strings = "non-empty string" if non_empty else "string"
+        raise SSMError(error, f"Filter {key} needs 1 to {most} {strings} values.")
     if key == "PingStatus" and any(v not in _PING_VALUES for v in values):
-        raise SSMError("InvalidInstanceInformationFilterValue",
-                       f"PingStatus values must be among {', '.join(_PING_VALUES)}.")
+        raise SSMError(error, f"PingStatus values must be among {', '.join(_PING_VALUES)}.")
     return values
+
+
+def _check_values(key: str, values: Any) -> list[str]:
+    """DescribeInstanceInformation's filter values."""
+    return _valid_values(key, values, "InvalidInstanceInformationFilterValue", 100, False)
 
 
 def _filters(body: dict[str, Any]) -> list[tuple]:
@@ -87,14 +93,8 @@ _OPERATORS = ("Equal", "NotEqual", "BeginWith", "LessThan", "GreaterThan")
 
 
 def _property_values(key: str, values: Any) -> list[str]:
-    if not isinstance(values, list) or not 1 <= len(values) <= 40 \
-            or not all(isinstance(v, str) and v for v in values):
-        raise SSMError("InvalidInstancePropertyFilterValue",
-                       f"Filter {key} needs 1 to 40 non-empty string values.")
-    if key == "PingStatus" and any(v not in _PING_VALUES for v in values):
-        raise SSMError("InvalidInstancePropertyFilterValue",
-                       f"PingStatus values must be among {', '.join(_PING_VALUES)}.")
-    return values
+    """DescribeInstanceProperties' filter values."""
+    return _valid_values(key, values, "InvalidInstancePropertyFilterValue", 40, True)
 
 
 def _version(text: str) -> tuple:
