@@ -492,6 +492,18 @@ class Endpoint:
         return self.transport == transport.NATIVE or (bool(self.ssm_variants)
                                                       and not self.runs_ssh)
 
+    def instance_count(self, variant: str) -> int:
+        """The variant's instances: DescribeEndpoint's count, else its configuration's."""
+        for v in self.described.get("ProductionVariants") or []:
+            if v.get("VariantName") == variant:
+                count = v.get("CurrentInstanceCount") or v.get("DesiredInstanceCount")
+                if count:
+                    return int(count)
+        for v in self.variants:
+            if v.get("VariantName") == variant:
+                return max(1, int(v.get("InitialInstanceCount") or 1))
+        return 1
+
     @property
     def node_names(self) -> list[str]:
         return [instance for _, instance in self.nodes]
@@ -539,12 +551,15 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
 
 
 def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
-    """(variant, instance id) of each SSM log stream ``<variant>/<instance id>/ssm``, oldest
-    first (a replaced instance's stream stays: its target is then not connected)."""
+    """(variant, instance id) of the SSM log streams ``<variant>/<instance id>/ssm`` of the
+    variant's current instances, oldest first. Streams outlive their instances (UpdateEndpoint
+    replaces them all, scaling in or a failed instance some): of each variant the newest
+    streams, as many as it has instances (DescribeEndpoint's instance count), are taken."""
     logs = aws.client(ctx.session, "logs", ctx.region_name)
     group = f"/aws/sagemaker/Endpoints/{endpoint.name}"
-    found: list[tuple[float, str, str]] = []
+    nodes: list[tuple[float, str, str]] = []
     for variant in endpoint.ssm_variants:
+        found: list[tuple[float, str, str]] = []
         try:
             for page in logs.get_paginator("describe_log_streams").paginate(
                     logGroupName=group, logStreamNamePrefix=f"{variant}/"):
@@ -557,7 +572,8 @@ def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
         except Exception as e:
             if aws.error_code(e) != "ResourceNotFoundException":
                 raise aws.explain(e, "logs:DescribeLogStreams") from e
-    return [(variant, instance) for _, variant, instance in sorted(found)]
+        nodes += sorted(found)[-endpoint.instance_count(variant):]
+    return [(variant, instance) for _, variant, instance in sorted(nodes)]
 
 
 def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float,
