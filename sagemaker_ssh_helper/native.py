@@ -21,6 +21,7 @@ host keys read from S3 are then checked by ssh against that container's sshd.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -185,8 +186,26 @@ def pick_host(hosts: list[str], target: fqdn.Target, choice: Choice) -> tuple[st
     return hosts[0], False
 
 
+def arn_account(arn: object) -> str:
+    """The account of a resource ARN ("" when there is none)."""
+    try:
+        return aws.parse_arn(str(arn)).account if arn else ""
+    except SSHHelperError:
+        return ""
+
+
+def s3_error(e: Exception, layout: transport.KeyLayout, action: str, key: str) -> Exception:
+    """One line for a failed S3 call on the key folder (AccessDenied names the owner check)."""
+    if aws.error_code(e) in ("AccessDenied", "403"):
+        from sagemaker_ssh_helper.errors import AwsError
+
+        return AwsError(layout.refused(action, key))
+    return aws.explain(e, action)
+
+
 def layout_of(job: Job) -> transport.KeyLayout:
-    layout = transport.KeyLayout.from_environment(job.env, job.name)
+    layout = transport.KeyLayout.from_environment(
+        job.env, job.name, arn_account(job.described.get("TrainingJobArn")))
     if layout is None:
         raise ResolutionError(f"training job {job.name} has no {transport.KEYS_PATH_ENV} or "
                               "SSH_OWNER_TAG in its environment: relaunch it with SSH Helper's "
@@ -200,9 +219,10 @@ def push_key(s3: Any, layout: transport.KeyLayout, key_line: str, marker: str) -
 
     key = layout.client_key(marker[len(MARKER_PREFIX):])
     try:
-        s3.put_object(Bucket=layout.bucket, Key=key, Body=f"{key_line} {marker}\n".encode())
+        s3.put_object(Bucket=layout.bucket, Key=key, Body=f"{key_line} {marker}\n".encode(),
+                      **layout.owner_args())
     except Exception as e:
-        raise aws.explain(e, "s3:PutObject") from e
+        raise s3_error(e, layout, "s3:PutObject", key) from e
     return key
 
 
@@ -216,13 +236,14 @@ def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: 
     poll = retry.Poll(wait, first=0.2, cap=2.0, clock=clock, sleep=sleep)
     while True:
         try:
-            body = s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read().decode()
+            body = s3.get_object(Bucket=layout.bucket, Key=key,
+                                 **layout.owner_args())["Body"].read().decode()
             keys = parse_host_keys(f"--- sm-ssh host keys ---\n{body}")
             if keys:
                 return keys
         except Exception as e:
             if aws.error_code(e) not in ("NoSuchKey", "404", "NotFound"):
-                raise aws.explain(e, "s3:GetObject") from e
+                raise s3_error(e, layout, "s3:GetObject", key) from e
         if poll.expired():
             raise ResolutionError(
                 f"{target_id} has published no SSH host keys at {layout.url(key)}: sshd has not "
@@ -458,6 +479,7 @@ class Endpoint:
         self.variants = variants
         self.models = models  # model name -> DescribeModel
         self.nodes: list[tuple[str, str]] = []  # (variant, instance id), from the SSM streams
+        self.nodes_since = 0.0  # when the oldest of them started (its SSM stream, epoch s)
 
     @property
     def status(self) -> str:
@@ -550,8 +572,8 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
             f"in it with `sm-ssh shell {target.fqdn}`")
 
 
-def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
-    """(variant, instance id) of the SSM log streams ``<variant>/<instance id>/ssm`` of the
+def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[float, str, str]]:
+    """(created, variant, instance id) of the SSM log streams ``<variant>/<instance id>/ssm`` of the
     variant's current instances, oldest first. Streams outlive their instances (UpdateEndpoint
     replaces them all, scaling in or a failed instance some): of each variant the newest
     streams, as many as it has instances (DescribeEndpoint's instance count), are taken."""
@@ -573,7 +595,7 @@ def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
             if aws.error_code(e) != "ResourceNotFoundException":
                 raise aws.explain(e, "logs:DescribeLogStreams") from e
         nodes += sorted(found)[-endpoint.instance_count(variant):]
-    return [(variant, instance) for _, variant, instance in sorted(nodes)]
+    return sorted(nodes)
 
 
 def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float,
@@ -583,8 +605,10 @@ def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float
     deadline, delay = clock() + wait, 1.0
     while True:
         check_endpoint(endpoint, target, shell)
-        endpoint.nodes = endpoint_nodes(ctx, endpoint)
-        if endpoint.nodes:
+        nodes = endpoint_nodes(ctx, endpoint)
+        endpoint.nodes = [(variant, instance) for _, variant, instance in nodes]
+        if nodes:
+            endpoint.nodes_since = nodes[0][0] / 1000.0
             return endpoint
         if clock() >= deadline:
             raise ResolutionError(
@@ -600,8 +624,11 @@ def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float
 
 def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, target_id: str,
                              wait: float, clock: Clock = time.monotonic,
-                             sleep: Sleep = time.sleep) -> list[tuple[str, str]]:
-    """The host keys of the endpoint's instances, once at least ``count`` have published."""
+                             sleep: Sleep = time.sleep, since: float = 0.0
+                             ) -> list[tuple[str, str]]:
+    """The host keys of the endpoint's instances, once at least ``count`` have published;
+    only those published from ``since`` on (when the current instances started: the files of
+    instances that UpdateEndpoint replaced stay behind; S3 times are whole seconds)."""
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
     folder = f"{layout.job_prefix}{transport.HOST_KEYS_FOLDER}/"
@@ -609,12 +636,15 @@ def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, t
     while True:
         keys: list[tuple[str, str]] = []
         try:
-            listed = s3.list_objects_v2(Bucket=layout.bucket, Prefix=folder).get("Contents", [])
+            listed = [item for item in s3.list_objects_v2(
+                Bucket=layout.bucket, Prefix=folder, **layout.owner_args()).get("Contents", [])
+                if _modified(item) >= math.floor(since)]
             for item in listed[:100]:
-                body = s3.get_object(Bucket=layout.bucket, Key=item["Key"])["Body"].read()
+                body = s3.get_object(Bucket=layout.bucket, Key=item["Key"],
+                                     **layout.owner_args())["Body"].read()
                 keys += parse_host_keys(f"--- sm-ssh host keys ---\n{body.decode()}")
         except Exception as e:
-            raise aws.explain(e, "s3:ListBucket") from e
+            raise s3_error(e, layout, "s3:ListBucket", folder) from e
         if keys and len(listed) >= count:
             return keys
         if clock() >= deadline:
@@ -626,6 +656,11 @@ def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, t
         delay = min(delay * 1.5, 2.0)
 
 
+def _modified(item: dict[str, Any]) -> float:
+    stamp: Any = item.get("LastModified")
+    return float(stamp.timestamp()) if hasattr(stamp, "timestamp") else 0.0
+
+
 def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: str,
                        alias: str, wait: float) -> Authorized:
     """Key to S3, host keys from S3. The container's host name is not documented for endpoints,
@@ -633,7 +668,8 @@ def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: 
     under the owner's folder, where only the owner and the endpoint's role may write."""
     from sagemaker_ssh_helper import keyfile, keys
 
-    layout = transport.KeyLayout.from_environment(endpoint.env, endpoint.name)
+    layout = transport.KeyLayout.from_environment(
+        endpoint.env, endpoint.name, arn_account(endpoint.described.get("EndpointArn")))
     if layout is None:
         raise ResolutionError(f"endpoint {endpoint.name} has no {transport.KEYS_PATH_ENV} or "
                               "SSH_OWNER_TAG in its model's environment: redeploy it with SSH "
@@ -647,7 +683,8 @@ def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: 
     s3 = aws.client(ctx.session, "s3", ctx.region_name)
     push_key(s3, layout, line, marker)
     target_id = endpoint.target_of(node)
-    host_keys = fetch_endpoint_host_keys(s3, layout, len(endpoint.nodes), target_id, wait)
+    host_keys = fetch_endpoint_host_keys(s3, layout, len(endpoint.nodes), target_id, wait,
+                                         since=endpoint.nodes_since)
     alias = alias.lower()
     return keys.Authorized(path, keys.pin_host_keys(alias, host_keys, known_hosts, target_id),
                            alias)

@@ -280,3 +280,26 @@ def test_model_builder_native_endpoint_and_update_endpoint(sandbox: Sandbox,
     assert SSHModelBuilderWrapper.attach(endpoint).get_instance_ids(timeout_in_sec=10) == [
         f"sagemaker-endpoint:{endpoint}_AllTraffic_{third}"]
     sm.delete_endpoint(EndpointName=endpoint)
+
+
+def test_key_folder_of_another_account_is_one_line(sandbox: Sandbox, user_env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """A launch told that the key folder's bucket is another account's (a central bucket:
+    SSH_NATIVE_KEYS_PATH and SSH_NATIVE_KEYS_BUCKET_OWNER) while S3 says it is not: the
+    container cannot publish its host keys, and `sm-ssh connect` says why in one line."""
+    bucket = f"sagemaker-{user_env['AWS_REGION']}-123456789012"  # the sandbox account's
+    env = dict(user_env, SSH_NATIVE_KEYS_PATH=f"s3://{bucket}/central-keys/",
+               SSH_NATIVE_KEYS_BUCKET_OWNER="111122223333")
+    result = launch(DEPLOY_NATIVE, env, tmp_path, {"inference.py": INFERENCE},
+                    "ssh-v3-not-mine")
+    assert result["status"] == "InService" and len(result["ids"]) == 1
+    refused = run(sm_ssh("connect", "ssh-v3-not-mine.inference.sagemaker", "--", "true"),
+                  user_env)
+    assert refused.returncode == 4, refused.stderr
+    [line] = refused.stderr.strip().splitlines()  # no traceback
+    assert f"access denied to s3://{bucket}/central-keys/e2e-owner/ssh-v3-not-mine/" in line \
+        and f"or the bucket {bucket} is not owned by account 111122223333" in line, line
+    instance = result["ids"][0].rsplit("_", 1)[1]
+    log = sandbox.container_log("ssh-v3-not-mine", instance, kind="endpoint")
+    assert "cannot publish the SSH host keys" in log and "AccessDenied" in log, log[-2000:]
+    sandbox.client("sagemaker").delete_endpoint(EndpointName="ssh-v3-not-mine")
