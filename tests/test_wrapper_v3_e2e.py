@@ -253,7 +253,9 @@ def test_model_builder_native_endpoint_and_update_endpoint(sandbox: Sandbox,
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert (rows[endpoint]["transport"], rows[endpoint]["ssh"]) == ("native", "Online"), rows
 
-    # UpdateEndpoint to a configuration without SSM access: new instances, no agent
+    # UpdateEndpoint to a configuration without SSM access: new instances, no agent. (A master
+    # of the connection above would serve the old instance while it stops: no reuse here.)
+    user_env = dict(user_env, SM_SSH_REUSE="off")
     _update_endpoint(sandbox, endpoint, result["model"], ssm_access=False)
     refused = run(sm_ssh("connect", fqdn, "--", "hostname"), user_env)
     assert refused.returncode == 3, refused.stderr
