@@ -27,6 +27,9 @@ Each variable, its field, and what absent or malformed means:
 - ``SSH_TRANSPORT`` (``transport``): ``hybrid`` or ``native``; ``hybrid``.
 - ``SSH_AUTHORIZED_KEYS_PATH`` (``keys_path``): an ``s3://bucket/prefix/`` URL (native
   transport); ``""`` and the native set-up fails in one line.
+- ``SSH_AUTHORIZED_KEYS_BUCKET_OWNER`` (``keys_bucket_owner``): the 12-digit account that must
+  own the keys' bucket (``ExpectedBucketOwner``); ``""`` (the account of the job's own
+  credentials is expected).
 - ``SAGEMAKER_ENDPOINT_NAME`` (``endpoint_name``), ``TRANSFORM_JOB_NAME``
   (``transform_job_name``): which endpoint or transform job this is (``env.detect_resource``);
   ``""``.
@@ -59,6 +62,7 @@ LOG_TO_STDOUT = "SSH_LOG_TO_STDOUT"
 KEEP_ALIVE_ON_FAILURE_SECONDS = "SSH_KEEP_ALIVE_ON_FAILURE_SECONDS"
 TRANSPORT = transports.TRANSPORT_ENV
 AUTHORIZED_KEYS_PATH = transports.KEYS_PATH_ENV
+KEYS_BUCKET_OWNER = transports.BUCKET_OWNER_ENV
 ENDPOINT_NAME = "SAGEMAKER_ENDPOINT_NAME"
 TRANSFORM_JOB_NAME = "TRANSFORM_JOB_NAME"
 
@@ -69,6 +73,7 @@ KEYS: dict[str, str] = {
     "log_to_stdout": LOG_TO_STDOUT,
     "keep_alive_on_failure_seconds": KEEP_ALIVE_ON_FAILURE_SECONDS,
     "transport": TRANSPORT, "keys_path": AUTHORIZED_KEYS_PATH,
+    "keys_bucket_owner": KEYS_BUCKET_OWNER,
     "endpoint_name": ENDPOINT_NAME, "transform_job_name": TRANSFORM_JOB_NAME,
 }
 HYBRID, NATIVE = transports.HYBRID, transports.NATIVE
@@ -88,6 +93,7 @@ class Contract:
     keep_alive_on_failure_seconds: int = 0
     transport: str = HYBRID
     keys_path: str = ""
+    keys_bucket_owner: str = ""
     endpoint_name: str = ""
     transform_job_name: str = ""
 
@@ -110,6 +116,7 @@ class Contract:
             LOG_TO_STDOUT: "true" if self.log_to_stdout else "false",
             KEEP_ALIVE_ON_FAILURE_SECONDS: str(self.keep_alive_on_failure_seconds),
             TRANSPORT: self.transport, AUTHORIZED_KEYS_PATH: self.keys_path,
+            KEYS_BUCKET_OWNER: self.keys_bucket_owner,
             ENDPOINT_NAME: self.endpoint_name, TRANSFORM_JOB_NAME: self.transform_job_name,
         }
 
@@ -194,14 +201,23 @@ def read(environ: Mapping[str, str], warn: Callable[[int, str], None] = say) -> 
                    "none", warn)
         keys_path = ""
 
+    bucket_owner = _bucket_owner(text(KEYS_BUCKET_OWNER), warn)
     return Contract(
         start_ssh=start_ssh, ssm_role=role, owner=environ.get(OWNER_TAG, ""),
         wait_seconds=seconds(WAIT_TIME_SECONDS, 0), instance_count=instance_count,
         log_to_stdout=log_to_stdout == "true",
         keep_alive_on_failure_seconds=seconds(KEEP_ALIVE_ON_FAILURE_SECONDS, 0),
-        transport=transport, keys_path=keys_path,
+        transport=transport, keys_path=keys_path, keys_bucket_owner=bucket_owner,
         endpoint_name=environ.get(ENDPOINT_NAME, ""),
         transform_job_name=environ.get(TRANSFORM_JOB_NAME, ""))
+
+
+def _bucket_owner(value: str, warn: Callable[[int, str], None]) -> str:
+    if value and not transports.is_account(value):
+        _malformed(KEYS_BUCKET_OWNER, value, "is not a 12-digit account ID",
+                   "the job's own account", warn)
+        return ""
+    return value
 
 
 def setup_args(settings: Contract) -> list[str]:

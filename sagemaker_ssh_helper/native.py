@@ -21,11 +21,13 @@ host keys read from S3 are then checked by ssh against that container's sshd.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from sagemaker_ssh_helper import aws, fqdn, retry, transport
 from sagemaker_ssh_helper.errors import ResolutionError, SSHHelperError, UsageError
+from sagemaker_ssh_helper.transport import KeyLayout
 
 if TYPE_CHECKING:  # connect imports this module where a job is native
     from sagemaker_ssh_helper.connect import Choice, Context, Prepared
@@ -40,14 +42,78 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 
-class Job:
+class Resource:
+    """What a training job and an endpoint reached over SageMaker's targets have in common:
+    the environment SSH Helper's wrapper wrote, and whether SageMaker runs its agent there."""
+
+    kind = ""  # "training job", "endpoint"
+    arn_key = ""  # the ARN's member in the Describe answer
+    relaunch = ""  # how to get the environment right
+    launched = ""  # "started", "deployed"
+    name = ""
+    described: dict[str, Any] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def sagemaker_agent(self) -> bool:
+        """SageMaker runs its SSM agent there (remote debugging, the variant's SSM access)."""
+        raise NotImplementedError
+
+    @property
+    def transport(self) -> str:
+        """``native``/``hybrid`` as the wrapper set it; "" for resources launched without it."""
+        return self.env.get(transport.TRANSPORT_ENV, "")
+
+    @property
+    def runs_ssh(self) -> bool:
+        return self.env.get("START_SSH", "").strip().lower() == "true"
+
+    @property
+    def native(self) -> bool:
+        """Reached over SageMaker's target: launched native, or SageMaker's agent in a resource
+        that SSH Helper did not set up (only a shell there)."""
+        return self.transport == transport.NATIVE or (self.sagemaker_agent and not self.runs_ssh)
+
+    def layout(self) -> KeyLayout:
+        """Its key folder, whose bucket must be owned by the account the launch chose (else
+        the resource's own)."""
+        layout = transport.KeyLayout.from_environment(
+            self.env, self.name, arn_account(self.described.get(self.arn_key)))
+        if layout is None:
+            raise ResolutionError(f"{self.kind} {self.name} has no {transport.KEYS_PATH_ENV} or "
+                                  f"SSH_OWNER_TAG in its environment: {self.relaunch} with SSH "
+                                  "Helper's transport='native'")
+        return layout
+
+    def targets(self) -> list[str]:
+        """SageMaker's SSM targets that run sshd (once waited for)."""
+        raise NotImplementedError
+
+    def check_sshd(self, target: fqdn.Target, shell: bool) -> None:
+        if not shell and not self.runs_ssh:
+            raise ResolutionError(
+                f"no SSH server runs in {self.kind} {self.name} (it was not {self.launched} "
+                f"with SSH Helper): open a shell in it with `sm-ssh shell {target.fqdn}`")
+
+
+class Job(Resource):
     """One training job as DescribeTrainingJob reports it."""
+
+    kind, arn_key, relaunch, launched = ("training job", "TrainingJobArn", "relaunch it",
+                                         "started")
 
     def __init__(self, described: dict[str, Any]) -> None:
         self.described = described
         self.name = str(described.get("TrainingJobName", ""))
-        self.env: dict[str, str] = {str(k): str(v) for k, v in
-                                    dict(described.get("Environment") or {}).items()}
+        self._env: dict[str, str] = {str(k): str(v) for k, v in
+                                     dict(described.get("Environment") or {}).items()}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self._env
 
     @property
     def status(self) -> str:
@@ -63,19 +129,11 @@ class Job:
         return bool(config.get("EnableRemoteDebug"))
 
     @property
-    def transport(self) -> str:
-        """``native``/``hybrid`` as the wrapper set it; "" for jobs launched without it."""
-        return self.env.get(transport.TRANSPORT_ENV, "")
+    def sagemaker_agent(self) -> bool:
+        return self.remote_debug
 
-    @property
-    def runs_ssh(self) -> bool:
-        return self.env.get("START_SSH", "").strip().lower() == "true"
-
-    @property
-    def native(self) -> bool:
-        """Reached over SageMaker's target: launched native, or remote debugging on a job that
-        SSH Helper did not set up (only a shell there)."""
-        return self.transport == transport.NATIVE or (self.remote_debug and not self.runs_ssh)
+    def targets(self) -> list[str]:
+        return [transport.training_target(self.name, host) for host in self.ssh_hosts]
 
     @property
     def hosts(self) -> list[str]:
@@ -130,31 +188,48 @@ def check_reachable(job: Job, target: fqdn.Target, shell: bool = False) -> None:
             f"update-training-job --training-job-name {job.name} --remote-debug-config "
             "EnableRemoteDebug=true` (while it is Downloading or Training), or relaunch it "
             "with transport='native'")
-    if not shell and not job.runs_ssh:
-        raise ResolutionError(
-            f"no SSH server runs in {what} (it was not started with SSH Helper): open a shell "
-            f"in it with `sm-ssh shell {target.fqdn}`")
+    job.check_sshd(target, shell)
+
+
+_R = TypeVar("_R", bound=Resource)
+
+
+def wait_ready(resource: _R, wait: float, check: Callable[[_R], None],
+               ready: Callable[[_R], bool], refresh: Callable[[], _R | None],
+               waiting: Callable[[_R], str], timed_out: Callable[[_R], str],
+               clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> _R:
+    """The one wait of the native path: until ``ready`` (up to ``wait`` seconds), checking
+    every state (``check`` raises the one line for those without a session) and describing
+    the resource again (``refresh``) between checks, with a growing pause."""
+    poll = retry.Poll(wait, first=1.0, cap=10.0, clock=clock, sleep=sleep)
+    while True:
+        check(resource)
+        if ready(resource):
+            return resource
+        if poll.expired():
+            raise ResolutionError(timed_out(resource))
+        cli_progress(waiting(resource))
+        poll.wait()
+        resource = refresh() or resource
 
 
 def wait_training(ctx: Context, target: fqdn.Target, job: Job, wait: float,
                   clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                   shell: bool = False) -> Job:
     """Wait (up to ``wait`` seconds) until the job is Training; recheck every state."""
-    poll = retry.Poll(wait, first=1.0, cap=10.0, clock=clock, sleep=sleep)
-    while True:
-        check_reachable(job, target, shell)
-        if job.secondary == READY:
-            return job
-        if poll.expired():
-            since = job.since(time.time())
-            held = f" (for {since:.0f} s)" if since is not None else ""
-            raise ResolutionError(
-                f"training job {job.name} is {job.secondary or job.status}{held}: SageMaker "
+
+    def timed_out(job: Job) -> str:
+        since = job.since(time.time())
+        held = f" (for {since:.0f} s)" if since is not None else ""
+        return (f"training job {job.name} is {job.secondary or job.status}{held}: SageMaker "
                 "opens remote-debugging sessions once it is Training; retry, or wait longer "
                 "with --wait SECONDS")
-        cli_progress(f"sm-ssh: training job {job.name} is {job.secondary}: waiting for Training")
-        poll.wait()
-        job = describe(ctx, target) or job
+
+    return wait_ready(
+        job, wait, lambda j: check_reachable(j, target, shell), lambda j: j.secondary == READY,
+        lambda: describe(ctx, target),
+        lambda j: f"sm-ssh: training job {j.name} is {j.secondary}: waiting for Training",
+        timed_out, clock, sleep)
 
 
 def cli_progress(line: str) -> None:
@@ -185,13 +260,25 @@ def pick_host(hosts: list[str], target: fqdn.Target, choice: Choice) -> tuple[st
     return hosts[0], False
 
 
+def arn_account(arn: object) -> str:
+    """The account of a resource ARN ("" when there is none)."""
+    try:
+        return aws.parse_arn(str(arn)).account if arn else ""
+    except SSHHelperError:
+        return ""
+
+
+def s3_error(e: Exception, layout: transport.KeyLayout, action: str, key: str) -> Exception:
+    """One line for a failed S3 call on the key folder (AccessDenied names the owner check)."""
+    if aws.error_code(e) in ("AccessDenied", "403"):
+        from sagemaker_ssh_helper.errors import AwsError
+
+        return AwsError(layout.refused(action, key))
+    return aws.explain(e, action)
+
+
 def layout_of(job: Job) -> transport.KeyLayout:
-    layout = transport.KeyLayout.from_environment(job.env, job.name)
-    if layout is None:
-        raise ResolutionError(f"training job {job.name} has no {transport.KEYS_PATH_ENV} or "
-                              "SSH_OWNER_TAG in its environment: relaunch it with SSH Helper's "
-                              "transport='native'")
-    return layout
+    return job.layout()
 
 
 def push_key(s3: Any, layout: transport.KeyLayout, key_line: str, marker: str) -> str:
@@ -200,9 +287,10 @@ def push_key(s3: Any, layout: transport.KeyLayout, key_line: str, marker: str) -
 
     key = layout.client_key(marker[len(MARKER_PREFIX):])
     try:
-        s3.put_object(Bucket=layout.bucket, Key=key, Body=f"{key_line} {marker}\n".encode())
+        s3.put_object(Bucket=layout.bucket, Key=key, Body=f"{key_line} {marker}\n".encode(),
+                      **layout.owner_args())
     except Exception as e:
-        raise aws.explain(e, "s3:PutObject") from e
+        raise s3_error(e, layout, "s3:PutObject", key) from e
     return key
 
 
@@ -213,30 +301,54 @@ def fetch_host_keys(s3: Any, layout: transport.KeyLayout, host: str, target_id: 
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
     key = layout.host_keys(host)
-    poll = retry.Poll(wait, first=0.2, cap=2.0, clock=clock, sleep=sleep)
-    while True:
+
+    def read() -> list[tuple[str, str]]:
         try:
-            body = s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read().decode()
-            keys = parse_host_keys(f"--- sm-ssh host keys ---\n{body}")
-            if keys:
-                return keys
+            body = s3.get_object(Bucket=layout.bucket, Key=key,
+                                 **layout.owner_args())["Body"].read().decode()
         except Exception as e:
             if aws.error_code(e) not in ("NoSuchKey", "404", "NotFound"):
-                raise aws.explain(e, "s3:GetObject") from e
+                raise s3_error(e, layout, "s3:GetObject", key) from e
+            return []
+        return parse_host_keys(f"--- sm-ssh host keys ---\n{body}")
+
+    return poll_host_keys(read, wait, f"{target_id} has published no SSH host keys at "
+                          f"{layout.url(key)}: sshd has not started there yet (does the entry "
+                          "point call setup_and_start_ssh()? see the job's logs), or wait "
+                          "longer with --wait SECONDS", clock, sleep)
+
+
+def poll_host_keys(read: Callable[[], list[tuple[str, str]]], wait: float, missing: str,
+                   clock: Clock = time.monotonic, sleep: Sleep = time.sleep
+                   ) -> list[tuple[str, str]]:
+    """``read()`` until it finds host keys (sshd publishes them once it runs), up to
+    ``wait`` seconds; then ``missing`` is the one line."""
+    poll = retry.Poll(wait, first=0.2, cap=2.0, clock=clock, sleep=sleep)
+    while True:
+        keys = read()
+        if keys:
+            return keys
         if poll.expired():
-            raise ResolutionError(
-                f"{target_id} has published no SSH host keys at {layout.url(key)}: sshd has not "
-                "started there yet (does the entry point call setup_and_start_ssh()? see the "
-                "job's logs), or wait longer with --wait SECONDS")
+            raise ResolutionError(missing)
         poll.wait()
 
 
 def authorize(ctx: Context, job: Job, target: fqdn.Target, host: str, alias: str,
               wait: float) -> Authorized:
     """The native counterpart of ``keys.authorize``: key to S3, host keys from S3, pinned."""
+    layout = layout_of(job)
+    target_id = transport.training_target(job.name, host)
+    return authorize_with(ctx, layout, target, alias, target_id,
+                          lambda s3: fetch_host_keys(s3, layout, host, target_id, wait))
+
+
+def authorize_with(ctx: Any, layout: transport.KeyLayout, target: fqdn.Target, alias: str,
+                   target_id: str, fetch: Callable[[Any], list[tuple[str, str]]]
+                   ) -> Authorized:
+    """This client's key (created once per target) into the key folder, then the host keys
+    ``fetch(s3)`` finds, pinned for ``alias``: the one authorization of the native path."""
     from sagemaker_ssh_helper import keyfile, keys
 
-    layout = layout_of(job)
     path = keys.key_path(target.fqdn)
     line = keys.ensure_key(path, comment=f"sm-ssh {target.fqdn}")
     marker = keys.client_marker(path, line)
@@ -245,8 +357,7 @@ def authorize(ctx: Context, job: Job, target: fqdn.Target, host: str, alias: str
     keyfile.refuse_directory(known_hosts)
     s3 = aws.client(ctx.session, "s3", ctx.region_name)
     push_key(s3, layout, line, marker)
-    target_id = transport.training_target(job.name, host)
-    host_keys = fetch_host_keys(s3, layout, host, target_id, wait)
+    host_keys = fetch(s3)
     alias = alias.lower()
     return keys.Authorized(path, keys.pin_host_keys(alias, host_keys, known_hosts, target_id),
                            alias)
@@ -358,28 +469,56 @@ def authorize_target(session: Any, region: str, target_id: str, name: str | None
     if target_id.startswith(transport.ENDPOINT_TARGET_PREFIX):
         return authorize_endpoint_target(session, region, target_id, name, wait)
     job_name, host = parse_target(target_id)
-    ctx = _context(session, region)
-    target = fqdn.parse_resource(f"{job_name}.training.{fqdn.SUFFIX}")
-    job = describe(ctx, target)
-    if job is None:
-        raise ResolutionError(f"cannot describe training job {job_name} in {region}")
-    job = wait_training(ctx, target, job, wait)
+    ctx, target, job = described_and_ready(session, region, "training", job_name, wait)
+    assert isinstance(job, Job)
     if host not in job.ssh_hosts:
         raise UsageError(f"{target.fqdn} has no node {host!r} with SSH: choose one of "
                          + ", ".join(job.ssh_hosts))
     return authorize(ctx, job, target, host, name or target.fqdn, wait)
 
 
-def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> list[str] | None:
-    """The targets of a native job's SSH nodes once it is Training (the wrappers'
-    ``get_instance_ids``); None when the job is not native."""
+def described_and_ready(session: Any, region: str, kind: str, name: str, wait: float
+                        ) -> tuple[Context, fqdn.Target, Resource]:
+    """The training job or endpoint ``name`` (``kind``: an fqdn kind), described and waited
+    for until SageMaker opens sessions to it (a target ID names it: it must exist)."""
     ctx = _context(session, region)
-    target = fqdn.parse_resource(f"{job_name}.training.{fqdn.SUFFIX}")
-    job = native_job(ctx, target)
-    if job is None:
+    target = fqdn.parse_resource(f"{name}.{kind}.{fqdn.SUFFIX}")
+    resource = _describe_kind(ctx, target)
+    if resource is None:
+        what = "training job" if kind == "training" else "endpoint"
+        raise ResolutionError(f"cannot describe {what} {name} in {region}")
+    return ctx, target, _wait_kind(ctx, target, resource, wait)
+
+
+def _describe_kind(ctx: Context, target: fqdn.Target) -> Resource | None:
+    if target.kind.kind == "training":
+        return describe(ctx, target)
+    return describe_endpoint(ctx, target)
+
+
+def _wait_kind(ctx: Context, target: fqdn.Target, resource: Resource, wait: float) -> Resource:
+    if isinstance(resource, Job):
+        return wait_training(ctx, target, resource, wait)
+    assert isinstance(resource, Endpoint)
+    return wait_endpoint(ctx, target, resource, wait)
+
+
+def native_targets(session: Any, region: str, kind: str, name: str,
+                   timeout: float) -> list[str] | None:
+    """SageMaker's targets of a native training job's SSH nodes (once it is Training) or of a
+    native endpoint's instances (the wrappers' ``get_instance_ids``); None when the resource
+    is not native (the hybrid lookup then runs)."""
+    ctx = _context(session, region)
+    target = fqdn.parse_resource(f"{name}.{kind}.{fqdn.SUFFIX}")
+    resource = _describe_kind(ctx, target)
+    if resource is None or not resource.native:
         return None
-    job = wait_training(ctx, target, job, timeout)
-    return [transport.training_target(job.name, host) for host in job.ssh_hosts]
+    return _wait_kind(ctx, target, resource, timeout).targets()
+
+
+def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> list[str] | None:
+    """``native_targets`` of a training job."""
+    return native_targets(session, region, "training", job_name, timeout)
 
 
 # -- sm-ssh list --------------------------------------------------------------------------------
@@ -448,8 +587,10 @@ ENDPOINT_GONE = ("Failed", "Deleting", "OutOfService", "UpdateRollbackFailed")
 SSM_STREAM_SUFFIX = "/ssm"
 
 
-class Endpoint:
+class Endpoint(Resource):
     """An endpoint, its configuration's variants and its models' environments."""
+
+    kind, arn_key, relaunch, launched = ("endpoint", "EndpointArn", "redeploy it", "deployed")
 
     def __init__(self, described: dict[str, Any], variants: list[dict[str, Any]],
                  models: dict[str, dict[str, Any]]) -> None:
@@ -458,6 +599,7 @@ class Endpoint:
         self.variants = variants
         self.models = models  # model name -> DescribeModel
         self.nodes: list[tuple[str, str]] = []  # (variant, instance id), from the SSM streams
+        self.nodes_since = 0.0  # when the oldest of them started (its SSM stream, epoch s)
 
     @property
     def status(self) -> str:
@@ -480,17 +622,23 @@ class Endpoint:
         return {str(k): str(v) for k, v in dict(container.get("Environment") or {}).items()}
 
     @property
-    def transport(self) -> str:
-        return self.env.get(transport.TRANSPORT_ENV, "")
+    def sagemaker_agent(self) -> bool:
+        return bool(self.ssm_variants)
 
-    @property
-    def runs_ssh(self) -> bool:
-        return self.env.get("START_SSH", "").strip().lower() == "true"
+    def targets(self) -> list[str]:
+        return [self.target_of(node) for node in self.node_names]
 
-    @property
-    def native(self) -> bool:
-        return self.transport == transport.NATIVE or (bool(self.ssm_variants)
-                                                      and not self.runs_ssh)
+    def instance_count(self, variant: str) -> int:
+        """The variant's instances: DescribeEndpoint's count, else its configuration's."""
+        for v in self.described.get("ProductionVariants") or []:
+            if v.get("VariantName") == variant:
+                count = v.get("CurrentInstanceCount") or v.get("DesiredInstanceCount")
+                if count:
+                    return int(count)
+        for v in self.variants:
+            if v.get("VariantName") == variant:
+                return max(1, int(v.get("InitialInstanceCount") or 1))
+        return 1
 
     @property
     def node_names(self) -> list[str]:
@@ -532,19 +680,19 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
     if endpoint._model().get("EnableNetworkIsolation"):
         raise ResolutionError(f"{what} runs its model with network isolation: AWS opens no "
                               "SSM session then; redeploy it without EnableNetworkIsolation")
-    if not shell and not endpoint.runs_ssh:
-        raise ResolutionError(
-            f"no SSH server runs in {what} (it was not deployed with SSH Helper): open a shell "
-            f"in it with `sm-ssh shell {target.fqdn}`")
+    endpoint.check_sshd(target, shell)
 
 
-def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
-    """(variant, instance id) of each SSM log stream ``<variant>/<instance id>/ssm``, oldest
-    first (a replaced instance's stream stays: its target is then not connected)."""
+def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[float, str, str]]:
+    """(created, variant, instance id) of the SSM log streams ``<variant>/<instance id>/ssm`` of the
+    variant's current instances, oldest first. Streams outlive their instances (UpdateEndpoint
+    replaces them all, scaling in or a failed instance some): of each variant the newest
+    streams, as many as it has instances (DescribeEndpoint's instance count), are taken."""
     logs = aws.client(ctx.session, "logs", ctx.region_name)
     group = f"/aws/sagemaker/Endpoints/{endpoint.name}"
-    found: list[tuple[float, str, str]] = []
+    nodes: list[tuple[float, str, str]] = []
     for variant in endpoint.ssm_variants:
+        found: list[tuple[float, str, str]] = []
         try:
             for page in logs.get_paginator("describe_log_streams").paginate(
                     logGroupName=group, logStreamNamePrefix=f"{variant}/"):
@@ -557,57 +705,65 @@ def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[str, str]]:
         except Exception as e:
             if aws.error_code(e) != "ResourceNotFoundException":
                 raise aws.explain(e, "logs:DescribeLogStreams") from e
-    return [(variant, instance) for _, variant, instance in sorted(found)]
+        nodes += sorted(found)[-endpoint.instance_count(variant):]
+    return sorted(nodes)
 
 
 def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float,
                   clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                   shell: bool = False) -> Endpoint:
     """Wait (up to ``wait`` seconds) until an instance's SSM log stream names it."""
-    deadline, delay = clock() + wait, 1.0
-    while True:
-        check_endpoint(endpoint, target, shell)
-        endpoint.nodes = endpoint_nodes(ctx, endpoint)
-        if endpoint.nodes:
-            return endpoint
-        if clock() >= deadline:
-            raise ResolutionError(
-                f"endpoint {endpoint.name} ({endpoint.status}) has no instance with SSM access "
-                f"yet (no <variant>/<instance>/ssm stream in /aws/sagemaker/Endpoints/"
-                f"{endpoint.name}): retry, or wait longer with --wait SECONDS")
-        cli_progress(f"sm-ssh: endpoint {endpoint.name} is {endpoint.status}: waiting for its "
-                     "instances' SSM log streams")
-        sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 1.5, 10.0)
-        endpoint = describe_endpoint(ctx, target) or endpoint
+
+    def found(endpoint: Endpoint) -> bool:
+        nodes = endpoint_nodes(ctx, endpoint)
+        endpoint.nodes = [(variant, instance) for _, variant, instance in nodes]
+        endpoint.nodes_since = nodes[0][0] / 1000.0 if nodes else 0.0
+        return bool(nodes)
+
+    return wait_ready(
+        endpoint, wait, lambda e: check_endpoint(e, target, shell), found,
+        lambda: describe_endpoint(ctx, target),
+        lambda e: f"sm-ssh: endpoint {e.name} is {e.status}: waiting for its instances' SSM "
+                  "log streams",
+        lambda e: f"endpoint {e.name} ({e.status}) has no instance with SSM access yet (no "
+                  f"<variant>/<instance>/ssm stream in /aws/sagemaker/Endpoints/{e.name}): "
+                  "retry, or wait longer with --wait SECONDS", clock, sleep)
 
 
 def fetch_endpoint_host_keys(s3: Any, layout: transport.KeyLayout, count: int, target_id: str,
                              wait: float, clock: Clock = time.monotonic,
-                             sleep: Sleep = time.sleep) -> list[tuple[str, str]]:
-    """The host keys of the endpoint's instances, once at least ``count`` have published."""
+                             sleep: Sleep = time.sleep, since: float = 0.0
+                             ) -> list[tuple[str, str]]:
+    """The host keys of the endpoint's instances, once at least ``count`` have published;
+    only those published from ``since`` on (when the current instances started: the files of
+    instances that UpdateEndpoint replaced stay behind; S3 times are whole seconds)."""
     from sagemaker_ssh_helper.hostkeys import parse_host_keys
 
     folder = f"{layout.job_prefix}{transport.HOST_KEYS_FOLDER}/"
-    deadline, delay = clock() + wait, 0.2
-    while True:
+
+    def read() -> list[tuple[str, str]]:
         keys: list[tuple[str, str]] = []
         try:
-            listed = s3.list_objects_v2(Bucket=layout.bucket, Prefix=folder).get("Contents", [])
+            listed = [item for item in s3.list_objects_v2(
+                Bucket=layout.bucket, Prefix=folder, **layout.owner_args()).get("Contents", [])
+                if _modified(item) >= math.floor(since)]
             for item in listed[:100]:
-                body = s3.get_object(Bucket=layout.bucket, Key=item["Key"])["Body"].read()
+                body = s3.get_object(Bucket=layout.bucket, Key=item["Key"],
+                                     **layout.owner_args())["Body"].read()
                 keys += parse_host_keys(f"--- sm-ssh host keys ---\n{body.decode()}")
         except Exception as e:
-            raise aws.explain(e, "s3:ListBucket") from e
-        if keys and len(listed) >= count:
-            return keys
-        if clock() >= deadline:
-            raise ResolutionError(
-                f"{target_id} has published no SSH host keys under {layout.url(folder)}: sshd "
-                "has not started there yet (does the inference script call "
-                "setup_and_start_ssh()? see the endpoint's logs), or wait longer with --wait")
-        sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 1.5, 2.0)
+            raise s3_error(e, layout, "s3:ListBucket", folder) from e
+        return keys if len(listed) >= count else []
+
+    return poll_host_keys(read, wait, f"{target_id} has published no SSH host keys under "
+                          f"{layout.url(folder)}: sshd has not started there yet (does the "
+                          "inference script call setup_and_start_ssh()? see the endpoint's "
+                          "logs), or wait longer with --wait", clock, sleep)
+
+
+def _modified(item: dict[str, Any]) -> float:
+    stamp: Any = item.get("LastModified")
+    return float(stamp.timestamp()) if hasattr(stamp, "timestamp") else 0.0
 
 
 def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: str,
@@ -615,26 +771,11 @@ def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: 
     """Key to S3, host keys from S3. The container's host name is not documented for endpoints,
     so the host keys of every instance of the endpoint are pinned for it: each was published
     under the owner's folder, where only the owner and the endpoint's role may write."""
-    from sagemaker_ssh_helper import keyfile, keys
-
-    layout = transport.KeyLayout.from_environment(endpoint.env, endpoint.name)
-    if layout is None:
-        raise ResolutionError(f"endpoint {endpoint.name} has no {transport.KEYS_PATH_ENV} or "
-                              "SSH_OWNER_TAG in its model's environment: redeploy it with SSH "
-                              "Helper's transport='native'")
-    path = keys.key_path(target.fqdn)
-    line = keys.ensure_key(path, comment=f"sm-ssh {target.fqdn}")
-    marker = keys.client_marker(path, line)
-    known_hosts = keys.known_hosts_path()
-    keyfile.ensure_dir(known_hosts.parent)
-    keyfile.refuse_directory(known_hosts)
-    s3 = aws.client(ctx.session, "s3", ctx.region_name)
-    push_key(s3, layout, line, marker)
+    layout = endpoint.layout()
     target_id = endpoint.target_of(node)
-    host_keys = fetch_endpoint_host_keys(s3, layout, len(endpoint.nodes), target_id, wait)
-    alias = alias.lower()
-    return keys.Authorized(path, keys.pin_host_keys(alias, host_keys, known_hosts, target_id),
-                           alias)
+    return authorize_with(ctx, layout, target, alias, target_id, lambda s3: (
+        fetch_endpoint_host_keys(s3, layout, len(endpoint.nodes), target_id, wait,
+                                 since=endpoint.nodes_since)))
 
 
 def prepare_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, choice: Any,
@@ -659,15 +800,8 @@ def native_endpoint(ctx: Any, target: fqdn.Target) -> Endpoint | None:
 
 def endpoint_instance_ids(session: Any, region: str, name: str,
                           timeout: float) -> list[str] | None:
-    """The targets of a native endpoint's instances (the wrapper's ``get_instance_ids``);
-    None when the endpoint is not native."""
-    ctx = _context(session, region)
-    target = fqdn.parse_resource(f"{name}.inference.{fqdn.SUFFIX}")
-    endpoint = native_endpoint(ctx, target)
-    if endpoint is None:
-        return None
-    endpoint = wait_endpoint(ctx, target, endpoint, timeout)
-    return [endpoint.target_of(node) for node in endpoint.node_names]
+    """``native_targets`` of an endpoint."""
+    return native_targets(session, region, "inference", name, timeout)
 
 
 def authorize_endpoint_target(session: Any, region: str, target_id: str,
@@ -678,12 +812,8 @@ def authorize_endpoint_target(session: Any, region: str, target_id: str,
             not all(rest):
         raise UsageError(f"{target_id!r} is not a SageMaker endpoint target "
                          "(sagemaker-endpoint:<endpoint>_<variant>_<instance id>)")
-    ctx = _context(session, region)
-    target = fqdn.parse_resource(f"{rest[0]}.inference.{fqdn.SUFFIX}")
-    endpoint = describe_endpoint(ctx, target)
-    if endpoint is None:
-        raise ResolutionError(f"cannot describe endpoint {rest[0]} in {region}")
-    endpoint = wait_endpoint(ctx, target, endpoint, wait)
+    ctx, target, endpoint = described_and_ready(session, region, "inference", rest[0], wait)
+    assert isinstance(endpoint, Endpoint)
     if rest[2] not in endpoint.node_names:
         raise UsageError(f"{target.fqdn} has no instance {rest[2]!r} with SSM access: choose "
                          "one of " + ", ".join(endpoint.node_names))

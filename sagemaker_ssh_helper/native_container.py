@@ -7,6 +7,9 @@ nothing can write ``authorized_keys`` from outside. Instead:
     writes the command sshd runs at each login (``AuthorizedKeysCommand``) and its settings
     (the job's credentials variables, mode 0600, root only);
 
+Every S3 call on the folder passes ``ExpectedBucketOwner`` (the account the launch named, else
+the job's own): a bucket of that name owned by anyone else is refused by S3.
+
 ``publish`` (once sshd runs)
     puts this node's SSH host public keys at ``<prefix><owner>/<job>/host-keys/<host>`` so that
     clients can pin them (and know that sshd is up).
@@ -65,12 +68,24 @@ def command_script(python: str, pythonpath: str) -> str:
 
 
 def _settings(environ: Mapping[str, str]) -> transport.KeyLayout:
+    """The job's key folder; its bucket must be owned by the account the launch named
+    (``SSH_AUTHORIZED_KEYS_BUCKET_OWNER``), else by the account of the job's credentials."""
     settings = contract.read(environ)
     if not settings.keys_path or not settings.owner:
         raise ValueError(f"the native transport needs {contract.AUTHORIZED_KEYS_PATH} and "
                          f"{contract.OWNER_TAG} (set by the wrapper's create(transport='native'))")
     return transport.KeyLayout.for_job(settings.keys_path, settings.owner,
-                                       detect_resource(environ).name)
+                                       detect_resource(environ).name,
+                                       settings.keys_bucket_owner or _own_account(environ))
+
+
+def _own_account(environ: Mapping[str, str]) -> str:
+    import boto3
+
+    from sagemaker_ssh_helper.env import region
+
+    sts = boto3.client("sts", region_name=region(environ))
+    return str(sts.get_caller_identity()["Account"])
 
 
 def prepare(environ: Mapping[str, str] | None = None) -> None:
@@ -79,7 +94,8 @@ def prepare(environ: Mapping[str, str] | None = None) -> None:
     layout = _settings(environ)
     kept = {k: v for k, v in environ.items()
             if k.startswith(_KEPT_PREFIXES) or k in _KEPT_NAMES}
-    config = {"bucket": layout.bucket, "prefix": layout.job_prefix, "env": kept}
+    config = {"bucket": layout.bucket, "prefix": layout.job_prefix,
+              "bucket_owner": layout.bucket_owner, "env": kept}
     portable.write_file(CONFIG_FILE, json.dumps(config), 0o600, parents=True)
     script = command_script(environ.get("SM_SSH_PYTHON") or sys.executable,
                             environ.get("PYTHONPATH", ""))
@@ -96,7 +112,8 @@ def publish(environ: Mapping[str, str] | None = None, etc_ssh: Path = Path("/etc
         raise ValueError(f"no SSH host keys in {etc_ssh}")
     key = layout.host_keys(host_name(environ))
     client = s3 or _s3(environ)
-    client.put_object(Bucket=layout.bucket, Key=key, Body=keys.encode())
+    client.put_object(Bucket=layout.bucket, Key=key, Body=keys.encode(),
+                      **layout.owner_args())
     return layout.url(key)
 
 
@@ -124,13 +141,16 @@ def read_keys(config: dict[str, Any], s3: Any = None) -> list[str]:
     subfolders)."""
     os.environ.update({str(k): str(v) for k, v in dict(config.get("env") or {}).items()})
     client = s3 or _s3(os.environ)
+    owner = {"ExpectedBucketOwner": str(config["bucket_owner"])} \
+        if config.get("bucket_owner") else {}
     lines: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(  # the folder itself only
-            Bucket=config["bucket"], Prefix=config["prefix"], Delimiter="/"):
+            Bucket=config["bucket"], Prefix=config["prefix"], Delimiter="/", **owner):
         for item in page.get("Contents", []):
             if not str(item["Key"]).endswith(".pub") or int(item.get("Size", 0)) > 16384:
                 continue
-            body = client.get_object(Bucket=config["bucket"], Key=item["Key"])["Body"].read()
+            body = client.get_object(Bucket=config["bucket"], Key=item["Key"],
+                                     **owner)["Body"].read()
             lines += transport.public_key_lines(body.decode("utf-8", "replace"))
     return lines
 

@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 TRANSPORT_ENV = "SSH_TRANSPORT"
 KEYS_PATH_ENV = "SSH_AUTHORIZED_KEYS_PATH"
+# The account that must own the key folder's bucket: every S3 call on the folder passes it as
+# ExpectedBucketOwner, so a bucket of that name in another account (the default bucket's name
+# is predictable) is refused by S3 instead of handing out or taking in keys.
+BUCKET_OWNER_ENV = "SSH_AUTHORIZED_KEYS_BUCKET_OWNER"
 HYBRID, NATIVE, AUTO = "hybrid", "native", "auto"
 TRANSPORTS = (HYBRID, NATIVE, AUTO)
 TRAINING_TARGET_PREFIX = "sagemaker-training-job:"
@@ -39,6 +43,10 @@ DEFAULT_KEYS_FOLDER = "ssh-native-keys/"  # the same as cdk.policies.NATIVE_KEYS
 # On the launch side: where native jobs keep their keys (else DEFAULT_KEYS_FOLDER in the SageMaker
 # default bucket); written into the job's environment as KEYS_PATH_ENV.
 LAUNCH_KEYS_PATH_ENV = "SSH_NATIVE_KEYS_PATH"
+# On the launch side: the account that owns the bucket of SSH_NATIVE_KEYS_PATH when it is not the
+# launching account's (else the launching account); written as BUCKET_OWNER_ENV.
+LAUNCH_BUCKET_OWNER_ENV = "SSH_NATIVE_KEYS_BUCKET_OWNER"
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
 # A public key line as sshd reads it from authorized_keys, without options.
 _KEY_LINE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|"
                        r"sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
@@ -88,16 +96,36 @@ class KeyLayout:
 
     bucket: str
     job_prefix: str  # <prefix><owner>/<job>/
+    bucket_owner: str = ""  # the account ID that must own the bucket ("": not checked)
 
     @classmethod
-    def for_job(cls, keys_path: str, owner: str, job_name: str) -> KeyLayout:
+    def for_job(cls, keys_path: str, owner: str, job_name: str,
+                bucket_owner: str = "") -> KeyLayout:
         bucket, prefix = split_s3(keys_path)
-        return cls(bucket, f"{prefix}{safe_segment(owner)}/{safe_segment(job_name)}/")
+        return cls(bucket, f"{prefix}{safe_segment(owner)}/{safe_segment(job_name)}/",
+                   bucket_owner)
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str], job_name: str) -> KeyLayout | None:
+    def from_environment(cls, env: Mapping[str, str], job_name: str,
+                         account: str = "") -> KeyLayout | None:
+        """The layout the resource's environment names; its bucket must be owned by the
+        account the launch wrote (``BUCKET_OWNER_ENV``), else by ``account`` (the resource's
+        own, for resources launched before the launch wrote it)."""
         path, owner = env.get(KEYS_PATH_ENV, ""), env.get("SSH_OWNER_TAG", "")
-        return cls.for_job(path, owner, job_name) if path and owner else None
+        bucket_owner = env.get(BUCKET_OWNER_ENV, "") or account
+        return cls.for_job(path, owner, job_name, bucket_owner) if path and owner else None
+
+    def owner_args(self) -> dict[str, str]:
+        """``ExpectedBucketOwner`` for every S3 call on the folder."""
+        return {"ExpectedBucketOwner": self.bucket_owner} if self.bucket_owner else {}
+
+    def refused(self, action: str, key: str) -> str:
+        """The one line for an AccessDenied on the folder."""
+        owner = (f" or the bucket {self.bucket} is not owned by account {self.bucket_owner} "
+                 f"(the owner the launch expected, {BUCKET_OWNER_ENV})"
+                 if self.bucket_owner else "")
+        return (f"access denied to {self.url(key)} ({action}): your IAM policy does not allow "
+                f"it{owner}")
 
     def client_key(self, client: str) -> str:
         return f"{self.job_prefix}{safe_segment(client)}.pub"
@@ -107,6 +135,10 @@ class KeyLayout:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def is_account(text: str) -> bool:
+    return bool(_ACCOUNT.match(text))
 
 
 def safe_segment(text: str) -> str:

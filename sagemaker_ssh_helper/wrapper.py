@@ -277,42 +277,31 @@ def _model_image(model: Any, call: Any) -> str | None:
 
 
 def _endpoint_native_unsupported(model: Any) -> str | None:
-    """Why SSM access (``EnableSSMAccess``) cannot serve the model's endpoint (None: it may;
-    whether AWS allowlisted the account is known only when CreateEndpointConfig answers)."""
+    """Why SSM access (``EnableSSMAccess``) cannot serve the model's endpoint (None: it may)."""
     try:  # a MultiDataModel's method reads an attribute the SDK never sets
         isolation = getattr(model, "enable_network_isolation", None)
         isolated = (isolation() if callable(isolation) else isolation) is True
     except AttributeError:
         isolated = False
-    if isolated:
-        return "AWS opens no SSM session into a model with network isolation"
-    if getattr(model, "algorithm_arn", None) or getattr(model, "model_package_arn", None):
-        return "AWS offers no SSM access to built-in or AWS Marketplace algorithm containers"
-    return None
+    return wrapper_hooks.endpoint_native_unsupported(
+        isolated, bool(getattr(model, "algorithm_arn", None)
+                       or getattr(model, "model_package_arn", None)))
 
 
 def _hook_ssm_access(model: Any) -> None:
     """Make the model's ``deploy()`` create its endpoint configuration with ``EnableSSMAccess``
-    on the model's production variant (the SDK has no such argument): a botocore
-    ``before-parameter-build`` handler on the session's SageMaker client, which adds the field
-    to CreateEndpointConfig's variants that serve this model."""
+    on the model's production variant (``wrapper_hooks.register_ssm_access`` on the session's
+    SageMaker client, which exists once ``deploy()`` is called)."""
     original = model.deploy
     if getattr(original, "_sm_ssh_ssm_access", False):
         return
-
-    def add_ssm_access(params: dict[str, Any], **_: Any) -> None:
-        for variant in params.get("ProductionVariants") or []:
-            if variant.get("ModelName") == getattr(model, "name", None) and \
-                    not variant.get("ServerlessConfig"):
-                variant["EnableSSMAccess"] = True
 
     @functools.wraps(original)
     def deploy(*args: Any, **kwargs: Any) -> Any:
         if getattr(model, "sagemaker_session", None) is None:
             model.sagemaker_session = sagemaker.Session()
-        model.sagemaker_session.sagemaker_client.meta.events.register(
-            "before-parameter-build.sagemaker.CreateEndpointConfig", add_ssm_access,
-            unique_id=f"sm-ssh-ssm-access-{id(model)}")
+        wrapper_hooks.register_ssm_access(model.sagemaker_session.sagemaker_client,
+                                          lambda: getattr(model, "name", None), model)
         return original(*args, **kwargs)
 
     deploy._sm_ssh_ssm_access = True  # type: ignore[attr-defined]
@@ -422,13 +411,7 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
     resource_name = endpoint_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        from sagemaker_ssh_helper import native
-
-        targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
-                                               timeout_in_sec)
-        if targets is not None:  # SageMaker's own targets (the variant's SSM access)
-            return targets
-        return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
+        return self._endpoint_lookup(manager, name, timeout_in_sec)
 
     def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> list[str]:
         """Managed instance IDs found in the endpoint's CloudWatch logs (Logs Insights)."""

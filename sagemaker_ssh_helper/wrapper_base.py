@@ -166,6 +166,18 @@ class SSHEnvironmentWrapper:
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         raise NotImplementedError
 
+    def _endpoint_lookup(self, manager: SSMManager, name: str, timeout_in_sec: float
+                         ) -> list[str]:
+        """An endpoint's SageMaker targets when its variant has SSM access (native), else its
+        managed instances."""
+        from sagemaker_ssh_helper import native
+
+        targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
+                                               timeout_in_sec)
+        if targets is not None:
+            return targets
+        return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
+
     def _check_state(self) -> None:
         """Fail at once when the resource does not exist (here) or has ended."""
         target = fqdn.Target(kinds=(fqdn.kind(self.kind),), name=self.resource_name())

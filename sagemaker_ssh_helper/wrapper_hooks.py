@@ -80,3 +80,32 @@ def default_transform_job_name(transformer: Any, name_from_base: Callable[[str],
             logger.debug("no base name from the transformer's image: %s", e)
             base = None
     return name_from_base(str(base or transformer.model_name))
+
+
+# -- SSM access for real-time endpoints (the native transport) --------------------------------
+def endpoint_native_unsupported(network_isolation: bool, algorithm: bool = False) -> str | None:
+    """Why a production variant's SSM access (``EnableSSMAccess``) cannot serve a model (None:
+    it may; whether AWS allowlisted the account shows only when CreateEndpointConfig answers)."""
+    if network_isolation:
+        return "AWS opens no SSM session into a model with network isolation"
+    if algorithm:
+        return "AWS offers no SSM access to built-in or AWS Marketplace algorithm containers"
+    return None
+
+
+def register_ssm_access(sagemaker_client: Any, model_name: Callable[[], str | None],
+                        key: object) -> None:
+    """Make ``sagemaker_client``'s CreateEndpointConfig turn on ``EnableSSMAccess`` on the
+    production variants that serve ``model_name()`` (asked at call time: the SDK may name the
+    model late). The SDKs have no argument for it, so this is a botocore
+    ``before-parameter-build`` handler; registering it again for the same ``key`` replaces it."""
+
+    def add_ssm_access(params: dict[str, Any], **_: Any) -> None:
+        name = model_name()
+        for variant in params.get("ProductionVariants") or []:
+            if name and variant.get("ModelName") == name and not variant.get("ServerlessConfig"):
+                variant["EnableSSMAccess"] = True
+
+    sagemaker_client.meta.events.register(
+        "before-parameter-build.sagemaker.CreateEndpointConfig", add_ssm_access,
+        unique_id=f"sm-ssh-ssm-access-{id(key)}")

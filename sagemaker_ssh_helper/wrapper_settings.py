@@ -175,6 +175,7 @@ class SSHSettings:
     keep_alive_on_failure_seconds: int = 0  # post-mortem hold of a crashed script (postmortem)
     transport: str = "hybrid"  # "native": SageMaker's remote debugging carries the sessions
     keys_path: str = ""  # native: the S3 prefix of the keys (SSH_AUTHORIZED_KEYS_PATH)
+    keys_bucket_owner: str = ""  # native: the account owning its bucket (ExpectedBucketOwner)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -191,6 +192,8 @@ class SSHSettings:
         if self.transport == "native":  # absent means hybrid, as for SSH Helper v2's jobs
             env["SSH_TRANSPORT"] = "native"
             env["SSH_AUTHORIZED_KEYS_PATH"] = self.keys_path
+            if self.keys_bucket_owner:
+                env["SSH_AUTHORIZED_KEYS_BUCKET_OWNER"] = self.keys_bucket_owner
         return env
 
 
@@ -221,37 +224,46 @@ def build_settings(sdk_object: Any, role: Any, what: str, connection_wait_time_s
     if local_user_id:
         check_owner(local_user_id)
     session = launch_boto_session(sdk_object)
-    keys_path = native_keys_path(session) if transport == "native" else ""
+    keys_path, bucket_owner = native_keys_location(session) if transport == "native" \
+        else ("", "")
     owner = resolve_owner(local_user_id, session)
     return SSHSettings(wait_seconds=wait_seconds, ssm_role=ssm_role, owner=owner,
                        log_to_stdout=bool(log_to_stdout), instance_count=instance_count,
                        start_ssh=bool(bootstrap_on_start),
                        keep_alive_on_failure_seconds=keep_alive, transport=transport,
-                       keys_path=keys_path)
+                       keys_path=keys_path, keys_bucket_owner=bucket_owner)
 
 
-def native_keys_path(boto_session: Any) -> str:
-    """``SSH_NATIVE_KEYS_PATH`` of the launching environment, else our folder in the
-    SageMaker default bucket (``s3://sagemaker-<region>-<account>/ssh-native-keys/``). Not
-    ``SSH_AUTHORIZED_KEYS_PATH``: that is the hybrid transport's copy of the keys, where every
-    user may write; the native one is written per owner only."""
+def native_keys_location(boto_session: Any) -> tuple[str, str]:
+    """(key folder, account that must own its bucket). The folder: ``SSH_NATIVE_KEYS_PATH`` of
+    the launching environment, else our folder in the SageMaker default bucket
+    (``s3://sagemaker-<region>-<account>/ssh-native-keys/``). Not ``SSH_AUTHORIZED_KEYS_PATH``:
+    that is the hybrid transport's copy of the keys, where every user may write; the native one
+    is written per owner only. The owner: the launching account, which owns its default bucket
+    and, unless ``SSH_NATIVE_KEYS_BUCKET_OWNER`` names another account (a central bucket),
+    the bucket ``SSH_NATIVE_KEYS_PATH`` names."""
     import os
 
     from sagemaker_ssh_helper import transport
 
     given = os.environ.get(transport.LAUNCH_KEYS_PATH_ENV, "")
+    owner = os.environ.get(transport.LAUNCH_BUCKET_OWNER_ENV, "").strip()
+    if owner and not transport.is_account(owner):
+        raise ValueError(f"{transport.LAUNCH_BUCKET_OWNER_ENV} must be a 12-digit AWS account "
+                         f"ID, got {owner!r}")
     if given:
         try:
             transport.split_s3(given)
         except ValueError:
             raise ValueError(f"{transport.LAUNCH_KEYS_PATH_ENV} must be an s3://bucket/prefix/ "
                              f"URL, got {given!r}") from None
-        return given if given.endswith("/") else given + "/"
     try:
         account = str(aws.sts_client(boto_session).get_caller_identity()["Account"])
     except Exception as e:
         raise aws.explain(e, "sts:GetCallerIdentity") from e
-    return transport.default_keys_path(aws.session_region(boto_session), account)
+    if given:
+        return (given if given.endswith("/") else given + "/"), owner or account
+    return transport.default_keys_path(aws.session_region(boto_session), account), account
 
 
 def resolve_transport(requested: Any, unsupported: str | None) -> str:

@@ -342,6 +342,14 @@ class SSHProcessorWrapper(_V3Wrapper, SSHJobWrapperBase):
         self.sagemaker_client().stop_processing_job(ProcessingJobName=self.processing_job_name())
 
 
+def _endpoint_native_unsupported(model_builder: Any) -> str | None:
+    """Why SSM access cannot serve the builder's endpoint (None: it may)."""
+    network = getattr(model_builder, "network", None)
+    return wrapper_hooks.endpoint_native_unsupported(
+        getattr(network, "enable_network_isolation", None) is True
+        or getattr(model_builder, "_enable_network_isolation", None) is True)
+
+
 class SSHModelBuilderWrapper(_V3Wrapper):
     """SSH into the instances of an endpoint deployed by ``ModelBuilder.deploy()`` (SDK v3).
 
@@ -353,6 +361,7 @@ class SSHModelBuilderWrapper(_V3Wrapper):
     """
 
     kind = "inference"
+    transport = "hybrid"  # the one create() chose; "native": the variant's SSM access
 
     def __init__(self, model_builder: Any = None, env: dict[str, str] | None = None,
                  endpoint_name: str | None = None, boto_session: Any = None) -> None:
@@ -365,17 +374,26 @@ class SSHModelBuilderWrapper(_V3Wrapper):
     def create(cls, model_builder: Any, connection_wait_time_seconds: int = WAIT_0,
                local_user_id: str | None = None, log_to_stdout: bool = False, *,
                connection_wait_time: timedelta | None = None,
-               ssm_iam_role: str | None = None) -> SSHModelBuilderWrapper:
-        """Enable SSH for the endpoint ``model_builder`` deploys; call before ``deploy()``."""
+               ssm_iam_role: str | None = None,
+               transport: str = "hybrid") -> SSHModelBuilderWrapper:
+        """Enable SSH for the endpoint ``model_builder`` deploys; call before ``deploy()``.
+        ``transport`` as for SDK v2's ``SSHModelWrapper.create``: ``"hybrid"``, ``"native"``
+        (``deploy()`` turns on the production variant's SSM access, ``EnableSSMAccess``) or
+        ``"auto"`` (hybrid: the account's allowlisting shows only at deploy time)."""
         if not sdk_class(model_builder, "ModelBuilder", "sagemaker.serve"):
             raise ValueError(sdk_versions.v3_only_message(cls.__name__, model_builder))
         if getattr(model_builder, "_deployed", False):
             raise ValueError(f"the model builder already deployed endpoint "
                              f"{getattr(model_builder, 'endpoint_name', '?')}: call "
                              f"{cls.__name__}.create() before deploy()")
+        chosen = resolve_transport(transport, _endpoint_native_unsupported(model_builder)
+                                   if transport == "native" else
+                                   "the account's allowlisting for SSM access cannot be "
+                                   "checked before deploy()")
         settings = build_settings(model_builder, model_builder.role_arn, "model builder",
                                   connection_wait_time_seconds, connection_wait_time,
-                                  local_user_id, log_to_stdout, ssm_iam_role)
+                                  local_user_id, log_to_stdout, ssm_iam_role,
+                                  transport=chosen)
         env = settings.environment()
         source_code = code_shipping.with_package(model_builder.source_code, model_builder)
         model_builder.env_vars = merged(model_builder.env_vars, env)
@@ -384,6 +402,7 @@ class SSHModelBuilderWrapper(_V3Wrapper):
             # ModelBuilder reads its script-mode folder from source_dir, set at construction.
             model_builder.source_dir = source_code.source_dir
         wrapper = cls(model_builder, env)
+        wrapper.transport = chosen
         wrapper._hook(model_builder)
         return wrapper
 
@@ -415,6 +434,13 @@ class SSHModelBuilderWrapper(_V3Wrapper):
             self._recreate_model(str(model.model_name), str(name))
         self._set_name(str(name))
         logger.info("%s=%s is passed to the container", wrapper_hooks.ENDPOINT_NAME_VAR, name)
+        session = getattr(self._sdk_object, "sagemaker_session", None)
+        if self.transport == "native" and session is not None:  # SageMaker's agent
+            builder = self._sdk_object
+            wrapper_hooks.register_ssm_access(
+                session.sagemaker_client,
+                lambda: getattr(getattr(builder, "built_model", None), "model_name", None),
+                builder)
 
     def _recreate_model(self, model_name: str, endpoint_name: str) -> None:
         """Re-create ``model_name`` with the SSH environment and ``endpoint_name`` in it."""
@@ -457,7 +483,7 @@ class SSHModelBuilderWrapper(_V3Wrapper):
     resource_name = endpoint_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
+        return self._endpoint_lookup(manager, name, timeout_in_sec)
 
     def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_endpoint(

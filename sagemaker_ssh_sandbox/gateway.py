@@ -9,6 +9,8 @@ Requests are forwarded verbatim (method, path, headers including Host, body) to 
   :mod:`~sagemaker_ssh_sandbox.sagemaker.notebooks`);
 * ``iam:SimulatePrincipalPolicy``, which moto lacks, and empty structures in moto's SageMaker
   answers (both in :mod:`~sagemaker_ssh_sandbox.sagemaker.moto_gaps`);
+* S3 requests whose ``ExpectedBucketOwner`` is not the sandbox's account, which owns every
+  bucket: ``403 AccessDenied`` as from S3 (moto ignores the header; ``moto_gaps``);
 * ``/_sandbox/...`` control routes: ``GET /_sandbox/health``, ``GET /_sandbox/status``,
   ``POST /_sandbox/rule-status`` ({"job", "rule", "status"[, "details"]}).
 """
@@ -45,6 +47,7 @@ class Gateway(ThreadingHTTPServer):
         self.upstream = upstream
         # the region the sandbox's jobs, endpoints and apps live in (None: any)
         self.region = region
+        self.account: str | None = None  # owns every S3 bucket (ExpectedBucketOwner)
         self.jobs = jobs
         self.apis: list[Any] = []  # more SageMaker operations served here (e.g. Studio)
         self.status = status or (lambda: {})
@@ -125,6 +128,17 @@ class GatewayHandler(BaseHTTPRequestHandler):
             if self.command == "POST" else None
         if form is not None and form.get("Action") == moto_gaps.SIMULATE:
             self._simulate_principal_policy(form)
+            return
+        refused = moto_gaps.bucket_owner_refusal(
+            self.headers.get(moto_gaps.EXPECTED_OWNER_HEADER), self.server.account)
+        if refused is not None:
+            self.send_response_only(403, "Forbidden")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", "0" if self.command == "HEAD" else
+                             str(len(refused)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(refused)
             return
         self._forward(body)
 

@@ -146,6 +146,7 @@ class Daemon:
             self._ssm.backend.authorizer = Authorizer(MotoPrincipals(self.account))
         gateway = Gateway(("127.0.0.1", self.port), (moto_host, moto_port), jobs=None,
                           status=self.status, region=self.region)
+        gateway.account = self.account
         self._gateway = gateway
         bridges = {}
         for port in (gateway.port, int(self._ssm.port)):

@@ -22,7 +22,8 @@ WRITTEN = [
     SSHSettings(wait_seconds=0, ssm_role="service-role/R", owner="local user@x", log_to_stdout=True,
                 instance_count=3, start_ssh=False, keep_alive_on_failure_seconds=1800),
     SSHSettings(wait_seconds=28 * 24 * 3600, ssm_role="R", owner="AIDAOWNER", instance_count=1,
-                transport="native", keys_path="s3://bucket/ssh-native-keys/"),
+                transport="native", keys_path="s3://bucket/ssh-native-keys/",
+                keys_bucket_owner="123456789012"),
 ]
 
 
@@ -47,7 +48,8 @@ def test_the_reader_reads_every_key_the_writer_writes(written: SSHSettings) -> N
     for field in dataclasses.fields(SSHSettings):
         assert getattr(read, field.name) == getattr(written, field.name), field.name
         assert contract.KEYS[field.name] in env or field.name in (
-            "instance_count", "keep_alive_on_failure_seconds", "transport", "keys_path")
+            "instance_count", "keep_alive_on_failure_seconds", "transport", "keys_path",
+            "keys_bucket_owner")
     # written back, the reader's settings are the writer's variables, text for text
     assert {k: v for k, v in read.values().items() if k in env} == env
     assert read.normalised(env) == env

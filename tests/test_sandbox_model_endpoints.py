@@ -360,3 +360,31 @@ def test_status_gathers_and_prints_endpoints_and_every_kind_of_container(tmp_pat
     assert [(r[0], r[5], r[6]) for r in rows] == [
         ("train-algo-1", "training", "train"), ("ep-i-1", "endpoint", "ep"),
         ("app-c", "studio", "default")]
+
+
+def test_update_endpoint_rules_and_a_failed_update_keeps_the_old_fleet(
+        api: EndpointsAPI, sagemaker: Any) -> None:
+    """UpdateEndpoint: only an InService endpoint, an existing configuration; an update whose
+    new fleet cannot start leaves the endpoint InService on its old configuration, with a
+    FailureReason, and its instances untouched."""
+    variants = [{"VariantName": "AllTraffic", "InitialInstanceCount": 1}]
+    endpoint = _watched(api, variants, 1)
+    api._endpoints[endpoint.name] = endpoint
+    config = config_for(sagemaker, "update-config", "absent-update")
+    with pytest.raises(ApiError, match=r'^Cannot update in-progress endpoint "arn"\.$'):
+        api.handle("UpdateEndpoint", {"EndpointName": "watched", "EndpointConfigName": config})
+    endpoint.events.put(("ready", endpoint.instances[0], None))
+    assert until(lambda: endpoint.status == "InService")
+    with pytest.raises(ApiError, match="Could not find endpoint configuration"):
+        api.handle("UpdateEndpoint", {"EndpointName": "watched", "EndpointConfigName": "nope"})
+
+    api.handle("UpdateEndpoint", {"EndpointName": "watched", "EndpointConfigName": config})
+    assert until(lambda: endpoint.failure_reason)
+    described = api.handle("DescribeEndpoint", {"EndpointName": "watched"})
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c")
+    assert "absent-update" in described["FailureReason"]
+    assert "PendingDeploymentSummary" not in described
+    assert not endpoint.instances[0].retired
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
+    endpoint.set_status("Deleting")
+    endpoint.events.put(("delete", None, None))

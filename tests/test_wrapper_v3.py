@@ -396,3 +396,47 @@ def test_processor_env_and_the_package_input_are_sent(sdk: SDK) -> None:
     attached = SSHProcessorWrapper.attach(sent["ProcessingJobName"])
     assert attached.fqdn() == f"{sent['ProcessingJobName']}.processing.sagemaker"
     assert attached.describe()["ProcessingJobStatus"] in ("InProgress", "Completed")
+
+
+# -- ModelBuilder over the variant's SSM access (transport="native") -------------------------
+def test_model_builder_native_turns_on_ssm_access_and_says_so_in_the_env(sdk: SDK) -> None:
+    builder = sdk.builder()
+    wrapper = SSHModelBuilderWrapper.create(builder, transport="native")
+    assert wrapper.transport == "native"
+    builder.build()
+    builder.deploy(endpoint_name="ep-native", wait=False)
+
+    env = sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SSH_TRANSPORT"] == "native"
+    assert env["SSH_AUTHORIZED_KEYS_PATH"] == \
+        f"s3://sagemaker-{REGION}-123456789012/ssh-native-keys/"
+    sm = sdk.boto.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
+        EndpointName="ep-native")["EndpointConfigName"])  # what the service received
+    [variant] = config["ProductionVariants"]
+    assert variant["EnableSSMAccess"] is True
+    assert variant["ModelName"] == sdk.last("CreateModel")["ModelName"]
+
+
+def test_model_builder_transport_choices(sdk: SDK) -> None:
+    hybrid = sdk.builder()
+    with pytest.raises(ValueError, match="transport must be one of"):
+        SSHModelBuilderWrapper.create(hybrid, transport="ssm")
+    assert SSHModelBuilderWrapper.create(hybrid, transport="auto").transport == "hybrid"
+    hybrid.build()
+    hybrid.deploy(endpoint_name="ep-auto", wait=False)
+    assert "SSH_TRANSPORT" not in sdk.last("CreateModel")["PrimaryContainer"]["Environment"]
+    sm = sdk.boto.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
+        EndpointName="ep-auto")["EndpointConfigName"])
+    assert not config["ProductionVariants"][0].get("EnableSSMAccess")
+
+
+def test_model_builder_native_refuses_network_isolation(sdk: SDK) -> None:
+    from sagemaker.serve.configs import Network
+
+    isolated = sdk.builder(network=Network(enable_network_isolation=True))
+    with pytest.raises(ValueError, match=r"^transport='native' is not possible: AWS opens no "
+                       r"SSM session into a model with network isolation; use "
+                       r"transport='hybrid'$"):
+        SSHModelBuilderWrapper.create(isolated, transport="native")

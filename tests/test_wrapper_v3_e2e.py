@@ -183,3 +183,125 @@ def test_model_builder_endpoint_is_reachable(sandbox: Sandbox, user_env: dict[st
                      inside.stdout, re.M)
     assert re.search(r"^(export )?SSH_OWNER_TAG=['\"]?e2e-owner['\"]?$", inside.stdout, re.M)
     assert SSHModelBuilderWrapper.attach("ssh-v3-endpoint").get_instance_ids(timeout_in_sec=10)
+
+
+DEPLOY_NATIVE = DEPLOY.replace('local_user_id="e2e-owner")',
+                               'local_user_id="e2e-owner",\n'
+                               '                                        transport="native")') + """
+print("RESULT " + json.dumps({"endpoint": wrapper.endpoint_name(),
+                              "status": wrapper.describe()["EndpointStatus"],
+                              "model": builder.built_model.model_name,
+                              "ids": wrapper.get_instance_ids(timeout_in_sec=120)}), flush=True)
+"""
+
+
+def _ssm_calls(sandbox: Sandbox) -> dict[str, int]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{sandbox.env['AWS_ENDPOINT_URL_SSM']}/_sandbox/stats",
+                                timeout=10) as response:
+        return dict(json.loads(response.read())["CallCounts"])
+
+
+def _update_endpoint(sandbox: Sandbox, endpoint: str, model: str, ssm_access: bool) -> str:
+    """What the one-line error says: a new endpoint configuration, then update-endpoint; waits
+    for InService as `aws sagemaker wait endpoint-in-service` would."""
+    import time
+
+    sm = sandbox.client("sagemaker")
+    config = f"{endpoint}-ssm-{'on' if ssm_access else 'off'}"
+    sm.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": model, "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.xlarge", "EnableSSMAccess": ssm_access}])
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config)
+    assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "Updating"
+    deadline = time.monotonic() + 120
+    while (described := sm.describe_endpoint(EndpointName=endpoint))["EndpointStatus"] == \
+            "Updating" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == \
+        ("InService", config), described
+    return config
+
+
+def test_model_builder_native_endpoint_and_update_endpoint(sandbox: Sandbox,
+                                                           user_env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """ModelBuilder + SSHModelBuilderWrapper(transport="native"): the variant has SSM access,
+    no activation is created and SSH runs over SageMaker's target. Then UpdateEndpoint turns
+    SSM access off (one line says how to turn it on) and on again, as that line says: new
+    instances, reached in turn."""
+    before = _ssm_calls(sandbox).get("CreateActivation", 0)
+    result = launch(DEPLOY_NATIVE, user_env, tmp_path, {"inference.py": INFERENCE},
+                    "ssh-v3-native")
+    endpoint, fqdn = "ssh-v3-native", "ssh-v3-native.inference.sagemaker"
+    assert (result["endpoint"], result["status"]) == (endpoint, "InService")
+    [target] = result["ids"]
+    assert target.startswith(f"sagemaker-endpoint:{endpoint}_AllTraffic_i-"), target
+    first = target.rsplit("_", 1)[1]
+    sm = sandbox.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
+        EndpointName=endpoint)["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["EnableSSMAccess"] is True
+
+    inside = run(sm_ssh("connect", fqdn, "--", "hostname; cat /etc/environment"), user_env)
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.splitlines()[0] == first
+    assert re.search(r"^(export )?SSH_TRANSPORT=['\"]?native['\"]?$", inside.stdout, re.M)
+    assert _ssm_calls(sandbox).get("CreateActivation", 0) == before  # no activation at all
+    listed = run(sm_ssh("list", fqdn, "--output", "json"), user_env)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert (rows[endpoint]["transport"], rows[endpoint]["ssh"]) == ("native", "Online"), rows
+
+    # UpdateEndpoint to a configuration without SSM access: new instances, no agent. (A master
+    # of the connection above would serve the old instance while it stops: no reuse here.)
+    user_env = dict(user_env, SM_SSH_REUSE="off")
+    _update_endpoint(sandbox, endpoint, result["model"], ssm_access=False)
+    refused = run(sm_ssh("connect", fqdn, "--", "hostname"), user_env)
+    assert refused.returncode == 3, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.endswith(f"endpoint {endpoint} has SSM access off: create an endpoint "
+                         "configuration whose production variant has EnableSSMAccess=true and "
+                         "`aws sagemaker update-endpoint` to it (AWS must have allowlisted the "
+                         "account), or redeploy with transport='native'"), line
+    with sandbox.activated(), pytest.raises(Exception, match="TargetNotConnected"):
+        sandbox.client("ssm").start_session(Target=target, DocumentName="AWS-StartSSHSession",
+                                          Parameters={"portNumber": ["22"]})
+
+    # ... and what the line says: a configuration with EnableSSMAccess=true, update-endpoint
+    _update_endpoint(sandbox, endpoint, result["model"], ssm_access=True)
+    again = run(sm_ssh("connect", fqdn, "--", "hostname"), user_env)
+    assert again.returncode == 0, again.stderr
+    third = again.stdout.strip()
+    assert third.startswith("i-") and third != first
+    streams = {s["logStreamName"] for s in sandbox.client("logs").describe_log_streams(
+        logGroupName=f"/aws/sagemaker/Endpoints/{endpoint}")["logStreams"]}
+    ssm_streams = {s for s in streams if s.endswith("/ssm")}
+    assert ssm_streams == {f"AllTraffic/{first}/ssm", f"AllTraffic/{third}/ssm"}, streams
+    assert len({s.split("/")[1] for s in streams}) == 3  # three fleets, one instance each
+    assert SSHModelBuilderWrapper.attach(endpoint).get_instance_ids(timeout_in_sec=10) == [
+        f"sagemaker-endpoint:{endpoint}_AllTraffic_{third}"]
+    sm.delete_endpoint(EndpointName=endpoint)
+
+
+def test_key_folder_of_another_account_is_one_line(sandbox: Sandbox, user_env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """A launch told that the key folder's bucket is another account's (a central bucket:
+    SSH_NATIVE_KEYS_PATH and SSH_NATIVE_KEYS_BUCKET_OWNER) while S3 says it is not: the
+    container cannot publish its host keys, and `sm-ssh connect` says why in one line."""
+    bucket = f"sagemaker-{user_env['AWS_REGION']}-123456789012"  # the sandbox account's
+    env = dict(user_env, SSH_NATIVE_KEYS_PATH=f"s3://{bucket}/central-keys/",
+               SSH_NATIVE_KEYS_BUCKET_OWNER="111122223333")
+    result = launch(DEPLOY_NATIVE, env, tmp_path, {"inference.py": INFERENCE},
+                    "ssh-v3-not-mine")
+    assert result["status"] == "InService" and len(result["ids"]) == 1
+    refused = run(sm_ssh("connect", "ssh-v3-not-mine.inference.sagemaker", "--", "true"),
+                  user_env)
+    assert refused.returncode == 4, refused.stderr
+    [line] = refused.stderr.strip().splitlines()  # no traceback
+    assert f"access denied to s3://{bucket}/central-keys/e2e-owner/ssh-v3-not-mine/" in line \
+        and f"or the bucket {bucket} is not owned by account 111122223333" in line, line
+    instance = result["ids"][0].rsplit("_", 1)[1]
+    log = sandbox.container_log("ssh-v3-not-mine", instance, kind="endpoint")
+    assert "cannot publish the SSH host keys" in log and "AccessDenied" in log, log[-2000:]
+    sandbox.client("sagemaker").delete_endpoint(EndpointName="ssh-v3-not-mine")

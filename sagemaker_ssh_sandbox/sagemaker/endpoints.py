@@ -26,7 +26,18 @@ takes sessions only, while the instance runs and the endpoint is not deleted or 
 is created with the target ID as its first line: AWS documents that stream and that the target
 IDs are "listed at the beginning", not the exact wording of that line, so clients should build
 the target from the stream's name. Turning SSM access on for a running endpoint needs
-UpdateEndpoint with a new configuration, which the sandbox does not emulate.
+UpdateEndpoint with a new configuration.
+
+UpdateEndpoint (AWS: "Deploys the EndpointConfig specified in the request to a new fleet of
+instances", shifts the traffic to them "and then deletes the old instances"; the endpoint is
+``Updating`` meanwhile and ``InService`` after): only an ``InService`` endpoint may be updated
+(``ValidationException`` otherwise); a new fleet of instances with new IDs starts from the new
+configuration (their log streams, and SageMaker's agent where the new variant has SSM access);
+once every new instance is ready the endpoint takes the new configuration, is ``InService`` and
+the old instances are stopped (their SSM targets are no longer connected; their log streams
+stay, as in CloudWatch). A new instance that ends before it is ready fails the update: the new
+fleet is stopped and the endpoint stays on its configuration, ``InService`` with a
+FailureReason. DescribeEndpoint shows ``PendingDeploymentSummary`` while it updates.
 """
 from __future__ import annotations
 
@@ -55,7 +66,8 @@ from sagemaker_ssh_sandbox.sagemaker.model_server import READY_LINE
 
 logger = logging.getLogger(__name__)
 
-OPERATIONS = ("CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "DeleteEndpoint")
+OPERATIONS = ("CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "DeleteEndpoint",
+              "UpdateEndpoint")
 TAG_OPERATIONS = ("AddTags", "ListTags", "DeleteTags")
 FAILURE_REASON_MAX = 1024
 SSM_TARGET_PREFIX = "sagemaker-endpoint:"
@@ -68,6 +80,9 @@ class Instance:
     container: Container | None = None
     ready: bool = False
     exit_code: int | None = None
+    ssm: bool = False  # SageMaker's agent runs in it (its variant had EnableSSMAccess)
+    fleet: int = 0  # the deployment that started it: 0 CreateEndpoint, n the n-th update
+    retired: bool = False  # replaced by UpdateEndpoint (stopped, or being stopped)
 
 
 @dataclass
@@ -83,6 +98,8 @@ class Endpoint:
     failure_reason: str | None = None
     images: dict[str, str] = field(default_factory=dict)
     instances: list[Instance] = field(default_factory=list)
+    fleet: int = 0  # the newest deployment (UpdateEndpoint counts up)
+    pending: tuple[str, list[dict[str, Any]]] | None = None  # UpdateEndpoint's config
     events: queue.Queue[tuple[str, Instance | None, int | None]] = field(
         default_factory=queue.Queue)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -100,7 +117,7 @@ class Endpoint:
             for v in self.variants:
                 name = v["VariantName"]
                 serving_now = [i for i in self.instances if i.variant == name and i.ready
-                               and i.exit_code is None]
+                               and i.exit_code is None and not i.retired]
                 weight = float(v.get("InitialVariantWeight", 1.0))
                 entry: dict[str, Any] = {
                     "VariantName": name, "CurrentWeight": weight, "DesiredWeight": weight,
@@ -118,6 +135,9 @@ class Endpoint:
                 "LastModifiedTime": self.modified}
             if self.failure_reason:
                 out["FailureReason"] = self.failure_reason
+            if self.pending is not None:
+                out["PendingDeploymentSummary"] = {"EndpointConfigName": self.pending[0],
+                                                   "StartTime": self.modified}
             return out
 
     def summary(self) -> dict[str, Any]:
@@ -186,7 +206,8 @@ class EndpointsAPI:
             return self._tags(operation, body)
         handler: Callable[[dict[str, Any]], dict[str, Any]] = {
             "CreateEndpoint": self._create, "DescribeEndpoint": self._describe,
-            "ListEndpoints": self._list, "DeleteEndpoint": self._delete}[operation]
+            "ListEndpoints": self._list, "DeleteEndpoint": self._delete,
+            "UpdateEndpoint": self._update}[operation]
         return handler(body)
 
     def _create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -197,12 +218,7 @@ class EndpointsAPI:
                            "failed to satisfy constraint: Member must satisfy regular "
                            f"expression pattern: {NAME_RE.pattern}")
         config_name = str(body.get("EndpointConfigName") or "")
-        try:
-            config = self.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
-        except Exception as e:
-            message = getattr(e, "response", {}).get("Error", {}).get("Message") or str(e)
-            raise ApiError("ValidationException", message) from None
-        variants = json.loads(json.dumps(config.get("ProductionVariants") or [], default=str))
+        variants = self._config_variants(config_name)
         endpoint = Endpoint(name=name, arn=self._arn(name), config_name=config_name,
                             variants=variants,
                             tags={t["Key"]: t.get("Value", "") for t in body.get("Tags") or []})
@@ -216,6 +232,29 @@ class EndpointsAPI:
             self._threads.append(thread)
         logger.info("endpoint %s: creating from %s", name, config_name)
         thread.start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _config_variants(self, config_name: str) -> list[dict[str, Any]]:
+        try:
+            config = self.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+        except Exception as e:
+            message = getattr(e, "response", {}).get("Error", {}).get("Message") or str(e)
+            raise ApiError("ValidationException", message) from None
+        return list(json.loads(json.dumps(config.get("ProductionVariants") or [], default=str)))
+
+    def _update(self, body: dict[str, Any]) -> dict[str, Any]:
+        endpoint = self.get(str(body.get("EndpointName") or ""))
+        config_name = str(body.get("EndpointConfigName") or "")
+        variants = self._config_variants(config_name)
+        with endpoint.lock:
+            if endpoint.status != "InService":
+                raise ApiError("ValidationException",
+                               f'Cannot update in-progress endpoint "{endpoint.arn}".')
+            endpoint.pending = (config_name, variants)
+            endpoint.failure_reason = None
+            endpoint.set_status("Updating")
+            endpoint.events.put(("update", None, None))
+        logger.info("endpoint %s: updating to %s", endpoint.name, config_name)
         return {"EndpointArn": endpoint.arn}
 
     def _describe(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -260,17 +299,17 @@ class EndpointsAPI:
         with endpoint.lock:
             if endpoint.status in ("Deleting", "Failed"):
                 return f"the endpoint is {endpoint.status}"
-            if not ssm_access(endpoint, parsed[1]):
-                return "the variant has no SSM access"
-            running = {i.id for i in endpoint.instances
-                       if i.variant == parsed[1] and i.exit_code is None}
-        return None if parsed[2] in running else f"no running instance {parsed[2]}"
+            instance = next((i for i in endpoint.instances if i.id == parsed[2]
+                             and i.variant == parsed[1]), None)
+        if instance is None or instance.exit_code is not None or instance.retired:
+            return f"no running instance {parsed[2]}"
+        return None if instance.ssm else "the variant has no SSM access"
 
     # -- lifecycle --------------------------------------------------------------------------
     def _lifecycle(self, endpoint: Endpoint) -> None:
         """The endpoint's life, from creation until DeleteEndpoint (or sandbox shutdown)."""
         try:
-            self._start_instances(endpoint)
+            self._start_instances(endpoint, endpoint.variants, 0)
             self._watch(endpoint)
         except JobSetupError as e:
             self._fail(endpoint, str(e))
@@ -291,19 +330,23 @@ class EndpointsAPI:
                 endpoint.set_status("Failed", reason)
         threading.Thread(target=self._terminate, args=(endpoint,), daemon=True).start()
 
-    def _start_instances(self, endpoint: Endpoint) -> None:
-        for variant in endpoint.variants:
+    def _start_instances(self, endpoint: Endpoint, variants: list[dict[str, Any]],
+                         fleet: int) -> None:
+        """Start the instances of ``variants`` as deployment ``fleet``."""
+        for variant in variants:
             definition = serving.container_definition(
                 serving.describe_model(self.sagemaker, str(variant.get("ModelName"))))
             endpoint.images[variant["VariantName"]] = str(definition.get("Image") or "")
             for _ in range(int(variant.get("InitialInstanceCount") or 1)):
-                if endpoint.status != "Creating":
+                if endpoint.status not in ("Creating", "Updating") or endpoint.fleet != fleet:
                     return
-                self._start_instance(endpoint, variant["VariantName"], definition)
+                self._start_instance(endpoint, variant, definition, fleet)
 
-    def _start_instance(self, endpoint: Endpoint, variant: str,
-                        definition: dict[str, Any]) -> None:
-        instance = Instance(id=f"i-{secrets.token_hex(9)[:17]}", variant=variant)
+    def _start_instance(self, endpoint: Endpoint, variant_config: dict[str, Any],
+                        definition: dict[str, Any], fleet: int) -> None:
+        variant = str(variant_config["VariantName"])
+        instance = Instance(id=f"i-{secrets.token_hex(9)[:17]}", variant=variant, fleet=fleet,
+                            ssm=variant_config.get("EnableSSMAccess") is True)
         root = self.endpoint_dir(endpoint.name) / instance.id
         config = ContainerConfig(name=f"{endpoint.name}-{instance.id}", hostname=instance.id,
                                  root=root, argv=[], env={}, bridges=dict(self.bridges),
@@ -312,7 +355,7 @@ class EndpointsAPI:
                               python=self.platform.python)
         config.argv, config.cwd, config.env = serving.prepare_endpoint(
             self.s3, container.opt_ml, definition, self.platform)
-        if self.ssm_backend is not None and ssm_access(endpoint, variant):
+        if self.ssm_backend is not None and instance.ssm:
             target_id = ssm_target(endpoint.name, variant, instance.id)
             self.ssm_backend.register_sagemaker_target(target_id, instance.id)
             config.sidecars.append(remote_debug.agent_sidecar(
@@ -362,6 +405,9 @@ class EndpointsAPI:
                                      "within ContainerStartupHealthCheckTimeoutInSeconds. "
                                      f"{self._logs_hint(endpoint)}")
                 continue
+            if event == "update":
+                self._start_update(endpoint)
+                continue
             if instance is None:
                 continue
             with endpoint.lock:
@@ -369,7 +415,11 @@ class EndpointsAPI:
                     instance.ready = True
                 else:
                     instance.exit_code = code
-            if event == "ready" and endpoint.status == "Creating" and all(
+            if instance.retired:
+                continue
+            if endpoint.status == "Updating" and instance.fleet == endpoint.fleet:
+                self._update_event(endpoint, event, instance, code)
+            elif event == "ready" and endpoint.status == "Creating" and all(
                     i.ready for i in endpoint.instances) and self._all_started(endpoint):
                 endpoint.set_status("InService")
                 deadline = None
@@ -383,6 +433,51 @@ class EndpointsAPI:
     def _all_started(self, endpoint: Endpoint) -> bool:
         wanted = sum(int(v.get("InitialInstanceCount") or 1) for v in endpoint.variants)
         return len(endpoint.instances) == wanted
+
+    # -- UpdateEndpoint ---------------------------------------------------------------------
+    def _start_update(self, endpoint: Endpoint) -> None:
+        """Start the new fleet of the configuration UpdateEndpoint named."""
+        with endpoint.lock:
+            if endpoint.pending is None or endpoint.status != "Updating":
+                return
+            endpoint.fleet += 1
+            fleet, variants = endpoint.fleet, endpoint.pending[1]
+        try:
+            self._start_instances(endpoint, variants, fleet)
+        except JobSetupError as e:
+            self._end_update(endpoint, f"UpdateEndpoint failed: {e}")
+
+    def _update_event(self, endpoint: Endpoint, event: str, instance: Instance,
+                      code: int | None) -> None:
+        if event == "exit":
+            self._end_update(endpoint, self._exit_reason(endpoint, instance, code))
+            return
+        assert endpoint.pending is not None
+        new = [i for i in endpoint.instances if i.fleet == endpoint.fleet]
+        wanted = sum(int(v.get("InitialInstanceCount") or 1) for v in endpoint.pending[1])
+        if len(new) == wanted and all(i.ready for i in new):
+            self._end_update(endpoint, None)
+
+    def _end_update(self, endpoint: Endpoint, failure: str | None) -> None:
+        """The new fleet takes over (``failure`` None), or is dropped; the other is stopped."""
+        with endpoint.lock:
+            if endpoint.pending is None:
+                return
+            fleet = endpoint.fleet
+            if failure is None:
+                endpoint.config_name, endpoint.variants = endpoint.pending
+            stopped = [i for i in endpoint.instances if not i.retired and (
+                (i.fleet != fleet) if failure is None else (i.fleet == fleet))]
+            for instance in stopped:
+                instance.retired = True
+            endpoint.pending = None
+            endpoint.set_status("InService", failure)
+        logger.info("endpoint %s: update %s", endpoint.name,
+                    "done" if failure is None else f"failed: {failure}")
+        containers = [i.container for i in stopped if i.container is not None]
+        for container in containers:
+            threading.Thread(target=container.terminate, args=(self.stop_grace,), daemon=True,
+                             name=f"{container.name} retire").start()
 
     def _logs_hint(self, endpoint: Endpoint) -> str:
         return (f"Please check the CloudWatch logs of this endpoint "
@@ -422,11 +517,6 @@ class EndpointsAPI:
             threads = list(self._threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def ssm_access(endpoint: Endpoint, variant: str) -> bool:
-    return any(v.get("VariantName") == variant and v.get("EnableSSMAccess") is True
-               for v in endpoint.variants)
 
 
 def ssm_target(endpoint: str, variant: str, instance_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Two places where moto answers differently from AWS and the SageMaker Python SDK v3 notices.
+"""Places where moto answers differently from AWS and our clients notice.
 
 * **iam:SimulatePrincipalPolicy** is not implemented in moto; SDK v3 calls it to check a role
   before ``ModelTrainer`` or ``ModelBuilder`` launch anything. The sandbox checks identity
@@ -9,6 +9,9 @@
   ``"DataCaptureConfig": {}`` and the like where AWS leaves the member out; SDK v3's models reject
   them (their required members are missing). :func:`drop_empty_structures` removes every empty
   structure that has required members, using botocore's model of the operation's output.
+* **S3's ExpectedBucketOwner** (the ``x-amz-expected-bucket-owner`` header) is ignored by moto;
+  S3 answers ``403 AccessDenied`` when the bucket's owner is another account. Every bucket of
+  the sandbox is its account's, so :func:`bucket_owner_refusal` refuses any other account.
 """
 from __future__ import annotations
 
@@ -27,6 +30,20 @@ SIMULATE = "SimulatePrincipalPolicy"
 
 
 # -- iam:SimulatePrincipalPolicy ------------------------------------------------------------
+EXPECTED_OWNER_HEADER = "x-amz-expected-bucket-owner"
+
+
+def bucket_owner_refusal(expected: str | None, account: str | None) -> bytes | None:
+    """S3's 403 body when a request expects its bucket to be owned by an account other than
+    ``account`` (the sandbox's, which owns every bucket there); None: forward it."""
+    if not expected or not account or expected.strip() == account:
+        return None
+    request_id = uuid.uuid4().hex[:16].upper()
+    return ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>"
+            f"<Message>Access Denied</Message><RequestId>{request_id}</RequestId>"
+            "<HostId>sandbox</HostId></Error>").encode()
+
+
 def query_form(content_type: str, body: bytes) -> dict[str, str] | None:
     """The parameters of an AWS Query-protocol request (IAM, STS), or None."""
     if not content_type.startswith("application/x-www-form-urlencoded"):
