@@ -210,6 +210,20 @@ def test_connect_returns_the_commands_output_and_exit_code(world: World) -> None
     assert any(line.startswith(f"{world.fqdn('one')} ssh-ed25519 ") for line in pinned)
 
 
+def test_cp_takes_what_follows_double_dash_as_file_names(world: World) -> None:
+    """As for POSIX tools, `--` ends cp's options: `-weights.txt` after it is a file."""
+    work = world.tmp / "dashes"
+    work.mkdir()
+    (work / "-weights.txt").write_text("dash\n")
+    remote = f"{world.fqdn('one')}:/tmp/-weights.txt"
+    for operands in (["-weights.txt", remote], [remote, "-back.txt"]):
+        done = subprocess.run(sm_ssh("cp", "--", *operands), env=world.env, cwd=work,
+                              capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL, check=False)
+        assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    assert (work / "-back.txt").read_text() == "dash\n"
+
+
 def test_the_users_ssh_options_win_over_ours(world: World) -> None:
     """ssh keeps the first value it sees and the user's options come first: here the user's
     empty known_hosts file replaces our pinned one, so ssh refuses the host (in one line)."""
