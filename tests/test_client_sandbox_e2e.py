@@ -626,6 +626,25 @@ def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
         mux.terminate(path)
 
 
+def test_two_commands_at_once_start_one_session(world: World) -> None:
+    """The second waits for the first one's master and rides it: one StartSession."""
+    env = world.home("reuse-race")
+    home = Path(env["HOME"])
+    others = set(masters(home, env))
+    before = sessions_and_pushes(world, "one")[0]
+    procs = [subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "--", f"echo race-{i}"),
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        assert [out for out, _ in results] == ["race-0\n", "race-1\n"]
+        assert sessions_and_pushes(world, "one")[0] - before == 1
+    finally:
+        for path in set(masters(home, env)) - others:
+            mux.terminate(path)
+
+
 def _refused(path: Path) -> bool:
     """Nobody listens on the socket at ``path`` any more (its file is still there)."""
     with socket.socket(socket.AF_UNIX) as sock:
