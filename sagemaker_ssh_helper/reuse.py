@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,47 +266,33 @@ def _connect(ctx: Context, prepared: Prepared, key: str, route: Route,
              user_options: Sequence[str], command: Sequence[str], plan: SshPlan,
              persist: int | None) -> int:
     """Start the session and ssh (a master, then the command through it, when ``persist``);
-    when the container refuses a key that was not pushed this time, push it and retry once."""
-    from sagemaker_ssh_helper import proxy, session
+    when the container refuses a key that was not pushed this time, push it and retry once.
 
-    ssm = ctx.manager().ssm
+    A master is looked for and started under its lock, the session included: a second
+    ``sm-ssh connect`` to the same target waits for the first one's master and rides it,
+    without a session of its own that would end unused."""
     for attempt in (1, 2):
-        try:
-            started = session.open_session(ssm, prepared.instance_id, plan.port, ctx.profile)
-        except SSHHelperError as e:
-            if attempt == 1:
-                raise _Gone(e) from e
-            raise
-        write_route(key, route)
-        env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
-        proxy_cmd = proxy.shell_command(started.plugin_argv)
         path = _socket(key, prepared.instance_id) \
             if persist is not None and not _needs_terminal(prepared) else None
-        used = False  # else (an error, Ctrl-C, another's master): free the agent at once
-        try:
-            if path is not None and persist is not None:
-                # one master per socket: another ``sm-ssh connect`` may be starting it
-                with _master_lock(path):
-                    if mux.probe(path) is not None:
-                        logger.debug("riding the shared connection started meanwhile: %s", path)
-                        returncode, text = 0, ""
-                    else:
-                        returncode, text = _start_master(prepared, user_options, path, persist,
-                                                         proxy_cmd, env)
-                        used = returncode == 0
-                if returncode == 0:
-                    return _ride(ctx, route, path, user_options, command, prepared)
-            else:
-                returncode, text, unshown = run_logged(ctx, prepared, user_options, command,
-                                                       env, proxy_cmd=proxy_cmd,
-                                                       control=proxy.control_options("none"))
-                if returncode != SSH_FAILED or not text.strip():
-                    used = True
-                    sys.stderr.write(unshown)
-                    return returncode
-        finally:
-            if not used:
-                session.terminate_session(ssm, started.session_id)
+        if path is not None and persist is not None:
+            with _master_lock(path):
+                if mux.probe(path) is not None:
+                    logger.debug("riding the shared connection started meanwhile: %s", path)
+                    write_route(key, route)
+                    returncode, text = 0, ""
+                else:
+                    returncode, text = _session_and_ssh(
+                        ctx, prepared, key, route, plan.port, attempt,
+                        partial(_start_master, prepared, user_options, path, persist),
+                        master=True)
+            if returncode == 0:
+                return _ride(ctx, route, path, user_options, command, prepared)
+        else:
+            returncode, text = _session_and_ssh(ctx, prepared, key, route, plan.port, attempt,
+                                                partial(_run_solo, ctx, prepared,
+                                                        user_options, command))
+            if returncode != SSH_FAILED or not text.strip():
+                return returncode
         # Not pushed this time: the container may have lost the key, its sshd, or be a new
         # one behind the same instance; the push fixes all three (and re-pins host keys).
         if attempt == 1 and not prepared.auth.pushed:
@@ -315,6 +302,47 @@ def _connect(ctx: Context, prepared: Prepared, key: str, route: Route,
             continue
         raise explain_failure(text, prepared)
     raise AssertionError("unreachable")
+
+
+def _run_solo(ctx: Context, prepared: Prepared, user_options: Sequence[str],
+              command: Sequence[str], proxy_cmd: str, env: Any) -> tuple[int, str]:
+    """ssh on a connection of its own; its exit code, and its log when it failed to connect
+    ("" when the session was used)."""
+    from sagemaker_ssh_helper import proxy
+
+    returncode, text, unshown = run_logged(ctx, prepared, user_options, command, env,
+                                           proxy_cmd=proxy_cmd,
+                                           control=proxy.control_options("none"))
+    if returncode != SSH_FAILED or not text.strip():
+        sys.stderr.write(unshown)
+        return returncode, ""
+    return returncode, text
+
+
+def _session_and_ssh(ctx: Context, prepared: Prepared, key: str, route: Route, port: int,
+                     attempt: int, ssh: Any, master: bool = False) -> tuple[int, str]:
+    """Start a session to the instance and run ``ssh(proxy_cmd, env)`` through it; the
+    session is terminated at once unless ssh used it (a ``master`` that authenticated: exit
+    code 0; a command: no log of a failed connection)."""
+    from sagemaker_ssh_helper import proxy, session
+
+    ssm = ctx.manager().ssm
+    try:
+        started = session.open_session(ssm, prepared.instance_id, port, ctx.profile)
+    except SSHHelperError as e:
+        if attempt == 1:
+            raise _Gone(e) from e
+        raise
+    write_route(key, route)
+    env = dict(os.environ, **{session.RESPONSE_ENV: started.response_env})
+    used = False  # else (an error, Ctrl-C): free the agent at once
+    try:
+        returncode, text = ssh(proxy.shell_command(started.plugin_argv), env)
+        used = returncode == 0 if master else not text.strip()
+        return returncode, text
+    finally:
+        if not used:
+            session.terminate_session(ssm, started.session_id)
 
 
 def _needs_terminal(prepared: Prepared) -> bool:

@@ -309,6 +309,24 @@ def split_sandbox(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
+def subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand's name: the first argument that is neither a general option nor its
+    value."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in _OPTION_VALUES else 1
+    return argv[i] if i < len(argv) else None
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(what the parser reads, the remote command). For connect and exec, ``--`` starts the
+    remote command; cp and sync take it as POSIX tools do, the end of the options, what follows
+    being operands even when they start with '-' (``sm-ssh cp -- -file job…:/tmp/``)."""
+    if subcommand(argv) in ("cp", "sync"):
+        return list(argv), []
+    return split_command(argv)
+
+
 def split_command(args: list[str]) -> tuple[list[str], list[str]]:
     """Split ssh arguments at the first ``--``: (ssh options, remote command)."""
     if "--" in args:
@@ -494,7 +512,7 @@ def run(argv: list[str], frame: cli.Command) -> int:
     sandbox = split_sandbox(argv)
     if sandbox is not None:
         return cmd_sandbox(sandbox[1])
-    head, command = split_command(argv)
+    head, command = split_arguments(argv)
     args = frame.parse(build_parser(), head)
     if args.command not in ("connect", "exec") and command:
         raise UsageError(f"'--' and a remote command only apply to connect and exec, "

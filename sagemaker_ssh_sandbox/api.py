@@ -5,6 +5,7 @@
     from sagemaker_ssh_sandbox import Sandbox
 
     with Sandbox(tmp_path / "sandbox") as sandbox:      # `up` on enter, `down` on exit
+                                                        # (or when this process ends)
         env = sandbox.env                               # AWS_ENDPOINT_URL, credentials, ...
         subprocess.run([...], env={**os.environ, **env})
         with sandbox.activated():                       # os.environ patched for in-process code
@@ -40,7 +41,8 @@ class Sandbox:
 
     def __init__(self, state_dir: str | Path | None = None, region: str = DEFAULT_REGION,
                  port: int = 0, stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-                 startup_timeout: float = 60.0, iam: bool = True) -> None:
+                 startup_timeout: float = 60.0, iam: bool = True,
+                 stop_with_caller: bool = True) -> None:
         self.state_dir = StateDir(Path(state_dir) if state_dir else default_state_dir())
         self.region = region
         self.port = port
@@ -48,12 +50,16 @@ class Sandbox:
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
         self.iam = iam  # the SSM stand-in enforces the generated IAM policies
+        # A daemon started here stops by itself once this process has ended (even SIGKILLed),
+        # so a killed test run leaves nothing running; False: it runs until down().
+        self.stop_with_caller = stop_with_caller
         self._state: dict[str, Any] | None = None
 
     def up(self) -> dict[str, str]:
         """Start (or reuse) the daemon; returns the environment to use it."""
         self._state = start(self.state_dir.root, self.region, self.port, self.stop_grace,
-                            self.heartbeat_timeout, self.startup_timeout, self.iam)
+                            self.heartbeat_timeout, self.startup_timeout, self.iam,
+                            stop_with=os.getpid() if self.stop_with_caller else None)
         return self.env
 
     def down(self) -> DownReport:
@@ -61,7 +67,7 @@ class Sandbox:
         return stop(self.state_dir.root, timeout=self.stop_grace + 20)
 
     def __enter__(self) -> Sandbox:
-        self.up()
+        self.up()  # a start that fails half way stops what it started (control.start)
         return self
 
     def __exit__(self, *exc: Any) -> None:

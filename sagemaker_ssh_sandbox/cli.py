@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="seconds between SIGTERM and SIGKILL when a job is stopped")
     up.add_argument("--heartbeat-timeout", type=float, default=10.0,
                     help="seconds without agent heartbeat before PingStatus=ConnectionLost")
+    up.add_argument("--stop-with", type=int, default=None, metavar="PID",
+                    help="stop the sandbox by itself once process PID has ended (for scripts "
+                         "that must not leave it running; default: it runs until `down`)")
     sub.add_parser("env", parents=[common], help="print the `export` lines again")
     status = sub.add_parser("status", parents=[common],
                             help="services, jobs, endpoints and containers")
@@ -72,7 +75,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     state = control.start(state_dir, region=args.region, port=args.port,
                           stop_grace=args.stop_grace, heartbeat_timeout=args.heartbeat_timeout,
-                          timeout=args.timeout, iam=args.iam)
+                          timeout=args.timeout, iam=args.iam, stop_with=args.stop_with)
     sys.stdout.write(control.export_lines(control.sandbox_env(state)))
     print(f"sandbox up (pid {state['pid']}): AWS {state['endpoint_url']}, SSM "
           f"{state['ssm_endpoint_url']}, state in {state['state_dir']}\n"

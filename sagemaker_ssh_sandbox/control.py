@@ -243,27 +243,50 @@ def _wait_ready(ready_fd: int, sd: StateDir, timeout: float) -> None:
     """Read the daemon's ``pid N`` then ``ready`` lines from the pipe, against a deadline."""
     deadline = time.monotonic() + timeout
     buffer = b""
-    while b"ready\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pid = buffer.split(b"\n")[0].split()[-1:] if buffer.startswith(b"pid ") else []
-            if pid:
-                _kill(int(pid[0]), signal.SIGKILL)
-            raise SandboxError(f"the sandbox did not become ready within {timeout:.0f} s "
-                               f"(see {sd.log_file}): {_log_tail(sd)}")
-        readable, _, _ = select.select([ready_fd], [], [], remaining)
-        if readable:
-            chunk = os.read(ready_fd, 256)
-            if not chunk:
-                raise SandboxError(f"the sandbox daemon exited during start-up "
+    try:
+        while b"ready\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxError(f"the sandbox did not become ready within {timeout:.0f} s "
                                    f"(see {sd.log_file}): {_log_tail(sd)}")
-            buffer += chunk
+            readable, _, _ = select.select([ready_fd], [], [], remaining)
+            if readable:
+                chunk = os.read(ready_fd, 256)
+                if not chunk:
+                    raise SandboxError(f"the sandbox daemon exited during start-up "
+                                       f"(see {sd.log_file}): {_log_tail(sd)}")
+                buffer += chunk
+    except BaseException:  # not ready in time, or interrupted: the daemon must not stay
+        pid = buffer.split(b"\n")[0].split()[-1:] if buffer.startswith(b"pid ") else []
+        if pid:
+            _kill(int(pid[0]), signal.SIGKILL)
+        raise
+
+
+def process_identity(pid: int) -> float:
+    """The start time that, with its PID, identifies a live process (for ``stop_with``)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        raise SandboxError(f"no process {pid} to tie the sandbox to") from None
+
+
+def process_alive(pid: int, create_time: float) -> bool:
+    return _process_matches(pid, create_time)
 
 
 def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
           stop_grace: float = 10.0, heartbeat_timeout: float = 10.0,
-          timeout: float = 60.0, iam: bool = True) -> dict[str, Any]:
-    """Start the daemon in the background unless it already runs; returns its state."""
+          timeout: float = 60.0, iam: bool = True,
+          stop_with: int | None = None) -> dict[str, Any]:
+    """Start the daemon in the background unless it already runs; returns its state.
+
+    With ``stop_with`` (a PID), a daemon started here stops by itself, containers and all,
+    once that process has ended, however it ended (SIGKILL included); without it the daemon
+    runs until :func:`stop`. A daemon that was already running is returned unchanged.
+    """
     problem = requirements_problem()
     if problem:
         raise RequirementError(problem)
@@ -271,8 +294,18 @@ def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
     state = running_state(sd)
     if state:
         return state
+    try:
+        return _start(sd, region, port, stop_grace, heartbeat_timeout, timeout, iam, stop_with)
+    except BaseException:
+        # Half started (not ready in time, not answering, interrupted): leave nothing running.
+        stop(sd.root)
+        raise
+
+
+def _start(sd: StateDir, region: str, port: int, stop_grace: float, heartbeat_timeout: float,
+           timeout: float, iam: bool, stop_with: int | None) -> dict[str, Any]:
     if sd.read() is not None:
-        stop(state_dir)  # stale state from a daemon that died: clean up its leftovers first
+        stop(sd.root)  # stale state from a daemon that died: clean up its leftovers first
     sd.root.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
@@ -283,6 +316,8 @@ def start(state_dir: Path, region: str = DEFAULT_REGION, port: int = 0,
            "--heartbeat-timeout", str(heartbeat_timeout), "--ready-fd", str(write_fd)]
     if not iam:
         cmd.append("--no-iam")
+    if stop_with is not None:
+        cmd += ["--stop-with", f"{stop_with}:{process_identity(stop_with)!r}"]
     try:
         with open(sd.log_file, "ab") as log:
             # The server forks once more and this first process exits at once, so the daemon

@@ -247,7 +247,9 @@ def run_demo(args: argparse.Namespace) -> int:
     ok = False
     try:
         with j.phase("sandbox up (moto, SSM stand-in, job runner)"):
-            exports = _run(_sm_ssh() + ["sandbox", "up"], base_env, 120, "sm-ssh sandbox up")
+            # Tied to this process: a demo that is killed does not leave its sandbox running.
+            exports = _run(_sm_ssh() + ["sandbox", "up", "--stop-with", str(os.getpid())],
+                           base_env, 120, "sm-ssh sandbox up")
             started = not already_running
         env = dict(base_env)
         env.update(parse_exports(exports))

@@ -13,6 +13,9 @@ Requests are forwarded verbatim (method, path, headers including Host, body) to 
   bucket: ``403 AccessDenied`` as from S3 (moto ignores the header; ``moto_gaps``);
 * ``/_sandbox/...`` control routes: ``GET /_sandbox/health``, ``GET /_sandbox/status``,
   ``POST /_sandbox/rule-status`` ({"job", "rule", "status"[, "details"]}).
+
+A request the gateway fails on unexpectedly gets a 500 ``InternalFailure`` (AWS JSON), the
+traceback goes to the daemon's log (:mod:`~sagemaker_ssh_sandbox.httpguard`).
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import http.client
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
+from sagemaker_ssh_sandbox.httpguard import GuardedHandler
 from sagemaker_ssh_sandbox.iam.sigv4 import credential_scope
 from sagemaker_ssh_sandbox.sagemaker import moto_gaps
 from sagemaker_ssh_sandbox.sagemaker.jobs import ApiError, JobsAPI
@@ -71,7 +75,7 @@ class Gateway(ThreadingHTTPServer):
         self.server_close()
 
 
-class GatewayHandler(BaseHTTPRequestHandler):
+class GatewayHandler(GuardedHandler):  # an unexpected exception: 500 InternalFailure
     protocol_version = "HTTP/1.1"
     server: Gateway
 

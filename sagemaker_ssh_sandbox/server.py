@@ -12,7 +12,9 @@ Started by ``sm-ssh sandbox up`` (see :mod:`sagemaker_ssh_sandbox.control`)::
 * host-side unix-socket bridges for both ports, used by the job containers.
 
 When everything answers it writes ``state.json`` and a line to ``--ready-fd``. SIGTERM/SIGINT
-stop all containers (SIGTERM, SIGKILL after ``--stop-grace``) and every service.
+stop all containers (SIGTERM, SIGKILL after ``--stop-grace``) and every service; so does the end
+of the process given by ``--stop-with PID:START`` (a sandbox started on behalf of a test run or
+the demo), however that process ended.
 """
 from __future__ import annotations
 
@@ -286,6 +288,25 @@ class Daemon:
             self._moto.stop()
 
 
+def _pid_and_start(value: str) -> tuple[int, float]:
+    pid, _, start = value.partition(":")
+    return int(pid), float(start)
+
+
+def watch_process(pid: int, create_time: float, stop: threading.Event,
+                  interval: float = 0.5) -> None:
+    """Set ``stop`` once the process that the sandbox was started for has ended (a test run,
+    a demo: however it ended, even SIGKILLed, its sandbox and containers must not outlive it).
+    Polled, because the daemon is not its child: neither a pipe's EOF nor PR_SET_PDEATHSIG
+    reaches a process that was reparented."""
+    while not stop.wait(interval):
+        if not control.process_alive(pid, create_time):
+            logger.info("process %d, which the sandbox was started for, has ended: stopping",
+                        pid)
+            stop.set()
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {control.SERVER_MODULE}")
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -297,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--no-iam", dest="iam", action="store_false",
                         help="do not enforce the IAM policies on SSM calls")
+    parser.add_argument("--stop-with", type=_pid_and_start, default=None, metavar="PID:START",
+                        help="stop when the process with this PID and start time has ended")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -312,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    if args.stop_with is not None:
+        threading.Thread(target=watch_process, args=(*args.stop_with, stop),
+                         name="stop-with", daemon=True).start()
     daemon = Daemon(args.state_dir, args.region, args.port, args.ssm_port, args.stop_grace,
                     args.heartbeat_timeout, iam=args.iam)
     try:

@@ -43,6 +43,21 @@ def test_bad_invocations_are_one_line_usage_errors(tmp_path: Path, args: list,
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["cp", "--", "-missing", "x.training.sagemaker:/tmp/"], "-missing: no such file"),
+    (["cp", "--s3-threshold", "2M", "--", "x.training.sagemaker:/tmp/a", "/no/such/dir/-a"],
+     "/no/such/dir: no such directory"),
+    (["sync", "--", "-missing", "x.training.sagemaker:/tmp/"], "-missing: no such folder"),
+])
+def test_double_dash_ends_the_options_of_cp_and_sync(tmp_path: Path, args: list,
+                                                     message: str) -> None:
+    env = dict(os.environ, HOME=str(tmp_path), AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+               AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    done = run(sm_ssh(*args), env, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(f"sm-ssh: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_archives_are_extracted_only_below_the_destination(tmp_path: Path) -> None:
     import io
     import tarfile

@@ -244,7 +244,8 @@ def test_two_connects_at_once_start_one_master_the_second_rides_it(
     assert codes == [0, 0]
     assert len(flow.started) == 1, "a second master on the same ControlPath"
     assert flow.rides == [flow.started[0]] * 2
-    assert flow.terminated == ["s-1"]  # the second's own session was never used
+    # the second waited for the master before any session: none of its own, none wasted
+    assert (flow.sessions, flow.terminated) == (["s-0"], [])
 
 
 def test_a_master_start_that_fails_midway_frees_its_session(

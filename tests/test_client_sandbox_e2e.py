@@ -175,6 +175,20 @@ def test_connect_returns_the_commands_output_and_exit_code(world: World) -> None
     assert any(line.startswith(f"{world.fqdn('one')} ssh-ed25519 ") for line in pinned)
 
 
+def test_cp_takes_what_follows_double_dash_as_file_names(world: World) -> None:
+    """As for POSIX tools, `--` ends cp's options: `-weights.txt` after it is a file."""
+    work = world.tmp / "dashes"
+    work.mkdir()
+    (work / "-weights.txt").write_text("dash\n")
+    remote = f"{world.fqdn('one')}:/tmp/-weights.txt"
+    for operands in (["-weights.txt", remote], [remote, "-back.txt"]):
+        done = subprocess.run(sm_ssh("cp", "--", *operands), env=world.env, cwd=work,
+                              capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL, check=False)
+        assert done.returncode == 0 and "over the SSH session" in done.stderr, done.stderr
+    assert (work / "-back.txt").read_text() == "dash\n"
+
+
 def test_the_users_ssh_options_win_over_ours(world: World) -> None:
     """ssh keeps the first value it sees and the user's options come first: here the user's
     empty known_hosts file replaces our pinned one, so ssh refuses the host (in one line)."""
@@ -539,6 +553,25 @@ def test_a_second_command_rides_the_first_ones_connection(world: World) -> None:
     assert sessions_and_pushes(world, "one")[1] == pushed + 1
     for path in set(masters(home, env)) - others:
         mux.terminate(path)
+
+
+def test_two_commands_at_once_start_one_session(world: World) -> None:
+    """The second waits for the first one's master and rides it: one StartSession."""
+    env = world.home("reuse-race")
+    home = Path(env["HOME"])
+    others = set(masters(home, env))
+    before = sessions_and_pushes(world, "one")[0]
+    procs = [subprocess.Popen(sm_ssh("connect", world.fqdn("one"), "--", f"echo race-{i}"),
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        assert [out for out, _ in results] == ["race-0\n", "race-1\n"]
+        assert sessions_and_pushes(world, "one")[0] - before == 1
+    finally:
+        for path in set(masters(home, env)) - others:
+            mux.terminate(path)
 
 
 def _refused(path: Path) -> bool:

@@ -99,6 +99,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "sm-ssh doctor --output": ("test_client_doctor.py::test_a_good_setup_passes_every_check",),
     "sm-ssh config": (
         CONFIG, "test_client_unit.py::test_config_is_idempotent_and_keeps_the_users_file"),
+    "sm-ssh cp --": (E2E + "test_cp_takes_what_follows_double_dash_as_file_names",),
     "sm-ssh sandbox up": (SANDBOX_DOWN,),
     "sm-ssh sandbox up --no-iam": (
         "test_sandbox_infra_e2e.py::test_down_after_the_daemon_crashed",),
@@ -346,7 +347,7 @@ def _check_sm_ssh(argv: list[str]) -> None:
 
         cli._parser().parse_args(sandbox[1])
         return
-    head, command = sm_ssh.split_command(args)
+    head, command = sm_ssh.split_arguments(args)
     parsed = sm_ssh.build_parser().parse_args(head)
     if parsed.command in ("connect", "tunnel"):
         assert parsed.fqdn, f"{parsed.command} needs a target"

@@ -187,6 +187,13 @@ def test_forged_tags_and_tag_changes_fail(sandbox: Sandbox, tmp_path: Path) -> N
     assert denied(mallory.start_session, Target=victim["InstanceId"],
                   DocumentName="AWS-StartSSHSession", Parameters={"portNumber": ["22"]}) \
         == "AccessDeniedException"
+    # Authorization comes before existence: an instance that does not exist answers as one
+    # she may not use (not InvalidInstanceId), so refusals tell her nothing about the account.
+    ghost = "mi-0123456789abcdef0"
+    assert denied(mallory.send_command, InstanceIds=[ghost], DocumentName="AWS-RunShellScript",
+                  Parameters={"commands": ["id"]}) == "AccessDeniedException"
+    assert denied(mallory.start_session, Target=ghost, DocumentName="AWS-StartSSHSession",
+                  Parameters={"portNumber": ["22"]}) == "AccessDeniedException"
 
     # The victim's log (SM_SSH_DEBUG=true): complete, and free of secrets.
     logs = sandbox.client("logs")

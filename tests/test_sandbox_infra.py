@@ -5,6 +5,7 @@ test_sandbox_infra_e2e.py.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -142,6 +143,65 @@ def test_job_api_errors_use_aws_codes(endpoint_env: str) -> None:
     with pytest.raises(ClientError) as e:
         sm.create_training_job(**training_request("bad_name"))
     assert e.value.response["Error"]["Code"] == "ValidationException"
+
+
+def _raw_request(url: str, method: str, path: str, body: bytes,
+                 headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        response = conn.getresponse()  # RemoteDisconnected if the gateway dropped the request
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_gateway_answers_its_own_failures_with_500_and_keeps_serving(
+        gateway: dict[str, Any]) -> None:
+    # A job name that is not a string fails inside the rule-status route (unhashable key).
+    rule = json.dumps({"job": ["x"], "rule": "R", "status": "IssuesFound"}).encode()
+    status, answer = _raw_request(gateway["url"], "POST", "/_sandbox/rule-status", rule,
+                                  {"Content-Type": "application/json",
+                                   "Content-Length": str(len(rule))})
+    assert status == 500 and answer["__type"] == "InternalFailure"
+    assert "TypeError" in answer["message"] and "Traceback" not in answer["message"]
+    # A Content-Length that is not a number fails before any route is chosen.
+    status, answer = _raw_request(gateway["url"], "POST", "/", b"{}",
+                                  {"X-Amz-Target": "SageMaker.ListTrainingJobs",
+                                   "Content-Length": "two"})
+    assert (status, answer["__type"]) == (500, "InternalFailure")
+    assert _raw_request(gateway["url"], "GET", "/_sandbox/health", b"", {}) == (200, {"ok": True})
+
+
+def test_job_records_are_saved_safely_from_concurrent_threads(tmp_path: Path) -> None:
+    """The runner's threads and the rule-status route save the same job at the same time."""
+    jobs = JobsAPI("us-east-1", "123456789012", RecordingRunner(), state_dir=tmp_path)
+    jobs.handle("CreateTrainingJob", training_request("infra-saves", ProfilerRuleConfigurations=[
+        {"RuleConfigurationName": "ProfilerReport", "RuleEvaluatorImage": "any"}]))
+    job = jobs.get("training", "infra-saves")
+    errors: list[BaseException] = []
+
+    def save_often() -> None:
+        try:
+            for _ in range(200):
+                jobs.save(job)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=save_often) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(200):
+        jobs.set_rule_status("infra-saves", "ProfilerReport", "IssuesFound", "LowGPUUtilization")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    saved = json.loads((tmp_path / "jobs/training/infra-saves/job.json").read_text())
+    assert saved["ProfilerRuleEvaluationStatuses"][0]["RuleEvaluationStatus"] == "IssuesFound"
 
 
 def test_list_jobs_filters_and_paginates(endpoint_env: str) -> None:

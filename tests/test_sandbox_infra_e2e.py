@@ -561,3 +561,47 @@ def test_down_after_the_daemon_crashed(tmp_path: Path) -> None:
     assert any("infra-crash" in line for line in report.stopped)
     assert not _any_alive(processes)
     assert str(state_dir) not in Path("/proc/self/mountinfo").read_text()
+
+
+PARENT = """\
+import sys
+from sagemaker_ssh_sandbox import Sandbox
+
+sandbox = Sandbox(sys.argv[1], stop_grace=1.0)  # as a test fixture starts one
+sandbox.up()
+print(sandbox.state["pid"], flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_sandbox_does_not_outlive_the_process_it_was_started_for(tmp_path: Path) -> None:
+    """A test run (or demo) SIGKILLed mid-way leaves no daemon, container or mount behind."""
+    state_dir = tmp_path / "orphan-state"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(state_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        daemon_pid = int(parent.stdout.readline() if parent.stdout else "0")
+        sandbox = Sandbox(state_dir)
+        _raw_training_job(sandbox, "infra-orphan", ["bash", "-c", "sleep 600 & echo running; wait"])
+        deadline = time.monotonic() + 60
+        while "running" not in sandbox.container_log("infra-orphan") \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        record = json.loads((sandbox.container_dir("infra-orphan") / "pids.json").read_text())
+        processes = _processes(record["pidns"])
+        assert len(processes) >= 3 and _alive(daemon_pid)
+    finally:
+        parent.kill()  # SIGKILL: no teardown, no atexit
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while (_alive(daemon_pid) or _any_alive(processes)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not _alive(daemon_pid) and not _any_alive(processes)
+        assert str(state_dir) not in Path("/proc/self/mountinfo").read_text()
+        assert not (state_dir / "state.json").exists()
+        assert "has ended: stopping" in (state_dir / "daemon.log").read_text()
+    finally:
+        report = Sandbox(state_dir).down()  # in case it did not: the test must not leak either
+    assert report.ok

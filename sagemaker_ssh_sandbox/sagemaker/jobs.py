@@ -175,6 +175,7 @@ class JobsAPI:
         self._state_dir = state_dir
         self._jobs: dict[tuple[str, str], Job] = {}
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # the runner's threads and requests save the same job
         # called when UpdateTrainingJob turns remote debugging on (remote_debug.RemoteDebug)
         self.remote_debug_on: Callable[[Job], None] | None = None
 
@@ -201,8 +202,11 @@ class JobsAPI:
         path = self._state_dir / "jobs" / job.kind.key / job.name / "job.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job.describe(), indent=2))
-        tmp.replace(path)
+        # One writer of the temporary file at a time, the job's lock first (callers may hold it)
+        # so the description written last is the latest.
+        with job.lock, self._save_lock:
+            tmp.write_text(json.dumps(job.describe(), indent=2))
+            tmp.replace(path)
 
     # -- dispatch ---------------------------------------------------------------------------
     def handles(self, operation: str, body: dict[str, Any]) -> bool:

@@ -33,11 +33,12 @@ import signal
 import sys
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sagemaker_ssh_sandbox.httpguard import GuardedHandler
 from sagemaker_ssh_sandbox.iam.sigv4 import credential_scope
 from sagemaker_ssh_sandbox.ssm.backend import SSMBackend
 from sagemaker_ssh_sandbox.ssm.channel import (
@@ -120,7 +121,7 @@ class _HTTPServer(ThreadingHTTPServer):
             return self.others[region]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):  # an unexpected exception: 500 InternalServerError
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes
@@ -144,6 +145,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:  # the client gave up (e.g. an agent stopped in the middle of a poll)
             self.close_connection = True
+
+    def internal_error(self, error: Exception) -> tuple[str, bytes, dict[str, str]]:
+        body = SSMError("InternalServerError", f"internal error in the sandbox: "
+                        f"{type(error).__name__}: {error} (see its log)", 500).to_json()
+        return _JSON_TYPE, json.dumps(body).encode(), {}
 
     def _send_error(self, error: SSMError, close: bool = False) -> None:
         self._send(error.status, error.to_json(), close=close)
@@ -200,10 +206,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, ValueError, TypeError) as e:
             self._send_error(SSMError("ValidationException", f"Bad request: {e}"))
             return
-        except Exception as e:  # a bug must not kill the server
-            logger.exception("internal error in %s", path)
-            self._send_error(SSMError("InternalServerError", str(e), 500))
-            return
         self._send(200, result)
 
     def do_GET(self) -> None:  # noqa: N802
@@ -231,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- data channel ------------------------------------------------------------------
     def _switch(self) -> StreamEnd:
         self.close_connection = True
+        self.mark_answered()
         self.wfile.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n"
                          "Connection: Upgrade\r\n\r\n".encode("latin-1"))
         self.wfile.flush()
