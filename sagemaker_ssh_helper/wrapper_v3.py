@@ -224,13 +224,7 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     resource_name = training_job_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        from sagemaker_ssh_helper import native
-
-        targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
-        if targets is not None:  # SageMaker's own targets (native transport)
-            return targets
-        return list(manager.get_training_instance_ids(
-            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
+        return self._training_lookup(manager, name, timeout_in_sec, self.ssh_instance_count)
 
     def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_training_job(
