@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,11 @@ def test_runs_program_recognises_the_agent_however_it_was_started() -> None:
 def test_proc_fallback_agrees_with_psutil() -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
+        # Popen returns once the child has forked; its command line appears when exec is done.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{sleeper.pid}/cmdline").read_bytes() != b"sleep\x0030\x00":
+            assert time.monotonic() < deadline, "sleep did not start"
+            time.sleep(0.01)
         by_proc = {p.pid: p for p in env._proc_processes()}
         by_psutil = {p.pid: p for p in env.iter_processes()}
         mine, theirs = by_proc[sleeper.pid], by_psutil[sleeper.pid]
