@@ -599,7 +599,8 @@ class Endpoint(Resource):
         self.variants = variants
         self.models = models  # model name -> DescribeModel
         self.nodes: list[tuple[str, str]] = []  # (variant, instance id), from the SSM streams
-        self.nodes_since = 0.0  # when the oldest of them started (its SSM stream, epoch s)
+        # host keys published before this (epoch s) belong to replaced instances; 0: none
+        self.nodes_since = 0.0
 
     @property
     def status(self) -> str:
@@ -683,14 +684,16 @@ def check_endpoint(endpoint: Endpoint, target: fqdn.Target, shell: bool = False)
     endpoint.check_sshd(target, shell)
 
 
-def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[float, str, str]]:
+def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> tuple[list[tuple[float, str, str]], float]:
     """(created, variant, instance id) of the SSM log streams ``<variant>/<instance id>/ssm`` of the
-    variant's current instances, oldest first. Streams outlive their instances (UpdateEndpoint
-    replaces them all, scaling in or a failed instance some): of each variant the newest
-    streams, as many as it has instances (DescribeEndpoint's instance count), are taken."""
+    variant's current instances, oldest first, and when the newest replaced one was created
+    (0: none). Streams outlive their instances (UpdateEndpoint replaces them all, scaling in or
+    a failed instance some): of each variant the newest streams, as many as it has instances
+    (DescribeEndpoint's instance count), are taken."""
     logs = aws.client(ctx.session, "logs", ctx.region_name)
     group = f"/aws/sagemaker/Endpoints/{endpoint.name}"
     nodes: list[tuple[float, str, str]] = []
+    replaced = 0.0
     for variant in endpoint.ssm_variants:
         found: list[tuple[float, str, str]] = []
         try:
@@ -705,8 +708,23 @@ def endpoint_nodes(ctx: Any, endpoint: Endpoint) -> list[tuple[float, str, str]]
         except Exception as e:
             if aws.error_code(e) != "ResourceNotFoundException":
                 raise aws.explain(e, "logs:DescribeLogStreams") from e
-        nodes += sorted(found)[-endpoint.instance_count(variant):]
-    return sorted(nodes)
+        count = endpoint.instance_count(variant)
+        found.sort()
+        nodes += found[-count:]
+        replaced = max([replaced] + [created for created, _, _ in found[:-count]])
+    return sorted(nodes), replaced
+
+
+def keys_since(nodes: list[tuple[float, str, str]], replaced: float) -> float:
+    """From when (epoch s) host-key files belong to the current instances: halfway between the
+    newest replaced instance's SSM stream and the oldest current one's (a new fleet starts
+    minutes after the one it replaces, while a container's stream and its host keys appear
+    seconds apart, in an order AWS does not document). 0 (every file) when nothing was
+    replaced, or when current instances are as old as a replaced one (one instance of several
+    replaced): the files cannot be told apart by time then, and a replaced instance is gone."""
+    if not nodes or not replaced or nodes[0][0] <= replaced:
+        return 0.0
+    return (replaced + nodes[0][0]) / 2 / 1000.0
 
 
 def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float,
@@ -715,9 +733,9 @@ def wait_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, wait: float
     """Wait (up to ``wait`` seconds) until an instance's SSM log stream names it."""
 
     def found(endpoint: Endpoint) -> bool:
-        nodes = endpoint_nodes(ctx, endpoint)
+        nodes, replaced = endpoint_nodes(ctx, endpoint)
         endpoint.nodes = [(variant, instance) for _, variant, instance in nodes]
-        endpoint.nodes_since = nodes[0][0] / 1000.0 if nodes else 0.0
+        endpoint.nodes_since = keys_since(nodes, replaced)
         return bool(nodes)
 
     return wait_ready(

@@ -122,7 +122,8 @@ class KeyLayout:
     def refused(self, action: str, key: str) -> str:
         """The one line for an AccessDenied on the folder."""
         owner = (f" or the bucket {self.bucket} is not owned by account {self.bucket_owner} "
-                 f"(the owner the launch expected, {BUCKET_OWNER_ENV})"
+                 f"(the owner the launch expected, {BUCKET_OWNER_ENV}; for a bucket of another "
+                 f"account relaunch with {LAUNCH_BUCKET_OWNER_ENV}=<its account>)"
                  if self.bucket_owner else "")
         return (f"access denied to {self.url(key)} ({action}): your IAM policy does not allow "
                 f"it{owner}")

@@ -79,7 +79,8 @@ def test_the_client_expects_the_owner_and_says_so_in_one_line(s3: Any) -> None:
             call()
         [line] = str(refused.value).splitlines()
         assert f"or the bucket {BUCKET} is not owned by account {OTHER} (the owner the " \
-            "launch expected, SSH_AUTHORIZED_KEYS_BUCKET_OWNER)" in line, line
+            "launch expected, SSH_AUTHORIZED_KEYS_BUCKET_OWNER; for a bucket of another " \
+            "account relaunch with SSH_NATIVE_KEYS_BUCKET_OWNER=<its account>)" in line, line
         assert line.startswith(f"access denied to s3://{BUCKET}/ssh-native-keys/AIDAOWNER/job-1/")
 
 

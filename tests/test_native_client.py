@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import RecordingRunner, moto_address
 
-from sagemaker_ssh_helper import native_container, sm_ssh, transport
+from sagemaker_ssh_helper import native, native_container, sm_ssh, transport
 from sagemaker_ssh_sandbox.gateway import Gateway
 from sagemaker_ssh_sandbox.sagemaker.jobs import JobsAPI
 from sagemaker_ssh_sandbox.ssm.commands import check_instance_ids
@@ -181,3 +181,17 @@ def test_sshd_gets_plain_keys_of_the_owners_job_folder_only(moto_url: str,
         s3.put_object(Bucket="keys", Key=key, Body=body.encode())
     config = {"bucket": "keys", "prefix": layout.job_prefix, "env": {}}
     assert native_container.read_keys(config, s3) == [f"{KEY} sm-ssh-client:laptop"]
+
+
+def test_host_keys_of_replaced_endpoint_instances_are_told_apart_by_time() -> None:
+    t = 1_800_000_000_000.0  # ms, as CloudWatch Logs gives a stream's creationTime
+    new_fleet = [(t + 3_000, "AllTraffic", "i-new")]  # its stream 3 s after its keys at t
+    # never updated: every file counts
+    assert native.keys_since(new_fleet, 0.0) == 0.0
+    # UpdateEndpoint: the old fleet started 5 min before; the new keys (t) count, the old
+    # (t - 300 s) do not, whichever of stream and keys came first
+    since = native.keys_since(new_fleet, t - 300_000)
+    assert (t - 300_000) / 1000 < since < t / 1000
+    # one instance of two replaced: the survivor is as old as the replaced one
+    survivor = [(t - 300_000, "AllTraffic", "i-a"), (t + 3_000, "AllTraffic", "i-c")]
+    assert native.keys_since(survivor, t - 300_000) == 0.0
