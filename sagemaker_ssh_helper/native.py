@@ -88,9 +88,20 @@ class Resource:
                                   "Helper's transport='native'")
         return layout
 
+    fqdn_kind = ""  # "training", "inference"
+
+    @property
+    def node_names(self) -> list[str]:
+        """Its nodes that run sshd (once waited for): hosts, or instance IDs."""
+        raise NotImplementedError
+
+    def target_of(self, node: str) -> str:
+        """SageMaker's SSM target of ``node``."""
+        raise NotImplementedError
+
     def targets(self) -> list[str]:
         """SageMaker's SSM targets that run sshd (once waited for)."""
-        raise NotImplementedError
+        return [self.target_of(node) for node in self.node_names]
 
     def check_sshd(self, target: fqdn.Target, shell: bool) -> None:
         if not shell and not self.runs_ssh:
@@ -104,6 +115,7 @@ class Job(Resource):
 
     kind, arn_key, relaunch, launched = ("training job", "TrainingJobArn", "relaunch it",
                                          "started")
+    fqdn_kind = "training"
 
     def __init__(self, described: dict[str, Any]) -> None:
         self.described = described
@@ -132,8 +144,12 @@ class Job(Resource):
     def sagemaker_agent(self) -> bool:
         return self.remote_debug
 
-    def targets(self) -> list[str]:
-        return [transport.training_target(self.name, host) for host in self.ssh_hosts]
+    @property
+    def node_names(self) -> list[str]:
+        return self.ssh_hosts
+
+    def target_of(self, node: str) -> str:
+        return transport.training_target(self.name, node)
 
     @property
     def hosts(self) -> list[str]:
@@ -363,26 +379,26 @@ def authorize_with(ctx: Any, layout: transport.KeyLayout, target: fqdn.Target, a
                            alias)
 
 
-def prepare(ctx: Context, target: fqdn.Target, job: Job | Endpoint, choice: Choice,
+def prepare(ctx: Context, target: fqdn.Target, resource: Resource, choice: Choice,
             for_proxy: bool) -> Prepared:
-    """``connect.prepare`` for a native job: a ``connect.Prepared`` whose instance is
-    SageMaker's target."""
+    """``connect.prepare`` for a native training job or endpoint: a ``connect.Prepared`` whose
+    instance is SageMaker's target of the chosen node."""
     from sagemaker_ssh_helper.connect import Prepared, user_for
 
-    if isinstance(job, Endpoint):
-        return prepare_endpoint(ctx, target, job, choice, for_proxy)
-    job = wait_training(ctx, target, job, choice.wait)
-    host, several = pick_host(job.ssh_hosts, target, choice)
-    name = format_name(target, job)
-    alias = f"{host}.{name}" if several and not for_proxy else name
-    auth = authorize(ctx, job, target, host, alias, max(choice.wait, 30.0))
-    return Prepared(transport.training_target(job.name, host), name.lower(), user_for(target),
-                    auth)
+    resource = _wait_kind(ctx, target, resource, choice.wait)
+    node, several = pick_host(resource.node_names, target, choice)
+    name = fqdn.format_fqdn(resource.fqdn_kind, resource.name or target.name or "")
+    alias = f"{node}.{name}" if several and not for_proxy else name
+    auth = _authorize_kind(ctx, resource, target, node, alias, max(choice.wait, 30.0))
+    return Prepared(resource.target_of(node), name.lower(), user_for(target), auth)
 
 
-def format_name(target: fqdn.Target, job: Job) -> str:
-    """The FQDN spelled as the job is (ssh's ``%h`` lowercases it)."""
-    return fqdn.format_fqdn("training", job.name or target.name or "")
+def _authorize_kind(ctx: Context, resource: Resource, target: fqdn.Target, node: str,
+                    alias: str, wait: float) -> Authorized:
+    if isinstance(resource, Job):
+        return authorize(ctx, resource, target, node, alias, wait)
+    assert isinstance(resource, Endpoint)
+    return authorize_endpoint(ctx, resource, target, node, alias, wait)
 
 
 def native_job(ctx: Context, target: fqdn.Target) -> Job | None:
@@ -516,11 +532,6 @@ def native_targets(session: Any, region: str, kind: str, name: str,
     return _wait_kind(ctx, target, resource, timeout).targets()
 
 
-def instance_ids(session: Any, region: str, job_name: str, timeout: float) -> list[str] | None:
-    """``native_targets`` of a training job."""
-    return native_targets(session, region, "training", job_name, timeout)
-
-
 # -- sm-ssh list --------------------------------------------------------------------------------
 # Running resources without managed instances that one ``sm-ssh list`` describes to learn
 # whether they are native (the first ones listed, the newest); the others keep an unknown
@@ -591,6 +602,7 @@ class Endpoint(Resource):
     """An endpoint, its configuration's variants and its models' environments."""
 
     kind, arn_key, relaunch, launched = ("endpoint", "EndpointArn", "redeploy it", "deployed")
+    fqdn_kind = "inference"
 
     def __init__(self, described: dict[str, Any], variants: list[dict[str, Any]],
                  models: dict[str, dict[str, Any]]) -> None:
@@ -625,9 +637,6 @@ class Endpoint(Resource):
     @property
     def sagemaker_agent(self) -> bool:
         return bool(self.ssm_variants)
-
-    def targets(self) -> list[str]:
-        return [self.target_of(node) for node in self.node_names]
 
     def instance_count(self, variant: str) -> int:
         """The variant's instances: DescribeEndpoint's count, else its configuration's."""
@@ -796,30 +805,12 @@ def authorize_endpoint(ctx: Any, endpoint: Endpoint, target: fqdn.Target, node: 
                                  since=endpoint.nodes_since)))
 
 
-def prepare_endpoint(ctx: Any, target: fqdn.Target, endpoint: Endpoint, choice: Any,
-                     for_proxy: bool) -> Prepared:
-    from sagemaker_ssh_helper.connect import Prepared, user_for
-
-    endpoint = wait_endpoint(ctx, target, endpoint, choice.wait)
-    node, several = pick_host(endpoint.node_names, target, choice)
-    name = fqdn.format_fqdn("inference", endpoint.name or target.name or "")
-    alias = f"{node}.{name}" if several and not for_proxy else name
-    auth = authorize_endpoint(ctx, endpoint, target, node, alias, max(choice.wait, 30.0))
-    return Prepared(endpoint.target_of(node), name.lower(), user_for(target), auth)
-
-
 def native_endpoint(ctx: Any, target: fqdn.Target) -> Endpoint | None:
     """The endpoint if ``target`` is one reached over SSM access, else None (hybrid)."""
     if target.kind.kind != "inference" or target.name is None:
         return None
     endpoint = describe_endpoint(ctx, target)
     return endpoint if endpoint is not None and endpoint.native else None
-
-
-def endpoint_instance_ids(session: Any, region: str, name: str,
-                          timeout: float) -> list[str] | None:
-    """``native_targets`` of an endpoint."""
-    return native_targets(session, region, "inference", name, timeout)
 
 
 def authorize_endpoint_target(session: Any, region: str, target_id: str,

@@ -220,7 +220,8 @@ class SSHEstimatorWrapper(SSHJobWrapperBase):
     resource_name = training_job_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        return self._training_lookup(manager, name, timeout_in_sec, self.ssh_instance_count or 1)
+        return self._native_lookup(name, timeout_in_sec, lambda: manager.get_training_instance_ids(
+            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count or 1))
 
     def describe(self) -> dict[str, Any]:
         return describe_existing(self.sagemaker_session.describe_training_job,
@@ -405,7 +406,8 @@ class SSHModelWrapper(SSHEnvironmentWrapper):
     resource_name = endpoint_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        return self._endpoint_lookup(manager, name, timeout_in_sec)
+        return self._native_lookup(name, timeout_in_sec, lambda: manager.get_endpoint_instance_ids(
+            name, timeout_in_sec=timeout_in_sec))
 
     def get_instance_ids_from_logs(self, timeout_in_sec: float = LOOKUP_900) -> list[str]:
         """Managed instance IDs found in the endpoint's CloudWatch logs (Logs Insights)."""

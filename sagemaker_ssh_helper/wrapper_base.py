@@ -166,29 +166,16 @@ class SSHEnvironmentWrapper:
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
         raise NotImplementedError
 
-    def _training_lookup(self, manager: SSMManager, name: str, timeout_in_sec: float,
-                         expected_count: int) -> list[str]:
-        """A training job's SageMaker targets when it runs with remote debugging (native),
-        else its managed instances."""
-        from sagemaker_ssh_helper import native
-
-        targets = native.instance_ids(self.boto_session, self.region(), name, timeout_in_sec)
-        if targets is not None:
-            return targets
-        return list(manager.get_training_instance_ids(
-            name, timeout_in_sec=timeout_in_sec, expected_count=expected_count))
-
-    def _endpoint_lookup(self, manager: SSMManager, name: str, timeout_in_sec: float
-                         ) -> list[str]:
-        """An endpoint's SageMaker targets when its variant has SSM access (native), else its
+    def _native_lookup(self, name: str, timeout_in_sec: float,
+                       managed: Callable[[], list[str]]) -> list[str]:
+        """SageMaker's own targets when the resource is reached over them (a training job with
+        remote debugging, an endpoint with SSM access: native), else ``managed()``, its
         managed instances."""
         from sagemaker_ssh_helper import native
 
-        targets = native.endpoint_instance_ids(self.boto_session, self.region(), name,
-                                               timeout_in_sec)
-        if targets is not None:
-            return targets
-        return list(manager.get_endpoint_instance_ids(name, timeout_in_sec=timeout_in_sec))
+        targets = native.native_targets(self.boto_session, self.region(), self.kind, name,
+                                        timeout_in_sec)
+        return targets if targets is not None else list(managed())
 
     def _check_state(self) -> None:
         """Fail at once when the resource does not exist (here) or has ended."""

@@ -224,7 +224,8 @@ class SSHModelTrainerWrapper(_V3Wrapper, SSHJobWrapperBase):
     resource_name = training_job_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        return self._training_lookup(manager, name, timeout_in_sec, self.ssh_instance_count)
+        return self._native_lookup(name, timeout_in_sec, lambda: manager.get_training_instance_ids(
+            name, timeout_in_sec=timeout_in_sec, expected_count=self.ssh_instance_count))
 
     def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_training_job(
@@ -477,7 +478,8 @@ class SSHModelBuilderWrapper(_V3Wrapper):
     resource_name = endpoint_name
 
     def _lookup(self, manager: SSMManager, name: str, timeout_in_sec: float) -> list[str]:
-        return self._endpoint_lookup(manager, name, timeout_in_sec)
+        return self._native_lookup(name, timeout_in_sec, lambda: manager.get_endpoint_instance_ids(
+            name, timeout_in_sec=timeout_in_sec))
 
     def describe(self) -> dict[str, Any]:
         return _without_metadata(self.sagemaker_client().describe_endpoint(
